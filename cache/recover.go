@@ -1,0 +1,288 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// RecoveryReport says what Open repaired.
+type RecoveryReport struct {
+	DroppedEntries  []digest.Digest // index entries whose blob file was missing
+	Reindexed       []digest.Digest // blob files without an index entry, verified and indexed
+	Quarantined     []string        // files in blobs/ that were not a blob with that digest
+	OrphanIngests   int             // ingest files without an index entry, removed
+	DroppedIngests  int             // ingest entries without a file, dropped
+	ResumableIngest int             // ingests kept for a Writer to resume
+}
+
+// LastRecovery is what the last Open repaired.
+func (s *Store) LastRecovery() RecoveryReport { return s.recovery }
+
+// recover makes the index and the files agree after a crash. Blob files only ever appear by an
+// atomic rename of verified bytes, so a blob file is complete; what a crash can leave is:
+//   - an index entry without its file (crash while removing): the entry is dropped;
+//   - a blob file without an index entry (crash between rename and index commit): it is
+//     rehashed and indexed if it matches its name, quarantined if not;
+//   - an ingest file without an index entry, or the reverse: removed, or dropped.
+//
+// Ingests that have both are kept for their writers to resume.
+func (s *Store) recover(ctx context.Context) error {
+	var rep RecoveryReport
+	files, bad, err := s.blobFiles()
+	if err != nil {
+		return err
+	}
+	for _, p := range bad {
+		if err := s.quarantine(p); err != nil {
+			return err
+		}
+		rep.Quarantined = append(rep.Quarantined, p)
+	}
+	ingestFiles := map[string]bool{}
+	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		ingestFiles[e.Name()] = true
+	}
+
+	var unindexed []digest.Digest
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var missing [][]byte
+		blobs := tx.Bucket(bucketBlobs)
+		if err := blobs.ForEach(func(k, _ []byte) error {
+			if _, ok := files[digest.Digest(k)]; ok {
+				delete(files, digest.Digest(k))
+			} else {
+				missing = append(missing, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range missing {
+			rep.DroppedEntries = append(rep.DroppedEntries, digest.Digest(k))
+			if err := blobs.Delete(k); err != nil {
+				return err
+			}
+		}
+		if err := unlinkAll(tx, rep.DroppedEntries); err != nil {
+			return err
+		}
+
+		ingests := tx.Bucket(bucketIngests)
+		var gone [][]byte
+		if err := ingests.ForEach(func(k, _ []byte) error {
+			name := digest.FromBytes(k).Encoded()
+			if ingestFiles[name] {
+				delete(ingestFiles, name)
+				rep.ResumableIngest++
+			} else {
+				gone = append(gone, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			rep.DroppedIngests++
+			if err := ingests.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for name := range ingestFiles {
+		if err := os.Remove(filepath.Join(s.root, "ingest", name)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		rep.OrphanIngests++
+	}
+
+	for dgst := range files {
+		unindexed = append(unindexed, dgst)
+	}
+	for _, dgst := range unindexed {
+		ok, err := s.reindex(dgst)
+		if err != nil {
+			return err
+		}
+		if ok {
+			rep.Reindexed = append(rep.Reindexed, dgst)
+		} else {
+			rep.Quarantined = append(rep.Quarantined, files[dgst])
+		}
+	}
+	s.recovery = rep
+	if len(rep.DroppedEntries)+len(rep.Reindexed)+len(rep.Quarantined)+rep.OrphanIngests+rep.DroppedIngests > 0 {
+		log.G(ctx).WithField("dropped_entries", len(rep.DroppedEntries)).WithField("reindexed", len(rep.Reindexed)).
+			WithField("quarantined", len(rep.Quarantined)).WithField("orphan_ingests", rep.OrphanIngests).
+			WithField("dropped_ingests", rep.DroppedIngests).Warn("cache repaired after an unclean stop")
+	}
+	return nil
+}
+
+// blobFiles maps every blob file under blobs/ to its path, and lists separately the paths that
+// are not named <alg>/<hex> with a valid digest.
+func (s *Store) blobFiles() (files map[digest.Digest]string, bad []string, err error) {
+	files = map[digest.Digest]string{}
+	root := filepath.Join(s.root, "blobs")
+	algs, err := os.ReadDir(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, alg := range algs {
+		dir := filepath.Join(root, alg.Name())
+		if !alg.IsDir() {
+			bad = append(bad, dir)
+			continue
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range entries {
+			p := filepath.Join(dir, e.Name())
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), e.Name())
+			if e.IsDir() || d.Validate() != nil {
+				bad = append(bad, p)
+				continue
+			}
+			files[d] = p
+		}
+	}
+	return files, bad, nil
+}
+
+// reindex verifies an unindexed blob file and indexes it, or quarantines it if its bytes do not
+// match its name. It reports whether the blob was kept.
+func (s *Store) reindex(dgst digest.Digest) (bool, error) {
+	p, _ := s.blobPath(dgst)
+	got, err := digestFile(p, dgst.Algorithm())
+	if err != nil {
+		return false, err
+	}
+	if got != dgst {
+		return false, s.quarantine(p)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return false, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		mt := fi.ModTime()
+		return putBlob(tx, dgst, blobRecord{Size: fi.Size(), CreatedAt: mt, UpdatedAt: mt, AccessedAt: mt})
+	})
+	return err == nil, err
+}
+
+// quarantine moves a file out of blobs/ so it is never served, keeping it for inspection.
+func (s *Store) quarantine(path string) error {
+	rel, err := filepath.Rel(filepath.Join(s.root, "blobs"), path)
+	if err != nil {
+		return err
+	}
+	name := fmt.Sprintf("%s-%d", filepath.ToSlash(rel), time.Now().UnixNano())
+	dst := filepath.Join(s.root, "quarantine", filepathSafe(name))
+	if err := os.Rename(path, dst); err != nil {
+		return fmt.Errorf("quarantine %s: %w", path, err)
+	}
+	return nil
+}
+
+func filepathSafe(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c == '/' {
+			b[i] = '-'
+		}
+	}
+	return string(b)
+}
+
+// VerifyReport says what Verify found.
+type VerifyReport struct {
+	Checked int             `json:"checked"`
+	Bytes   int64           `json:"bytes"`
+	Corrupt []digest.Digest `json:"corrupt"` // content does not match the digest
+	Missing []digest.Digest `json:"missing"` // indexed, but the file is gone
+	// Repaired is true when corrupt and missing blobs were removed from the index (and corrupt
+	// files moved to quarantine/), so that the next use fetches them again.
+	Repaired bool `json:"repaired"`
+}
+
+// Verify rehashes every cached blob. With repair, corrupt blobs are quarantined and they and
+// missing ones are dropped from the index. Blobs being read are verified like the others: their
+// readers keep the bytes they opened.
+func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
+	s.verifyLock.Lock()
+	defer s.verifyLock.Unlock()
+	rep := VerifyReport{Repaired: repair}
+	var dgsts []digest.Digest
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			dgsts = append(dgsts, digest.Digest(k))
+			return nil
+		})
+	}); err != nil {
+		return rep, err
+	}
+	var bad []digest.Digest
+	for _, d := range dgsts {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		p, err := s.blobPath(d)
+		if err != nil {
+			return rep, err
+		}
+		got, err := digestFile(p, d.Algorithm())
+		switch {
+		case os.IsNotExist(err):
+			rep.Missing = append(rep.Missing, d)
+			bad = append(bad, d)
+			continue
+		case err != nil:
+			return rep, fmt.Errorf("verify %s: %w", d, err)
+		}
+		rep.Checked++
+		if fi, err := os.Stat(p); err == nil {
+			rep.Bytes += fi.Size()
+		}
+		if got != d {
+			rep.Corrupt = append(rep.Corrupt, d)
+			bad = append(bad, d)
+			log.G(ctx).WithField("digest", d).WithField("actual", got).Error("cached blob is corrupt")
+		}
+	}
+	if !repair || len(bad) == 0 {
+		return rep, nil
+	}
+	for _, d := range rep.Corrupt {
+		p, _ := s.blobPath(d)
+		if err := s.quarantine(p); err != nil && !os.IsNotExist(err) {
+			return rep, err
+		}
+	}
+	if _, err := s.removeBlobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
+		return rep, err
+	}
+	return rep, nil
+}

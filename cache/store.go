@@ -1,0 +1,564 @@
+// Package cache is lifeboat's persistent, content-addressed blob store: verified blob files on
+// disk indexed by bbolt, with image references, repository links, pins, resumable ingests and an
+// image-aware size budget. It implements containerd's content.Store and knows nothing of HTTP or
+// registries; the resolver and the containerd plugins are built on it.
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/filters"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+var _ content.Store = (*Store)(nil)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultHighWatermark       = 0.95
+	DefaultLowWatermark        = 0.85
+	DefaultAccessFlushInterval = 10 * time.Second
+	// DefaultBudgetShare is the share of the root filesystem's free space taken as the budget
+	// at first start when no size is configured.
+	DefaultBudgetShare = 0.80
+)
+
+// Options tune a Store. The zero value is usable.
+type Options struct {
+	// MaxSize is the size budget in bytes for blob content. Zero keeps the budget fixed at first
+	// start: DefaultBudgetShare of the free space of the root's filesystem at that time.
+	MaxSize int64
+	// HighWatermark is the share of MaxSize past which the evictor starts removing images.
+	HighWatermark float64
+	// LowWatermark is the share of MaxSize the evictor brings usage down to.
+	LowWatermark float64
+	// AccessFlushInterval is how often last-access times, kept in memory on reads, are written
+	// to the index in one transaction.
+	AccessFlushInterval time.Duration
+	// OpenTimeout bounds the wait for the index lock held by another process.
+	OpenTimeout time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.HighWatermark <= 0 || o.HighWatermark > 1 {
+		o.HighWatermark = DefaultHighWatermark
+	}
+	if o.LowWatermark <= 0 || o.LowWatermark >= o.HighWatermark {
+		o.LowWatermark = min(DefaultLowWatermark, o.HighWatermark*0.9)
+	}
+	if o.AccessFlushInterval <= 0 {
+		o.AccessFlushInterval = DefaultAccessFlushInterval
+	}
+	if o.OpenTimeout <= 0 {
+		o.OpenTimeout = time.Second
+	}
+}
+
+// Store is the cache. All methods are safe for concurrent use.
+type Store struct {
+	root string
+	db   *bolt.DB
+	opts Options
+
+	mu         sync.Mutex
+	budget     int64
+	used       int64                       // bytes of indexed blobs
+	activeRefs map[string]*writer          // ingest refs with an open Writer
+	writing    map[digest.Digest]int       // expected digests of open Writers
+	readers    map[digest.Digest]int       // open readers per blob
+	evicting   map[digest.Digest]struct{}  // blobs being removed by the evictor
+	accessed   map[digest.Digest]time.Time // last access times not yet flushed
+	evictions  int64                       // blobs removed by the evictor since Open
+	evictKick  chan struct{}               // wakes the evictor
+	stop       chan struct{}               // closed by Close
+	wg         sync.WaitGroup              // background goroutines
+	closeOnce  sync.Once
+	closeErr   error
+	verifyLock sync.Mutex // one Verify at a time
+	recovery   RecoveryReport
+}
+
+// blobRecord is the index entry of one blob.
+type blobRecord struct {
+	Size       int64             `json:"size"`
+	MediaType  string            `json:"mediaType,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	UpdatedAt  time.Time         `json:"updatedAt"`
+	AccessedAt time.Time         `json:"accessedAt"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// Open opens (creating if needed) the cache rooted at root, repairs what a crash may have left
+// (see recover), and starts the background evictor and access-time flusher. The root is locked
+// for the lifetime of the Store: a second Open of the same root, from this or another process,
+// fails with ErrUnavailable after Options.OpenTimeout.
+func Open(ctx context.Context, root string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	for _, dir := range []string{root, filepath.Join(root, "blobs"), filepath.Join(root, "ingest"), filepath.Join(root, "quarantine")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("cache root: %w", err)
+		}
+	}
+	db, err := bolt.Open(filepath.Join(root, "index.db"), 0o600, &bolt.Options{
+		Timeout:        opts.OpenTimeout,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("cache root %s is in use by another lifeboat process: %w", root, errdefs.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("open cache index: %w", err)
+	}
+	s := &Store{
+		root:       root,
+		db:         db,
+		opts:       opts,
+		activeRefs: map[string]*writer{},
+		writing:    map[digest.Digest]int{},
+		readers:    map[digest.Digest]int{},
+		evicting:   map[digest.Digest]struct{}{},
+		accessed:   map[digest.Digest]time.Time{},
+		evictKick:  make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+	}
+	if err := s.init(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.evictLoop(ctx)
+	go s.flushLoop(ctx)
+	s.kickEvictor()
+	return s, nil
+}
+
+func (s *Store) init(ctx context.Context) error {
+	if err := migrate(s.db); err != nil {
+		return err
+	}
+	if err := s.recover(ctx); err != nil {
+		return fmt.Errorf("cache recovery: %w", err)
+	}
+	budget, err := s.loadBudget()
+	if err != nil {
+		return err
+	}
+	s.budget = budget
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobs).ForEach(func(_, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			s.used += rec.Size
+			return nil
+		})
+	})
+}
+
+// loadBudget returns the configured budget, or the one fixed at first start, fixing it now if
+// this is the first start.
+func (s *Store) loadBudget() (int64, error) {
+	if s.opts.MaxSize > 0 {
+		return s.opts.MaxSize, nil
+	}
+	var budget int64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if b := meta.Get(keyBudget); len(b) == 8 {
+			budget = int64(decodeUint(b))
+			return nil
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(s.root, &st); err != nil {
+			return fmt.Errorf("measure free space of %s: %w", s.root, err)
+		}
+		budget = int64(float64(st.Bavail) * float64(st.Bsize) * DefaultBudgetShare)
+		return meta.Put(keyBudget, encodeUint(uint64(budget)))
+	})
+	return budget, err
+}
+
+// Close stops the background work, writes pending access times and closes the index.
+// Open readers and writers must be closed first; their files stay consistent either way.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		s.closeErr = errors.Join(s.flushAccess(), s.db.Close())
+	})
+	return s.closeErr
+}
+
+// Root is the directory the cache lives in.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) blobPath(dgst digest.Digest) (string, error) {
+	if err := dgst.Validate(); err != nil {
+		return "", fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	return filepath.Join(s.root, "blobs", dgst.Algorithm().String(), dgst.Encoded()), nil
+}
+
+func getBlob(tx *bolt.Tx, dgst digest.Digest) (blobRecord, bool, error) {
+	var rec blobRecord
+	v := tx.Bucket(bucketBlobs).Get([]byte(dgst))
+	if v == nil {
+		return rec, false, nil
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return rec, false, fmt.Errorf("index entry of blob %s: %w", dgst, err)
+	}
+	return rec, true, nil
+}
+
+func putBlob(tx *bolt.Tx, dgst digest.Digest, rec blobRecord) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketBlobs).Put([]byte(dgst), v)
+}
+
+func (rec blobRecord) info(dgst digest.Digest) content.Info {
+	return content.Info{
+		Digest:    dgst,
+		Size:      rec.Size,
+		CreatedAt: rec.CreatedAt,
+		UpdatedAt: rec.UpdatedAt,
+		Labels:    rec.Labels,
+	}
+}
+
+// Info returns the blob's metadata. If the blob is not cached, ErrNotFound is returned.
+func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, error) {
+	if err := dgst.Validate(); err != nil {
+		return content.Info{}, fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	var info content.Info
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, ok, err := getBlob(tx, dgst)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+		}
+		info = rec.info(dgst)
+		return nil
+	})
+	return info, err
+}
+
+// MediaType returns the media type the blob was written with, or "" if none was given.
+// If the blob is not cached, ErrNotFound is returned.
+func (s *Store) MediaType(ctx context.Context, dgst digest.Digest) (string, error) {
+	var mt string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, ok, err := getBlob(tx, dgst)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+		}
+		mt = rec.MediaType
+		return nil
+	})
+	return mt, err
+}
+
+// Update changes the blob's labels: all of them when fieldpaths is empty or holds "labels",
+// else the ones named "labels.<key>" (a key missing from info.Labels is removed). Other field
+// paths give ErrInvalidArgument; a missing blob gives ErrNotFound.
+func (s *Store) Update(ctx context.Context, info content.Info, fieldpaths ...string) (content.Info, error) {
+	var out content.Info
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		rec, ok, err := getBlob(tx, info.Digest)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("blob %s: %w", info.Digest, errdefs.ErrNotFound)
+		}
+		if len(fieldpaths) == 0 {
+			fieldpaths = []string{"labels"}
+		}
+		for _, path := range fieldpaths {
+			switch {
+			case path == "labels":
+				rec.Labels = copyLabels(info.Labels)
+			case strings.HasPrefix(path, "labels."):
+				key := strings.TrimPrefix(path, "labels.")
+				if v, ok := info.Labels[key]; ok {
+					if rec.Labels == nil {
+						rec.Labels = map[string]string{}
+					}
+					rec.Labels[key] = v
+				} else {
+					delete(rec.Labels, key)
+				}
+			default:
+				return fmt.Errorf("cannot update field %q of blob %s: %w", path, info.Digest, errdefs.ErrInvalidArgument)
+			}
+		}
+		if len(rec.Labels) == 0 {
+			rec.Labels = nil
+		}
+		rec.UpdatedAt = time.Now()
+		out = rec.info(info.Digest)
+		return putBlob(tx, info.Digest, rec)
+	})
+	return out, err
+}
+
+func copyLabels(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Walk calls fn for every cached blob matching any of the filters (containerd filter syntax on
+// the fields digest and labels). fn runs outside any index transaction and may call the Store.
+func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) error {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return fmt.Errorf("walk filter: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	var infos []content.Info
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("index entry of blob %s: %w", k, err)
+			}
+			info := rec.info(digest.Digest(k))
+			if filter.Match(content.AdaptInfo(info)) {
+				infos = append(infos, info)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, info := range infos {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete removes the blob. If it is not cached, ErrNotFound is returned. Readers already open
+// keep reading the removed bytes until they close.
+func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
+	removed, err := s.removeBlobs(ctx, []digest.Digest{dgst})
+	if err != nil {
+		return err
+	}
+	if removed == 0 {
+		return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// removeBlobs deletes blob files, then their index entries and repository links, and returns
+// how many were indexed. The file goes first so that a crash in between leaves an index entry
+// without a file, which recovery drops, rather than an unindexed file it would re-index.
+func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest) (int, error) {
+	for _, dgst := range dgsts {
+		p, err := s.blobPath(dgst)
+		if err != nil {
+			return 0, err
+		}
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return 0, fmt.Errorf("remove blob %s: %w", dgst, err)
+		}
+	}
+	var removed int
+	var freed int64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		blobs := tx.Bucket(bucketBlobs)
+		for _, dgst := range dgsts {
+			rec, ok, err := getBlob(tx, dgst)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if err := blobs.Delete([]byte(dgst)); err != nil {
+				return err
+			}
+			removed++
+			freed += rec.Size
+		}
+		return unlinkAll(tx, dgsts)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("remove blobs from index: %w", err)
+	}
+	s.mu.Lock()
+	s.used -= freed
+	for _, dgst := range dgsts {
+		delete(s.accessed, dgst)
+	}
+	s.mu.Unlock()
+	if removed > 0 {
+		log.G(ctx).WithField("blobs", removed).WithField("bytes", freed).Debug("removed blobs")
+	}
+	return removed, nil
+}
+
+// ReaderAt opens the blob for reading. If it is not cached, ErrNotFound is returned. The blob
+// cannot be evicted while the reader is open.
+func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	p, err := s.blobPath(desc.Digest)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if _, ok := s.evicting[desc.Digest]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
+	}
+	s.readers[desc.Digest]++
+	s.accessed[desc.Digest] = time.Now()
+	s.mu.Unlock()
+
+	f, err := os.Open(p)
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			return &reader{f: f, size: fi.Size(), release: func() { s.releaseReader(desc.Digest) }}, nil
+		}
+		f.Close()
+	}
+	s.releaseReader(desc.Digest)
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
+	}
+	return nil, fmt.Errorf("open blob %s: %w", desc.Digest, err)
+}
+
+func (s *Store) releaseReader(dgst digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.readers[dgst]--; s.readers[dgst] <= 0 {
+		delete(s.readers, dgst)
+	}
+}
+
+// reader is a content.ReaderAt over a blob file that releases its eviction hold on Close.
+type reader struct {
+	f       *os.File
+	size    int64
+	once    sync.Once
+	release func()
+}
+
+func (r *reader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.f.ReadAt(p, off)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (r *reader) Size() int64 { return r.size }
+
+// File exposes the open file, for callers that hand it to sendfile-aware writers.
+func (r *reader) File() *os.File { return r.f }
+
+func (r *reader) Close() error {
+	err := r.f.Close()
+	r.once.Do(r.release)
+	return err
+}
+
+// Usage reports the bytes of cached blobs and the size budget.
+func (s *Store) Usage() (used, budget int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used, s.budget
+}
+
+// flushLoop writes batched access times to the index every AccessFlushInterval.
+func (s *Store) flushLoop(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opts.AccessFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.flushAccess(); err != nil {
+				log.G(ctx).WithError(err).Warn("cannot record blob access times")
+			}
+		}
+	}
+}
+
+// flushAccess writes the access times gathered since the last flush in one transaction.
+func (s *Store) flushAccess() error {
+	s.mu.Lock()
+	pending := s.accessed
+	s.accessed = map[digest.Digest]time.Time{}
+	s.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for dgst, at := range pending {
+			rec, ok, err := getBlob(tx, dgst)
+			if err != nil || !ok {
+				continue // removed since: nothing to record
+			}
+			if at.After(rec.AccessedAt) {
+				rec.AccessedAt = at
+				if err := putBlob(tx, dgst, rec); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// lastAccess is the blob's latest access, counting reads not yet flushed. Callers hold s.mu.
+func (s *Store) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
+	at := rec.AccessedAt
+	if rec.CreatedAt.After(at) {
+		at = rec.CreatedAt
+	}
+	if m, ok := s.accessed[dgst]; ok && m.After(at) {
+		at = m
+	}
+	return at
+}

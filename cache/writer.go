@@ -1,0 +1,476 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/filters"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// ingestRecord is the index entry of one write in progress. Its bytes are in ingestPath(ref).
+type ingestRecord struct {
+	Total     int64         `json:"total,omitempty"`
+	Expected  digest.Digest `json:"expected,omitempty"`
+	MediaType string        `json:"mediaType,omitempty"`
+	StartedAt time.Time     `json:"startedAt"`
+	UpdatedAt time.Time     `json:"updatedAt"`
+}
+
+// ingestPath is where the bytes of the ingest named ref are written. The name is a digest of
+// the ref so that any ref, however long or strange, maps to one fixed-length file in ingest/.
+func (s *Store) ingestPath(ref string) string {
+	return filepath.Join(s.root, "ingest", digest.FromString(ref).Encoded())
+}
+
+func getIngest(tx *bolt.Tx, ref string) (ingestRecord, bool, error) {
+	var rec ingestRecord
+	v := tx.Bucket(bucketIngests).Get([]byte(ref))
+	if v == nil {
+		return rec, false, nil
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return rec, false, fmt.Errorf("index entry of ingest %q: %w", ref, err)
+	}
+	return rec, true, nil
+}
+
+func putIngest(tx *bolt.Tx, ref string, rec ingestRecord) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketIngests).Put([]byte(ref), v)
+}
+
+// Writer begins or resumes the write named by the WithRef option. A write that was closed, or
+// interrupted by a crash, resumes at the offset of the bytes on disk. Only one Writer per ref
+// may be open: a second gets ErrUnavailable. If the expected digest in the descriptor is
+// already cached, ErrAlreadyExists is returned and nothing is written. The descriptor's media
+// type is recorded with the blob at commit.
+func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	var wo content.WriterOpts
+	for _, opt := range opts {
+		if err := opt(&wo); err != nil {
+			return nil, err
+		}
+	}
+	ref := wo.Ref
+	if ref == "" {
+		return nil, fmt.Errorf("writer ref must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	expected := wo.Desc.Digest
+	if expected != "" {
+		if err := expected.Validate(); err != nil {
+			return nil, fmt.Errorf("invalid expected digest %q: %v: %w", expected, err, errdefs.ErrInvalidArgument)
+		}
+	}
+
+	s.mu.Lock()
+	if _, busy := s.activeRefs[ref]; busy {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("ingest %q is being written: %w", ref, errdefs.ErrUnavailable)
+	}
+	s.activeRefs[ref] = nil
+	s.mu.Unlock()
+
+	w, err := s.openWriter(ctx, ref, wo.Desc.Size, expected, wo.Desc.MediaType)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		delete(s.activeRefs, ref)
+		return nil, err
+	}
+	s.activeRefs[ref] = w
+	if expected != "" {
+		s.writing[expected]++
+	}
+	return w, nil
+}
+
+func (s *Store) openWriter(ctx context.Context, ref string, total int64, expected digest.Digest, mediaType string) (*writer, error) {
+	if expected != "" {
+		if _, err := s.Info(ctx, expected); err == nil {
+			return nil, fmt.Errorf("blob %s: %w", expected, errdefs.ErrAlreadyExists)
+		}
+	}
+	alg := digest.Canonical
+	if expected != "" && expected.Algorithm().Available() {
+		alg = expected.Algorithm()
+	}
+	w := &writer{s: s, ref: ref, path: s.ingestPath(ref), expected: expected, digester: alg.Digester()}
+
+	var rec ingestRecord
+	var found bool
+	if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		rec, found, err = getIngest(tx, ref)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if found && total > 0 && rec.Total > 0 && total != rec.Total {
+		log.G(ctx).WithField("ref", ref).Infof("ingest total changed from %d to %d: starting over", rec.Total, total)
+		found = false
+	}
+	if found {
+		// Resume: the digest state is rebuilt from the bytes already on disk.
+		f, err := os.Open(w.path)
+		if err == nil {
+			w.offset, err = io.Copy(w.digester.Hash(), f)
+			f.Close()
+		}
+		if err != nil {
+			log.G(ctx).WithField("ref", ref).WithError(err).Info("cannot resume ingest: starting over")
+			found = false
+			w.digester = alg.Digester()
+			w.offset = 0
+		}
+	}
+	if !found {
+		now := time.Now()
+		rec = ingestRecord{Total: total, Expected: expected, MediaType: mediaType, StartedAt: now, UpdatedAt: now}
+		if err := s.db.Update(func(tx *bolt.Tx) error { return putIngest(tx, ref, rec) }); err != nil {
+			return nil, fmt.Errorf("record ingest %q: %w", ref, err)
+		}
+	}
+	if rec.MediaType == "" {
+		rec.MediaType = mediaType
+	}
+	w.rec = rec
+
+	flags := os.O_WRONLY | os.O_CREATE
+	if !found {
+		flags |= os.O_TRUNC
+	}
+	fp, err := os.OpenFile(w.path, flags, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open ingest %q: %w", ref, err)
+	}
+	if _, err := fp.Seek(w.offset, io.SeekStart); err != nil {
+		fp.Close()
+		return nil, fmt.Errorf("seek ingest %q: %w", ref, err)
+	}
+	w.fp = fp
+	return w, nil
+}
+
+// release forgets the writer's claim on its ref. It is idempotent.
+func (s *Store) release(w *writer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.activeRefs[w.ref]; !ok || cur != w {
+		return
+	}
+	delete(s.activeRefs, w.ref)
+	if w.expected != "" {
+		if s.writing[w.expected]--; s.writing[w.expected] <= 0 {
+			delete(s.writing, w.expected)
+		}
+	}
+}
+
+// writer is one open write transaction. It is not safe for concurrent use.
+type writer struct {
+	s        *Store
+	ref      string
+	path     string
+	expected digest.Digest
+	fp       *os.File
+	offset   int64
+	digester digest.Digester
+	rec      ingestRecord
+}
+
+var _ content.Writer = (*writer)(nil)
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.fp == nil {
+		return 0, fmt.Errorf("write to closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	n, err := w.fp.Write(p)
+	w.digester.Hash().Write(p[:n])
+	w.offset += int64(n)
+	w.rec.UpdatedAt = time.Now()
+	return n, err
+}
+
+// Digest is the digest of the bytes written so far.
+func (w *writer) Digest() digest.Digest { return w.digester.Digest() }
+
+func (w *writer) Status() (content.Status, error) {
+	return content.Status{
+		Ref:       w.ref,
+		Offset:    w.offset,
+		Total:     w.rec.Total,
+		Expected:  w.rec.Expected,
+		StartedAt: w.rec.StartedAt,
+		UpdatedAt: w.rec.UpdatedAt,
+	}, nil
+}
+
+// Truncate discards what was written. Only a size of 0 is supported.
+func (w *writer) Truncate(size int64) error {
+	if size != 0 {
+		return fmt.Errorf("truncate ingest to %d: only 0 is supported: %w", size, errdefs.ErrInvalidArgument)
+	}
+	if w.fp == nil {
+		return fmt.Errorf("truncate closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	if err := w.fp.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := w.fp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	w.offset = 0
+	w.digester.Hash().Reset()
+	w.rec.UpdatedAt = time.Now()
+	return nil
+}
+
+// Close keeps the write for a later Writer with the same ref to resume.
+func (w *writer) Close() error {
+	if w.fp == nil {
+		return nil
+	}
+	defer w.s.release(w)
+	err := w.fp.Close()
+	w.fp = nil
+	if uerr := w.s.db.Update(func(tx *bolt.Tx) error {
+		if _, ok, _ := getIngest(tx, w.ref); !ok {
+			return nil // aborted meanwhile
+		}
+		return putIngest(tx, w.ref, w.rec)
+	}); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+// Commit verifies the written bytes against size and expected (when given), makes them durable
+// and moves them into the cache under their digest. A mismatch fails with ErrFailedPrecondition
+// and keeps the ingest, so it can be resumed or aborted; nothing is added to blobs/. If the
+// content is already cached, the ingest is dropped and ErrAlreadyExists returned. The writer
+// is closed either way.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
+	defer w.s.release(w)
+	var base content.Info
+	for _, opt := range opts {
+		if err := opt(&base); err != nil {
+			return err
+		}
+	}
+	fp := w.fp
+	if fp == nil {
+		return fmt.Errorf("commit of closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
+	}
+	w.fp = nil
+	err := fp.Sync()
+	if cerr := fp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("flush ingest %q: %w", w.ref, err)
+	}
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		return fmt.Errorf("ingest %q: %w", w.ref, err)
+	}
+	if size > 0 && size != fi.Size() {
+		return fmt.Errorf("ingest %q has %d bytes, expected %d: %w", w.ref, fi.Size(), size, errdefs.ErrFailedPrecondition)
+	}
+	dgst := w.digester.Digest()
+	if expected != "" && expected.Algorithm() != dgst.Algorithm() {
+		if !expected.Algorithm().Available() {
+			return fmt.Errorf("unsupported digest algorithm %q: %w", expected.Algorithm(), errdefs.ErrInvalidArgument)
+		}
+		if dgst, err = digestFile(w.path, expected.Algorithm()); err != nil {
+			return fmt.Errorf("rehash ingest %q: %w", w.ref, err)
+		}
+	}
+	if expected != "" && expected != dgst {
+		return fmt.Errorf("ingest %q has digest %s, expected %s: %w", w.ref, dgst, expected, errdefs.ErrFailedPrecondition)
+	}
+	return w.s.commitIngest(ctx, w.ref, w.path, dgst, fi.Size(), w.rec.MediaType, base.Labels)
+}
+
+// commitIngest moves verified ingest bytes into blobs/ and indexes them, in one index
+// transaction so two writers of the same content cannot both add it.
+func (s *Store) commitIngest(ctx context.Context, ref, ingest string, dgst digest.Digest, size int64, mediaType string, labels map[string]string) error {
+	target, err := s.blobPath(dgst)
+	if err != nil {
+		return err
+	}
+	var exists bool
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if _, ok, err := getBlob(tx, dgst); err != nil || ok {
+			exists = ok
+			if ok {
+				err = tx.Bucket(bucketIngests).Delete([]byte(ref))
+			}
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+			return err
+		}
+		if err := os.Rename(ingest, target); err != nil {
+			return fmt.Errorf("move ingest into place: %w", err)
+		}
+		if err := syncDir(filepath.Dir(target)); err != nil {
+			return err
+		}
+		now := time.Now()
+		if err := putBlob(tx, dgst, blobRecord{
+			Size: size, MediaType: mediaType, CreatedAt: now, UpdatedAt: now, AccessedAt: now,
+			Labels: copyLabels(labels),
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketIngests).Delete([]byte(ref))
+	})
+	if err != nil {
+		return fmt.Errorf("commit blob %s: %w", dgst, err)
+	}
+	if exists {
+		if err := os.Remove(ingest); err != nil && !os.IsNotExist(err) {
+			log.G(ctx).WithError(err).WithField("ref", ref).Warn("cannot remove ingest of content already cached")
+		}
+		return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrAlreadyExists)
+	}
+	s.mu.Lock()
+	s.used += size
+	over := s.overHighLocked()
+	s.mu.Unlock()
+	if over {
+		s.kickEvictor()
+	}
+	return nil
+}
+
+func digestFile(path string, alg digest.Algorithm) (digest.Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return alg.FromReader(f)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Status reports the write named ref. If there is none, ErrNotFound is returned.
+func (s *Store) Status(ctx context.Context, ref string) (content.Status, error) {
+	s.mu.Lock()
+	w := s.activeRefs[ref]
+	s.mu.Unlock()
+	if w != nil {
+		return w.Status()
+	}
+	var st content.Status
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, ok, err := getIngest(tx, ref)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+		}
+		st = s.statusOf(ref, rec)
+		return nil
+	})
+	return st, err
+}
+
+func (s *Store) statusOf(ref string, rec ingestRecord) content.Status {
+	st := content.Status{Ref: ref, Total: rec.Total, Expected: rec.Expected, StartedAt: rec.StartedAt, UpdatedAt: rec.UpdatedAt}
+	if fi, err := os.Stat(s.ingestPath(ref)); err == nil {
+		st.Offset = fi.Size()
+	}
+	return st
+}
+
+// ListStatuses lists writes in progress matching any of the filters (field "ref").
+func (s *Store) ListStatuses(ctx context.Context, fs ...string) ([]content.Status, error) {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return nil, fmt.Errorf("status filter: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	var out []content.Status
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIngests).ForEach(func(k, v []byte) error {
+			var rec ingestRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("index entry of ingest %q: %w", k, err)
+			}
+			ref := string(k)
+			s.mu.Lock()
+			w := s.activeRefs[ref]
+			s.mu.Unlock()
+			var st content.Status
+			if w != nil {
+				st, _ = w.Status()
+			} else {
+				st = s.statusOf(ref, rec)
+			}
+			if filter.Match(adaptStatus(st)) {
+				out = append(out, st)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+func adaptStatus(st content.Status) filters.Adaptor {
+	return filters.AdapterFunc(func(fieldpath []string) (string, bool) {
+		if len(fieldpath) == 0 {
+			return "", false
+		}
+		switch fieldpath[0] {
+		case "ref":
+			return st.Ref, true
+		case "expected":
+			return st.Expected.String(), st.Expected != ""
+		}
+		return "", false
+	})
+}
+
+// Abort drops the write named ref and its bytes. If there is none, ErrNotFound is returned.
+func (s *Store) Abort(ctx context.Context, ref string) error {
+	var found bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIngests)
+		found = b.Get([]byte(ref)) != nil
+		return b.Delete([]byte(ref))
+	})
+	if err != nil {
+		return fmt.Errorf("abort ingest %q: %w", ref, err)
+	}
+	rmErr := os.Remove(s.ingestPath(ref))
+	if rmErr == nil {
+		found = true
+	} else if !os.IsNotExist(rmErr) {
+		return fmt.Errorf("abort ingest %q: %w", ref, rmErr)
+	}
+	if !found {
+		return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+	}
+	return nil
+}

@@ -6,6 +6,8 @@ package cache
 
 import (
 	"context"
+	_ "crypto/sha256" // digest algorithms the cache verifies with
+	_ "crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +25,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -120,7 +123,7 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("cache root %s is in use by another lifeboat process: %w", root, errdefs.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("open cache index: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // ingestRecord is the index entry of one write in progress. Its bytes are in ingestPath(ref).
@@ -160,6 +161,7 @@ func (s *Store) openWriter(ctx context.Context, ref string, total int64, expecte
 		return nil, fmt.Errorf("seek ingest %q: %w", ref, err)
 	}
 	w.fp = fp
+	w.flushed = w.offset
 	return w, nil
 }
 
@@ -188,19 +190,60 @@ type writer struct {
 	offset   int64
 	digester digest.Digester
 	rec      ingestRecord
+	broken   error // set when the digest state no longer matches the file
+	flushed  int64 // offset up to which writeback was started
 }
 
 var _ content.Writer = (*writer)(nil)
+
+// parallelHashMin is the write size from which hashing runs beside the file write rather than
+// after it: sha256 and the page-cache copy take similar time, so overlapping them nearly halves
+// the cost of a large write.
+const parallelHashMin = 64 << 10
 
 func (w *writer) Write(p []byte) (int, error) {
 	if w.fp == nil {
 		return 0, fmt.Errorf("write to closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
-	n, err := w.fp.Write(p)
-	w.digester.Hash().Write(p[:n])
+	if w.broken != nil {
+		return 0, w.broken
+	}
+	var n int
+	var err error
+	if len(p) < parallelHashMin {
+		n, err = w.fp.Write(p)
+		w.digester.Hash().Write(p[:n])
+	} else {
+		hashed := make(chan struct{})
+		go func() {
+			w.digester.Hash().Write(p)
+			close(hashed)
+		}()
+		n, err = w.fp.Write(p)
+		<-hashed
+		if n < len(p) {
+			// The hash has seen bytes the file has not. A Writer reopened with the same ref
+			// rebuilds the state from the file and resumes.
+			w.broken = fmt.Errorf("ingest %q: short write, reopen the writer to resume: %w", w.ref, err)
+		}
+	}
 	w.offset += int64(n)
 	w.rec.UpdatedAt = time.Now()
+	w.startWriteback()
 	return n, err
+}
+
+// writebackChunk is how much written data may wait in the page cache before its writeback is
+// started, so that the fsync at commit finds little left to flush.
+const writebackChunk = 8 << 20
+
+// startWriteback asks the kernel to begin writing out full chunks written so far, without
+// waiting for it. It is advisory: errors are left for fsync at commit to report.
+func (w *writer) startWriteback() {
+	for w.offset-w.flushed >= writebackChunk {
+		_ = unix.SyncFileRange(int(w.fp.Fd()), w.flushed, writebackChunk, unix.SYNC_FILE_RANGE_WRITE)
+		w.flushed += writebackChunk
+	}
 }
 
 // Digest is the digest of the bytes written so far.
@@ -232,6 +275,8 @@ func (w *writer) Truncate(size int64) error {
 		return err
 	}
 	w.offset = 0
+	w.flushed = 0
+	w.broken = nil
 	w.digester.Hash().Reset()
 	w.rec.UpdatedAt = time.Now()
 	return nil
@@ -274,6 +319,10 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		return fmt.Errorf("commit of closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	w.fp = nil
+	if w.broken != nil {
+		fp.Close()
+		return w.broken
+	}
 	err := fp.Sync()
 	if cerr := fp.Close(); err == nil {
 		err = cerr

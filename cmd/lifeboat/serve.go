@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/metrics"
+)
+
+// shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM.
+const shutdownGrace = 10 * time.Second
+
+type serveFlags struct {
+	configPath     string
+	root           string
+	listen         string
+	socket         string
+	adminSocket    string
+	metricsAddress string
+	logLevel       string
+	logFormat      string
+}
+
+func newServeCommand() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the lifeboat daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadServeConfig(cmd, f)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.configPath, "config", config.DefaultPath, "configuration file")
+	fl.StringVar(&f.root, "root", "", "data directory (default from config: /var/lib/lifeboat)")
+	fl.StringVar(&f.listen, "listen", "", "registry mirror address (default 127.0.0.1:5100)")
+	fl.StringVar(&f.socket, "socket", "", "containerd proxy plugin socket (default /run/lifeboat/lifeboat.sock)")
+	fl.StringVar(&f.adminSocket, "admin-socket", "", "admin socket for the lifeboat CLI (default /run/lifeboat/admin.sock)")
+	fl.StringVar(&f.metricsAddress, "metrics-address", "", "Prometheus metrics address, empty string to disable (default 127.0.0.1:5101)")
+	fl.StringVar(&f.logLevel, "log-level", "", "log level: trace, debug, info, warn, error (default info)")
+	fl.StringVar(&f.logFormat, "log-format", "", "log format: text or json (default text)")
+	return cmd
+}
+
+// loadServeConfig reads the config file and applies the flags that were set on top of it.
+func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
+	cfg, err := config.Load(f.configPath, cmd.Flags().Changed("config"))
+	if err != nil {
+		return cfg, err
+	}
+	set := func(name string, dst *string, v string) {
+		if cmd.Flags().Changed(name) {
+			*dst = v
+		}
+	}
+	set("root", &cfg.Root, f.root)
+	set("listen", &cfg.Mirror.Address, f.listen)
+	set("socket", &cfg.Plugin.Address, f.socket)
+	set("admin-socket", &cfg.Admin.Address, f.adminSocket)
+	set("metrics-address", &cfg.Metrics.Address, f.metricsAddress)
+	set("log-level", &cfg.Log.Level, f.logLevel)
+	set("log-format", &cfg.Log.Format, f.logFormat)
+	return cfg, cfg.Validate()
+}
+
+func setupLogging(cfg config.Log) error {
+	if err := log.SetLevel(cfg.Level); err != nil {
+		return fmt.Errorf("log level %q: %w", cfg.Level, errUsage)
+	}
+	format := log.TextFormat
+	if cfg.Format == "json" {
+		format = log.JSONFormat
+	}
+	return log.SetFormat(format)
+}
+
+// serve runs the daemon until ctx is cancelled (SIGINT or SIGTERM), then stops accepting,
+// drains in-flight requests for up to shutdownGrace, and closes the cache.
+func serve(ctx context.Context, cfg config.Config) error {
+	if err := setupLogging(cfg.Log); err != nil {
+		return err
+	}
+	store, err := cache.Open(ctx, cfg.Root, cache.Options{MaxSize: int64(cfg.Cache.MaxSize)})
+	if err != nil {
+		if errdefs.IsUnavailable(err) {
+			return fmt.Errorf("cannot start: the data root %s is in use by another lifeboat process", cfg.Root)
+		}
+		return fmt.Errorf("cannot open the cache in %s: %w", cfg.Root, err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.G(ctx).WithError(err).Error("closing the cache")
+		}
+	}()
+	used, budget := store.Usage()
+	log.G(ctx).WithField("root", cfg.Root).WithField("used", used).WithField("budget", budget).Info("cache open")
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewCacheCollector(store))
+
+	g, ctx := errgroup.WithContext(ctx)
+	if cfg.Metrics.Address != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if err := serveHTTP(ctx, g, "metrics", cfg.Metrics.Address, mux); err != nil {
+			return err
+		}
+	}
+	log.G(ctx).Info("lifeboat is running")
+	g.Go(func() error {
+		<-ctx.Done()
+		return nil
+	})
+	err = g.Wait()
+	log.G(ctx).Info("lifeboat stopped")
+	return err
+}
+
+// serveHTTP listens on addr at once (so a taken port fails start-up with a clear error) and
+// serves h until ctx ends, then shuts down gracefully.
+func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen for %s on %s: %w", name, addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	log.G(ctx).WithField("address", ln.Addr().String()).Infof("serving %s", name)
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("%s server: %w", name, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return nil
+}

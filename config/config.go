@@ -1,0 +1,255 @@
+// Package config is lifeboat's configuration: the TOML file, its defaults, and validation.
+// Defaults live in Default and nowhere else; DESIGN.md's table of names and defaults is the
+// contract this file keeps.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/docker/go-units"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is read when no --config is given; it is fine for it not to exist.
+const DefaultPath = "/etc/lifeboat/config.toml"
+
+// Config is the whole configuration file.
+type Config struct {
+	// Root is the data directory: the cache blobs, its index and the snapshots.
+	Root string `toml:"root"`
+	// Mirror is the registry mirror that containerd reaches through hosts.toml.
+	Mirror Mirror `toml:"mirror"`
+	// Plugin is the gRPC socket of the containerd proxy plugins.
+	Plugin Plugin `toml:"plugin"`
+	// Admin is the socket the lifeboat CLI talks to the daemon on.
+	Admin Admin `toml:"admin"`
+	// Metrics is the Prometheus endpoint.
+	Metrics Metrics `toml:"metrics"`
+	// Cache sizes the cache.
+	Cache Cache `toml:"cache"`
+	// Resolve is the tag resolution policy.
+	Resolve Resolve `toml:"resolve"`
+	// Registry holds per-registry upstream settings, keyed by registry host ("docker.io").
+	Registry map[string]Registry `toml:"registry"`
+	// Auth holds where registry credentials come from besides [registry] entries.
+	Auth Auth `toml:"auth"`
+	// Outage is an upstream outage simulated from start-up.
+	Outage Outage `toml:"outage"`
+	// Log sets the daemon's logging.
+	Log Log `toml:"log"`
+}
+
+// Mirror configures the registry mirror listener.
+type Mirror struct {
+	// Address is the host:port the mirror listens on.
+	Address string `toml:"address"`
+}
+
+// Plugin configures the containerd proxy plugin socket.
+type Plugin struct {
+	// Address is the unix socket path.
+	Address string `toml:"address"`
+}
+
+// Admin configures the admin socket.
+type Admin struct {
+	// Address is the unix socket path; it is created with mode 0600.
+	Address string `toml:"address"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address is the host:port serving /metrics; empty disables it.
+	Address string `toml:"address"`
+}
+
+// Cache sizes the cache.
+type Cache struct {
+	// MaxSize is the budget for cached content, such as "20GiB". Empty: 80% of the root
+	// filesystem's free space at first start.
+	MaxSize Size `toml:"max_size"`
+}
+
+// Resolve is the tag resolution policy.
+type Resolve struct {
+	// Policy is "upstream-first" (revalidate tags when the upstream answers quickly) or
+	// "cache-first" (trust a cached tag for TagMaxAge).
+	Policy string `toml:"policy"`
+	// TagMaxAge is how long cache-first trusts a cached tag without asking upstream.
+	TagMaxAge Duration `toml:"tag_max_age"`
+	// UpstreamTimeout is how long a tag revalidation may take before the cached answer is
+	// served instead.
+	UpstreamTimeout Duration `toml:"upstream_timeout"`
+}
+
+// Registry is one upstream registry's settings.
+type Registry struct {
+	// Endpoints are tried in order; "http://" means plain HTTP.
+	Endpoints []string `toml:"endpoints"`
+	// Username and Password authenticate to every endpoint.
+	Username string `toml:"username"`
+	Password string `toml:"password"`
+	// CAFile is a PEM bundle trusted for the endpoints' TLS certificates.
+	CAFile string `toml:"ca_file"`
+	// InsecureSkipVerify disables TLS certificate verification.
+	InsecureSkipVerify bool `toml:"insecure_skip_verify"`
+}
+
+// Auth says where else credentials come from.
+type Auth struct {
+	// DockerConfig is a docker config.json with registry credentials.
+	DockerConfig string `toml:"docker_config"`
+}
+
+// Outage is an outage simulated from start-up.
+type Outage struct {
+	// Mode is one of dns, refused, blackhole, reset, http-<status>, slow, flaky; empty is off.
+	Mode string `toml:"mode"`
+	// Registries limits the outage to these registries; empty means all.
+	Registries []string `toml:"registries"`
+	// For ends the outage after this long; zero means until stopped.
+	For Duration `toml:"for"`
+}
+
+// Log sets logging.
+type Log struct {
+	// Level is one of trace, debug, info, warn, error.
+	Level string `toml:"level"`
+	// Format is "text" or "json".
+	Format string `toml:"format"`
+}
+
+// Policies of Resolve.Policy.
+const (
+	PolicyUpstreamFirst = "upstream-first"
+	PolicyCacheFirst    = "cache-first"
+)
+
+// Default is the configuration with nothing set.
+func Default() Config {
+	return Config{
+		Root:    "/var/lib/lifeboat",
+		Mirror:  Mirror{Address: "127.0.0.1:5100"},
+		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock"},
+		Admin:   Admin{Address: "/run/lifeboat/admin.sock"},
+		Metrics: Metrics{Address: "127.0.0.1:5101"},
+		Resolve: Resolve{
+			Policy:          PolicyUpstreamFirst,
+			UpstreamTimeout: Duration(time.Second),
+		},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
+
+// Load reads the file at path over the defaults. When explicit is false and the file does not
+// exist, the defaults are returned. Unknown keys and bad values are errors that name the key
+// and, for syntax and unknown keys, the line.
+func Load(path string, explicit bool) (Config, error) {
+	cfg := Default()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !explicit {
+			return cfg, cfg.Validate()
+		}
+		return cfg, fmt.Errorf("config file %s: %w", path, err)
+	}
+	if err := Parse(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML into cfg (keeping what the TOML leaves unset) and validates the result.
+func Parse(b []byte, cfg *Config) error {
+	dec := toml.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var serr *toml.StrictMissingError
+		if errors.As(err, &serr) && len(serr.Errors) > 0 {
+			e := serr.Errors[0]
+			row, _ := e.Position()
+			return fmt.Errorf("line %d: unknown key %q", row, strings.Join(e.Key(), "."))
+		}
+		var derr *toml.DecodeError
+		if errors.As(err, &derr) {
+			row, col := derr.Position()
+			return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
+		}
+		return err
+	}
+	return cfg.Validate()
+}
+
+// Validate checks values the types alone do not.
+func (c Config) Validate() error {
+	if c.Root == "" {
+		return errors.New("root: must not be empty")
+	}
+	switch c.Resolve.Policy {
+	case PolicyUpstreamFirst, PolicyCacheFirst:
+	default:
+		return fmt.Errorf("resolve.policy: %q is not %q or %q", c.Resolve.Policy, PolicyUpstreamFirst, PolicyCacheFirst)
+	}
+	if c.Resolve.UpstreamTimeout <= 0 {
+		return errors.New("resolve.upstream_timeout: must be positive")
+	}
+	if c.Resolve.TagMaxAge < 0 {
+		return errors.New("resolve.tag_max_age: must not be negative")
+	}
+	if c.Cache.MaxSize < 0 {
+		return errors.New("cache.max_size: must not be negative")
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log.format: %q is not \"text\" or \"json\"", c.Log.Format)
+	}
+	for host, r := range c.Registry {
+		for _, e := range r.Endpoints {
+			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
+				return fmt.Errorf("registry.%q.endpoints: %q must start with https:// or http://", host, e)
+			}
+		}
+	}
+	return nil
+}
+
+// Size is a byte count written as "20GiB", "500MB" or a plain number of bytes.
+type Size int64
+
+// UnmarshalText parses a size.
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := units.RAMInBytes(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid size %q: use a number with a unit such as 20GiB", b)
+	}
+	*s = Size(v)
+	return nil
+}
+
+// MarshalText prints a size in binary units.
+func (s Size) MarshalText() ([]byte, error) {
+	return []byte(units.BytesSize(float64(s))), nil
+}
+
+// Duration is a time.Duration written as "1s", "10m".
+type Duration time.Duration
+
+// UnmarshalText parses a duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: use a number with a unit such as 1s or 10m", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText prints a duration.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(time.Duration(d).String()), nil
+}

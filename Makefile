@@ -1,0 +1,48 @@
+# lifeboat — make help lists the targets.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+TOOLS    := $(CURDIR)/bin/tools
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /integration)
+
+# `make run` keeps everything under ./.lifeboat; as root the sockets use their default paths.
+RUN_DIR  := $(CURDIR)/.lifeboat
+RUN_ARGS := --root $(RUN_DIR)/data
+ifneq ($(shell id -u),0)
+RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
+endif
+
+.PHONY: help build run unit integration lint test tools bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/lifeboat
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/lifeboat ./cmd/lifeboat
+
+run: build ## build and run `lifeboat serve` with data under ./.lifeboat
+	@mkdir -p $(RUN_DIR)
+	bin/lifeboat serve $(RUN_ARGS)
+
+unit: ## unit tests with the race detector (everything but the integration suite)
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+integration: tools ## end-to-end tests against real containerd, ctr, runc and a registry (needs root)
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m ./integration/...
+
+lint: tools ## gofmt check, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+
+test: lint unit integration ## everything CI runs: lint, unit and integration
+
+tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck into bin/tools
+	@bash hack/tools.sh
+
+bench: ## benchmarks, reported as ratios to baselines measured in the same run
+	$(GO) run ./hack/bench -out docs/benchmarks.md
+
+clean: ## remove build outputs (not bin/tools, not ./.lifeboat)
+	rm -f bin/lifeboat

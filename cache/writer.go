@@ -523,3 +523,14 @@ func (s *Store) Abort(ctx context.Context, ref string) error {
 	}
 	return nil
 }
+
+// OpenIngest opens the bytes written so far under ref for reading, so that a write in progress
+// can be streamed to readers while it is being written. The file stays readable after the
+// ingest is committed or aborted. If there is no such ingest, ErrNotFound is returned.
+func (s *Store) OpenIngest(ref string) (*os.File, error) {
+	f, err := os.Open(s.ingestPath(ref))
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
+	}
+	return f, err
+}

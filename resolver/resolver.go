@@ -1,13 +1,81 @@
 package resolver
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
 )
+
+// Policies for tags.
+const (
+	// PolicyUpstreamFirst revalidates every tag with the upstream when it is healthy.
+	PolicyUpstreamFirst = "upstream-first"
+	// PolicyCacheFirst trusts a cached tag for TagMaxAge after it was last verified.
+	PolicyCacheFirst = "cache-first"
+)
+
+// MaxManifestSize is the largest manifest accepted from upstream.
+const MaxManifestSize = 4 << 20
+
+// Options configure a Resolver.
+type Options struct {
+	// Policy is PolicyUpstreamFirst (the default) or PolicyCacheFirst.
+	Policy string
+	// TagMaxAge is how long PolicyCacheFirst trusts a cached tag.
+	TagMaxAge time.Duration
+	// UpstreamTimeout bounds a tag revalidation, and the wait for an upstream's response
+	// headers on any request; past it the cached answer is served, or not found.
+	UpstreamTimeout time.Duration
+	// FillTimeout bounds a whole blob download; IdleTimeout the wait between two reads of it.
+	FillTimeout, IdleTimeout time.Duration
+	// Endpoints lists the endpoints of registries, tried in order. Registries not listed use
+	// DefaultEndpoint.
+	Endpoints map[string][]string
+	// NewClient makes the client of one endpoint of a registry.
+	NewClient func(registry, endpoint string) (Client, error)
+	// Health tunes the circuit breakers.
+	Health HealthOptions
+}
+
+func (o *Options) setDefaults() {
+	if o.Policy == "" {
+		o.Policy = PolicyUpstreamFirst
+	}
+	if o.UpstreamTimeout <= 0 {
+		o.UpstreamTimeout = time.Second
+	}
+	if o.FillTimeout <= 0 {
+		o.FillTimeout = time.Hour
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 30 * time.Second
+	}
+	o.Health.setDefaults()
+}
+
+// DefaultEndpoint is the upstream of a registry with no configured endpoints.
+func DefaultEndpoint(registry string) string {
+	if registry == "docker.io" {
+		return "https://registry-1.docker.io"
+	}
+	return "https://" + registry
+}
 
 // Resolver answers the registry mirror and the CLI. It is safe for concurrent use.
 //
@@ -15,33 +83,498 @@ import (
 // (including every upstream being down); errdefs.ErrInvalidArgument for malformed names,
 // references or digests; errdefs.ErrFailedPrecondition when upstream content fails
 // verification or is too large; anything else is an internal error.
-type Resolver struct{}
+type Resolver struct {
+	store *cache.Store
+	opts  Options
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	regMu      sync.Mutex
+	registries map[string][]*endpoint
+
+	fillMu sync.Mutex
+	fills  map[string]*fill
+
+	digestMismatches atomic.Int64
+}
+
+// New returns a Resolver over store. Close it to stop its background work.
+func New(store *cache.Store, opts Options) (*Resolver, error) {
+	opts.setDefaults()
+	switch opts.Policy {
+	case PolicyUpstreamFirst, PolicyCacheFirst:
+	default:
+		return nil, fmt.Errorf("tag policy %q: %w", opts.Policy, errdefs.ErrInvalidArgument)
+	}
+	if opts.NewClient == nil {
+		return nil, fmt.Errorf("resolver needs a client factory: %w", errdefs.ErrInvalidArgument)
+	}
+	r := &Resolver{
+		store: store, opts: opts, stop: make(chan struct{}),
+		registries: map[string][]*endpoint{}, fills: map[string]*fill{},
+	}
+	for registry := range opts.Endpoints {
+		if _, err := r.endpoints(registry); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Close stops the health probes and waits for blob fills in progress to end.
+func (r *Resolver) Close() error {
+	close(r.stop)
+	r.wg.Wait()
+	return nil
+}
+
+// DigestMismatches counts upstream blobs that failed verification and were not cached.
+func (r *Resolver) DigestMismatches() int64 { return r.digestMismatches.Load() }
+
+// Endpoints reports the health of every endpoint in use.
+func (r *Resolver) Endpoints() []EndpointStatus {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	var out []EndpointStatus
+	for _, eps := range r.registries {
+		for _, ep := range eps {
+			out = append(out, ep.status())
+		}
+	}
+	slices.SortFunc(out, func(a, b EndpointStatus) int {
+		return strings.Compare(a.Registry+" "+a.Endpoint, b.Registry+" "+b.Endpoint)
+	})
+	return out
+}
+
+var registryPattern = regexp.MustCompile(`^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(:[0-9]{1,5})?$`)
+
+// endpoints returns the registry's endpoints, creating them on first use.
+func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
+	if !registryPattern.MatchString(registry) {
+		return nil, fmt.Errorf("invalid registry name %q: %w", registry, errdefs.ErrInvalidArgument)
+	}
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if eps, ok := r.registries[registry]; ok {
+		return eps, nil
+	}
+	urls := r.opts.Endpoints[registry]
+	if len(urls) == 0 {
+		urls = []string{DefaultEndpoint(registry)}
+	}
+	var eps []*endpoint
+	for _, u := range urls {
+		c, err := r.opts.NewClient(registry, u)
+		if err != nil {
+			return nil, fmt.Errorf("registry %s endpoint %s: %w", registry, u, err)
+		}
+		eps = append(eps, newEndpoint(registry, c, r.opts.Health, r.stop))
+	}
+	r.registries[registry] = eps
+	return eps, nil
+}
+
+var (
+	repoPattern = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
+	tagPattern  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+)
+
+func checkRepository(repo string) error {
+	if len(repo) > 255 || !repoPattern.MatchString(repo) {
+		return fmt.Errorf("invalid repository name %q: %w", repo, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func checkDigest(dgst digest.Digest) error {
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
 
 // Manifest resolves reference (a tag or a digest) in repository ("library/alpine") of
 // registry ("docker.io") to a manifest or index.
 func (r *Resolver) Manifest(ctx context.Context, registry, repository, reference string) (Manifest, error) {
-	return Manifest{}, fmt.Errorf("manifest: %w", errdefs.ErrNotImplemented)
+	if err := checkRepository(repository); err != nil {
+		return Manifest{}, err
+	}
+	eps, err := r.endpoints(registry)
+	if err != nil {
+		return Manifest{}, err
+	}
+	repoKey := registry + "/" + repository
+	if dgst, err := digest.Parse(reference); err == nil {
+		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst)
+	}
+	if !tagPattern.MatchString(reference) {
+		return Manifest{}, fmt.Errorf("invalid reference %q: %w", reference, errdefs.ErrInvalidArgument)
+	}
+	return r.manifestByTag(ctx, eps, repoKey, repository, reference)
+}
+
+// manifestByDigest serves an immutable manifest: from the cache when present under the
+// repository, else from upstream, cached on the way.
+func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
+	if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+		m.Status = Hit
+		return m, nil
+	} else if !errdefs.IsNotFound(err) {
+		return Manifest{}, err
+	}
+	m, err := r.fetchManifest(ctx, eps, repoKey, repo, dgst.String())
+	if err != nil {
+		return Manifest{}, notFoundIfDown(err, "manifest "+repoKey+"@"+dgst.String())
+	}
+	m.Status = Miss
+	return m, nil
+}
+
+// manifestByTag applies the tag policy: revalidate with a quick upstream, else serve stale.
+func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, repo, tag string) (Manifest, error) {
+	name := repoKey + ":" + tag
+	ref, refErr := r.store.GetRef(ctx, name)
+	if refErr != nil && !errdefs.IsNotFound(refErr) {
+		return Manifest{}, refErr
+	}
+	cached := refErr == nil
+	if cached && r.opts.Policy == PolicyCacheFirst && time.Since(ref.VerifiedAt) < r.opts.TagMaxAge {
+		if m, err := r.cachedManifest(ctx, repoKey, ref.Target); err == nil {
+			m.Status = Hit
+			return m, nil
+		}
+	}
+
+	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	desc, ep, err := try(hctx, eps, func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
+		return c.HeadManifest(ctx, repo, tag)
+	})
+	cancel()
+	switch {
+	case err == nil:
+		if cached && ref.Target.Digest == desc.Digest {
+			if m, err := r.cachedManifest(ctx, repoKey, ref.Target); err == nil {
+				if err := r.store.SetRef(ctx, name, ref.Target, ep.client.Endpoint()); err != nil {
+					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
+				}
+				m.Status = Revalidated
+				return m, nil
+			}
+		}
+		m, err := r.fetchManifest(ctx, eps, repoKey, repo, desc.Digest.String())
+		if err != nil {
+			if cached && isEndpointFailure(err) {
+				break // upstream failed between HEAD and GET: serve stale below
+			}
+			return Manifest{}, notFoundIfDown(err, "manifest "+name)
+		}
+		if err := r.store.SetRef(ctx, name, m.Descriptor, ep.client.Endpoint()); err != nil {
+			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
+		}
+		m.Status = Revalidated
+		if !cached {
+			m.Status = Miss
+		}
+		return m, nil
+	case errdefs.IsNotFound(err):
+		return Manifest{}, fmt.Errorf("manifest %s: upstream has no such tag: %w", name, errdefs.ErrNotFound)
+	case ctx.Err() != nil:
+		return Manifest{}, ctx.Err()
+	}
+	if !cached {
+		return Manifest{}, notFoundIfDown(err, "manifest "+name)
+	}
+	m, cerr := r.cachedManifest(ctx, repoKey, ref.Target)
+	if cerr != nil {
+		return Manifest{}, notFoundIfDown(err, "manifest "+name)
+	}
+	log.G(ctx).WithField("ref", name).WithError(err).Debug("serving stale tag")
+	m.Status = Stale
+	return m, nil
+}
+
+// notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
+// a 404, so that containerd moves on to its next host at once.
+func notFoundIfDown(err error, what string) error {
+	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
+		return fmt.Errorf("%s is not cached and the upstream cannot provide it (%v): %w", what, err, errdefs.ErrNotFound)
+	}
+	return err
+}
+
+// cachedManifest reads a manifest from the cache if it is there and linked to the repository.
+func (r *Resolver) cachedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
+	if err := checkDigest(desc.Digest); err != nil {
+		return Manifest{}, err
+	}
+	linked, err := r.store.Linked(ctx, repoKey, desc.Digest)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if !linked {
+		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
+	}
+	info, err := r.store.Info(ctx, desc.Digest)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if info.Size > MaxManifestSize {
+		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, info.Size, errdefs.ErrFailedPrecondition)
+	}
+	body, err := content.ReadBlob(ctx, r.store, ocispec.Descriptor{Digest: desc.Digest, Size: info.Size})
+	if err != nil {
+		return Manifest{}, err
+	}
+	mt, err := r.store.MediaType(ctx, desc.Digest)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if mt == "" {
+		mt = desc.MediaType
+	}
+	if mt == "" {
+		mt = sniffMediaType(body)
+	}
+	return Manifest{Descriptor: ocispec.Descriptor{MediaType: mt, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
+}
+
+// fetchManifest gets a manifest by digest from upstream, verifies it and caches it.
+func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, repo, dgst string) (Manifest, error) {
+	gctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	defer cancel()
+	type got struct {
+		desc ocispec.Descriptor
+		body []byte
+	}
+	g, _, err := try(gctx, eps, func(ctx context.Context, c Client) (got, error) {
+		desc, body, err := c.GetManifest(ctx, repo, dgst)
+		return got{desc, body}, err
+	})
+	if err != nil {
+		return Manifest{}, err
+	}
+	if len(g.body) > MaxManifestSize {
+		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", dgst, len(g.body), errdefs.ErrFailedPrecondition)
+	}
+	if actual := digest.FromBytes(g.body); actual.String() != dgst {
+		r.digestMismatches.Add(1)
+		return Manifest{}, fmt.Errorf("upstream manifest %s has digest %s: %w", dgst, actual, errdefs.ErrFailedPrecondition)
+	}
+	desc := ocispec.Descriptor{MediaType: g.desc.MediaType, Digest: digest.Digest(dgst), Size: int64(len(g.body))}
+	if desc.MediaType == "" {
+		desc.MediaType = sniffMediaType(g.body)
+	}
+	err = content.WriteBlob(ctx, r.store, "lifeboat-manifest/"+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
+	if err != nil && !errdefs.IsAlreadyExists(err) {
+		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
+	}
+	if err := r.store.Link(ctx, repoKey, desc.Digest); err != nil {
+		return Manifest{}, err
+	}
+	return Manifest{Descriptor: desc, Body: g.body}, nil
+}
+
+// sniffMediaType reads the mediaType field of a manifest, or guesses from its shape.
+func sniffMediaType(body []byte) string {
+	var m struct {
+		MediaType string            `json:"mediaType"`
+		Manifests []json.RawMessage `json:"manifests"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return "application/octet-stream"
+	}
+	switch {
+	case m.MediaType != "":
+		return m.MediaType
+	case m.Manifests != nil:
+		return ocispec.MediaTypeImageIndex
+	default:
+		return ocispec.MediaTypeImageManifest
+	}
 }
 
 // StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
 // upstream HEAD.
 func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
-	return ocispec.Descriptor{}, "", fmt.Errorf("stat blob: %w", errdefs.ErrNotImplemented)
+	eps, err := r.blobArgs(registry, repository, dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, "", err
+	}
+	repoKey := registry + "/" + repository
+	if ok, _ := r.store.Linked(ctx, repoKey, dgst); ok {
+		if info, err := r.store.Info(ctx, dgst); err == nil {
+			return ocispec.Descriptor{Digest: dgst, Size: info.Size}, Hit, nil
+		}
+	}
+	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	defer cancel()
+	size, _, err := try(hctx, eps, func(ctx context.Context, c Client) (int64, error) {
+		return c.HeadBlob(ctx, repository, dgst)
+	})
+	if err != nil {
+		return ocispec.Descriptor{}, "", notFoundIfDown(err, "blob "+repoKey+"@"+dgst.String())
+	}
+	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
+}
+
+func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
+	if err := checkRepository(repository); err != nil {
+		return nil, err
+	}
+	if err := checkDigest(dgst); err != nil {
+		return nil, err
+	}
+	return r.endpoints(registry)
 }
 
 // Blob opens a blob for reading: from the cache, or by starting (or joining) the one upstream
 // fill of that blob. It returns once the size is known, before the bytes have arrived.
 func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
-	return nil, fmt.Errorf("blob: %w", errdefs.ErrNotImplemented)
+	eps, err := r.blobArgs(registry, repository, dgst)
+	if err != nil {
+		return nil, err
+	}
+	repoKey := registry + "/" + repository
+	if ok, err := r.store.Linked(ctx, repoKey, dgst); err != nil {
+		return nil, err
+	} else if ok {
+		if b, err := r.cachedBlob(ctx, dgst, Hit); err == nil {
+			return b, nil
+		}
+	}
+	f := r.joinFill(registry, repository, dgst, eps)
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		f.release()
+		return nil, ctx.Err()
+	}
+	f.mu.Lock()
+	size, fromStore, ferr, done := f.size, f.fromStore, f.err, f.done
+	f.mu.Unlock()
+	if fromStore || (size < 0 && done && ferr == nil) {
+		f.release()
+		return r.cachedBlob(ctx, dgst, Miss)
+	}
+	if ferr != nil && size < 0 {
+		f.release()
+		return nil, notFoundIfDown(ferr, "blob "+repoKey+"@"+dgst.String())
+	}
+	if size < 0 {
+		// No Content-Length upstream: wait for the whole blob, then serve it from the cache.
+		f.mu.Lock()
+		for !f.done {
+			f.cond.Wait()
+		}
+		ferr = f.err
+		f.mu.Unlock()
+		f.release()
+		if ferr != nil {
+			return nil, notFoundIfDown(ferr, "blob "+repoKey+"@"+dgst.String())
+		}
+		return r.cachedBlob(ctx, dgst, Miss)
+	}
+	var once sync.Once
+	return &Blob{
+		Descriptor: ocispec.Descriptor{Digest: dgst, Size: size},
+		Status:     Miss,
+		open: func(off, length int64) (io.ReadCloser, error) {
+			if off < 0 || off > size || length < 0 || off+length > size {
+				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
+			}
+			return &fillReader{f: f, pos: off, end: off + length}, nil
+		},
+		close: func() error { once.Do(f.release); return nil },
+	}, nil
+}
+
+// cachedBlob opens a cached blob.
+func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status CacheStatus) (*Blob, error) {
+	ra, err := r.store.ReaderAt(ctx, ocispec.Descriptor{Digest: dgst})
+	if err != nil {
+		return nil, err
+	}
+	size := ra.Size()
+	return &Blob{
+		Descriptor: ocispec.Descriptor{Digest: dgst, Size: size},
+		Status:     status,
+		open: func(off, length int64) (io.ReadCloser, error) {
+			if off < 0 || off > size || length < 0 || off+length > size {
+				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
+			}
+			return io.NopCloser(io.NewSectionReader(ra, off, length)), nil
+		},
+		close: ra.Close,
+	}, nil
 }
 
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
 // otherwise.
 func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]string, CacheStatus, error) {
-	return nil, "", fmt.Errorf("tags: %w", errdefs.ErrNotImplemented)
+	if err := checkRepository(repository); err != nil {
+		return nil, "", err
+	}
+	eps, err := r.endpoints(registry)
+	if err != nil {
+		return nil, "", err
+	}
+	tctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	tags, _, err := try(tctx, eps, func(ctx context.Context, c Client) ([]string, error) {
+		return c.Tags(ctx, repository)
+	})
+	cancel()
+	if err == nil {
+		slices.Sort(tags)
+		return tags, Revalidated, nil
+	}
+	if errdefs.IsNotFound(err) {
+		return nil, "", fmt.Errorf("repository %s/%s: %w", registry, repository, errdefs.ErrNotFound)
+	}
+	refs, rerr := r.store.Refs(ctx)
+	if rerr != nil {
+		return nil, "", rerr
+	}
+	prefix := registry + "/" + repository + ":"
+	for _, ref := range refs {
+		if tag, ok := strings.CutPrefix(ref.Name, prefix); ok {
+			tags = append(tags, tag)
+		}
+	}
+	if len(tags) == 0 {
+		return nil, "", notFoundIfDown(err, "repository "+registry+"/"+repository)
+	}
+	slices.Sort(tags)
+	return tags, Stale, nil
 }
 
 // Referrers returns the referrers index of dgst, filtered by artifactType when it is not empty.
+// Referrers are not cached: with the upstream down or without the API, the index is empty.
 func (r *Resolver) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
-	return ocispec.Index{}, fmt.Errorf("referrers: %w", errdefs.ErrNotImplemented)
+	eps, err := r.blobArgs(registry, repository, dgst)
+	if err != nil {
+		return ocispec.Index{}, err
+	}
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
+	idx.SchemaVersion = 2
+	rctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	defer cancel()
+	body, _, err := try(rctx, eps, func(ctx context.Context, c Client) ([]byte, error) {
+		b, _, err := c.Referrers(ctx, repository, dgst, artifactType)
+		return b, err
+	})
+	if err != nil {
+		log.G(ctx).WithError(err).Debug("no referrers from upstream")
+		return idx, nil
+	}
+	var up ocispec.Index
+	if err := json.Unmarshal(body, &up); err != nil {
+		return idx, nil
+	}
+	for _, m := range up.Manifests {
+		if artifactType == "" || m.ArtifactType == artifactType {
+			idx.Manifests = append(idx.Manifests, m)
+		}
+	}
+	return idx, nil
 }

@@ -1,0 +1,261 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// fill is the one upstream download of a blob for a repository. It writes the bytes into a cache
+// ingest and lets any number of readers stream them from the ingest file as they arrive. It
+// runs detached from the requests that wait on it, so that a client that disconnects does not
+// stop it: the next request finds the blob cached.
+type fill struct {
+	r        *Resolver
+	key      string // registry/repository@digest
+	registry string
+	repo     string
+	dgst     digest.Digest
+
+	ready chan struct{} // closed when size is known, or the fill failed before that
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	size      int64    // -1 while unknown (the upstream sent no Content-Length)
+	file      *os.File // the ingest, for readers; nil when the blob proved to be cached already
+	written   int64    // bytes in the ingest file
+	done      bool     // the fill ended; err says how
+	err       error
+	fromStore bool // the blob was already cached: read it from the store
+	readers   int
+}
+
+// errStalled ends a fill whose upstream stopped sending.
+var errStalled = errors.New("upstream stopped sending")
+
+// joinFill returns the fill of key, starting it if there is none, and counts a reader on it.
+func (r *Resolver) joinFill(registry, repo string, dgst digest.Digest, eps []*endpoint) *fill {
+	key := registry + "/" + repo + "@" + dgst.String()
+	r.fillMu.Lock()
+	defer r.fillMu.Unlock()
+	f, ok := r.fills[key]
+	if !ok {
+		f = &fill{r: r, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), size: -1}
+		f.cond = sync.NewCond(&f.mu)
+		r.fills[key] = f
+		r.wg.Add(1)
+		go f.run(eps)
+	}
+	f.mu.Lock()
+	f.readers++
+	f.mu.Unlock()
+	return f
+}
+
+// release drops a reader; the last one out after the fill ended closes the ingest file.
+func (f *fill) release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readers--
+	if f.readers == 0 && f.done && f.file != nil {
+		f.file.Close()
+		f.file = nil
+	}
+}
+
+func (f *fill) run(eps []*endpoint) {
+	defer f.r.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), f.r.opts.FillTimeout)
+	defer cancel()
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("blob", f.key))
+	err := f.download(ctx, eps)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("blob fill failed")
+	}
+	f.finish(err)
+}
+
+func (f *fill) finish(err error) {
+	f.r.fillMu.Lock()
+	delete(f.r.fills, f.key)
+	f.r.fillMu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.done, f.err = true, err
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+	if f.readers == 0 && f.file != nil {
+		f.file.Close()
+		f.file = nil
+	}
+	f.cond.Broadcast()
+}
+
+// download fetches the blob from the first endpoint that has it and commits it to the cache.
+// Response headers must arrive within the upstream timeout; after that the body may take up to
+// the fill timeout, but no longer than the idle timeout between two reads.
+func (f *fill) download(ctx context.Context, eps []*endpoint) error {
+	rctx, stopRead := context.WithCancelCause(ctx)
+	defer stopRead(nil)
+	headers := time.AfterFunc(f.r.opts.UpstreamTimeout, func() { stopRead(context.DeadlineExceeded) })
+	type resp struct {
+		body io.ReadCloser
+		size int64
+	}
+	got, _, err := try(rctx, eps, func(ctx context.Context, c Client) (resp, error) {
+		body, size, err := c.GetBlob(ctx, f.repo, f.dgst)
+		return resp{body, size}, err
+	})
+	headers.Stop()
+	if err != nil {
+		return fmt.Errorf("fetch blob: %w", err)
+	}
+	body := got.body
+	defer body.Close()
+
+	ref := "lifeboat-fill/" + f.key
+	w, err := f.r.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(got.size, 0)}))
+	if errdefs.IsAlreadyExists(err) {
+		f.mu.Lock()
+		f.fromStore = true
+		f.mu.Unlock()
+		return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+	}
+	if err != nil {
+		return fmt.Errorf("open cache ingest: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			w.Close()
+			if err := f.r.store.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
+				log.G(ctx).WithError(err).Warn("cannot remove a failed fill's ingest")
+			}
+		}
+	}()
+	if err := w.Truncate(0); err != nil { // a fill interrupted earlier starts over
+		return err
+	}
+	file, err := f.r.store.OpenIngest(ref)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.size, f.file = got.size, file
+	f.mu.Unlock()
+	close(f.ready)
+
+	idle := time.AfterFunc(f.r.opts.IdleTimeout, func() { stopRead(errStalled) })
+	defer idle.Stop()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			idle.Reset(f.r.opts.IdleTimeout)
+			if got.size >= 0 && n+int64(m) > got.size {
+				return fmt.Errorf("upstream sent more than its Content-Length of %d: %w", got.size, errdefs.ErrFailedPrecondition)
+			}
+			if _, err := w.Write(buf[:m]); err != nil {
+				return fmt.Errorf("write to cache: %w", err)
+			}
+			n += int64(m)
+			f.mu.Lock()
+			f.written = n
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if cause := context.Cause(rctx); cause != nil {
+				rerr = fmt.Errorf("%w: %w", rerr, cause)
+			}
+			return fmt.Errorf("read blob from upstream after %d bytes: %w", n, rerr)
+		}
+	}
+	if got.size >= 0 && n != got.size {
+		return fmt.Errorf("upstream body ended after %d of %d bytes: %w", n, got.size, errdefs.ErrUnavailable)
+	}
+	if err := w.Commit(ctx, n, f.dgst); err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			committed = true
+			return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+		}
+		if errdefs.IsFailedPrecondition(err) {
+			f.r.digestMismatches.Add(1)
+			log.G(ctx).WithError(err).Error("upstream blob does not match its digest: not cached")
+		}
+		return err
+	}
+	committed = true
+	f.mu.Lock()
+	f.size = n
+	f.mu.Unlock()
+	return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+}
+
+// fillReader streams [pos, end) of a fill's blob as it arrives. end is -1 for "to the end".
+type fillReader struct {
+	f        *fill
+	pos, end int64
+}
+
+func (fr *fillReader) Read(p []byte) (int, error) {
+	f := fr.f
+	f.mu.Lock()
+	for {
+		end := fr.end
+		if end < 0 && f.done && f.err == nil {
+			end = f.size
+		}
+		if end >= 0 && fr.pos >= end {
+			// Everything asked for was delivered. Bytes up to the end of the blob are only
+			// complete once the fill verified them.
+			if fr.end >= 0 && fr.end < f.size || f.done && f.err == nil {
+				f.mu.Unlock()
+				return 0, io.EOF
+			}
+		}
+		if fr.pos < f.written && (end < 0 || fr.pos < end) {
+			n := f.written - fr.pos
+			if end >= 0 {
+				n = min(n, end-fr.pos)
+			}
+			n = min(n, int64(len(p)))
+			file := f.file
+			f.mu.Unlock()
+			m, err := file.ReadAt(p[:n], fr.pos)
+			fr.pos += int64(m)
+			if err == io.EOF && int64(m) == n {
+				err = nil
+			}
+			return m, err
+		}
+		if f.done {
+			err := f.err
+			f.mu.Unlock()
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, fmt.Errorf("blob %s: %w", f.dgst, err)
+		}
+		f.cond.Wait()
+	}
+}
+
+func (fr *fillReader) Close() error { return nil }

@@ -1,0 +1,202 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Client is what the resolver needs of one upstream endpoint; *upstream.Client provides it.
+// Errors follow errdefs: ErrNotFound when the registry says the thing does not exist,
+// ErrUnavailable (or a context deadline) when the endpoint failed.
+type Client interface {
+	Endpoint() string
+	Ping(ctx context.Context) error
+	HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, error)
+	GetManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, []byte, error)
+	GetBlob(ctx context.Context, repo string, dgst digest.Digest) (io.ReadCloser, int64, error)
+	HeadBlob(ctx context.Context, repo string, dgst digest.Digest) (int64, error)
+	Tags(ctx context.Context, repo string) ([]string, error)
+	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error)
+}
+
+// isEndpointFailure tells failures of the endpoint (it is down, slow, or erroring) from answers
+// (not found, denied) and from the caller giving up.
+func isEndpointFailure(err error) bool {
+	return err != nil && (errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded))
+}
+
+// HealthOptions tune the circuit breaker of each endpoint.
+type HealthOptions struct {
+	// FailureThreshold is how many consecutive failures mark an endpoint down.
+	FailureThreshold int
+	// ProbeInterval is the first wait before probing a down endpoint; it doubles up to
+	// ProbeMaxInterval.
+	ProbeInterval, ProbeMaxInterval time.Duration
+	// ProbeTimeout bounds one probe.
+	ProbeTimeout time.Duration
+}
+
+func (o *HealthOptions) setDefaults() {
+	if o.FailureThreshold <= 0 {
+		o.FailureThreshold = 3
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = time.Second
+	}
+	if o.ProbeMaxInterval < o.ProbeInterval {
+		o.ProbeMaxInterval = max(30*time.Second, o.ProbeInterval)
+	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = 5 * time.Second
+	}
+}
+
+// EndpointStatus is an endpoint's health as shown by `lifeboat status` and the metrics.
+type EndpointStatus struct {
+	Registry  string    `json:"registry"`
+	Endpoint  string    `json:"endpoint"`
+	Up        bool      `json:"up"`
+	Since     time.Time `json:"since"`
+	LastError string    `json:"lastError,omitempty"`
+	Failures  int       `json:"consecutiveFailures"`
+}
+
+// endpoint is one upstream endpoint with its circuit breaker: after FailureThreshold
+// consecutive failures it is down and no request waits on it; a background probe (GET /v2/,
+// exponential backoff) brings it back up.
+type endpoint struct {
+	registry string
+	client   Client
+	opts     HealthOptions
+	stop     <-chan struct{}
+
+	mu       sync.Mutex
+	up       bool
+	since    time.Time
+	failures int
+	lastErr  string
+	probing  bool
+}
+
+func newEndpoint(registry string, c Client, opts HealthOptions, stop <-chan struct{}) *endpoint {
+	return &endpoint{registry: registry, client: c, opts: opts, stop: stop, up: true, since: time.Now()}
+}
+
+func (e *endpoint) usable() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.up
+}
+
+// observe records the outcome of a request to the endpoint.
+func (e *endpoint) observe(ctx context.Context, err error) {
+	if err != nil && !isEndpointFailure(err) {
+		err = nil // an answer, such as not found: the endpoint works
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		e.failures = 0
+		return
+	}
+	e.failures++
+	e.lastErr = err.Error()
+	if e.up && e.failures >= e.opts.FailureThreshold {
+		e.up = false
+		e.since = time.Now()
+		log.G(ctx).WithField("registry", e.registry).WithField("endpoint", e.client.Endpoint()).
+			WithError(err).Warn("upstream endpoint marked down")
+		if !e.probing {
+			e.probing = true
+			go e.probe()
+		}
+	}
+}
+
+// probe pings the endpoint with exponential backoff until it answers, then marks it up.
+func (e *endpoint) probe() {
+	ctx := context.Background()
+	wait := e.opts.ProbeInterval
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-e.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
+		err := e.client.Ping(pctx)
+		cancel()
+		e.mu.Lock()
+		if err == nil {
+			e.up, e.failures, e.probing = true, 0, false
+			e.since = time.Now()
+			e.mu.Unlock()
+			log.G(ctx).WithField("registry", e.registry).WithField("endpoint", e.client.Endpoint()).Info("upstream endpoint is up again")
+			return
+		}
+		e.lastErr = err.Error()
+		e.mu.Unlock()
+		wait = min(2*wait, e.opts.ProbeMaxInterval)
+	}
+}
+
+func (e *endpoint) status() EndpointStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return EndpointStatus{
+		Registry: e.registry, Endpoint: e.client.Endpoint(), Up: e.up, Since: e.since,
+		LastError: e.lastErr, Failures: e.failures,
+	}
+}
+
+// errAllDown is returned when no endpoint of a registry is usable.
+var errAllDown = errors.New("every upstream endpoint is down")
+
+// try calls fn on each usable endpoint in order until one answers (succeeds, or fails with
+// something other than an endpoint failure). It returns the last error otherwise, wrapped as
+// ErrUnavailable when no endpoint was usable at all.
+func try[T any](ctx context.Context, eps []*endpoint, fn func(context.Context, Client) (T, error)) (T, *endpoint, error) {
+	var zero T
+	var lastErr error
+	for _, ep := range eps {
+		if !ep.usable() {
+			continue
+		}
+		v, err := fn(ctx, ep.client)
+		if err != nil && ctx.Err() != nil {
+			cause := context.Cause(ctx)
+			if errors.Is(cause, context.Canceled) {
+				return zero, nil, cause // the caller gave up: say nothing about the endpoint
+			}
+			if !errors.Is(err, cause) {
+				err = fmt.Errorf("%w: %w", err, cause) // too slow: a failure of the endpoint
+			}
+		}
+		ep.observe(ctx, err)
+		if err == nil || !isEndpointFailure(err) {
+			return v, ep, err
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break // the deadline is spent: no time for the next endpoint
+		}
+	}
+	if lastErr == nil {
+		lastErr = errAllDown
+	}
+	if !errdefs.IsUnavailable(lastErr) {
+		lastErr = fmt.Errorf("%w: %w", lastErr, errdefs.ErrUnavailable)
+	}
+	return zero, nil, lastErr
+}

@@ -1,0 +1,520 @@
+// Package mirror serves the pull side of the OCI distribution API, so that containerd (through
+// hosts.toml) and Docker Engine (registry-mirrors) pull through lifeboat.
+//
+// It is a thin adapter: it parses and validates requests, asks its Backend, and translates the
+// answers and errors into HTTP. The policy (cache first, revalidation, stale serving) lives
+// behind the Backend, in package resolver.
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/resolver"
+)
+
+// Backend answers the mirror; FromResolver makes one of a *resolver.Resolver. The mirror only
+// calls it with arguments that passed their grammar: a registry host in lower case, a valid
+// repository name (docker.io one-component names already prefixed with library/), a valid tag
+// or digest (sha256 or sha512), and an artifactType that is a media type or empty.
+//
+// Errors are classified with errdefs: ErrNotFound when the thing is neither cached nor
+// obtainable from upstream; ErrInvalidArgument when the backend refuses the name, reference or
+// digest; ErrFailedPrecondition when upstream content failed verification or is too large;
+// ErrUnavailable when the backend cannot answer now. An error that also has a
+// `RetryAfter() time.Duration` method (found with errors.As) adds a Retry-After header to the
+// 503. Any other error is internal: logged, and answered with a generic 500.
+type Backend interface {
+	// Manifest resolves reference (a tag or a digest) to a manifest or index.
+	Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error)
+	// StatBlob reports a blob's descriptor (digest and size) without transferring it.
+	StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error)
+	// Blob opens a blob for reading once its size is known. The caller closes it.
+	Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error)
+	// Tags lists the repository's tags, sorted.
+	Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error)
+	// Referrers returns the referrers index of dgst, filtered by artifactType when it is not
+	// empty.
+	Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error)
+}
+
+// Blob is an open blob.
+type Blob interface {
+	// Descriptor has the blob's digest and size.
+	Descriptor() ocispec.Descriptor
+	// Status says where the blob comes from; it is sent as X-Lifeboat-Cache.
+	Status() resolver.CacheStatus
+	// Reader returns the bytes [off, off+length). When they cannot all be delivered (the
+	// upstream broke, the content failed verification) the reader returns an error before the
+	// last byte; it never ends cleanly with fewer bytes.
+	Reader(off, length int64) (io.ReadCloser, error)
+	// Close releases the blob.
+	Close() error
+}
+
+// Options configure the handler. The zero value is ready to use.
+type Options struct {
+	// DefaultRegistry is the registry of a request that names none: no ns query parameter and
+	// no registry host as the first path component. Empty means "docker.io".
+	DefaultRegistry string
+	// Observe, when set, is called once for every request after it was answered, for metrics
+	// and access logs. It must be safe for concurrent use and quick.
+	Observe func(Answer)
+}
+
+// Answer describes one answered request.
+type Answer struct {
+	// Method is the request's HTTP method.
+	Method string
+	// Route is "ping", "manifest", "blob", "tags", "referrers", or "unknown" for a request that
+	// was refused before its route was known.
+	Route string
+	// Registry and Repository are the upstream registry and repository, when the request was
+	// valid enough to name them.
+	Registry, Repository string
+	// Status is the HTTP status sent.
+	Status int
+	// Cache is the X-Lifeboat-Cache value sent, if any.
+	Cache resolver.CacheStatus
+	// Bytes is the number of body bytes sent.
+	Bytes int64
+	// Aborted says the connection was aborted after the status was sent, because the blob's
+	// bytes could not all be delivered.
+	Aborted bool
+	// Duration is the time from the request's arrival to the end of its answer.
+	Duration time.Duration
+}
+
+// copyBufferSize is the buffer of a blob copy that cannot use sendfile.
+const copyBufferSize = 256 << 10
+
+// New returns the mirror's HTTP handler. It panics if opts.DefaultRegistry is not a registry
+// host (a wiring mistake, not a runtime condition).
+func New(b Backend, opts Options) http.Handler {
+	def := opts.DefaultRegistry
+	if def == "" {
+		def = "docker.io"
+	}
+	reg, ok := normalizeHost(def)
+	if !ok {
+		panic(fmt.Sprintf("mirror: invalid default registry %q", opts.DefaultRegistry))
+	}
+	return &handler{
+		backend:         b,
+		defaultRegistry: reg,
+		observe:         opts.Observe,
+		buffers:         sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }},
+	}
+}
+
+type handler struct {
+	backend         Backend
+	defaultRegistry string
+	observe         func(Answer)
+	buffers         sync.Pool // *[]byte of copyBufferSize
+}
+
+// exchange is one request being answered.
+type exchange struct {
+	w   http.ResponseWriter
+	r   *http.Request
+	req request
+	ans Answer
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: routeUnknown.String()}}
+	defer func() {
+		// Runs on the abort panic too, so an aborted transfer is observed.
+		x.ans.Duration = time.Since(start)
+		if h.observe != nil {
+			h.observe(x.ans)
+		}
+	}()
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		x.reject(newAPIError(http.StatusMethodNotAllowed, codeUnsupported, "lifeboat is a pull-only mirror: "+r.Method+" is not supported"))
+		return
+	}
+	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
+	x.ans.Route = req.route.String()
+	if e != nil {
+		x.reject(e)
+		return
+	}
+	x.req = req
+	x.ans.Registry, x.ans.Repository = req.registry, req.repository
+	switch req.route {
+	case routePing:
+		x.ans.Status = http.StatusOK
+		writeBody(w, r, http.StatusOK, "application/json", []byte("{}"))
+	case routeManifest:
+		h.manifest(x)
+	case routeBlob:
+		if r.Method == http.MethodHead {
+			h.statBlob(x)
+		} else {
+			h.blob(x)
+		}
+	case routeTags:
+		h.tags(x)
+	case routeReferrers:
+		h.referrers(x)
+	}
+}
+
+// reject answers a request with e.
+func (x *exchange) reject(e *apiError) {
+	x.ans.Status = e.status
+	e.write(x.w, x.r)
+}
+
+// fail answers a request whose Backend call failed. The error's text goes to the log only: it
+// may name upstream endpoints or paths on disk.
+func (x *exchange) fail(err error) {
+	e := fromBackend(err, x.req.route)
+	detail := map[string]string{"name": x.req.name}
+	if x.req.reference != "" {
+		detail["reference"] = x.req.reference
+	} else if x.req.digest != "" {
+		detail["digest"] = x.req.digest.String()
+	}
+	e.detail = detail
+
+	ctx := x.r.Context()
+	entry := log.G(ctx).WithError(err).WithFields(log.Fields{
+		"route": x.ans.Route, "registry": x.req.registry, "repository": x.req.repository,
+		"reference": x.req.reference, "digest": x.req.digest, "status": e.status,
+	})
+	switch {
+	case ctx.Err() != nil:
+		entry.Debug("mirror request ended by the client")
+	case e.status >= 500:
+		entry.Warn("mirror request failed")
+	default:
+		entry.Debug("mirror request refused")
+	}
+	x.reject(e)
+}
+
+// setCache sends the X-Lifeboat-Cache header.
+func (x *exchange) setCache(s resolver.CacheStatus) {
+	if s != "" {
+		x.w.Header().Set("X-Lifeboat-Cache", string(s))
+		x.ans.Cache = s
+	}
+}
+
+func (h *handler) manifest(x *exchange) {
+	m, err := h.backend.Manifest(x.r.Context(), x.req.registry, x.req.repository, x.req.reference)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	mediaType := m.Descriptor.MediaType
+	if mediaType == "" {
+		// Set it anyway: left unset, a GET would be sniffed and a HEAD not, and they would differ.
+		mediaType = "application/octet-stream"
+	}
+	hdr := x.w.Header()
+	if m.Descriptor.Digest != "" {
+		// Without it containerd GETs the manifest and hashes it instead.
+		hdr.Set("Docker-Content-Digest", m.Descriptor.Digest.String())
+		hdr.Set("ETag", etag(m.Descriptor.Digest))
+	}
+	x.setCache(m.Status)
+	x.ans.Status = http.StatusOK
+	if x.r.Method == http.MethodGet {
+		x.ans.Bytes = int64(len(m.Body))
+	}
+	writeBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
+}
+
+func (h *handler) statBlob(x *exchange) {
+	desc, status, err := h.backend.StatBlob(x.r.Context(), x.req.registry, x.req.repository, x.req.digest)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	rng, partial, ok := x.blobRange(desc, status)
+	if !ok {
+		return
+	}
+	x.setBlobHeaders(desc, status, rng, partial)
+	x.w.WriteHeader(x.ans.Status)
+}
+
+func (h *handler) blob(x *exchange) {
+	b, err := h.backend.Blob(x.r.Context(), x.req.registry, x.req.repository, x.req.digest)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	defer b.Close()
+	desc, status := b.Descriptor(), b.Status()
+	rng, partial, ok := x.blobRange(desc, status)
+	if !ok {
+		return
+	}
+	if rng.length == 0 {
+		x.setBlobHeaders(desc, status, rng, partial)
+		x.w.WriteHeader(x.ans.Status)
+		return
+	}
+	rc, err := b.Reader(rng.off, rng.length)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	defer rc.Close()
+
+	start := func() {
+		x.setBlobHeaders(desc, status, rng, partial)
+		x.w.WriteHeader(x.ans.Status)
+	}
+	var (
+		n            int64
+		sourceFailed bool
+	)
+	if f, isFile := rc.(*os.File); isFile {
+		start()
+		// io.Copy hands a limited *os.File to net/http's ReadFrom, which sends it with sendfile.
+		// A local file rarely fails: count a failure as the client's unless the file was short.
+		n, err = io.Copy(x.w, io.LimitReader(f, rng.length))
+		sourceFailed = err == nil && n < rng.length
+	} else {
+		var started bool
+		n, sourceFailed, started, err = h.copyBuffered(x.w, rc, rng.length, start)
+		if !started {
+			if err == io.EOF {
+				err = fmt.Errorf("blob %s: reader ended before its first byte", x.req.digest)
+			}
+			x.fail(err)
+			return
+		}
+	}
+	x.ans.Bytes = n
+	if err == nil && n == rng.length {
+		return
+	}
+	// The status and the length are sent: ending cleanly would hand the client a short body as
+	// if it were complete. Abort the connection so that it sees a broken transfer.
+	x.ans.Aborted = true
+	entry := log.G(x.r.Context()).WithError(err).WithFields(log.Fields{
+		"registry": x.req.registry, "repository": x.req.repository, "digest": x.req.digest,
+		"sent": n, "want": rng.length,
+	})
+	if sourceFailed && x.r.Context().Err() == nil {
+		entry.Warn("blob stream broke after the answer started; aborting the connection")
+	} else {
+		entry.Debug("mirror client stopped reading a blob")
+	}
+	panic(http.ErrAbortHandler)
+}
+
+// copyBuffered copies length bytes of rc to w through a large buffer. It calls start (which
+// sends the status) only once rc has produced its first bytes, so that a source failing at once
+// still gets a clean error answer, and containerd moves on, rather than an aborted 200;
+// started=false says it did not. sourceFailed says a failure, if any, was rc's: an error, or an
+// end before length bytes.
+func (h *handler) copyBuffered(w io.Writer, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
+	bufp := h.buffers.Get().(*[]byte)
+	defer h.buffers.Put(bufp)
+	buf := *bufp
+	src := &readSide{r: io.LimitReader(rc, length)}
+	first, err := readSome(src, buf)
+	if first == 0 {
+		return 0, true, false, err
+	}
+	start()
+	wn, err := w.Write(buf[:first])
+	n = int64(wn)
+	if err == nil {
+		var m int64
+		// writerOnly hides the ResponseWriter's ReadFrom, so that the copy uses this buffer
+		// instead of net/http's 32 KiB one.
+		m, err = io.CopyBuffer(writerOnly{w}, src, buf)
+		n += m
+	}
+	if src.err != nil {
+		return n, true, true, src.err
+	}
+	return n, err == nil && n < length, true, err
+}
+
+// readSome reads into buf until it has at least one byte or an error.
+func readSome(r io.Reader, buf []byte) (int, error) {
+	for range 100 {
+		n, err := r.Read(buf)
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
+// blobRange picks the part of a blob to send: all of it, or the one range asked for. ok is false
+// when it has answered already (416, or a descriptor without a size).
+func (x *exchange) blobRange(desc ocispec.Descriptor, status resolver.CacheStatus) (rng byteRange, partial, ok bool) {
+	if desc.Size < 0 {
+		x.fail(fmt.Errorf("blob %s: backend reported size %d", x.req.digest, desc.Size))
+		return byteRange{}, false, false
+	}
+	rng = byteRange{off: 0, length: desc.Size}
+	hr := x.r.Header.Get("Range")
+	if hr == "" {
+		return rng, false, true
+	}
+	// A Range conditional on another version of the content is ignored (RFC 9110 13.1.5); what
+	// is addressed by digest has one version only.
+	if ir := x.r.Header.Get("If-Range"); ir != "" && ir != etag(x.req.digest) {
+		return rng, false, true
+	}
+	r, partial, unsatisfiable := parseRange(hr, desc.Size)
+	if unsatisfiable {
+		x.setCache(status)
+		x.w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(desc.Size, 10))
+		x.reject(newAPIError(http.StatusRequestedRangeNotSatisfiable, codeUnsupported, "requested range not satisfiable"))
+		return byteRange{}, false, false
+	}
+	if partial {
+		rng = r
+	}
+	return rng, partial, true
+}
+
+// setBlobHeaders sets the headers of a blob answer of rng, and the status it is to have.
+func (x *exchange) setBlobHeaders(desc ocispec.Descriptor, status resolver.CacheStatus, rng byteRange, partial bool) {
+	hdr := x.w.Header()
+	x.setCache(status)
+	hdr.Set("Docker-Content-Digest", x.req.digest.String())
+	hdr.Set("ETag", etag(x.req.digest))
+	hdr.Set("Accept-Ranges", "bytes")
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("Content-Length", strconv.FormatInt(rng.length, 10))
+	x.ans.Status = http.StatusOK
+	if partial {
+		hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.off, rng.off+rng.length-1, desc.Size))
+		x.ans.Status = http.StatusPartialContent
+	}
+}
+
+// etag is the entity tag of content addressed by dgst.
+func etag(dgst digest.Digest) string { return `"` + dgst.String() + `"` }
+
+// readSide remembers its reader's error, to tell a broken source from a client gone away.
+type readSide struct {
+	r   io.Reader
+	err error
+}
+
+func (s *readSide) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// writerOnly is a writer without the ReadFrom of the writer it wraps.
+type writerOnly struct{ io.Writer }
+
+func (h *handler) tags(x *exchange) {
+	tags, status, err := h.backend.Tags(x.r.Context(), x.req.registry, x.req.repository)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	if !slices.IsSorted(tags) {
+		tags = slices.Sorted(slices.Values(tags))
+	}
+	if x.req.last != "" {
+		i, found := slices.BinarySearch(tags, x.req.last)
+		if found {
+			i++
+		}
+		tags = tags[i:]
+	}
+	if x.req.n >= 0 && len(tags) > x.req.n {
+		tags = tags[:x.req.n]
+		if x.req.n > 0 {
+			x.w.Header().Set("Link", x.nextTagsLink(tags[len(tags)-1]))
+		}
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	body, err := json.Marshal(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{x.req.name, tags})
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.setCache(status)
+	x.sendJSON("application/json", body)
+}
+
+// nextTagsLink is the Link header to the tags page after last.
+func (x *exchange) nextTagsLink(last string) string {
+	var b strings.Builder
+	b.WriteString("</v2/")
+	b.WriteString(x.req.name)
+	b.WriteString("/tags/list?n=")
+	b.WriteString(strconv.Itoa(x.req.n))
+	b.WriteString("&last=")
+	b.WriteString(last)
+	if x.req.ns != "" {
+		b.WriteString("&ns=")
+		b.WriteString(x.req.ns)
+	}
+	b.WriteString(`>; rel="next"`)
+	return b.String()
+}
+
+func (h *handler) referrers(x *exchange) {
+	idx, err := h.backend.Referrers(x.r.Context(), x.req.registry, x.req.repository, x.req.digest, x.req.artifactType)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	idx.SchemaVersion = 2
+	idx.MediaType = ocispec.MediaTypeImageIndex
+	if idx.Manifests == nil {
+		idx.Manifests = []ocispec.Descriptor{}
+	}
+	body, err := json.Marshal(idx)
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	if x.req.artifactType != "" {
+		x.w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	x.sendJSON(ocispec.MediaTypeImageIndex, body)
+}
+
+// sendJSON answers 200 with a small JSON body.
+func (x *exchange) sendJSON(contentType string, body []byte) {
+	x.ans.Status = http.StatusOK
+	if x.r.Method == http.MethodGet {
+		x.ans.Bytes = int64(len(body))
+	}
+	writeBody(x.w, x.r, http.StatusOK, contentType, body)
+}

@@ -37,6 +37,7 @@ type fill struct {
 	done      bool     // the fill ended; err says how
 	err       error
 	fromStore bool // the blob was already cached: read it from the store
+	verified  bool // all bytes arrived and match the digest
 	readers   int
 }
 
@@ -75,7 +76,7 @@ func (f *fill) release() {
 
 func (f *fill) run(eps []*endpoint) {
 	defer f.r.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), f.r.opts.FillTimeout)
+	ctx, cancel := context.WithTimeout(f.r.ctx, f.r.opts.FillTimeout)
 	defer cancel()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("blob", f.key))
 	err := f.download(ctx, eps)
@@ -191,10 +192,23 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	if got.size >= 0 && n != got.size {
 		return fmt.Errorf("upstream body ended after %d of %d bytes: %w", n, got.size, errdefs.ErrUnavailable)
 	}
+	if w.Digest() == f.dgst {
+		// The bytes are verified: readers may finish now rather than wait for the fsync of
+		// the commit. (Commit verifies again, and makes them durable.)
+		f.mu.Lock()
+		f.size, f.verified = n, true
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	}
+	// Linked first, so that the moment the blob is in the cache the next request finds it
+	// there. A link to a blob that is not cached means nothing.
+	if err := f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
+		return err
+	}
 	if err := w.Commit(ctx, n, f.dgst); err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			committed = true
-			return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+			return nil
 		}
 		if errdefs.IsFailedPrecondition(err) {
 			f.r.digestMismatches.Add(1)
@@ -203,10 +217,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 		return err
 	}
 	committed = true
-	f.mu.Lock()
-	f.size = n
-	f.mu.Unlock()
-	return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+	return nil
 }
 
 // fillReader streams [pos, end) of a fill's blob as it arrives. end is -1 for "to the end".
@@ -220,13 +231,13 @@ func (fr *fillReader) Read(p []byte) (int, error) {
 	f.mu.Lock()
 	for {
 		end := fr.end
-		if end < 0 && f.done && f.err == nil {
+		if end < 0 && f.verified {
 			end = f.size
 		}
 		if end >= 0 && fr.pos >= end {
 			// Everything asked for was delivered. Bytes up to the end of the blob are only
 			// complete once the fill verified them.
-			if fr.end >= 0 && fr.end < f.size || f.done && f.err == nil {
+			if fr.end >= 0 && fr.end < f.size || f.verified {
 				f.mu.Unlock()
 				return 0, io.EOF
 			}

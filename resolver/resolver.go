@@ -88,6 +88,10 @@ type Resolver struct {
 	opts  Options
 	stop  chan struct{}
 	wg    sync.WaitGroup
+	// ctx is the parent of the fills, which outlive the requests that start them; Close
+	// cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	regMu      sync.Mutex
 	registries map[string][]*endpoint
@@ -113,6 +117,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		store: store, opts: opts, stop: make(chan struct{}),
 		registries: map[string][]*endpoint{}, fills: map[string]*fill{},
 	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for registry := range opts.Endpoints {
 		if _, err := r.endpoints(registry); err != nil {
 			return nil, err
@@ -121,9 +126,11 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	return r, nil
 }
 
-// Close stops the health probes and waits for blob fills in progress to end.
+// Close stops the health probes, cancels the blob fills in progress (their ingests are
+// removed; nothing partial is cached) and waits for them to end.
 func (r *Resolver) Close() error {
 	close(r.stop)
+	r.cancel()
 	r.wg.Wait()
 	return nil
 }

@@ -1,0 +1,611 @@
+package resolver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+)
+
+// fault is what the test upstream does instead of answering normally.
+type fault string
+
+const (
+	healthy   fault = ""
+	status503 fault = "503"
+	status429 fault = "429"
+	hang      fault = "hang"     // accept and never answer until the client gives up
+	corrupt   fault = "corrupt"  // blob bodies with one byte flipped, same length
+	truncate  fault = "truncate" // blob bodies cut in half, then the connection dropped
+)
+
+// testUpstream is a real registry (go-containerregistry's) behind httptest, wrapped to count
+// requests by kind and to fail on demand.
+type testUpstream struct {
+	*httptest.Server
+	fault    atomic.Value  // fault
+	gate     chan struct{} // when not nil, blob bodies stop half way until it is closed
+	gateMu   sync.Mutex
+	counts   sync.Map // "HEAD manifests" → *atomic.Int64
+	released chan struct{}
+}
+
+func newTestUpstream(t *testing.T) *testUpstream {
+	t.Helper()
+	u := &testUpstream{released: make(chan struct{})}
+	u.fault.Store(healthy)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := "ping"
+		for _, k := range []string{"manifests", "blobs", "tags", "referrers"} {
+			if strings.Contains(r.URL.Path, "/"+k+"/") {
+				kind = k
+			}
+		}
+		u.counter(r.Method + " " + kind).Add(1)
+		switch u.fault.Load().(fault) {
+		case status503:
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		case status429:
+			w.Header().Set("Retry-After", "30")
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+			return
+		case hang:
+			select {
+			case <-r.Context().Done():
+			case <-u.released:
+			}
+			return
+		}
+		if kind != "blobs" || r.Method != http.MethodGet {
+			reg.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		reg.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		switch u.fault.Load().(fault) {
+		case corrupt:
+			body = bytes.Clone(body)
+			body[len(body)/2] ^= 0xff
+		case truncate:
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		u.gateMu.Lock()
+		gate := u.gate
+		u.gateMu.Unlock()
+		if gate != nil {
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
+			}
+			body = body[len(body)/2:]
+		}
+		w.Write(body)
+	}))
+	t.Cleanup(func() {
+		close(u.released)
+		u.Close()
+	})
+	return u
+}
+
+func (u *testUpstream) counter(key string) *atomic.Int64 {
+	c, _ := u.counts.LoadOrStore(key, new(atomic.Int64))
+	return c.(*atomic.Int64)
+}
+
+func (u *testUpstream) count(key string) int64 { return u.counter(key).Load() }
+
+func (u *testUpstream) setFault(f fault) { u.fault.Store(f) }
+
+func (u *testUpstream) host() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// push writes a random image to repo:tag and returns it.
+func (u *testUpstream) push(t *testing.T, repo, tag string, layerSize int64) v1.Image {
+	t.Helper()
+	img, err := random.Image(layerSize, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+const testRegistry = "registry.test"
+
+// newTestResolver returns a Resolver whose registry.test upstream is the given servers, in order.
+func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 34})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var urls []string
+	for _, u := range ups {
+		urls = append(urls, u.URL)
+	}
+	r, err := New(store, Options{
+		Policy:          policy,
+		TagMaxAge:       time.Hour,
+		UpstreamTimeout: time.Second, // generous: tests run in parallel under -race
+		IdleTimeout:     5 * time.Second,
+		FillTimeout:     time.Minute,
+		Endpoints:       map[string][]string{testRegistry: urls},
+		NewClient: func(registry, endpoint string) (Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+		Health: HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		store.Close()
+	})
+	return r, store
+}
+
+func mustDigest(t *testing.T, img v1.Image) digest.Digest {
+	t.Helper()
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String())
+}
+
+func TestTagStatuses(t *testing.T) {
+	t.Parallel()
+	for _, f := range []fault{status503, status429, hang} {
+		t.Run("stale on "+string(f), func(t *testing.T) {
+			t.Parallel()
+			up := newTestUpstream(t)
+			img := up.push(t, "app", "v1", 1024)
+			want := mustDigest(t, img)
+			r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+			ctx := t.Context()
+
+			m, err := r.Manifest(ctx, testRegistry, "app", "v1")
+			if err != nil || m.Status != Miss || m.Descriptor.Digest != want {
+				t.Fatalf("first resolution: %+v %v, want a miss of %s", m.Descriptor, err, want)
+			}
+			gets := up.count("GET manifests")
+			m, err = r.Manifest(ctx, testRegistry, "app", "v1")
+			if err != nil || m.Status != Revalidated || m.Descriptor.Digest != want {
+				t.Fatalf("second resolution: %+v %s %v, want revalidated", m.Descriptor, m.Status, err)
+			}
+			if up.count("GET manifests") != gets {
+				t.Error("revalidating an unchanged tag downloaded the manifest again")
+			}
+
+			up.setFault(f)
+			m, err = r.Manifest(ctx, testRegistry, "app", "v1")
+			if err != nil || m.Status != Stale || m.Descriptor.Digest != want {
+				t.Fatalf("with the upstream failing (%s): %+v %s %v, want stale", f, m.Descriptor, m.Status, err)
+			}
+			if !bytes.Equal(m.Body, mustManifest(t, img)) {
+				t.Error("stale manifest body differs from the upstream's")
+			}
+			// Never cached: not found, promptly, so containerd moves on.
+			_, err = r.Manifest(ctx, testRegistry, "app", "never-pushed")
+			if !errdefs.IsNotFound(err) {
+				t.Fatalf("uncached tag with the upstream failing: %v, want not found", err)
+			}
+		})
+	}
+}
+
+func mustManifest(t *testing.T, img v1.Image) []byte {
+	t.Helper()
+	b, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestTagMovesUpstream(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "latest", 512)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "latest"); err != nil {
+		t.Fatal(err)
+	}
+	newer := up.push(t, "app", "latest", 512)
+	m, err := r.Manifest(ctx, testRegistry, "app", "latest")
+	if err != nil || m.Status != Revalidated || m.Descriptor.Digest != mustDigest(t, newer) {
+		t.Fatalf("after the tag moved upstream: %+v %s %v", m.Descriptor, m.Status, err)
+	}
+	ref, err := store.GetRef(ctx, testRegistry+"/app:latest")
+	if err != nil || ref.Target.Digest != mustDigest(t, newer) {
+		t.Fatalf("cached ref %+v %v does not follow the tag", ref.Target, err)
+	}
+}
+
+func TestCacheFirstPolicy(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "v1", 512)
+	r, _ := newTestResolver(t, PolicyCacheFirst, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	heads := up.count("HEAD manifests")
+	m, err := r.Manifest(ctx, testRegistry, "app", "v1")
+	if err != nil || m.Status != Hit {
+		t.Fatalf("within tag_max_age: %s %v, want hit", m.Status, err)
+	}
+	if up.count("HEAD manifests") != heads {
+		t.Error("cache-first asked upstream about a tag it trusts")
+	}
+}
+
+func TestBreakerOpensAndCloses(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "v1", 512)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	up.setFault(status503)
+	for range 2 { // FailureThreshold
+		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+			t.Fatalf("%s %v", m.Status, err)
+		}
+	}
+	if eps := r.Endpoints(); len(eps) != 1 || eps[0].Up {
+		t.Fatalf("after %d failures the endpoint is %+v, want down", 2, eps)
+	}
+	heads := up.count("HEAD manifests")
+	for range 5 {
+		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+			t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
+		}
+	}
+	if got := up.count("HEAD manifests"); got != heads {
+		t.Errorf("%d tag requests reached a down endpoint", got-heads)
+	}
+	up.setFault(healthy)
+	waitFor(t, "the probe to mark the endpoint up", func() bool { return r.Endpoints()[0].Up })
+	if up.count("GET ping") == 0 {
+		t.Error("the endpoint came back without a probe")
+	}
+	if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
+		t.Fatalf("after recovery: %s %v, want revalidated", m.Status, err)
+	}
+}
+
+func TestEndpointFailover(t *testing.T) {
+	t.Parallel()
+	broken, good := newTestUpstream(t), newTestUpstream(t)
+	broken.setFault(status503)
+	img := good.push(t, "app", "v1", 512)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, broken, good)
+	ctx := t.Context()
+	m, err := r.Manifest(ctx, testRegistry, "app", "v1")
+	if err != nil || m.Descriptor.Digest != mustDigest(t, img) {
+		t.Fatalf("%+v %v", m.Descriptor, err)
+	}
+	ref, _ := store.GetRef(ctx, testRegistry+"/app:v1")
+	if ref.Endpoint != good.URL {
+		t.Errorf("answer recorded from %q, want the second endpoint %q", ref.Endpoint, good.URL)
+	}
+	if broken.count("HEAD manifests") == 0 {
+		t.Error("the first endpoint was never tried")
+	}
+}
+
+func layerDigest(t *testing.T, img v1.Image) (digest.Digest, []byte) {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String()), b
+}
+
+func readBlob(ctx context.Context, r *Resolver, repo string, dgst digest.Digest) ([]byte, CacheStatus, error) {
+	b, err := r.Blob(ctx, testRegistry, repo, dgst)
+	if err != nil {
+		return nil, "", err
+	}
+	defer b.Close()
+	rc, err := b.Reader(0, b.Descriptor.Size)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	return data, b.Status, err
+}
+
+func TestBlobMissThenHit(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 1<<20)
+	dgst, want := layerDigest(t, img)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	got, status, err := readBlob(ctx, r, "app", dgst)
+	if err != nil || status != Miss || !bytes.Equal(got, want) {
+		t.Fatalf("cold read: %s %v, equal=%v", status, err, bytes.Equal(got, want))
+	}
+	// Readers finish once the bytes are verified; the commit (fsync) may still be running.
+	waitFor(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
+	up.setFault(hang) // a hit must not touch the upstream at all
+	got, status, err = readBlob(ctx, r, "app", dgst)
+	if err != nil || status != Hit || !bytes.Equal(got, want) {
+		t.Fatalf("warm read: %s %v", status, err)
+	}
+	if n := up.count("GET blobs"); n != 1 {
+		t.Errorf("%d upstream blob downloads, want 1", n)
+	}
+	// Served only under the repository it was fetched for.
+	if _, _, err := readBlob(ctx, r, "other", dgst); !errdefs.IsNotFound(err) {
+		t.Errorf("the blob under another repository with the upstream down: %v, want not found", err)
+	}
+}
+
+func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 4<<20)
+	dgst, want := layerDigest(t, img)
+	gate := make(chan struct{})
+	up.gateMu.Lock()
+	up.gate = gate
+	up.gateMu.Unlock()
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+
+	const clients = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	firstHalf := make(chan struct{}, clients)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			arrived := false
+			defer func() {
+				if !arrived { // failed before the first half: do not leave the test waiting
+					firstHalf <- struct{}{}
+				}
+			}()
+			b, err := r.Blob(ctx, testRegistry, "app", dgst)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer b.Close()
+			rc, _ := b.Reader(0, b.Descriptor.Size)
+			half := make([]byte, len(want)/2)
+			if _, err := io.ReadFull(rc, half); err != nil {
+				errs <- err
+				return
+			}
+			// The first half arrived while the upstream still holds back the second: clients
+			// stream as bytes arrive, not after the fill completes.
+			arrived = true
+			firstHalf <- struct{}{}
+			rest, err := io.ReadAll(rc)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(append(half, rest...), want) {
+				errs <- errors.New("a client got the wrong bytes")
+			}
+		}()
+	}
+	for range clients {
+		<-firstHalf
+	}
+	if _, err := store.Info(ctx, dgst); !errdefs.IsNotFound(err) {
+		t.Fatal("the blob was committed before the upstream finished sending it")
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := up.count("GET blobs"); n != 1 {
+		t.Errorf("%d upstream downloads for %d concurrent clients, want exactly 1", n, clients)
+	}
+}
+
+func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
+	t.Parallel()
+	for _, f := range []fault{corrupt, truncate} {
+		t.Run(string(f), func(t *testing.T) {
+			t.Parallel()
+			up := newTestUpstream(t)
+			img := up.push(t, "app", "v1", 256<<10)
+			dgst, _ := layerDigest(t, img)
+			r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+			up.setFault(f)
+			_, _, err := readBlob(t.Context(), r, "app", dgst)
+			if err == nil {
+				t.Fatal("a client read a bad upstream blob to a clean end")
+			}
+			if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
+				t.Fatalf("bad upstream bytes were cached: %v", err)
+			}
+			if f == corrupt && r.DigestMismatches() != 1 {
+				t.Errorf("digest mismatches counted: %d, want 1", r.DigestMismatches())
+			}
+			// Once the upstream is fixed, the blob is fetched and served correctly.
+			up.setFault(healthy)
+			waitFor(t, "the endpoint to be usable", func() bool { return r.Endpoints()[0].Up })
+			if _, _, err := readBlob(t.Context(), r, "app", dgst); err != nil {
+				t.Fatalf("after the upstream recovered: %v", err)
+			}
+		})
+	}
+}
+
+func TestFillSurvivesClientDisconnect(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 1<<20)
+	dgst, want := layerDigest(t, img)
+	gate := make(chan struct{})
+	up.gateMu.Lock()
+	up.gate = gate
+	up.gateMu.Unlock()
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	b, err := r.Blob(ctx, testRegistry, "app", dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := b.Reader(0, b.Descriptor.Size)
+	if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	// The client goes away mid-transfer.
+	rc.Close()
+	b.Close()
+	cancel()
+	close(gate)
+	waitFor(t, "the fill to complete without its client", func() bool {
+		_, err := store.Info(t.Context(), dgst)
+		return err == nil
+	})
+	got, status, err := readBlob(t.Context(), r, "app", dgst)
+	if err != nil || status != Hit || !bytes.Equal(got, want) {
+		t.Fatalf("retry after the disconnect: %s %v", status, err)
+	}
+}
+
+func TestDigestReferencesServedOffline(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 512)
+	want := mustDigest(t, img)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	up.setFault(hang)
+	m, err := r.Manifest(ctx, testRegistry, "app", want.String())
+	if err != nil || m.Status != Hit || m.Descriptor.Digest != want {
+		t.Fatalf("digest reference offline: %+v %s %v, want hit", m.Descriptor, m.Status, err)
+	}
+	if _, err := r.Manifest(ctx, testRegistry, "elsewhere", want.String()); !errdefs.IsNotFound(err) {
+		t.Errorf("the manifest under another repository: %v, want not found", err)
+	}
+}
+
+func TestTagsList(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	for _, tag := range []string{"b", "a", "c"} {
+		up.push(t, "app", tag, 256)
+	}
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	tags, status, err := r.Tags(ctx, testRegistry, "app")
+	if err != nil || status != Revalidated || strings.Join(tags, ",") != "a,b,c" {
+		t.Fatalf("upstream tags: %v %s %v", tags, status, err)
+	}
+	if _, err := r.Manifest(ctx, testRegistry, "app", "b"); err != nil {
+		t.Fatal(err)
+	}
+	up.setFault(status503)
+	tags, status, err = r.Tags(ctx, testRegistry, "app")
+	if err != nil || status != Stale || strings.Join(tags, ",") != "b" {
+		t.Fatalf("cached tags with the upstream down: %v %s %v, want [b] stale", tags, status, err)
+	}
+}
+
+func TestInvalidArguments(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	for _, tc := range []struct{ name, registry, repo, ref string }{
+		{"dot-dot repo", testRegistry, "../etc", "v1"},
+		{"upper-case repo", testRegistry, "App", "v1"},
+		{"bad tag", testRegistry, "app", "-v1"},
+		{"bad digest", testRegistry, "app", "sha256:xyz"},
+		{"bad registry", "bad host!", "app", "v1"},
+	} {
+		if _, err := r.Manifest(ctx, tc.registry, tc.repo, tc.ref); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want invalid argument", tc.name, err)
+		}
+	}
+	if up.count("HEAD manifests")+up.count("GET manifests") != 0 {
+		t.Error("invalid requests reached the upstream")
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after a generous deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

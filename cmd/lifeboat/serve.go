@@ -19,6 +19,9 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
+	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
 )
 
 // shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM.
@@ -114,11 +117,20 @@ func serve(ctx context.Context, cfg config.Config) error {
 	used, budget := store.Usage()
 	log.G(ctx).WithField("root", cfg.Root).WithField("used", used).WithField("budget", budget).Info("cache open")
 
+	res, err := newResolver(store, cfg)
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewCacheCollector(store))
 
 	g, ctx := errgroup.WithContext(ctx)
+	if err := serveHTTP(ctx, g, "registry mirror", cfg.Mirror.Address, mirror.New(mirror.FromResolver(res), mirror.Options{})); err != nil {
+		return err
+	}
 	if cfg.Metrics.Address != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -158,4 +170,32 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 		return srv.Shutdown(sctx)
 	})
 	return nil
+}
+
+// newResolver builds the resolver with one upstream client per configured endpoint.
+func newResolver(store *cache.Store, cfg config.Config) (*resolver.Resolver, error) {
+	endpoints := map[string][]string{}
+	for host, r := range cfg.Registry {
+		if len(r.Endpoints) > 0 {
+			endpoints[host] = r.Endpoints
+		}
+	}
+	newClient := func(registry, endpoint string) (resolver.Client, error) {
+		rc := cfg.Registry[registry]
+		return upstream.New(registry, endpoint, upstream.Options{
+			Username: rc.Username, Password: rc.Password, DockerConfig: cfg.Auth.DockerConfig,
+			CAFile: rc.CAFile, InsecureSkipVerify: rc.InsecureSkipVerify, UserAgent: "lifeboat/" + version,
+		})
+	}
+	res, err := resolver.New(store, resolver.Options{
+		Policy:          cfg.Resolve.Policy,
+		TagMaxAge:       time.Duration(cfg.Resolve.TagMaxAge),
+		UpstreamTimeout: time.Duration(cfg.Resolve.UpstreamTimeout),
+		Endpoints:       endpoints,
+		NewClient:       newClient,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstream registries: %w", err)
+	}
+	return res, nil
 }

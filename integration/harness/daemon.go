@@ -1,0 +1,159 @@
+package harness
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Bounds on starting and stopping lifeboat.
+const (
+	lifeboatReadyTimeout = 30 * time.Second
+	lifeboatStopGrace    = 15 * time.Second
+)
+
+// LifeboatOptions configure StartLifeboat.
+type LifeboatOptions struct {
+	// Upstreams maps registries to their endpoints ([registry."<host>"] endpoints).
+	Upstreams map[string][]string
+	// ExtraConfig is TOML appended to the generated config (for tables not generated here).
+	ExtraConfig string
+	// Root reuses a data root, for restarts; a new temp dir if empty.
+	Root string
+	// Args are extra `lifeboat serve` arguments.
+	Args []string
+}
+
+// Lifeboat is a `lifeboat serve` process with its own root, sockets and mirror port.
+type Lifeboat struct {
+	Root        string
+	Mirror      string // host:port of the registry mirror
+	Socket      string // containerd proxy plugin socket
+	AdminSocket string
+	Config      string
+	proc        *Process
+	killed      *Process // stopped on purpose with SIGKILL
+}
+
+// StartLifeboat builds lifeboat (once per test binary), starts `lifeboat serve` on a free
+// loopback port and waits until its mirror answers `GET /v2/`. It is stopped with SIGTERM in
+// t.Cleanup, its log attached if the test failed.
+func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
+	t.Helper()
+	bin := BuildLifeboat(t)
+	dir, err := os.MkdirTemp("", "lb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root := opts.Root
+	if root == "" {
+		root = filepath.Join(dir, "root")
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &Lifeboat{
+		Root:        root,
+		Mirror:      fmt.Sprintf("127.0.0.1:%d", port),
+		Socket:      filepath.Join(dir, "lifeboat.sock"),
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		Config:      filepath.Join(dir, "config.toml"),
+	}
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = \"\"\n",
+		lb.Root, lb.Mirror, lb.Socket, lb.AdminSocket)
+	fmt.Fprintf(&cfg, "[cache]\nmax_size = \"8GiB\"\n[log]\nlevel = \"debug\"\n")
+	for reg, eps := range opts.Upstreams {
+		fmt.Fprintf(&cfg, "[registry.%q]\nendpoints = [", reg)
+		for i, e := range eps {
+			if i > 0 {
+				cfg.WriteString(", ")
+			}
+			fmt.Fprintf(&cfg, "%q", e)
+		}
+		cfg.WriteString("]\n")
+	}
+	cfg.WriteString(opts.ExtraConfig)
+	if err := os.WriteFile(lb.Config, []byte(cfg.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lb.start(t, bin, dir, opts.Args)
+	return lb
+}
+
+func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--config", lb.Config}, args...)...)
+	lb.proc = StartProcess(t, "lifeboat", cmd, filepath.Join(dir, fmt.Sprintf("lifeboat-%d.log", time.Now().UnixNano())))
+	proc := lb.proc
+	t.Cleanup(func() {
+		if err := proc.Stop(lifeboatStopGrace); err != nil && proc != lb.killed {
+			t.Errorf("stopping lifeboat: %v", err)
+		}
+		if t.Failed() {
+			proc.AttachLog(t)
+		}
+	})
+	WaitFor(t, "lifeboat's mirror", lifeboatReadyTimeout, proc.Exited(), func() error {
+		resp, err := http.Get(lb.URL() + "/v2/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /v2/: %s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// URL is the mirror's base URL.
+func (lb *Lifeboat) URL() string { return "http://" + lb.Mirror }
+
+// Process is the running daemon.
+func (lb *Lifeboat) Process() *Process { return lb.proc }
+
+// Kill stops the daemon with SIGKILL, as a crash would.
+func (lb *Lifeboat) Kill(t testing.TB) {
+	t.Helper()
+	lb.killed = lb.proc
+	lb.proc.cmd.Process.Signal(syscall.SIGKILL)
+	<-lb.proc.Exited()
+}
+
+// Restart starts the daemon again with the same config and root after it stopped.
+func (lb *Lifeboat) Restart(t testing.TB) {
+	t.Helper()
+	if lb.proc.Running() {
+		if err := lb.proc.Stop(lifeboatStopGrace); err != nil {
+			t.Fatalf("stopping lifeboat: %v", err)
+		}
+	}
+	lb.start(t, BuildLifeboat(t), filepath.Dir(lb.Config), nil)
+}
+
+// MirrorHostsDir writes a hosts.toml directory that sends the registry's pulls to lifeboat only
+// (no fallback to the upstream, so a test cannot pass by going around lifeboat), and returns it.
+func (lb *Lifeboat) MirrorHostsDir(t testing.TB, registries ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, reg := range registries {
+		d := filepath.Join(dir, reg)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", lb.URL(), lb.URL())
+		if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(toml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}

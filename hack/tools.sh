@@ -15,6 +15,10 @@ tools=(
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
   "registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2"
   "staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2"
+  # The OCI distribution-spec conformance program, pinned to a commit (pseudo-version). It is a
+  # main package: built with go install like the others, not as a test binary (which upstream
+  # deprecates).
+  "conformance github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111"
 )
 
 installed_version() { # binary -> module version, or nothing

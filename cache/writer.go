@@ -15,7 +15,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sys/unix"
 )
 
 // ingestRecord is the index entry of one write in progress. Its bytes are in ingestPath(ref).
@@ -161,7 +160,6 @@ func (s *Store) openWriter(ctx context.Context, ref string, total int64, expecte
 		return nil, fmt.Errorf("seek ingest %q: %w", ref, err)
 	}
 	w.fp = fp
-	w.flushed = w.offset
 	return w, nil
 }
 
@@ -191,7 +189,6 @@ type writer struct {
 	digester digest.Digester
 	rec      ingestRecord
 	broken   error // set when the digest state no longer matches the file
-	flushed  int64 // offset up to which writeback was started
 }
 
 var _ content.Writer = (*writer)(nil)
@@ -229,21 +226,7 @@ func (w *writer) Write(p []byte) (int, error) {
 	}
 	w.offset += int64(n)
 	w.rec.UpdatedAt = time.Now()
-	w.startWriteback()
 	return n, err
-}
-
-// writebackChunk is how much written data may wait in the page cache before its writeback is
-// started, so that the fsync at commit finds little left to flush.
-const writebackChunk = 8 << 20
-
-// startWriteback asks the kernel to begin writing out full chunks written so far, without
-// waiting for it. It is advisory: errors are left for fsync at commit to report.
-func (w *writer) startWriteback() {
-	for w.offset-w.flushed >= writebackChunk {
-		_ = unix.SyncFileRange(int(w.fp.Fd()), w.flushed, writebackChunk, unix.SYNC_FILE_RANGE_WRITE)
-		w.flushed += writebackChunk
-	}
 }
 
 // Digest is the digest of the bytes written so far.
@@ -275,7 +258,6 @@ func (w *writer) Truncate(size int64) error {
 		return err
 	}
 	w.offset = 0
-	w.flushed = 0
 	w.broken = nil
 	w.digester.Hash().Reset()
 	w.rec.UpdatedAt = time.Now()

@@ -41,8 +41,8 @@ test: lint unit integration ## everything CI runs: lint, unit and integration
 tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck into bin/tools
 	@bash hack/tools.sh
 
-bench: ## benchmarks, reported as ratios to baselines measured in the same run
-	$(GO) run ./hack/bench -out docs/benchmarks.md
+bench: tools ## benchmarks, reported as ratios to baselines measured in the same run
+	$(GO) run ./hack/bench -tools $(TOOLS) -out docs/benchmarks.md
 
 clean: ## remove build outputs (not bin/tools, not ./.lifeboat)
 	rm -f bin/lifeboat

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -510,7 +511,7 @@ func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status Ca
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return io.NopCloser(io.NewSectionReader(ra, off, length)), nil
+			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra, off: off}, nil
 		},
 		close: ra.Close,
 	}, nil
@@ -584,4 +585,28 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 		}
 	}
 	return idx, nil
+}
+
+// sectionReader reads a range of a cached blob. When the blob is a file it can hand that file
+// over, positioned at the range, for sendfile.
+type sectionReader struct {
+	*io.SectionReader
+	ra  content.ReaderAt
+	off int64
+}
+
+func (s *sectionReader) Close() error { return nil }
+
+// PositionedFile returns the blob's file positioned at the start of the range, or nil. The file
+// belongs to the Blob: one reader at a time may use it this way.
+func (s *sectionReader) PositionedFile() (*os.File, error) {
+	fr, ok := s.ra.(interface{ File() *os.File })
+	if !ok {
+		return nil, nil
+	}
+	f := fr.File()
+	if _, err := f.Seek(s.off, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return f, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -607,5 +608,39 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestCachedBlobOffersItsFile(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 64<<10)
+	dgst, want := layerDigest(t, img)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	if _, _, err := readBlob(ctx, r, "app", dgst); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
+	b, err := r.Blob(ctx, testRegistry, "app", dgst)
+	if err != nil || b.Status != Hit {
+		t.Fatalf("%v %v", b, err)
+	}
+	defer b.Close()
+	rc, err := b.Reader(100, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr, ok := rc.(interface{ PositionedFile() (*os.File, error) })
+	if !ok {
+		t.Fatal("a cached blob's reader offers no file for sendfile")
+	}
+	f, err := fr.PositionedFile()
+	if err != nil || f == nil {
+		t.Fatalf("PositionedFile: %v %v", f, err)
+	}
+	got := make([]byte, 50)
+	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, want[100:150]) {
+		t.Fatalf("the file is not positioned at the range: %v", err)
 	}
 }

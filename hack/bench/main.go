@@ -55,8 +55,9 @@ func median(ds []time.Duration) time.Duration {
 func run() error {
 	out := flag.String("out", "", "write the markdown report to this file too")
 	size := flag.Int64("size", 256<<20, "blob size in bytes")
-	rounds := flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
+	rounds := flag.Int("rounds", 9, "rounds per measurement (medians are reported)")
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
+	tools := flag.String("tools", "bin/tools", "directory of the pinned tools (make tools)")
 	flag.Parse()
 
 	scratch, err := os.MkdirTemp(*dir, "lifeboat-bench-")
@@ -65,11 +66,24 @@ func run() error {
 	}
 	defer os.RemoveAll(scratch)
 
-	results, err := cacheThroughput(context.Background(), scratch, *size, *rounds)
+	ctx := context.Background()
+	results, err := cacheThroughput(ctx, scratch, *size, *rounds)
 	if err != nil {
 		return err
 	}
-	report := render(results, *size, *rounds)
+	bin := filepath.Join(scratch, "lifeboat")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/lifeboat").CombinedOutput(); err != nil {
+		return fmt.Errorf("build lifeboat: %v\n%s", err, out)
+	}
+	tdir, err := filepath.Abs(*tools)
+	if err != nil {
+		return err
+	}
+	mres, err := mirrorBench(ctx, scratch, tdir, bin, *size, *rounds)
+	if err != nil {
+		return fmt.Errorf("mirror benchmark: %w", err)
+	}
+	report := render(results, *size, *rounds, func(b *strings.Builder) { renderMirror(b, mres, *size) })
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
@@ -183,7 +197,7 @@ func timed(fn func() error) (time.Duration, error) {
 	return time.Since(start), err
 }
 
-func render(results []result, size int64, rounds int) string {
+func render(results []result, size int64, rounds int, more ...func(*strings.Builder)) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# lifeboat benchmarks\n\n")
 	fmt.Fprintf(&b, "Produced by `make bench` on %s. Medians of %d alternating rounds; each ratio is lifeboat's\n", time.Now().UTC().Format("2006-01-02"), rounds)
@@ -192,6 +206,9 @@ func render(results []result, size int64, rounds int) string {
 	fmt.Fprintf(&b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
 	for _, r := range results {
 		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.2f |\n", r.name, r.rate(r.subject), r.baseline, r.rate(r.base), r.ratio())
+	}
+	for _, m := range more {
+		m(&b)
 	}
 	fmt.Fprintf(&b, "\nMachine: %s, %d CPUs, %s. Go %s.\n", machine(), runtime.NumCPU(), kernel(), strings.TrimPrefix(runtime.Version(), "go"))
 	return b.String()

@@ -291,7 +291,15 @@ func (h *handler) blob(x *exchange) {
 		n            int64
 		sourceFailed bool
 	)
-	if f, isFile := rc.(*os.File); isFile {
+	f, isFile := rc.(*os.File)
+	if ff, ok := rc.(fileReader); ok && !isFile {
+		if f, err = ff.PositionedFile(); err != nil {
+			x.fail(err)
+			return
+		}
+		isFile = f != nil
+	}
+	if isFile {
 		start()
 		// io.Copy hands a limited *os.File to net/http's ReadFrom, which sends it with sendfile.
 		// A local file rarely fails: count a failure as the client's unless the file was short.
@@ -325,6 +333,13 @@ func (h *handler) blob(x *exchange) {
 		entry.Debug("mirror client stopped reading a blob")
 	}
 	panic(http.ErrAbortHandler)
+}
+
+// fileReader is a blob reader backed by a file, which can then be sent with sendfile.
+type fileReader interface {
+	// PositionedFile returns the file positioned at the reader's first byte, or nil if the
+	// reader cannot offer one.
+	PositionedFile() (*os.File, error)
 }
 
 // copyBuffered copies length bytes of rc to w through a large buffer. It calls start (which

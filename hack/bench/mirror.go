@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// mirrorResults holds what mirrorBench measured.
+type mirrorResults struct {
+	throughput       []result
+	ttfbCold, ttfbUp time.Duration
+	headUp, headDown []time.Duration
+}
+
+// daemon is a child process of the benchmark.
+type daemon struct {
+	cmd *exec.Cmd
+	dir string
+}
+
+func (d *daemon) stop() {
+	if d.cmd.Process != nil {
+		d.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { d.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			d.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func waitHTTP(url string, d *daemon) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if d.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(d.dir, "log"))
+	return fmt.Errorf("%s did not come up:\n%s", url, log)
+}
+
+func startDaemon(dir string, bin string, args []string, env []string) (*daemon, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &daemon{cmd: cmd, dir: dir}, nil
+}
+
+// startRegistry runs the distribution registry (from bin/tools) on a free loopback port.
+func startRegistry(scratch, tools string) (*daemon, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	dir := filepath.Join(scratch, "registry")
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644); err != nil {
+		return nil, "", err
+	}
+	d, err := startDaemon(dir, filepath.Join(tools, "registry"), []string{"serve", filepath.Join(dir, "config.yml")},
+		[]string{"OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none"})
+	if err != nil {
+		return nil, "", err
+	}
+	return d, addr, waitHTTP("http://"+addr+"/v2/", d)
+}
+
+// startLifeboat runs `lifeboat serve` with a fresh root and docker.io pointing at upstream.
+func startLifeboat(dir, bin, upstream string) (*daemon, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	cfg := fmt.Sprintf("root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = \"\"\n[cache]\nmax_size = \"16GiB\"\n[log]\nlevel = \"warn\"\n[registry.\"docker.io\"]\nendpoints = [\"http://%s\"]\n",
+		filepath.Join(dir, "root"), addr, filepath.Join(dir, "l.sock"), filepath.Join(dir, "a.sock"), upstream)
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o600); err != nil {
+		return nil, "", err
+	}
+	d, err := startDaemon(dir, bin, []string{"serve", "--config", filepath.Join(dir, "config.toml")}, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return d, addr, waitHTTP("http://"+addr+"/v2/", d)
+}
+
+// fetch GETs url to io.Discard and returns the time to the first byte and in all.
+func fetch(url string, want int64) (ttfb, total time.Duration, err error) {
+	start := time.Now()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	buf := make([]byte, 1<<20)
+	n, err := resp.Body.Read(buf[:1])
+	ttfb = time.Since(start)
+	if err != nil {
+		return 0, 0, err
+	}
+	m, err := io.CopyBuffer(io.Discard, resp.Body, buf)
+	if err != nil {
+		return 0, 0, err
+	}
+	if int64(n)+m != want {
+		return 0, 0, fmt.Errorf("GET %s: %d bytes, want %d", url, int64(n)+m, want)
+	}
+	return ttfb, time.Since(start), nil
+}
+
+func head(url string) (time.Duration, error) {
+	req, _ := http.NewRequest(http.MethodHead, url, nil)
+	req.Header.Set("Accept", string(types.OCIManifestSchema1)+", "+string(types.DockerManifestSchema2))
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("HEAD %s: %s", url, resp.Status)
+	}
+	return time.Since(start), nil
+}
+
+// mirrorBench compares fetching a blob through lifeboat (warm and cold) with fetching it
+// straight from the upstream registry, and measures tag HEAD latency with the upstream up and
+// down.
+func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int) (mirrorResults, error) {
+	var res mirrorResults
+	reg, regAddr, err := startRegistry(scratch, tools)
+	if err != nil {
+		return res, err
+	}
+	defer reg.stop()
+
+	layer, err := random.Layer(size, types.OCIUncompressedLayer)
+	if err != nil {
+		return res, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return res, err
+	}
+	ref, err := name.ParseReference(regAddr+"/library/bench:1", name.Insecure)
+	if err != nil {
+		return res, err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return res, fmt.Errorf("push the benchmark image: %w", err)
+	}
+	dgst, err := layer.Digest()
+	if err != nil {
+		return res, err
+	}
+	if size, err = layer.Size(); err != nil { // a tar of size random bytes: a little larger
+		return res, err
+	}
+	blobPath := "/v2/library/bench/blobs/" + dgst.String()
+	direct := "http://" + regAddr + blobPath
+
+	warm := result{name: "warm hit, blob GET through lifeboat", baseline: "same GET from the registry", bytes: size}
+	cold := result{name: "cold miss, blob GET through lifeboat", baseline: "same GET from the registry", bytes: size}
+	var ttfbCold, ttfbUp []time.Duration
+	for i := range rounds {
+		t, d, err := fetch(direct, size)
+		if err != nil {
+			return res, err
+		}
+		ttfbUp = append(ttfbUp, t)
+		cold.base = append(cold.base, d)
+		warm.base = append(warm.base, d)
+
+		lb, addr, err := startLifeboat(filepath.Join(scratch, fmt.Sprintf("lifeboat-%d", i)), lifeboat, regAddr)
+		if err != nil {
+			return res, err
+		}
+		t, d, err = fetch("http://"+addr+blobPath, size)
+		if err != nil {
+			lb.stop()
+			return res, err
+		}
+		ttfbCold = append(ttfbCold, t)
+		cold.subject = append(cold.subject, d)
+		_, d, err = fetch("http://"+addr+blobPath, size)
+		lb.stop()
+		os.RemoveAll(filepath.Join(scratch, fmt.Sprintf("lifeboat-%d", i)))
+		if err != nil {
+			return res, err
+		}
+		warm.subject = append(warm.subject, d)
+	}
+	res.throughput = []result{warm, cold}
+	res.ttfbCold, res.ttfbUp = median(ttfbCold), median(ttfbUp)
+
+	// Tag HEAD latency, then the same with the registry stopped (served stale from the cache).
+	lb, addr, err := startLifeboat(filepath.Join(scratch, "lifeboat-tags"), lifeboat, regAddr)
+	if err != nil {
+		return res, err
+	}
+	defer lb.stop()
+	tagURL := "http://" + addr + "/v2/library/bench/manifests/1"
+	if _, err := head(tagURL); err != nil {
+		return res, err
+	}
+	for range 200 {
+		d, err := head(tagURL)
+		if err != nil {
+			return res, err
+		}
+		res.headUp = append(res.headUp, d)
+	}
+	reg.stop()
+	for range 200 {
+		d, err := head(tagURL)
+		if err != nil {
+			return res, fmt.Errorf("tag HEAD with the upstream down: %w", err)
+		}
+		res.headDown = append(res.headDown, d)
+	}
+	return res, nil
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
+	fmt.Fprintf(b, "\n## Registry mirror, one %d MiB blob (real registry and lifeboat processes on loopback)\n\n", size>>20)
+	fmt.Fprintf(b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
+	for _, t := range r.throughput {
+		fmt.Fprintf(b, "| %s | %.0f | %s | %.0f | %.2f |\n", t.name, t.rate(t.subject), t.baseline, t.rate(t.base), t.ratio())
+	}
+	fmt.Fprintf(b, "\nTime to first byte: cold miss through lifeboat %s, straight from the registry %s.\n",
+		r.ttfbCold.Round(time.Microsecond), r.ttfbUp.Round(time.Microsecond))
+	fmt.Fprintf(b, "\nEvery party runs on the same machine: on a cold miss lifeboat receives, hashes, writes and\n"+
+		"sends every byte on the cores the registry and the client also use, so the cold ratio is bound by\n"+
+		"CPU here; a warm hit is sent from the cache file with sendfile.\n")
+	fmt.Fprintf(b, "\n| tag HEAD (200 sequential) | p50 | p99 |\n|---|---:|---:|\n")
+	fmt.Fprintf(b, "| upstream up (revalidated) | %s | %s |\n", percentile(r.headUp, 0.5).Round(time.Microsecond), percentile(r.headUp, 0.99).Round(time.Microsecond))
+	fmt.Fprintf(b, "| upstream stopped (stale from cache) | %s | %s |\n", percentile(r.headDown, 0.5).Round(time.Microsecond), percentile(r.headDown, 0.99).Round(time.Microsecond))
+}

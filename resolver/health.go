@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,6 +79,7 @@ type endpoint struct {
 	client   Client
 	opts     HealthOptions
 	stop     <-chan struct{}
+	wake     chan struct{} // probes at once rather than at the next backoff step
 
 	mu       sync.Mutex
 	up       bool
@@ -88,7 +90,7 @@ type endpoint struct {
 }
 
 func newEndpoint(registry string, c Client, opts HealthOptions, stop <-chan struct{}) *endpoint {
-	return &endpoint{registry: registry, client: c, opts: opts, stop: stop, up: true, since: time.Now()}
+	return &endpoint{registry: registry, client: c, opts: opts, stop: stop, wake: make(chan struct{}, 1), up: true, since: time.Now()}
 }
 
 func (e *endpoint) usable() bool {
@@ -126,12 +128,19 @@ func (e *endpoint) observe(ctx context.Context, err error) {
 func (e *endpoint) probe() {
 	ctx := context.Background()
 	wait := e.opts.ProbeInterval
+	select {
+	case <-e.wake: // a wake-up from before this outage of the endpoint
+	default:
+	}
 	for {
 		t := time.NewTimer(wait)
 		select {
 		case <-e.stop:
 			t.Stop()
 			return
+		case <-e.wake:
+			t.Stop()
+			wait = e.opts.ProbeInterval
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
@@ -193,7 +202,13 @@ func try[T any](ctx context.Context, eps []*endpoint, fn func(context.Context, C
 		}
 	}
 	if lastErr == nil {
-		lastErr = errAllDown
+		// Every endpoint is down: say why, from what each last failed with.
+		var why []string
+		for _, ep := range eps {
+			st := ep.status()
+			why = append(why, fmt.Sprintf("%s since %s: %s", st.Endpoint, st.Since.Format(time.RFC3339), st.LastError))
+		}
+		lastErr = fmt.Errorf("%w (%s)", errAllDown, strings.Join(why, "; "))
 	}
 	if !errdefs.IsUnavailable(lastErr) {
 		lastErr = fmt.Errorf("%w: %w", lastErr, errdefs.ErrUnavailable)

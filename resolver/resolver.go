@@ -139,6 +139,21 @@ func (r *Resolver) Close() error {
 // DigestMismatches counts upstream blobs that failed verification and were not cached.
 func (r *Resolver) DigestMismatches() int64 { return r.digestMismatches.Load() }
 
+// ProbeNow makes every down endpoint probe its upstream at once, as when a simulated outage
+// ends, instead of at the next step of its backoff.
+func (r *Resolver) ProbeNow() {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	for _, eps := range r.registries {
+		for _, ep := range eps {
+			select {
+			case ep.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 // Endpoints reports the health of every endpoint in use.
 func (r *Resolver) Endpoints() []EndpointStatus {
 	r.regMu.Lock()

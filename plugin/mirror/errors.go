@@ -103,6 +103,11 @@ func fromBackend(err error, r route) *apiError {
 	for _, c := range errorClasses {
 		if c.is(err) {
 			e := newAPIError(c.status, c.codes.code(r), c.message)
+			if c.status == http.StatusNotFound {
+				// The resolver's sentence says why (not cached, and which upstream failure or
+				// simulated outage kept it from being fetched); it carries no credentials.
+				e.message += ": " + err.Error()
+			}
 			var ra interface{ RetryAfter() time.Duration }
 			if c.status == http.StatusServiceUnavailable && errors.As(err, &ra) {
 				e.retryAfter = ra.RetryAfter()

@@ -37,10 +37,11 @@ func (c *Client) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (
 	resp, err := c.send(rctx, http.MethodGet, c.url(path, nil), repo)
 	if !stop() {
 		// ctx ended while the request was under way: whatever came back is being canceled.
-		if err == nil {
-			drainClose(resp.Body)
-		}
 		cancel(nil)
+		if err != nil {
+			return nil, 0, err // classified on rctx, which carries ctx's cause
+		}
+		drainClose(resp.Body)
 		return nil, 0, ctxErr(ctx, what)
 	}
 	if err != nil {

@@ -49,6 +49,7 @@ type statusError struct {
 
 	retryAfter    time.Duration
 	hasRetryAfter bool
+	simulated     string // the outage mode when lifeboat's simulator made this answer up
 
 	class error // the errdefs class
 }
@@ -64,6 +65,9 @@ func (e *statusError) Error() string {
 	}
 	if e.hasRetryAfter {
 		fmt.Fprintf(&b, ", retry after %s", e.retryAfter)
+	}
+	if e.simulated != "" {
+		fmt.Fprintf(&b, " (lifeboat simulated outage: %s)", e.simulated)
 	}
 	b.WriteString(": " + e.class.Error())
 	return b.String()
@@ -81,6 +85,9 @@ func hasStatus(err error, status int) bool {
 // answer. It does not close the body.
 func newStatusError(host, op string, resp *http.Response) *statusError {
 	e := &statusError{host: host, op: op, status: resp.StatusCode}
+	// The header the outage simulator puts on the answers it makes up; a HEAD has no body
+	// to say so.
+	e.simulated = printable(resp.Header.Get("X-Lifeboat-Simulated-Outage"), 32)
 	if resp.Body != nil && resp.Request != nil && resp.Request.Method != http.MethodHead {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		var oci struct {
@@ -159,12 +166,18 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 // caller's ctx ending, else an endpoint failure. A *url.Error is unwrapped so that no URL (a
 // redirect target may carry a signed query) reaches the message.
 func transportError(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		return ctxErr(ctx, what)
-	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
+	}
+	if ctx.Err() != nil {
+		// Keep what the transport said when it says more than the context (a simulated
+		// outage names itself there).
+		cerr := ctxErr(ctx, what)
+		if err != nil && err.Error() != ctx.Err().Error() && err.Error() != context.Cause(ctx).Error() {
+			return fmt.Errorf("%w (%s)", cerr, printable(err.Error(), 300))
+		}
+		return cerr
 	}
 	return fmt.Errorf("%s: %w: %w", what, errdefs.ErrUnavailable, err)
 }

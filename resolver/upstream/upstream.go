@@ -84,7 +84,7 @@ type Options struct {
 	// reached into, so build it around NewTransport(opts), which has the TLS options applied:
 	//
 	//	base, err := upstream.NewTransport(opts)
-	//	opts.Transport = simulator.Wrap(base)
+	//	opts.Transport = simulator.Wrap(registry, base)
 	//	c, err := upstream.New(registry, endpoint, opts)
 	Transport http.RoundTripper
 	// UserAgent is sent with every request, token requests included. Default "lifeboat".

@@ -5,6 +5,9 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
 
 type fakeStats struct{ used, budget, evicted int64 }
@@ -26,6 +29,43 @@ lifeboat_cache_bytes 1234
 lifeboat_cache_evicted_blobs_total 9
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type fakeHealth []resolver.EndpointStatus
+
+func (f fakeHealth) Endpoints() []resolver.EndpointStatus { return f }
+func (f fakeHealth) DigestMismatches() int64              { return 2 }
+
+type fakeSim outage.Status
+
+func (f fakeSim) Status() outage.Status { return outage.Status(f) }
+
+func TestUpstreamAndOutageCollectors(t *testing.T) {
+	h := fakeHealth{
+		{Registry: "docker.io", Endpoint: "https://registry-1.docker.io", Up: false, Failures: 3},
+		{Registry: "ghcr.io", Endpoint: "https://ghcr.io", Up: true},
+	}
+	want := `
+# HELP lifeboat_digest_mismatches_total Upstream content that failed digest verification and was not cached.
+# TYPE lifeboat_digest_mismatches_total counter
+lifeboat_digest_mismatches_total 2
+# HELP lifeboat_upstream_up Whether the upstream endpoint is considered up (1) or its breaker is open (0).
+# TYPE lifeboat_upstream_up gauge
+lifeboat_upstream_up{endpoint="https://ghcr.io",registry="ghcr.io"} 1
+lifeboat_upstream_up{endpoint="https://registry-1.docker.io",registry="docker.io"} 0
+`
+	if err := testutil.CollectAndCompare(NewUpstreamCollector(h), strings.NewReader(want), "lifeboat_upstream_up", "lifeboat_digest_mismatches_total"); err != nil {
+		t.Fatal(err)
+	}
+	sim := fakeSim{Active: true, Spec: outage.Spec{Mode: "blackhole"}, Affected: 7}
+	want = `
+# HELP lifeboat_outage_simulated 1 while an upstream outage is being simulated, labelled with its mode.
+# TYPE lifeboat_outage_simulated gauge
+lifeboat_outage_simulated{mode="blackhole"} 1
+`
+	if err := testutil.CollectAndCompare(NewOutageCollector(sim), strings.NewReader(want), "lifeboat_outage_simulated"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -16,11 +16,13 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
 )
 
@@ -36,6 +38,7 @@ type serveFlags struct {
 	metricsAddress string
 	logLevel       string
 	logFormat      string
+	simulate       string
 }
 
 func newServeCommand() *cobra.Command {
@@ -61,6 +64,7 @@ func newServeCommand() *cobra.Command {
 	fl.StringVar(&f.metricsAddress, "metrics-address", "", "Prometheus metrics address, empty string to disable (default 127.0.0.1:5101)")
 	fl.StringVar(&f.logLevel, "log-level", "", "log level: trace, debug, info, warn, error (default info)")
 	fl.StringVar(&f.logFormat, "log-format", "", "log format: text or json (default text)")
+	fl.StringVar(&f.simulate, "simulate-outage", "", "start with a simulated upstream outage of this mode (see `lifeboat outage start`)")
 	return cmd
 }
 
@@ -82,6 +86,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
 	set("metrics-address", &cfg.Metrics.Address, f.metricsAddress)
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
+	set("simulate-outage", &cfg.Outage.Mode, f.simulate)
 	return cfg, cfg.Validate()
 }
 
@@ -117,15 +122,37 @@ func serve(ctx context.Context, cfg config.Config) error {
 	used, budget := store.Usage()
 	log.G(ctx).WithField("root", cfg.Root).WithField("used", used).WithField("budget", budget).Info("cache open")
 
-	res, err := newResolver(store, cfg)
+	sim := outage.New()
+	res, err := newResolver(store, cfg, sim)
 	if err != nil {
 		return err
 	}
 	defer res.Close()
 
+	adminLn, err := admin.Listen(cfg.Admin.Address)
+	if err != nil {
+		return fmt.Errorf("cannot start: admin socket: %w", err)
+	}
+	svc := &admin.Service{
+		Version: version, StartedAt: time.Now(), Store: store, Resolver: res, Outage: sim,
+		MirrorURL: "http://" + cfg.Mirror.Address,
+		Listeners: map[string]string{"mirror": cfg.Mirror.Address, "admin": cfg.Admin.Address, "metrics": cfg.Metrics.Address},
+	}
+	if err := svc.Init(ctx); err != nil {
+		adminLn.Close()
+		return err
+	}
+	if cfg.Outage.Mode != "" {
+		spec := outage.Spec{Mode: cfg.Outage.Mode, Registries: cfg.Outage.Registries, For: time.Duration(cfg.Outage.For)}
+		if _, err := sim.Start(ctx, spec); err != nil {
+			adminLn.Close()
+			return fmt.Errorf("outage simulation from the configuration: %w", err)
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		metrics.NewCacheCollector(store))
+		metrics.NewCacheCollector(store), metrics.NewUpstreamCollector(res), metrics.NewOutageCollector(sim))
 
 	g, ctx := errgroup.WithContext(ctx)
 	if err := serveHTTP(ctx, g, "registry mirror", cfg.Mirror.Address, mirror.New(mirror.FromResolver(res), mirror.Options{})); err != nil {
@@ -138,6 +165,7 @@ func serve(ctx context.Context, cfg config.Config) error {
 			return err
 		}
 	}
+	g.Go(func() error { return admin.Serve(ctx, adminLn, svc) })
 	log.G(ctx).Info("lifeboat is running")
 	g.Go(func() error {
 		<-ctx.Done()
@@ -173,7 +201,7 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 }
 
 // newResolver builds the resolver with one upstream client per configured endpoint.
-func newResolver(store *cache.Store, cfg config.Config) (*resolver.Resolver, error) {
+func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator) (*resolver.Resolver, error) {
 	endpoints := map[string][]string{}
 	for host, r := range cfg.Registry {
 		if len(r.Endpoints) > 0 {
@@ -182,10 +210,18 @@ func newResolver(store *cache.Store, cfg config.Config) (*resolver.Resolver, err
 	}
 	newClient := func(registry, endpoint string) (resolver.Client, error) {
 		rc := cfg.Registry[registry]
-		return upstream.New(registry, endpoint, upstream.Options{
+		opts := upstream.Options{
 			Username: rc.Username, Password: rc.Password, DockerConfig: cfg.Auth.DockerConfig,
 			CAFile: rc.CAFile, InsecureSkipVerify: rc.InsecureSkipVerify, UserAgent: "lifeboat/" + version,
-		})
+		}
+		base, err := upstream.NewTransport(opts)
+		if err != nil {
+			return nil, err
+		}
+		// The outage simulator sits inside the upstream transport, so that simulated failures
+		// meet the breaker and stale serving exactly as real ones do.
+		opts.Transport = sim.Wrap(registry, base)
+		return upstream.New(registry, endpoint, opts)
 	}
 	res, err := resolver.New(store, resolver.Options{
 		Policy:          cfg.Resolve.Policy,

@@ -1,0 +1,197 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/hosts"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+)
+
+func TestListen(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "lbadm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "run", "admin.sock")
+
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if di, _ := os.Stat(filepath.Dir(path)); di.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory mode %v, want 0700", di.Mode().Perm())
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if _, err := Listen(path); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Listen on a live socket = %v, want already exists", err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close() // a daemon killed with its socket left behind
+	l2, err := Listen(path)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	l2.Close()
+}
+
+func TestClientWithoutDaemon(t *testing.T) {
+	t.Parallel()
+	_, err := NewClient(filepath.Join(t.TempDir(), "none.sock")).Status(t.Context())
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "none.sock") {
+		t.Fatalf("error %v: want one sentence saying the daemon is not running at that socket", err)
+	}
+}
+
+// newService serves a Service on a socket and returns a client of it.
+func newService(t *testing.T, beforeStart ...func(root string)) (*Service, *Client) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fn := range beforeStart {
+		fn(store.Root())
+	}
+	sim := outage.New()
+	res, err := resolver.New(store, resolver.Options{NewClient: func(string, string) (resolver.Client, error) {
+		return nil, errdefs.ErrNotImplemented
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &Service{Version: "test", StartedAt: time.Now(), Store: store, Resolver: res, Outage: sim, MirrorURL: "http://127.0.0.1:5100"}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := svc.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := os.MkdirTemp("", "lbadm")
+	sock := filepath.Join(dir, "a.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { Serve(ctx, l, svc); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		res.Close()
+		store.Close()
+		os.RemoveAll(dir)
+	})
+	return svc, NewClient(sock)
+}
+
+func TestOutageLifecycleSwitchesHosts(t *testing.T) {
+	t.Parallel()
+	svc, c := newService(t)
+	ctx := t.Context()
+	hostsDir := t.TempDir()
+	os.MkdirAll(filepath.Join(hostsDir, "docker.io"), 0o755)
+	original := hosts.Render("docker.io", svc.MirrorURL, true)
+	file := filepath.Join(hostsDir, "docker.io", hosts.FileName)
+	os.WriteFile(file, original, 0o644)
+
+	res, err := c.StartOutage(ctx, OutageRequest{Spec: outage.Spec{Mode: "blackhole"}, HostsDir: hostsDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Current.Active || res.Current.Spec.Mode != "blackhole" || res.Previous.Active {
+		t.Fatalf("start: %+v", res)
+	}
+	if b, _ := os.ReadFile(file); string(b) != string(hosts.Render("docker.io", svc.MirrorURL, false)) {
+		t.Fatalf("hosts.toml not switched:\n%s", b)
+	}
+	// A second start replaces the first and says so.
+	res, err = c.StartOutage(ctx, OutageRequest{Spec: outage.Spec{Mode: "http-503"}, HostsDir: hostsDir})
+	if err != nil || !res.Previous.Active || res.Previous.Spec.Mode != "blackhole" || res.Current.Spec.Mode != "http-503" {
+		t.Fatalf("replace: %+v %v", res, err)
+	}
+	st, err := c.Status(ctx)
+	if err != nil || st.Outage.Spec.Mode != "http-503" || st.Version != "test" {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	res, err = c.StopOutage(ctx)
+	if err != nil || res.Current.Active || len(res.HostsRestored) != 1 {
+		t.Fatalf("stop: %+v %v", res, err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != string(original) {
+		t.Fatalf("hosts.toml not restored:\n%s", b)
+	}
+	if _, err := c.StopOutage(ctx); !errdefs.IsNotFound(err) {
+		t.Fatalf("stop with no outage: %v, want not found", err)
+	}
+	if _, err := c.StartOutage(ctx, OutageRequest{Spec: outage.Spec{Mode: "bogus"}}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("bad mode: %v, want invalid argument", err)
+	}
+}
+
+func TestOutageExpiryRestoresHosts(t *testing.T) {
+	t.Parallel()
+	svc, c := newService(t)
+	hostsDir := t.TempDir()
+	os.MkdirAll(filepath.Join(hostsDir, "docker.io"), 0o755)
+	original := hosts.Render("docker.io", svc.MirrorURL, true)
+	file := filepath.Join(hostsDir, "docker.io", hosts.FileName)
+	os.WriteFile(file, original, 0o644)
+	if _, err := c.StartOutage(t.Context(), OutageRequest{Spec: outage.Spec{Mode: "refused", For: 100 * time.Millisecond}, HostsDir: hostsDir}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, _ := os.ReadFile(file); string(b) == string(original) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hosts.toml not restored when the outage expired")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStartAfterCrashRestoresHosts(t *testing.T) {
+	t.Parallel()
+	const mirrorURL = "http://127.0.0.1:5100"
+	hostsDir := t.TempDir()
+	os.MkdirAll(filepath.Join(hostsDir, "docker.io"), 0o755)
+	original := hosts.Render("docker.io", mirrorURL, true)
+	file := filepath.Join(hostsDir, "docker.io", hosts.FileName)
+	os.WriteFile(file, original, 0o644)
+	// A daemon switched the files for a drill and was killed before the drill ended.
+	newService(t, func(root string) {
+		if _, err := hosts.Switch(hostsDir, filepath.Join(root, "outage-hosts"), mirrorURL, nil); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(file); string(b) == string(original) {
+			t.Fatal("setup: not switched")
+		}
+	})
+	if b, _ := os.ReadFile(file); string(b) != string(original) {
+		t.Fatalf("hosts.toml not restored by the next start:\n%s", b)
+	}
+}

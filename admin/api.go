@@ -1,0 +1,198 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// The admin API: JSON over HTTP on a unix socket.
+//
+//	GET    /v1/status   → Status
+//	GET    /v1/outage   → outage.Status
+//	POST   /v1/outage   OutageRequest → OutageResult
+//	DELETE /v1/outage   → OutageResult
+//
+// Errors are {"error": "...", "kind": "invalid" | "notfound" | "internal"} with 400, 404 or 500.
+
+type apiError struct {
+	Error string `json:"error"`
+	Kind  string `json:"kind"`
+}
+
+// Handler serves the admin API of s.
+func Handler(s *Service) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, s.Status(r.Context()), nil)
+	})
+	mux.HandleFunc("GET /v1/outage", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, s.Outage.Status(), nil)
+	})
+	mux.HandleFunc("POST /v1/outage", func(w http.ResponseWriter, r *http.Request) {
+		var req OutageRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("outage request: %v: %w", err, errdefs.ErrInvalidArgument))
+			return
+		}
+		res, err := s.StartOutage(r.Context(), req)
+		reply(w, res, err)
+	})
+	mux.HandleFunc("DELETE /v1/outage", func(w http.ResponseWriter, r *http.Request) {
+		res, err := s.StopOutage(r.Context())
+		reply(w, res, err)
+	})
+	return mux
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		status, kind := http.StatusInternalServerError, "internal"
+		switch {
+		case errdefs.IsInvalidArgument(err):
+			status, kind = http.StatusBadRequest, "invalid"
+		case errdefs.IsNotFound(err):
+			status, kind = http.StatusNotFound, "notfound"
+		}
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(apiError{Error: err.Error(), Kind: kind})
+		return
+	}
+	json.NewEncoder(w).Encode(v)
+}
+
+// Listen creates the admin socket at path with mode 0600 (its directory 0700). A socket left by
+// a stopped daemon is replaced; one a live daemon answers on is an error.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s is in use by a running process: %w", path, errdefs.ErrAlreadyExists)
+	}
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Client talks to a daemon's admin socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// ErrUnreachable means no daemon answers on the socket.
+var ErrUnreachable = errors.New("lifeboat daemon is not running")
+
+// NewClient returns a client of the admin socket at path.
+func NewClient(path string) *Client {
+	return &Client{socket: path, http: &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+		Timeout: time.Minute,
+	}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://lifeboat"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w (nothing answers on %s)", ErrUnreachable, c.socket)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("cannot open %s: permission denied (the admin socket is for root)", c.socket)
+		}
+		return fmt.Errorf("admin socket %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			return fmt.Errorf("admin socket %s answered %s", c.socket, resp.Status)
+		}
+		switch e.Kind {
+		case "invalid":
+			return fmt.Errorf("%s: %w", e.Error, errdefs.ErrInvalidArgument)
+		case "notfound":
+			return fmt.Errorf("%s: %w", e.Error, errdefs.ErrNotFound)
+		}
+		return errors.New(e.Error)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("admin socket %s: bad answer: %w", c.socket, err)
+	}
+	return nil
+}
+
+// Status asks for the daemon's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// StartOutage starts or replaces a simulated outage.
+func (c *Client) StartOutage(ctx context.Context, req OutageRequest) (OutageResult, error) {
+	var r OutageResult
+	return r, c.do(ctx, http.MethodPost, "/v1/outage", req, &r)
+}
+
+// StopOutage ends the simulated outage.
+func (c *Client) StopOutage(ctx context.Context) (OutageResult, error) {
+	var r OutageResult
+	return r, c.do(ctx, http.MethodDelete, "/v1/outage", nil, &r)
+}
+
+// Serve serves the admin API on l until ctx ends.
+func Serve(ctx context.Context, l net.Listener, s *Service) error {
+	srv := &http.Server{Handler: Handler(s), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.G(ctx).WithField("address", l.Addr().String()).Info("serving the admin API")
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,169 @@
+// Package admin is the daemon's control surface: the service behind the admin socket (status,
+// outage simulation) and the client the lifeboat CLI uses to reach it.
+package admin
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/hosts"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+)
+
+// Status is what `lifeboat status` shows.
+type Status struct {
+	Version   string                    `json:"version"`
+	StartedAt time.Time                 `json:"startedAt"`
+	Uptime    string                    `json:"uptime"`
+	Root      string                    `json:"root"`
+	Cache     CacheStatus               `json:"cache"`
+	Endpoints []resolver.EndpointStatus `json:"endpoints"`
+	Outage    outage.Status             `json:"outage"`
+	Listeners map[string]string         `json:"listeners"`
+}
+
+// CacheStatus is the cache's size against its budget.
+type CacheStatus struct {
+	UsedBytes   int64 `json:"usedBytes"`
+	BudgetBytes int64 `json:"budgetBytes"`
+	Evictions   int64 `json:"evictions"`
+}
+
+// OutageRequest starts a simulated outage.
+type OutageRequest struct {
+	Spec outage.Spec `json:"spec"`
+	// HostsDir, when set, is containerd's hosts directory: the hosts.toml files lifeboat manages
+	// there are switched to lifeboat-only for the outage and restored when it ends.
+	HostsDir string `json:"hostsDir,omitempty"`
+}
+
+// OutageResult says what starting or stopping an outage did.
+type OutageResult struct {
+	// Previous is the outage that was replaced or stopped (Active false if none).
+	Previous outage.Status `json:"previous"`
+	// Current is the outage in force now.
+	Current outage.Status `json:"current"`
+	// HostsSwitched and HostsRestored list the registries whose hosts.toml changed.
+	HostsSwitched []string `json:"hostsSwitched,omitempty"`
+	HostsRestored []string `json:"hostsRestored,omitempty"`
+}
+
+// Service implements the admin API over the daemon's parts.
+type Service struct {
+	Version   string
+	StartedAt time.Time
+	Store     *cache.Store
+	Resolver  *resolver.Resolver
+	Outage    *outage.Simulator
+	// MirrorURL is how containerd reaches the mirror ("http://127.0.0.1:5100").
+	MirrorURL string
+	Listeners map[string]string
+
+	hostsMu sync.Mutex // one hosts.toml switch or restore at a time
+}
+
+// hostsBackupDir keeps the original hosts.toml files while an outage has them switched.
+func (s *Service) hostsBackupDir() string {
+	return filepath.Join(s.Store.Root(), "outage-hosts")
+}
+
+// Init restores hosts.toml files a crashed daemon left switched, and arranges for them to be
+// restored, and the upstreams probed at once, whenever an outage ends (stop or expiry).
+func (s *Service) Init(ctx context.Context) error {
+	if restored, err := s.restoreHosts(ctx); err != nil {
+		return fmt.Errorf("restore hosts.toml files switched before a crash: %w", err)
+	} else if len(restored) > 0 {
+		log.G(ctx).WithField("registries", restored).Warn("restored hosts.toml files an interrupted outage drill had switched")
+	}
+	s.Outage.Subscribe(func(st outage.Status) {
+		if st.Active {
+			return
+		}
+		if _, err := s.restoreHosts(ctx); err != nil {
+			log.G(ctx).WithError(err).Error("cannot restore hosts.toml files after the outage")
+		}
+		s.Resolver.ProbeNow()
+	})
+	return nil
+}
+
+func (s *Service) restoreHosts(ctx context.Context) ([]string, error) {
+	s.hostsMu.Lock()
+	defer s.hostsMu.Unlock()
+	restored, err := hosts.Restore(s.hostsBackupDir())
+	if len(restored) > 0 {
+		log.G(ctx).WithField("registries", restored).Info("restored hosts.toml files")
+	}
+	return restored, err
+}
+
+// Status reports the daemon's state.
+func (s *Service) Status(ctx context.Context) Status {
+	used, budget := s.Store.Usage()
+	return Status{
+		Version:   s.Version,
+		StartedAt: s.StartedAt,
+		Uptime:    time.Since(s.StartedAt).Round(time.Second).String(),
+		Root:      s.Store.Root(),
+		Cache:     CacheStatus{UsedBytes: used, BudgetBytes: budget, Evictions: s.Store.Evictions()},
+		Endpoints: s.Resolver.Endpoints(),
+		Outage:    s.Outage.Status(),
+		Listeners: s.Listeners,
+	}
+}
+
+// StartOutage starts (or replaces) a simulated outage and, with a hosts directory, switches the
+// managed hosts.toml files there to lifeboat-only. It returns once both are in force.
+func (s *Service) StartOutage(ctx context.Context, req OutageRequest) (OutageResult, error) {
+	var res OutageResult
+	if err := req.Spec.Validate(); err != nil {
+		return res, err
+	}
+	if req.HostsDir != "" {
+		if fi, err := os.Stat(req.HostsDir); err != nil || !fi.IsDir() {
+			return res, fmt.Errorf("hosts directory %s does not exist: %w", req.HostsDir, errdefs.ErrInvalidArgument)
+		}
+		s.hostsMu.Lock()
+		switched, err := hosts.Switch(req.HostsDir, s.hostsBackupDir(), s.MirrorURL, req.Spec.Registries)
+		s.hostsMu.Unlock()
+		res.HostsSwitched = switched
+		if err != nil {
+			return res, fmt.Errorf("switch hosts.toml files: %w", err)
+		}
+		log.G(ctx).WithField("registries", switched).Info("hosts.toml files switched to lifeboat-only for the outage")
+	}
+	prev, err := s.Outage.Start(ctx, req.Spec)
+	if err != nil {
+		return res, err
+	}
+	res.Previous, res.Current = prev, s.Outage.Status()
+	return res, nil
+}
+
+// StopOutage ends the simulated outage; the hosts.toml files are restored by the subscription
+// set up in Init before it returns.
+func (s *Service) StopOutage(ctx context.Context) (OutageResult, error) {
+	if !s.Outage.Status().Active {
+		return OutageResult{}, fmt.Errorf("no outage is being simulated: %w", errdefs.ErrNotFound)
+	}
+	// The files go back first, so that the answer lists them and the CLI returns only once
+	// containerd sees its usual configuration again.
+	restored, err := s.restoreHosts(ctx)
+	if err != nil {
+		return OutageResult{HostsRestored: restored}, fmt.Errorf("restore hosts.toml files: %w", err)
+	}
+	prev, err := s.Outage.Stop(ctx)
+	if err != nil {
+		return OutageResult{HostsRestored: restored}, err
+	}
+	return OutageResult{Previous: prev, Current: s.Outage.Status(), HostsRestored: restored}, nil
+}

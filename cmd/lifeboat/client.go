@@ -1,0 +1,46 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/config"
+)
+
+// clientFlags are the flags every command that talks to the daemon has.
+type clientFlags struct {
+	adminSocket string
+	json        bool
+}
+
+func (f *clientFlags) register(cmd *cobra.Command, withJSON bool) {
+	cmd.Flags().StringVar(&f.adminSocket, "admin-socket", config.Default().Admin.Address, "the daemon's admin socket")
+	if withJSON {
+		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON for machines")
+	}
+}
+
+func (f *clientFlags) client() *admin.Client { return admin.NewClient(f.adminSocket) }
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -157,3 +157,18 @@ func (lb *Lifeboat) MirrorHostsDir(t testing.TB, registries ...string) string {
 	}
 	return dir
 }
+
+// CLI runs `lifeboat ARGS... --admin-socket <this daemon's socket>` and returns its combined
+// output.
+func (lb *Lifeboat) CLI(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(BuildLifeboat(t), append(args, "--admin-socket", lb.AdminSocket)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("lifeboat %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// Log is what the daemon has logged so far.
+func (lb *Lifeboat) Log() string { return lb.proc.Log() }

@@ -36,7 +36,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand(), newStatusCommand(), newOutageCommand(), newVersionCommand())
+	root.AddCommand(newServeCommand(), newStatusCommand(), newOutageCommand(), newConfigureCommand(), newVersionCommand())
 	return root
 }
 

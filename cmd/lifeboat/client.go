@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +19,11 @@ type clientFlags struct {
 }
 
 func (f *clientFlags) register(cmd *cobra.Command, withJSON bool) {
-	cmd.Flags().StringVar(&f.adminSocket, "admin-socket", config.Default().Admin.Address, "the daemon's admin socket")
+	def := config.Default().Admin.Address
+	if env := os.Getenv("LIFEBOAT_ADMIN_SOCKET"); env != "" {
+		def = env
+	}
+	cmd.Flags().StringVar(&f.adminSocket, "admin-socket", def, "the daemon's admin socket (env LIFEBOAT_ADMIN_SOCKET)")
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON for machines")
 	}

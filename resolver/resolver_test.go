@@ -164,7 +164,7 @@ func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolv
 	r, err := New(store, Options{
 		Policy:          policy,
 		TagMaxAge:       time.Hour,
-		UpstreamTimeout: time.Second, // generous: tests run in parallel under -race
+		UpstreamTimeout: 3 * time.Second, // generous: tests run in parallel under -race on 2 cores
 		IdleTimeout:     5 * time.Second,
 		FillTimeout:     time.Minute,
 		Endpoints:       map[string][]string{testRegistry: urls},

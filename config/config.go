@@ -49,10 +49,14 @@ type Mirror struct {
 	Address string `toml:"address"`
 }
 
-// Plugin configures the containerd proxy plugin socket.
+// Plugin configures the containerd proxy plugins.
 type Plugin struct {
 	// Address is the unix socket path.
 	Address string `toml:"address"`
+	// ContentDelete is what a Delete from containerd's garbage collector does to a blob:
+	// "release" (it stays cached, evictable by the size budget, still served offline) or
+	// "remove".
+	ContentDelete string `toml:"content_delete"`
 }
 
 // Admin configures the admin socket.
@@ -134,7 +138,7 @@ func Default() Config {
 	return Config{
 		Root:    "/var/lib/lifeboat",
 		Mirror:  Mirror{Address: "127.0.0.1:5100"},
-		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock"},
+		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock", ContentDelete: "release"},
 		Admin:   Admin{Address: "/run/lifeboat/admin.sock"},
 		Metrics: Metrics{Address: "127.0.0.1:5101"},
 		Resolve: Resolve{
@@ -202,6 +206,11 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.MaxSize < 0 {
 		return errors.New("cache.max_size: must not be negative")
+	}
+	switch c.Plugin.ContentDelete {
+	case "release", "remove":
+	default:
+		return fmt.Errorf("plugin.content_delete: %q is not \"release\" or \"remove\"", c.Plugin.ContentDelete)
 	}
 	switch c.Log.Format {
 	case "text", "json":

@@ -15,11 +15,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
+	pcontent "github.com/lifeboat-dev/lifeboat/plugin/content"
 	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/outage"
@@ -166,6 +168,9 @@ func serve(ctx context.Context, cfg config.Config) error {
 		}
 	}
 	g.Go(func() error { return admin.Serve(ctx, adminLn, svc) })
+	if err := servePlugins(ctx, g, cfg, store); err != nil {
+		return err
+	}
 	log.G(ctx).Info("lifeboat is running")
 	g.Go(func() error {
 		<-ctx.Done()
@@ -234,4 +239,32 @@ func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator) (
 		return nil, fmt.Errorf("upstream registries: %w", err)
 	}
 	return res, nil
+}
+
+// servePlugins serves containerd's proxy plugins (the content store) on the plugin socket.
+func servePlugins(ctx context.Context, g *errgroup.Group, cfg config.Config, store *cache.Store) error {
+	cs, err := pcontent.New(store, cfg.Plugin.ContentDelete)
+	if err != nil {
+		return err
+	}
+	ln, err := admin.Listen(cfg.Plugin.Address)
+	if err != nil {
+		return fmt.Errorf("cannot start: plugin socket: %w", err)
+	}
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(pcontent.MaxMsgSize), grpc.MaxSendMsgSize(pcontent.MaxMsgSize))
+	pcontent.Register(srv, cs)
+	log.G(ctx).WithField("address", cfg.Plugin.Address).Info("serving containerd proxy plugins: content")
+	g.Go(func() error { return srv.Serve(ln) })
+	g.Go(func() error {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(shutdownGrace):
+			srv.Stop()
+		}
+		return nil
+	})
+	return nil
 }

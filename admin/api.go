@@ -24,6 +24,7 @@ import (
 //	GET    /v1/outage   → outage.Status
 //	POST   /v1/outage   OutageRequest → OutageResult
 //	DELETE /v1/outage   → OutageResult
+//	POST   /v1/drill    DrillRequest → DrillReport
 //
 // Errors are {"error": "...", "kind": "invalid" | "notfound" | "internal"} with 400, 404 or 500.
 
@@ -54,6 +55,17 @@ func Handler(s *Service) http.Handler {
 	})
 	mux.HandleFunc("DELETE /v1/outage", func(w http.ResponseWriter, r *http.Request) {
 		res, err := s.StopOutage(r.Context())
+		reply(w, res, err)
+	})
+	mux.HandleFunc("POST /v1/drill", func(w http.ResponseWriter, r *http.Request) {
+		var req DrillRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, 16<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("drill request: %v: %w", err, errdefs.ErrInvalidArgument))
+			return
+		}
+		res, err := s.Drill(r.Context(), req)
 		reply(w, res, err)
 	})
 	return mux
@@ -179,6 +191,25 @@ func (c *Client) StartOutage(ctx context.Context, req OutageRequest) (OutageResu
 func (c *Client) StopOutage(ctx context.Context) (OutageResult, error) {
 	var r OutageResult
 	return r, c.do(ctx, http.MethodDelete, "/v1/outage", nil, &r)
+}
+
+// Drill asks whether the images would pull through lifeboat during an outage. With req.Fix it
+// waits, without the client's usual time limit, until what was missing has been fetched.
+func (c *Client) Drill(ctx context.Context, req DrillRequest) (DrillReport, error) {
+	var r DrillReport
+	cc := c
+	if req.Fix {
+		cc = c.withoutTimeout()
+	}
+	return r, cc.do(ctx, http.MethodPost, "/v1/drill", req, &r)
+}
+
+// withoutTimeout is c without a bound on a whole request, for requests that download images;
+// the caller's context still ends them.
+func (c *Client) withoutTimeout() *Client {
+	hc := *c.http
+	hc.Timeout = 0
+	return &Client{socket: c.socket, http: &hc}
 }
 
 // Serve serves the admin API on l until ctx ends.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/containerd/platforms"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/hosts"
@@ -166,4 +167,96 @@ func (s *Service) StopOutage(ctx context.Context) (OutageResult, error) {
 		return OutageResult{HostsRestored: restored}, err
 	}
 	return OutageResult{Previous: prev, Current: s.Outage.Status(), HostsRestored: restored}, nil
+}
+
+// DrillRequest asks whether the cache alone could serve pulls of images, as during an outage.
+type DrillRequest struct {
+	// Refs are image references ("docker.io/library/alpine:3.20", "alpine", "app@sha256:...").
+	Refs []string `json:"refs"`
+	// Platform is the platform pulls are for ("linux/amd64"); the daemon's own if empty.
+	Platform string `json:"platform,omitempty"`
+	// Fix fetches what is missing from the upstreams before the answer, which then says what
+	// is still missing afterwards.
+	Fix bool `json:"fix,omitempty"`
+}
+
+// DrillResult is the readiness of one image.
+type DrillResult struct {
+	resolver.Readiness
+	// Error says why the image could not be checked at all (a malformed reference); it is then
+	// not ready.
+	Error string `json:"error,omitempty"`
+	// FixError says why fetching what was missing failed, with Fix.
+	FixError string `json:"fixError,omitempty"`
+}
+
+// DrillReport answers a DrillRequest, with the results in the order of the refs.
+type DrillReport struct {
+	Platform string        `json:"platform"`
+	Results  []DrillResult `json:"results"`
+	Ready    int           `json:"ready"`
+	Total    int           `json:"total"`
+}
+
+// maxDrillRefs bounds one drill.
+const maxDrillRefs = 10000
+
+// Drill checks, from the cache alone and without a single upstream request, whether each image
+// would pull through lifeboat during an outage. With Fix, the images that would not are warmed
+// from the upstreams first, one at a time, and checked again.
+func (s *Service) Drill(ctx context.Context, req DrillRequest) (DrillReport, error) {
+	if len(req.Refs) > maxDrillRefs {
+		return DrillReport{}, fmt.Errorf("%d images in one drill, more than %d: %w", len(req.Refs), maxDrillRefs, errdefs.ErrInvalidArgument)
+	}
+	spec := platforms.DefaultSpec()
+	if req.Platform != "" {
+		p, err := platforms.Parse(req.Platform)
+		if err != nil {
+			return DrillReport{}, fmt.Errorf("platform %q: %v: %w", req.Platform, err, errdefs.ErrInvalidArgument)
+		}
+		spec = p
+	}
+	platform := platforms.Only(spec)
+	rep := DrillReport{Platform: platforms.FormatAll(platforms.Normalize(spec)), Results: make([]DrillResult, 0, len(req.Refs)), Total: len(req.Refs)}
+	for _, ref := range req.Refs {
+		res, err := s.drillOne(ctx, ref, platform, req.Fix)
+		if err != nil {
+			return DrillReport{}, err
+		}
+		if res.Ready {
+			rep.Ready++
+		}
+		rep.Results = append(rep.Results, res)
+	}
+	log.G(ctx).WithFields(log.Fields{"ready": rep.Ready, "total": rep.Total, "platform": rep.Platform, "fix": req.Fix}).Info("drill")
+	return rep, nil
+}
+
+// drillOne checks one image and, with fix, warms and checks it again if it is not ready. Only
+// the end of ctx is an error: what goes wrong with one image is in its result.
+func (s *Service) drillOne(ctx context.Context, ref string, platform platforms.MatchComparer, fix bool) (DrillResult, error) {
+	rd, err := s.Resolver.Check(ctx, ref, platform)
+	if err != nil {
+		if ctx.Err() != nil {
+			return DrillResult{}, ctx.Err()
+		}
+		return DrillResult{Readiness: resolver.Readiness{Ref: ref, Missing: []string{}}, Error: err.Error()}, nil
+	}
+	res := DrillResult{Readiness: rd}
+	if rd.Ready || !fix {
+		return res, nil
+	}
+	if err := s.Resolver.Warm(ctx, ref, platform); err != nil {
+		if ctx.Err() != nil {
+			return DrillResult{}, ctx.Err()
+		}
+		log.G(ctx).WithError(err).WithField("ref", rd.Ref).Warn("drill: cannot fetch what the image is missing")
+		res.FixError = err.Error()
+	}
+	// Even a failed warm may have fetched part of it: report the state now.
+	if rd, err = s.Resolver.Check(ctx, ref, platform); err != nil {
+		return DrillResult{}, err
+	}
+	res.Readiness = rd
+	return res, nil
 }

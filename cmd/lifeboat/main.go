@@ -36,7 +36,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand(), newStatusCommand(), newOutageCommand(), newConfigureCommand(), newVersionCommand())
+	root.AddCommand(newServeCommand(), newStatusCommand(), newOutageCommand(), newDrillCommand(), newConfigureCommand(), newVersionCommand())
 	return root
 }
 

@@ -1,0 +1,182 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+)
+
+const drillRegistry = "registry.test"
+
+// drillUpstream is an in-process registry that counts the requests it gets and can be switched
+// off (every request answered 503).
+type drillUpstream struct {
+	*httptest.Server
+	requests atomic.Int64
+	down     atomic.Bool
+}
+
+func newDrillUpstream(t *testing.T) *drillUpstream {
+	t.Helper()
+	u := &drillUpstream{}
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.requests.Add(1)
+		if u.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *drillUpstream) push(t *testing.T, repo, tag string) {
+	t.Helper()
+	img, err := random.Image(16<<10, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newDrillService serves a Service whose registry.test is up, and returns a client of it.
+func newDrillService(t *testing.T, up *drillUpstream) *Client {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := resolver.New(store, resolver.Options{
+		UpstreamTimeout: 3 * time.Second,
+		Endpoints:       map[string][]string{drillRegistry: {up.URL}},
+		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+		Health: resolver.HealthOptions{FailureThreshold: 100},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &Service{Version: "test", StartedAt: time.Now(), Store: store, Resolver: res, Outage: outage.New()}
+	dir, err := os.MkdirTemp("", "lbdrill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Listen(filepath.Join(dir, "a.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Serve(ctx, l, svc); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		res.Close()
+		store.Close()
+		os.RemoveAll(dir)
+	})
+	return NewClient(filepath.Join(dir, "a.sock"))
+}
+
+func TestDrill(t *testing.T) {
+	t.Parallel()
+	up := newDrillUpstream(t)
+	up.push(t, "app", "v1")
+	up.push(t, "app", "v2")
+	c := newDrillService(t, up)
+	ctx := t.Context()
+	refs := []string{drillRegistry + "/app:v1", "Not A Ref", drillRegistry + "/app:v2"}
+
+	before := up.requests.Load()
+	rep, err := c.Drill(ctx, DrillRequest{Refs: refs, Platform: "linux/arm64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Total != 3 || rep.Ready != 0 || len(rep.Results) != 3 || rep.Platform != "linux/arm64" {
+		t.Fatalf("drill of nothing cached: %+v", rep)
+	}
+	if r := rep.Results[0]; r.Ready || !slices.Equal(r.Missing, []string{"tag " + refs[0]}) || !r.Partial {
+		t.Errorf("uncached image: %+v", r)
+	}
+	if r := rep.Results[1]; r.Ready || r.Error == "" || r.Ref != "Not A Ref" {
+		t.Errorf("malformed reference: %+v, want an error in its result", r)
+	}
+
+	// Without fix, nothing goes upstream.
+	if _, err := c.Drill(ctx, DrillRequest{Refs: refs}); err != nil {
+		t.Fatal(err)
+	}
+	if n := up.requests.Load() - before; n != 0 {
+		t.Fatalf("a drill without --fix sent %d requests upstream", n)
+	}
+
+	// Fix one image; the report is the state after the fix.
+	rep, err = c.Drill(ctx, DrillRequest{Refs: refs[:1], Fix: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Total != 1 || rep.Ready != 1 || !rep.Results[0].Ready || rep.Results[0].FixError != "" {
+		t.Fatalf("drill --fix: %+v", rep)
+	}
+
+	// With the upstream down, the fixed image is still ready and the other cannot be fixed.
+	up.down.Store(true)
+	rep, err = c.Drill(ctx, DrillRequest{Refs: refs, Fix: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Ready != 1 || !rep.Results[0].Ready || rep.Results[2].Ready || rep.Results[2].FixError == "" {
+		t.Fatalf("drill --fix with the upstream down: %+v", rep)
+	}
+
+	if _, err := c.Drill(ctx, DrillRequest{Refs: refs, Platform: "no/such/platform/x"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("bad platform: %v, want invalid argument", err)
+	}
+}
+
+// The JSON of a drill report is an interface scripts depend on.
+func TestDrillReportJSON(t *testing.T) {
+	t.Parallel()
+	rep := DrillReport{Platform: "linux/amd64", Ready: 0, Total: 1, Results: []DrillResult{{
+		Readiness: resolver.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true},
+		FixError:  "down",
+	}}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"platform":"linux/amd64","results":[{"ref":"docker.io/library/a:1","ready":false,"missing":["tag docker.io/library/a:1"],"missingBytes":0,"partial":true,"fixError":"down"}],"ready":0,"total":1}`
+	if string(b) != want {
+		t.Errorf("drill report JSON\n got %s\nwant %s", b, want)
+	}
+}

@@ -1,0 +1,353 @@
+package resolver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+)
+
+// Readiness says whether lifeboat alone, with every upstream down, could serve a complete pull
+// of an image for a platform.
+type Readiness struct {
+	// Ref is the normalized reference checked ("docker.io/library/alpine:3.20").
+	Ref string `json:"ref"`
+	// Ready is true when everything a pull needs is cached and linked to the repository.
+	Ready bool `json:"ready"`
+	// Missing lists what a pull would fail on, one short item each, in pull order: "tag
+	// docker.io/library/alpine:3.20", "manifest sha256:... for linux/arm64 (1.6 KiB)", "layer
+	// sha256:... (3.1 MiB)". Empty, never null, when Ready.
+	Missing []string `json:"missing"`
+	// MissingBytes adds up the sizes of the missing items, from their descriptors.
+	MissingBytes int64 `json:"missingBytes"`
+	// Partial means something missing (the tag, a manifest) hides what lies beneath it: more
+	// may be missing than is listed, and MissingBytes is a lower bound.
+	Partial bool `json:"partial"`
+}
+
+func (rd *Readiness) missing(item string, size int64) {
+	if size > 0 {
+		item += " (" + formatSize(size) + ")"
+	}
+	rd.Missing = append(rd.Missing, item)
+	rd.MissingBytes += max(size, 0)
+}
+
+// formatSize prints n bytes as "352 B", "8.2 KiB", "3.1 MiB", as the CLI does.
+func formatSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// imageRef is a parsed, normalized image reference.
+type imageRef struct {
+	name       string // normalized, as given to Readiness.Ref
+	registry   string // "docker.io"
+	repository string // "library/alpine"
+	tag        string // empty for digest references
+	digest     digest.Digest
+}
+
+func (ir imageRef) repoKey() string { return ir.registry + "/" + ir.repository }
+
+// parseImageRef normalizes ref as containerd and docker do: "alpine" is
+// "docker.io/library/alpine:latest". A reference with a digest is pulled by its digest (a tag
+// beside it is ignored, as containerd does).
+func parseImageRef(ref string) (imageRef, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return imageRef{}, fmt.Errorf("image reference %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	named = reference.TagNameOnly(named)
+	ir := imageRef{name: named.String(), registry: reference.Domain(named), repository: reference.Path(named)}
+	if c, ok := named.(reference.Canonical); ok {
+		ir.digest = c.Digest()
+	} else if t, ok := named.(reference.Tagged); ok {
+		ir.tag = t.Tag()
+	}
+	if err := checkRepository(ir.repository); err != nil {
+		return imageRef{}, err
+	}
+	if !registryPattern.MatchString(ir.registry) {
+		return imageRef{}, fmt.Errorf("invalid registry name %q: %w", ir.registry, errdefs.ErrInvalidArgument)
+	}
+	return ir, nil
+}
+
+// maxIndexDepth bounds indexes nested in indexes.
+const maxIndexDepth = 4
+
+// Check decides, from the cache alone, whether lifeboat could serve a complete pull of ref for
+// platform with every upstream down: the tag as cached (what a stale answer would serve), the
+// index, the platform's manifest chosen from it as containerd chooses, the config and every
+// layer, each cached and linked to the repository. It sends nothing upstream, whatever the
+// state of the upstreams, so it is safe to run on a production node at any time.
+//
+// What is missing is a Readiness, not an error. Errors: errdefs.ErrInvalidArgument for a
+// malformed reference; errdefs.ErrNotImplemented for a cached manifest of a kind containerd
+// cannot pull either; anything else is an internal error.
+func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.MatchComparer) (Readiness, error) {
+	ir, err := parseImageRef(ref)
+	if err != nil {
+		return Readiness{}, err
+	}
+	rd := Readiness{Ref: ir.name, Missing: []string{}}
+	root := ocispec.Descriptor{Digest: ir.digest}
+	if ir.digest == "" {
+		cached, err := r.store.GetRef(ctx, ir.repoKey()+":"+ir.tag)
+		if errdefs.IsNotFound(err) {
+			rd.missing("tag "+ir.name, 0)
+			rd.Partial = true
+			return rd, nil
+		}
+		if err != nil {
+			return Readiness{}, err
+		}
+		root = cached.Target
+	}
+	if err := r.checkManifest(ctx, ir.repoKey(), root, platform, &rd, 0); err != nil {
+		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
+	}
+	rd.Ready = len(rd.Missing) == 0
+	return rd, nil
+}
+
+// checkManifest checks desc, an index or a manifest, and what a pull would fetch below it.
+func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, rd *Readiness, depth int) error {
+	m, err := r.cachedManifest(ctx, repoKey, desc)
+	if errdefs.IsNotFound(err) {
+		rd.missing("manifest "+describe(desc), desc.Size)
+		rd.Partial = true
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if images.IsIndexType(m.Descriptor.MediaType) {
+		child, ok, err := platformManifest(m, platform, depth)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			rd.Missing = append(rd.Missing, "platform: index "+m.Descriptor.Digest.String()+" has no manifest for it")
+			return nil
+		}
+		return r.checkManifest(ctx, repoKey, child, platform, rd, depth+1)
+	}
+	blobs, err := imageBlobs(m)
+	if err != nil {
+		return err
+	}
+	for _, b := range blobs {
+		if ok, err := r.blobCached(ctx, repoKey, b.Digest); err != nil {
+			return err
+		} else if !ok {
+			rd.missing(b.kind+" "+describe(b.Descriptor), b.Size)
+		}
+	}
+	return nil
+}
+
+// platformManifest chooses the manifest a containerd pull of index m for platform fetches, as
+// containerd's images.FilterPlatforms and images.LimitManifests do: the best match, entries
+// without a platform last. ok is false if nothing matches.
+func platformManifest(m Manifest, platform platforms.MatchComparer, depth int) (_ ocispec.Descriptor, ok bool, _ error) {
+	if depth >= maxIndexDepth {
+		return ocispec.Descriptor{}, false, fmt.Errorf("index %s: indexes nested more than %d deep: %w", m.Descriptor.Digest, maxIndexDepth, errdefs.ErrNotImplemented)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(m.Body, &idx); err != nil {
+		return ocispec.Descriptor{}, false, fmt.Errorf("cached index %s: %v: %w", m.Descriptor.Digest, err, errdefs.ErrDataLoss)
+	}
+	var descs []ocispec.Descriptor
+	for _, d := range idx.Manifests {
+		if d.Platform == nil || platform.Match(*d.Platform) {
+			descs = append(descs, d)
+		}
+	}
+	if len(descs) == 0 {
+		return ocispec.Descriptor{}, false, nil
+	}
+	sort.SliceStable(descs, func(i, j int) bool {
+		if descs[i].Platform == nil {
+			return false
+		}
+		if descs[j].Platform == nil {
+			return true
+		}
+		return platform.Less(*descs[i].Platform, *descs[j].Platform)
+	})
+	return descs[0], true, nil
+}
+
+// blob is a blob an image manifest refers to: its config or one of its layers.
+type blob struct {
+	kind string // "config" or "layer"
+	ocispec.Descriptor
+}
+
+// imageBlobs lists the config and layers of image manifest m, which a pull fetches.
+func imageBlobs(m Manifest) ([]blob, error) {
+	if !images.IsManifestType(m.Descriptor.MediaType) {
+		return nil, fmt.Errorf("manifest %s has media type %q, which containerd does not pull: %w", m.Descriptor.Digest, m.Descriptor.MediaType, errdefs.ErrNotImplemented)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(m.Body, &man); err != nil {
+		return nil, fmt.Errorf("cached manifest %s: %v: %w", m.Descriptor.Digest, err, errdefs.ErrDataLoss)
+	}
+	blobs := []blob{{"config", man.Config}}
+	for _, l := range man.Layers {
+		blobs = append(blobs, blob{"layer", l})
+	}
+	return blobs, nil
+}
+
+// describe names a descriptor for a Readiness: "sha256:...", "sha256:... for linux/arm64".
+func describe(d ocispec.Descriptor) string {
+	s := d.Digest.String()
+	if d.Platform != nil {
+		s += " for " + platforms.FormatAll(*d.Platform)
+	}
+	return s
+}
+
+// blobCached says whether the mirror would serve dgst under repoKey from the cache, as Blob does:
+// linked to the repository and present.
+func (r *Resolver) blobCached(ctx context.Context, repoKey string, dgst digest.Digest) (bool, error) {
+	if err := checkDigest(dgst); err != nil {
+		return false, err
+	}
+	linked, err := r.store.Linked(ctx, repoKey, dgst)
+	if err != nil || !linked {
+		return false, err
+	}
+	if _, err := r.store.Info(ctx, dgst); errdefs.IsNotFound(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// warmConcurrency is how many blobs Warm fetches at once (containerd's default for a pull).
+const warmConcurrency = 3
+
+// Warm fetches into the cache whatever a pull of ref for platform needs and the cache lacks,
+// through the same paths as the mirror: the tag (revalidated as usual), the index, the
+// platform's manifest, then the config and the layers, each read to its end. It returns once
+// all of it is committed, so that Check finds it. Errors are those of Manifest and Blob:
+// errdefs.ErrNotFound when something is neither cached nor obtainable from upstream.
+func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.MatchComparer) error {
+	ir, err := parseImageRef(ref)
+	if err != nil {
+		return err
+	}
+	reference := ir.tag
+	if ir.digest != "" {
+		reference = ir.digest.String()
+	}
+	m, err := r.Manifest(ctx, ir.registry, ir.repository, reference)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ir.name, err)
+	}
+	for depth := 0; images.IsIndexType(m.Descriptor.MediaType); depth++ {
+		child, ok, err := platformManifest(m, platform, depth)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ir.name, err)
+		}
+		if !ok {
+			return fmt.Errorf("%s: index %s has no manifest for the platform: %w", ir.name, m.Descriptor.Digest, errdefs.ErrNotFound)
+		}
+		if m, err = r.Manifest(ctx, ir.registry, ir.repository, child.Digest.String()); err != nil {
+			return fmt.Errorf("%s: manifest %s: %w", ir.name, describe(child), err)
+		}
+	}
+	blobs, err := imageBlobs(m)
+	if err != nil {
+		return fmt.Errorf("%s: %w", ir.name, err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(warmConcurrency)
+	for _, b := range blobs {
+		g.Go(func() error {
+			if ok, err := r.blobCached(gctx, ir.repoKey(), b.Digest); err != nil || ok {
+				return err
+			}
+			if err := r.warmBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
+				return fmt.Errorf("%s: %s %s: %w", ir.name, b.kind, b.Digest, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// warmBlob reads a blob through Blob to its end and waits until it is committed to the cache.
+func (r *Resolver) warmBlob(ctx context.Context, registry, repository string, dgst digest.Digest) error {
+	b, err := r.Blob(ctx, registry, repository, dgst)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	rc, err := b.Reader(0, b.Descriptor.Size)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, rc)
+	rc.Close()
+	if err != nil {
+		return err
+	}
+	// Readers finish as soon as the bytes are verified; the commit may still be running.
+	if err := r.awaitFill(ctx, registry+"/"+repository+"@"+dgst.String()); err != nil {
+		return err
+	}
+	if ok, err := r.blobCached(ctx, registry+"/"+repository, dgst); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("blob %s was read but is not in the cache (is the cache full?): %w", dgst, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// awaitFill waits until the fill of key, if one is running, has ended, and returns its error.
+func (r *Resolver) awaitFill(ctx context.Context, key string) error {
+	r.fillMu.Lock()
+	f, ok := r.fills[key]
+	r.fillMu.Unlock()
+	if !ok {
+		return nil // ended: its result is in the cache, or not
+	}
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !f.done {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f.cond.Wait()
+	}
+	return f.err
+}

@@ -1,0 +1,299 @@
+package resolver
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+)
+
+func TestFormatSize(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[int64]string{0: "0 B", 352: "352 B", 8397: "8.2 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
+		if got := formatSize(n); got != want {
+			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestParseImageRef(t *testing.T) {
+	t.Parallel()
+	const dgst = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		name, in                            string
+		want, registry, repo, tag, digested string
+	}{
+		{name: "familiar name", in: "alpine", want: "docker.io/library/alpine:latest", registry: "docker.io", repo: "library/alpine", tag: "latest"},
+		{name: "familiar with tag", in: "alpine:3.20", want: "docker.io/library/alpine:3.20", registry: "docker.io", repo: "library/alpine", tag: "3.20"},
+		{name: "docker hub user", in: "bitnami/redis:7", want: "docker.io/bitnami/redis:7", registry: "docker.io", repo: "bitnami/redis", tag: "7"},
+		{name: "other registry", in: "ghcr.io/org/app:v1", want: "ghcr.io/org/app:v1", registry: "ghcr.io", repo: "org/app", tag: "v1"},
+		{name: "registry with port", in: "localhost:5000/app", want: "localhost:5000/app:latest", registry: "localhost:5000", repo: "app", tag: "latest"},
+		{name: "digest", in: "alpine@" + dgst, want: "docker.io/library/alpine@" + dgst, registry: "docker.io", repo: "library/alpine", digested: dgst},
+		{name: "tag and digest", in: "alpine:3.20@" + dgst, want: "docker.io/library/alpine:3.20@" + dgst, registry: "docker.io", repo: "library/alpine", digested: dgst},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ir, err := parseImageRef(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ir.name != tc.want || ir.registry != tc.registry || ir.repository != tc.repo || ir.tag != tc.tag || ir.digest.String() != tc.digested {
+				t.Errorf("parseImageRef(%q) = %+v", tc.in, ir)
+			}
+		})
+	}
+	for _, bad := range []string{"", "Upper", "app@sha256:short", "a b", "app:-bad", "app:tag:tag"} {
+		if _, err := parseImageRef(bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("parseImageRef(%q): %v, want invalid argument", bad, err)
+		}
+	}
+}
+
+// totalRequests counts every request the upstream received, of any kind.
+func (u *testUpstream) totalRequests() int64 {
+	var n int64
+	u.counts.Range(func(_, v any) bool {
+		n += v.(interface{ Load() int64 }).Load()
+		return true
+	})
+	return n
+}
+
+// pullImage fetches what a containerd pull of repo:tag fetches through the mirror's paths when
+// the index (if any) and platform are already known: the tag, the manifest by digest, then the
+// blobs, waiting until each is committed. skip leaves those blobs out.
+func pullImage(t *testing.T, r *Resolver, repo, tag string, img v1.Image, skip ...digest.Digest) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, repo, tag); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Manifest(ctx, testRegistry, repo, mustDigest(t, img).String()); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := []digest.Digest{digest.Digest(cfg.String())}
+	for _, d := range imageLayers(t, img) {
+		blobs = append(blobs, d.digest)
+	}
+	for _, d := range blobs {
+		if slices.Contains(skip, d) {
+			continue
+		}
+		if _, _, err := readBlob(ctx, r, repo, d); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the blob to be committed", func() bool {
+			ok, _ := r.blobCached(ctx, testRegistry+"/"+repo, d)
+			return ok
+		})
+	}
+}
+
+type layerInfo struct {
+	digest digest.Digest
+	size   int64
+}
+
+func imageLayers(t *testing.T, img v1.Image) []layerInfo {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []layerInfo
+	for _, l := range m.Layers {
+		out = append(out, layerInfo{digest.Digest(l.Digest.String()), l.Size})
+	}
+	return out
+}
+
+var (
+	amd64 = platforms.Only(platforms.MustParse("linux/amd64"))
+	arm64 = platforms.Only(platforms.MustParse("linux/arm64"))
+)
+
+func TestCheckFullyCachedImage(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 64<<10)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	pullImage(t, r, "app", "v1", img)
+
+	before := up.totalRequests()
+	for _, ref := range []string{testRegistry + "/app:v1", testRegistry + "/app@" + mustDigest(t, img).String()} {
+		rd, err := r.Check(t.Context(), ref, amd64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rd.Ready || len(rd.Missing) != 0 || rd.MissingBytes != 0 || rd.Partial || rd.Ref != ref {
+			t.Errorf("Check(%s) = %+v, want ready", ref, rd)
+		}
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+}
+
+func TestCheckNamesTheMissingLayer(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 300<<10)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	layers := imageLayers(t, img)
+	never := layers[1]
+	pullImage(t, r, "app", "v1", img, never.digest)
+
+	up.setFault(hang) // whatever Check does, it must not wait on an upstream
+	before := up.totalRequests()
+	rd, err := r.Check(t.Context(), testRegistry+"/app:v1", amd64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "layer " + never.digest.String() + " (" + formatSize(never.size) + ")"
+	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.size || rd.Partial {
+		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.size)
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+}
+
+func TestCheckUncachedTag(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "v1", 1024)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	before := up.totalRequests()
+	rd, err := r.Check(t.Context(), testRegistry+"/app:v1", amd64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd.Ready || !rd.Partial || len(rd.Missing) != 1 || rd.Missing[0] != "tag "+testRegistry+"/app:v1" {
+		t.Fatalf("Check of a tag never pulled = %+v", rd)
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+	if _, err := r.Check(t.Context(), "Bad Ref", amd64); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("Check of a malformed reference: %v, want invalid argument", err)
+	}
+}
+
+// pushIndex writes an index of random images, one per platform, to repo:tag.
+func (u *testUpstream) pushIndex(t *testing.T, repo, tag string, plats ...string) (v1.ImageIndex, map[string]v1.Image) {
+	t.Helper()
+	var idx v1.ImageIndex = empty.Index
+	imgs := map[string]v1.Image{}
+	for _, p := range plats {
+		img, err := random.Image(32<<10, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl, err := v1.ParsePlatform(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs[p] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: pl}})
+	}
+	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	return idx, imgs
+}
+
+func TestCheckMultiPlatform(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	// What containerd on an amd64 node fetches: the index by tag, then the amd64 image.
+	pullImage(t, r, "multi", "v1", imgs["linux/amd64"])
+
+	before := up.totalRequests()
+	rd, err := r.Check(t.Context(), testRegistry+"/multi:v1", amd64)
+	if err != nil || !rd.Ready {
+		t.Fatalf("Check for linux/amd64 = %+v %v, want ready", rd, err)
+	}
+	rd, err = r.Check(t.Context(), testRegistry+"/multi:v1", arm64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	armDigest := mustDigest(t, imgs["linux/arm64"])
+	if rd.Ready || !rd.Partial || len(rd.Missing) != 1 ||
+		!strings.HasPrefix(rd.Missing[0], "manifest "+armDigest.String()+" for linux/arm64 (") || rd.MissingBytes <= 0 {
+		t.Fatalf("Check for linux/arm64 = %+v, want the arm64 manifest missing", rd)
+	}
+	rd, err = r.Check(t.Context(), testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")))
+	if err != nil || rd.Ready || len(rd.Missing) != 1 || !strings.HasPrefix(rd.Missing[0], "platform:") {
+		t.Fatalf("Check for a platform the index lacks = %+v %v", rd, err)
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+}
+
+func TestWarmMakesReady(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 128<<10)
+	byDigest := up.push(t, "app", "v2", 1024)
+	up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	// Partly cached: one layer missing.
+	pullImage(t, r, "app", "v1", img, imageLayers(t, img)[0].digest)
+
+	for _, tc := range []struct {
+		ref      string
+		platform platforms.MatchComparer
+	}{
+		{testRegistry + "/app:v1", amd64},
+		{testRegistry + "/multi:v1", arm64},
+		{testRegistry + "/app@" + mustDigest(t, byDigest).String(), arm64}, // a digest names one image, whatever the platform
+	} {
+		if rd, err := r.Check(ctx, tc.ref, tc.platform); err != nil || rd.Ready {
+			t.Fatalf("before Warm: Check(%s) = %+v %v, want not ready", tc.ref, rd, err)
+		}
+		gets := up.count("GET blobs")
+		if err := r.Warm(ctx, tc.ref, tc.platform); err != nil {
+			t.Fatalf("Warm(%s): %v", tc.ref, err)
+		}
+		rd, err := r.Check(ctx, tc.ref, tc.platform)
+		if err != nil || !rd.Ready {
+			t.Fatalf("after Warm: Check(%s) = %+v %v, want ready", tc.ref, rd, err)
+		}
+		if tc.ref == testRegistry+"/app:v1" && up.count("GET blobs")-gets != 1 {
+			t.Errorf("Warm downloaded %d blobs, want only the missing one", up.count("GET blobs")-gets)
+		}
+	}
+	// The arm64 image only: amd64 is still missing.
+	if rd, err := r.Check(ctx, testRegistry+"/multi:v1", amd64); err != nil || rd.Ready {
+		t.Errorf("Warm for arm64 made amd64 ready: %+v %v", rd, err)
+	}
+
+	// With the upstream down, Warm fails and says so; what was cached stays ready.
+	up.setFault(status503)
+	if err := r.Warm(ctx, testRegistry+"/multi:v1", amd64); !errdefs.IsNotFound(err) {
+		t.Errorf("Warm with the upstream down: %v, want not found", err)
+	}
+	if rd, err := r.Check(ctx, testRegistry+"/app:v1", amd64); err != nil || !rd.Ready {
+		t.Errorf("after a failed Warm: %+v %v", rd, err)
+	}
+}

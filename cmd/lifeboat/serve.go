@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -22,6 +23,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	pcontent "github.com/lifeboat-dev/lifeboat/plugin/content"
+	psnapshot "github.com/lifeboat-dev/lifeboat/plugin/snapshot"
 	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/outage"
@@ -168,7 +170,7 @@ func serve(ctx context.Context, cfg config.Config) error {
 		}
 	}
 	g.Go(func() error { return admin.Serve(ctx, adminLn, svc) })
-	if err := servePlugins(ctx, g, cfg, store); err != nil {
+	if err := servePlugins(ctx, g, cfg, store, res); err != nil {
 		return err
 	}
 	log.G(ctx).Info("lifeboat is running")
@@ -241,19 +243,26 @@ func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator) (
 	return res, nil
 }
 
-// servePlugins serves containerd's proxy plugins (the content store) on the plugin socket.
-func servePlugins(ctx context.Context, g *errgroup.Group, cfg config.Config, store *cache.Store) error {
+// servePlugins serves containerd's proxy plugins, the content store and the snapshotter, on
+// the plugin socket.
+func servePlugins(ctx context.Context, g *errgroup.Group, cfg config.Config, store *cache.Store, res *resolver.Resolver) error {
 	cs, err := pcontent.New(store, cfg.Plugin.ContentDelete)
 	if err != nil {
 		return err
 	}
+	sn, err := psnapshot.New(filepath.Join(cfg.Root, "snapshots"), res.Layers())
+	if err != nil {
+		return fmt.Errorf("cannot start the snapshotter: %w", err)
+	}
+
 	ln, err := admin.Listen(cfg.Plugin.Address)
 	if err != nil {
 		return fmt.Errorf("cannot start: plugin socket: %w", err)
 	}
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(pcontent.MaxMsgSize), grpc.MaxSendMsgSize(pcontent.MaxMsgSize))
 	pcontent.Register(srv, cs)
-	log.G(ctx).WithField("address", cfg.Plugin.Address).Info("serving containerd proxy plugins: content")
+	sn.Register(srv)
+	log.G(ctx).WithField("address", cfg.Plugin.Address).Info("serving containerd proxy plugins: content, snapshotter")
 	g.Go(func() error { return srv.Serve(ln) })
 	g.Go(func() error {
 		<-ctx.Done()
@@ -264,7 +273,7 @@ func servePlugins(ctx context.Context, g *errgroup.Group, cfg config.Config, sto
 		case <-time.After(shutdownGrace):
 			srv.Stop()
 		}
-		return nil
+		return sn.Close() // after the server: no request is left using it
 	})
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,72 +13,122 @@ import (
 	"github.com/lifeboat-dev/lifeboat/integration/harness"
 )
 
-// TestContentPlugin points containerd's content store at lifeboat (proxy_plugins), as an
-// operator who wants one copy of every blob on the node would, and checks that pulled content
-// lands in lifeboat's cache, that containerd's garbage collection does not empty the offline
-// cache, and that containerd recovers when lifeboat restarts.
-func TestContentPlugin(t *testing.T) {
+// proxyPluginsConfig is the containerd configuration CONTAINERD.md and `lifeboat configure
+// containerd --proxy-plugins` describe: lifeboat's content store instead of containerd's, and
+// lifeboat's snapshotter with remote snapshot annotations and an unpack_config naming it.
+func proxyPluginsConfig(socket string, content bool) string {
+	platform := "linux/" + runtime.GOARCH
+	cfg := fmt.Sprintf(`
+[proxy_plugins.lifeboat]
+  type = "snapshot"
+  address = %[1]q
+  [proxy_plugins.lifeboat.exports]
+    enable_remote_snapshot_annotations = "true"
+
+[plugins."io.containerd.transfer.v1.local"]
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %[2]q
+    snapshotter = "overlayfs"
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %[2]q
+    snapshotter = "lifeboat"
+`, socket, platform)
+	if content {
+		cfg += fmt.Sprintf("\n[proxy_plugins.lifeboat-content]\n  type = \"content\"\n  address = %q\n", socket)
+	}
+	return cfg
+}
+
+// blobBytesOnDisk is the size of everything under lifeboat's blobs/ directory.
+func blobBytesOnDisk(t *testing.T, root string) int64 {
+	t.Helper()
+	var n int64
+	filepath.WalkDir(filepath.Join(root, "blobs"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// TestBothProxyPlugins runs containerd with lifeboat as its content store and snapshotter, as
+// an operator who wants one copy of every blob on the node and offline-proof unpacking would.
+func TestBothProxyPlugins(t *testing.T) {
 	harness.RequireRoot(t)
 	t.Parallel()
 
 	reg := harness.StartRegistry(t)
 	img := reg.PushBusybox(t, "library/busybox", "plugin")
-	lb := harness.StartLifeboat(t, harness.LifeboatOptions{Upstreams: map[string][]string{"docker.io": {reg.URL()}}})
+	lb := harness.StartLifeboat(t, harness.LifeboatOptions{
+		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
+		Metrics:   true,
+	})
 	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{
 		DisabledPlugins: []string{"io.containerd.content.v1.content"},
-		ExtraConfig:     fmt.Sprintf("[proxy_plugins.lifeboat-content]\n  type = \"content\"\n  address = %q\n", lb.Socket),
+		ExtraConfig:     proxyPluginsConfig(lb.Socket, true),
 	})
 	hosts := lb.MirrorHostsDir(t, "docker.io")
 	const ref = "docker.io/library/busybox:plugin"
 
-	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hosts, ref)
-	want := append([]string{harness.Digest(t, img)}, harness.LayerDigests(t, img)...)
+	ctd.MustCtr(t, "images", "pull", "--snapshotter", "lifeboat", "--hosts-dir", hosts, ref)
+
+	// Every blob of the image is in lifeboat's cache, once: the bytes on disk are the image's.
 	cfg, err := img.ConfigName()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = append(want, cfg.String())
-	for _, d := range want {
-		if _, err := os.Stat(filepath.Join(lb.Root, "blobs", "sha256", strings.TrimPrefix(d, "sha256:"))); err != nil {
-			t.Errorf("%s is not in lifeboat's cache: %v", d, err)
+	layers := harness.LayerDigests(t, img)
+	blobs := append([]string{harness.Digest(t, img), cfg.String()}, layers...)
+	var imageBytes int64
+	listed := ctd.ContentDigests(t)
+	for i, d := range blobs {
+		fi, err := os.Stat(filepath.Join(lb.Root, "blobs", "sha256", strings.TrimPrefix(d, "sha256:")))
+		if err != nil {
+			t.Fatalf("%s is not in lifeboat's cache: %v", d, err)
 		}
-		if !ctd.ContentDigests(t)[d] {
-			t.Errorf("containerd does not list %s", d)
+		imageBytes += fi.Size()
+		// containerd records the manifest and config it fetched through the content store; the
+		// layers it never fetched: the snapshotter applied them from lifeboat's cache.
+		if isLayer := i >= 2; listed[d] == isLayer {
+			t.Errorf("containerd lists %s: %v, want %v", d, listed[d], !isLayer)
 		}
 	}
-	// One copy on disk: containerd keeps no blobs of its own.
+	if got := blobBytesOnDisk(t, lb.Root); got != imageBytes {
+		t.Errorf("%d bytes of blobs under lifeboat's root for an image of %d: not one copy each", got, imageBytes)
+	}
 	if entries, _ := os.ReadDir(filepath.Join(ctd.Root(), "io.containerd.content.v1.content", "blobs", "sha256")); len(entries) > 0 {
 		t.Errorf("containerd stored %d blobs of its own besides lifeboat's", len(entries))
 	}
 	token := strings.ToLower(rand.Text())[:12]
-	if out := ctd.MustCtr(t, "run", "--rm", ref, "plugin-"+token, "/bin/echo", token); !strings.Contains(out, token) {
+	if out := ctd.MustCtr(t, "run", "--rm", "--snapshotter", "lifeboat", ref, "plugin-"+token, "/bin/echo", token); !strings.Contains(out, token) {
 		t.Fatalf("ctr run printed %q", out)
 	}
 
-	// containerd's garbage collector deletes what no image references; lifeboat keeps it.
+	// containerd's garbage collection deletes what no image references; lifeboat keeps it.
 	ctd.MustCtr(t, "images", "rm", "--sync", ref)
-	for _, d := range want {
-		if _, err := os.Stat(filepath.Join(lb.Root, "blobs", "sha256", strings.TrimPrefix(d, "sha256:"))); err != nil {
-			t.Errorf("containerd's garbage collection removed %s from lifeboat's cache", d)
-		}
+	if got := blobBytesOnDisk(t, lb.Root); got != imageBytes {
+		t.Errorf("after containerd's garbage collection lifeboat holds %d bytes of blobs, want %d", got, imageBytes)
 	}
 
-	// The registry goes away: the image pulls again from lifeboat alone.
+	// lifeboat restarts under a running containerd, and the registry goes away: the image pulls
+	// again from lifeboat alone, without a single blob crossing the mirror.
+	lb.Restart(t)
 	if err := reg.Process().Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hosts, ref)
-
-	// lifeboat restarts under a running containerd: content operations recover.
-	lb.Restart(t)
 	harness.WaitFor(t, "containerd to reach lifeboat's content store again", 20*time.Second, nil, func() error {
-		out, err := ctd.Ctr(t, "content", "ls", "--quiet")
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(out, want[0]) {
-			return fmt.Errorf("content ls lacks %s", want[0])
-		}
-		return nil
+		_, err := ctd.Ctr(t, "content", "ls", "--quiet")
+		return err
 	})
+	ctd.MustCtr(t, "images", "pull", "--snapshotter", "lifeboat", "--hosts-dir", hosts, ref)
+	if n := lb.Metric(t, "lifeboat_mirror_requests_total", map[string]string{"route": "blob"}); n != 0 {
+		t.Errorf("%v blob requests reached the mirror for an image lifeboat already holds", n)
+	}
+	token = strings.ToLower(rand.Text())[:12]
+	if out := ctd.MustCtr(t, "run", "--rm", "--snapshotter", "lifeboat", ref, "offline-"+token, "/bin/echo", token); !strings.Contains(out, token) {
+		t.Fatalf("ctr run after the restart printed %q", out)
+	}
 }

@@ -3,7 +3,6 @@ package integration
 import (
 	"crypto/rand"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,23 +20,11 @@ func TestSnapshotterAppliesLayersFromCache(t *testing.T) {
 
 	reg := harness.StartRegistry(t)
 	img := reg.PushBusybox(t, "library/busybox", "snap")
-	lb := harness.StartLifeboat(t, harness.LifeboatOptions{Upstreams: map[string][]string{"docker.io": {reg.URL()}}})
-	platform := "linux/" + runtime.GOARCH
-	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: fmt.Sprintf(`
-[proxy_plugins.lifeboat]
-  type = "snapshot"
-  address = %q
-  [proxy_plugins.lifeboat.exports]
-    enable_remote_snapshot_annotations = "true"
-
-[plugins."io.containerd.transfer.v1.local"]
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %q
-    snapshotter = "overlayfs"
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %q
-    snapshotter = "lifeboat"
-`, lb.Socket, platform, platform)})
+	lb := harness.StartLifeboat(t, harness.LifeboatOptions{
+		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
+		Metrics:   true,
+	})
+	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: proxyPluginsConfig(lb.Socket, false)})
 	hosts := lb.MirrorHostsDir(t, "docker.io")
 	const ref = "docker.io/library/busybox:snap"
 
@@ -45,7 +32,15 @@ func TestSnapshotterAppliesLayersFromCache(t *testing.T) {
 	warm := harness.StartContainerd(t)
 	warm.MustCtr(t, "images", "pull", "--hosts-dir", hosts, ref)
 
+	blobGETs := func() float64 {
+		return lb.Metric(t, "lifeboat_mirror_requests_total", map[string]string{"route": "blob", "method": "GET"})
+	}
+	before := blobGETs()
 	ctd.MustCtr(t, "images", "pull", "--snapshotter", "lifeboat", "--hosts-dir", hosts, ref)
+	// containerd fetches the config (it needs the diff IDs) and none of the layers.
+	if n := blobGETs() - before; n != 1 {
+		t.Errorf("%v blob GETs reached the mirror during the pull, want 1 (the config, no layer)", n)
+	}
 	content := ctd.ContentDigests(t)
 	for _, l := range harness.LayerDigests(t, img) {
 		if content[l] {

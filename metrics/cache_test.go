@@ -4,8 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
@@ -66,6 +68,26 @@ lifeboat_upstream_up{endpoint="https://registry-1.docker.io",registry="docker.io
 lifeboat_outage_simulated{mode="blackhole"} 1
 `
 	if err := testutil.CollectAndCompare(NewOutageCollector(sim), strings.NewReader(want), "lifeboat_outage_simulated"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMirrorMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMirror(reg)
+	m.Observe(mirror.Answer{Method: "GET", Route: "blob", Status: 200, Cache: resolver.Hit, Bytes: 100})
+	m.Observe(mirror.Answer{Method: "GET", Route: "blob", Status: 200, Cache: resolver.Miss, Bytes: 50, Aborted: true})
+	m.Observe(mirror.Answer{Method: "HEAD", Route: "manifest", Status: 404})
+	m.Observe(mirror.Answer{Method: "GET", Route: "ping", Status: 200})
+	want := `
+# HELP lifeboat_mirror_requests_total Registry mirror answers by route (manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.
+# TYPE lifeboat_mirror_requests_total counter
+lifeboat_mirror_requests_total{code="200",method="GET",result="error",route="blob"} 1
+lifeboat_mirror_requests_total{code="200",method="GET",result="hit",route="blob"} 1
+lifeboat_mirror_requests_total{code="200",method="GET",result="none",route="ping"} 1
+lifeboat_mirror_requests_total{code="404",method="HEAD",result="error",route="manifest"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "lifeboat_mirror_requests_total"); err != nil {
 		t.Fatal(err)
 	}
 }

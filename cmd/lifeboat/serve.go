@@ -159,7 +159,8 @@ func serve(ctx context.Context, cfg config.Config) error {
 		metrics.NewCacheCollector(store), metrics.NewUpstreamCollector(res), metrics.NewOutageCollector(sim))
 
 	g, ctx := errgroup.WithContext(ctx)
-	if err := serveHTTP(ctx, g, "registry mirror", cfg.Mirror.Address, mirror.New(mirror.FromResolver(res), mirror.Options{})); err != nil {
+	mirrorMetrics := metrics.NewMirror(reg)
+	if err := serveHTTP(ctx, g, "registry mirror", cfg.Mirror.Address, mirror.New(mirror.FromResolver(res), mirror.Options{Observe: mirrorMetrics.Observe})); err != nil {
 		return err
 	}
 	if cfg.Metrics.Address != "" {

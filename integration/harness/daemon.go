@@ -2,6 +2,9 @@ package harness
 
 import (
 	"fmt"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +31,8 @@ type LifeboatOptions struct {
 	Root string
 	// Args are extra `lifeboat serve` arguments.
 	Args []string
+	// Metrics serves Prometheus metrics on a free port (see Lifeboat.Metric).
+	Metrics bool
 }
 
 // Lifeboat is a `lifeboat serve` process with its own root, sockets and mirror port.
@@ -37,6 +42,7 @@ type Lifeboat struct {
 	Socket      string // containerd proxy plugin socket
 	AdminSocket string
 	Config      string
+	MetricsAddr string // host:port of /metrics, when LifeboatOptions.Metrics
 	proc        *Process
 	killed      *Process // stopped on purpose with SIGKILL
 }
@@ -67,9 +73,16 @@ func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
 		AdminSocket: filepath.Join(dir, "admin.sock"),
 		Config:      filepath.Join(dir, "config.toml"),
 	}
+	if opts.Metrics {
+		mport, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lb.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", mport)
+	}
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = \"\"\n",
-		lb.Root, lb.Mirror, lb.Socket, lb.AdminSocket)
+	fmt.Fprintf(&cfg, "root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\n",
+		lb.Root, lb.Mirror, lb.Socket, lb.AdminSocket, lb.MetricsAddr)
 	fmt.Fprintf(&cfg, "[cache]\nmax_size = \"8GiB\"\n[log]\nlevel = \"debug\"\n")
 	for reg, eps := range opts.Upstreams {
 		fmt.Fprintf(&cfg, "[registry.%q]\nendpoints = [", reg)
@@ -172,3 +185,46 @@ func (lb *Lifeboat) CLI(t testing.TB, args ...string) (string, error) {
 
 // Log is what the daemon has logged so far.
 func (lb *Lifeboat) Log() string { return lb.proc.Log() }
+
+// Metric scrapes the daemon's /metrics and returns the sum of the samples of the counter or
+// gauge name whose labels include all of match.
+func (lb *Lifeboat) Metric(t testing.TB, name string, match map[string]string) float64 {
+	t.Helper()
+	if lb.MetricsAddr == "" {
+		t.Fatal("harness: start lifeboat with LifeboatOptions.Metrics to read its metrics")
+	}
+	resp, err := http.Get("http://" + lb.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("harness: parse /metrics: %v", err)
+	}
+	var sum float64
+	fam, ok := families[name]
+	if !ok {
+		return 0
+	}
+next:
+	for _, m := range fam.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range match {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

@@ -1,0 +1,51 @@
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+)
+
+// Mirror counts the registry mirror's answers. Pass its Observe as mirror.Options.Observe.
+type Mirror struct {
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewMirror registers the mirror's metrics with reg.
+func NewMirror(reg prometheus.Registerer) *Mirror {
+	m := &Mirror{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lifeboat_mirror_requests_total",
+			Help: "Registry mirror answers by route (manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.",
+		}, []string{"route", "method", "result", "code"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lifeboat_mirror_sent_bytes_total",
+			Help: "Body bytes the registry mirror sent, by route and X-Lifeboat-Cache result.",
+		}, []string{"route", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lifeboat_mirror_request_duration_seconds",
+			Help:    "Time from a mirror request's arrival to the end of its answer, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.bytes, m.duration)
+	return m
+}
+
+// Observe records one answer.
+func (m *Mirror) Observe(a mirror.Answer) {
+	result := string(a.Cache)
+	if a.Status >= 400 || a.Aborted || result == "" {
+		result = "error"
+		if a.Status < 400 && !a.Aborted {
+			result = "none" // ping, tags and other answers without a cache status
+		}
+	}
+	m.requests.WithLabelValues(a.Route, a.Method, result, strconv.Itoa(a.Status)).Inc()
+	m.bytes.WithLabelValues(a.Route, result).Add(float64(a.Bytes))
+	m.duration.WithLabelValues(a.Route).Observe(a.Duration.Seconds())
+}

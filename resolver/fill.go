@@ -127,7 +127,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	body := got.body
 	defer body.Close()
 
-	ref := "lifeboat-fill/" + f.key
+	ref := fillRefPrefix + f.key
 	w, err := f.r.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(got.size, 0)}))
 	if errdefs.IsAlreadyExists(err) {
 		f.mu.Lock()

@@ -124,7 +124,40 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 			return nil, err
 		}
 	}
+	if err := r.abortLeftovers(context.Background()); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// Ingest refs of the resolver's own writes. A fill always starts over, so an ingest of one left
+// by a crash is garbage; ingests of other writers (containerd, through the content plugin) are
+// theirs to resume or abort.
+const (
+	fillRefPrefix     = "lifeboat-fill/"
+	manifestRefPrefix = "lifeboat-manifest/"
+)
+
+// abortLeftovers removes the ingests of fills and manifest writes a crash interrupted.
+func (r *Resolver) abortLeftovers(ctx context.Context) error {
+	sts, err := r.store.ListStatuses(ctx)
+	if err != nil {
+		return fmt.Errorf("list ingests: %w", err)
+	}
+	var n int
+	for _, st := range sts {
+		if !strings.HasPrefix(st.Ref, fillRefPrefix) && !strings.HasPrefix(st.Ref, manifestRefPrefix) {
+			continue
+		}
+		if err := r.store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove interrupted ingest %q: %w", st.Ref, err)
+		}
+		n++
+	}
+	if n > 0 {
+		log.G(ctx).WithField("ingests", n).Info("removed downloads a previous run left unfinished")
+	}
+	return nil
 }
 
 // Close stops the health probes, cancels the blob fills in progress (their ingests are
@@ -388,7 +421,7 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, 
 	if desc.MediaType == "" {
 		desc.MediaType = sniffMediaType(g.body)
 	}
-	err = content.WriteBlob(ctx, r.store, "lifeboat-manifest/"+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
+	err = content.WriteBlob(ctx, r.store, manifestRefPrefix+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
 	if err != nil && !errdefs.IsAlreadyExists(err) {
 		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
 	}

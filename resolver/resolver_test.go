@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -642,5 +643,36 @@ func TestCachedBlobOffersItsFile(t *testing.T) {
 	got := make([]byte, 50)
 	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, want[100:150]) {
 		t.Fatalf("the file is not positioned at the range: %v", err)
+	}
+}
+
+func TestInterruptedDownloadsAreRemovedAtStart(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	store, err := cache.Open(ctx, t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// What a crash mid-fill leaves, next to an ingest containerd owns.
+	for _, ref := range []string{fillRefPrefix + "registry.test/app@sha256:abc", manifestRefPrefix + "x", "default/1/layer-sha256:def"} {
+		w, err := store.Writer(ctx, content.WithRef(ref))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte("partial"))
+		w.Close()
+	}
+	r, err := New(store, Options{NewClient: func(string, string) (Client, error) { return nil, errdefs.ErrNotImplemented }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	sts, err := store.ListStatuses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != 1 || sts[0].Ref != "default/1/layer-sha256:def" {
+		t.Fatalf("ingests after start: %+v, want only containerd's", sts)
 	}
 }

@@ -565,3 +565,22 @@ func (s *Store) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
 	}
 	return at
 }
+
+// CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
+// and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with
+// a sentence saying which.
+func (s *Store) CheckRoom(size int64) error {
+	s.mu.Lock()
+	budget := s.budget
+	s.mu.Unlock()
+	if budget > 0 && size > budget {
+		return fmt.Errorf("a blob of %d bytes is larger than the cache budget of %d bytes: %w", size, budget, errdefs.ErrResourceExhausted)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.root, &st); err == nil {
+		if free := int64(st.Bavail) * int64(st.Bsize); size > free {
+			return fmt.Errorf("a blob of %d bytes does not fit in the %d bytes free on the cache's filesystem: %w", size, free, errdefs.ErrResourceExhausted)
+		}
+	}
+	return nil
+}

@@ -126,6 +126,11 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	}
 	body := got.body
 	defer body.Close()
+	if got.size > 0 {
+		if err := f.r.store.CheckRoom(got.size); err != nil {
+			return err
+		}
+	}
 
 	ref := fillRefPrefix + f.key
 	w, err := f.r.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(got.size, 0)}))

@@ -353,6 +353,9 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 // notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
 // a 404, so that containerd moves on to its next host at once.
 func notFoundIfDown(err error, what string) error {
+	if errdefs.IsResourceExhausted(err) {
+		return fmt.Errorf("%s cannot be cached: %w", what, err)
+	}
 	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
 		return fmt.Errorf("%s is not cached and the upstream cannot provide it (%v): %w", what, err, errdefs.ErrNotFound)
 	}

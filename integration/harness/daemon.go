@@ -33,6 +33,9 @@ type LifeboatOptions struct {
 	Args []string
 	// Metrics serves Prometheus metrics on a free port (see Lifeboat.Metric).
 	Metrics bool
+	// MaxSize is [cache] max_size: "8GiB" if empty; "auto" leaves it unset, so the budget is
+	// taken from the root filesystem's free space at first start.
+	MaxSize string
 }
 
 // Lifeboat is a `lifeboat serve` process with its own root, sockets and mirror port.
@@ -83,7 +86,14 @@ func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\n",
 		lb.Root, lb.Mirror, lb.Socket, lb.AdminSocket, lb.MetricsAddr)
-	fmt.Fprintf(&cfg, "[cache]\nmax_size = \"8GiB\"\n[log]\nlevel = \"debug\"\n")
+	switch opts.MaxSize {
+	case "auto":
+	case "":
+		fmt.Fprintf(&cfg, "[cache]\nmax_size = \"8GiB\"\n")
+	default:
+		fmt.Fprintf(&cfg, "[cache]\nmax_size = %q\n", opts.MaxSize)
+	}
+	fmt.Fprintf(&cfg, "[log]\nlevel = \"debug\"\n")
 	for reg, eps := range opts.Upstreams {
 		fmt.Fprintf(&cfg, "[registry.%q]\nendpoints = [", reg)
 		for i, e := range eps {

@@ -96,6 +96,10 @@ var errorClasses = []struct {
 		"upstream content failed verification and is not served"},
 	{errdefs.IsUnavailable, http.StatusServiceUnavailable, byRoute{other: codeUnavailable},
 		"service unavailable"},
+	// ResourceExhausted → 507 Insufficient Storage: the content does not fit in the cache.
+	// Outside containerd's retry set, like 502: it moves on, or fails at once when alone.
+	{errdefs.IsResourceExhausted, http.StatusInsufficientStorage, byRoute{other: codeUnknown},
+		"the cache has no room for this content"},
 }
 
 // fromBackend classifies a Backend error for route.
@@ -103,7 +107,7 @@ func fromBackend(err error, r route) *apiError {
 	for _, c := range errorClasses {
 		if c.is(err) {
 			e := newAPIError(c.status, c.codes.code(r), c.message)
-			if c.status == http.StatusNotFound {
+			if c.status == http.StatusNotFound || c.status == http.StatusInsufficientStorage {
 				// The resolver's sentence says why (not cached, and which upstream failure or
 				// simulated outage kept it from being fetched); it carries no credentials.
 				e.message += ": " + err.Error()

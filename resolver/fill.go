@@ -126,6 +126,10 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	}
 	body := got.body
 	defer body.Close()
+	// The upstream client ends a body only on Close: close it when the fill's context ends
+	// (the fill timeout, a stall past the idle timeout, or the resolver closing).
+	stopClose := context.AfterFunc(rctx, func() { body.Close() })
+	defer stopClose()
 	if got.size > 0 {
 		if err := f.r.store.CheckRoom(got.size); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/platforms"
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dev/lifeboat/config"
@@ -151,5 +152,13 @@ disabled_plugins = ["io.containerd.content.v1.content"]   # only with the conten
 [proxy_plugins.lifeboat-content]        # any name but "content"
   type = "content"
   address = %[1]q
-`, socket)
+
+# For the transfer service (ctr image pull, and the CRI plugin since containerd 2.1) to unpack
+# with lifeboat's snapshotter, and send it the layer labels it applies cached layers with:
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = %[2]q
+  snapshotter = "lifeboat"
+
+Then pull with --snapshotter lifeboat, or set the CRI plugin's snapshotter to "lifeboat".
+`, socket, platforms.DefaultString())
 }

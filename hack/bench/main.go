@@ -83,7 +83,19 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
-	report := render(results, *size, *rounds, func(b *strings.Builder) { renderMirror(b, mres, *size) })
+	more := []func(*strings.Builder){func(b *strings.Builder) { renderMirror(b, mres, *size) }}
+	if os.Geteuid() == 0 {
+		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3)
+		if err != nil {
+			return fmt.Errorf("pull benchmark: %w", err)
+		}
+		more = append(more, func(b *strings.Builder) { renderPull(b, pres) })
+	} else {
+		more = append(more, func(b *strings.Builder) {
+			fmt.Fprintf(b, "\n(The containerd pull benchmark was skipped: it runs containerd and needs root.)\n")
+		})
+	}
+	report := render(results, *size, *rounds, more...)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {

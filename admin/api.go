@@ -9,13 +9,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
 )
 
 // The admin API: JSON over HTTP on a unix socket.
@@ -25,6 +29,14 @@ import (
 //	POST   /v1/outage   OutageRequest → OutageResult
 //	DELETE /v1/outage   → OutageResult
 //	POST   /v1/drill    DrillRequest → DrillReport
+//	GET    /v1/images   ?platform= → ImagesReport
+//	POST   /v1/pull     PullRequest → newline-delimited {"progress": PullProgress}..., then
+//	                    {"report": PullReport} or {"error": ...}
+//	POST   /v1/pin      RefRequest → RefResult
+//	POST   /v1/unpin    RefRequest → RefResult
+//	POST   /v1/rm       RefRequest → RefResult
+//	POST   /v1/gc       GCRequest → GCReport
+//	POST   /v1/verify   VerifyRequest → cache.VerifyReport
 //
 // Errors are {"error": "...", "kind": "invalid" | "notfound" | "internal"} with 400, 404 or 500.
 
@@ -68,24 +80,65 @@ func Handler(s *Service) http.Handler {
 		res, err := s.Drill(r.Context(), req)
 		reply(w, res, err)
 	})
+	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
+		res, err := s.Images(r.Context(), ImagesRequest{Platform: r.URL.Query().Get("platform")})
+		reply(w, res, err)
+	})
+	mux.HandleFunc("POST /v1/pull", servePull(s))
+	mux.HandleFunc("POST /v1/pin", handle(s.Pin))
+	mux.HandleFunc("POST /v1/unpin", handle(s.Unpin))
+	mux.HandleFunc("POST /v1/rm", handle(s.Remove))
+	mux.HandleFunc("POST /v1/gc", handle(s.GC))
+	mux.HandleFunc("POST /v1/verify", handle(s.Verify))
 	return mux
+}
+
+// handle serves a JSON request with fn and answers with its result.
+func handle[Req, Res any](fn func(context.Context, Req) (Res, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			reply(w, nil, fmt.Errorf("request to %s: %v: %w", r.URL.Path, err, errdefs.ErrInvalidArgument))
+			return
+		}
+		res, err := fn(r.Context(), req)
+		reply(w, res, err)
+	}
 }
 
 func reply(w http.ResponseWriter, v any, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
-		status, kind := http.StatusInternalServerError, "internal"
-		switch {
-		case errdefs.IsInvalidArgument(err):
-			status, kind = http.StatusBadRequest, "invalid"
-		case errdefs.IsNotFound(err):
-			status, kind = http.StatusNotFound, "notfound"
-		}
+		status, kind := errorKind(err)
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(apiError{Error: err.Error(), Kind: kind})
 		return
 	}
 	json.NewEncoder(w).Encode(v)
+}
+
+// errorKind classifies an error for an answer: its HTTP status and apiError kind.
+func errorKind(err error) (status int, kind string) {
+	switch {
+	case errdefs.IsInvalidArgument(err):
+		return http.StatusBadRequest, "invalid"
+	case errdefs.IsNotFound(err):
+		return http.StatusNotFound, "notfound"
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+// err is the error an answer carries, classified again.
+func (e apiError) err() error {
+	switch e.Kind {
+	case "invalid":
+		return fmt.Errorf("%s: %w", strings.TrimSuffix(e.Error, ": "+errdefs.ErrInvalidArgument.Error()), errdefs.ErrInvalidArgument)
+	case "notfound":
+		return fmt.Errorf("%s: %w", strings.TrimSuffix(e.Error, ": "+errdefs.ErrNotFound.Error()), errdefs.ErrNotFound)
+	}
+	return errors.New(e.Error)
 }
 
 // Listen creates the admin socket at path with mode 0600 (its directory 0700). A socket left by
@@ -133,46 +186,50 @@ func NewClient(path string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("admin socket %s: bad answer: %w", c.socket, err)
+	}
+	return nil
+}
+
+// send sends a request and returns the response if it is a success; the caller closes its body.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://lifeboat"+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("%w (nothing answers on %s)", ErrUnreachable, c.socket)
+			return nil, fmt.Errorf("%w (nothing answers on %s)", ErrUnreachable, c.socket)
 		}
 		if errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("cannot open %s: permission denied (the admin socket is for root)", c.socket)
+			return nil, fmt.Errorf("cannot open %s: permission denied (the admin socket is for root)", c.socket)
 		}
-		return fmt.Errorf("admin socket %s: %w", c.socket, err)
+		return nil, fmt.Errorf("admin socket %s: %w", c.socket, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
 		var e apiError
 		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
-			return fmt.Errorf("admin socket %s answered %s", c.socket, resp.Status)
+			return nil, fmt.Errorf("admin socket %s answered %s", c.socket, resp.Status)
 		}
-		switch e.Kind {
-		case "invalid":
-			return fmt.Errorf("%s: %w", e.Error, errdefs.ErrInvalidArgument)
-		case "notfound":
-			return fmt.Errorf("%s: %w", e.Error, errdefs.ErrNotFound)
-		}
-		return errors.New(e.Error)
+		return nil, e.err()
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("admin socket %s: bad answer: %w", c.socket, err)
-	}
-	return nil
+	return resp, nil
 }
 
 // Status asks for the daemon's status.
@@ -202,6 +259,46 @@ func (c *Client) Drill(ctx context.Context, req DrillRequest) (DrillReport, erro
 		cc = c.withoutTimeout()
 	}
 	return r, cc.do(ctx, http.MethodPost, "/v1/drill", req, &r)
+}
+
+// Images lists the cached images.
+func (c *Client) Images(ctx context.Context, req ImagesRequest) (ImagesReport, error) {
+	var r ImagesReport
+	path := "/v1/images"
+	if req.Platform != "" {
+		path += "?" + url.Values{"platform": {req.Platform}}.Encode()
+	}
+	return r, c.do(ctx, http.MethodGet, path, nil, &r)
+}
+
+// Pin keeps a cached image out of eviction.
+func (c *Client) Pin(ctx context.Context, req RefRequest) (RefResult, error) {
+	var r RefResult
+	return r, c.do(ctx, http.MethodPost, "/v1/pin", req, &r)
+}
+
+// Unpin makes a cached image evictable again.
+func (c *Client) Unpin(ctx context.Context, req RefRequest) (RefResult, error) {
+	var r RefResult
+	return r, c.do(ctx, http.MethodPost, "/v1/unpin", req, &r)
+}
+
+// Remove forgets a cached image; its blobs stay until evicted.
+func (c *Client) Remove(ctx context.Context, req RefRequest) (RefResult, error) {
+	var r RefResult
+	return r, c.do(ctx, http.MethodPost, "/v1/rm", req, &r)
+}
+
+// GC runs an eviction pass now, without the client's usual time limit.
+func (c *Client) GC(ctx context.Context, req GCRequest) (GCReport, error) {
+	var r GCReport
+	return r, c.withoutTimeout().do(ctx, http.MethodPost, "/v1/gc", req, &r)
+}
+
+// Verify rehashes every cached blob, without the client's usual time limit.
+func (c *Client) Verify(ctx context.Context, req VerifyRequest) (cache.VerifyReport, error) {
+	var r cache.VerifyReport
+	return r, c.withoutTimeout().do(ctx, http.MethodPost, "/v1/verify", req, &r)
 }
 
 // withoutTimeout is c without a bound on a whole request, for requests that download images;

@@ -1,5 +1,7 @@
 // Package admin is the daemon's control surface: the service behind the admin socket (status,
-// outage simulation) and the client the lifeboat CLI uses to reach it.
+// outage simulation, drills, the cached images: list, pull, pin, remove, gc, verify) and the
+// client the lifeboat CLI uses to reach it. The CLI also runs the Service over a cache it opens
+// itself when the daemon is not running.
 package admin
 
 import (
@@ -208,13 +210,9 @@ func (s *Service) Drill(ctx context.Context, req DrillRequest) (DrillReport, err
 	if len(req.Refs) > maxDrillRefs {
 		return DrillReport{}, fmt.Errorf("%d images in one drill, more than %d: %w", len(req.Refs), maxDrillRefs, errdefs.ErrInvalidArgument)
 	}
-	spec := platforms.DefaultSpec()
-	if req.Platform != "" {
-		p, err := platforms.Parse(req.Platform)
-		if err != nil {
-			return DrillReport{}, fmt.Errorf("platform %q: %v: %w", req.Platform, err, errdefs.ErrInvalidArgument)
-		}
-		spec = p
+	spec, err := parsePlatform(req.Platform)
+	if err != nil {
+		return DrillReport{}, err
 	}
 	platform := platforms.Only(spec)
 	rep := DrillReport{Platform: platforms.FormatAll(platforms.Normalize(spec)), Results: make([]DrillResult, 0, len(req.Refs)), Total: len(req.Refs)}

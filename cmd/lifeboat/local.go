@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+)
+
+// cacheAPI is what images, gc and verify need: the daemon's admin client or, when the daemon is
+// not running, an admin.Service over the cache opened here.
+type cacheAPI interface {
+	Images(context.Context, admin.ImagesRequest) (admin.ImagesReport, error)
+	GC(context.Context, admin.GCRequest) (admin.GCReport, error)
+	Verify(context.Context, admin.VerifyRequest) (cache.VerifyReport, error)
+}
+
+var (
+	_ cacheAPI = (*admin.Client)(nil)
+	_ cacheAPI = (*admin.Service)(nil)
+)
+
+// cacheFlags are the flags of the commands that work on the cache root directly when the
+// daemon is not running.
+type cacheFlags struct {
+	clientFlags
+	root       string
+	configPath string
+}
+
+func (f *cacheFlags) register(cmd *cobra.Command) {
+	f.clientFlags.register(cmd, true)
+	fl := cmd.Flags()
+	fl.StringVar(&f.root, "root", "", "without the daemon: the data directory to read (env LIFEBOAT_ROOT; default: root from --config, /var/lib/lifeboat)")
+	fl.StringVar(&f.configPath, "config", config.DefaultPath, "without the daemon: the configuration to take the root and the cache size from")
+}
+
+// withCache runs fn against the daemon or, when no daemon answers on the admin socket, against
+// the cache root opened directly, saying so on stderr.
+func (f *cacheFlags) withCache(cmd *cobra.Command, fn func(cacheAPI) error) error {
+	err := fn(f.client())
+	if !errors.Is(err, admin.ErrUnreachable) {
+		return err
+	}
+	svc, root, closeCache, err := f.openLocal(cmd)
+	if err != nil {
+		return err
+	}
+	defer closeCache()
+	fmt.Fprintf(cmd.ErrOrStderr(), "the lifeboat daemon is not running: working on %s directly\n", root)
+	return fn(svc)
+}
+
+// localRoot is the data directory to open without the daemon, and the cache size configured.
+func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, config.Size, error) {
+	cfg, err := config.Load(f.configPath, cmd.Flags().Changed("config"))
+	if err != nil {
+		return "", 0, fmt.Errorf("cannot read the configuration: %w", err)
+	}
+	root := cfg.Root
+	if env := os.Getenv("LIFEBOAT_ROOT"); env != "" {
+		root = env
+	}
+	if cmd.Flags().Changed("root") {
+		root = f.root
+	}
+	return root, cfg.Cache.MaxSize, nil
+}
+
+// openLocal opens the cache at the root for a command to run on without the daemon.
+func (f *cacheFlags) openLocal(cmd *cobra.Command) (*admin.Service, string, func(), error) {
+	root, maxSize, err := f.localRoot(cmd)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	// cache.Open creates a cache where there is none: look first.
+	if _, err := os.Stat(filepath.Join(root, "index.db")); errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil, fmt.Errorf("the lifeboat daemon is not running (nothing answers on %s) and %s holds no lifeboat cache (set --root)", f.adminSocket, root)
+	}
+	store, err := cache.Open(cmd.Context(), root, cache.Options{MaxSize: int64(maxSize)})
+	switch {
+	case errdefs.IsUnavailable(err):
+		return nil, "", nil, fmt.Errorf("the daemon at %s is not answering but holds %s (is --admin-socket right?)", f.adminSocket, root)
+	case err != nil:
+		return nil, "", nil, fmt.Errorf("cannot open the cache in %s: %w", root, err)
+	}
+	res, err := resolver.New(store, resolver.Options{
+		NewClient: func(registry, _ string) (resolver.Client, error) {
+			return nil, fmt.Errorf("%s: the daemon is not running, nothing is fetched: %w", registry, errdefs.ErrUnavailable)
+		},
+	})
+	if err != nil {
+		store.Close()
+		return nil, "", nil, err
+	}
+	closeCache := func() {
+		res.Close()
+		store.Close()
+	}
+	return &admin.Service{Store: store, Resolver: res}, root, closeCache, nil
+}
+
+// needDaemon turns "no daemon" into a sentence that says the command needs one.
+func needDaemon(cmd *cobra.Command, f *clientFlags, err error) error {
+	if errors.Is(err, admin.ErrUnreachable) {
+		return fmt.Errorf("lifeboat %s needs the daemon, which is not running (nothing answers on %s)", cmd.Name(), f.adminSocket)
+	}
+	return err
+}

@@ -1,0 +1,208 @@
+package resolver
+
+import (
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+)
+
+func TestNormalizeRef(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"alpine":                 "docker.io/library/alpine:latest",
+		"alpine:3.20":            "docker.io/library/alpine:3.20",
+		"ghcr.io/org/app:v1":     "ghcr.io/org/app:v1",
+		"localhost:5000/app":     "localhost:5000/app:latest",
+		"docker.io/library/a:b1": "docker.io/library/a:b1",
+	} {
+		if got, err := NormalizeRef(in); err != nil || got != want {
+			t.Errorf("NormalizeRef(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "Bad/Ref!!", "a b"} {
+		if _, err := NormalizeRef(bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("NormalizeRef(%q): %v, want invalid argument", bad, err)
+		}
+	}
+}
+
+// Inspect must give the verdict Check gives, whatever is missing, without counting as a use of
+// the image.
+func TestInspectAgreesWithCheck(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	full := up.pushForPlatform(t, "full", "v1", "linux/amd64", 16<<10)
+	holed := up.pushForPlatform(t, "holed", "v1", "linux/arm64/v8", 16<<10)
+	up.push(t, "never", "v1", 1024)
+	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	pullImage(t, r, "full", "v1", full)
+	pullImage(t, r, "holed", "v1", holed, imageLayers(t, holed)[1].digest)
+	pullImage(t, r, "multi", "v1", imgs["linux/amd64"])
+
+	usages := func() map[string]string {
+		us, err := store.RefUsages(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, u := range us {
+			m[u.Name] = u.LastUsed.String()
+		}
+		return m
+	}
+	windows := platforms.Only(platforms.MustParse("windows/amd64"))
+	for _, tc := range []struct {
+		name, ref string
+		platform  platforms.MatchComparer
+		ready     bool
+		plats     []string
+	}{
+		{"complete", testRegistry + "/full:v1", amd64, true, []string{"linux/amd64"}},
+		{"a layer missing", testRegistry + "/holed:v1", amd64, false, []string{"linux/arm64/v8"}},
+		{"tag not cached", testRegistry + "/never:v1", amd64, false, []string{}},
+		{"index, cached platform", testRegistry + "/multi:v1", amd64, true, []string{"linux/arm64", "linux/amd64"}},
+		{"index, platform not cached", testRegistry + "/multi:v1", arm64, false, []string{"linux/arm64", "linux/amd64"}},
+		{"index without the platform", testRegistry + "/multi:v1", windows, false, []string{"linux/arm64", "linux/amd64"}},
+		{"by digest", testRegistry + "/full@" + mustDigest(t, full).String(), amd64, true, []string{"linux/amd64"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sum, err := r.Inspect(ctx, tc.ref, tc.platform)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rd, err := r.Check(ctx, tc.ref, tc.platform)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum.Ready != tc.ready || sum.Ready != rd.Ready || sum.Ref != rd.Ref || sum.Partial != rd.Partial ||
+				sum.MissingBytes != rd.MissingBytes || !slices.Equal(sum.Missing, rd.Missing) {
+				t.Errorf("Inspect = %+v\n  Check = %+v", sum.Readiness, rd)
+			}
+			if !slices.Equal(sum.Platforms, tc.plats) {
+				t.Errorf("platforms %q, want %q", sum.Platforms, tc.plats)
+			}
+		})
+	}
+	// Check reads manifests as a pull does, which moves an image's last use; Inspect must not.
+	before := usages()
+	for _, ref := range []string{"/full:v1", "/holed:v1", "/multi:v1"} {
+		if _, err := r.Inspect(ctx, testRegistry+ref, amd64); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := usages(); !maps.Equal(after, before) {
+		t.Errorf("Inspect moved last uses:\n before %v\n after  %v", before, after)
+	}
+	if sum, err := r.Inspect(ctx, testRegistry+"/full:v1", amd64); err != nil || sum.Digest != mustDigest(t, full) {
+		t.Errorf("Inspect digest = %s, %v; want %s", sum.Digest, err, mustDigest(t, full))
+	}
+}
+
+// pushForPlatform writes a random image whose config names its platform to repo:tag.
+func (u *testUpstream) pushForPlatform(t *testing.T, repo, tag, platform string, layerSize int64) v1.Image {
+	t.Helper()
+	img, err := random.Image(layerSize, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := v1.ParsePlatform(platform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestPlanPullAndPull(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 64<<10)
+	idx, imgs := up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+
+	plan, err := r.PlanPull(ctx, testRegistry+"/app:v1", amd64, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Ref != testRegistry+"/app:v1" || plan.Digest != mustDigest(t, img) || len(plan.Manifests) != 1 || len(plan.Blobs) != 3 {
+		t.Fatalf("plan = %+v, want one manifest, a config and two layers", plan)
+	}
+	total, blobs := r.PullProgress(ctx, plan)
+	if blobs != 0 || total != plan.manifestBytes || plan.Size <= total {
+		t.Fatalf("before the pull: progress %d (blobs %d) of %d", total, blobs, plan.Size)
+	}
+	gets := up.count("GET blobs")
+	if err := r.Pull(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if total, _ := r.PullProgress(ctx, plan); total != plan.Size {
+		t.Errorf("after the pull: progress %d of %d", total, plan.Size)
+	}
+	if n := up.count("GET blobs") - gets; n != 3 {
+		t.Errorf("the pull fetched %d blobs, want 3", n)
+	}
+	// Again: nothing is fetched.
+	gets = up.count("GET blobs")
+	if err := r.Pull(ctx, plan); err != nil || up.count("GET blobs") != gets {
+		t.Errorf("a second pull: %v, %d blobs fetched", err, up.count("GET blobs")-gets)
+	}
+
+	// Every platform of an index.
+	plan, err = r.PlanPull(ctx, testRegistry+"/multi:v1", amd64, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idxDigest, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Digest != digest.Digest(idxDigest.String()) || len(plan.Manifests) != 2 || len(plan.Blobs) != 6 {
+		t.Fatalf("plan of every platform = %+v", plan)
+	}
+	if err := r.Pull(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []platforms.MatchComparer{amd64, arm64} {
+		if rd, err := r.Check(ctx, testRegistry+"/multi:v1", p); err != nil || !rd.Ready {
+			t.Errorf("after a pull of every platform: %+v %v", rd, err)
+		}
+	}
+	// One platform of it.
+	plan, err = r.PlanPull(ctx, testRegistry+"/multi:v1", arm64, false)
+	if err != nil || len(plan.Manifests) != 1 || plan.Manifests[0].Digest != mustDigest(t, imgs["linux/arm64"]) {
+		t.Errorf("plan for arm64 = %+v, %v", plan, err)
+	}
+	if _, err := r.PlanPull(ctx, testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")), false); !errdefs.IsNotFound(err) {
+		t.Errorf("plan for a platform the index lacks: %v, want not found", err)
+	}
+	if _, err := r.PlanPull(ctx, testRegistry+"/absent:v1", amd64, false); !errdefs.IsNotFound(err) {
+		t.Errorf("plan for an absent tag: %v, want not found", err)
+	}
+}

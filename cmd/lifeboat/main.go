@@ -36,7 +36,9 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand(), newStatusCommand(), newOutageCommand(), newDrillCommand(), newConfigureCommand(), newVersionCommand())
+	root.AddCommand(newServeCommand(), newStatusCommand(),
+		newImagesCommand(), newPullCommand(), newWarmCommand(), newPinCommand(), newUnpinCommand(), newRmCommand(), newGCCommand(), newVerifyCommand(),
+		newOutageCommand(), newDrillCommand(), newConfigureCommand(), newDemoCommand(), newVersionCommand())
 	return root
 }
 

@@ -212,6 +212,11 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("plugin.content_delete: %q is not \"release\" or \"remove\"", c.Plugin.ContentDelete)
 	}
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":
+	default:
+		return fmt.Errorf("log.level: %q is not one of trace, debug, info, warn, error", c.Log.Level)
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:

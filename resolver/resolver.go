@@ -281,7 +281,7 @@ func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKe
 	}
 	m, err := r.fetchManifest(ctx, eps, repoKey, repo, dgst.String())
 	if err != nil {
-		return Manifest{}, notFoundIfDown(err, "manifest "+repoKey+"@"+dgst.String())
+		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+repoKey+"@"+dgst.String())
 	}
 	m.Status = Miss
 	return m, nil
@@ -323,7 +323,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 			if cached && isEndpointFailure(err) {
 				break // upstream failed between HEAD and GET: serve stale below
 			}
-			return Manifest{}, notFoundIfDown(err, "manifest "+name)
+			return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 		}
 		if err := r.store.SetRef(ctx, name, m.Descriptor, ep.client.Endpoint()); err != nil {
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
@@ -339,11 +339,11 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 		return Manifest{}, ctx.Err()
 	}
 	if !cached {
-		return Manifest{}, notFoundIfDown(err, "manifest "+name)
+		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
 	m, cerr := r.cachedManifest(ctx, repoKey, ref.Target)
 	if cerr != nil {
-		return Manifest{}, notFoundIfDown(err, "manifest "+name)
+		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
 	log.G(ctx).WithField("ref", name).WithError(err).Debug("serving stale tag")
 	m.Status = Stale
@@ -352,12 +352,16 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 
 // notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
 // a 404, so that containerd moves on to its next host at once.
-func notFoundIfDown(err error, what string) error {
+func notFoundIfDown(ctx context.Context, err error, what string) error {
 	if errdefs.IsResourceExhausted(err) {
-		return fmt.Errorf("%s cannot be cached: %w", what, err)
+		err = fmt.Errorf("%s cannot be cached: %w", what, err)
+		log.G(ctx).WithError(err).Warn("cannot serve")
+		return err
 	}
 	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
-		return fmt.Errorf("%s is not cached and the upstream cannot provide it (%v): %w", what, err, errdefs.ErrNotFound)
+		err = fmt.Errorf("%s is not cached and the upstream cannot provide it (%v): %w", what, err, errdefs.ErrNotFound)
+		log.G(ctx).Info(err.Error())
+		return err
 	}
 	return err
 }
@@ -472,7 +476,7 @@ func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dg
 		return c.HeadBlob(ctx, repository, dgst)
 	})
 	if err != nil {
-		return ocispec.Descriptor{}, "", notFoundIfDown(err, "blob "+repoKey+"@"+dgst.String())
+		return ocispec.Descriptor{}, "", notFoundIfDown(ctx, err, "blob "+repoKey+"@"+dgst.String())
 	}
 	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
 }
@@ -518,7 +522,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	}
 	if ferr != nil && size < 0 {
 		f.release()
-		return nil, notFoundIfDown(ferr, "blob "+repoKey+"@"+dgst.String())
+		return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 	}
 	if size < 0 {
 		// No Content-Length upstream: wait for the whole blob, then serve it from the cache.
@@ -530,7 +534,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		f.mu.Unlock()
 		f.release()
 		if ferr != nil {
-			return nil, notFoundIfDown(ferr, "blob "+repoKey+"@"+dgst.String())
+			return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 		}
 		return r.cachedBlob(ctx, dgst, Miss)
 	}
@@ -601,7 +605,7 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 		}
 	}
 	if len(tags) == 0 {
-		return nil, "", notFoundIfDown(err, "repository "+registry+"/"+repository)
+		return nil, "", notFoundIfDown(ctx, err, "repository "+registry+"/"+repository)
 	}
 	slices.Sort(tags)
 	return tags, Stale, nil

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -54,6 +55,14 @@ func newOutageStartCommand() *cobra.Command {
 			}
 			if err := spec.Validate(); err != nil {
 				return err
+			}
+			if hostsDir != "" {
+				// The daemon resolves paths against its own working directory, not ours.
+				abs, err := filepath.Abs(hostsDir)
+				if err != nil {
+					return err
+				}
+				hostsDir = abs
 			}
 			res, err := f.client().StartOutage(cmd.Context(), admin.OutageRequest{Spec: spec, HostsDir: hostsDir})
 			if err != nil {

@@ -68,7 +68,7 @@ func newServeCommand() *cobra.Command {
 	fl.StringVar(&f.metricsAddress, "metrics-address", "", "Prometheus metrics address, empty string to disable (default 127.0.0.1:5101)")
 	fl.StringVar(&f.logLevel, "log-level", "", "log level: trace, debug, info, warn, error (default info)")
 	fl.StringVar(&f.logFormat, "log-format", "", "log format: text or json (default text)")
-	fl.StringVar(&f.simulate, "simulate-outage", "", "start with a simulated upstream outage of this mode (see `lifeboat outage start`)")
+	fl.StringVar(&f.simulate, "simulate-outage", "", "start with a simulated upstream outage of this `mode` (dns, refused, blackhole, reset, http-<status>, slow, flaky)")
 	return cmd
 }
 

@@ -154,7 +154,11 @@ disabled_plugins = ["io.containerd.content.v1.content"]   # only with the conten
   address = %[1]q
 
 # For the transfer service (ctr image pull, and the CRI plugin since containerd 2.1) to unpack
-# with lifeboat's snapshotter, and send it the layer labels it applies cached layers with:
+# with lifeboat's snapshotter, and send it the layer labels it applies cached layers with.
+# A configured unpack_config replaces containerd's default one: keep overlayfs listed.
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = %[2]q
+  snapshotter = "overlayfs"
 [[plugins."io.containerd.transfer.v1.local".unpack_config]]
   platform = %[2]q
   snapshotter = "lifeboat"

@@ -12,7 +12,7 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench clean
+.PHONY: help build run unit integration lint test tools bench fuzz clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,15 @@ tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck 
 
 bench: tools ## benchmarks, reported as ratios to baselines measured in the same run
 	$(GO) run ./hack/bench -tools $(TOOLS) -out docs/benchmarks.md
+
+FUZZTIME ?= 30s
+fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their seed corpora run in make unit)
+	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for f in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "fuzz: $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
+	  done; \
+	done
 
 clean: ## remove build outputs (not bin/tools, not ./.lifeboat)
 	rm -f bin/lifeboat

@@ -181,6 +181,9 @@ func Parse(b []byte, cfg *Config) error {
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {
 			row, col := derr.Position()
+			if key := strings.Join(derr.Key(), "."); key != "" {
+				return fmt.Errorf("line %d, column %d: %s: %s", row, col, key, derr.Error())
+			}
 			return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
 		}
 		return err

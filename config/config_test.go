@@ -63,7 +63,7 @@ for = "5m"
 			},
 		},
 		{name: "unknown key names key and line", toml: "root = \"/x\"\n[cache]\nmax_sise = \"1GiB\"\n", wantErr: `line 3: unknown key "cache.max_sise"`},
-		{name: "bad size", toml: "[cache]\nmax_size = \"lots\"\n", wantErr: "line 2"},
+		{name: "bad size names line and key", toml: "[cache]\nmax_size = \"lots\"\n", wantErr: "line 2, column 12: cache.max_size"},
 		{name: "bad duration", toml: "[resolve]\nupstream_timeout = \"soon\"\n", wantErr: "invalid duration"},
 		{name: "bad policy", toml: "[resolve]\npolicy = \"never\"\n", wantErr: "resolve.policy"},
 		{name: "syntax error", toml: "root = \n", wantErr: "line 1"},

@@ -111,6 +111,14 @@ func serve(ctx context.Context, cfg config.Config) error {
 	if err := setupLogging(cfg.Log); err != nil {
 		return err
 	}
+	var bootOutage *outage.Spec
+	if cfg.Outage.Mode != "" {
+		spec := outage.Spec{Mode: cfg.Outage.Mode, Registries: cfg.Outage.Registries, For: time.Duration(cfg.Outage.For)}
+		if err := spec.Validate(); err != nil {
+			return fmt.Errorf("outage simulation from the configuration: %w", err)
+		}
+		bootOutage = &spec
+	}
 	store, err := cache.Open(ctx, cfg.Root, cache.Options{MaxSize: int64(cfg.Cache.MaxSize)})
 	if err != nil {
 		if errdefs.IsUnavailable(err) {
@@ -146,9 +154,8 @@ func serve(ctx context.Context, cfg config.Config) error {
 		adminLn.Close()
 		return err
 	}
-	if cfg.Outage.Mode != "" {
-		spec := outage.Spec{Mode: cfg.Outage.Mode, Registries: cfg.Outage.Registries, For: time.Duration(cfg.Outage.For)}
-		if _, err := sim.Start(ctx, spec); err != nil {
+	if bootOutage != nil {
+		if _, err := sim.Start(ctx, *bootOutage); err != nil {
 			adminLn.Close()
 			return fmt.Errorf("outage simulation from the configuration: %w", err)
 		}

@@ -41,6 +41,12 @@ func TestSnapshotterAppliesLayersFromCache(t *testing.T) {
 	if n := blobGETs() - before; n != 1 {
 		t.Errorf("%v blob GETs reached the mirror during the pull, want 1 (the config, no layer)", n)
 	}
+	if n := lb.Metric(t, "lifeboat_upstream_fetched_bytes_total", nil); n <= 0 {
+		t.Errorf("lifeboat_upstream_fetched_bytes_total = %v after a cold pull through lifeboat", n)
+	}
+	if n := lb.Metric(t, "lifeboat_upstream_requests_total", map[string]string{"op": "head-manifest", "result": "ok"}); n < 1 {
+		t.Errorf("no successful tag check counted: %v", n)
+	}
 	content := ctd.ContentDigests(t)
 	for _, l := range harness.LayerDigests(t, img) {
 		if content[l] {

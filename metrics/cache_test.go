@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -88,6 +89,40 @@ lifeboat_mirror_requests_total{code="200",method="GET",result="none",route="ping
 lifeboat_mirror_requests_total{code="404",method="HEAD",result="error",route="manifest"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "lifeboat_mirror_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUpstreamMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	u := NewUpstream(reg)
+	base := resolver.UpstreamRequest{Registry: "docker.io", Endpoint: "https://registry-1.docker.io"}
+	for _, r := range []struct {
+		op  string
+		err error
+		n   int64
+	}{
+		{"head-manifest", nil, 0},
+		{"head-manifest", errdefs.ErrUnavailable, 0},
+		{"get-blob", errdefs.ErrNotFound, 0},
+		{"blob-body", nil, 1234},
+	} {
+		req := base
+		req.Op, req.Err, req.Bytes = r.op, r.err, r.n
+		u.Observe(req)
+	}
+	want := `
+# HELP lifeboat_upstream_fetched_bytes_total Blob bytes received from upstream endpoints.
+# TYPE lifeboat_upstream_fetched_bytes_total counter
+lifeboat_upstream_fetched_bytes_total{endpoint="https://registry-1.docker.io",registry="docker.io"} 1234
+# HELP lifeboat_upstream_requests_total Requests to upstream endpoints by registry, endpoint, operation and result (ok, notfound, denied, failure, canceled, error).
+# TYPE lifeboat_upstream_requests_total counter
+lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="blob-body",registry="docker.io",result="ok"} 1
+lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="get-blob",registry="docker.io",result="notfound"} 1
+lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="head-manifest",registry="docker.io",result="failure"} 1
+lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="head-manifest",registry="docker.io",result="ok"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "lifeboat_upstream_requests_total", "lifeboat_upstream_fetched_bytes_total"); err != nil {
 		t.Fatal(err)
 	}
 }

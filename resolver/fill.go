@@ -116,7 +116,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 		body io.ReadCloser
 		size int64
 	}
-	got, _, err := try(rctx, eps, func(ctx context.Context, c Client) (resp, error) {
+	got, ep, err := try(rctx, eps, "get-blob", func(ctx context.Context, c Client) (resp, error) {
 		body, size, err := c.GetBlob(ctx, f.repo, f.dgst)
 		return resp{body, size}, err
 	})
@@ -172,6 +172,8 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	defer idle.Stop()
 	buf := make([]byte, 256<<10)
 	var n int64
+	bodyStart := time.Now()
+	defer func() { ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(bodyStart), Bytes: n}) }()
 	for {
 		m, rerr := body.Read(buf)
 		if m > 0 {

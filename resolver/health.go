@@ -29,6 +29,26 @@ type Client interface {
 	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error)
 }
 
+// UpstreamRequest is one request to an upstream endpoint, for metrics.
+type UpstreamRequest struct {
+	Registry, Endpoint string
+	// Op is "head-manifest", "get-manifest", "get-blob" (until the headers), "blob-body" (the
+	// body of a blob fill, with Bytes), "head-blob", "tags" or "referrers".
+	Op       string
+	Duration time.Duration
+	Bytes    int64
+	Err      error
+}
+
+// report passes a finished request to the resolver's observer, if any.
+func (e *endpoint) report(r UpstreamRequest) {
+	if e.onRequest == nil {
+		return
+	}
+	r.Registry, r.Endpoint = e.registry, e.client.Endpoint()
+	e.onRequest(r)
+}
+
 // isEndpointFailure tells failures of the endpoint (it is down, slow, or erroring) from answers
 // (not found, denied) and from the caller giving up.
 func isEndpointFailure(err error) bool {
@@ -75,11 +95,12 @@ type EndpointStatus struct {
 // consecutive failures it is down and no request waits on it; a background probe (GET /v2/,
 // exponential backoff) brings it back up.
 type endpoint struct {
-	registry string
-	client   Client
-	opts     HealthOptions
-	stop     <-chan struct{}
-	wake     chan struct{} // probes at once rather than at the next backoff step
+	registry  string
+	client    Client
+	opts      HealthOptions
+	stop      <-chan struct{}
+	wake      chan struct{} // probes at once rather than at the next backoff step
+	onRequest func(UpstreamRequest)
 
 	mu       sync.Mutex
 	up       bool
@@ -175,14 +196,16 @@ var errAllDown = errors.New("every upstream endpoint is down")
 // try calls fn on each usable endpoint in order until one answers (succeeds, or fails with
 // something other than an endpoint failure). It returns the last error otherwise, wrapped as
 // ErrUnavailable when no endpoint was usable at all.
-func try[T any](ctx context.Context, eps []*endpoint, fn func(context.Context, Client) (T, error)) (T, *endpoint, error) {
+func try[T any](ctx context.Context, eps []*endpoint, op string, fn func(context.Context, Client) (T, error)) (T, *endpoint, error) {
 	var zero T
 	var lastErr error
 	for _, ep := range eps {
 		if !ep.usable() {
 			continue
 		}
+		start := time.Now()
 		v, err := fn(ctx, ep.client)
+		ep.report(UpstreamRequest{Op: op, Duration: time.Since(start), Err: err})
 		if err != nil && ctx.Err() != nil {
 			cause := context.Cause(ctx)
 			if errors.Is(cause, context.Canceled) {

@@ -52,6 +52,8 @@ type Options struct {
 	NewClient func(registry, endpoint string) (Client, error)
 	// Health tunes the circuit breakers.
 	Health HealthOptions
+	// ObserveUpstream, when set, is called after every upstream request (for metrics).
+	ObserveUpstream func(UpstreamRequest)
 }
 
 func (o *Options) setDefaults() {
@@ -225,7 +227,9 @@ func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
 		if err != nil {
 			return nil, fmt.Errorf("registry %s endpoint %s: %w", registry, u, err)
 		}
-		eps = append(eps, newEndpoint(registry, c, r.opts.Health, r.stop))
+		ep := newEndpoint(registry, c, r.opts.Health, r.stop)
+		ep.onRequest = r.opts.ObserveUpstream
+		eps = append(eps, ep)
 	}
 	r.registries[registry] = eps
 	return eps, nil
@@ -303,7 +307,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 	}
 
 	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	desc, ep, err := try(hctx, eps, func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
+	desc, ep, err := try(hctx, eps, "head-manifest", func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
 		return c.HeadManifest(ctx, repo, tag)
 	})
 	cancel()
@@ -410,7 +414,7 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, 
 		desc ocispec.Descriptor
 		body []byte
 	}
-	g, _, err := try(gctx, eps, func(ctx context.Context, c Client) (got, error) {
+	g, _, err := try(gctx, eps, "get-manifest", func(ctx context.Context, c Client) (got, error) {
 		desc, body, err := c.GetManifest(ctx, repo, dgst)
 		return got{desc, body}, err
 	})
@@ -472,7 +476,7 @@ func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dg
 	}
 	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
-	size, _, err := try(hctx, eps, func(ctx context.Context, c Client) (int64, error) {
+	size, _, err := try(hctx, eps, "head-blob", func(ctx context.Context, c Client) (int64, error) {
 		return c.HeadBlob(ctx, repository, dgst)
 	})
 	if err != nil {
@@ -583,7 +587,7 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 		return nil, "", err
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	tags, _, err := try(tctx, eps, func(ctx context.Context, c Client) ([]string, error) {
+	tags, _, err := try(tctx, eps, "tags", func(ctx context.Context, c Client) ([]string, error) {
 		return c.Tags(ctx, repository)
 	})
 	cancel()
@@ -622,7 +626,7 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 	idx.SchemaVersion = 2
 	rctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
-	body, _, err := try(rctx, eps, func(ctx context.Context, c Client) ([]byte, error) {
+	body, _, err := try(rctx, eps, "referrers", func(ctx context.Context, c Client) ([]byte, error) {
 		b, _, err := c.Referrers(ctx, repository, dgst, artifactType)
 		return b, err
 	})

@@ -441,7 +441,7 @@ func (d *demo) startLifeboat(ctx context.Context) (stop func(), err error) {
 		return nil, fmt.Errorf("cannot open the cache in %s: %w", cfg.Root, err)
 	}
 	d.sim = outage.New()
-	res, err := newResolver(store, cfg, d.sim)
+	res, err := newResolver(store, cfg, d.sim, nil)
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -135,7 +135,9 @@ func serve(ctx context.Context, cfg config.Config) error {
 	log.G(ctx).WithField("root", cfg.Root).WithField("used", used).WithField("budget", budget).Info("cache open")
 
 	sim := outage.New()
-	res, err := newResolver(store, cfg, sim)
+	reg := prometheus.NewRegistry()
+	upstreamMetrics := metrics.NewUpstream(reg)
+	res, err := newResolver(store, cfg, sim, upstreamMetrics.Observe)
 	if err != nil {
 		return err
 	}
@@ -161,7 +163,6 @@ func serve(ctx context.Context, cfg config.Config) error {
 		}
 	}
 
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewCacheCollector(store), metrics.NewUpstreamCollector(res), metrics.NewOutageCollector(sim))
 
@@ -216,7 +217,8 @@ func serveHTTP(ctx context.Context, g *errgroup.Group, name, addr string, h http
 }
 
 // newResolver builds the resolver with one upstream client per configured endpoint.
-func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator) (*resolver.Resolver, error) {
+// observe, when not nil, sees every upstream request (for metrics).
+func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator, observe func(resolver.UpstreamRequest)) (*resolver.Resolver, error) {
 	endpoints := map[string][]string{}
 	for host, r := range cfg.Registry {
 		if len(r.Endpoints) > 0 {
@@ -244,6 +246,7 @@ func newResolver(store *cache.Store, cfg config.Config, sim *outage.Simulator) (
 		UpstreamTimeout: time.Duration(cfg.Resolve.UpstreamTimeout),
 		Endpoints:       endpoints,
 		NewClient:       newClient,
+		ObserveUpstream: observe,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream registries: %w", err)

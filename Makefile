@@ -12,7 +12,7 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench fuzz clean
+.PHONY: help build run unit integration lint test tools bench fuzz soak clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,10 @@ tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck 
 
 bench: tools ## benchmarks, reported as ratios to baselines measured in the same run
 	$(GO) run ./hack/bench -tools $(TOOLS) -out docs/benchmarks.md
+
+soak: tools ## the long reliability drills: 60 s of 200-client load, crash and full-disk drills 5 times (needs root)
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) LIFEBOAT_LOAD_DURATION=60s $(GO) test -count=1 -timeout 20m -v -run '^TestLoad$$' ./integration/
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=5 -timeout 20m -run '^(TestCrashDuringColdPulls|TestFullDisk)$$' ./integration/
 
 FUZZTIME ?= 30s
 fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their seed corpora run in make unit)

@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lifeboat-dev/lifeboat/integration/harness"
+)
+
+// TestLoad has 200 clients hammer the mirror at once, mixing tag resolutions, cached and
+// uncached manifests and blobs, for LIFEBOAT_LOAD_DURATION (8s by default; `make soak` runs it
+// for 60s). Nothing may answer 5xx, every byte must verify, and lifeboat's memory must stay
+// bounded.
+func TestLoad(t *testing.T) {
+	harness.RequireRoot(t)
+	t.Parallel()
+	duration := 8 * time.Second
+	if v := os.Getenv("LIFEBOAT_LOAD_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("LIFEBOAT_LOAD_DURATION: %v", err)
+		}
+		duration = d
+	}
+
+	reg := harness.StartRegistry(t)
+	type image struct {
+		repo  string
+		blobs []string
+		dgst  string
+	}
+	var imgs []image
+	for i := range 24 {
+		repo := fmt.Sprintf("library/load%d", i)
+		img := reg.PushRandom(t, repo, "1", 2, 256<<10)
+		imgs = append(imgs, image{repo: repo, blobs: blobDigests(t, img), dgst: harness.Digest(t, img)})
+	}
+	lb := harness.StartLifeboat(t, harness.LifeboatOptions{Upstreams: map[string][]string{"docker.io": {reg.URL()}}})
+	// Half the images are cached before the load starts; the rest are first fetched under it.
+	for _, im := range imgs[:len(imgs)/2] {
+		for _, b := range im.blobs {
+			if err := fetchVerified(t.Context(), lb.URL()+"/v2/"+im.repo+"/blobs/"+b+"?ns=docker.io", b, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
+	ctx, cancel := context.WithTimeout(t.Context(), duration)
+	defer cancel()
+	var requests, serverErrors, corrupt, otherErrors atomic.Int64
+	var firstErr sync.Once
+	var firstErrMsg atomic.Value
+	note := func(err error) {
+		otherErrors.Add(1)
+		firstErr.Do(func() { firstErrMsg.Store(err.Error()) })
+	}
+	var wg sync.WaitGroup
+	for c := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 7))
+			for ctx.Err() == nil {
+				im := imgs[rng.IntN(len(imgs))]
+				var url, want string
+				method := http.MethodGet
+				switch rng.IntN(3) {
+				case 0: // tag resolution, as containerd starts a pull
+					url, method = lb.URL()+"/v2/"+im.repo+"/manifests/1?ns=docker.io", http.MethodHead
+				case 1:
+					url, want = lb.URL()+"/v2/"+im.repo+"/manifests/"+im.dgst+"?ns=docker.io", im.dgst
+				default:
+					b := im.blobs[rng.IntN(len(im.blobs))]
+					url, want = lb.URL()+"/v2/"+im.repo+"/blobs/"+b+"?ns=docker.io", b
+				}
+				req, _ := http.NewRequestWithContext(ctx, method, url, nil)
+				req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+				resp, err := client.Do(req)
+				if err != nil {
+					if ctx.Err() == nil {
+						note(err)
+					}
+					continue
+				}
+				requests.Add(1)
+				if resp.StatusCode >= 500 {
+					serverErrors.Add(1)
+					firstErr.Do(func() { firstErrMsg.Store(fmt.Sprintf("%s %s: %s", method, url, resp.Status)) })
+				}
+				if want != "" && resp.StatusCode == http.StatusOK {
+					h := sha256.New()
+					if _, err := io.Copy(h, resp.Body); err != nil {
+						if ctx.Err() == nil {
+							note(fmt.Errorf("%s: %w", url, err))
+						}
+					} else if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want {
+						corrupt.Add(1)
+					}
+				} else if resp.StatusCode != http.StatusOK {
+					note(fmt.Errorf("%s %s: %s", method, url, resp.Status))
+				}
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+
+	rss := peakRSS(t, lb.Process().Pid())
+	t.Logf("%d requests in %s from 200 clients; lifeboat's peak RSS %d MiB", requests.Load(), duration, rss>>20)
+	if serverErrors.Load() > 0 || corrupt.Load() > 0 || otherErrors.Load() > 0 {
+		t.Errorf("%d 5xx answers, %d corrupt bodies, %d other failures (first: %v)",
+			serverErrors.Load(), corrupt.Load(), otherErrors.Load(), firstErrMsg.Load())
+	}
+	if requests.Load() < 1000 {
+		t.Errorf("only %d requests completed: the mirror is not keeping up", requests.Load())
+	}
+	if rss > 1<<30 {
+		t.Errorf("lifeboat's peak RSS is %d MiB under load, want under 1 GiB", rss>>20)
+	}
+}
+
+// blobDigests lists an image's config and layer digests.
+func blobDigests(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]string{cfg.String()}, harness.LayerDigests(t, img)...)
+}
+
+// peakRSS reads a process's peak resident set size (VmHWM) in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM in /proc status")
+	return 0
+}

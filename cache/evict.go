@@ -96,25 +96,7 @@ type evictUnit struct {
 // With dryRun, nothing is removed and the plan says what would be.
 func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionPlan, error) {
 	var plan EvictionPlan
-	blobs := map[digest.Digest]blobRecord{}
-	var refs []Ref
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("index entry of blob %s: %w", k, err)
-			}
-			blobs[digest.Digest(k)] = rec
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
-			ref, err := decodeRef(tx, k, v)
-			refs = append(refs, ref)
-			return err
-		})
-	})
+	blobs, refs, err := s.snapshotIndex()
 	if err != nil {
 		return plan, err
 	}
@@ -304,4 +286,28 @@ func (s *Store) children(dgst digest.Digest, mediaType string, size int64) ([]oc
 		out = append(out, *doc.Config)
 	}
 	return append(out, doc.Layers...), nil
+}
+
+// snapshotIndex reads every blob record and every ref in one read transaction.
+func (s *Store) snapshotIndex() (map[digest.Digest]blobRecord, []Ref, error) {
+	blobs := map[digest.Digest]blobRecord{}
+	var refs []Ref
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			var rec blobRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("index entry of blob %s: %w", k, err)
+			}
+			blobs[digest.Digest(k)] = rec
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+			ref, err := decodeRef(tx, k, v)
+			refs = append(refs, ref)
+			return err
+		})
+	})
+	return blobs, refs, err
 }

@@ -2,14 +2,12 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // RefUsage is what a cached ref holds.
@@ -28,25 +26,7 @@ type RefUsage struct {
 // RefUsages lists every cached ref with what it holds, in name order. Listing is not a use: no
 // access time changes, so it does not change what eviction removes first.
 func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
-	blobs := map[digest.Digest]blobRecord{}
-	var refs []Ref
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("index entry of blob %s: %w", k, err)
-			}
-			blobs[digest.Digest(k)] = rec
-			return nil
-		}); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
-			ref, err := decodeRef(tx, k, v)
-			refs = append(refs, ref)
-			return err
-		})
-	})
+	blobs, refs, err := s.snapshotIndex()
 	if err != nil {
 		return nil, err
 	}

@@ -36,14 +36,15 @@ type Readiness struct {
 
 func (rd *Readiness) missing(item string, size int64) {
 	if size > 0 {
-		item += " (" + formatSize(size) + ")"
+		item += " (" + FormatSize(size) + ")"
 	}
 	rd.Missing = append(rd.Missing, item)
 	rd.MissingBytes += max(size, 0)
 }
 
-// formatSize prints n bytes as "352 B", "8.2 KiB", "3.1 MiB", as the CLI does.
-func formatSize(n int64) string {
+// FormatSize prints n bytes as "352 B", "8.2 KiB", "3.1 MiB": the one size format of the
+// resolver's messages and the CLI.
+func FormatSize(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -19,8 +19,8 @@ import (
 func TestFormatSize(t *testing.T) {
 	t.Parallel()
 	for n, want := range map[int64]string{0: "0 B", 352: "352 B", 8397: "8.2 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := formatSize(n); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
+		if got := FormatSize(n); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
 		}
 	}
 }
@@ -161,7 +161,7 @@ func TestCheckNamesTheMissingLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "layer " + never.digest.String() + " (" + formatSize(never.size) + ")"
+	want := "layer " + never.digest.String() + " (" + FormatSize(never.size) + ")"
 	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.size || rd.Partial {
 		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.size)
 	}

@@ -84,6 +84,11 @@ func run() error {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
 	more := []func(*strings.Builder){func(b *strings.Builder) { renderMirror(b, mres, *size) }}
+	ares, err := anchorBench(ctx, scratch, tdir, bin, *size, *rounds)
+	if err != nil {
+		return fmt.Errorf("anchor benchmark: %w", err)
+	}
+	more = append(more, func(b *strings.Builder) { renderAnchors(b, ares) })
 	if os.Geteuid() == 0 {
 		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3)
 		if err != nil {

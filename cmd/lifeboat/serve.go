@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -73,14 +75,24 @@ func newServeCommand() *cobra.Command {
 }
 
 // loadServeConfig reads the config file and applies the flags that were set on top of it.
+//
+// Each flag also has an environment variable, LIFEBOAT_ and the flag's name in capitals with
+// underscores (LIFEBOAT_ROOT, LIFEBOAT_LISTEN, LIFEBOAT_CONFIG, ...): a flag wins over its
+// variable, which wins over the config file, which wins over the defaults.
 func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
-	cfg, err := config.Load(f.configPath, cmd.Flags().Changed("config"))
+	explicit := cmd.Flags().Changed("config")
+	if v, ok := os.LookupEnv(envName("config")); ok && !explicit {
+		f.configPath, explicit = v, true
+	}
+	cfg, err := config.Load(f.configPath, explicit)
 	if err != nil {
 		return cfg, err
 	}
 	set := func(name string, dst *string, v string) {
 		if cmd.Flags().Changed(name) {
 			*dst = v
+		} else if ev, ok := os.LookupEnv(envName(name)); ok {
+			*dst = ev
 		}
 	}
 	set("root", &cfg.Root, f.root)
@@ -92,6 +104,11 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
 	set("log-format", &cfg.Log.Format, f.logFormat)
 	set("simulate-outage", &cfg.Outage.Mode, f.simulate)
 	return cfg, cfg.Validate()
+}
+
+// envName is the environment variable of a serve flag: "metrics-address" → LIFEBOAT_METRICS_ADDRESS.
+func envName(flag string) string {
+	return "LIFEBOAT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 func setupLogging(cfg config.Log) error {

@@ -36,3 +36,32 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestServeEnvironment checks the precedence flag > LIFEBOAT_* variable > config file.
+func TestServeEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfgFile, []byte("root = \"/from/file\"\n[mirror]\naddress = \"127.0.0.1:7000\"\n"), 0o600)
+	t.Setenv("LIFEBOAT_CONFIG", cfgFile)
+	t.Setenv("LIFEBOAT_LISTEN", "127.0.0.1:7001")
+	t.Setenv("LIFEBOAT_LOG_LEVEL", "debug")
+	cmd := newServeCommand()
+	if err := cmd.ParseFlags([]string{"--log-level", "warn"}); err != nil {
+		t.Fatal(err)
+	}
+	var f serveFlags
+	f.configPath, _ = cmd.Flags().GetString("config")
+	f.logLevel, _ = cmd.Flags().GetString("log-level")
+	cfg, err := loadServeConfig(cmd, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Root != "/from/file" || cfg.Mirror.Address != "127.0.0.1:7001" || cfg.Log.Level != "warn" {
+		t.Errorf("root %q (want the file's), mirror %q (want the variable's), log level %q (want the flag's)",
+			cfg.Root, cfg.Mirror.Address, cfg.Log.Level)
+	}
+	t.Setenv("LIFEBOAT_CONFIG", filepath.Join(dir, "missing.toml"))
+	if _, err := loadServeConfig(newServeCommand(), serveFlags{configPath: "/etc/lifeboat/config.toml"}); err == nil {
+		t.Error("a missing file named by LIFEBOAT_CONFIG must be an error, as with --config")
+	}
+}

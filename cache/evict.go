@@ -270,16 +270,25 @@ func (s *Store) children(dgst digest.Digest, mediaType string, size int64) ([]oc
 	if err != nil {
 		return nil, err
 	}
+	out, err := parseChildren(b)
+	if err != nil {
+		if unknown {
+			return nil, nil // not JSON: a layer or other blob written without a media type
+		}
+		return nil, fmt.Errorf("parse %s: %w", dgst, err)
+	}
+	return out, nil
+}
+
+// parseChildren reads the descriptors an index (manifests) or a manifest (config, layers) names.
+func parseChildren(b []byte) ([]ocispec.Descriptor, error) {
 	var doc struct {
 		Config    *ocispec.Descriptor  `json:"config"`
 		Layers    []ocispec.Descriptor `json:"layers"`
 		Manifests []ocispec.Descriptor `json:"manifests"`
 	}
 	if err := json.Unmarshal(b, &doc); err != nil {
-		if unknown {
-			return nil, nil // not JSON: a layer or other blob written without a media type
-		}
-		return nil, fmt.Errorf("parse %s: %w", dgst, err)
+		return nil, err
 	}
 	out := append([]ocispec.Descriptor(nil), doc.Manifests...)
 	if doc.Config != nil {

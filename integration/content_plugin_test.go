@@ -4,7 +4,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -13,10 +15,9 @@ import (
 	"github.com/lifeboat-dev/lifeboat/integration/harness"
 )
 
-// proxyPluginsConfig is the containerd configuration CONTAINERD.md and `lifeboat configure
-// containerd --proxy-plugins` describe: lifeboat's content store instead of containerd's, and
-// lifeboat's snapshotter with remote snapshot annotations and an unpack_config naming it.
-func proxyPluginsConfig(socket string, content bool) string {
+// snapshotterConfig is containerd configured with lifeboat's snapshotter only (remote snapshot
+// annotations exported, an unpack_config naming it) and its own content store.
+func snapshotterConfig(socket string) string {
 	platform := "linux/" + runtime.GOARCH
 	cfg := fmt.Sprintf(`
 [proxy_plugins.lifeboat]
@@ -33,10 +34,32 @@ func proxyPluginsConfig(socket string, content bool) string {
     platform = %[2]q
     snapshotter = "lifeboat"
 `, socket, platform)
-	if content {
-		cfg += fmt.Sprintf("\n[proxy_plugins.lifeboat-content]\n  type = \"content\"\n  address = %q\n", socket)
-	}
 	return cfg
+}
+
+// configuredProxyPlugins is the containerd configuration `lifeboat configure containerd
+// --proxy-plugins` prints, taken from its output, so that what users copy is what is tested.
+func configuredProxyPlugins(t *testing.T, lb *harness.Lifeboat) harness.ContainerdOptions {
+	t.Helper()
+	out, err := exec.Command(harness.BuildLifeboat(t), "configure", "containerd", "--dry-run",
+		"--hosts-dir", t.TempDir(), "--registry", "docker.io", "--proxy-plugins", "--socket", lb.Socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("configure containerd: %v\n%s", err, out)
+	}
+	text := string(out)
+	start := strings.Index(text, "disabled_plugins = ")
+	end := strings.Index(text, "Then pull with")
+	if start < 0 || end < start {
+		t.Fatalf("configure containerd --proxy-plugins printed no containerd config:\n%s", text)
+	}
+	block := text[start:end]
+	first, rest, _ := strings.Cut(block, "\n")
+	var opts harness.ContainerdOptions
+	for _, m := range regexp.MustCompile(`"([^"]+)"`).FindAllStringSubmatch(first, -1) {
+		opts.DisabledPlugins = append(opts.DisabledPlugins, m[1])
+	}
+	opts.ExtraConfig = rest
+	return opts
 }
 
 // blobBytesOnDisk is the size of everything under lifeboat's blobs/ directory.
@@ -66,10 +89,7 @@ func TestBothProxyPlugins(t *testing.T) {
 		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
 		Metrics:   true,
 	})
-	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{
-		DisabledPlugins: []string{"io.containerd.content.v1.content"},
-		ExtraConfig:     proxyPluginsConfig(lb.Socket, true),
-	})
+	ctd := harness.StartContainerdWith(t, configuredProxyPlugins(t, lb))
 	hosts := lb.MirrorHostsDir(t, "docker.io")
 	const ref = "docker.io/library/busybox:plugin"
 

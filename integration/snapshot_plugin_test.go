@@ -24,7 +24,7 @@ func TestSnapshotterAppliesLayersFromCache(t *testing.T) {
 		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
 		Metrics:   true,
 	})
-	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: proxyPluginsConfig(lb.Socket, false)})
+	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: snapshotterConfig(lb.Socket)})
 	hosts := lb.MirrorHostsDir(t, "docker.io")
 	const ref = "docker.io/library/busybox:snap"
 

@@ -107,35 +107,6 @@ func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc oci
 	return nil
 }
 
-// peekManifest is cachedManifest without counting as a use of the manifest.
-func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
-	if err := checkDigest(desc.Digest); err != nil {
-		return Manifest{}, err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if !linked {
-		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
-	}
-	body, err := r.store.Peek(ctx, desc.Digest, MaxManifestSize)
-	if err != nil {
-		return Manifest{}, err
-	}
-	mt, err := r.store.MediaType(ctx, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if mt == "" {
-		mt = desc.MediaType
-	}
-	if mt == "" {
-		mt = sniffMediaType(body)
-	}
-	return Manifest{Descriptor: ocispec.Descriptor{MediaType: mt, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
-}
-
 // indexPlatforms lists the platforms of index m's manifests, in index order, each once.
 func indexPlatforms(m Manifest) []string {
 	out := []string{}

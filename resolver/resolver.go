@@ -371,7 +371,19 @@ func notFoundIfDown(ctx context.Context, err error, what string) error {
 }
 
 // cachedManifest reads a manifest from the cache if it is there and linked to the repository.
+// The read counts as a use of the manifest (for eviction).
 func (r *Resolver) cachedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
+	return r.linkedManifest(ctx, repoKey, desc, true)
+}
+
+// peekManifest is cachedManifest without counting as a use of the manifest.
+func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
+	return r.linkedManifest(ctx, repoKey, desc, false)
+}
+
+// linkedManifest reads a cached manifest linked to the repository; use says whether the read
+// counts as a use of it.
+func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, use bool) (Manifest, error) {
 	if err := checkDigest(desc.Digest); err != nil {
 		return Manifest{}, err
 	}
@@ -382,15 +394,20 @@ func (r *Resolver) cachedManifest(ctx context.Context, repoKey string, desc ocis
 	if !linked {
 		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
 	}
-	info, err := r.store.Info(ctx, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if info.Size > MaxManifestSize {
-		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, info.Size, errdefs.ErrFailedPrecondition)
-	}
-	body, err := content.ReadBlob(ctx, r.store, ocispec.Descriptor{Digest: desc.Digest, Size: info.Size})
-	if err != nil {
+	var body []byte
+	if use {
+		info, err := r.store.Info(ctx, desc.Digest)
+		if err != nil {
+			return Manifest{}, err
+		}
+		if info.Size > MaxManifestSize {
+			return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, info.Size, errdefs.ErrFailedPrecondition)
+		}
+		body, err = content.ReadBlob(ctx, r.store, ocispec.Descriptor{Digest: desc.Digest, Size: info.Size})
+		if err != nil {
+			return Manifest{}, err
+		}
+	} else if body, err = r.store.Peek(ctx, desc.Digest, MaxManifestSize); err != nil {
 		return Manifest{}, err
 	}
 	mt, err := r.store.MediaType(ctx, desc.Digest)

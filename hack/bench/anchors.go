@@ -13,11 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -119,26 +114,8 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	}
 	defer reg.stop()
 
-	layer, err := random.Layer(size, types.OCIUncompressedLayer)
+	dgst, size, err := pushBlobImage(ctx, regAddr, "library/anchor:1", size)
 	if err != nil {
-		return res, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return res, err
-	}
-	ref, err := name.ParseReference(regAddr+"/library/anchor:1", name.Insecure)
-	if err != nil {
-		return res, err
-	}
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
-		return res, fmt.Errorf("push the benchmark image: %w", err)
-	}
-	dgst, err := layer.Digest()
-	if err != nil {
-		return res, err
-	}
-	if size, err = layer.Size(); err != nil {
 		return res, err
 	}
 	res.size = size

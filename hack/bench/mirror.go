@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -192,26 +193,8 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	}
 	defer reg.stop()
 
-	layer, err := random.Layer(size, types.OCIUncompressedLayer)
+	dgst, size, err := pushBlobImage(ctx, regAddr, "library/bench:1", size)
 	if err != nil {
-		return res, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return res, err
-	}
-	ref, err := name.ParseReference(regAddr+"/library/bench:1", name.Insecure)
-	if err != nil {
-		return res, err
-	}
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
-		return res, fmt.Errorf("push the benchmark image: %w", err)
-	}
-	dgst, err := layer.Digest()
-	if err != nil {
-		return res, err
-	}
-	if size, err = layer.Size(); err != nil { // a tar of size random bytes: a little larger
 		return res, err
 	}
 	blobPath := "/v2/library/bench/blobs/" + dgst.String()
@@ -325,4 +308,30 @@ func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
 	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s | p50 | p99 |\n|---|---:|---:|\n", tagRequests, tagRate)
 	fmt.Fprintf(b, "| upstream up (revalidated) | %s | %s |\n", percentile(r.headUp, 0.5).Round(time.Microsecond), percentile(r.headUp, 0.99).Round(time.Microsecond))
 	fmt.Fprintf(b, "| upstream stopped (stale from cache) | %s | %s |\n", percentile(r.headDown, 0.5).Round(time.Microsecond), percentile(r.headDown, 0.99).Round(time.Microsecond))
+}
+
+// pushBlobImage pushes to the registry at regAddr an image of one uncompressed layer of about
+// size random bytes, and returns the layer's digest and its exact size (a tar: a little larger).
+func pushBlobImage(ctx context.Context, regAddr, repoTag string, size int64) (v1.Hash, int64, error) {
+	layer, err := random.Layer(size, types.OCIUncompressedLayer)
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	ref, err := name.ParseReference(regAddr+"/"+repoTag, name.Insecure)
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return v1.Hash{}, 0, fmt.Errorf("push the benchmark image: %w", err)
+	}
+	dgst, err := layer.Digest()
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	n, err := layer.Size()
+	return dgst, n, err
 }

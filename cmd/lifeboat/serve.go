@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -136,6 +137,7 @@ func serve(ctx context.Context, cfg config.Config) error {
 		}
 		bootOutage = &spec
 	}
+	notify(ctx, "STATUS=opening the cache in "+cfg.Root)
 	store, err := cache.Open(ctx, cfg.Root, cache.Options{MaxSize: int64(cfg.Cache.MaxSize)})
 	if err != nil {
 		if errdefs.IsUnavailable(err) {
@@ -200,13 +202,25 @@ func serve(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	log.G(ctx).Info("lifeboat is running")
+	// Every listener is open and the cache is recovered: a Type=notify unit counts as started
+	// only now, so units ordered after lifeboat (containerd) find it answering.
+	notify(ctx, fmt.Sprintf("READY=1\nSTATUS=serving the mirror on %s and the proxy plugins on %s", cfg.Mirror.Address, cfg.Plugin.Address))
 	g.Go(func() error {
 		<-ctx.Done()
+		notify(ctx, "STOPPING=1\nSTATUS=stopping: draining in-flight requests")
 		return nil
 	})
 	err = g.Wait()
 	log.G(ctx).Info("lifeboat stopped")
 	return err
+}
+
+// notify sends state to systemd's notification socket ($NOTIFY_SOCKET, set for Type=notify
+// units); outside systemd it does nothing.
+func notify(ctx context.Context, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.G(ctx).WithError(err).Warn("cannot notify systemd of lifeboat's state")
+	}
 }
 
 // serveHTTP listens on addr at once (so a taken port fails start-up with a clear error) and

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestServeRefusesBadSettings checks that mistakes stop `lifeboat serve` with one sentence
@@ -63,5 +68,73 @@ func TestServeEnvironment(t *testing.T) {
 	t.Setenv("LIFEBOAT_CONFIG", filepath.Join(dir, "missing.toml"))
 	if _, err := loadServeConfig(newServeCommand(), serveFlags{configPath: "/etc/lifeboat/config.toml"}); err == nil {
 		t.Error("a missing file named by LIFEBOAT_CONFIG must be an error, as with --config")
+	}
+}
+
+// TestServeNotifiesSystemd runs `lifeboat serve` as a Type=notify unit would: it must send
+// READY=1 once its listeners are up (the mirror answers by then) and STOPPING=1 when told to stop.
+func TestServeNotifiesSystemd(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+
+	// A free port for the mirror, so the test can check it answers once READY=1 arrives.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrorAddr := ln.Addr().String()
+	ln.Close()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cmd := newRootCommand()
+	cmd.SetOut(io.Discard)
+	cmd.SetArgs([]string{"serve", "--root", filepath.Join(dir, "root"), "--listen", mirrorAddr, "--metrics-address", "",
+		"--socket", filepath.Join(dir, "p.sock"), "--admin-socket", filepath.Join(dir, "a.sock"), "--log-level", "warn"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+
+	// read returns the next notification, failing the test if serve exits or none comes.
+	read := func(want string) string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		for {
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := conn.Read(buf)
+			if err != nil {
+				select {
+				case serr := <-done:
+					t.Fatalf("serve returned (%v) before sending %s", serr, want)
+				default:
+				}
+				t.Fatalf("no %s notification: %v", want, err)
+			}
+			msg := string(buf[:n])
+			if strings.Contains(msg, want) {
+				return msg
+			}
+			t.Logf("notification: %q", msg)
+		}
+	}
+	msg := read("READY=1")
+	if !strings.Contains(msg, "STATUS=serving the mirror on "+mirrorAddr) {
+		t.Errorf("READY=1 came without a status naming the mirror: %q", msg)
+	}
+	resp, err := http.Get("http://" + mirrorAddr + "/v2/")
+	if err != nil {
+		t.Fatalf("the mirror does not answer after READY=1: %v", err)
+	}
+	resp.Body.Close()
+
+	cancel()
+	read("STOPPING=1")
+	if err := <-done; err != nil {
+		t.Fatalf("serve after a stop: %v", err)
 	}
 }

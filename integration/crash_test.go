@@ -53,13 +53,18 @@ func TestCrashDuringColdPulls(t *testing.T) {
 	lb.Kill(t)
 	cancel()
 	wg.Wait()
+	t.Logf("tried: SIGKILL of lifeboat while %d clients pulled cold images (%d blob answers had started)", clients, started.Load())
 
 	lb.Restart(t)
+	exact := 0
 	for i, img := range imgs {
 		if err := pullThrough(t.Context(), lb, fmt.Sprintf("library/crash%d", i), img, nil); err != nil {
 			t.Errorf("after the crash: %v", err)
+		} else {
+			exact++
 		}
 	}
+	t.Logf("found: after the restart %d of %d images pulled byte-exact", exact, clients)
 
 	// Stop the daemon and inspect its root as `lifeboat verify` would.
 	if err := lb.Process().Stop(15e9); err != nil {
@@ -74,10 +79,13 @@ func TestCrashDuringColdPulls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sts, _ := store.ListStatuses(t.Context())
+	t.Logf("found: verify checked %d blobs (%d bytes): %d corrupt, %d missing; %d unfinished downloads",
+		rep.Checked, rep.Bytes, len(rep.Corrupt), len(rep.Missing), len(sts))
 	if len(rep.Corrupt)+len(rep.Missing) > 0 || rep.Checked == 0 {
 		t.Errorf("verify after the crash: %+v", rep)
 	}
-	if sts, _ := store.ListStatuses(t.Context()); len(sts) != 0 {
+	if len(sts) != 0 {
 		t.Errorf("%d unfinished downloads left behind: %+v", len(sts), sts)
 	}
 }

@@ -31,6 +31,7 @@ func TestFullDisk(t *testing.T) {
 		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
 		Root:      filepath.Join(dir, "root"),
 		MaxSize:   "auto",
+		Metrics:   true,
 	})
 
 	// Eight images of 8 MiB each: twice what the disk holds once the budget is taken off.
@@ -41,6 +42,8 @@ func TestFullDisk(t *testing.T) {
 			t.Fatalf("image %d of 8 did not fit after eviction: %v", i+1, err)
 		}
 	}
+	t.Logf("tried: 8 images of 8 MiB through lifeboat on a 48 MiB tmpfs; found: all pulled, %v blobs evicted",
+		lb.Metric(t, "lifeboat_cache_evicted_blobs_total", nil))
 
 	// Larger than the whole disk: a clear error, before any byte is sent.
 	big := reg.PushRandom(t, "library/huge", "1", 1, 64<<20)
@@ -53,6 +56,7 @@ func TestFullDisk(t *testing.T) {
 	body := make([]byte, 512)
 	n, _ := resp.Body.Read(body)
 	resp.Body.Close()
+	t.Logf("tried: a 64 MiB blob, larger than the disk; found: %s %s", resp.Status, strings.TrimSpace(string(body[:n])))
 	if resp.StatusCode != http.StatusInsufficientStorage || !strings.Contains(string(body[:n]), "budget") {
 		t.Errorf("a blob larger than the cache: %s %s, want 507 naming the budget", resp.Status, body[:n])
 	}
@@ -71,10 +75,13 @@ func TestFullDisk(t *testing.T) {
 	}
 	defer store.Close()
 	rep, err := store.Verify(t.Context(), false)
+	used, budget := store.Usage()
+	t.Logf("found: verify checked %d blobs: %d corrupt, %d missing; %d of %d budget bytes used",
+		rep.Checked, len(rep.Corrupt), len(rep.Missing), used, budget)
 	if err != nil || len(rep.Corrupt)+len(rep.Missing) > 0 {
 		t.Errorf("verify after filling the disk: %+v %v", rep, err)
 	}
-	if used, budget := store.Usage(); used > budget {
+	if used > budget {
 		t.Errorf("%d bytes cached over a budget of %d", used, budget)
 	}
 	if _, err := store.GetRef(t.Context(), "docker.io/library/fill0:1"); err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -237,40 +238,34 @@ type fillReader struct {
 	pos, end int64
 }
 
-func (fr *fillReader) Read(p []byte) (int, error) {
+// ErrSourceFailed marks the errors of a blob reader's WriteTo that are the blob's own (the
+// upstream download failed or did not verify), as opposed to the destination's.
+var ErrSourceFailed = errors.New("the blob's source failed")
+
+// available waits until bytes at fr.pos may be read, and returns how many; io.EOF once the range
+// is delivered, or the fill's error. Bytes up to the end of the blob are only complete once the
+// fill verified them: until then the reader waits at the end rather than report it.
+func (fr *fillReader) available() (int64, error) {
 	f := fr.f
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	for {
 		end := fr.end
 		if end < 0 && f.verified {
 			end = f.size
 		}
-		if end >= 0 && fr.pos >= end {
-			// Everything asked for was delivered. Bytes up to the end of the blob are only
-			// complete once the fill verified them.
-			if fr.end >= 0 && fr.end < f.size || f.verified {
-				f.mu.Unlock()
-				return 0, io.EOF
-			}
+		if end >= 0 && fr.pos >= end && (fr.end >= 0 && fr.end < f.size || f.verified) {
+			return 0, io.EOF
 		}
 		if fr.pos < f.written && (end < 0 || fr.pos < end) {
 			n := f.written - fr.pos
 			if end >= 0 {
 				n = min(n, end-fr.pos)
 			}
-			n = min(n, int64(len(p)))
-			file := f.file
-			f.mu.Unlock()
-			m, err := file.ReadAt(p[:n], fr.pos)
-			fr.pos += int64(m)
-			if err == io.EOF && int64(m) == n {
-				err = nil
-			}
-			return m, err
+			return n, nil
 		}
 		if f.done {
 			err := f.err
-			f.mu.Unlock()
 			if err == nil {
 				err = io.ErrUnexpectedEOF
 			}
@@ -278,6 +273,77 @@ func (fr *fillReader) Read(p []byte) (int, error) {
 		}
 		f.cond.Wait()
 	}
+}
+
+func (fr *fillReader) Read(p []byte) (int, error) {
+	n, err := fr.available()
+	if err != nil {
+		return 0, err
+	}
+	fr.f.mu.Lock()
+	file := fr.f.file // open while this reader counts on the fill
+	fr.f.mu.Unlock()
+	n = min(n, int64(len(p)))
+	m, err := file.ReadAt(p[:n], fr.pos)
+	fr.pos += int64(m)
+	if err == io.EOF && int64(m) == n {
+		err = nil
+	}
+	return m, err
+}
+
+// WriteTo sends the rest of the range to w as it arrives, each stretch that has arrived straight
+// from the ingest file. When w is net/http's ResponseWriter that is sendfile, which spares
+// copying every byte through user space once per client: it matters most when many clients
+// wait on one download. Errors of the fill are marked with ErrSourceFailed.
+func (fr *fillReader) WriteTo(w io.Writer) (int64, error) {
+	own, err := fr.ownFile()
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrSourceFailed, err)
+	}
+	defer own.Close()
+	var total int64
+	for {
+		n, err := fr.available()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("%w: %w", ErrSourceFailed, err)
+		}
+		if _, err := own.Seek(fr.pos, io.SeekStart); err != nil {
+			return total, fmt.Errorf("%w: %w", ErrSourceFailed, err)
+		}
+		m, err := io.Copy(w, &io.LimitedReader{R: own, N: n})
+		fr.pos += m
+		total += m
+		if err != nil {
+			return total, err
+		}
+		if m < n { // the ingest file is shorter than what was written to it
+			return total, fmt.Errorf("%w: blob %s: ingest file ended at %d: %w", ErrSourceFailed, fr.f.dgst, fr.pos, io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+// ownFile opens the fill's ingest file again, with a file offset of its own for WriteTo. It goes
+// through /proc/self/fd because the ingest may have been committed (renamed) already.
+func (fr *fillReader) ownFile() (*os.File, error) {
+	fr.f.mu.Lock()
+	file := fr.f.file // open while this reader counts on the fill
+	fr.f.mu.Unlock()
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var own *os.File
+	var oerr error
+	if err := rc.Control(func(fd uintptr) {
+		own, oerr = os.Open("/proc/self/fd/" + strconv.Itoa(int(fd)))
+	}); err != nil {
+		return nil, err
+	}
+	return own, oerr
 }
 
 func (fr *fillReader) Close() error { return nil }

@@ -419,7 +419,7 @@ func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	firstHalf := make(chan struct{}, clients)
-	for range clients {
+	for i := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -445,7 +445,16 @@ func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
 			// stream as bytes arrive, not after the fill completes.
 			arrived = true
 			firstHalf <- struct{}{}
-			rest, err := io.ReadAll(rc)
+			// Half the clients read the rest, half have it written to them (as the mirror does,
+			// with sendfile to a connection); some of the latter start after the commit.
+			var rest []byte
+			if i%2 == 0 {
+				rest, err = io.ReadAll(rc)
+			} else {
+				var buf bytes.Buffer
+				_, err = rc.(io.WriterTo).WriteTo(&buf)
+				rest = buf.Bytes()
+			}
 			if err != nil {
 				errs <- err
 				return
@@ -499,6 +508,44 @@ func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 				t.Fatalf("after the upstream recovered: %v", err)
 			}
 		})
+	}
+}
+
+// TestWriteToEndsWithSourceFailure has a download that fails verification written to a client,
+// as the mirror does: the client gets ErrSourceFailed, so the mirror can tell the upstream's
+// fault from the client's and abort the answer.
+func TestWriteToEndsWithSourceFailure(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 256<<10)
+	dgst, want := layerDigest(t, img)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	up.setFault(corrupt)
+	gate := make(chan struct{})
+	up.gateMu.Lock()
+	up.gate = gate // the fill cannot end before the client has joined it
+	up.gateMu.Unlock()
+
+	b, err := r.Blob(t.Context(), testRegistry, "app", dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rc, err := b.Reader(0, b.Descriptor.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(gate)
+	var buf bytes.Buffer
+	n, err := rc.(io.WriterTo).WriteTo(&buf)
+	if !errors.Is(err, ErrSourceFailed) {
+		t.Fatalf("WriteTo of a corrupt download: %d bytes, %v; want ErrSourceFailed", n, err)
+	}
+	if n != int64(buf.Len()) || n > int64(len(want)) {
+		t.Errorf("WriteTo reported %d bytes and wrote %d of a %d-byte blob", n, buf.Len(), len(want))
+	}
+	if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
+		t.Errorf("the corrupt blob was cached: %v", err)
 	}
 }
 

@@ -9,6 +9,7 @@ package mirror
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -361,9 +362,18 @@ func (h *handler) copyBuffered(w io.Writer, rc io.Reader, length int64, start fu
 	n = int64(wn)
 	if err == nil {
 		var m int64
-		// writerOnly hides the ResponseWriter's ReadFrom, so that the copy uses this buffer
-		// instead of net/http's 32 KiB one.
-		m, err = io.CopyBuffer(writerOnly{w}, src, buf)
+		if wt, ok := rc.(io.WriterTo); ok {
+			// The reader sends the rest itself: a download in progress sends each stretch
+			// that has arrived from its file, with sendfile. It stops at the range's end.
+			m, err = wt.WriteTo(w)
+			if errors.Is(err, resolver.ErrSourceFailed) {
+				src.err, err = err, nil
+			}
+		} else {
+			// writerOnly hides the ResponseWriter's ReadFrom, so that the copy uses this
+			// buffer instead of net/http's 32 KiB one.
+			m, err = io.CopyBuffer(writerOnly{w}, src, buf)
+		}
 		n += m
 	}
 	if src.err != nil {

@@ -12,13 +12,28 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench fuzz soak clean
+.PHONY: help build run unit integration lint test tools bench fuzz soak clean image
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/lifeboat
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/lifeboat ./cmd/lifeboat
+
+# `make image`: a Linux binary without cgo (the image has no libc), then hack/image makes it the
+# image. IMAGE names it; empty means hack/image's default, ghcr.io/lifeboat-dev/lifeboat:$(VERSION).
+# SOURCE_DATE_EPOCH (the commit time unless set) is every timestamp in the image, so the same
+# binary gives the same digest. GOARCH=arm64 make image builds an arm64 image. hack/image runs
+# on this machine whatever GOARCH says, hence the empty GOOS and GOARCH on its line.
+# integration/image_test.go builds the image the same way: keep the two in step.
+IMAGE             ?=
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null)
+
+image: ## build bin/lifeboat-image.tar, the DaemonSet's container image
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/lifeboat-static ./cmd/lifeboat
+	GOOS= GOARCH= SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./hack/image -binary bin/lifeboat-static \
+	  -version $(VERSION) -revision "$(REVISION)" -name "$(IMAGE)" -out bin/lifeboat-image.tar
 
 run: build ## build and run `lifeboat serve` with data under ./.lifeboat
 	@mkdir -p $(RUN_DIR)
@@ -60,5 +75,5 @@ fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their se
 	  done; \
 	done
 
-clean: ## remove build outputs (not bin/tools, not ./.lifeboat)
-	rm -f bin/lifeboat
+clean: ## remove build outputs, the image included (not bin/tools, not ./.lifeboat)
+	rm -f bin/lifeboat bin/lifeboat-static bin/lifeboat-image.tar

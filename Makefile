@@ -12,7 +12,7 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench fuzz soak clean image
+.PHONY: help build run unit integration lint test tools bench fuzz fuzz-short soak clean image
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,7 +54,7 @@ lint: tools ## gofmt check, go vet, staticcheck, and the Kubernetes manifests ag
 	@# manifest strictly into the Kubernetes API types. deploy/config.toml is checked by `make unit`.
 	cd deploy/kubernetes && $(GO) vet ./... && $(TOOLS)/staticcheck ./... && $(GO) test -count=1 ./...
 
-test: lint unit integration ## everything CI runs: lint, unit and integration
+test: lint unit fuzz-short integration ## everything CI runs: lint, unit, a short fuzz run and integration
 
 tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck into bin/tools
 	@bash hack/tools.sh
@@ -74,6 +74,9 @@ fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their se
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
 	  done; \
 	done
+
+fuzz-short: ## every fuzz target for 3 s (part of make test; make fuzz runs them longer)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 clean: ## remove build outputs, the image included (not bin/tools, not ./.lifeboat)
 	rm -f bin/lifeboat bin/lifeboat-static bin/lifeboat-image.tar

@@ -57,7 +57,8 @@ func isEndpointFailure(err error) bool {
 
 // HealthOptions tune the circuit breaker of each endpoint.
 type HealthOptions struct {
-	// FailureThreshold is how many consecutive failures mark an endpoint down.
+	// FailureThreshold is how many consecutive failures mark an endpoint down. One that does
+	// not answer within the upstream timeout is marked down at once.
 	FailureThreshold int
 	// ProbeInterval is the first wait before probing a down endpoint; it doubles up to
 	// ProbeMaxInterval.
@@ -92,7 +93,7 @@ type EndpointStatus struct {
 }
 
 // endpoint is one upstream endpoint with its circuit breaker: after FailureThreshold
-// consecutive failures it is down and no request waits on it; a background probe (GET /v2/,
+// consecutive failures, or one request it left unanswered past its deadline, it is down and no request waits on it; a background probe (GET /v2/,
 // exponential backoff) brings it back up.
 type endpoint struct {
 	registry  string
@@ -133,7 +134,14 @@ func (e *endpoint) observe(ctx context.Context, err error) {
 	}
 	e.failures++
 	e.lastErr = err.Error()
-	if e.up && e.failures >= e.opts.FailureThreshold {
+	// An endpoint that let a request wait out its whole deadline (a blackholed or overloaded
+	// registry) would make every further client wait as long: it is down at once. Errors that
+	// come back quickly (refused, reset, 503) cost little, so a few are allowed.
+	threshold := e.opts.FailureThreshold
+	if errors.Is(err, context.DeadlineExceeded) {
+		threshold = 1
+	}
+	if e.up && e.failures >= threshold {
 		e.up = false
 		e.since = time.Now()
 		log.G(ctx).WithField("registry", e.registry).WithField("endpoint", e.client.Endpoint()).

@@ -319,6 +319,36 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	}
 }
 
+// TestTimeoutOpensBreakerAtOnce: an endpoint that leaves one request unanswered past the
+// upstream timeout is down at once (the test threshold for quick errors is 2), so that the
+// next clients are answered from the cache instead of each waiting out the timeout too.
+func TestTimeoutOpensBreakerAtOnce(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "v1", 512)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	up.setFault(hang)
+	if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+		t.Fatalf("with the upstream hanging: %s %v, want stale", m.Status, err)
+	}
+	if eps := r.Endpoints(); eps[0].Up {
+		t.Fatalf("after a request timed out the endpoint is %+v, want down", eps[0])
+	}
+	heads := up.count("HEAD manifests")
+	for range 5 {
+		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+			t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
+		}
+	}
+	if got := up.count("HEAD manifests"); got != heads {
+		t.Errorf("%d tag requests reached an endpoint that had timed out", got-heads)
+	}
+}
+
 func TestEndpointFailover(t *testing.T) {
 	t.Parallel()
 	broken, good := newTestUpstream(t), newTestUpstream(t)

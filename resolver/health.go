@@ -57,8 +57,8 @@ func isEndpointFailure(err error) bool {
 
 // HealthOptions tune the circuit breaker of each endpoint.
 type HealthOptions struct {
-	// FailureThreshold is how many consecutive failures mark an endpoint down. One that does
-	// not answer within the upstream timeout is marked down at once.
+	// FailureThreshold is how many consecutive failures mark an endpoint down. A request that
+	// waits out its deadline while the endpoint answers nothing else marks it down at once.
 	FailureThreshold int
 	// ProbeInterval is the first wait before probing a down endpoint; it doubles up to
 	// ProbeMaxInterval.
@@ -93,7 +93,8 @@ type EndpointStatus struct {
 }
 
 // endpoint is one upstream endpoint with its circuit breaker: after FailureThreshold
-// consecutive failures, or one request it left unanswered past its deadline, it is down and no request waits on it; a background probe (GET /v2/,
+// consecutive failures, or one request that waited out its deadline while the endpoint
+// answered nothing at all, it is down and no request waits on it; a background probe (GET /v2/,
 // exponential backoff) brings it back up.
 type endpoint struct {
 	registry  string
@@ -103,12 +104,13 @@ type endpoint struct {
 	wake      chan struct{} // probes at once rather than at the next backoff step
 	onRequest func(UpstreamRequest)
 
-	mu       sync.Mutex
-	up       bool
-	since    time.Time
-	failures int
-	lastErr  string
-	probing  bool
+	mu         sync.Mutex
+	up         bool
+	since      time.Time
+	lastAnswer time.Time // of the last request the endpoint answered (success or not found alike)
+	failures   int
+	lastErr    string
+	probing    bool
 }
 
 func newEndpoint(registry string, c Client, opts HealthOptions, stop <-chan struct{}) *endpoint {
@@ -121,8 +123,8 @@ func (e *endpoint) usable() bool {
 	return e.up
 }
 
-// observe records the outcome of a request to the endpoint.
-func (e *endpoint) observe(ctx context.Context, err error) {
+// observe records the outcome of a request to the endpoint, sent at start.
+func (e *endpoint) observe(ctx context.Context, start time.Time, err error) {
 	if err != nil && !isEndpointFailure(err) {
 		err = nil // an answer, such as not found: the endpoint works
 	}
@@ -130,15 +132,17 @@ func (e *endpoint) observe(ctx context.Context, err error) {
 	defer e.mu.Unlock()
 	if err == nil {
 		e.failures = 0
+		e.lastAnswer = time.Now()
 		return
 	}
 	e.failures++
 	e.lastErr = err.Error()
-	// An endpoint that let a request wait out its whole deadline (a blackholed or overloaded
-	// registry) would make every further client wait as long: it is down at once. Errors that
-	// come back quickly (refused, reset, 503) cost little, so a few are allowed.
+	// A request that waited out its whole deadline while the endpoint answered nothing else
+	// (a blackholed registry) means every further client would wait as long: down at once.
+	// When other requests were answered meanwhile the endpoint is slow, not gone (a loaded
+	// registry), and timeouts count like quick errors (refused, reset, 503), which cost little.
 	threshold := e.opts.FailureThreshold
-	if errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) && e.lastAnswer.Before(start) {
 		threshold = 1
 	}
 	if e.up && e.failures >= threshold {
@@ -179,6 +183,7 @@ func (e *endpoint) probe() {
 		if err == nil {
 			e.up, e.failures, e.probing = true, 0, false
 			e.since = time.Now()
+			e.lastAnswer = e.since
 			e.mu.Unlock()
 			log.G(ctx).WithField("registry", e.registry).WithField("endpoint", e.client.Endpoint()).Info("upstream endpoint is up again")
 			return
@@ -223,7 +228,7 @@ func try[T any](ctx context.Context, eps []*endpoint, op string, fn func(context
 				err = fmt.Errorf("%w: %w", err, cause) // too slow: a failure of the endpoint
 			}
 		}
-		ep.observe(ctx, err)
+		ep.observe(ctx, start, err)
 		if err == nil || !isEndpointFailure(err) {
 			return v, ep, err
 		}

@@ -349,6 +349,33 @@ func TestTimeoutOpensBreakerAtOnce(t *testing.T) {
 	}
 }
 
+// TestTimeoutWhileOthersAreAnswered: a timeout while the endpoint answers other requests is a
+// slow (loaded) registry, not a gone one: it counts like any failure, and only a timeout with
+// no answer at all meanwhile marks the endpoint down at once.
+func TestTimeoutWhileOthersAreAnswered(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	c, err := upstream.New(testRegistry, up.URL, upstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	e := newEndpoint(testRegistry, c, HealthOptions{FailureThreshold: 3}, stop)
+	timedOut := context.DeadlineExceeded
+
+	sent := time.Now()
+	e.observe(t.Context(), time.Now(), nil) // another request, sent later, is answered
+	e.observe(t.Context(), sent, timedOut)
+	if !e.usable() {
+		t.Fatal("a timeout while other requests were answered marked the endpoint down")
+	}
+	e.observe(t.Context(), time.Now(), timedOut) // nothing answered since it was sent
+	if e.usable() {
+		t.Fatal("a timeout with no answer at all meanwhile left the endpoint up")
+	}
+}
+
 func TestEndpointFailover(t *testing.T) {
 	t.Parallel()
 	broken, good := newTestUpstream(t), newTestUpstream(t)

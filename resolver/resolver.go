@@ -512,8 +512,16 @@ func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]
 	return r.endpoints(registry)
 }
 
+// verifyFirstMax is the size up to which a blob that is not cached is fetched and verified whole
+// before its first byte is sent. A client then never holds unverified bytes of image configs
+// and small layers: containerd keeps a download that fails verification and, on the next
+// pull, commits it again without fetching, so bytes that were sent cannot be taken back. For
+// blobs this small the wait costs little; larger ones stream as they arrive.
+const verifyFirstMax = 1 << 20
+
 // Blob opens a blob for reading: from the cache, or by starting (or joining) the one upstream
-// fill of that blob. It returns once the size is known, before the bytes have arrived.
+// fill of that blob. It returns once the size is known, before the bytes have arrived, except
+// for blobs of up to verifyFirstMax bytes, which it returns once they are cached.
 func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
 	eps, err := r.blobArgs(registry, repository, dgst)
 	if err != nil {
@@ -545,8 +553,9 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		f.release()
 		return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 	}
-	if size < 0 {
-		// No Content-Length upstream: wait for the whole blob, then serve it from the cache.
+	if size < 0 || size <= verifyFirstMax {
+		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
+		// committed, then serve it from the cache.
 		f.mu.Lock()
 		for !f.done {
 			f.cond.Wait()

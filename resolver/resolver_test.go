@@ -574,7 +574,7 @@ func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 256<<10)
+	img := up.push(t, "app", "v1", 2*verifyFirstMax) // large enough to stream
 	dgst, want := layerDigest(t, img)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	up.setFault(corrupt)
@@ -603,6 +603,37 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	}
 	if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 		t.Errorf("the corrupt blob was cached: %v", err)
+	}
+}
+
+// TestSmallBlobsAreVerifiedBeforeSending: a blob of up to verifyFirstMax bytes that fails
+// verification gives its client an error before any byte, so that no client holds bytes of it
+// that lifeboat would not cache; a larger one is streamed as it arrives.
+func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	small := up.push(t, "small", "v1", verifyFirstMax/2) // random layers: tar and gzip add a little
+	large := up.push(t, "large", "v1", 2*verifyFirstMax)
+	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	up.setFault(corrupt)
+
+	dgst, _ := layerDigest(t, small)
+	if b, err := r.Blob(t.Context(), testRegistry, "small", dgst); err == nil {
+		b.Close()
+		t.Fatal("a small corrupt blob was handed to its client before verification")
+	} else if !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("a small corrupt blob: %v, want a failed precondition (digest mismatch)", err)
+	}
+
+	dgst, _ = layerDigest(t, large)
+	b, err := r.Blob(t.Context(), testRegistry, "large", dgst)
+	if err != nil {
+		t.Fatalf("a large blob was not streamed: %v", err)
+	}
+	defer b.Close()
+	rc, _ := b.Reader(0, b.Descriptor.Size)
+	if _, err := io.Copy(io.Discard, rc); err == nil {
+		t.Error("a large corrupt blob was read to a clean end")
 	}
 }
 

@@ -555,14 +555,24 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	}
 	if size < 0 || size <= verifyFirstMax {
 		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
-		// committed, then serve it from the cache.
+		// committed, then serve it from the cache. A client that gives up stops waiting (the
+		// fill goes on for the next one).
+		stop := context.AfterFunc(ctx, func() {
+			f.mu.Lock()
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		})
 		f.mu.Lock()
-		for !f.done {
+		for !f.done && ctx.Err() == nil {
 			f.cond.Wait()
 		}
-		ferr = f.err
+		done, ferr = f.done, f.err
 		f.mu.Unlock()
+		stop()
 		f.release()
+		if !done {
+			return nil, ctx.Err()
+		}
 		if ferr != nil {
 			return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 		}

@@ -637,6 +637,45 @@ func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 	}
 }
 
+// TestSmallBlobWaitEndsWithTheClient: a client waiting for a small blob to be verified stops
+// waiting when it gives up, and the fill goes on to cache the blob for the next client.
+func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", verifyFirstMax/2)
+	dgst, want := layerDigest(t, img)
+	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	gate := make(chan struct{})
+	up.gateMu.Lock()
+	up.gate = gate // the upstream sends half and waits
+	up.gateMu.Unlock()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Blob(ctx, testRegistry, "app", dgst)
+		done <- err
+	}()
+	waitFor(t, "the fill to start", func() bool { return up.count("GET blobs") == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("a client that gave up: %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a client that gave up still waits for the fill")
+	}
+	close(gate)
+	waitFor(t, "the fill to cache the blob", func() bool {
+		_, err := store.Info(t.Context(), dgst)
+		return err == nil
+	})
+	if got, status, err := readBlob(t.Context(), r, "app", dgst); err != nil || status != Hit || !bytes.Equal(got, want) {
+		t.Fatalf("the next client: %s %v", status, err)
+	}
+}
+
 func TestFillSurvivesClientDisconnect(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)

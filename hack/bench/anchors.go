@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -29,13 +30,10 @@ const (
 
 // anchorResults holds what anchorBench measured.
 type anchorResults struct {
-	size   int64
-	rounds int
+	size int64 // of the blob in blobs[0], the one the fan-out fetches
 
-	// Warm hit and cold miss, one client: lifeboat, the proxy, the upstream direct.
-	warmLB, warmPX, direct  []time.Duration
-	coldLB, coldPX          []time.Duration
-	ttfbLB, ttfbPX, ttfbDir []time.Duration
+	// Warm hit and cold miss, one client, for each blob size.
+	blobs []blobResults
 
 	// Fan-out of fanOutClients cold clients.
 	fanRounds              int
@@ -46,6 +44,17 @@ type anchorResults struct {
 
 	// Outage: the upstream blackholed after the tag was cached.
 	outLB, outPX outage
+}
+
+// blobResults holds the single-client GETs of one blob: a cold miss then a warm hit on a fresh
+// lifeboat and on a fresh proxy each round, alternating with a GET from the upstream direct.
+type blobResults struct {
+	size   int64
+	rounds int
+
+	warmLB, warmPX, direct  []time.Duration
+	coldLB, coldPX          []time.Duration
+	ttfbLB, ttfbPX, ttfbDir []time.Duration
 }
 
 type outage struct {
@@ -104,9 +113,10 @@ func peakRSS(d *daemon) int64 {
 }
 
 // anchorBench measures lifeboat against the distribution registry in proxy mode, and both
-// against the upstream registry they front.
-func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int) (anchorResults, error) {
-	res := anchorResults{rounds: rounds}
+// against the upstream registry they front: single-client GETs of a size blob over rounds and
+// of a largeSize blob over largeRounds, then the fan-out and the outage with the size blob.
+func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int, largeSize int64, largeRounds int) (anchorResults, error) {
+	var res anchorResults
 	base := filepath.Join(scratch, "anchors")
 	reg, regAddr, err := startRegistry(base, tools)
 	if err != nil {
@@ -114,83 +124,32 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	}
 	defer reg.stop()
 
-	dgst, size, err := pushBlobImage(ctx, regAddr, "library/anchor:1", size)
-	if err != nil {
-		return res, err
-	}
-	res.size = size
-	blobPath := "/v2/library/anchor/blobs/" + dgst.String()
 	n := 0
 	fresh := func(kind string) string {
 		n++
 		return filepath.Join(base, fmt.Sprintf("%s-%d", kind, n))
 	}
 
-	// 1 and 2: cold miss then warm hit, each on a fresh lifeboat and a fresh proxy, alternating
-	// with the upstream direct.
-	lbRound := func() error {
-		dir := fresh("lifeboat")
-		defer os.RemoveAll(dir)
-		lb, addr, err := startLifeboat(dir, lifeboat, regAddr)
-		if err != nil {
-			return err
-		}
-		defer lb.stop()
-		t, d, err := fetch("http://"+addr+blobPath, size)
-		if err != nil {
-			return fmt.Errorf("lifeboat cold: %w", err)
-		}
-		res.ttfbLB, res.coldLB = append(res.ttfbLB, t), append(res.coldLB, d)
-		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-			return fmt.Errorf("lifeboat warm: %w", err)
-		}
-		res.warmLB = append(res.warmLB, d)
-		return nil
+	// 1 and 2: single-client GETs, the usual blob then the large one.
+	dgst, size, err := pushBlobImage(ctx, regAddr, "library/anchor:1", size)
+	if err != nil {
+		return res, err
 	}
-	pxRound := func() error {
-		dir := fresh("proxy")
-		defer os.RemoveAll(dir)
-		px, addr, err := startProxy(dir, tools, regAddr)
-		if err != nil {
-			return err
-		}
-		defer px.stop()
-		t, d, err := fetch("http://"+addr+blobPath, size)
-		if err != nil {
-			return fmt.Errorf("proxy cold: %w", err)
-		}
-		res.ttfbPX, res.coldPX = append(res.ttfbPX, t), append(res.coldPX, d)
-		// The proxy commits the blob after the last byte is sent; wait for it, or the "warm"
-		// GET would be another miss.
-		for deadline := time.Now().Add(30 * time.Second); !proxyHasBlob(dir, "library/anchor", dgst.Hex); {
-			if time.Now().After(deadline) {
-				return errors.New("the proxy did not store the blob within 30 s of serving it")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-			return fmt.Errorf("proxy warm: %w", err)
-		}
-		res.warmPX = append(res.warmPX, d)
-		return nil
+	res.size = size
+	blobPath := "/v2/library/anchor/blobs/" + dgst.String()
+	small, err := blobBench(fresh, tools, lifeboat, regAddr, "library/anchor", dgst, size, rounds)
+	if err != nil {
+		return res, err
 	}
-	for i := range rounds {
-		t, d, err := fetch("http://"+regAddr+blobPath, size)
-		if err != nil {
-			return res, err
-		}
-		res.ttfbDir, res.direct = append(res.ttfbDir, t), append(res.direct, d)
-		first, second := lbRound, pxRound
-		if i%2 == 1 {
-			first, second = pxRound, lbRound
-		}
-		if err := first(); err != nil {
-			return res, err
-		}
-		if err := second(); err != nil {
-			return res, err
-		}
+	ldgst, lsize, err := pushBlobImage(ctx, regAddr, "library/anchor-large:1", largeSize)
+	if err != nil {
+		return res, err
 	}
+	large, err := blobBench(fresh, tools, lifeboat, regAddr, "library/anchor-large", ldgst, lsize, largeRounds)
+	if err != nil {
+		return res, err
+	}
+	res.blobs = []blobResults{small, large}
 
 	// 3: fan-out. Each subject gets a fresh instance in front of its own counting forwarder,
 	// once for one client alone and once for fanOutClients at once.
@@ -299,6 +258,78 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	return res, nil
 }
 
+// blobBench times, over rounds, a cold miss then a warm hit of the blob dgst of repo on a fresh
+// lifeboat and on a fresh proxy (their order alternating), each round after a GET from the
+// upstream direct. fresh names a new directory for an instance of kind.
+func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo string, dgst v1.Hash, size int64, rounds int) (blobResults, error) {
+	res := blobResults{size: size, rounds: rounds}
+	blobPath := "/v2/" + repo + "/blobs/" + dgst.String()
+	lbRound := func() error {
+		dir := fresh("lifeboat")
+		defer os.RemoveAll(dir)
+		lb, addr, err := startLifeboat(dir, lifeboat, regAddr)
+		if err != nil {
+			return err
+		}
+		defer lb.stop()
+		t, d, err := fetch("http://"+addr+blobPath, size)
+		if err != nil {
+			return fmt.Errorf("lifeboat cold: %w", err)
+		}
+		res.ttfbLB, res.coldLB = append(res.ttfbLB, t), append(res.coldLB, d)
+		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
+			return fmt.Errorf("lifeboat warm: %w", err)
+		}
+		res.warmLB = append(res.warmLB, d)
+		return nil
+	}
+	pxRound := func() error {
+		dir := fresh("proxy")
+		defer os.RemoveAll(dir)
+		px, addr, err := startProxy(dir, tools, regAddr)
+		if err != nil {
+			return err
+		}
+		defer px.stop()
+		t, d, err := fetch("http://"+addr+blobPath, size)
+		if err != nil {
+			return fmt.Errorf("proxy cold: %w", err)
+		}
+		res.ttfbPX, res.coldPX = append(res.ttfbPX, t), append(res.coldPX, d)
+		// The proxy commits the blob after the last byte is sent; wait for it, or the "warm"
+		// GET would be another miss.
+		for deadline := time.Now().Add(30 * time.Second); !proxyHasBlob(dir, repo, dgst.Hex); {
+			if time.Now().After(deadline) {
+				return errors.New("the proxy did not store the blob within 30 s of serving it")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
+			return fmt.Errorf("proxy warm: %w", err)
+		}
+		res.warmPX = append(res.warmPX, d)
+		return nil
+	}
+	for i := range rounds {
+		t, d, err := fetch("http://"+regAddr+blobPath, size)
+		if err != nil {
+			return res, err
+		}
+		res.ttfbDir, res.direct = append(res.ttfbDir, t), append(res.direct, d)
+		first, second := lbRound, pxRound
+		if i%2 == 1 {
+			first, second = pxRound, lbRound
+		}
+		if err := first(); err != nil {
+			return res, err
+		}
+		if err := second(); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
 func getManifest(url string) error {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Accept", string(types.OCIManifestSchema1)+", "+string(types.DockerManifestSchema2))
@@ -387,18 +418,44 @@ func measureOutage(ctx context.Context, url string) outage {
 	return o
 }
 
-// p99 describes the 99th percentile of the follow-ups, counting timed-out ones as slowest.
-func (o outage) p99() string {
+// followUpPct is the p-th percentile of the follow-ups that ran, counting timed-out ones as the
+// slowest. ok is false when none ran; overCap is true when the percentile falls among the timed
+// out ones, or when so many timed out that it would over all outageFollowUps whatever the ones
+// not run would have done.
+func (o outage) followUpPct(p float64) (d time.Duration, overCap, ok bool) {
 	total := len(o.followUps) + o.timedOut
 	if total == 0 {
-		return "n/a"
+		return 0, false, false
 	}
-	idx := min(total-1, int(float64(total)*0.99))
-	if idx >= len(o.followUps) || o.timedOut*100 > outageFollowUps {
+	idx := min(total-1, int(float64(total)*p))
+	if idx >= len(o.followUps) || float64(o.timedOut) > float64(outageFollowUps)*(1-p) {
+		return 0, true, true
+	}
+	return percentile(o.followUps, p), false, true
+}
+
+func (o outage) pctString(p float64) string {
+	d, over, ok := o.followUpPct(p)
+	switch {
+	case !ok:
+		return "n/a"
+	case over:
 		return fmt.Sprintf("> %s (timed out)", fmtSec(outageReqCap))
 	}
-	return percentile(o.followUps, 0.99).Round(time.Microsecond).String()
+	return d.Round(time.Microsecond).String()
 }
+
+// pctRatio is lifeboat's percentile divided by the proxy's, or "–" when either is not a time.
+func pctRatio(lb, px outage, p float64) string {
+	a, aOver, aOK := lb.followUpPct(p)
+	b, bOver, bOK := px.followUpPct(p)
+	if aOver || bOver || !aOK || !bOK {
+		return "–"
+	}
+	return fmt.Sprintf("%.4f", a.Seconds()/b.Seconds())
+}
+
+func (o outage) firstFailed() bool { return o.firstTimedOut || o.firstErr != nil }
 
 func (o outage) firstString() string {
 	if o.firstTimedOut {
@@ -442,56 +499,199 @@ func medianInt(xs []int64) int64 {
 	return int64(median(ds))
 }
 
+// sizeName is n bytes rounded down to whole MiB, or GiB when that is a whole number of them.
+func sizeName(n int64) string {
+	if m := n >> 20; m >= 1024 && m%1024 == 0 {
+		return fmt.Sprintf("%d GiB", m>>10)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+// slowestToAlone is the fan-out's slowest client time divided by one client's alone.
+func slowestToAlone(slow, alone []time.Duration) float64 {
+	return median(slow).Seconds() / median(alone).Seconds()
+}
+
+// aggregateGiBps is what the fan-out delivered to all its clients together, per second.
+func (r anchorResults) aggregateGiBps(slow []time.Duration) float64 {
+	return float64(r.size) * fanOutClients / median(slow).Seconds() / (1 << 30)
+}
+
 func renderAnchors(b *strings.Builder, r anchorResults) {
 	fmt.Fprintf(b, "\n## Against the distribution registry in proxy mode\n\n")
+	var gets []string
+	for _, br := range r.blobs {
+		gets = append(gets, fmt.Sprintf("%d with the %s blob", br.rounds, sizeName(br.size)))
+	}
+	if last := len(r.blobs) - 1; r.blobs[last].rounds < r.blobs[0].rounds {
+		gets[last] += " (fewer, to keep the run short)"
+	}
 	fmt.Fprintf(b, "The anchor is the same distribution registry binary as the upstream, in proxy mode in front of it\n"+
-		"(`proxy.remoteurl`, `ttl: 0`, filesystem storage); each is a separate process on loopback. One %d MiB\n"+
-		"blob; medians of %d alternating rounds (fan-out: %d rounds), a fresh lifeboat root and fresh proxy\n"+
-		"storage for every cold measurement. The last column is lifeboat's figure divided by the proxy's.\n\n",
-		r.size>>20, r.rounds, r.fanRounds)
+		"(`proxy.remoteurl`, `ttl: 0`, filesystem storage); each is a separate process on loopback, with a fresh\n"+
+		"lifeboat root and fresh proxy storage for every cold measurement. The last column is lifeboat's figure\n"+
+		"divided by the proxy's.\n\n"+
+		"Single-client GETs, medians of alternating rounds: %s.\n"+
+		"Fan-out (%d rounds) and outage: the %s blob and its tag.\n\n", strings.Join(gets, "; "), r.fanRounds, sizeName(r.size))
 	fmt.Fprintf(b, "| measurement | lifeboat | distribution proxy | upstream direct | lifeboat ÷ proxy |\n|---|---:|---:|---:|---:|\n")
 	row := func(what, lb, px, dir string, ratio float64) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f |\n", what, lb, px, dir, ratio)
 	}
-	mb := func(ds []time.Duration) string { return fmt.Sprintf("%.0f MiB/s", mibps(r.size, ds)) }
+	for _, br := range r.blobs {
+		mb := func(ds []time.Duration) string { return fmt.Sprintf("%.0f MiB/s", mibps(br.size, ds)) }
+		row(fmt.Sprintf("warm hit, %s blob GET (higher is better)", sizeName(br.size)), mb(br.warmLB), mb(br.warmPX), mb(br.direct), mibps(br.size, br.warmLB)/mibps(br.size, br.warmPX))
+	}
+	for _, br := range r.blobs {
+		mb := func(ds []time.Duration) string { return fmt.Sprintf("%.0f MiB/s", mibps(br.size, ds)) }
+		row(fmt.Sprintf("cold miss, %s blob GET (higher is better)", sizeName(br.size)), mb(br.coldLB), mb(br.coldPX), mb(br.direct), mibps(br.size, br.coldLB)/mibps(br.size, br.coldPX))
+	}
 	dur := func(ds []time.Duration) string { return median(ds).Round(time.Microsecond).String() }
-	row("warm hit, blob GET (higher is better)", mb(r.warmLB), mb(r.warmPX), mb(r.direct), mibps(r.size, r.warmLB)/mibps(r.size, r.warmPX))
-	row("cold miss, blob GET (higher is better)", mb(r.coldLB), mb(r.coldPX), mb(r.direct), mibps(r.size, r.coldLB)/mibps(r.size, r.coldPX))
-	row("cold miss, time to first byte (lower is better)", dur(r.ttfbLB), dur(r.ttfbPX), dur(r.ttfbDir), median(r.ttfbLB).Seconds()/median(r.ttfbPX).Seconds())
+	for _, br := range r.blobs {
+		row(fmt.Sprintf("cold miss, %s blob, time to first byte (lower is better)", sizeName(br.size)), dur(br.ttfbLB), dur(br.ttfbPX), dur(br.ttfbDir), median(br.ttfbLB).Seconds()/median(br.ttfbPX).Seconds())
+	}
 	copies := func(xs []int64) string { return fmt.Sprintf("%.2f copies", float64(medianInt(xs))/float64(r.size)) }
 	row(fmt.Sprintf("fan-out, %d cold clients: upstream bytes (goal 1 copy)", fanOutClients), copies(r.fanBytesLB), copies(r.fanBytesPX), "–",
 		float64(medianInt(r.fanBytesLB))/float64(medianInt(r.fanBytesPX)))
-	slowRatio := func(slow, alone []time.Duration) float64 { return median(slow).Seconds() / median(alone).Seconds() }
 	row(fmt.Sprintf("fan-out, slowest of %d ÷ one client alone (goal ≤ 1.2)", fanOutClients),
-		fmt.Sprintf("%.2f (%s ÷ %s)", slowRatio(r.fanSlowLB, r.aloneLB), median(r.fanSlowLB).Round(time.Millisecond), median(r.aloneLB).Round(time.Millisecond)),
-		fmt.Sprintf("%.2f (%s ÷ %s)", slowRatio(r.fanSlowPX, r.alonePX), median(r.fanSlowPX).Round(time.Millisecond), median(r.alonePX).Round(time.Millisecond)),
-		"–", slowRatio(r.fanSlowLB, r.aloneLB)/slowRatio(r.fanSlowPX, r.alonePX))
+		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowLB, r.aloneLB), median(r.fanSlowLB).Round(time.Millisecond), median(r.aloneLB).Round(time.Millisecond)),
+		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowPX, r.alonePX), median(r.fanSlowPX).Round(time.Millisecond), median(r.alonePX).Round(time.Millisecond)),
+		"–", slowestToAlone(r.fanSlowLB, r.aloneLB)/slowestToAlone(r.fanSlowPX, r.alonePX))
 	if r.rssLB > 0 && r.rssPX > 0 {
-		row("fan-out, peak RSS (lower is better)", fmt.Sprintf("%.0f MiB", float64(r.rssLB)/(1<<20)), fmt.Sprintf("%.0f MiB", float64(r.rssPX)/(1<<20)), "–", float64(r.rssLB)/float64(r.rssPX))
+		row("fan-out, peak RSS (lower is better)", fmt.Sprintf("%.0f MiB", mib(r.rssLB)), fmt.Sprintf("%.0f MiB", mib(r.rssPX)), "–", float64(r.rssLB)/float64(r.rssPX))
 	}
-	outRatio := func(a, b time.Duration, aTO, bTO bool) string {
-		if aTO || bTO {
-			return "–"
-		}
-		return fmt.Sprintf("%.4f", a.Seconds()/b.Seconds())
+	firstRatio := "–"
+	if !r.outLB.firstFailed() && !r.outPX.firstFailed() {
+		firstRatio = fmt.Sprintf("%.4f", r.outLB.first.Seconds()/r.outPX.first.Seconds())
 	}
-	fmt.Fprintf(b, "| outage, first tag HEAD (lower is better) | %s | %s | – | %s |\n", r.outLB.firstString(), r.outPX.firstString(),
-		outRatio(r.outLB.first, r.outPX.first, r.outLB.firstTimedOut || r.outLB.firstErr != nil, r.outPX.firstTimedOut || r.outPX.firstErr != nil))
-	lbTO, pxTO := r.outLB.p99() == "n/a" || strings.HasPrefix(r.outLB.p99(), ">"), r.outPX.p99() == "n/a" || strings.HasPrefix(r.outPX.p99(), ">")
-	ratio := "–"
-	if !lbTO && !pxTO {
-		ratio = outRatio(percentile(r.outLB.followUps, 0.99), percentile(r.outPX.followUps, 0.99), false, false)
-	}
-	fmt.Fprintf(b, "| outage, p99 of the next %d tag HEADs, %d at a time (lower is better) | %s | %s | – | %s |\n", outageFollowUps, outageParallel, r.outLB.p99(), r.outPX.p99(), ratio)
-	agg := func(slow []time.Duration) float64 {
-		return float64(r.size) * fanOutClients / median(slow).Seconds() / (1 << 30)
+	fmt.Fprintf(b, "| outage, first tag HEAD (lower is better) | %s | %s | – | %s |\n", r.outLB.firstString(), r.outPX.firstString(), firstRatio)
+	for _, p := range []float64{0.5, 0.99} {
+		fmt.Fprintf(b, "| outage, p%.0f of the next %d tag HEADs, %d at a time (lower is better) | %s | %s | – | %s |\n",
+			p*100, outageFollowUps, outageParallel, r.outLB.pctString(p), r.outPX.pctString(p), pctRatio(r.outLB, r.outPX, p))
 	}
 	fmt.Fprintf(b, "\nFan-out: every party and all %d clients share the machine's %d CPUs, so delivering %d copies is itself\n"+
 		"bound by CPU here (lifeboat delivered %.1f GiB/s to the clients in aggregate, the proxy %.1f GiB/s); the\n"+
-		"upstream bytes are counted by a forwarder in front of the upstream, one per instance.\n",
-		fanOutClients, runtime.NumCPU(), fanOutClients, agg(r.fanSlowLB), agg(r.fanSlowPX))
+		"upstream bytes are counted by a forwarder in front of the upstream, one per instance. Peak RSS is the\n"+
+		"high-water mark of a fresh process that served only the fan-out, the largest over the rounds.\n",
+		fanOutClients, runtime.NumCPU(), fanOutClients, r.aggregateGiBps(r.fanSlowLB), r.aggregateGiBps(r.fanSlowPX))
 	fmt.Fprintf(b, "\nOutage: the upstream of both is a forwarder that, once the tag is cached by each, closes every\n"+
 		"connection and then accepts new ones and never answers. Each tag HEAD is cut at %s and the whole\n"+
-		"outage measurement at %s. Follow-ups through lifeboat: %s; through the proxy: %s.\n",
+		"outage measurement at %s. Follow-ups through lifeboat: %s; through the proxy: %s. The\n"+
+		"percentiles are over the follow-ups that ran, timed-out ones counted as the slowest.\n",
 		fmtSec(outageReqCap), fmtSec(outageBudget), r.outLB.note(), r.outPX.note())
+}
+
+// anchorsJSON is the anchor comparison; "distribution_proxy" is the anchor.
+type anchorsJSON struct {
+	Blobs  []blobJSON `json:"single_client_blob_gets"`
+	FanOut fanOutJSON `json:"fan_out"`
+	Outage outageJSON `json:"outage"`
+}
+
+type blobJSON struct {
+	SizeBytes int64       `json:"blob_size_bytes"`
+	Rounds    int         `json:"rounds"`
+	WarmHit   byPartyJSON `json:"warm_hit_mib_per_s"`
+	ColdMiss  byPartyJSON `json:"cold_miss_mib_per_s"`
+	TTFB      byPartyJSON `json:"cold_miss_time_to_first_byte_seconds"`
+}
+
+// byPartyJSON is one figure for each party, in the unit its parent's name gives, and
+// lifeboat's divided by the proxy's.
+type byPartyJSON struct {
+	Lifeboat float64 `json:"lifeboat"`
+	Proxy    float64 `json:"distribution_proxy"`
+	Upstream float64 `json:"upstream_direct"`
+	Ratio    float64 `json:"lifeboat_to_proxy_ratio"`
+}
+
+func byParty(lb, px, up float64) byPartyJSON {
+	return byPartyJSON{Lifeboat: lb, Proxy: px, Upstream: up, Ratio: lb / px}
+}
+
+type fanOutJSON struct {
+	Clients   int             `json:"clients"`
+	SizeBytes int64           `json:"blob_size_bytes"`
+	Rounds    int             `json:"rounds"`
+	Lifeboat  fanOutPartyJSON `json:"lifeboat"`
+	Proxy     fanOutPartyJSON `json:"distribution_proxy"`
+}
+
+type fanOutPartyJSON struct {
+	UpstreamBytes       int64   `json:"upstream_bytes"`
+	UpstreamCopies      float64 `json:"upstream_copies"`
+	SlowestSeconds      float64 `json:"slowest_client_seconds"`
+	AloneSeconds        float64 `json:"one_client_alone_seconds"`
+	SlowestToAloneRatio float64 `json:"slowest_to_alone_ratio"`
+	AggregateGiBPerS    float64 `json:"aggregate_gib_per_s"`
+	PeakRSSMiB          float64 `json:"peak_rss_mib,omitempty"` // absent when /proc could not be read
+}
+
+type outageJSON struct {
+	RequestCapSeconds float64         `json:"request_cap_seconds"`
+	BudgetSeconds     float64         `json:"budget_seconds"`
+	FollowUps         int             `json:"follow_ups"`
+	Parallel          int             `json:"follow_ups_in_parallel"`
+	Lifeboat          outagePartyJSON `json:"lifeboat"`
+	Proxy             outagePartyJSON `json:"distribution_proxy"`
+}
+
+// outagePartyJSON is one party's outage figures. A percentile is null when it is over the
+// request cap (its over_cap field says so) or when no follow-up ran.
+type outagePartyJSON struct {
+	FirstSeconds float64  `json:"first_tag_head_seconds"`
+	FirstOutcome string   `json:"first_tag_head_outcome"` // answered, timed_out or failed
+	P50Seconds   *float64 `json:"follow_ups_p50_seconds"`
+	P50OverCap   bool     `json:"follow_ups_p50_over_cap"`
+	P99Seconds   *float64 `json:"follow_ups_p99_seconds"`
+	P99OverCap   bool     `json:"follow_ups_p99_over_cap"`
+	Answered     int      `json:"follow_ups_answered"`
+	TimedOut     int      `json:"follow_ups_timed_out"`
+	Errors       int      `json:"follow_ups_errors"`
+	NotRun       int      `json:"follow_ups_not_run"`
+}
+
+func (o outage) json() outagePartyJSON {
+	j := outagePartyJSON{FirstSeconds: o.first.Seconds(), FirstOutcome: "answered",
+		Answered: len(o.followUps), TimedOut: o.timedOut, Errors: o.errors, NotRun: o.notRun}
+	switch {
+	case o.firstTimedOut:
+		j.FirstOutcome = "timed_out"
+	case o.firstErr != nil:
+		j.FirstOutcome = "failed"
+	}
+	pct := func(p float64) (*float64, bool) {
+		d, over, ok := o.followUpPct(p)
+		if over || !ok {
+			return nil, over
+		}
+		s := d.Seconds()
+		return &s, false
+	}
+	j.P50Seconds, j.P50OverCap = pct(0.5)
+	j.P99Seconds, j.P99OverCap = pct(0.99)
+	return j
+}
+
+func (r anchorResults) json() anchorsJSON {
+	var j anchorsJSON
+	for _, br := range r.blobs {
+		j.Blobs = append(j.Blobs, blobJSON{
+			SizeBytes: br.size, Rounds: br.rounds,
+			WarmHit:  byParty(mibps(br.size, br.warmLB), mibps(br.size, br.warmPX), mibps(br.size, br.direct)),
+			ColdMiss: byParty(mibps(br.size, br.coldLB), mibps(br.size, br.coldPX), mibps(br.size, br.direct)),
+			TTFB:     byParty(median(br.ttfbLB).Seconds(), median(br.ttfbPX).Seconds(), median(br.ttfbDir).Seconds()),
+		})
+	}
+	fan := func(bytes []int64, slow, alone []time.Duration, rss int64) fanOutPartyJSON {
+		return fanOutPartyJSON{
+			UpstreamBytes: medianInt(bytes), UpstreamCopies: float64(medianInt(bytes)) / float64(r.size),
+			SlowestSeconds: median(slow).Seconds(), AloneSeconds: median(alone).Seconds(),
+			SlowestToAloneRatio: slowestToAlone(slow, alone), AggregateGiBPerS: r.aggregateGiBps(slow), PeakRSSMiB: mib(rss),
+		}
+	}
+	j.FanOut = fanOutJSON{Clients: fanOutClients, SizeBytes: r.size, Rounds: r.fanRounds,
+		Lifeboat: fan(r.fanBytesLB, r.fanSlowLB, r.aloneLB, r.rssLB),
+		Proxy:    fan(r.fanBytesPX, r.fanSlowPX, r.alonePX, r.rssPX)}
+	j.Outage = outageJSON{RequestCapSeconds: outageReqCap.Seconds(), BudgetSeconds: outageBudget.Seconds(),
+		FollowUps: outageFollowUps, Parallel: outageParallel, Lifeboat: r.outLB.json(), Proxy: r.outPX.json()}
+	return j
 }

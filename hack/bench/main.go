@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -15,9 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -46,6 +45,19 @@ func (r result) rate(ds []time.Duration) float64 {
 
 func (r result) ratio() float64 { return r.rate(r.subject) / r.rate(r.base) }
 
+// throughputJSON is one row of a throughput table.
+type throughputJSON struct {
+	Operation       string  `json:"operation"`
+	MiBPerS         float64 `json:"mib_per_s"`
+	Baseline        string  `json:"baseline"`
+	BaselineMiBPerS float64 `json:"baseline_mib_per_s"`
+	Ratio           float64 `json:"ratio"`
+}
+
+func (r result) json() throughputJSON {
+	return throughputJSON{Operation: r.name, MiBPerS: r.rate(r.subject), Baseline: r.baseline, BaselineMiBPerS: r.rate(r.base), Ratio: r.ratio()}
+}
+
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
@@ -53,9 +65,15 @@ func median(ds []time.Duration) time.Duration {
 }
 
 func run() error {
+	start := time.Now()
 	out := flag.String("out", "", "write the markdown report to this file too")
+	jsonOut := flag.String("json", "", "write every figure as JSON to this file")
 	size := flag.Int64("size", 256<<20, "blob size in bytes")
 	rounds := flag.Int("rounds", 9, "rounds per measurement (medians are reported)")
+	largeSize := flag.Int64("large-size", 1<<30, "the large blob's size in bytes, for single-client GETs against the proxy")
+	largeRounds := flag.Int("large-rounds", 3, "rounds for the large blob")
+	fallbackDeadline := flag.Duration("fallback-deadline", 3*time.Minute,
+		"cut containerd's own fallback pull from a blackholed mirror after this long (it waits 30 s per request to the mirror)")
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
 	tools := flag.String("tools", "bin/tools", "directory of the pinned tools (make tools)")
 	flag.Parse()
@@ -67,8 +85,11 @@ func run() error {
 	defer os.RemoveAll(scratch)
 
 	ctx := context.Background()
-	results, err := cacheThroughput(ctx, scratch, *size, *rounds)
-	if err != nil {
+	rep := report{size: *size, rounds: *rounds}
+	if *jsonOut != "" {
+		rep.jsonName = filepath.Base(*jsonOut)
+	}
+	if rep.cache, err = cacheThroughput(ctx, scratch, *size, *rounds); err != nil {
 		return err
 	}
 	bin := filepath.Join(scratch, "lifeboat")
@@ -79,36 +100,46 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	mres, err := mirrorBench(ctx, scratch, tdir, bin, *size, *rounds)
-	if err != nil {
+	rep.env = describeEnvironment(start, tdir)
+	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds); err != nil {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
-	more := []func(*strings.Builder){func(b *strings.Builder) { renderMirror(b, mres, *size) }}
-	ares, err := anchorBench(ctx, scratch, tdir, bin, *size, *rounds)
-	if err != nil {
+	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds); err != nil {
 		return fmt.Errorf("anchor benchmark: %w", err)
 	}
-	more = append(more, func(b *strings.Builder) { renderAnchors(b, ares) })
-	if os.Geteuid() == 0 {
-		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3)
+	if rep.env.AsRoot {
+		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3, *fallbackDeadline)
 		if err != nil {
 			return fmt.Errorf("pull benchmark: %w", err)
 		}
-		more = append(more, func(b *strings.Builder) { renderPull(b, pres) })
-	} else {
-		more = append(more, func(b *strings.Builder) {
-			fmt.Fprintf(b, "\n(The containerd pull benchmark was skipped: it runs containerd and needs root.)\n")
-		})
+		rep.pull = &pres
 	}
-	report := render(results, *size, *rounds, more...)
-	fmt.Print(report)
-	if *out != "" {
-		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+	rep.env.TotalRunSeconds = time.Since(start).Seconds()
+
+	md := rep.markdown()
+	fmt.Print(md)
+	if err := writeFile(*out, []byte(md)); err != nil {
+		return err
+	}
+	if *jsonOut != "" {
+		js, err := json.MarshalIndent(rep.json(), "", "  ")
+		if err != nil {
 			return err
 		}
-		return os.WriteFile(*out, []byte(report), 0o644)
+		return writeFile(*jsonOut, append(js, '\n'))
 	}
 	return nil
+}
+
+// writeFile writes data to path, creating its directory; an empty path writes nothing.
+func writeFile(path string, data []byte) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
 }
 
 // cacheThroughput compares writing a blob into the cache (hash, fsync, rename, index) with a
@@ -212,42 +243,4 @@ func timed(fn func() error) (time.Duration, error) {
 	start := time.Now()
 	err := fn()
 	return time.Since(start), err
-}
-
-func render(results []result, size int64, rounds int, more ...func(*strings.Builder)) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# lifeboat benchmarks\n\n")
-	fmt.Fprintf(&b, "Produced by `make bench` on %s. Medians of %d alternating rounds; each ratio is lifeboat's\n", time.Now().UTC().Format("2006-01-02"), rounds)
-	fmt.Fprintf(&b, "throughput divided by the baseline's, both measured in the same run (higher is better).\n\n")
-	fmt.Fprintf(&b, "## Cache throughput, one %d MiB blob\n\n", size>>20)
-	fmt.Fprintf(&b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
-	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.2f |\n", r.name, r.rate(r.subject), r.baseline, r.rate(r.base), r.ratio())
-	}
-	for _, m := range more {
-		m(&b)
-	}
-	fmt.Fprintf(&b, "\nMachine: %s, %d CPUs, %s. Go %s.\n", machine(), runtime.NumCPU(), kernel(), strings.TrimPrefix(runtime.Version(), "go"))
-	return b.String()
-}
-
-func machine() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
-}
-
-func kernel() string {
-	out, err := exec.Command("uname", "-sr").Output()
-	if err != nil {
-		return runtime.GOOS
-	}
-	return strings.TrimSpace(string(out))
 }

@@ -25,9 +25,10 @@ import (
 
 // mirrorResults holds what mirrorBench measured.
 type mirrorResults struct {
-	throughput       []result
+	warm, cold       result
 	ttfbCold, ttfbUp time.Duration
 	headUp, headDown []time.Duration
+	rssTags          int64 // lifeboat's peak RSS (bytes) over both tag loads; 0 if unknown
 }
 
 // daemon is a child process of the benchmark.
@@ -231,7 +232,7 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 		}
 		warm.subject = append(warm.subject, d)
 	}
-	res.throughput = []result{warm, cold}
+	res.warm, res.cold = warm, cold
 	res.ttfbCold, res.ttfbUp = median(ttfbCold), median(ttfbUp)
 
 	// Tag HEAD latency, then the same with the registry stopped (served stale from the cache).
@@ -251,6 +252,8 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	if res.headDown, err = paced(tagURL, tagRate, tagRequests); err != nil {
 		return res, fmt.Errorf("tag HEAD with the upstream down: %w", err)
 	}
+	// This lifeboat has served nothing but tags, so its high-water mark is that of the loads.
+	res.rssTags = peakRSS(lb)
 	return res, nil
 }
 
@@ -297,7 +300,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
 	fmt.Fprintf(b, "\n## Registry mirror, one %d MiB blob (real registry and lifeboat processes on loopback)\n\n", size>>20)
 	fmt.Fprintf(b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
-	for _, t := range r.throughput {
+	for _, t := range []result{r.warm, r.cold} {
 		fmt.Fprintf(b, "| %s | %.0f | %s | %.0f | %.2f |\n", t.name, t.rate(t.subject), t.baseline, t.rate(t.base), t.ratio())
 	}
 	fmt.Fprintf(b, "\nTime to first byte: cold miss through lifeboat %s, straight from the registry %s.\n",
@@ -308,6 +311,39 @@ func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
 	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s | p50 | p99 |\n|---|---:|---:|\n", tagRequests, tagRate)
 	fmt.Fprintf(b, "| upstream up (revalidated) | %s | %s |\n", percentile(r.headUp, 0.5).Round(time.Microsecond), percentile(r.headUp, 0.99).Round(time.Microsecond))
 	fmt.Fprintf(b, "| upstream stopped (stale from cache) | %s | %s |\n", percentile(r.headDown, 0.5).Round(time.Microsecond), percentile(r.headDown, 0.99).Round(time.Microsecond))
+	if r.rssTags > 0 {
+		fmt.Fprintf(b, "\nPeak RSS of lifeboat over both tag loads (a fresh process that served only them): %.0f MiB.\n", mib(r.rssTags))
+	}
+}
+
+type mirrorJSON struct {
+	WarmHit         throughputJSON `json:"warm_hit"`
+	ColdMiss        throughputJSON `json:"cold_miss"`
+	TTFBColdSeconds float64        `json:"cold_miss_time_to_first_byte_seconds"`
+	TTFBUpSeconds   float64        `json:"upstream_time_to_first_byte_seconds"`
+	TagRequests     int            `json:"tag_head_requests"`
+	TagRatePerS     int            `json:"tag_head_rate_per_s"`
+	TagUp           latencyJSON    `json:"tag_head_upstream_up"`
+	TagDown         latencyJSON    `json:"tag_head_upstream_stopped"`
+	TagPeakRSSMiB   float64        `json:"tag_head_lifeboat_peak_rss_mib,omitempty"` // absent when /proc could not be read
+}
+
+type latencyJSON struct {
+	P50Seconds float64 `json:"p50_seconds"`
+	P99Seconds float64 `json:"p99_seconds"`
+}
+
+func latencies(ds []time.Duration) latencyJSON {
+	return latencyJSON{P50Seconds: percentile(ds, 0.5).Seconds(), P99Seconds: percentile(ds, 0.99).Seconds()}
+}
+
+func (r mirrorResults) json() mirrorJSON {
+	return mirrorJSON{
+		WarmHit: r.warm.json(), ColdMiss: r.cold.json(),
+		TTFBColdSeconds: r.ttfbCold.Seconds(), TTFBUpSeconds: r.ttfbUp.Seconds(),
+		TagRequests: tagRequests, TagRatePerS: tagRate,
+		TagUp: latencies(r.headUp), TagDown: latencies(r.headDown), TagPeakRSSMiB: mib(r.rssTags),
+	}
 }
 
 // pushBlobImage pushes to the registry at regAddr an image of one uncompressed layer of about

@@ -277,6 +277,9 @@ func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo st
 			return fmt.Errorf("lifeboat cold: %w", err)
 		}
 		res.ttfbLB, res.coldLB = append(res.ttfbLB, t), append(res.coldLB, d)
+		if err := waitCached("http://" + addr + blobPath); err != nil {
+			return fmt.Errorf("lifeboat warm: %w", err)
+		}
 		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
 			return fmt.Errorf("lifeboat warm: %w", err)
 		}

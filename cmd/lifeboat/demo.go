@@ -360,6 +360,9 @@ func demoCheck(s demoStep, want demoExpect) []string {
 func (d *demo) breakerNote() string {
 	for _, ep := range d.res.Endpoints() {
 		if !ep.Up {
+			if ep.Failures == 1 {
+				return "The registry answered nothing while lifeboat's first request waited, so lifeboat marked the registry down and stopped waiting on it: the cache answered at once"
+			}
 			return fmt.Sprintf("After %d failed requests lifeboat marked the registry down and stopped waiting on it: the cache answered at once", ep.Failures)
 		}
 	}
@@ -581,7 +584,7 @@ func (d *demo) summarize(took time.Duration) {
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What this means: while the registry was unreachable, lifeboat kept serving the image it had")
 	fmt.Fprintln(out, "cached, after one upstream_timeout on the tag check at worst and at once after it marked the registry")
-	fmt.Fprintln(out, "down. An image it never cached failed after one upstream_timeout, with the reason, instead of hanging")
+	fmt.Fprintln(out, "down. An image it never cached failed at once (after one upstream_timeout at most), with the reason, instead of hanging")
 	fmt.Fprintln(out, "the pull, and once the registry was back lifeboat checked tags with it again.")
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "Next steps:")

@@ -78,23 +78,7 @@ func TestMisbehavingUpstreams(t *testing.T) {
 				tc.serve(w, r)
 			}))
 			t.Cleanup(srv.Close)
-			store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := New(store, Options{
-				UpstreamTimeout: 3 * time.Second,
-				IdleTimeout:     time.Second,
-				FillTimeout:     3 * time.Second,
-				Endpoints:       map[string][]string{testRegistry: {srv.URL}},
-				NewClient: func(registry, endpoint string) (Client, error) {
-					return upstream.New(registry, endpoint, upstream.Options{})
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { r.Close(); store.Close() })
+			r, store := newBareResolver(t, srv.URL)
 
 			done := make(chan error, 1)
 			go func() {
@@ -180,21 +164,7 @@ func TestMisbehavingManifests(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(store, Options{
-		UpstreamTimeout: 3 * time.Second,
-		Endpoints:       map[string][]string{testRegistry: {srv.URL}},
-		NewClient: func(registry, endpoint string) (Client, error) {
-			return upstream.New(registry, endpoint, upstream.Options{})
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(); store.Close() })
+	r, store := newBareResolver(t, srv.URL)
 
 	for _, tc := range []struct{ tag, want string }{
 		{"self", "body has digest " + digest.FromBytes(self).String()},
@@ -222,4 +192,28 @@ func TestMisbehavingManifests(t *testing.T) {
 	if _, err := store.Info(t.Context(), claimed); !errdefs.IsNotFound(err) {
 		t.Errorf("the index served for its child was cached as the child: %v", err)
 	}
+}
+
+// newBareResolver is a resolver on a fresh cache with one endpoint, url, and timeouts short
+// enough for misbehaving upstreams to fail within seconds.
+func newBareResolver(t *testing.T, url string) (*Resolver, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(store, Options{
+		UpstreamTimeout: 3 * time.Second,
+		IdleTimeout:     time.Second,
+		FillTimeout:     3 * time.Second,
+		Endpoints:       map[string][]string{testRegistry: {url}},
+		NewClient: func(registry, endpoint string) (Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); store.Close() })
+	return r, store
 }

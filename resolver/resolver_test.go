@@ -282,70 +282,55 @@ func TestCacheFirstPolicy(t *testing.T) {
 	}
 }
 
+// TestBreakerOpensAndCloses: quick errors mark an endpoint down after FailureThreshold (2 in
+// these tests) failures; one request left unanswered past the upstream timeout, with nothing
+// else answered meanwhile, marks it down at once, so that the next clients are answered from
+// the cache instead of each waiting out the timeout too. A probe brings it back.
 func TestBreakerOpensAndCloses(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 512)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
-	ctx := t.Context()
-	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	up.setFault(status503)
-	for range 2 { // FailureThreshold
-		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
-			t.Fatalf("%s %v", m.Status, err)
-		}
-	}
-	if eps := r.Endpoints(); len(eps) != 1 || eps[0].Up {
-		t.Fatalf("after %d failures the endpoint is %+v, want down", 2, eps)
-	}
-	heads := up.count("HEAD manifests")
-	for range 5 {
-		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
-			t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
-		}
-	}
-	if got := up.count("HEAD manifests"); got != heads {
-		t.Errorf("%d tag requests reached a down endpoint", got-heads)
-	}
-	up.setFault(healthy)
-	waitFor(t, "the probe to mark the endpoint up", func() bool { return r.Endpoints()[0].Up })
-	if up.count("GET ping") == 0 {
-		t.Error("the endpoint came back without a probe")
-	}
-	if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
-		t.Fatalf("after recovery: %s %v, want revalidated", m.Status, err)
-	}
-}
-
-// TestTimeoutOpensBreakerAtOnce: an endpoint that leaves one request unanswered past the
-// upstream timeout is down at once (the test threshold for quick errors is 2), so that the
-// next clients are answered from the cache instead of each waiting out the timeout too.
-func TestTimeoutOpensBreakerAtOnce(t *testing.T) {
-	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 512)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
-	ctx := t.Context()
-	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
-		t.Fatal(err)
-	}
-	up.setFault(hang)
-	if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
-		t.Fatalf("with the upstream hanging: %s %v, want stale", m.Status, err)
-	}
-	if eps := r.Endpoints(); eps[0].Up {
-		t.Fatalf("after a request timed out the endpoint is %+v, want down", eps[0])
-	}
-	heads := up.count("HEAD manifests")
-	for range 5 {
-		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
-			t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
-		}
-	}
-	if got := up.count("HEAD manifests"); got != heads {
-		t.Errorf("%d tag requests reached an endpoint that had timed out", got-heads)
+	for _, tc := range []struct {
+		fault    fault
+		failures int
+	}{
+		{status503, 2},
+		{hang, 1},
+	} {
+		t.Run(string(tc.fault), func(t *testing.T) {
+			t.Parallel()
+			up := newTestUpstream(t)
+			up.push(t, "app", "v1", 512)
+			r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+			ctx := t.Context()
+			if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+				t.Fatal(err)
+			}
+			up.setFault(tc.fault)
+			for range tc.failures {
+				if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+					t.Fatalf("%s %v", m.Status, err)
+				}
+			}
+			if eps := r.Endpoints(); len(eps) != 1 || eps[0].Up {
+				t.Fatalf("after %d failures the endpoint is %+v, want down", tc.failures, eps)
+			}
+			heads := up.count("HEAD manifests")
+			for range 5 {
+				if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+					t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
+				}
+			}
+			if got := up.count("HEAD manifests"); got != heads {
+				t.Errorf("%d tag requests reached a down endpoint", got-heads)
+			}
+			up.setFault(healthy)
+			waitFor(t, "the probe to mark the endpoint up", func() bool { return r.Endpoints()[0].Up })
+			if up.count("GET ping") == 0 {
+				t.Error("the endpoint came back without a probe")
+			}
+			if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
+				t.Fatalf("after recovery: %s %v, want revalidated", m.Status, err)
+			}
+		})
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -99,17 +98,7 @@ func proxyHasBlob(dir, repo, hex string) bool {
 
 // peakRSS returns the VmHWM of a running process in bytes, or 0.
 func peakRSS(d *daemon) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return procKB(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid), "VmHWM:")
 }
 
 // anchorBench measures lifeboat against the distribution registry in proxy mode, and both

@@ -110,13 +110,16 @@ func machine() string {
 }
 
 // memTotal is the machine's memory in bytes, or 0 if /proc/meminfo cannot be read.
-func memTotal() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
+func memTotal() int64 { return procKB("/proc/meminfo", "MemTotal:") }
+
+// procKB reads the "<field> N kB" line of a /proc file, in bytes; 0 if it cannot.
+func procKB(path, field string) int64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return kb << 10
 		}

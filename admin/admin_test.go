@@ -195,3 +195,19 @@ func TestStartAfterCrashRestoresHosts(t *testing.T) {
 		t.Fatalf("hosts.toml not restored by the next start:\n%s", b)
 	}
 }
+
+func TestHitRatio(t *testing.T) {
+	for _, tc := range []struct {
+		answers map[string]int64
+		want    float64
+	}{
+		{nil, 0},
+		{map[string]int64{"none": 3, "error": 2}, 0},
+		{map[string]int64{"hit": 3, "miss": 1}, 0.75},
+		{map[string]int64{"stale": 1, "revalidated": 1, "miss": 2, "error": 9}, 0.5},
+	} {
+		if got := newRequestStatus(tc.answers); got.HitRatio != tc.want || got.Answers == nil {
+			t.Errorf("%v: hit ratio %v (answers %v), want %v", tc.answers, got.HitRatio, got.Answers, tc.want)
+		}
+	}
+}

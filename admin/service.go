@@ -29,6 +29,7 @@ type Status struct {
 	Uptime    string                    `json:"uptime"`
 	Root      string                    `json:"root"`
 	Cache     CacheStatus               `json:"cache"`
+	Requests  RequestStatus             `json:"requests"`
 	Endpoints []resolver.EndpointStatus `json:"endpoints"`
 	Outage    outage.Status             `json:"outage"`
 	Listeners map[string]string         `json:"listeners"`
@@ -39,6 +40,28 @@ type CacheStatus struct {
 	UsedBytes   int64 `json:"usedBytes"`
 	BudgetBytes int64 `json:"budgetBytes"`
 	Evictions   int64 `json:"evictions"`
+}
+
+// RequestStatus is what the registry mirror answered since the daemon started.
+type RequestStatus struct {
+	// Answers counts them by result: hit, miss, stale, revalidated, error, and none (answers
+	// without a cache status, such as pings).
+	Answers map[string]int64 `json:"answers"`
+	// HitRatio is the share of the answers with content that came from the cache (hit, stale,
+	// revalidated) rather than from the upstream (miss); 0 before the first.
+	HitRatio float64 `json:"hitRatio"`
+}
+
+func newRequestStatus(answers map[string]int64) RequestStatus {
+	rs := RequestStatus{Answers: answers}
+	if rs.Answers == nil {
+		rs.Answers = map[string]int64{}
+	}
+	cached := rs.Answers["hit"] + rs.Answers["stale"] + rs.Answers["revalidated"]
+	if total := cached + rs.Answers["miss"]; total > 0 {
+		rs.HitRatio = float64(cached) / float64(total)
+	}
+	return rs
 }
 
 // OutageRequest starts a simulated outage.
@@ -70,8 +93,17 @@ type Service struct {
 	// MirrorURL is how containerd reaches the mirror ("http://127.0.0.1:5100").
 	MirrorURL string
 	Listeners map[string]string
+	// Answers, when set, counts the mirror's answers by result (metrics.Mirror.Answers).
+	Answers func() map[string]int64
 
 	hostsMu sync.Mutex // one hosts.toml switch or restore at a time
+}
+
+func (s *Service) answers() map[string]int64 {
+	if s.Answers == nil {
+		return nil
+	}
+	return s.Answers()
 }
 
 // hostsBackupDir keeps the original hosts.toml files while an outage has them switched.
@@ -118,6 +150,7 @@ func (s *Service) Status(ctx context.Context) Status {
 		Uptime:    time.Since(s.StartedAt).Round(time.Second).String(),
 		Root:      s.Store.Root(),
 		Cache:     CacheStatus{UsedBytes: used, BudgetBytes: budget, Evictions: s.Store.Evictions()},
+		Requests:  newRequestStatus(s.answers()),
 		Endpoints: s.Resolver.Endpoints(),
 		Outage:    s.Outage.Status(),
 		Listeners: s.Listeners,

@@ -128,6 +128,24 @@ func TestCLI(t *testing.T) {
 			t.Errorf("second pull of %s fetched %d bytes (cached %d of %d), want nothing fetched", res.Ref, res.FetchedBytes, res.CachedBytes, res.Bytes)
 		}
 	}
+
+	// status counts what the mirror answered: two tag checks the upstream confirmed and one
+	// tag it does not have (pull above went through the admin socket, not the mirror).
+	for range 2 {
+		if got, err := mirrorHead(t, lb, "/v2/library/cli-busybox/manifests/1?ns=docker.io"); err != nil || got != "revalidated" {
+			t.Fatalf("tag HEAD through the mirror: %q %v", got, err)
+		}
+	}
+	if _, err := mirrorHead(t, lb, "/v2/library/cli-busybox/manifests/nope?ns=docker.io"); err == nil {
+		t.Fatal("a tag the upstream does not have was found")
+	}
+	st := decodeJSON[admin.Status](t, cli("status", "--json").must(t, 0))
+	if a := st.Requests.Answers; a["revalidated"] != 2 || a["error"] != 1 || st.Requests.HitRatio != 1 {
+		t.Errorf("status --json requests: %+v, want 2 revalidated, 1 error, hit ratio 1", st.Requests)
+	}
+	if r = cli("status").must(t, 0); !strings.Contains(r.stdout, " answered, hit ratio 100% (2 revalidated), 1 error\n") {
+		t.Errorf("status does not sum up the mirror's answers: %s", r)
+	}
 	if pulled.Results[0].Digest != harness.Digest(t, busyImg) {
 		t.Errorf("pull --json: digest %s, want %s", pulled.Results[0].Digest, harness.Digest(t, busyImg))
 	}
@@ -238,7 +256,7 @@ func TestCLI(t *testing.T) {
 
 	// Now a budget the cache fills to 90%: under the high watermark (95%), so the evictor lets
 	// it be, over the low one (85%), so gc evicts.
-	st := decodeJSON[admin.Status](t, cli("status", "--json").must(t, 0))
+	st = decodeJSON[admin.Status](t, cli("status", "--json").must(t, 0))
 	budget := st.Cache.UsedBytes * 100 / 90
 	restartWithBudget(t, lb, budget)
 	r = cli("gc", "--dry-run").must(t, 0)

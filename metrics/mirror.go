@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,6 +14,9 @@ type Mirror struct {
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+
+	mu      sync.Mutex
+	results map[string]int64 // answers by result, for Answers
 }
 
 // NewMirror registers the mirror's metrics with reg.
@@ -31,6 +35,7 @@ func NewMirror(reg prometheus.Registerer) *Mirror {
 			Help:    "Time from a mirror request's arrival to the end of its answer, by route.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 		}, []string{"route"}),
+		results: map[string]int64{},
 	}
 	reg.MustRegister(m.requests, m.bytes, m.duration)
 	return m
@@ -46,6 +51,21 @@ func (m *Mirror) Observe(a mirror.Answer) {
 		}
 	}
 	m.requests.WithLabelValues(a.Route, a.Method, result, strconv.Itoa(a.Status)).Inc()
+	m.mu.Lock()
+	m.results[result]++
+	m.mu.Unlock()
 	m.bytes.WithLabelValues(a.Route, result).Add(float64(a.Bytes))
 	m.duration.WithLabelValues(a.Route).Observe(a.Duration.Seconds())
+}
+
+// Answers returns how many answers the mirror gave since start, by result: hit, miss, stale,
+// revalidated, error, and none (answers without a cache status, such as pings).
+func (m *Mirror) Answers() map[string]int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]int64, len(m.results))
+	for k, v := range m.results {
+		out[k] = v
+	}
+	return out
 }

@@ -187,6 +187,7 @@ func serve(ctx context.Context, cfg config.Config) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	mirrorMetrics := metrics.NewMirror(reg)
+	svc.Answers = mirrorMetrics.Answers
 	if err := serveHTTP(ctx, g, "registry mirror", cfg.Mirror.Address, mirror.New(mirror.FromResolver(res), mirror.Options{Observe: mirrorMetrics.Observe})); err != nil {
 		return err
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dev/lifeboat/admin"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -34,6 +36,7 @@ func newStatusCommand() *cobra.Command {
 				pct = 100 * float64(st.Cache.UsedBytes) / float64(st.Cache.BudgetBytes)
 			}
 			fmt.Fprintf(tw, "cache\t%s of %s (%.0f%%), %d blobs evicted\n", humanBytes(st.Cache.UsedBytes), humanBytes(st.Cache.BudgetBytes), pct, st.Cache.Evictions)
+			fmt.Fprintf(tw, "requests\t%s\n", describeRequests(st.Requests))
 			fmt.Fprintf(tw, "outage\t%s\n", describeOutage(st.Outage))
 			names := make([]string, 0, len(st.Listeners))
 			for k := range st.Listeners {
@@ -41,7 +44,11 @@ func newStatusCommand() *cobra.Command {
 			}
 			slices.Sort(names)
 			for _, k := range names {
-				fmt.Fprintf(tw, "%s\t%s\n", k, st.Listeners[k])
+				addr := st.Listeners[k]
+				if addr == "" {
+					addr = "off"
+				}
+				fmt.Fprintf(tw, "%s\t%s\n", k, addr)
 			}
 			tw.Flush()
 			if len(st.Endpoints) > 0 {
@@ -62,4 +69,33 @@ func newStatusCommand() *cobra.Command {
 	}
 	f.register(cmd, true)
 	return cmd
+}
+
+// describeRequests sums up the mirror's answers: "122 answered, hit ratio 95% (100 hit, 5 miss,
+// 14 revalidated, 1 stale), 2 errors". Answers without a cache status (pings) count only in
+// the total.
+func describeRequests(r admin.RequestStatus) string {
+	var total int64
+	for _, n := range r.Answers {
+		total += n
+	}
+	if total == 0 {
+		return "none answered yet"
+	}
+	var parts []string
+	for _, k := range []string{"hit", "miss", "revalidated", "stale"} {
+		if n := r.Answers[k]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, k))
+		}
+	}
+	s := fmt.Sprintf("%d answered", total)
+	if len(parts) > 0 {
+		s += fmt.Sprintf(", hit ratio %.0f%% (%s)", 100*r.HitRatio, strings.Join(parts, ", "))
+	}
+	if n := r.Answers["error"]; n == 1 {
+		s += ", 1 error"
+	} else if n > 1 {
+		s += fmt.Sprintf(", %d errors", n)
+	}
+	return s
 }

@@ -81,7 +81,7 @@ func TestMirrorMetrics(t *testing.T) {
 	m.Observe(mirror.Answer{Method: "HEAD", Route: "manifest", Status: 404})
 	m.Observe(mirror.Answer{Method: "GET", Route: "ping", Status: 200})
 	want := `
-# HELP lifeboat_mirror_requests_total Registry mirror answers by route (manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.
+# HELP lifeboat_mirror_requests_total Registry mirror answers by route (tag, manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.
 # TYPE lifeboat_mirror_requests_total counter
 lifeboat_mirror_requests_total{code="200",method="GET",result="error",route="blob"} 1
 lifeboat_mirror_requests_total{code="200",method="GET",result="hit",route="blob"} 1

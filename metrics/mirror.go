@@ -24,7 +24,7 @@ func NewMirror(reg prometheus.Registerer) *Mirror {
 	m := &Mirror{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lifeboat_mirror_requests_total",
-			Help: "Registry mirror answers by route (manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.",
+			Help: "Registry mirror answers by route (tag, manifest, blob, tags, ...), method, X-Lifeboat-Cache result (hit, miss, stale, revalidated, or error) and HTTP status.",
 		}, []string{"route", "method", "result", "code"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lifeboat_mirror_sent_bytes_total",

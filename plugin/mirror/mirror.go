@@ -80,8 +80,8 @@ type Options struct {
 type Answer struct {
 	// Method is the request's HTTP method.
 	Method string
-	// Route is "ping", "manifest", "blob", "tags", "referrers", or "unknown" for a request that
-	// was refused before its route was known.
+	// Route is "ping", "tag" (a manifest by tag), "manifest" (by digest), "blob", "tags",
+	// "referrers", or "unknown" for a request that was refused before its route was known.
 	Route string
 	// Registry and Repository are the upstream registry and repository, when the request was
 	// valid enough to name them.
@@ -153,7 +153,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
-	x.ans.Route = req.route.String()
+	x.ans.Route = req.kind()
 	if e != nil {
 		x.reject(e)
 		return

@@ -865,6 +865,14 @@ func TestObserve(t *testing.T) {
 		t.Errorf("answer %+v", a)
 	}
 
+	// A manifest by tag is a tag resolution; by digest, a manifest.
+	for ref, want := range map[string]string{"v1": "tag", img.manifest.Digest.String(): "manifest"} {
+		do(t, srv, http.MethodHead, "/v2/ghcr.io/org/app/manifests/"+ref, nil)
+		if a = <-answers; a.Route != want || a.Status != 200 {
+			t.Errorf("HEAD manifests/%s: route %q status %d, want %q 200", ref, a.Route, a.Status, want)
+		}
+	}
+
 	do(t, srv, http.MethodGet, "/v2/Bad/manifests/v1", nil)
 	a = <-answers
 	if a.Route != "manifest" || a.Status != 400 || a.Registry != "" {

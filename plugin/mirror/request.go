@@ -25,6 +25,15 @@ const (
 	routeReferrers
 )
 
+// kind names a request for metrics and logs: its route, with a manifest requested by tag
+// (a tag resolution) told apart as "tag".
+func (r request) kind() string {
+	if r.route == routeManifest && r.digest == "" && r.reference != "" {
+		return "tag"
+	}
+	return r.route.String()
+}
+
 func (r route) String() string {
 	switch r {
 	case routePing:

@@ -103,7 +103,7 @@ func TestFromResolver(t *testing.T) {
 			switch a.Cache {
 			case resolver.Hit, resolver.Miss, resolver.Stale, resolver.Revalidated:
 			default:
-				if a.Route == "manifest" || a.Route == "blob" {
+				if a.Route == "tag" || a.Route == "manifest" || a.Route == "blob" {
 					t.Errorf("%s %s answered %d without X-Lifeboat-Cache", a.Method, a.Route, a.Status)
 				}
 			}

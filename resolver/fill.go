@@ -299,7 +299,8 @@ func (fr *fillReader) Read(p []byte) (int, error) {
 func (fr *fillReader) WriteTo(w io.Writer) (int64, error) {
 	own, err := fr.ownFile()
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrSourceFailed, err)
+		// No /proc (an unusual sandbox): copy through a buffer instead.
+		return fr.copyTo(w)
 	}
 	defer own.Close()
 	var total int64
@@ -322,6 +323,28 @@ func (fr *fillReader) WriteTo(w io.Writer) (int64, error) {
 		}
 		if m < n { // the ingest file is shorter than what was written to it
 			return total, fmt.Errorf("%w: blob %s: ingest file ended at %d: %w", ErrSourceFailed, fr.f.dgst, fr.pos, io.ErrUnexpectedEOF)
+		}
+	}
+}
+
+// copyTo is WriteTo through a buffer, with Read.
+func (fr *fillReader) copyTo(w io.Writer) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var total int64
+	for {
+		n, err := fr.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("%w: %w", ErrSourceFailed, err)
 		}
 	}
 }

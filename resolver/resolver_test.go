@@ -577,6 +577,17 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A second client takes the way WriteTo falls back to without /proc.
+	rc2, err := b.Reader(0, b.Descriptor.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf2 bytes.Buffer
+	fallback := make(chan error, 1)
+	go func() {
+		_, err := rc2.(*fillReader).copyTo(&buf2)
+		fallback <- err
+	}()
 	close(gate)
 	var buf bytes.Buffer
 	n, err := rc.(io.WriterTo).WriteTo(&buf)
@@ -585,6 +596,12 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	}
 	if n != int64(buf.Len()) || n > int64(len(want)) {
 		t.Errorf("WriteTo reported %d bytes and wrote %d of a %d-byte blob", n, buf.Len(), len(want))
+	}
+	if err := <-fallback; !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("the buffered copy of a corrupt download: %v; want ErrSourceFailed", err)
+	}
+	if !bytes.Equal(buf.Bytes(), buf2.Bytes()) {
+		t.Errorf("WriteTo and its buffered fallback wrote different bytes (%d and %d)", buf.Len(), buf2.Len())
 	}
 	if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 		t.Errorf("the corrupt blob was cached: %v", err)

@@ -130,6 +130,16 @@ func (u *testUpstream) count(key string) int64 { return u.counter(key).Load() }
 
 func (u *testUpstream) setFault(f fault) { u.fault.Store(f) }
 
+// holdBodies makes the upstream send the first half of each blob body and hold the rest until
+// the returned channel is closed.
+func (u *testUpstream) holdBodies() chan struct{} {
+	gate := make(chan struct{})
+	u.gateMu.Lock()
+	u.gate = gate
+	u.gateMu.Unlock()
+	return gate
+}
+
 func (u *testUpstream) host() string { return strings.TrimPrefix(u.URL, "http://") }
 
 // push writes a random image to repo:tag and returns it.
@@ -450,10 +460,7 @@ func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 4<<20)
 	dgst, want := layerDigest(t, img)
-	gate := make(chan struct{})
-	up.gateMu.Lock()
-	up.gate = gate
-	up.gateMu.Unlock()
+	gate := up.holdBodies()
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 
@@ -563,10 +570,7 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	dgst, want := layerDigest(t, img)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	up.setFault(corrupt)
-	gate := make(chan struct{})
-	up.gateMu.Lock()
-	up.gate = gate // the fill cannot end before the client has joined it
-	up.gateMu.Unlock()
+	gate := up.holdBodies() // the fill cannot end before the client has joined it
 
 	b, err := r.Blob(t.Context(), testRegistry, "app", dgst)
 	if err != nil {
@@ -647,10 +651,7 @@ func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 	img := up.push(t, "app", "v1", verifyFirstMax/2)
 	dgst, want := layerDigest(t, img)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
-	gate := make(chan struct{})
-	up.gateMu.Lock()
-	up.gate = gate // the upstream sends half and waits
-	up.gateMu.Unlock()
+	gate := up.holdBodies() // the upstream sends half and waits
 
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -683,10 +684,7 @@ func TestFillSurvivesClientDisconnect(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 1<<20)
 	dgst, want := layerDigest(t, img)
-	gate := make(chan struct{})
-	up.gateMu.Lock()
-	up.gate = gate
-	up.gateMu.Unlock()
+	gate := up.holdBodies()
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 
 	ctx, cancel := context.WithCancel(t.Context())

@@ -68,15 +68,10 @@ soak: tools ## the long reliability drills: 60 s of 200-client load, crash and f
 
 FUZZTIME ?= 30s
 fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their seed corpora run in make unit)
-	@for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
-	  for f in $$(grep -h '^func Fuzz' $$pkg/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-	    echo "fuzz: $$pkg $$f"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
-	  done; \
-	done
+	@GO=$(GO) bash hack/fuzz.sh $(FUZZTIME)
 
-fuzz-short: ## every fuzz target for 3 s (part of make test; make fuzz runs them longer)
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+fuzz-short: ## every fuzz target for a fixed number of executions (part of make test; make fuzz runs them longer)
+	@GO=$(GO) bash hack/fuzz.sh short
 
 clean: ## remove build outputs, the image included (not bin/tools, not ./.lifeboat)
 	rm -f bin/lifeboat bin/lifeboat-static bin/lifeboat-image.tar

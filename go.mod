@@ -24,6 +24,8 @@ require (
 	google.golang.org/grpc v1.83.2
 )
 
+require golang.org/x/time v0.16.0
+
 require (
 	github.com/Microsoft/go-winio v0.6.3-0.20251027160822-ad3df93bed29 // indirect
 	github.com/Microsoft/hcsshim v0.15.0-rc.4 // indirect

@@ -21,6 +21,7 @@ import (
 
 const (
 	fanOutClients   = 32
+	fanOutLink      = 125_000_000      // bytes/s: the upstream over a 1 Gbit/s link, for the second fan-out
 	outageReqCap    = 20 * time.Second // per tag resolution during the outage
 	outageBudget    = 60 * time.Second // the whole outage measurement
 	outageFollowUps = 100
@@ -40,6 +41,10 @@ type anchorResults struct {
 	fanSlowLB, fanSlowPX   []time.Duration // slowest client of the fan-out
 	aloneLB, alonePX       []time.Duration // one client alone, cold
 	rssLB, rssPX           int64           // peak RSS (bytes) during the fan-out, largest of the rounds
+
+	// The same fan-out with the upstream behind a fanOutLink link, lifeboat only.
+	linkBytesLB                       []int64
+	linkSlowLB, linkAlone, linkDirect []time.Duration // linkDirect: one GET from the upstream over the link
 
 	// Outage: the upstream blackholed after the tag was cached.
 	outLB, outPX outage
@@ -141,9 +146,10 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	res.blobs = []blobResults{small, large}
 
 	// 3: fan-out. Each subject gets a fresh instance in front of its own counting forwarder,
-	// once for one client alone and once for fanOutClients at once.
-	fanOnce := func(kind string, clients int) (slowest time.Duration, upstream, rss int64, err error) {
-		fwd, err := startForwarder(regAddr)
+	// once for one client alone and once for fanOutClients at once. The forwarder's link is
+	// limited to link bytes/s, or not at all when link is 0.
+	fanOnce := func(kind string, clients int, link int64) (slowest time.Duration, upstream, rss int64, err error) {
+		fwd, err := startLinkForwarder(regAddr, link)
 		if err != nil {
 			return 0, 0, 0, err
 		}
@@ -193,11 +199,11 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 			kinds = []string{"proxy", "lifeboat"}
 		}
 		for _, kind := range kinds {
-			alone, _, _, err := fanOnce(kind, 1)
+			alone, _, _, err := fanOnce(kind, 1, 0)
 			if err != nil {
 				return res, err
 			}
-			slow, up, rss, err := fanOnce(kind, fanOutClients)
+			slow, up, rss, err := fanOnce(kind, fanOutClients, 0)
 			if err != nil {
 				return res, err
 			}
@@ -209,6 +215,29 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 				res.rssPX = max(res.rssPX, rss)
 			}
 		}
+	}
+	// Over a limited link, lifeboat only: 32 copies through the proxy would take over a minute
+	// a round at this rate.
+	for range res.fanRounds {
+		fwd, err := startLinkForwarder(regAddr, fanOutLink)
+		if err != nil {
+			return res, err
+		}
+		_, direct, err := fetch("http://"+fwd.addr()+blobPath, size)
+		fwd.close()
+		if err != nil {
+			return res, fmt.Errorf("GET from the upstream over the link: %w", err)
+		}
+		res.linkDirect = append(res.linkDirect, direct)
+		alone, _, _, err := fanOnce("lifeboat", 1, fanOutLink)
+		if err != nil {
+			return res, err
+		}
+		slow, up, _, err := fanOnce("lifeboat", fanOutClients, fanOutLink)
+		if err != nil {
+			return res, err
+		}
+		res.linkAlone, res.linkSlowLB, res.linkBytesLB = append(res.linkAlone, alone), append(res.linkSlowLB, slow), append(res.linkBytesLB, up)
 	}
 
 	// 4: outage. Both cache the tag through one forwarder, which is then blackholed.
@@ -499,6 +528,15 @@ func sizeName(n int64) string {
 	return fmt.Sprintf("%d MiB", n>>20)
 }
 
+// linkName names a link rate in bytes/s as bits per second.
+func linkName(bytesPerSec int64) string {
+	bits := bytesPerSec * 8
+	if bits%1_000_000_000 == 0 {
+		return fmt.Sprintf("%d Gbit/s", bits/1_000_000_000)
+	}
+	return fmt.Sprintf("%d Mbit/s", bits/1_000_000)
+}
+
 // slowestToAlone is the fan-out's slowest client time divided by one client's alone.
 func slowestToAlone(slow, alone []time.Duration) float64 {
 	return median(slow).Seconds() / median(alone).Seconds()
@@ -547,6 +585,10 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowLB, r.aloneLB), median(r.fanSlowLB).Round(time.Millisecond), median(r.aloneLB).Round(time.Millisecond)),
 		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowPX, r.alonePX), median(r.fanSlowPX).Round(time.Millisecond), median(r.alonePX).Round(time.Millisecond)),
 		"–", slowestToAlone(r.fanSlowLB, r.aloneLB)/slowestToAlone(r.fanSlowPX, r.alonePX))
+	fmt.Fprintf(b, "| fan-out over a %s upstream link, slowest of %d ÷ one client alone (goal ≤ 1.2) | %.2f (%s ÷ %s), %s upstream | not run | one GET over the link: %s | – |\n",
+		linkName(fanOutLink), fanOutClients, slowestToAlone(r.linkSlowLB, r.linkAlone),
+		median(r.linkSlowLB).Round(time.Millisecond), median(r.linkAlone).Round(time.Millisecond), copies(r.linkBytesLB),
+		median(r.linkDirect).Round(time.Millisecond))
 	if r.rssLB > 0 && r.rssPX > 0 {
 		row("fan-out, peak RSS (lower is better)", fmt.Sprintf("%.0f MiB", mib(r.rssLB)), fmt.Sprintf("%.0f MiB", mib(r.rssPX)), "–", float64(r.rssLB)/float64(r.rssPX))
 	}
@@ -564,6 +606,10 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 		"upstream bytes are counted by a forwarder in front of the upstream, one per instance. Peak RSS is the\n"+
 		"high-water mark of a fresh process that served only the fan-out, the largest over the rounds.\n",
 		fanOutClients, runtime.NumCPU(), fanOutClients, r.aggregateGiBps(r.fanSlowLB), r.aggregateGiBps(r.fanSlowPX))
+	fmt.Fprintf(b, "\nFan-out over a link: the same, with the forwarder sending the upstream's bytes at most at %s\n"+
+		"(all connections together), as when the registry is across a network, so the upstream and not the\n"+
+		"local delivery sets the pace. lifeboat only: the proxy's %d upstream copies would take over a minute\n"+
+		"a round at that rate.\n", linkName(fanOutLink), fanOutClients)
 	fmt.Fprintf(b, "\nOutage: the upstream of both is a forwarder that, once the tag is cached by each, closes every\n"+
 		"connection and then accepts new ones and never answers. Each tag HEAD is cut at %s and the whole\n"+
 		"outage measurement at %s. Follow-ups through lifeboat: %s; through the proxy: %s. The\n"+
@@ -605,6 +651,11 @@ type fanOutJSON struct {
 	Rounds    int             `json:"rounds"`
 	Lifeboat  fanOutPartyJSON `json:"lifeboat"`
 	Proxy     fanOutPartyJSON `json:"distribution_proxy"`
+
+	// The lifeboat fan-out again with the upstream behind a link of LinkBytesPerS.
+	LinkBytesPerS      int64           `json:"link_bytes_per_s"`
+	OverLink           fanOutPartyJSON `json:"lifeboat_over_link"`
+	DirectOverLinkSecs float64         `json:"upstream_direct_over_link_seconds"`
 }
 
 type fanOutPartyJSON struct {
@@ -681,8 +732,10 @@ func (r anchorResults) json() anchorsJSON {
 		}
 	}
 	j.FanOut = fanOutJSON{Clients: fanOutClients, SizeBytes: r.size, Rounds: r.fanRounds,
-		Lifeboat: fan(r.fanBytesLB, r.fanSlowLB, r.aloneLB, r.rssLB),
-		Proxy:    fan(r.fanBytesPX, r.fanSlowPX, r.alonePX, r.rssPX)}
+		Lifeboat:      fan(r.fanBytesLB, r.fanSlowLB, r.aloneLB, r.rssLB),
+		Proxy:         fan(r.fanBytesPX, r.fanSlowPX, r.alonePX, r.rssPX),
+		LinkBytesPerS: fanOutLink, OverLink: fan(r.linkBytesLB, r.linkSlowLB, r.linkAlone, 0),
+		DirectOverLinkSecs: median(r.linkDirect).Seconds()}
 	j.Outage = outageJSON{RequestCapSeconds: outageReqCap.Seconds(), BudgetSeconds: outageBudget.Seconds(),
 		FollowUps: outageFollowUps, Parallel: outageParallel, Lifeboat: r.outLB.json(), Proxy: r.outPX.json()}
 	return j

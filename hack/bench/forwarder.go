@@ -1,19 +1,24 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/time/rate"
 )
 
 // forwarder is a TCP forwarder on loopback in front of an upstream. It counts the bytes the
 // upstream sends, and can be switched to blackhole: every connection it holds is closed, and
-// new ones are accepted and never answered.
+// new ones are accepted and never answered. A forwarder started with a link rate sends the
+// upstream's bytes no faster than that, over all its connections together, like a network link.
 type forwarder struct {
 	ln     net.Listener
 	target string
-	down   atomic.Int64 // bytes from the upstream to the clients
+	down   atomic.Int64  // bytes from the upstream to the clients
+	link   *rate.Limiter // nil: as fast as loopback goes
 
 	mu    sync.Mutex
 	black bool
@@ -21,12 +26,26 @@ type forwarder struct {
 	wg    sync.WaitGroup
 }
 
-func startForwarder(target string) (*forwarder, error) {
+// A link sends at most linkChunk bytes at once. Its burst is larger, so that a wait that
+// oversleeps is made up by the next ones and the average rate is the link's.
+const (
+	linkChunk = 64 << 10
+	linkBurst = 1 << 20
+)
+
+func startForwarder(target string) (*forwarder, error) { return startLinkForwarder(target, 0) }
+
+// startLinkForwarder starts a forwarder whose link carries bytesPerSec from the upstream, or
+// is unlimited when bytesPerSec is 0.
+func startLinkForwarder(target string, bytesPerSec int64) (*forwarder, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	f := &forwarder{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	if bytesPerSec > 0 {
+		f.link = rate.NewLimiter(rate.Limit(bytesPerSec), linkBurst)
+	}
 	f.wg.Add(1)
 	go f.serve()
 	return f, nil
@@ -86,7 +105,11 @@ func (f *forwarder) handle(c net.Conn) {
 		io.Copy(u, c)
 		u.Close()
 	}()
-	io.CopyBuffer(countingWriter{c, &f.down}, struct{ io.Reader }{u}, make([]byte, 256<<10))
+	buf := make([]byte, 256<<10)
+	if f.link != nil {
+		buf = buf[:linkChunk]
+	}
+	io.CopyBuffer(countingWriter{c, &f.down, f.link}, struct{ io.Reader }{u}, buf)
 }
 
 // blackhole cuts every connection through the forwarder; later ones are held unanswered.
@@ -105,12 +128,20 @@ func (f *forwarder) close() {
 	f.wg.Wait()
 }
 
+// countingWriter counts what it writes to w in n, waiting first for link when there is one;
+// its writes are at most linkChunk bytes then.
 type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
+	w    io.Writer
+	n    *atomic.Int64
+	link *rate.Limiter
 }
 
 func (w countingWriter) Write(p []byte) (int, error) {
+	if w.link != nil {
+		if err := w.link.WaitN(context.Background(), len(p)); err != nil {
+			return 0, err
+		}
+	}
 	n, err := w.w.Write(p)
 	w.n.Add(int64(n))
 	return n, err

@@ -29,6 +29,11 @@ type mirrorResults struct {
 	ttfbCold, ttfbUp time.Duration
 	headUp, headDown []time.Duration
 	rssTags          int64 // lifeboat's peak RSS (bytes) over both tag loads; 0 if unknown
+
+	// The same tag loads through the distribution registry in proxy mode (the anchor), which
+	// may answer some with an error: those are counted, not timed.
+	proxyUp, proxyDown       []time.Duration
+	proxyUpErr, proxyDownErr int
 }
 
 // daemon is a child process of the benchmark.
@@ -261,26 +266,47 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	res.warm, res.cold = warm, cold
 	res.ttfbCold, res.ttfbUp = median(ttfbCold), median(ttfbUp)
 
-	// Tag HEAD latency, then the same with the registry stopped (served stale from the cache).
+	// Tag HEAD latency through lifeboat and through the proxy anchor, then the same with the
+	// registry stopped (lifeboat answers stale from its cache).
 	lb, addr, err := startLifeboat(filepath.Join(scratch, "lifeboat-tags"), lifeboat, regAddr)
 	if err != nil {
 		return res, err
 	}
 	defer lb.stop()
-	tagURL := "http://" + addr + "/v2/library/bench/manifests/1"
+	px, pxAddr, err := startProxy(filepath.Join(scratch, "proxy-tags"), tools, regAddr)
+	if err != nil {
+		return res, err
+	}
+	defer px.stop()
+	const tagPath = "/v2/library/bench/manifests/1"
+	tagURL, proxyURL := "http://"+addr+tagPath, "http://"+pxAddr+tagPath
 	if _, err := head(tagURL); err != nil {
 		return res, err
 	}
-	if res.headUp, err = paced(tagURL, tagRate, tagRequests); err != nil {
+	if err := getManifest(proxyURL); err != nil {
+		return res, fmt.Errorf("cache the tag in the proxy: %w", err)
+	}
+	if res.headUp, err = pacedStrict(tagURL); err != nil {
 		return res, err
 	}
+	res.proxyUp, res.proxyUpErr = paced(proxyURL, tagRate, tagRequests)
 	reg.stop()
-	if res.headDown, err = paced(tagURL, tagRate, tagRequests); err != nil {
+	if res.headDown, err = pacedStrict(tagURL); err != nil {
 		return res, fmt.Errorf("tag HEAD with the upstream down: %w", err)
 	}
+	res.proxyDown, res.proxyDownErr = paced(proxyURL, tagRate, tagRequests)
 	// This lifeboat has served nothing but tags, so its high-water mark is that of the loads.
 	res.rssTags = peakRSS(lb)
 	return res, nil
+}
+
+// pacedStrict is paced for lifeboat, which must answer every request.
+func pacedStrict(url string) ([]time.Duration, error) {
+	ds, failed := paced(url, tagRate, tagRequests)
+	if failed > 0 {
+		return nil, fmt.Errorf("%d of %d tag HEADs failed", failed, tagRequests)
+	}
+	return ds, nil
 }
 
 // Tag resolution load: tagRequests HEADs sent at tagRate per second, each on its own schedule
@@ -290,10 +316,11 @@ const (
 	tagRequests = 2000
 )
 
-// paced sends n HEADs to url at rate per second and returns their latencies.
-func paced(url string, rate, n int) ([]time.Duration, error) {
+// paced sends n HEADs to url at rate per second and returns the latencies of those answered
+// with success, and how many were not.
+func paced(url string, rate, n int) (answered []time.Duration, failed int) {
 	out := make([]time.Duration, n)
-	errs := make(chan error, n)
+	ok := make([]bool, n)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range n {
@@ -302,19 +329,18 @@ func paced(url string, rate, n int) ([]time.Duration, error) {
 		go func() {
 			defer wg.Done()
 			d, err := head(url)
-			if err != nil {
-				errs <- err
-				return
-			}
-			out[i] = d
+			out[i], ok[i] = d, err == nil
 		}()
 	}
 	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return nil, err
+	for i, d := range out {
+		if ok[i] {
+			answered = append(answered, d)
+		} else {
+			failed++
+		}
 	}
-	return out, nil
+	return answered, failed
 }
 
 func percentile(ds []time.Duration, p float64) time.Duration {
@@ -334,9 +360,20 @@ func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
 	fmt.Fprintf(b, "\nEvery party runs on the same machine: on a cold miss lifeboat receives, hashes, writes and\n"+
 		"sends every byte on the cores the registry and the client also use, so the cold ratio is bound by\n"+
 		"CPU here; a warm hit is sent from the cache file with sendfile.\n")
-	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s | p50 | p99 |\n|---|---:|---:|\n", tagRequests, tagRate)
-	fmt.Fprintf(b, "| upstream up (revalidated) | %s | %s |\n", percentile(r.headUp, 0.5).Round(time.Microsecond), percentile(r.headUp, 0.99).Round(time.Microsecond))
-	fmt.Fprintf(b, "| upstream stopped (stale from cache) | %s | %s |\n", percentile(r.headDown, 0.5).Round(time.Microsecond), percentile(r.headDown, 0.99).Round(time.Microsecond))
+	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s | lifeboat p50 | lifeboat p99 | distribution proxy p50 | proxy p99 | proxy requests failed |\n|---|---:|---:|---:|---:|---:|\n", tagRequests, tagRate)
+	pct := func(ds []time.Duration, p float64) string {
+		if len(ds) == 0 {
+			return "–"
+		}
+		return percentile(ds, p).Round(time.Microsecond).String()
+	}
+	fmt.Fprintf(b, "| upstream up (lifeboat revalidates) | %s | %s | %s | %s | %d |\n",
+		pct(r.headUp, 0.5), pct(r.headUp, 0.99), pct(r.proxyUp, 0.5), pct(r.proxyUp, 0.99), r.proxyUpErr)
+	fmt.Fprintf(b, "| upstream stopped (lifeboat answers stale from its cache) | %s | %s | %s | %s | %d |\n",
+		pct(r.headDown, 0.5), pct(r.headDown, 0.99), pct(r.proxyDown, 0.5), pct(r.proxyDown, 0.99), r.proxyDownErr)
+	fmt.Fprintf(b, "\nThe proxy is the distribution registry in proxy mode (`ttl: 0`) in front of the same registry,\n"+
+		"with the tag fetched through it once first. Stopped: connections to the registry are refused; a\n"+
+		"blackholed upstream is measured under \"Against the distribution registry\" below.\n")
 	if r.rssTags > 0 {
 		fmt.Fprintf(b, "\nPeak RSS of lifeboat over both tag loads (a fresh process that served only them): %.0f MiB.\n", mib(r.rssTags))
 	}
@@ -352,6 +389,26 @@ type mirrorJSON struct {
 	TagUp           latencyJSON    `json:"tag_head_upstream_up"`
 	TagDown         latencyJSON    `json:"tag_head_upstream_stopped"`
 	TagPeakRSSMiB   float64        `json:"tag_head_lifeboat_peak_rss_mib,omitempty"` // absent when /proc could not be read
+
+	ProxyTagUp   proxyLatencyJSON `json:"tag_head_distribution_proxy_upstream_up"`
+	ProxyTagDown proxyLatencyJSON `json:"tag_head_distribution_proxy_upstream_stopped"`
+}
+
+// proxyLatencyJSON is the proxy's tag HEAD latencies over the requests it answered with
+// success; the percentiles are null when it answered none.
+type proxyLatencyJSON struct {
+	P50Seconds *float64 `json:"p50_seconds"`
+	P99Seconds *float64 `json:"p99_seconds"`
+	Failed     int      `json:"failed"`
+}
+
+func proxyLatencies(ds []time.Duration, failed int) proxyLatencyJSON {
+	j := proxyLatencyJSON{Failed: failed}
+	if len(ds) > 0 {
+		p50, p99 := percentile(ds, 0.5).Seconds(), percentile(ds, 0.99).Seconds()
+		j.P50Seconds, j.P99Seconds = &p50, &p99
+	}
+	return j
 }
 
 type latencyJSON struct {
@@ -369,6 +426,7 @@ func (r mirrorResults) json() mirrorJSON {
 		TTFBColdSeconds: r.ttfbCold.Seconds(), TTFBUpSeconds: r.ttfbUp.Seconds(),
 		TagRequests: tagRequests, TagRatePerS: tagRate,
 		TagUp: latencies(r.headUp), TagDown: latencies(r.headDown), TagPeakRSSMiB: mib(r.rssTags),
+		ProxyTagUp: proxyLatencies(r.proxyUp, r.proxyUpErr), ProxyTagDown: proxyLatencies(r.proxyDown, r.proxyDownErr),
 	}
 }
 

@@ -43,7 +43,7 @@ unit: ## unit tests with the race detector (everything but the integration suite
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
 integration: tools ## end-to-end tests against real containerd, ctr, runc and a registry (needs root)
-	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m ./integration/...
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m -v ./integration/...
 
 lint: tools ## gofmt check, go vet, staticcheck, and the Kubernetes manifests against the API types
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
@@ -64,7 +64,7 @@ bench: tools ## benchmarks into docs/benchmarks.md and .json, as ratios to basel
 
 soak: tools ## the long reliability drills: 60 s of 200-client load, crash and full-disk drills 5 times (needs root)
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) LIFEBOAT_LOAD_DURATION=60s $(GO) test -count=1 -timeout 20m -v -run '^TestLoad$$' ./integration/
-	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=5 -timeout 20m -run '^(TestCrashDuringColdPulls|TestFullDisk)$$' ./integration/
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=5 -timeout 20m -v -run '^(TestCrashDuringColdPulls|TestFullDisk)$$' ./integration/
 
 FUZZTIME ?= 30s
 fuzz: ## run every go test -fuzz target for FUZZTIME each (default 30s; their seed corpora run in make unit)

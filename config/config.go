@@ -4,6 +4,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -41,6 +42,10 @@ type Config struct {
 	Outage Outage `toml:"outage"`
 	// Log sets the daemon's logging.
 	Log Log `toml:"log"`
+
+	// origin is where the values came from, for errors that name a value's line; nil when no
+	// file set any.
+	origin *origin
 }
 
 // Mirror configures the registry mirror listener.
@@ -150,8 +155,8 @@ func Default() Config {
 }
 
 // Load reads the file at path over the defaults. When explicit is false and the file does not
-// exist, the defaults are returned. Unknown keys and bad values are errors that name the key
-// and, for syntax and unknown keys, the line.
+// exist, the defaults are returned. Unknown keys and bad values are errors that name the file,
+// the key and the line.
 func Load(path string, explicit bool) (Config, error) {
 	cfg := Default()
 	b, err := os.ReadFile(path)
@@ -161,78 +166,46 @@ func Load(path string, explicit bool) (Config, error) {
 		}
 		return cfg, fmt.Errorf("config file %s: %w", path, err)
 	}
-	if err := Parse(b, &cfg); err != nil {
+	if err := parse(path, b, &cfg); err != nil {
+		if verr, ok := errors.AsType[*Error](err); ok && verr.File != "" {
+			return cfg, err // it names the file
+		}
 		return cfg, fmt.Errorf("config file %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
 // Parse decodes TOML into cfg (keeping what the TOML leaves unset) and validates the result.
+// A validation error names the key, and the line and column of a value that is still the one
+// the TOML set; values the TOML does not set have no line.
 func Parse(b []byte, cfg *Config) error {
-	dec := toml.NewDecoder(strings.NewReader(string(b)))
+	return parse("", b, cfg)
+}
+
+// parse is Parse for the configuration file at path ("" when there is none).
+func parse(path string, b []byte, cfg *Config) error {
+	if err := numericDuration(b); err != nil {
+		return err
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(cfg); err != nil {
-		var serr *toml.StrictMissingError
-		if errors.As(err, &serr) && len(serr.Errors) > 0 {
+		if serr, ok := errors.AsType[*toml.StrictMissingError](err); ok && len(serr.Errors) > 0 {
 			e := serr.Errors[0]
 			row, _ := e.Position()
 			return fmt.Errorf("line %d: unknown key %q", row, strings.Join(e.Key(), "."))
 		}
-		var derr *toml.DecodeError
-		if errors.As(err, &derr) {
+		if derr, ok := errors.AsType[*toml.DecodeError](err); ok {
 			row, col := derr.Position()
-			if key := strings.Join(derr.Key(), "."); key != "" {
-				return fmt.Errorf("line %d, column %d: %s: %s", row, col, key, derr.Error())
+			if key := derr.Key(); len(key) > 0 {
+				return fmt.Errorf("line %d, column %d: %s: %s", row, col, keyName(key...), decodeMessage(derr.Error()))
 			}
-			return fmt.Errorf("line %d, column %d: %s", row, col, derr.Error())
+			return fmt.Errorf("line %d, column %d: %s", row, col, decodeMessage(derr.Error()))
 		}
 		return err
 	}
+	*cfg = withOrigin(*cfg, path, b)
 	return cfg.Validate()
-}
-
-// Validate checks values the types alone do not.
-func (c Config) Validate() error {
-	if c.Root == "" {
-		return errors.New("root: must not be empty")
-	}
-	switch c.Resolve.Policy {
-	case PolicyUpstreamFirst, PolicyCacheFirst:
-	default:
-		return fmt.Errorf("resolve.policy: %q is not %q or %q", c.Resolve.Policy, PolicyUpstreamFirst, PolicyCacheFirst)
-	}
-	if c.Resolve.UpstreamTimeout <= 0 {
-		return errors.New("resolve.upstream_timeout: must be positive")
-	}
-	if c.Resolve.TagMaxAge < 0 {
-		return errors.New("resolve.tag_max_age: must not be negative")
-	}
-	if c.Cache.MaxSize < 0 {
-		return errors.New("cache.max_size: must not be negative")
-	}
-	switch c.Plugin.ContentDelete {
-	case "release", "remove":
-	default:
-		return fmt.Errorf("plugin.content_delete: %q is not \"release\" or \"remove\"", c.Plugin.ContentDelete)
-	}
-	switch c.Log.Level {
-	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":
-	default:
-		return fmt.Errorf("log.level: %q is not one of trace, debug, info, warn, error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		return fmt.Errorf("log.format: %q is not \"text\" or \"json\"", c.Log.Format)
-	}
-	for host, r := range c.Registry {
-		for _, e := range r.Endpoints {
-			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
-				return fmt.Errorf("registry.%q.endpoints: %q must start with https:// or http://", host, e)
-			}
-		}
-	}
-	return nil
 }
 
 // Size is a byte count written as "20GiB", "500MB" or a plain number of bytes.

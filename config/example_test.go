@@ -75,6 +75,12 @@ func TestExampleAsShipped(t *testing.T) {
 // shows for keys that have a default are the defaults.
 func TestExampleSettings(t *testing.T) {
 	b := uncomment(t, readFile(t, examplePath))
+	// Validate reads the CA bundle the example names: point it at one that exists.
+	caFile := regexp.MustCompile(`(?m)^ca_file = ".*"$`)
+	if !caFile.Match(b) {
+		t.Fatalf("%s shows no ca_file", examplePath)
+	}
+	b = caFile.ReplaceAll(b, []byte(`ca_file = "testdata/ca.pem"`))
 	cfg := config.Default()
 	if err := config.Parse(b, &cfg); err != nil {
 		t.Fatalf("%s with every setting uncommented: %v", examplePath, err)

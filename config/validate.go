@@ -1,0 +1,175 @@
+package config
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+)
+
+// Validate checks the values the types alone do not, and that the files the configuration
+// names can be used: a ca_file must be readable and hold a PEM certificate, a docker_config
+// that exists must be readable. The error, an *Error, is for the first value at fault; it
+// names the key and, for a value that is still the one a configuration file set (see Parse),
+// the file and the line.
+func (c Config) Validate() error {
+	if c.Root == "" {
+		return c.invalid("root", -1, func(c Config) any { return c.Root }, errors.New("must not be empty"))
+	}
+	switch c.Resolve.Policy {
+	case PolicyUpstreamFirst, PolicyCacheFirst:
+	default:
+		return c.invalid("resolve.policy", -1, func(c Config) any { return c.Resolve.Policy },
+			fmt.Errorf("%q is not %q or %q", c.Resolve.Policy, PolicyUpstreamFirst, PolicyCacheFirst))
+	}
+	if c.Resolve.UpstreamTimeout <= 0 {
+		return c.invalid("resolve.upstream_timeout", -1, func(c Config) any { return c.Resolve.UpstreamTimeout },
+			errors.New("must be positive"))
+	}
+	if c.Resolve.TagMaxAge < 0 {
+		return c.invalid("resolve.tag_max_age", -1, func(c Config) any { return c.Resolve.TagMaxAge },
+			errors.New("must not be negative"))
+	}
+	if c.Cache.MaxSize < 0 {
+		return c.invalid("cache.max_size", -1, func(c Config) any { return c.Cache.MaxSize },
+			errors.New("must not be negative"))
+	}
+	switch c.Plugin.ContentDelete {
+	case "release", "remove":
+	default:
+		return c.invalid("plugin.content_delete", -1, func(c Config) any { return c.Plugin.ContentDelete },
+			fmt.Errorf("%q is not \"release\" or \"remove\"", c.Plugin.ContentDelete))
+	}
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":
+	default:
+		return c.invalid("log.level", -1, func(c Config) any { return c.Log.Level },
+			fmt.Errorf("%q is not one of trace, debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return c.invalid("log.format", -1, func(c Config) any { return c.Log.Format },
+			fmt.Errorf("%q is not \"text\" or \"json\"", c.Log.Format))
+	}
+	if err := c.validateRegistries(); err != nil {
+		return err
+	}
+	if c.Auth.DockerConfig != "" {
+		if err := checkDockerConfig(c.Auth.DockerConfig); err != nil {
+			return c.invalid("auth.docker_config", -1, func(c Config) any { return c.Auth.DockerConfig }, err)
+		}
+	}
+	return c.validateOutage()
+}
+
+// validateRegistries checks the [registry."<name>"] tables, in the order of their names.
+func (c Config) validateRegistries() error {
+	for _, host := range slices.Sorted(maps.Keys(c.Registry)) {
+		r := c.Registry[host]
+		for i, e := range r.Endpoints {
+			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
+				return c.invalid(keyName("registry", host, "endpoints"), i, func(c Config) any { return c.Registry[host].Endpoints },
+					fmt.Errorf("%q must start with https:// or http://", e))
+			}
+		}
+		if r.CAFile != "" {
+			if err := checkCAFile(r.CAFile); err != nil {
+				return c.invalid(keyName("registry", host, "ca_file"), -1, func(c Config) any { return c.Registry[host].CAFile }, err)
+			}
+		}
+	}
+	return nil
+}
+
+// validateOutage checks [outage] as `lifeboat serve` will start it, with the outage package's
+// own rules: outage.mode names a mode outage knows.
+func (c Config) validateOutage() error {
+	o := c.Outage
+	getMode := func(c Config) any { return c.Outage.Mode }
+	if o.Mode != "" {
+		if err := (outage.Spec{Mode: o.Mode}).Validate(); err != nil {
+			return c.invalid("outage.mode", -1, getMode, outageError(err))
+		}
+	}
+	for i, r := range o.Registries {
+		if err := (outage.Spec{Mode: outage.ModeDNS, Registries: []string{r}}).Validate(); err != nil {
+			return c.invalid("outage.registries", i, func(c Config) any { return c.Outage.Registries }, outageError(err))
+		}
+	}
+	if o.For < 0 {
+		return c.invalid("outage.for", -1, func(c Config) any { return c.Outage.For }, errors.New("must not be negative"))
+	}
+	if o.Mode != "" {
+		// Whatever else Spec refuses of the whole.
+		spec := outage.Spec{Mode: o.Mode, Registries: o.Registries, For: time.Duration(o.For)}
+		if err := spec.Validate(); err != nil {
+			return c.invalid("outage.mode", -1, getMode, outageError(err))
+		}
+	}
+	return nil
+}
+
+// outageError is an error of outage.Spec.Validate without its errdefs suffix, which *Error adds
+// back as a wrapped error.
+func outageError(err error) error {
+	return errors.New(strings.TrimSuffix(err.Error(), ": "+errdefs.ErrInvalidArgument.Error()))
+}
+
+// checkCAFile checks that path can be read and holds at least one PEM certificate, as the
+// upstream client will need when it first reaches the registry.
+func checkCAFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return readError(err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return nil
+}
+
+// checkDockerConfig checks that the docker config.json at path, if it exists, can be read. A
+// missing file is fine: it means no credentials, and `docker login` may write it later.
+func checkDockerConfig(path string) error {
+	if path == "~" || strings.HasPrefix(path, "~/") {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return fmt.Errorf("cannot expand %s: %v", path, err)
+		}
+		path = filepath.Join(home, strings.TrimPrefix(path, "~"))
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return readError(err)
+	}
+	defer f.Close()
+	// Reading finds a directory, which opens fine.
+	if _, err := f.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
+		return readError(err)
+	}
+	return nil
+}
+
+// readError says why a file cannot be read: "cannot read /etc/ca.pem: no such file or directory".
+func readError(err error) error {
+	var perr *fs.PathError
+	if errors.As(err, &perr) {
+		return fmt.Errorf("cannot read %s: %v", perr.Path, perr.Err)
+	}
+	return fmt.Errorf("cannot read it: %v", err)
+}

@@ -9,8 +9,10 @@
 package hosts
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,12 +23,35 @@ import (
 // FileName is the name of the file containerd reads in each registry directory.
 const FileName = "hosts.toml"
 
-// Upstream is the upstream server containerd falls back to for registry.
+// Marker begins the first line of every hosts.toml lifeboat writes. It is what makes a file
+// lifeboat's own: `lifeboat configure containerd` replaces only files that carry it, whatever
+// they point at, and never a file without it.
+const Marker = "# Written by lifeboat"
+
+// Upstream is the server containerd falls back to for registry, or "" for a registry on the
+// loopback interface ("localhost:5000", "127.0.0.1:5000"): with no server line containerd
+// reaches such a registry the way it does without any hosts.toml (https, then plain http),
+// where `server = "https://127.0.0.1:5000"` would make it fail against a plain-HTTP registry.
 func Upstream(registry string) string {
-	if registry == "docker.io" {
+	switch {
+	case registry == "docker.io":
 		return "https://registry-1.docker.io"
+	case isLoopback(registry):
+		return ""
 	}
 	return "https://" + registry
+}
+
+func isLoopback(registry string) bool {
+	host := registry
+	if h, _, err := net.SplitHostPort(registry); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Render returns a hosts.toml for registry that sends pulls to the mirror at mirrorURL
@@ -34,18 +59,107 @@ func Upstream(registry string) string {
 func Render(registry, mirrorURL string, fallback bool) []byte {
 	var b strings.Builder
 	if fallback {
-		fmt.Fprintf(&b, "# Written by lifeboat: pulls go through the lifeboat mirror first.\n")
-		fmt.Fprintf(&b, "server = %q   # kept: if lifeboat is down, containerd falls back upstream\n", Upstream(registry))
+		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror first.\n", Marker)
+		if up := Upstream(registry); up != "" {
+			fmt.Fprintf(&b, "server = %q   # kept: if lifeboat is down, containerd falls back upstream\n", up)
+		} else {
+			fmt.Fprintf(&b, "# No server line: if lifeboat is down, containerd falls back to %s itself (https, then http).\n", registry)
+		}
 	} else {
-		fmt.Fprintf(&b, "# Written by lifeboat: pulls go through the lifeboat mirror only.\n")
+		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror only.\n", Marker)
 		fmt.Fprintf(&b, "server = %q\n", mirrorURL)
 	}
 	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", mirrorURL)
 	return []byte(b.String())
 }
 
+// Owned reports whether lifeboat wrote content: one of its lines begins with Marker.
+func Owned(content []byte) bool {
+	for _, line := range strings.Split(string(content), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), Marker) {
+			return true
+		}
+	}
+	return false
+}
+
+// Action is what configuring a registry does to its hosts.toml.
+type Action string
+
+// The actions of a Change.
+const (
+	Create    Action = "written"    // there was no file
+	Update    Action = "updated"    // lifeboat's own file, with other content
+	Unchanged Action = "unchanged"  // lifeboat's own file, already as it would write it
+	Skip      Action = "left alone" // a file lifeboat did not write: never replaced
+)
+
+// Change is what configuring one registry does to its hosts.toml: Plan computes it, Apply
+// carries it out.
+type Change struct {
+	Registry string
+	Path     string
+	Action   Action
+	// Current is the file as it is, nil if there is none.
+	Current []byte
+	// Proposed is the file lifeboat would write.
+	Proposed []byte
+}
+
+// Plan works out what configuring registry under dir does: <dir>/<registry>/hosts.toml is
+// created if missing, replaced by Render's output if it carries Marker, and otherwise
+// skipped, even when it points at the mirror. It changes nothing.
+func Plan(dir, registry, mirrorURL string, fallback bool) (Change, error) {
+	c := Change{
+		Registry: registry,
+		Path:     filepath.Join(dir, registry, FileName),
+		Proposed: Render(registry, mirrorURL, fallback),
+	}
+	cur, err := os.ReadFile(c.Path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		c.Action = Create
+		return c, nil
+	case err != nil:
+		return c, err
+	}
+	c.Current = cur
+	switch {
+	case !Owned(cur):
+		c.Action = Skip
+	case bytes.Equal(cur, c.Proposed):
+		c.Action = Unchanged
+	default:
+		c.Action = Update
+	}
+	return c, nil
+}
+
+// Diff is a unified diff from the current file to the proposed one, "" when nothing would
+// be written.
+func (c Change) Diff() string {
+	if c.Action != Create && c.Action != Update {
+		return ""
+	}
+	oldName := c.Path
+	if c.Current == nil {
+		oldName = "/dev/null"
+	}
+	return Diff(oldName, c.Path, c.Current, c.Proposed)
+}
+
+// Apply writes the proposed file if the change creates or updates one, atomically, so that
+// containerd never reads half a hosts.toml.
+func (c Change) Apply() error {
+	if c.Action != Create && c.Action != Update {
+		return nil
+	}
+	return writeAtomic(c.Path, c.Proposed, 0o644)
+}
+
 // Manages reports whether a hosts.toml sends pulls to the mirror at mirrorURL: its server is
-// the mirror, or it has a [host] entry for it.
+// the mirror, or it has a [host] entry for it. Outage drills switch such files whoever wrote
+// them (and restore them after); configure goes by Owned instead.
 func Manages(content []byte, mirrorURL string) bool {
 	var f struct {
 		Server string         `toml:"server"`

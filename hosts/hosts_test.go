@@ -1,12 +1,16 @@
 package hosts
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -103,5 +107,174 @@ func TestSwitchScopedToRegistries(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "docker.io", FileName)); string(b) != string(Render("docker.io", mirror, true)) {
 		t.Error("an out-of-scope registry was switched")
+	}
+}
+
+// TestHostsReadByContainerd loads what Render writes with containerd's own hosts.toml code and
+// checks the hosts containerd tries, in order: the mirror, then the registry (fail-open) or
+// nothing else (lifeboat-only).
+func TestHostsReadByContainerd(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, registry string
+		fallback       bool
+		want           []string // scheme://host of each host containerd tries
+	}{
+		{name: "docker.io fail-open", registry: "docker.io", fallback: true, want: []string{mirror, "https://registry-1.docker.io"}},
+		{name: "ghcr.io fail-open", registry: "ghcr.io", fallback: true, want: []string{mirror, "https://ghcr.io"}},
+		{name: "docker.io lifeboat-only", registry: "docker.io", want: []string{mirror, mirror}},
+		// A local registry on a port: https first, plain http if it answers in plain http.
+		{name: "local registry fail-open", registry: "127.0.0.1:5000", fallback: true, want: []string{mirror, "https://127.0.0.1:5000"}},
+		{name: "localhost fail-open", registry: "localhost:5000", fallback: true, want: []string{mirror, "https://localhost:5000"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if err := writeAtomic(filepath.Join(dir, tt.registry, FileName), Render(tt.registry, mirror, tt.fallback), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			hosts, err := config.ConfigureHosts(t.Context(), config.HostOptions{HostDir: config.HostDirFromRoot(dir)})(tt.registry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, h := range hosts {
+				got = append(got, h.Scheme+"://"+h.Host)
+				if h.Capabilities&docker.HostCapabilityPull == 0 {
+					t.Errorf("%s cannot pull", h.Host)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("containerd tries %v, want %v\n%s", got, tt.want, Render(tt.registry, mirror, tt.fallback))
+			}
+		})
+	}
+}
+
+func TestHostsUpstream(t *testing.T) {
+	t.Parallel()
+	for reg, want := range map[string]string{
+		"docker.io":      "https://registry-1.docker.io",
+		"quay.io":        "https://quay.io",
+		"registry:5000":  "https://registry:5000",
+		"localhost":      "",
+		"localhost:5000": "",
+		"127.0.0.1:5000": "",
+		"[::1]:5000":     "",
+		"10.0.0.1:5000":  "https://10.0.0.1:5000",
+		"localhost.corp": "https://localhost.corp",
+	} {
+		if got := Upstream(reg); got != want {
+			t.Errorf("Upstream(%q) = %q, want %q", reg, got, want)
+		}
+	}
+}
+
+func TestHostsOwned(t *testing.T) {
+	t.Parallel()
+	for _, fallback := range []bool{true, false} {
+		if !Owned(Render("docker.io", mirror, fallback)) {
+			t.Errorf("Render(fallback=%v) is not Owned", fallback)
+		}
+	}
+	if !Owned([]byte("# my note\n" + Marker + ": pulls go through the lifeboat mirror first.\nserver = \"x\"\n")) {
+		t.Error("the marker after an operator's comment is not found")
+	}
+	// An operator's file with the lifeboat host entry, but not the marker, is not lifeboat's.
+	hand := "server = \"https://registry-1.docker.io\"\n\n[host.\"" + mirror + "\"]\n  capabilities = [\"pull\"]\n"
+	if Owned([]byte(hand)) || !Manages([]byte(hand), mirror) {
+		t.Errorf("Owned/Manages of a hand-written file that points at the mirror: %v/%v, want false/true",
+			Owned([]byte(hand)), Manages([]byte(hand), mirror))
+	}
+	if Owned([]byte("server = \"https://quay.io\" # Written by lifeboat? no\n")) {
+		t.Error("the marker in the middle of a line counts")
+	}
+}
+
+func TestHostsPlan(t *testing.T) {
+	t.Parallel()
+	const moved = "http://10.0.0.5:5100" // the mirror's address changed
+	tests := []struct {
+		name    string
+		current *string
+		want    Action
+	}{
+		{name: "no file", want: Create},
+		{name: "as lifeboat writes it", current: ptr(string(Render("docker.io", mirror, true))), want: Unchanged},
+		{name: "lifeboat's, other form", current: ptr(string(Render("docker.io", mirror, false))), want: Update},
+		{name: "lifeboat's, old mirror address", current: ptr(string(Render("docker.io", moved, true))), want: Update},
+		{name: "an operator's file pointing at the mirror", current: ptr("server = \"https://registry-1.docker.io\"\n[host.\"" + mirror + "\"]\n[host.\"https://other.example\"]\n"), want: Skip},
+		{name: "an operator's unrelated file", current: ptr("server = \"https://docker.example\"\n"), want: Skip},
+		{name: "an empty file", current: ptr(""), want: Skip},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, "docker.io", FileName)
+			if tt.current != nil {
+				if err := writeAtomic(path, []byte(*tt.current), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := Plan(dir, "docker.io", mirror, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Action != tt.want || c.Path != path {
+				t.Fatalf("Plan: %s %s, want %s %s", c.Action, c.Path, tt.want, path)
+			}
+			if d := c.Diff(); (d != "") != (tt.want == Create || tt.want == Update) {
+				t.Errorf("Diff for %s: %q", c.Action, d)
+			}
+			if err := c.Apply(); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(path)
+			switch {
+			case tt.want == Skip || tt.want == Unchanged:
+				if string(b) != *tt.current {
+					t.Errorf("a %s file was changed:\n%s", tt.want, b)
+				}
+			case err != nil || string(b) != string(Render("docker.io", mirror, true)):
+				t.Errorf("after Apply: %v\n%s", err, b)
+			}
+			if again, err := Plan(dir, "docker.io", mirror, true); err != nil || tt.want != Skip && again.Action != Unchanged {
+				t.Errorf("Plan after Apply: %s, %v; want unchanged", again.Action, err)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestHostsLocalPlainHTTPRegistry checks that containerd, given the fail-open file
+// for a registry on the loopback interface that speaks plain HTTP (as `registry:2` on
+// localhost:5000 does), reaches that registry when it falls back: its last host answers.
+func TestHostsLocalPlainHTTPRegistry(t *testing.T) {
+	t.Parallel()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+	}))
+	defer reg.Close()
+	registry := strings.TrimPrefix(reg.URL, "http://")
+	dir := t.TempDir()
+	if err := writeAtomic(filepath.Join(dir, registry, FileName), Render(registry, mirror, true), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hosts, err := config.ConfigureHosts(t.Context(), config.HostOptions{HostDir: config.HostDirFromRoot(dir)})(registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := hosts[len(hosts)-1]
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, last.Scheme+"://"+last.Host+last.Path+"/", nil)
+	resp, err := last.Client.Do(req)
+	if err != nil {
+		t.Fatalf("containerd's fallback to the local registry: %v\n%s", err, Render(registry, mirror, true))
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("containerd's fallback got %s, not the registry's answer", resp.Status)
 	}
 }

@@ -15,7 +15,8 @@ import (
 )
 
 // TestOutageDrill runs the drill an operator would script with ctr, once per fault mode:
-// containerd points at lifeboat with the upstream kept as fallback (the default hosts.toml),
+// containerd points at lifeboat with the upstream kept as fallback (the hosts.toml
+// `lifeboat configure containerd` writes by default),
 // `lifeboat outage start --hosts-dir` cuts both lifeboat's upstream and containerd's way around
 // it, a cached image still pulls and runs, an image never cached fails fast with an error that
 // names the outage, and after `lifeboat outage stop` the hosts.toml is back and new images come
@@ -26,17 +27,21 @@ func TestOutageDrill(t *testing.T) {
 
 	reg := harness.StartRegistry(t)
 	lb := harness.StartLifeboat(t, harness.LifeboatOptions{
-		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
+		Upstreams: map[string][]string{reg.Host(): {reg.URL()}},
 	})
 	ctd := harness.StartContainerd(t)
 
-	// The fail-open form lifeboat writes by default: lifeboat first, the upstream as server.
-	hostsDir := t.TempDir()
-	hostsFile := filepath.Join(hostsDir, "docker.io", "hosts.toml")
-	original := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", reg.URL(), lb.URL())
-	os.MkdirAll(filepath.Dir(hostsFile), 0o755)
-	if err := os.WriteFile(hostsFile, []byte(original), 0o644); err != nil {
+	// The fail-open form `lifeboat configure containerd` writes by default: lifeboat first, the
+	// registry kept as containerd's fallback.
+	hostsDir := lb.ConfigureHosts(t, "upstream", reg.Host())
+	hostsFile := filepath.Join(hostsDir, reg.Host(), "hosts.toml")
+	b, err := os.ReadFile(hostsFile)
+	if err != nil {
 		t.Fatal(err)
+	}
+	original := string(b)
+	if strings.Contains(original, fmt.Sprintf("server = %q", lb.URL())) {
+		t.Fatalf("configure's default hosts.toml is not fail-open:\n%s", original)
 	}
 
 	for i, tc := range []struct {
@@ -57,7 +62,7 @@ func TestOutageDrill(t *testing.T) {
 			img := reg.PushBusybox(t, repo, "cached")
 			reg.PushRandom(t, repo, "fresh", 1, 4096)
 			reg.PushRandom(t, repo, "after", 1, 4096)
-			cached, fresh, after := "docker.io/"+repo+":cached", "docker.io/"+repo+":fresh", "docker.io/"+repo+":after"
+			cached, fresh, after := reg.Ref(repo, "cached"), reg.Ref(repo, "fresh"), reg.Ref(repo, "after")
 
 			ctd.MustCtr(t, "images", "pull", "--hosts-dir", hostsDir, cached)
 
@@ -65,8 +70,8 @@ func TestOutageDrill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.Contains(out, "docker.io") {
-				t.Errorf("outage start did not report switching docker.io's hosts.toml: %s", out)
+			if !strings.Contains(out, reg.Host()) {
+				t.Errorf("outage start did not report switching %s's hosts.toml: %s", reg.Host(), out)
 			}
 			if b, _ := os.ReadFile(hostsFile); !strings.Contains(string(b), fmt.Sprintf("server = %q", lb.URL())) {
 				t.Fatalf("hosts.toml not lifeboat-only during the outage:\n%s", b)
@@ -92,7 +97,7 @@ func TestOutageDrill(t *testing.T) {
 			if took > 3*time.Second {
 				t.Errorf("the failing pull took %s, want under 3s", took)
 			}
-			body := mirrorGET(t, lb, "/v2/"+repo+"/manifests/fresh?ns=docker.io", http.StatusNotFound)
+			body := mirrorGET(t, lb, "/v2/"+repo+"/manifests/fresh?ns="+reg.Host(), http.StatusNotFound)
 			t.Logf("outage %s: the cached image pulled and ran; a never-cached one failed in %s with %s",
 				tc.mode, took.Round(time.Millisecond), strings.TrimSpace(body))
 			if !strings.Contains(body, "simulated outage") {
@@ -110,7 +115,7 @@ func TestOutageDrill(t *testing.T) {
 			}
 			// New images come through lifeboat from the upstream again, within a probe interval.
 			harness.WaitFor(t, "lifeboat to fetch from the upstream again", 5*time.Second, nil, func() error {
-				resp, err := mirrorHead(t, lb, "/v2/"+repo+"/manifests/after?ns=docker.io")
+				resp, err := mirrorHead(t, lb, "/v2/"+repo+"/manifests/after?ns="+reg.Host())
 				if err != nil {
 					return err
 				}

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/containerd/platforms"
@@ -47,7 +43,10 @@ func newConfigureContainerdCommand() *cobra.Command {
 pulls directly when lifeboat is down or does not have an image. --fallback none makes lifeboat
 the only way to the registry, for nodes that must pull only through it.
 
-Files lifeboat did not write are left alone; running it again changes nothing.`,
+lifeboat replaces only the hosts.toml files it wrote (they have a line beginning with
+"` + hosts.Marker + `"), whatever they point at. A file without that line is never replaced: the
+command names it, configures the other registries, and exits non-zero. Running it again changes
+nothing. --dry-run prints a unified diff of each file it would write.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var withFallback bool
@@ -65,9 +64,14 @@ Files lifeboat did not write are left alone; running it again changes nothing.`,
 				registries = defaultRegistries
 			}
 			out := cmd.OutOrStdout()
+			var skipped []string
 			for _, reg := range registries {
-				if err := configureRegistry(out, hostsDir, reg, mirror, withFallback, dryRun); err != nil {
+				c, err := configureRegistry(out, hostsDir, reg, mirror, withFallback, dryRun)
+				if err != nil {
 					return err
+				}
+				if c.Action == hosts.Skip {
+					skipped = append(skipped, c.Path)
 				}
 			}
 			if proxyPlugins {
@@ -76,6 +80,10 @@ Files lifeboat did not write are left alone; running it again changes nothing.`,
 			fmt.Fprintf(out, "\nFor the Kubernetes CRI plugin, containerd's config must name the hosts directory:\n"+
 				"  [plugins.\"io.containerd.cri.v1.images\".registry]\n    config_path = %q\n"+
 				"(a single directory: through the transfer service a colon-separated list is not split).\n", hostsDir)
+			if len(skipped) > 0 {
+				return fmt.Errorf("%d of %d registries not configured, as lifeboat does not replace a hosts.toml it did not write: %s (see above)",
+					len(skipped), len(registries), strings.Join(skipped, ", "))
+			}
 			return nil
 		},
 	}
@@ -90,51 +98,36 @@ Files lifeboat did not write are left alone; running it again changes nothing.`,
 	return cmd
 }
 
-func configureRegistry(out io.Writer, dir, reg, mirror string, fallback, dryRun bool) error {
-	path := filepath.Join(dir, reg, hosts.FileName)
-	want := hosts.Render(reg, mirror, fallback)
-	old, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		old = nil
-	case err != nil:
-		return err
-	case bytes.Equal(old, want):
-		fmt.Fprintf(out, "%s: unchanged\n", path)
-		return nil
-	case !hosts.Manages(old, mirror):
-		fmt.Fprintf(out, "%s: left alone (it exists and does not point at %s; edit it by hand or remove it)\n", path, mirror)
-		return nil
+// configureRegistry writes (or with dryRun, prints the diff of) the hosts.toml of one registry
+// and reports what it did.
+func configureRegistry(out io.Writer, dir, reg, mirror string, fallback, dryRun bool) (hosts.Change, error) {
+	c, err := hosts.Plan(dir, reg, mirror, fallback)
+	if err != nil {
+		return c, err
+	}
+	switch c.Action {
+	case hosts.Unchanged:
+		fmt.Fprintf(out, "%s: unchanged\n", c.Path)
+		return c, nil
+	case hosts.Skip:
+		also := ""
+		if hosts.Manages(c.Current, mirror) {
+			also = fmt.Sprintf(" (it already sends pulls to %s)", mirror)
+		}
+		fmt.Fprintf(out, "%s: left alone: lifeboat did not write it%s, as it has no line beginning with %q; "+
+			"to let lifeboat manage it, remove the file or add that line at its top, then run this again\n",
+			c.Path, also, hosts.Marker)
+		return c, nil
 	}
 	if dryRun {
-		fmt.Fprintf(out, "--- %s\n+++ %s (would be written)\n", path, path)
-		for _, l := range strings.Split(strings.TrimSuffix(string(old), "\n"), "\n") {
-			if l != "" || len(old) > 0 {
-				fmt.Fprintf(out, "-%s\n", l)
-			}
-		}
-		for _, l := range strings.Split(strings.TrimSuffix(string(want), "\n"), "\n") {
-			fmt.Fprintf(out, "+%s\n", l)
-		}
-		return nil
+		fmt.Fprint(out, c.Diff())
+		return c, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
+	if err := c.Apply(); err != nil {
+		return c, err
 	}
-	tmp := path + ".lifeboat-tmp"
-	if err := os.WriteFile(tmp, want, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	verb := "written"
-	if old != nil {
-		verb = "updated"
-	}
-	fmt.Fprintf(out, "%s: %s\n", path, verb)
-	return nil
+	fmt.Fprintf(out, "%s: %s\n", c.Path, c.Action)
+	return c, nil
 }
 
 func printProxyPlugins(out io.Writer, socket string) {

@@ -21,47 +21,105 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 
 func TestConfigureContainerd(t *testing.T) {
 	dir := t.TempDir()
+	docker := filepath.Join(dir, "docker.io", "hosts.toml")
 	mine := filepath.Join(dir, "quay.io", "hosts.toml")
+	const mineContent = "server = \"https://quay.example\"\n"
 	os.MkdirAll(filepath.Dir(mine), 0o755)
-	os.WriteFile(mine, []byte("server = \"https://quay.example\"\n"), 0o644)
+	os.WriteFile(mine, []byte(mineContent), 0o644)
 
-	out, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--registry", "quay.io", "--dry-run")
+	out, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--dry-run")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "docker.io")); !os.IsNotExist(err) {
 		t.Fatal("--dry-run wrote a file")
 	}
-	if !strings.Contains(out, "+server = \"https://registry-1.docker.io\"") {
-		t.Errorf("dry run does not show the file it would write:\n%s", out)
+	wantDiff := "--- /dev/null\n+++ " + docker + "\n@@ -0,0 +1,6 @@\n" +
+		"+# Written by lifeboat: pulls go through the lifeboat mirror first.\n" +
+		"+server = \"https://registry-1.docker.io\"   # kept: if lifeboat is down, containerd falls back upstream\n+\n"
+	if !strings.Contains(out, wantDiff) {
+		t.Errorf("dry run does not show the diff of the file it would write:\n%s", out)
 	}
 
-	out, err = runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--registry", "quay.io")
-	if err != nil {
-		t.Fatal(err)
+	// An operator's own file is named, left alone, and fails the command; the other
+	// registries are configured all the same.
+	out, err = runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "quay.io", "--registry", "docker.io")
+	if err == nil || !strings.Contains(err.Error(), mine) || strings.Contains(err.Error(), "\n") {
+		t.Errorf("a skipped registry: error %v, want one sentence naming %s", err, mine)
 	}
-	b, _ := os.ReadFile(filepath.Join(dir, "docker.io", "hosts.toml"))
+	b, _ := os.ReadFile(docker)
 	if !strings.Contains(string(b), `server = "https://registry-1.docker.io"`) || !strings.Contains(string(b), `[host."http://127.0.0.1:5100"]`) {
 		t.Fatalf("docker.io hosts.toml:\n%s", b)
 	}
-	if b, _ := os.ReadFile(mine); string(b) != "server = \"https://quay.example\"\n" {
+	if b, _ := os.ReadFile(mine); string(b) != mineContent {
 		t.Error("an operator's own hosts.toml was overwritten")
 	}
-	if !strings.Contains(out, "left alone") {
-		t.Errorf("the skipped file is not reported:\n%s", out)
+	if !strings.Contains(out, mine+": left alone") || !strings.Contains(out, "remove the file or add that line") {
+		t.Errorf("the skipped file is not reported with what to do:\n%s", out)
 	}
 
 	out, err = runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io")
-	if err != nil || !strings.Contains(out, "unchanged") {
+	if err != nil || !strings.Contains(out, docker+": unchanged") {
 		t.Fatalf("a second run is not idempotent: %v\n%s", err, out)
 	}
 
 	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--fallback", "none"); err != nil {
 		t.Fatal(err)
 	}
-	b, _ = os.ReadFile(filepath.Join(dir, "docker.io", "hosts.toml"))
+	b, _ = os.ReadFile(docker)
 	if !strings.Contains(string(b), `server = "http://127.0.0.1:5100"`) || strings.Contains(string(b), "registry-1.docker.io") {
 		t.Fatalf("--fallback none left a way around lifeboat:\n%s", b)
+	}
+}
+
+// TestConfigureOwnsFilesByMarker: lifeboat's own files follow the mirror when its address
+// changes, and an operator's file stays as it is even when it has lifeboat's host entry.
+func TestConfigureOwnsFilesByMarker(t *testing.T) {
+	dir := t.TempDir()
+	docker := filepath.Join(dir, "docker.io", "hosts.toml")
+	ghcr := filepath.Join(dir, "ghcr.io", "hosts.toml")
+	operators := "server = \"https://ghcr.io\"\n\n[host.\"http://127.0.0.1:5100\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"https://ghcr-cache.corp\"]\n  capabilities = [\"pull\"]\n"
+	os.MkdirAll(filepath.Dir(ghcr), 0o755)
+	os.WriteFile(ghcr, []byte(operators), 0o644)
+	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The mirror moves: a dry run shows the change as a diff, the run makes it.
+	moved := []string{"configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--registry", "ghcr.io", "--mirror", "10.0.0.5:5100"}
+	out, err := runCLI(t, append(moved, "--dry-run")...)
+	wantDiff := "--- " + docker + "\n+++ " + docker + "\n@@ -1,6 +1,6 @@\n" +
+		" # Written by lifeboat: pulls go through the lifeboat mirror first.\n" +
+		" server = \"https://registry-1.docker.io\"   # kept: if lifeboat is down, containerd falls back upstream\n \n" +
+		"-[host.\"http://127.0.0.1:5100\"]\n+[host.\"http://10.0.0.5:5100\"]\n" +
+		"   capabilities = [\"pull\", \"resolve\"]\n   dial_timeout = \"200ms\"\n"
+	if !strings.Contains(out, wantDiff) || err == nil {
+		t.Errorf("dry run after the mirror moved: %v, want the diff\n%s\nand an error for ghcr.io; got\n%s", err, wantDiff, out)
+	}
+	if b, _ := os.ReadFile(docker); !strings.Contains(string(b), "127.0.0.1:5100") {
+		t.Fatal("--dry-run changed a file")
+	}
+	out, err = runCLI(t, moved...)
+	if err == nil || !strings.Contains(err.Error(), ghcr) || strings.Contains(err.Error(), filepath.Join(dir, "docker.io")) {
+		t.Errorf("error %v, want one naming only %s", err, ghcr)
+	}
+	if b, _ := os.ReadFile(docker); !strings.Contains(string(b), `[host."http://10.0.0.5:5100"]`) || strings.Contains(string(b), "127.0.0.1:5100") {
+		t.Errorf("lifeboat's own file did not follow the mirror (%s):\n%s", out, b)
+	}
+	if !strings.Contains(out, docker+": updated") || !strings.Contains(out, ghcr+": left alone") {
+		t.Errorf("output:\n%s", out)
+	}
+	if b, _ := os.ReadFile(ghcr); string(b) != operators {
+		t.Errorf("an operator's file with lifeboat's host entry was changed:\n%s", b)
+	}
+
+	// Once the operator removes it, lifeboat writes its own.
+	os.Remove(ghcr)
+	if _, err := runCLI(t, moved...); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI(t, moved...); err != nil || strings.Count(out, ": unchanged") != 2 {
+		t.Errorf("a second run: %v\n%s", err, out)
 	}
 }
 

@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,4 +75,22 @@ func HostsTOML(registryHost string, hosts ...HostEntry) string {
 		}
 	}
 	return b.String()
+}
+
+// ConfigureHosts runs `lifeboat configure containerd` from the binary under test, with this
+// daemon's mirror and `--fallback fallback` ("upstream", lifeboat's default, or "none") for each
+// registry, into a new temporary directory it returns (for ctr's --hosts-dir). So the
+// hosts.toml files containerd gets in a test are the ones lifeboat writes for its users.
+func (lb *Lifeboat) ConfigureHosts(t testing.TB, fallback string, registries ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"configure", "containerd", "--hosts-dir", dir, "--mirror", lb.URL(), "--fallback", fallback}
+	for _, reg := range registries {
+		args = append(args, "--registry", reg)
+	}
+	out, err := exec.Command(BuildLifeboat(t), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("harness: lifeboat %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return dir
 }

@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
@@ -33,8 +37,14 @@ func (r cliRun) String() string {
 // runLifeboat runs the lifeboat binary with args.
 func runLifeboat(t *testing.T, args ...string) cliRun {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), harness.BuildLifeboat(t), args...)
-	cmd.Env = append(os.Environ(), "LIFEBOAT_ROOT=", "LIFEBOAT_ADMIN_SOCKET=")
+	return runLifeboatEnv(t, t.Context(), append(os.Environ(), "LIFEBOAT_ROOT=", "LIFEBOAT_ADMIN_SOCKET="), args...)
+}
+
+// runLifeboatEnv runs the lifeboat binary with args in env until it exits or ctx ends.
+func runLifeboatEnv(t *testing.T, ctx context.Context, env []string, args ...string) cliRun {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, harness.BuildLifeboat(t), args...)
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -68,6 +78,19 @@ func (r cliRun) oneSentence(t *testing.T, want string) {
 	}
 }
 
+// refused checks that `lifeboat serve` gave up: exit 1, and the last line on stderr a
+// "lifeboat: ..." sentence containing want (the daemon may have logged before it gave up), with
+// no Go stack trace or usage text.
+func (r cliRun) refused(t *testing.T, want string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	if r.code != 1 || !strings.HasPrefix(last, "lifeboat: ") || !strings.Contains(last, want) ||
+		strings.Contains(r.stderr, "goroutine ") || strings.Contains(r.stderr, "Usage:") {
+		t.Errorf("want exit 1 and a last line on stderr with %q: %s", want, r)
+	}
+}
+
 // decodeJSON parses the run's stdout into v.
 func decodeJSON[T any](t *testing.T, r cliRun) T {
 	t.Helper()
@@ -91,6 +114,7 @@ func TestCLI(t *testing.T) {
 	reg := harness.StartRegistry(t)
 	busyImg := reg.PushBusybox(t, "library/cli-busybox", "1")
 	reg.PushRandom(t, "library/cli-random", "v1", 2, 256<<10)
+	rmImg := reg.PushRandom(t, "library/cli-rm", "v1", 1, 1<<10)
 	multi := reg.PushMultiPlatform(t, "library/cli-multi", "v1", 1, 4<<10, "linux/amd64", "linux/arm64")
 	const (
 		busybox = "docker.io/library/cli-busybox:1"
@@ -149,6 +173,23 @@ func TestCLI(t *testing.T) {
 	if pulled.Results[0].Digest != harness.Digest(t, busyImg) {
 		t.Errorf("pull --json: digest %s, want %s", pulled.Results[0].Digest, harness.Digest(t, busyImg))
 	}
+
+	t.Run("status", func(t *testing.T) {
+		r := cli("status").must(t, 0)
+		checkStatusText(t, r, map[string]string{
+			"version": cliVersion(t), "root": lb.Root, "outage": "none",
+			"mirror": lb.Mirror, "admin": lb.AdminSocket, "metrics": "off",
+		}, "docker.io", reg.URL(), "up")
+	})
+	t.Run("version", func(t *testing.T) {
+		r := runLifeboat(t, "version").must(t, 0)
+		if f := strings.Fields(r.stdout); len(f) != 2 || f[0] != "lifeboat" || strings.Count(r.stdout, "\n") != 1 || r.stderr != "" {
+			t.Errorf("version: want one line \"lifeboat VERSION\": %s", r)
+		}
+	})
+	t.Run("completion bash", func(t *testing.T) { checkBashCompletion(t) })
+	t.Run("configure containerd", func(t *testing.T) { checkConfigureContainerd(t, lb, busybox) })
+	t.Run("serve refuses to start", func(t *testing.T) { checkServeRefuses(t, lb) })
 
 	// warm: every platform of an index listed in a file.
 	list := filepath.Join(t.TempDir(), "images.txt")
@@ -222,6 +263,30 @@ func TestCLI(t *testing.T) {
 	if img := images().Images[0]; img.Ref != busybox || !img.Pinned {
 		t.Errorf("after pin: %+v", img)
 	}
+	t.Run("unpin and pin --json", func(t *testing.T) {
+		r := cli("unpin", "cli-busybox:1").must(t, 0)
+		if strings.TrimSpace(r.stdout) != "unpinned "+busybox+": it can be evicted again" {
+			t.Errorf("unpin: %s", r)
+		}
+		if img := images().Images[0]; img.Ref != busybox || img.Pinned {
+			t.Errorf("after unpin: %+v, want it unpinned", img)
+		}
+		if r = cli("unpin", busybox).must(t, 0); !strings.Contains(r.stdout, busybox+" was not pinned") {
+			t.Errorf("unpin of an unpinned image: %s", r)
+		}
+		want := admin.RefResult{Ref: busybox, Pinned: true, Changed: true}
+		want.Digest = mustDigest(t, harness.Digest(t, busyImg))
+		if got := decodeJSON[admin.RefResult](t, cli("pin", "--json", "cli-busybox:1").must(t, 0)); got != want {
+			t.Errorf("pin --json: %+v, want %+v", got, want)
+		}
+		want.Changed = false
+		if got := decodeJSON[admin.RefResult](t, cli("pin", "--json", busybox).must(t, 0)); got != want {
+			t.Errorf("pin --json of a pinned image: %+v, want %+v", got, want)
+		}
+		if img := images().Images[0]; img.Ref != busybox || !img.Pinned {
+			t.Errorf("after pin --json: %+v", img)
+		}
+	})
 	cli("pin", "cli-nope:1").oneSentence(t, "docker.io/library/cli-nope:1 is not cached")
 	cli("unpin", "cli-nope:1").oneSentence(t, "docker.io/library/cli-nope:1 is not cached")
 	cli("pull", "Bad/Ref!!").oneSentence(t, `"Bad/Ref!!" is not an image reference`)
@@ -247,6 +312,18 @@ func TestCLI(t *testing.T) {
 	if r = cli("images", "-q").must(t, 0); strings.Contains(r.stdout, multiV1) {
 		t.Errorf("images lists a removed ref: %s", r)
 	}
+	t.Run("rm --json", func(t *testing.T) {
+		const rmRef = "docker.io/library/cli-rm:v1"
+		cli("pull", rmRef).must(t, 0)
+		cli("pin", rmRef).must(t, 0)
+		got := decodeJSON[admin.RefResult](t, cli("rm", "--json", "cli-rm:v1").must(t, 0))
+		if want := (admin.RefResult{Ref: rmRef, Digest: mustDigest(t, harness.Digest(t, rmImg)), Changed: true}); got != want {
+			t.Errorf("rm --json of a pinned image: %+v, want %+v (its pin goes with it)", got, want)
+		}
+		if r := cli("images", "-q").must(t, 0); strings.Contains(r.stdout, rmRef) {
+			t.Errorf("images lists a removed ref: %s", r)
+		}
+	})
 
 	// gc with an 8 GiB budget has nothing to do.
 	r = cli("gc", "--dry-run").must(t, 0)
@@ -333,6 +410,15 @@ func TestCLI(t *testing.T) {
 		t.Errorf("verify without the daemon: %s", r)
 	}
 	offline("gc", "--dry-run").must(t, 0)
+	// status needs the daemon: one sentence naming the socket, nothing on stdout, for people
+	// and for scripts alike.
+	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+		r = runLifeboat(t, append(args, "--admin-socket", nowhere)...)
+		r.oneSentence(t, nowhere)
+		if r.stdout != "" {
+			t.Errorf("%s with the daemon down printed on stdout: %s", strings.Join(args, " "), r)
+		}
+	}
 	for _, args := range [][]string{{"pin", busybox}, {"unpin", busybox}, {"rm", busybox}, {"pull", busybox}} {
 		runLifeboat(t, append(args, "--admin-socket", nowhere)...).oneSentence(t, "lifeboat "+args[0]+" needs the daemon, which is not running (nothing answers on "+nowhere+")")
 	}
@@ -398,5 +484,227 @@ func corruptBlob(t *testing.T, root, dgst string) {
 	b[len(b)/2] ^= 0xff
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// mustDigest parses a digest.
+func mustDigest(t *testing.T, s string) digest.Digest {
+	t.Helper()
+	d, err := digest.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// cliVersion is the version `lifeboat version` prints.
+func cliVersion(t *testing.T) string {
+	t.Helper()
+	r := runLifeboat(t, "version").must(t, 0)
+	f := strings.Fields(r.stdout)
+	if len(f) != 2 {
+		t.Fatalf("version: %s", r)
+	}
+	return f[1]
+}
+
+// checkStatusText checks the human output of `lifeboat status`: a "key  value" line for each
+// of the keys of want (values of want that are not empty must be the whole value), and after a
+// blank line the table of upstream endpoints with a row for registry and endpoint in state.
+func checkStatusText(t *testing.T, r cliRun, want map[string]string, registry, endpoint, state string) {
+	t.Helper()
+	head, table, ok := strings.Cut(r.stdout, "\n\n")
+	if !ok {
+		t.Fatalf("status: no endpoint table after a blank line: %s", r)
+	}
+	lines := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(head))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		lines[k] = strings.TrimSpace(v)
+	}
+	for _, k := range []string{"version", "uptime", "root", "cache", "requests", "outage", "mirror", "admin", "metrics"} {
+		got, ok := lines[k]
+		if !ok || got == "" {
+			t.Errorf("status: no %q line: %s", k, r)
+		} else if w := want[k]; w != "" && got != w {
+			t.Errorf("status: %s %q, want %q", k, got, w)
+		}
+	}
+	if c := lines["cache"]; !strings.Contains(c, " of ") || !strings.Contains(c, "%)") {
+		t.Errorf("status: cache line %q does not say how full the cache is", c)
+	}
+	rows := tableRows(t, cliRun{args: r.args, stdout: table}, "REGISTRY", "ENDPOINT", "STATE", "SINCE", "LAST ERROR")
+	row, ok := rows[registry]
+	if !ok {
+		t.Fatalf("status: no row for %s in the endpoint table: %s", registry, r)
+	}
+	cells := strings.Split(strings.TrimSpace(row), "  ")
+	if len(cells) < 3 || cells[0] != endpoint || cells[1] != state {
+		t.Errorf("status: endpoint row %q, want %s %s", row, endpoint, state)
+	} else if _, err := time.Parse(time.RFC3339, cells[2]); err != nil {
+		t.Errorf("status: endpoint row %q: SINCE is not a time: %v", row, err)
+	}
+}
+
+// checkBashCompletion: `lifeboat completion bash` prints a script that bash loads, registers
+// for lifeboat, and that completes lifeboat's subcommands (by asking the binary).
+func checkBashCompletion(t *testing.T) {
+	r := runLifeboat(t, "completion", "bash").must(t, 0)
+	if !strings.Contains(r.stdout, "complete -o default -F __start_lifeboat lifeboat") {
+		t.Fatalf("completion bash does not register a completion for lifeboat: %s", r)
+	}
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skipf("no bash to load the script: %v", err)
+	}
+	script := filepath.Join(t.TempDir(), "lifeboat.bash")
+	if err := os.WriteFile(script, []byte(r.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// What bash does on TAB after "lifeboat <cur>", without the bash-completion package: the
+	// words, then the script's own functions.
+	complete := func(cur string) []string {
+		t.Helper()
+		prog := `source "$1" && complete -p lifeboat >/dev/null && words=("$2" "$3") && cword=1 && cur="$3" && COMPREPLY=() &&
+__lifeboat_get_completion_results && __lifeboat_process_completion_results 2>/dev/null; printf '%s\n' "${COMPREPLY[@]}"`
+		out, err := exec.CommandContext(t.Context(), bash, "-c", prog, "bash", script, harness.BuildLifeboat(t), cur).Output()
+		if err != nil {
+			t.Fatalf("bash completing %q: %v", cur, err)
+		}
+		return strings.Fields(string(out))
+	}
+	got := complete("")
+	for _, sub := range []string{"serve", "status", "images", "pull", "warm", "pin", "unpin", "rm", "gc", "verify", "outage", "drill", "configure", "demo", "version"} {
+		if !slices.Contains(got, sub) {
+			t.Errorf("completing \"lifeboat \" does not offer %s: %q", sub, got)
+		}
+	}
+	if got := complete("unp"); !slices.Equal(got, []string{"unpin"}) {
+		t.Errorf("completing \"lifeboat unp\": %q, want unpin", got)
+	}
+}
+
+// checkConfigureContainerd: `lifeboat configure containerd --dry-run` shows the hosts.toml it
+// would write and writes nothing; without it, it writes the file, and a real containerd pulls
+// through lifeboat with it (--fallback none: there is no way around lifeboat).
+func checkConfigureContainerd(t *testing.T, lb *harness.Lifeboat, ref string) {
+	dir := filepath.Join(t.TempDir(), "certs.d")
+	file := filepath.Join(dir, "docker.io", "hosts.toml")
+	args := []string{"configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--mirror", lb.Mirror, "--fallback", "none"}
+	r := runLifeboat(t, append(args, "--dry-run")...).must(t, 0)
+	for _, want := range []string{"+++ " + file, fmt.Sprintf("+server = %q\n", lb.URL()), fmt.Sprintf("+[host.%q]\n", lb.URL())} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("configure containerd --dry-run does not show %q: %s", want, r)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("configure containerd --dry-run created %s (%v)", dir, err)
+	}
+
+	r = runLifeboat(t, args...).must(t, 0)
+	if !strings.Contains(r.stdout, file+": written\n") || !strings.Contains(r.stdout, fmt.Sprintf("config_path = %q", dir)) {
+		t.Errorf("configure containerd: %s", r)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), fmt.Sprintf("server = %q\n", lb.URL())) || strings.Contains(string(b), "registry-1.docker.io") {
+		t.Errorf("hosts.toml with --fallback none:\n%s", b)
+	}
+	if r = runLifeboat(t, args...).must(t, 0); !strings.Contains(r.stdout, file+": unchanged\n") {
+		t.Errorf("configure containerd run again: %s", r)
+	}
+
+	ctd := harness.StartContainerd(t)
+	before := decodeJSON[admin.Status](t, runLifeboat(t, "status", "--json", "--admin-socket", lb.AdminSocket).must(t, 0))
+	ctd.MustCtr(t, "images", "pull", "--hosts-dir", dir, ref)
+	after := decodeJSON[admin.Status](t, runLifeboat(t, "status", "--json", "--admin-socket", lb.AdminSocket).must(t, 0))
+	if a, b := after.Requests.Answers, before.Requests.Answers; a["revalidated"] <= b["revalidated"] || a["hit"] <= b["hit"] {
+		t.Errorf("containerd did not pull %s through lifeboat with the hosts.toml written: answers %v, then %v", ref, b, a)
+	}
+}
+
+// checkServeRefuses: `lifeboat serve` exits 1 with one sentence, and leaves the running daemon
+// alone, when the root is locked by that daemon, when its admin socket or mirror address is
+// taken, and when the configuration has a bad value (naming the key, creating nothing).
+func checkServeRefuses(t *testing.T, lb *harness.Lifeboat) {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LIFEBOAT_") {
+			env = append(env, kv)
+		}
+	}
+	// A serve that starts instead of refusing is killed after a minute, and fails the test.
+	serve := func(t *testing.T, args ...string) cliRun {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		return runLifeboatEnv(t, ctx, env, append([]string{"serve"}, args...)...)
+	}
+	stillServing := func(t *testing.T) {
+		t.Helper()
+		if got := decodeJSON[admin.Status](t, runLifeboat(t, "status", "--json", "--admin-socket", lb.AdminSocket).must(t, 0)); got.Root != lb.Root {
+			t.Errorf("the running daemon answers for root %s, want %s", got.Root, lb.Root)
+		}
+	}
+	own := func(t *testing.T) (dir string, args []string) {
+		dir = t.TempDir()
+		return dir, []string{"--listen", "127.0.0.1:0", "--socket", filepath.Join(dir, "plugin.sock"), "--metrics-address", ""}
+	}
+
+	t.Run("root in use", func(t *testing.T) {
+		dir, args := own(t)
+		sock := filepath.Join(dir, "admin.sock")
+		serve(t, append(args, "--config", lb.Config, "--root", lb.Root, "--admin-socket", sock)...).refused(t, lb.Root)
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the refused serve left its admin socket %s (%v)", sock, err)
+		}
+		stillServing(t)
+	})
+	t.Run("admin socket in use", func(t *testing.T) {
+		dir, args := own(t)
+		r := serve(t, append(args, "--config", lb.Config, "--root", filepath.Join(dir, "root"), "--admin-socket", lb.AdminSocket)...)
+		r.refused(t, lb.AdminSocket)
+		if !strings.Contains(r.stderr, "in use") {
+			t.Errorf("the sentence does not say the socket is in use: %s", r)
+		}
+		stillServing(t)
+	})
+	t.Run("mirror address in use", func(t *testing.T) {
+		dir, args := own(t)
+		args[1] = lb.Mirror
+		sock := filepath.Join(dir, "admin.sock")
+		serve(t, append(args, "--config", lb.Config, "--root", filepath.Join(dir, "root"), "--admin-socket", sock)...).refused(t, lb.Mirror)
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the refused serve left its admin socket %s (%v)", sock, err)
+		}
+		stillServing(t)
+	})
+	for _, tc := range []struct{ name, toml, key string }{
+		{"bad policy", "[resolve]\npolicy = \"sometimes\"\n", "policy"},
+		{"bad size", "[cache]\nmax_size = \"lots\"\n", "max_size"},
+		{"bad duration", "[resolve]\nupstream_timeout = \"soon\"\n", "upstream_timeout"},
+		{"unknown key", "[mirror]\nadress = \"127.0.0.1:5100\"\n", "adress"},
+	} {
+		t.Run("config "+tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			root, sock, cfg := filepath.Join(dir, "root"), filepath.Join(dir, "admin.sock"), filepath.Join(dir, "config.toml")
+			content := fmt.Sprintf("root = %q\n[admin]\naddress = %q\n[metrics]\naddress = \"\"\n%s", root, sock, tc.toml)
+			if err := os.WriteFile(cfg, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			r := serve(t, "--config", cfg, "--listen", "127.0.0.1:0", "--socket", filepath.Join(dir, "plugin.sock"))
+			r.refused(t, tc.key)
+			if !strings.Contains(r.stderr, cfg) {
+				t.Errorf("the sentence does not name the file %s: %s", cfg, r)
+			}
+			for _, p := range []string{root, sock} {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("serve with a bad config created %s (%v)", p, err)
+				}
+			}
+		})
 	}
 }

@@ -233,6 +233,19 @@ func TestDaemonSet(t *testing.T) {
 	if !spec.HostNetwork {
 		t.Error("hostNetwork must be true: containerd reaches the mirror on the node's 127.0.0.1")
 	}
+	for _, c := range spec.InitContainers {
+		where := "init container " + c.Name
+		for _, msg := range validation.IsDNS1123Label(c.Name) {
+			t.Errorf("%s: name: %s", where, msg)
+		}
+		for _, m := range c.VolumeMounts {
+			if v, ok := volumes[m.Name]; !ok {
+				t.Errorf("%s: volumeMount %q names no volume", where, m.Name)
+			} else if v.HostPath != nil && v.HostPath.Path != m.MountPath {
+				t.Errorf("%s: hostPath %s is mounted at %s; lifeboat's paths must be the host's", where, v.HostPath.Path, m.MountPath)
+			}
+		}
+	}
 	for _, c := range spec.Containers {
 		where := "container " + c.Name
 		for _, msg := range validation.IsDNS1123Label(c.Name) {
@@ -272,6 +285,128 @@ func TestDaemonSet(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDaemonSetMetricsOnNodeIP: one ConfigMap serves every node, so the node's own IP reaches
+// lifeboat through the downward API: HOST_IP from status.hostIP, then
+// LIFEBOAT_METRICS_ADDRESS (the env override of serve's --metrics-address) built from it, on
+// the port the metrics containerPort and the Prometheus annotations name.
+func TestDaemonSetMetricsOnNodeIP(t *testing.T) {
+	ds := daemonSet(t)
+	c := container(t, ds.Spec.Template.Spec.Containers, "lifeboat")
+	hostIP := -1
+	var addr *corev1.EnvVar
+	for i, e := range c.Env {
+		switch e.Name {
+		case "HOST_IP":
+			hostIP = i
+			if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.hostIP" || e.Value != "" {
+				t.Errorf("env HOST_IP: %+v, want valueFrom.fieldRef.fieldPath status.hostIP", e)
+			}
+		case "LIFEBOAT_METRICS_ADDRESS":
+			addr = &c.Env[i]
+			// $(HOST_IP) is expanded only if HOST_IP is defined before it.
+			if hostIP < 0 {
+				t.Error("env LIFEBOAT_METRICS_ADDRESS comes before HOST_IP, so $(HOST_IP) is not expanded")
+			}
+		}
+	}
+	if hostIP < 0 || addr == nil {
+		t.Fatalf("container lifeboat: env %+v, want HOST_IP and LIFEBOAT_METRICS_ADDRESS", c.Env)
+	}
+	if addr.Value != "[$(HOST_IP)]:5101" && addr.Value != "$(HOST_IP):5101" {
+		t.Errorf("LIFEBOAT_METRICS_ADDRESS = %q, want the node IP and port 5101", addr.Value)
+	}
+	var port int32
+	for _, p := range c.Ports {
+		if p.Name == "metrics" {
+			port = p.ContainerPort
+		}
+	}
+	if port != 5101 {
+		t.Errorf("metrics containerPort %d, want 5101", port)
+	}
+	ann := ds.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != fmt.Sprint(port) || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations %v, want prometheus.io/scrape \"true\", port %d, path /metrics", ann, port)
+	}
+}
+
+// TestDaemonSetConfiguresContainerd: an init container runs `lifeboat configure containerd`
+// against the node's /etc/containerd/certs.d on every node, so that nodes that join later go
+// through lifeboat too, with the image of the lifeboat container.
+func TestDaemonSetConfiguresContainerd(t *testing.T) {
+	ds := daemonSet(t)
+	spec := ds.Spec.Template.Spec
+	c := container(t, spec.InitContainers, "configure-containerd")
+	if main := container(t, spec.Containers, "lifeboat"); c.Image != main.Image {
+		t.Errorf("init container image %q, want the lifeboat container's %q", c.Image, main.Image)
+	}
+	cmd := append(slices.Clone(c.Command), c.Args...)
+	if len(cmd) < 3 || cmd[0] != "/usr/local/bin/lifeboat" || cmd[1] != "configure" || cmd[2] != "containerd" {
+		t.Fatalf("init container command %q, want /usr/local/bin/lifeboat configure containerd ...", cmd)
+	}
+	flags := map[string]string{}
+	for i := 3; i < len(cmd); i++ {
+		name, value, ok := strings.Cut(cmd[i], "=")
+		if !ok && i+1 < len(cmd) && !strings.HasPrefix(cmd[i+1], "--") && name != "--dry-run" && name != "--proxy-plugins" {
+			i++
+			value = cmd[i]
+		}
+		flags[name] = value
+	}
+	const hostsDir = "/etc/containerd/certs.d"
+	if flags["--hosts-dir"] != hostsDir {
+		t.Errorf("init container --hosts-dir %q, want %s", flags["--hosts-dir"], hostsDir)
+	}
+	if m, ok := flags["--mirror"]; ok && m != "http://127.0.0.1:5100" && m != "127.0.0.1:5100" {
+		t.Errorf("init container --mirror %q, want the mirror's 127.0.0.1:5100", m)
+	}
+	if _, ok := flags["--dry-run"]; ok {
+		t.Error("init container runs with --dry-run: it writes nothing")
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		if m.MountPath != hostsDir {
+			continue
+		}
+		mounted = true
+		var v *corev1.Volume
+		for i := range spec.Volumes {
+			if spec.Volumes[i].Name == m.Name {
+				v = &spec.Volumes[i]
+			}
+		}
+		if v == nil || v.HostPath == nil || v.HostPath.Path != hostsDir {
+			t.Errorf("init container: %s is mounted from %+v, want hostPath %s", hostsDir, v, hostsDir)
+		}
+		if m.ReadOnly {
+			t.Errorf("init container: %s is mounted read-only", hostsDir)
+		}
+	}
+	if !mounted {
+		t.Errorf("init container: nothing is mounted at %s", hostsDir)
+	}
+}
+
+func daemonSet(t *testing.T) *appsv1.DaemonSet {
+	t.Helper()
+	dss := find[appsv1.DaemonSet](load(t))
+	if len(dss) != 1 {
+		t.Fatalf("%d DaemonSets, want 1", len(dss))
+	}
+	return dss[0]
+}
+
+func container(t *testing.T, cs []corev1.Container, name string) corev1.Container {
+	t.Helper()
+	for _, c := range cs {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %q", name)
+	return corev1.Container{}
 }
 
 // checkProbe: an HTTP GET of the mirror's /v2/ on 127.0.0.1:5100, where the mirror listens

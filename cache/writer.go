@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // ingestRecord is the index entry of one write in progress. Its bytes are in ingestPath(ref).
@@ -198,15 +200,14 @@ var _ content.Writer = (*writer)(nil)
 // the cost of a large write.
 const parallelHashMin = 64 << 10
 
-func (w *writer) Write(p []byte) (int, error) {
+func (w *writer) Write(p []byte) (n int, err error) {
 	if w.fp == nil {
 		return 0, fmt.Errorf("write to closed ingest %q: %w", w.ref, errdefs.ErrFailedPrecondition)
 	}
 	if w.broken != nil {
 		return 0, w.broken
 	}
-	var n int
-	var err error
+	defer func() { err = noSpace(err) }()
 	if len(p) < parallelHashMin {
 		n, err = w.fp.Write(p)
 		w.digester.Hash().Write(p[:n])
@@ -221,7 +222,7 @@ func (w *writer) Write(p []byte) (int, error) {
 		if n < len(p) {
 			// The hash has seen bytes the file has not. A Writer reopened with the same ref
 			// rebuilds the state from the file and resumes.
-			w.broken = fmt.Errorf("ingest %q: short write, reopen the writer to resume: %w", w.ref, err)
+			w.broken = fmt.Errorf("ingest %q: short write, reopen the writer to resume: %w", w.ref, noSpace(err))
 		}
 	}
 	w.offset += int64(n)
@@ -310,7 +311,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("flush ingest %q: %w", w.ref, err)
+		return fmt.Errorf("flush ingest %q: %w", w.ref, noSpace(err))
 	}
 	fi, err := os.Stat(w.path)
 	if err != nil {
@@ -369,7 +370,7 @@ func (s *Store) commitIngest(ctx context.Context, ref, ingest string, dgst diges
 		return tx.Bucket(bucketIngests).Delete([]byte(ref))
 	})
 	if err != nil {
-		return fmt.Errorf("commit blob %s: %w", dgst, err)
+		return fmt.Errorf("commit blob %s: %w", dgst, noSpace(err))
 	}
 	if exists {
 		if err := os.Remove(ingest); err != nil && !os.IsNotExist(err) {
@@ -484,26 +485,47 @@ func adaptStatus(st content.Status) filters.Adaptor {
 }
 
 // Abort drops the write named ref and its bytes. If there is none, ErrNotFound is returned.
+//
+// The bytes go first: a write that failed because the filesystem is full gives its space back
+// even when the index, on the same filesystem, cannot take the change. An index entry left
+// without its file is dropped by recovery at the next Open, and a Writer reopening the ref starts
+// over.
 func (s *Store) Abort(ctx context.Context, ref string) error {
 	var found bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketIngests)
-		found = b.Get([]byte(ref)) != nil
-		return b.Delete([]byte(ref))
-	})
-	if err != nil {
-		return fmt.Errorf("abort ingest %q: %w", ref, err)
-	}
 	rmErr := os.Remove(s.ingestPath(ref))
 	if rmErr == nil {
 		found = true
 	} else if !os.IsNotExist(rmErr) {
 		return fmt.Errorf("abort ingest %q: %w", ref, rmErr)
 	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIngests)
+		if b.Get([]byte(ref)) == nil {
+			return nil
+		}
+		found = true
+		return b.Delete([]byte(ref))
+	})
+	if err != nil {
+		return fmt.Errorf("abort ingest %q: %w", ref, noSpace(err))
+	}
 	if !found {
 		return fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
 	}
 	return nil
+}
+
+// noSpace classifies a write that failed because the cache's filesystem is full (or the user's
+// quota is used up) as ErrResourceExhausted, with a sentence saying so; other errors pass
+// unchanged.
+func noSpace(err error) error {
+	if err == nil || errdefs.IsResourceExhausted(err) {
+		return err
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("the cache's filesystem is full: %w: %w", err, errdefs.ErrResourceExhausted)
+	}
+	return err
 }
 
 // OpenIngest opens the bytes written so far under ref for reading, so that a write in progress

@@ -1,10 +1,8 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
-
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,12 +11,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Bounds on starting and stopping lifeboat.
 const (
-	lifeboatReadyTimeout = 30 * time.Second
-	lifeboatStopGrace    = 15 * time.Second
+	lifeboatReadyTimeout   = 30 * time.Second
+	lifeboatStopGrace      = 15 * time.Second
+	lifeboatStartTries     = 5
+	lifeboatRestartTimeout = 60 * time.Second
 )
 
 // LifeboatOptions configure StartLifeboat.
@@ -50,9 +53,11 @@ type Lifeboat struct {
 	killed      *Process // stopped on purpose with SIGKILL
 }
 
-// StartLifeboat builds lifeboat (once per test binary), starts `lifeboat serve` on a free
-// loopback port and waits until its mirror answers `GET /v2/`. It is stopped with SIGTERM in
-// t.Cleanup, its log attached if the test failed.
+// StartLifeboat builds lifeboat (once per test binary), starts `lifeboat serve` on free
+// loopback ports and waits until it reports that it runs and its mirror answers `GET /v2/`. A
+// port can be taken by another process between our probe and lifeboat's bind (tests running in
+// parallel open many connections): the start is then tried again on other ports. It is stopped
+// with SIGTERM in t.Cleanup, its log attached if the test failed.
 func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
 	t.Helper()
 	bin := BuildLifeboat(t)
@@ -65,21 +70,44 @@ func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
 	if root == "" {
 		root = filepath.Join(dir, "root")
 	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
 	lb := &Lifeboat{
 		Root:        root,
-		Mirror:      fmt.Sprintf("127.0.0.1:%d", port),
 		Socket:      filepath.Join(dir, "lifeboat.sock"),
 		AdminSocket: filepath.Join(dir, "admin.sock"),
 		Config:      filepath.Join(dir, "config.toml"),
 	}
+	var lastErr error
+	for try := range lifeboatStartTries {
+		if err := lb.writeConfig(opts); err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		lastErr = lb.start(t, bin, dir, opts.Args)
+		if lastErr == nil {
+			return lb
+		}
+		if !errors.Is(lastErr, errPortTaken) {
+			break
+		}
+		t.Logf("harness: lifeboat start %d of %d: %v; trying other ports", try+1, lifeboatStartTries, lastErr)
+	}
+	t.Fatalf("harness: %v", lastErr)
+	return nil
+}
+
+// errPortTaken marks a start that failed because a listen address was in use.
+var errPortTaken = errors.New("a port was taken before lifeboat could listen on it")
+
+// writeConfig picks free ports and writes the daemon's configuration file.
+func (lb *Lifeboat) writeConfig(opts LifeboatOptions) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	lb.Mirror = fmt.Sprintf("127.0.0.1:%d", port)
 	if opts.Metrics {
 		mport, err := freePort()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		lb.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", mport)
 	}
@@ -106,27 +134,30 @@ func StartLifeboat(t testing.TB, opts LifeboatOptions) *Lifeboat {
 	}
 	cfg.WriteString(opts.ExtraConfig)
 	if err := os.WriteFile(lb.Config, []byte(cfg.String()), 0o600); err != nil {
-		t.Fatal(err)
+		return fmt.Errorf("writing lifeboat config: %w", err)
 	}
-	lb.start(t, bin, dir, opts.Args)
-	return lb
+	return nil
 }
 
-func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) {
+// lifeboatRunning is what `lifeboat serve` logs once every listener is open.
+const lifeboatRunning = "lifeboat is running"
+
+// start starts the daemon and waits until it is ready. Ready means this process logged that it
+// runs (so every listener is its own) and then answered GET /v2/: an answer alone could come
+// from another process that took the port. A start that fails because an address was in use
+// returns an error wrapping errPortTaken; the failed process is not left running.
+func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) error {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--config", lb.Config}, args...)...)
-	lb.proc = StartProcess(t, "lifeboat", cmd, filepath.Join(dir, fmt.Sprintf("lifeboat-%d.log", time.Now().UnixNano())))
-	proc := lb.proc
-	t.Cleanup(func() {
-		if err := proc.Stop(lifeboatStopGrace); err != nil && proc != lb.killed {
-			t.Errorf("stopping lifeboat: %v", err)
+	proc, err := startProcess("lifeboat", cmd, filepath.Join(dir, fmt.Sprintf("lifeboat-%d.log", time.Now().UnixNano())))
+	if err != nil {
+		return err
+	}
+	err = waitFor(lifeboatReadyTimeout, proc.Exited(), func() error {
+		if !strings.Contains(proc.Log(), lifeboatRunning) {
+			return fmt.Errorf("no %q in its log yet", lifeboatRunning)
 		}
-		if t.Failed() {
-			proc.AttachLog(t)
-		}
-	})
-	WaitFor(t, "lifeboat's mirror", lifeboatReadyTimeout, proc.Exited(), func() error {
-		resp, err := http.Get(lb.URL() + "/v2/")
+		resp, err := http.Get("http://" + lb.Mirror + "/v2/")
 		if err != nil {
 			return err
 		}
@@ -136,6 +167,24 @@ func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) {
 		}
 		return nil
 	})
+	if err != nil {
+		stopErr := proc.Stop(lifeboatStopGrace)
+		log := proc.Log()
+		if errors.Is(err, errStopped) && strings.Contains(log, "address already in use") {
+			return fmt.Errorf("%w: %v", errPortTaken, stopErr)
+		}
+		return fmt.Errorf("lifeboat (mirror %s) did not become ready: %v (stop: %v); log:\n%s", lb.Mirror, err, stopErr, log)
+	}
+	lb.proc = proc
+	t.Cleanup(func() {
+		if err := proc.Stop(lifeboatStopGrace); err != nil && proc != lb.killed {
+			t.Errorf("stopping lifeboat: %v", err)
+		}
+		if t.Failed() {
+			proc.AttachLog(t)
+		}
+	})
+	return nil
 }
 
 // URL is the mirror's base URL.
@@ -160,7 +209,22 @@ func (lb *Lifeboat) Restart(t testing.TB) {
 			t.Fatalf("stopping lifeboat: %v", err)
 		}
 	}
-	lb.start(t, BuildLifeboat(t), filepath.Dir(lb.Config), nil)
+	// The addresses stay (clients and hosts.toml files know them): if another process holds one
+	// for now, wait for it to let go.
+	var startErr error
+	err := waitFor(lifeboatRestartTimeout, nil, func() error {
+		startErr = lb.start(t, BuildLifeboat(t), filepath.Dir(lb.Config), nil)
+		if errors.Is(startErr, errPortTaken) {
+			return startErr
+		}
+		return nil
+	})
+	if err == nil {
+		err = startErr
+	}
+	if err != nil {
+		t.Fatalf("harness: restarting lifeboat: %v", err)
+	}
 }
 
 // MirrorHostsDir writes a hosts.toml directory that sends the registry's pulls to lifeboat only

@@ -22,12 +22,25 @@ const (
 )
 
 // RequireRoot skips the test unless it runs as root: containerd mounts snapshots and runs
-// containers, which needs root. CI runs the integration tests as root.
+// containers, which needs root. CI runs the integration tests as root. In a full integration
+// run (see CannotRun) it fails instead.
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("integration tests start containerd, which needs root; run them as root (sudo go test ./integration/...)")
+		CannotRun(t, "integration tests start containerd, which needs root; run them as root (sudo go test ./integration/...)")
 	}
+}
+
+// CannotRun ends a test that this host cannot run. A plain `go test` skips it. When
+// LIFEBOAT_TOOLS_DIR is set, as `make integration` (and so `make test`) sets it, the run is meant
+// to prove every drill, so the test fails instead: a skip would count as a pass.
+func CannotRun(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv(ToolsDirEnv) != "" {
+		t.Fatalf("%s\n(%s is set, so this is a full integration run: a test that cannot run fails it rather than skip; unset %s to skip instead)", msg, ToolsDirEnv, ToolsDirEnv)
+	}
+	t.Skip(msg)
 }
 
 // ModuleRoot returns the directory holding lifeboat's go.mod, found by walking up from the

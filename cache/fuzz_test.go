@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -38,12 +40,105 @@ func FuzzEvictWalk(f *testing.F) {
 	})
 }
 
+// FuzzParseChildren reads the children of any bytes as eviction does, and checks what it
+// returns against the document: only JSON parses; every child and every digest, media type and
+// size it carries was in the document (no child is invented: no more children that name anything
+// than objects); digests come back verbatim, valid or not (eviction only looks them up among cached
+// blobs, which have valid digests). The input also builds a real manifest and index from chunks
+// of itself, whose children must come back exactly, in order: manifests, config, layers.
 func FuzzParseChildren(f *testing.F) {
 	f.Add([]byte(`{"config":{"digest":"sha256:00"},"layers":[{"size":-1}],"manifests":[]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		children, err := parseChildren(b)
-		if err != nil && children != nil {
-			t.Fatal("children returned with an error")
+		if err != nil {
+			if children != nil {
+				t.Fatal("children returned with an error")
+			}
+		} else {
+			if !json.Valid(b) {
+				t.Fatalf("parsed children of invalid JSON %q", b)
+			}
+			var doc any
+			if err := json.Unmarshal(b, &doc); err != nil {
+				t.Fatal(err)
+			}
+			strs, nums, objects := map[string]bool{}, map[float64]bool{}, 0
+			var walk func(v any)
+			walk = func(v any) {
+				switch v := v.(type) {
+				case string:
+					strs[v] = true
+				case float64:
+					nums[v] = true
+				case []any:
+					for _, e := range v {
+						walk(e)
+					}
+				case map[string]any:
+					objects++
+					for _, e := range v {
+						walk(e)
+					}
+				}
+			}
+			walk(doc)
+			nonEmpty := 0 // a null in a list is an empty child, as harmless as one that names nothing
+			for _, c := range children {
+				if c.Digest != "" || c.MediaType != "" || c.Size != 0 || c.Platform != nil || len(c.Annotations) != 0 {
+					nonEmpty++
+				}
+			}
+			if nonEmpty > objects {
+				t.Fatalf("%d children from a document of %d objects", nonEmpty, objects)
+			}
+			for _, c := range children {
+				if c.Digest != "" && !strs[string(c.Digest)] {
+					t.Fatalf("child digest %q is not in the document", c.Digest)
+				}
+				if c.MediaType != "" && !strs[c.MediaType] {
+					t.Fatalf("child media type %q is not in the document", c.MediaType)
+				}
+				if c.Size != 0 && !nums[float64(c.Size)] {
+					t.Fatalf("child size %d is not in the document", c.Size)
+				}
+			}
+		}
+
+		// Round trip: descriptors made of the input's chunks, some with valid digests, some not.
+		var descs []ocispec.Descriptor
+		for i, chunk := range bytes.SplitN(b, []byte{','}, 9) {
+			d := ocispec.Descriptor{MediaType: strings.ToValidUTF8(string(chunk), "?"), Digest: digest.FromBytes(chunk), Size: int64(len(chunk))}
+			if i%3 == 2 {
+				d.Digest = digest.Digest(strings.ToValidUTF8(string(chunk), "?")) // verbatim, valid or not
+			}
+			descs = append(descs, d)
+		}
+		config, layers := descs[0], descs[1:]
+		idx := ocispec.Index{Manifests: layers}
+		idx.SchemaVersion = 2
+		for _, tc := range []struct {
+			doc  any
+			want []ocispec.Descriptor
+		}{
+			{ocispec.Manifest{Config: config, Layers: layers}, descs},
+			{idx, layers},
+		} {
+			body, err := json.Marshal(tc.doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := parseChildren(body)
+			if err != nil {
+				t.Fatalf("%s: %v", body, err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d children of %s, want %d", len(got), body, len(tc.want))
+			}
+			for i := range got {
+				if got[i].Digest != tc.want[i].Digest || got[i].MediaType != tc.want[i].MediaType || got[i].Size != tc.want[i].Size {
+					t.Fatalf("child %d of %s: %+v, want %+v", i, body, got[i], tc.want[i])
+				}
+			}
 		}
 	})
 }

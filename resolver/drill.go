@@ -276,8 +276,8 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 		if !ok {
 			return fmt.Errorf("%s: index %s has no manifest for the platform: %w", ir.name, m.Descriptor.Digest, errdefs.ErrNotFound)
 		}
-		if m, err = r.Manifest(ctx, ir.registry, ir.repository, child.Digest.String()); err != nil {
-			return fmt.Errorf("%s: manifest %s: %w", ir.name, describe(child), err)
+		if m, err = r.childManifest(ctx, ir, m.Descriptor.Digest, child); err != nil {
+			return fmt.Errorf("%s: %w", ir.name, err)
 		}
 	}
 	blobs, err := imageBlobs(m)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -42,8 +43,30 @@ type fill struct {
 	readers   int
 }
 
-// errStalled ends a fill whose upstream stopped sending.
-var errStalled = errors.New("upstream stopped sending")
+// minFillProgress is the least a fill must receive in every IdleTimeout (30 s by default): 64 KiB,
+// or the rest of the blob when less is left. An upstream that sends less, even a byte at a time
+// (a slowloris), is cut off as stalled, with errdefs.ErrUnavailable, instead of holding the fill
+// open until the FillTimeout (1 h by default). A blob that ends within the window always passes.
+//
+// At the default timeout this is a floor of about 2.2 KB/s. A slow but working registry is far
+// above it: a 1 MiB/s link moves 30 MiB in a window, about 480 times the floor, so even 480
+// fills sharing that link at once pass; a 56 kbit/s modem line (7 KB/s) passes. A 20 B/s trickle
+// of a 64 KiB blob, which the fill timeout alone would allow for 55 minutes, is cut off after
+// one window.
+const minFillProgress = 64 << 10
+
+// stallError ends a fill whose upstream sent less than minFillProgress in a window.
+type stallError struct {
+	got, need int64
+	window    time.Duration
+}
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("upstream stalled: it sent %d bytes in %s, less than the minimum of %d bytes in every %s (%.0f bytes/s)",
+		e.got, e.window, e.need, e.window, float64(e.need)/e.window.Seconds())
+}
+
+func (e *stallError) Unwrap() error { return errdefs.ErrUnavailable }
 
 // joinFill returns the fill of key, starting it if there is none, and counts a reader on it.
 func (r *Resolver) joinFill(registry, repo string, dgst digest.Digest, eps []*endpoint) *fill {
@@ -108,7 +131,8 @@ func (f *fill) finish(err error) {
 
 // download fetches the blob from the first endpoint that has it and commits it to the cache.
 // Response headers must arrive within the upstream timeout; after that the body may take up to
-// the fill timeout, but no longer than the idle timeout between two reads.
+// the fill timeout, as long as every idle timeout brings at least minFillProgress bytes (or the
+// rest of the blob).
 func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	rctx, stopRead := context.WithCancelCause(ctx)
 	defer stopRead(nil)
@@ -169,8 +193,21 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	f.mu.Unlock()
 	close(f.ready)
 
-	idle := time.AfterFunc(f.r.opts.IdleTimeout, func() { stopRead(errStalled) })
-	defer idle.Stop()
+	// The progress rule: each window of the idle timeout must bring need bytes. The window
+	// starts again once they are in.
+	window := f.r.opts.IdleTimeout
+	needFrom := func(n int64) int64 {
+		if got.size < 0 {
+			return minFillProgress
+		}
+		return max(min(got.size-n, minFillProgress), 1)
+	}
+	var windowGot, windowNeed atomic.Int64 // written here, read by the timer
+	windowNeed.Store(needFrom(0))
+	progress := time.AfterFunc(window, func() {
+		stopRead(&stallError{got: windowGot.Load(), need: windowNeed.Load(), window: window})
+	})
+	defer progress.Stop()
 	buf := make([]byte, 256<<10)
 	var n int64
 	bodyStart := time.Now()
@@ -178,14 +215,18 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	for {
 		m, rerr := body.Read(buf)
 		if m > 0 {
-			idle.Reset(f.r.opts.IdleTimeout)
 			if got.size >= 0 && n+int64(m) > got.size {
-				return fmt.Errorf("upstream sent more than its Content-Length of %d: %w", got.size, errdefs.ErrFailedPrecondition)
+				return fmt.Errorf("upstream %s sent more than its Content-Length of %d: %w", ep.client.Endpoint(), got.size, errdefs.ErrFailedPrecondition)
 			}
 			if _, err := w.Write(buf[:m]); err != nil {
 				return fmt.Errorf("write to cache: %w", err)
 			}
 			n += int64(m)
+			if windowGot.Add(int64(m)) >= windowNeed.Load() {
+				progress.Reset(window)
+				windowGot.Store(0)
+				windowNeed.Store(needFrom(n))
+			}
 			f.mu.Lock()
 			f.written = n
 			f.cond.Broadcast()
@@ -196,22 +237,31 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 		}
 		if rerr != nil {
 			if cause := context.Cause(rctx); cause != nil {
-				rerr = fmt.Errorf("%w: %w", rerr, cause)
+				// The fill closed the body (a stall, the fill timeout, the resolver
+				// closing): the cause is the news, not the read error that followed.
+				if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+					cause = fmt.Errorf("the fill timeout of %s passed: %w", f.r.opts.FillTimeout, cause)
+				}
+				rerr = cause
 			}
-			return fmt.Errorf("read blob from upstream after %d bytes: %w", n, rerr)
+			return fmt.Errorf("read blob from upstream %s after %d bytes: %w", ep.client.Endpoint(), n, rerr)
 		}
 	}
 	if got.size >= 0 && n != got.size {
-		return fmt.Errorf("upstream body ended after %d of %d bytes: %w", n, got.size, errdefs.ErrUnavailable)
+		return fmt.Errorf("upstream %s body ended after %d of %d bytes: %w", ep.client.Endpoint(), n, got.size, errdefs.ErrUnavailable)
 	}
-	if w.Digest() == f.dgst {
-		// The bytes are verified: readers may finish now rather than wait for the fsync of
-		// the commit. (Commit verifies again, and makes them durable.)
-		f.mu.Lock()
-		f.size, f.verified = n, true
-		f.cond.Broadcast()
-		f.mu.Unlock()
+	if actual := w.Digest(); actual != f.dgst {
+		f.r.digestMismatches.Add(1)
+		err := fmt.Errorf("upstream %s sent %d bytes with digest %s, not the requested one: %w", ep.client.Endpoint(), n, actual, errdefs.ErrFailedPrecondition)
+		log.G(ctx).WithError(err).Error("upstream blob does not match its digest: not cached")
+		return err
 	}
+	// The bytes are verified: readers may finish now rather than wait for the fsync of the
+	// commit. (Commit verifies again, and makes them durable.)
+	f.mu.Lock()
+	f.size, f.verified = n, true
+	f.cond.Broadcast()
+	f.mu.Unlock()
 	// Linked first, so that the moment the blob is in the cache the next request finds it
 	// there. A link to a blob that is not cached means nothing.
 	if err := f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
@@ -223,8 +273,8 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 			return nil
 		}
 		if errdefs.IsFailedPrecondition(err) {
-			f.r.digestMismatches.Add(1)
-			log.G(ctx).WithError(err).Error("upstream blob does not match its digest: not cached")
+			// The bytes verified as they were written: the ingest file changed since.
+			log.G(ctx).WithError(err).Error("cache ingest does not match the verified bytes: not cached")
 		}
 		return err
 	}

@@ -63,6 +63,9 @@ func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.
 			}
 			plan.Manifests = append(plan.Manifests, m.Descriptor)
 			for _, b := range blobs {
+				if err := checkDigest(b.Digest); err != nil {
+					return fmt.Errorf("manifest %s names its %s by an %w", m.Descriptor.Digest, b.kind, err)
+				}
 				if !seen[b.Digest] {
 					seen[b.Digest] = true
 					plan.Blobs = append(plan.Blobs, b.Descriptor)
@@ -92,9 +95,9 @@ func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.
 			children = []ocispec.Descriptor{child}
 		}
 		for _, c := range children {
-			cm, err := r.Manifest(ctx, ir.registry, ir.repository, c.Digest.String())
+			cm, err := r.childManifest(ctx, ir, m.Descriptor.Digest, c)
 			if err != nil {
-				return fmt.Errorf("manifest %s: %w", describe(c), err)
+				return err
 			}
 			if err := walk(cm, depth+1); err != nil {
 				return err
@@ -106,6 +109,20 @@ func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.
 		return PullPlan{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	return plan, nil
+}
+
+// childManifest resolves c, a manifest that index names. Only by digest: an entry whose "digest"
+// is not one (say "latest") must not resolve as a tag, which would put content the index never
+// named into the pull.
+func (r *Resolver) childManifest(ctx context.Context, ir imageRef, index digest.Digest, c ocispec.Descriptor) (Manifest, error) {
+	if err := checkDigest(c.Digest); err != nil {
+		return Manifest{}, fmt.Errorf("index %s names a manifest by an %w", index, err)
+	}
+	m, err := r.Manifest(ctx, ir.registry, ir.repository, c.Digest.String())
+	if err != nil {
+		return Manifest{}, fmt.Errorf("manifest %s: %w", describe(c), err)
+	}
+	return m, nil
 }
 
 // Pull fetches into the cache what plan's manifests need and the cache lacks, with Warm, and

@@ -43,7 +43,9 @@ type Options struct {
 	// UpstreamTimeout bounds a tag revalidation, and the wait for an upstream's response
 	// headers on any request; past it the cached answer is served, or not found.
 	UpstreamTimeout time.Duration
-	// FillTimeout bounds a whole blob download; IdleTimeout the wait between two reads of it.
+	// FillTimeout bounds a whole blob download (default 1 h). IdleTimeout (default 30 s) is the
+	// window of its progress rule: every window must bring 64 KiB of the body, or the rest of
+	// the blob when less is left, else the fill is cut off as stalled (see minFillProgress).
 	FillTimeout, IdleTimeout time.Duration
 	// Endpoints lists the endpoints of registries, tried in order. Registries not listed use
 	// DefaultEndpoint.

@@ -1,0 +1,232 @@
+package mirror
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+)
+
+// TestMisbehavingUpstreamsAnswer pulls blobs from broken or hostile upstreams through a real
+// resolver and the mirror, and checks what a client gets: the status, the OCI error code and a
+// message that names the fault, or, for a blob large enough to be streamed before it is
+// verified, never a complete body: a 200 cut short, or no answer at all. The resolver runs the
+// daemon's rules with only the idle timeout scaled down (30 s to 1 s); the fill timeout of an
+// hour cannot be what ends any case.
+func TestMisbehavingUpstreamsAnswer(t *testing.T) {
+	t.Parallel()
+	small := make([]byte, 64<<10) // verified before its first byte is sent
+	rand.NewChaCha8([32]byte{9}).Read(small)
+	large := make([]byte, 2<<20) // streamed as it arrives
+	rand.NewChaCha8([32]byte{10}).Read(large)
+	short := len(small) - 1000
+
+	for _, tc := range []struct {
+		name   string
+		blob   []byte
+		serve  http.HandlerFunc    // an httptest upstream, or
+		raw    func(*bufio.Writer) // a raw HTTP/1.1 answer to the blob GET
+		status int
+		code   string // of the OCI error; "" for a 200 whose body must be cut short
+		want   string // in the error message
+	}{
+		{name: "trickling body (slowloris)", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(small)))
+			trickle(w, r, small)
+		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "upstream stalled: it sent"},
+		{name: "trickling large body", blob: large, serve: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
+			trickle(w, r, large)
+		}, status: http.StatusOK},
+		{name: "stream never closed", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
+			w.Write(small) // chunked: no Content-Length, and no end
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "upstream stalled: it sent 0 bytes"},
+		{name: "Content-Length larger than the body", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(small)+1000))
+			w.Write(small)
+		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "unexpected EOF"},
+		{name: "truncated body with a matching Content-Length", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(short))
+			w.Write(small[:short])
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		{name: "Content-Length smaller than the body", blob: small, raw: func(w *bufio.Writer) {
+			fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", short)
+			w.Write(small)
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		{name: "redirect loop", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, r.URL.Path+"?again="+strconv.Itoa(rand.IntN(1e9)), http.StatusFound)
+		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "stopped after 10 redirects"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			if tc.raw != nil {
+				url = rawUpstream(t, tc.raw)
+			} else {
+				up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.URL.Path == "/v2/" {
+						return
+					}
+					tc.serve(w, r)
+				}))
+				t.Cleanup(up.Close)
+				url = up.URL
+			}
+			answers := make(chan Answer, 1)
+			srv := newServer(t, FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})
+
+			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+target, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := srv.Client().Do(req)
+			if ctx.Err() != nil {
+				t.Fatal("the request did not end within 30s")
+			}
+			if err != nil && tc.code == "" {
+				// The mirror committed to a 200 and aborted before its headers left the
+				// response buffer: the client sees the connection closed, no answer.
+				t.Logf("the client got no answer: %v", err)
+				if a := <-answers; !a.Aborted || a.Status != http.StatusOK {
+					t.Errorf("answer %+v, want an aborted 200", a)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("GET %s: %v", target, err)
+			}
+			defer resp.Body.Close()
+			body, rerr := io.ReadAll(resp.Body)
+			if ctx.Err() != nil {
+				t.Fatal("the request did not end within 30s")
+			}
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d (body %.200s)", resp.StatusCode, tc.status, body)
+			}
+			if tc.code == "" {
+				// The status went out before the upstream failed: the client must see a body
+				// cut short, never a complete one.
+				if !errors.Is(rerr, io.ErrUnexpectedEOF) || int64(len(body)) >= resp.ContentLength {
+					t.Errorf("read %d of %d bytes, %v; want the body cut short", len(body), resp.ContentLength, rerr)
+				}
+				if a := <-answers; !a.Aborted || a.Status != http.StatusOK {
+					t.Errorf("answer %+v, want an aborted 200", a)
+				}
+				return
+			}
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			checkError(t, resp, body, tc.status, tc.code)
+			var e ociError
+			if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 {
+				t.Fatalf("not an OCI error body (%v): %s", err, body)
+			}
+			t.Logf("%d %s: %s", resp.StatusCode, e.Errors[0].Code, e.Errors[0].Message)
+			if !strings.Contains(e.Errors[0].Message, tc.want) {
+				t.Errorf("message %q, want it to name %q", e.Errors[0].Message, tc.want)
+			}
+		})
+	}
+}
+
+// newDaemonResolver is a resolver for registry.test at url on a fresh cache, with the daemon's
+// defaults except for the idle timeout, 1 s instead of 30 s.
+func newDaemonResolver(t *testing.T, url string) *resolver.Resolver {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := resolver.New(store, resolver.Options{
+		IdleTimeout: time.Second,
+		Endpoints:   map[string][]string{"registry.test": {url}},
+		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); store.Close() })
+	return r
+}
+
+// trickle sends body a byte every 50 ms (20 B/s), until the client goes away.
+func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for _, b := range body {
+		if _, err := w.Write([]byte{b}); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// rawUpstream is a hand-written HTTP/1.1 upstream: it answers the ping, and answer writes
+// whatever it likes in reply to any other request, then closes the connection.
+func rawUpstream(t *testing.T, answer func(w *bufio.Writer)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				br, bw := bufio.NewReader(conn), bufio.NewWriter(conn)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if req.URL.Path == "/v2/" {
+						bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+						bw.Flush()
+						continue
+					}
+					answer(bw)
+					bw.Flush()
+					return
+				}
+			})
+		}
+	})
+	return "http://" + ln.Addr().String()
+}

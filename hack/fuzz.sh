@@ -16,10 +16,12 @@ mode=${1:?usage: hack/fuzz.sh short|DURATION}
 go=${GO:-go}
 
 # Executions per target in the short run. Most targets run thousands per
-# second; FuzzEvictWalk opens a bbolt database on disk for every input.
+# second; FuzzEvictWalk opens a bbolt database on disk for every input, and
+# FuzzPlanPull a cache and an upstream (a few dozen a second).
 short_budget() {
 	case $1 in
 	FuzzEvictWalk) echo 300x ;;
+	FuzzPlanPull) echo 200x ;;
 	*) echo 3000x ;;
 	esac
 }

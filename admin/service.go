@@ -6,9 +6,12 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,6 +96,9 @@ type Service struct {
 	// MirrorURL is how containerd reaches the mirror ("http://127.0.0.1:5100").
 	MirrorURL string
 	Listeners map[string]string
+	// Upstreams are the registries the daemon is configured for, with their endpoints: Status
+	// lists them, up, before the first request to them creates their health tracking.
+	Upstreams map[string][]string
 	// Answers, when set, counts the mirror's answers by result (metrics.Mirror.Answers).
 	Answers func() map[string]int64
 
@@ -151,10 +157,66 @@ func (s *Service) Status(ctx context.Context) Status {
 		Root:      s.Store.Root(),
 		Cache:     CacheStatus{UsedBytes: used, BudgetBytes: budget, Evictions: s.Store.Evictions()},
 		Requests:  newRequestStatus(s.answers()),
-		Endpoints: s.Resolver.Endpoints(),
+		Endpoints: s.endpoints(),
 		Outage:    s.Outage.Status(),
 		Listeners: s.Listeners,
 	}
+}
+
+// endpoints is the health of the upstream endpoints in use, and of the configured ones not
+// used yet: those count as up since the daemon started, as the resolver counts a new one.
+func (s *Service) endpoints() []resolver.EndpointStatus {
+	eps := s.Resolver.Endpoints()
+	used := map[string]bool{}
+	for _, e := range eps {
+		used[e.Registry] = true
+	}
+	for registry, urls := range s.Upstreams {
+		if used[registry] {
+			continue
+		}
+		for _, u := range urls {
+			eps = append(eps, resolver.EndpointStatus{Registry: registry, Endpoint: u, Up: true, Since: s.StartedAt})
+		}
+	}
+	slices.SortStableFunc(eps, func(a, b resolver.EndpointStatus) int { return strings.Compare(a.Registry, b.Registry) })
+	if eps == nil {
+		eps = []resolver.EndpointStatus{}
+	}
+	return eps
+}
+
+// MarshalJSON writes the status with the outage as OutageJSON.
+func (st Status) MarshalJSON() ([]byte, error) {
+	type plain Status
+	return json.Marshal(struct {
+		plain
+		Outage OutageJSON `json:"outage"`
+	}{plain(st), NewOutageJSON(st.Outage)})
+}
+
+// MarshalJSON writes the result with the outages as OutageJSON.
+func (r OutageResult) MarshalJSON() ([]byte, error) {
+	type plain OutageResult
+	return json.Marshal(struct {
+		plain
+		Previous OutageJSON `json:"previous"`
+		Current  OutageJSON `json:"current"`
+	}{plain(r), NewOutageJSON(r.Previous), NewOutageJSON(r.Current)})
+}
+
+// OutageJSON is an outage.Status as the admin API and the CLI write it: without since and
+// until while they are unset, rather than as 0001-01-01T00:00:00Z. It reads back as an
+// outage.Status.
+type OutageJSON struct {
+	outage.Status
+	Since time.Time `json:"since,omitzero"`
+	Until time.Time `json:"until,omitzero"`
+}
+
+// NewOutageJSON returns st to write as JSON.
+func NewOutageJSON(st outage.Status) OutageJSON {
+	return OutageJSON{Status: st, Since: st.Since, Until: st.Until}
 }
 
 // StartOutage starts (or replaces) a simulated outage and, with a hosts directory, switches the

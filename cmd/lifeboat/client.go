@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -13,20 +16,79 @@ import (
 )
 
 // clientFlags are the flags every command that talks to the daemon has.
+//
+// The admin socket is, as for serve: --admin-socket, else LIFEBOAT_ADMIN_SOCKET, else the
+// configuration's [admin] address (the file from --config, else LIFEBOAT_CONFIG, else the
+// default file if it exists), else the default.
 type clientFlags struct {
 	adminSocket string
+	configPath  string
 	json        bool
+
+	// cfg is the configuration, once read by config.
+	cfg *config.Config
 }
 
 func (f *clientFlags) register(cmd *cobra.Command, withJSON bool) {
-	def := config.Default().Admin.Address
-	if env := os.Getenv("LIFEBOAT_ADMIN_SOCKET"); env != "" {
-		def = env
-	}
-	cmd.Flags().StringVar(&f.adminSocket, "admin-socket", def, "the daemon's admin socket (env LIFEBOAT_ADMIN_SOCKET)")
+	fl := cmd.Flags()
+	fl.StringVar(&f.adminSocket, "admin-socket", config.Default().Admin.Address,
+		"the daemon's admin socket (default: env LIFEBOAT_ADMIN_SOCKET, else [admin] address from the configuration, else /run/lifeboat/admin.sock)")
+	fl.StringVar(&f.configPath, "config", config.DefaultPath, "configuration file to take the admin socket from (env LIFEBOAT_CONFIG)")
 	if withJSON {
-		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON for machines")
+		fl.BoolVar(&f.json, "json", false, "print JSON for machines")
 	}
+	// Resolve the socket before the command runs, whatever else it sets up.
+	prev := cmd.PreRunE
+	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if err := f.resolveSocket(cmd); err != nil {
+			return err
+		}
+		if prev != nil {
+			return prev(cmd, args)
+		}
+		return nil
+	}
+}
+
+// resolveSocket sets f.adminSocket by the precedence flag > environment > configuration file >
+// default. The configuration file is read only when it decides.
+func (f *clientFlags) resolveSocket(cmd *cobra.Command) error {
+	if cmd.Flags().Changed("admin-socket") {
+		return nil
+	}
+	if env := os.Getenv("LIFEBOAT_ADMIN_SOCKET"); env != "" {
+		f.adminSocket = env
+		return nil
+	}
+	cfg, err := f.config(cmd)
+	if err != nil {
+		return err
+	}
+	f.adminSocket = cfg.Admin.Address
+	return nil
+}
+
+// config reads the configuration file once: --config, else LIFEBOAT_CONFIG, else the default
+// file, whose absence means the defaults (an explicit file must exist).
+func (f *clientFlags) config(cmd *cobra.Command) (config.Config, error) {
+	if f.cfg != nil {
+		return *f.cfg, nil
+	}
+	path, explicit := f.configPath, cmd.Flags().Changed("config")
+	if env := os.Getenv("LIFEBOAT_CONFIG"); env != "" && !explicit {
+		path, explicit = env, true
+	}
+	cfg, err := config.Load(path, explicit)
+	switch {
+	case err != nil && !explicit && errors.Is(err, fs.ErrPermission):
+		// The default file is root's (it may hold registry passwords); so is the admin socket,
+		// and the error reaching it will say so.
+		cfg = config.Default()
+	case err != nil:
+		return cfg, fmt.Errorf("cannot read the configuration: %w", err)
+	}
+	f.cfg = &cfg
+	return cfg, nil
 }
 
 func (f *clientFlags) client() *admin.Client { return admin.NewClient(f.adminSocket) }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
@@ -33,20 +34,34 @@ var (
 // daemon is not running.
 type cacheFlags struct {
 	clientFlags
-	root       string
-	configPath string
+	root     string
+	logLevel string
 }
 
 func (f *cacheFlags) register(cmd *cobra.Command) {
 	f.clientFlags.register(cmd, true)
 	fl := cmd.Flags()
+	fl.Lookup("config").Usage = "configuration file to take the admin socket and, without the daemon, the root and the cache size from (env LIFEBOAT_CONFIG)"
 	fl.StringVar(&f.root, "root", "", "without the daemon: the data directory to read (env LIFEBOAT_ROOT; default: root from --config, /var/lib/lifeboat)")
-	fl.StringVar(&f.configPath, "config", config.DefaultPath, "without the daemon: the configuration to take the root and the cache size from")
+	fl.StringVar(&f.logLevel, "log-level", "", "without the daemon: log what the cache does at this level on stderr: trace, debug, info, warn, error (env LIFEBOAT_LOG_LEVEL; default: errors only)")
 }
 
 // withCache runs fn against the daemon or, when no daemon answers on the admin socket, against
 // the cache root opened directly, saying so on stderr.
 func (f *cacheFlags) withCache(cmd *cobra.Command, fn func(cacheAPI) error) error {
+	// Without the daemon, the cache and the admin service run here and log as they do in the
+	// daemon: the command's output says what happened, their lines are for when a level is
+	// asked for.
+	level := "error"
+	if env := os.Getenv("LIFEBOAT_LOG_LEVEL"); env != "" {
+		level = env
+	}
+	if cmd.Flags().Changed("log-level") {
+		level = f.logLevel
+	}
+	if err := log.SetLevel(level); err != nil {
+		return fmt.Errorf("log level %q is not one of trace, debug, info, warn, error", level)
+	}
 	err := fn(f.client())
 	if !errors.Is(err, admin.ErrUnreachable) {
 		return err
@@ -62,9 +77,9 @@ func (f *cacheFlags) withCache(cmd *cobra.Command, fn func(cacheAPI) error) erro
 
 // localRoot is the data directory to open without the daemon, and the cache size configured.
 func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, config.Size, error) {
-	cfg, err := config.Load(f.configPath, cmd.Flags().Changed("config"))
+	cfg, err := f.config(cmd)
 	if err != nil {
-		return "", 0, fmt.Errorf("cannot read the configuration: %w", err)
+		return "", 0, err
 	}
 	root := cfg.Root
 	if env := os.Getenv("LIFEBOAT_ROOT"); env != "" {

@@ -81,10 +81,12 @@ func newServeCommand() *cobra.Command {
 //
 // Each flag also has an environment variable, LIFEBOAT_ and the flag's name in capitals with
 // underscores (LIFEBOAT_ROOT, LIFEBOAT_LISTEN, LIFEBOAT_CONFIG, ...): a flag wins over its
-// variable, which wins over the config file, which wins over the defaults.
+// variable, which wins over the config file, which wins over the defaults. A variable set to
+// "" counts as unset (as a template that fills in nothing leaves it), except
+// LIFEBOAT_METRICS_ADDRESS, where "" turns metrics off as it does in the file.
 func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
 	explicit := cmd.Flags().Changed("config")
-	if v, ok := os.LookupEnv(envName("config")); ok && !explicit {
+	if v, ok := serveEnv("config"); ok && !explicit {
 		f.configPath, explicit = v, true
 	}
 	cfg, err := config.Load(f.configPath, explicit)
@@ -94,7 +96,7 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
 	set := func(name string, dst *string, v string) {
 		if cmd.Flags().Changed(name) {
 			*dst = v
-		} else if ev, ok := os.LookupEnv(envName(name)); ok {
+		} else if ev, ok := serveEnv(name); ok {
 			*dst = ev
 		}
 	}
@@ -124,10 +126,20 @@ func checkOutageMode(cmd *cobra.Command, mode, path string) error {
 	what := fmt.Sprintf("outage.mode %q in %s", mode, path)
 	if cmd.Flags().Changed("simulate-outage") {
 		what = fmt.Sprintf("--simulate-outage %q", mode)
-	} else if _, ok := os.LookupEnv(envName("simulate-outage")); ok {
+	} else if _, ok := serveEnv("simulate-outage"); ok {
 		what = fmt.Sprintf("%s=%q", envName("simulate-outage"), mode)
 	}
 	return fmt.Errorf("%s is not an outage mode; the modes are %s", what, outageModes)
+}
+
+// serveEnv returns the value of the environment variable of the serve flag name, and whether
+// it counts as set: an empty value does not, but for metrics-address.
+func serveEnv(name string) (string, bool) {
+	v, ok := os.LookupEnv(envName(name))
+	if v == "" && name != "metrics-address" {
+		return "", false
+	}
+	return v, ok
 }
 
 // envName is the environment variable of a serve flag: "metrics-address" → LIFEBOAT_METRICS_ADDRESS.

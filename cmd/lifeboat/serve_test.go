@@ -85,6 +85,19 @@ func TestServeEnvironment(t *testing.T) {
 		t.Errorf("root %q (want the file's), mirror %q (want the variable's), log level %q (want the flag's)",
 			cfg.Root, cfg.Mirror.Address, cfg.Log.Level)
 	}
+	// Empty variables, as a template that fills in nothing leaves them, count as unset; but
+	// LIFEBOAT_METRICS_ADDRESS="" turns metrics off, as the file's "" does.
+	t.Setenv("LIFEBOAT_ROOT", "")
+	t.Setenv("LIFEBOAT_LISTEN", "")
+	t.Setenv("LIFEBOAT_SIMULATE_OUTAGE", "")
+	t.Setenv("LIFEBOAT_METRICS_ADDRESS", "")
+	cfg, err = loadServeConfig(newServeCommand(), serveFlags{configPath: "/etc/lifeboat/config.toml"})
+	if err != nil {
+		t.Fatalf("empty variables: %v", err)
+	}
+	if cfg.Root != "/from/file" || cfg.Mirror.Address != "127.0.0.1:7000" || cfg.Metrics.Address != "" {
+		t.Errorf("empty variables: root %q, mirror %q (want the file's), metrics %q (want off)", cfg.Root, cfg.Mirror.Address, cfg.Metrics.Address)
+	}
 	t.Setenv("LIFEBOAT_CONFIG", filepath.Join(dir, "missing.toml"))
 	if _, err := loadServeConfig(newServeCommand(), serveFlags{configPath: "/etc/lifeboat/config.toml"}); err == nil {
 		t.Error("a missing file named by LIFEBOAT_CONFIG must be an error, as with --config")

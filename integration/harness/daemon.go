@@ -231,18 +231,7 @@ func (lb *Lifeboat) Restart(t testing.TB) {
 // (no fallback to the upstream, so a test cannot pass by going around lifeboat), and returns it.
 func (lb *Lifeboat) MirrorHostsDir(t testing.TB, registries ...string) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, reg := range registries {
-		d := filepath.Join(dir, reg)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", lb.URL(), lb.URL())
-		if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(toml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return lb.ConfigureHosts(t, "none", registries...)
 }
 
 // CLI runs `lifeboat ARGS... --admin-socket <this daemon's socket>` and returns its combined

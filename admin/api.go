@@ -367,10 +367,11 @@ func ServeHTTP(ctx context.Context, l net.Listener, h http.Handler, grace time.D
 
 	sctx, cancel := context.WithTimeout(work, grace)
 	if srv.Shutdown(sctx) != nil {
-		// The deadline passed: cut what is left.
+		// The deadline passed: cut what is left. The connections close first, so that a
+		// handler ending on its cancelled context cannot still send an (empty) answer.
 		cut = reqs.running()
-		cancelWork()
 		srv.Close()
+		cancelWork()
 	}
 	cancel()
 	if serveErr == nil {

@@ -22,7 +22,7 @@ import (
 )
 
 // TestLoad has 200 clients hammer the mirror at once, mixing tag resolutions, cached and
-// uncached manifests and blobs, for LIFEBOAT_LOAD_DURATION (8s by default; `make soak` runs it
+// uncached manifests and blobs (a new image first requested every second), for LIFEBOAT_LOAD_DURATION (8s by default; `make soak` runs it
 // for 60s). Nothing may answer 5xx, every byte must verify, and lifeboat's memory must stay
 // bounded.
 func TestLoad(t *testing.T) {
@@ -49,6 +49,14 @@ func TestLoad(t *testing.T) {
 		img := reg.PushRandom(t, repo, "1", 2, 256<<10)
 		imgs = append(imgs, image{repo: repo, blobs: blobDigests(t, img), dgst: harness.Digest(t, img)})
 	}
+	// Fresh images, one a second of the run, each first requested once its second comes: the
+	// misses go on for the whole run, not only until the first images are cached.
+	var fresh []image
+	for i := range max(1, int(duration/time.Second)) {
+		repo := fmt.Sprintf("library/fresh%d", i)
+		img := reg.PushRandom(t, repo, "1", 2, 256<<10)
+		fresh = append(fresh, image{repo: repo, blobs: blobDigests(t, img), dgst: harness.Digest(t, img)})
+	}
 	lb := harness.StartLifeboat(t, harness.LifeboatOptions{Upstreams: map[string][]string{"docker.io": {reg.URL()}}})
 	// Half the images are cached before the load starts; the rest are first fetched under it.
 	for _, im := range imgs[:len(imgs)/2] {
@@ -62,7 +70,16 @@ func TestLoad(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
 	ctx, cancel := context.WithTimeout(t.Context(), duration)
 	defer cancel()
-	var requests, serverErrors, corrupt, otherErrors atomic.Int64
+	start := time.Now()
+	// pick chooses an image: a quarter of the time the newest fresh image whose second has
+	// come, else any of the first ones.
+	pick := func(rng *rand.Rand) image {
+		if n := min(len(fresh), int(time.Since(start)/time.Second)+1); rng.IntN(4) == 0 {
+			return fresh[n-1]
+		}
+		return imgs[rng.IntN(len(imgs))]
+	}
+	var requests, serverErrors, corrupt, otherErrors, misses, lateMisses atomic.Int64
 	var firstErr sync.Once
 	var firstErrMsg atomic.Value
 	note := func(err error) {
@@ -76,7 +93,7 @@ func TestLoad(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			for ctx.Err() == nil {
-				im := imgs[rng.IntN(len(imgs))]
+				im := pick(rng)
 				var url, want string
 				method := http.MethodGet
 				switch rng.IntN(3) {
@@ -98,6 +115,12 @@ func TestLoad(t *testing.T) {
 					continue
 				}
 				requests.Add(1)
+				if resp.Header.Get("X-Lifeboat-Cache") == "miss" {
+					misses.Add(1)
+					if time.Since(start) > duration/2 {
+						lateMisses.Add(1)
+					}
+				}
 				if resp.StatusCode >= 500 {
 					serverErrors.Add(1)
 					firstErr.Do(func() { firstErrMsg.Store(fmt.Sprintf("%s %s: %s", method, url, resp.Status)) })
@@ -121,7 +144,11 @@ func TestLoad(t *testing.T) {
 	wg.Wait()
 
 	rss := peakRSS(t, lb.Process().Pid())
-	t.Logf("%d requests in %s from 200 clients; lifeboat's peak RSS %d MiB", requests.Load(), duration, rss>>20)
+	t.Logf("%d requests in %s from 200 clients, %d answered as misses (%d in the second half); lifeboat's peak RSS %d MiB",
+		requests.Load(), duration, misses.Load(), lateMisses.Load(), rss>>20)
+	if lateMisses.Load() == 0 {
+		t.Error("no request in the second half of the run was a miss: the load did not mix misses in throughout")
+	}
 	if serverErrors.Load() > 0 || corrupt.Load() > 0 || otherErrors.Load() > 0 {
 		t.Errorf("%d 5xx answers, %d corrupt bodies, %d other failures (first: %v)",
 			serverErrors.Load(), corrupt.Load(), otherErrors.Load(), firstErrMsg.Load())

@@ -53,7 +53,7 @@ func Handler(s *Service) http.Handler {
 		reply(w, s.Status(r.Context()), nil)
 	})
 	mux.HandleFunc("GET /v1/outage", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, NewOutageJSON(s.Outage.Status()), nil)
+		reply(w, s.Outage.Status(), nil)
 	})
 	mux.HandleFunc("POST /v1/outage", func(w http.ResponseWriter, r *http.Request) {
 		var req OutageRequest

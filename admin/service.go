@@ -6,7 +6,6 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -184,39 +183,6 @@ func (s *Service) endpoints() []resolver.EndpointStatus {
 		eps = []resolver.EndpointStatus{}
 	}
 	return eps
-}
-
-// MarshalJSON writes the status with the outage as OutageJSON.
-func (st Status) MarshalJSON() ([]byte, error) {
-	type plain Status
-	return json.Marshal(struct {
-		plain
-		Outage OutageJSON `json:"outage"`
-	}{plain(st), NewOutageJSON(st.Outage)})
-}
-
-// MarshalJSON writes the result with the outages as OutageJSON.
-func (r OutageResult) MarshalJSON() ([]byte, error) {
-	type plain OutageResult
-	return json.Marshal(struct {
-		plain
-		Previous OutageJSON `json:"previous"`
-		Current  OutageJSON `json:"current"`
-	}{plain(r), NewOutageJSON(r.Previous), NewOutageJSON(r.Current)})
-}
-
-// OutageJSON is an outage.Status as the admin API and the CLI write it: without since and
-// until while they are unset, rather than as 0001-01-01T00:00:00Z. It reads back as an
-// outage.Status.
-type OutageJSON struct {
-	outage.Status
-	Since time.Time `json:"since,omitzero"`
-	Until time.Time `json:"until,omitzero"`
-}
-
-// NewOutageJSON returns st to write as JSON.
-func NewOutageJSON(st outage.Status) OutageJSON {
-	return OutageJSON{Status: st, Since: st.Since, Until: st.Until}
 }
 
 // StartOutage starts (or replaces) a simulated outage and, with a hosts directory, switches the

@@ -141,7 +141,7 @@ func newOutageStatusCommand() *cobra.Command {
 				return err
 			}
 			if f.json {
-				return printJSON(cmd.OutOrStdout(), admin.NewOutageJSON(st.Outage))
+				return printJSON(cmd.OutOrStdout(), st.Outage)
 			}
 			_, err = fmt.Fprintln(cmd.OutOrStdout(), describeOutage(st.Outage))
 			return err

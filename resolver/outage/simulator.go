@@ -21,9 +21,9 @@ type Status struct {
 	// Spec is the outage, with the defaults filled in.
 	Spec Spec `json:"spec"`
 	// Since is when it started.
-	Since time.Time `json:"since,omitempty"`
+	Since time.Time `json:"since,omitzero"`
 	// Until is when it ends by itself; zero: until stopped.
-	Until time.Time `json:"until,omitempty"`
+	Until time.Time `json:"until,omitzero"`
 	// Ended is when it ended (stopped, expired or replaced); zero while active.
 	Ended time.Time `json:"ended,omitzero"`
 	// Affected counts the requests the outage changed (for flaky: the failed ones).

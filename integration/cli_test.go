@@ -73,7 +73,8 @@ func (r cliRun) must(t *testing.T, code int) cliRun {
 func (r cliRun) oneSentence(t *testing.T, want string) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
-	if r.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "lifeboat: ") || !strings.Contains(lines[0], want) {
+	if r.code != 1 || len(lines) != 1 || !strings.HasPrefix(lines[0], "lifeboat: ") || strings.HasPrefix(lines[0], "lifeboat: lifeboat ") ||
+		!strings.Contains(lines[0], want) {
 		t.Errorf("want exit 1 and one line on stderr with %q: %s", want, r)
 	}
 }
@@ -420,7 +421,7 @@ func TestCLI(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{{"pin", busybox}, {"unpin", busybox}, {"rm", busybox}, {"pull", busybox}} {
-		runLifeboat(t, append(args, "--admin-socket", nowhere)...).oneSentence(t, "lifeboat "+args[0]+" needs the daemon, which is not running (nothing answers on "+nowhere+")")
+		runLifeboat(t, append(args, "--admin-socket", nowhere)...).oneSentence(t, args[0]+" needs the daemon, which is not running (nothing answers on "+nowhere+")")
 	}
 	empty := t.TempDir()
 	runLifeboat(t, "images", "--root", empty, "--admin-socket", nowhere).oneSentence(t, empty+" holds no lifeboat cache")

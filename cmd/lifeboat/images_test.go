@@ -179,12 +179,12 @@ func TestCacheCommandsWithoutDaemon(t *testing.T) {
 	// The commands that need the daemon say so.
 	for _, args := range [][]string{{"pull", "alpine"}, {"pin", "alpine"}, {"unpin", "alpine"}, {"rm", "alpine"}} {
 		_, _, err := runCommand(t, nil, append(args, "--admin-socket", sock)...)
-		oneSentence(t, args[0]+" without the daemon", err, "lifeboat "+args[0]+" needs the daemon, which is not running (nothing answers on "+sock+")")
+		oneSentence(t, args[0]+" without the daemon", err, args[0]+" needs the daemon, which is not running (nothing answers on "+sock+")")
 	}
 	list := filepath.Join(t.TempDir(), "images.txt")
 	os.WriteFile(list, []byte("alpine\n"), 0o644)
 	_, _, err = runCommand(t, nil, "warm", "-f", list, "--admin-socket", sock)
-	oneSentence(t, "warm without the daemon", err, "lifeboat warm needs the daemon")
+	oneSentence(t, "warm without the daemon", err, "warm needs the daemon")
 
 	_, _, err = runCommand(t, nil, "images", "--admin-socket", sock, "--config", noConfig+".missing", "--root", root)
 	oneSentence(t, "images with a missing --config", err, "cannot read the configuration: config file "+noConfig+".missing")

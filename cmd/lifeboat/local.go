@@ -127,7 +127,7 @@ func (f *cacheFlags) openLocal(cmd *cobra.Command) (*admin.Service, string, func
 // needDaemon turns "no daemon" into a sentence that says the command needs one.
 func needDaemon(cmd *cobra.Command, f *clientFlags, err error) error {
 	if errors.Is(err, admin.ErrUnreachable) {
-		return fmt.Errorf("lifeboat %s needs the daemon, which is not running (nothing answers on %s)", cmd.Name(), f.adminSocket)
+		return fmt.Errorf("%s needs the daemon, which is not running (nothing answers on %s)", cmd.Name(), f.adminSocket)
 	}
 	return err
 }

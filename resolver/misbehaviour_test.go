@@ -406,8 +406,11 @@ func TestMisbehavingManifests(t *testing.T) {
 }
 
 // newBareResolver is a resolver on a fresh cache with one endpoint, url, and the daemon's
-// timeouts but for the idle timeout, 1 s instead of 30 s, so that misbehaving upstreams fail
-// within seconds. The fill timeout stays an hour: no test may pass because of it.
+// timeouts but two: the idle timeout is 1 s instead of 30 s, so that misbehaving upstreams fail
+// within seconds; the upstream timeout is 10 s instead of 1 s, so that an in-process upstream
+// slowed by a loaded machine (the race detector, parallel packages) is not taken for one that
+// does not answer: no case here depends on it. The fill timeout stays an hour: no test may
+// pass because of it.
 func newBareResolver(t *testing.T, url string) (*Resolver, *cache.Store) {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
@@ -415,7 +418,7 @@ func newBareResolver(t *testing.T, url string) (*Resolver, *cache.Store) {
 		t.Fatal(err)
 	}
 	r, err := New(store, Options{
-		UpstreamTimeout: 3 * time.Second,
+		UpstreamTimeout: 10 * time.Second,
 		IdleTimeout:     time.Second,
 		Endpoints:       map[string][]string{testRegistry: {url}},
 		NewClient: func(registry, endpoint string) (Client, error) {

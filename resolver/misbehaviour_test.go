@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -26,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
 )
 
@@ -83,7 +83,7 @@ func TestMisbehavingUpstreams(t *testing.T) {
 			ended := make(chan struct{}) // the upstream's answer ended
 			var url string
 			if tc.raw != nil {
-				url = rawUpstream(t, func(w *bufio.Writer) { tc.raw(w); close(ended) })
+				url = rawhttp.Upstream(t, func(w *bufio.Writer) { tc.raw(w); close(ended) })
 			} else {
 				var once sync.Once
 				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -224,7 +224,7 @@ func TestExtraBytesAfterTheBody(t *testing.T) {
 	t.Parallel()
 	blob := []byte("a blob, and then garbage on the connection")
 	dgst := digest.FromBytes(blob)
-	url := rawUpstream(t, func(w *bufio.Writer) {
+	url := rawhttp.Upstream(t, func(w *bufio.Writer) {
 		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(blob), blob)
 		w.WriteString("HTTP/1.1 200 OK\r\n\r\nnot a blob")
 	})
@@ -278,46 +278,6 @@ func (c shortSizeClient) Endpoint() string { return "https://short.test" }
 
 func (c shortSizeClient) GetBlob(context.Context, string, digest.Digest) (io.ReadCloser, int64, error) {
 	return io.NopCloser(bytes.NewReader(c.blob)), int64(len(c.blob) - 1000), nil
-}
-
-// rawUpstream is a hand-written HTTP/1.1 upstream: it answers the ping, and answer writes
-// whatever it likes in reply to any other request, then closes the connection.
-func rawUpstream(t *testing.T, answer func(w *bufio.Writer)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.Close()
-				br, bw := bufio.NewReader(conn), bufio.NewWriter(conn)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if req.URL.Path == "/v2/" {
-						bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-						bw.Flush()
-						continue
-					}
-					answer(bw)
-					bw.Flush()
-					return
-				}
-			})
-		}
-	})
-	return "http://" + ln.Addr().String()
 }
 
 // TestMisbehavingManifests serves manifest graphs that never end: an index whose child, when

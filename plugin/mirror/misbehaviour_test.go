@@ -8,18 +8,17 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
 )
@@ -80,7 +79,7 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 			t.Parallel()
 			var url string
 			if tc.raw != nil {
-				url = rawUpstream(t, tc.raw)
+				url = rawhttp.Upstream(t, tc.raw)
 			} else {
 				up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if r.URL.Path == "/v2/" {
@@ -189,44 +188,4 @@ func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
 		case <-tick.C:
 		}
 	}
-}
-
-// rawUpstream is a hand-written HTTP/1.1 upstream: it answers the ping, and answer writes
-// whatever it likes in reply to any other request, then closes the connection.
-func rawUpstream(t *testing.T, answer func(w *bufio.Writer)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.Close()
-				br, bw := bufio.NewReader(conn), bufio.NewWriter(conn)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if req.URL.Path == "/v2/" {
-						bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-						bw.Flush()
-						continue
-					}
-					answer(bw)
-					bw.Flush()
-					return
-				}
-			})
-		}
-	})
-	return "http://" + ln.Addr().String()
 }

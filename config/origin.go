@@ -112,9 +112,19 @@ func (c Config) clone() Config {
 // character; an array's is that of its key. A document with a syntax error gives the positions
 // found before it.
 func positions(b []byte) map[string]pos {
+	out := map[string]pos{}
+	eachKeyValue(b, func(p *unstable.Parser, table []string, kv *unstable.Node) bool {
+		keyValuePositions(p, out, table, kv)
+		return true
+	})
+	return out
+}
+
+// eachKeyValue calls f with every top-level key/value of the TOML document b and the table it
+// is in, until f returns false or a syntax error ends the document.
+func eachKeyValue(b []byte, f func(p *unstable.Parser, table []string, kv *unstable.Node) bool) {
 	var p unstable.Parser
 	p.Reset(b)
-	out := map[string]pos{}
 	var table []string
 	for p.NextExpression() {
 		e := p.Expression()
@@ -122,10 +132,11 @@ func positions(b []byte) map[string]pos {
 		case unstable.Table, unstable.ArrayTable:
 			table = keyParts(e.Key())
 		case unstable.KeyValue:
-			keyValuePositions(&p, out, table, e)
+			if !f(&p, table, e) {
+				return
+			}
 		}
 	}
-	return out
 }
 
 // durationKeys are the keys whose values are Durations.
@@ -133,25 +144,18 @@ var durationKeys = []string{"resolve.tag_max_age", "resolve.upstream_timeout", "
 
 // numericDuration returns an error for the first duration in the TOML document b that is
 // written as a number: TOML decodes `upstream_timeout = 1` as 1ns, which nobody means.
-func numericDuration(b []byte) error {
-	var p unstable.Parser
-	p.Reset(b)
-	var table []string
-	for p.NextExpression() {
-		e := p.Expression()
-		switch e.Kind {
-		case unstable.Table, unstable.ArrayTable:
-			table = keyParts(e.Key())
-		case unstable.KeyValue:
-			key := keyName(append(slices.Clone(table), keyParts(e.Key())...)...)
-			if v := e.Value(); slices.Contains(durationKeys, key) && (v.Kind == unstable.Integer || v.Kind == unstable.Float) {
-				at := shapeOf(&p, v)
-				return fmt.Errorf("line %d, column %d: %s: %s is not a duration: write a number with a unit, in quotes, such as \"1s\" or \"10m\"",
-					at.line, at.col, key, v.Data)
-			}
+func numericDuration(b []byte) (err error) {
+	eachKeyValue(b, func(p *unstable.Parser, table []string, kv *unstable.Node) bool {
+		key := keyName(append(slices.Clone(table), keyParts(kv.Key())...)...)
+		if v := kv.Value(); slices.Contains(durationKeys, key) && (v.Kind == unstable.Integer || v.Kind == unstable.Float) {
+			at := shapeOf(p, v)
+			err = fmt.Errorf("line %d, column %d: %s: %s is not a duration: write a number with a unit, in quotes, such as \"1s\" or \"10m\"",
+				at.line, at.col, key, v.Data)
+			return false
 		}
-	}
-	return nil
+		return true
+	})
+	return err
 }
 
 // keyValuePositions records the position of the value of kv, a key/value under the table

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 
@@ -58,30 +59,33 @@ func FuzzParseChildren(f *testing.F) {
 			if !json.Valid(b) {
 				t.Fatalf("parsed children of invalid JSON %q", b)
 			}
-			var doc any
-			if err := json.Unmarshal(b, &doc); err != nil {
-				t.Fatal(err)
-			}
+			// Every string, number and object of the document, read token by token: a key
+			// given twice counts both times, as encoding/json (here and in containerd) decodes
+			// the second into what the first left.
 			strs, nums, objects := map[string]bool{}, map[float64]bool{}, 0
-			var walk func(v any)
-			walk = func(v any) {
-				switch v := v.(type) {
+			dec := json.NewDecoder(bytes.NewReader(b))
+			dec.UseNumber()
+			for {
+				tok, err := dec.Token()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("valid JSON %q: %v", b, err)
+				}
+				switch tok := tok.(type) {
 				case string:
-					strs[v] = true
-				case float64:
-					nums[v] = true
-				case []any:
-					for _, e := range v {
-						walk(e)
+					strs[tok] = true
+				case json.Number:
+					if f, err := tok.Float64(); err == nil {
+						nums[f] = true
 					}
-				case map[string]any:
-					objects++
-					for _, e := range v {
-						walk(e)
+				case json.Delim:
+					if tok == '{' {
+						objects++
 					}
 				}
 			}
-			walk(doc)
 			nonEmpty := 0 // a null in a list is an empty child, as harmless as one that names nothing
 			for _, c := range children {
 				if c.Digest != "" || c.MediaType != "" || c.Size != 0 || c.Platform != nil || len(c.Annotations) != 0 {

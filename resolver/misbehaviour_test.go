@@ -51,7 +51,7 @@ func TestMisbehavingUpstreams(t *testing.T) {
 	}{
 		{name: "trickling body (slowloris)", hangs: true, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-			trickle(w, r, blob)
+			rawhttp.Trickle(w, r, blob)
 		}, want: "less than the minimum of 65536 bytes in every 1s (65536 bytes/s)", class: errdefs.IsNotFound},
 		{name: "stream never closed", hangs: true, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Write(blob) // chunked: no Content-Length, and no end
@@ -134,23 +134,6 @@ func TestMisbehavingUpstreams(t *testing.T) {
 				t.Errorf("the failed fill left %d ingests", len(sts))
 			}
 		})
-	}
-}
-
-// trickle sends body a byte every 50 ms (20 B/s), until the client goes away.
-func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for _, b := range body {
-		if _, err := w.Write([]byte{b}); err != nil {
-			return
-		}
-		w.(http.Flusher).Flush()
-		select {
-		case <-r.Context().Done():
-			return
-		case <-tick.C:
-		}
 	}
 }
 

@@ -1,6 +1,6 @@
-// Package rawhttp is a hand-written HTTP/1.1 upstream for tests of how lifeboat meets a
-// registry that breaks the protocol: bodies longer than their Content-Length, answers cut
-// short, headers no server library would send.
+// Package rawhttp holds misbehaving upstreams for tests of how lifeboat meets a registry that
+// breaks the protocol or crawls: a hand-written HTTP/1.1 server (bodies longer than their
+// Content-Length, answers cut short, headers no server library would send) and a trickling body.
 package rawhttp
 
 import (
@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Upstream listens on loopback until the test ends. It answers the registry ping (GET /v2/)
@@ -51,4 +52,22 @@ func Upstream(t testing.TB, answer func(w *bufio.Writer)) string {
 		}
 	})
 	return "http://" + ln.Addr().String()
+}
+
+// Trickle sends body a byte every 50 ms (20 B/s), as a slowloris upstream does, until the
+// client goes away.
+func Trickle(w http.ResponseWriter, r *http.Request, body []byte) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for _, b := range body {
+		if _, err := w.Write([]byte{b}); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

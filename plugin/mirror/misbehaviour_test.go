@@ -48,11 +48,11 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 	}{
 		{name: "trickling body (slowloris)", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(small)))
-			trickle(w, r, small)
+			rawhttp.Trickle(w, r, small)
 		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "upstream stalled: it sent"},
 		{name: "trickling large body", blob: large, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
-			trickle(w, r, large)
+			rawhttp.Trickle(w, r, large)
 		}, status: http.StatusOK},
 		{name: "stream never closed", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Write(small) // chunked: no Content-Length, and no end
@@ -171,21 +171,4 @@ func newDaemonResolver(t *testing.T, url string) *resolver.Resolver {
 	}
 	t.Cleanup(func() { r.Close(); store.Close() })
 	return r
-}
-
-// trickle sends body a byte every 50 ms (20 B/s), until the client goes away.
-func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for _, b := range body {
-		if _, err := w.Write([]byte{b}); err != nil {
-			return
-		}
-		w.(http.Flusher).Flush()
-		select {
-		case <-r.Context().Done():
-			return
-		case <-tick.C:
-		}
-	}
 }

@@ -74,24 +74,7 @@ type outage struct {
 // startProxy runs the distribution registry in proxy mode in front of upstream, with storage
 // in dir.
 func startProxy(dir, tools, upstream string) (*daemon, string, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, "", err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, "", err
-	}
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\nproxy:\n  remoteurl: http://%s\n  ttl: 0s\n",
-		filepath.Join(dir, "data"), addr, upstream)
-	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644); err != nil {
-		return nil, "", err
-	}
-	d, err := startDaemon(dir, filepath.Join(tools, "registry"), []string{"serve", filepath.Join(dir, "config.yml")},
-		[]string{"OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none"})
-	if err != nil {
-		return nil, "", err
-	}
-	return d, addr, waitHTTP("http://"+addr+"/v2/", d)
+	return runRegistry(dir, tools, "", fmt.Sprintf("proxy:\n  remoteurl: http://%s\n  ttl: 0s\n", upstream))
 }
 
 // proxyHasBlob reports whether the proxy has committed the blob to its storage and linked it

@@ -102,12 +102,18 @@ func startDaemon(dir string, bin string, args []string, env []string) (*daemon, 
 
 // startRegistry runs the distribution registry (from bin/tools) on a free loopback port.
 func startRegistry(scratch, tools string) (*daemon, string, error) {
+	return runRegistry(filepath.Join(scratch, "registry"), tools, "  delete:\n    enabled: true\n", "")
+}
+
+// runRegistry runs the distribution registry with its storage in dir on a free loopback port:
+// storage adds to the storage section, extra to the top of the configuration.
+func runRegistry(dir, tools, storage, extra string) (*daemon, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	dir := filepath.Join(scratch, "registry")
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n%shttp:\n  addr: %s\n%s",
+		filepath.Join(dir, "data"), storage, addr, extra)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", err
 	}

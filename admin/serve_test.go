@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
 // closeSignal is a listener that says when it is closed: when a shutdown begins.

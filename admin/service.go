@@ -20,8 +20,8 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/hosts"
+	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
 
 // Status is what `lifeboat status` shows.

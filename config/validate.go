@@ -15,7 +15,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
 // Validate checks the values the types alone do not, and that the files the configuration

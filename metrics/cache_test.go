@@ -8,9 +8,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+	"github.com/lifeboat-dev/lifeboat/mirror"
+	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
 
 type fakeStats struct{ used, budget, evicted int64 }

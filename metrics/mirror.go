@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+	"github.com/lifeboat-dev/lifeboat/mirror"
 )
 
 // Mirror counts the registry mirror's answers. Pass its Observe as mirror.Options.Observe.

@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 

@@ -3,8 +3,8 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
 
 // Health is what the upstream collector reads; *resolver.Resolver provides it.

@@ -26,7 +26,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
-	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // TestMisbehavingUpstreams serves a blob the ways broken or hostile registries do. Every

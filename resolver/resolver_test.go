@@ -25,7 +25,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
-	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // fault is what the test upstream does instead of answering normally.

@@ -36,9 +36,9 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
-	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
+	"github.com/lifeboat-dev/lifeboat/mirror"
+	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
 )
 
 // What the demo sets up. The registry name is under .test, a top-level domain that never

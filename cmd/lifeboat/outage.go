@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
+	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
 func newOutageCommand() *cobra.Command {

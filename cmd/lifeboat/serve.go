@@ -27,12 +27,12 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
+	"github.com/lifeboat-dev/lifeboat/mirror"
+	"github.com/lifeboat-dev/lifeboat/outage"
 	pcontent "github.com/lifeboat-dev/lifeboat/plugin/content"
-	"github.com/lifeboat-dev/lifeboat/plugin/mirror"
 	psnapshot "github.com/lifeboat-dev/lifeboat/plugin/snapshot"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
-	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // shutdownGrace bounds how long in-flight requests may take to finish on SIGTERM.

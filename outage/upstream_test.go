@@ -13,8 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/lifeboat-dev/lifeboat/resolver/outage"
-	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+	"github.com/lifeboat-dev/lifeboat/outage"
+	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // TestThroughUpstreamClient wires the simulator the way the resolver does and checks that each

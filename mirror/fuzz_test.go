@@ -37,7 +37,7 @@ var fuzzSeeds = []string{
 
 // Run a target with, for example:
 //
-//	go test -run='^$' -fuzz='^FuzzParsePath$' -fuzztime=30s -fuzzminimizetime=2s ./plugin/mirror/
+//	go test -run='^$' -fuzz='^FuzzParsePath$' -fuzztime=30s -fuzzminimizetime=2s ./mirror/
 //
 // -fuzzminimizetime matters: by default each new interesting input is minimized for up to 60 s,
 // during which the search stalls (zero execs per second) on inputs of a few hundred bytes.

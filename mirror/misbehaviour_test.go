@@ -20,7 +20,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/resolver"
-	"github.com/lifeboat-dev/lifeboat/resolver/upstream"
+	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // TestMisbehavingUpstreamsAnswer pulls blobs from broken or hostile upstreams through a real

@@ -5,7 +5,8 @@
 // that containerd goes to the upstream itself when lifeboat is down or answers 404.
 // Lifeboat-only: `server` is the mirror, for nodes that must pull only through lifeboat, and for
 // the length of an outage drill, so that a drill cannot pass because containerd went around
-// lifeboat.
+// lifeboat. Config also describes the files tests and benchmarks write, with a stand-in upstream
+// or no mirror at all, so that every hosts.toml in the tree comes from one renderer.
 package hosts
 
 import (
@@ -57,20 +58,62 @@ func isLoopback(registry string) bool {
 // Render returns a hosts.toml for registry that sends pulls to the mirror at mirrorURL
 // ("http://127.0.0.1:5100"). With fallback, the upstream stays as `server`.
 func Render(registry, mirrorURL string, fallback bool) []byte {
+	return Config{Registry: registry, Mirror: mirrorURL, Fallback: fallback}.Render()
+}
+
+// Config is what a hosts.toml for one registry says: the mirror containerd tries first, and the
+// server it goes to after the mirror (or instead of it, when there is none).
+type Config struct {
+	// Registry is the registry the file is for, its directory under the hosts directory
+	// ("docker.io", "127.0.0.1:5000").
+	Registry string
+	// Mirror is the URL of the mirror containerd tries first ("http://127.0.0.1:5100"); "" for
+	// none, so that containerd pulls straight from the upstream.
+	Mirror string
+	// Fallback keeps the upstream as server behind the mirror (fail-open); without it the server
+	// is the mirror itself (lifeboat-only).
+	Fallback bool
+	// Upstream is the server kept with Fallback or without a Mirror: Upstream(Registry) if "".
+	// Tests and benchmarks set it to a plain-HTTP registry on loopback ("http://127.0.0.1:5000")
+	// that stands in for Registry.
+	Upstream string
+}
+
+// Render returns the hosts.toml c describes.
+func (c Config) Render() []byte {
 	var b strings.Builder
-	if fallback {
+	up := c.Upstream
+	if up == "" {
+		up = Upstream(c.Registry)
+	}
+	switch {
+	case c.Mirror == "":
+		fmt.Fprintf(&b, "%s: pulls go straight to the upstream, through no mirror.\n", Marker)
+		if up != "" {
+			fmt.Fprintf(&b, "server = %q\n", up)
+		} else {
+			fmt.Fprintf(&b, "# No server line: containerd goes to %s itself (https, then http).\n", c.Registry)
+		}
+		return []byte(b.String())
+	case c.Fallback:
 		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror first.\n", Marker)
-		if up := Upstream(registry); up != "" {
+		if up != "" {
 			fmt.Fprintf(&b, "server = %q   # kept: if lifeboat is down, containerd falls back upstream\n", up)
 		} else {
-			fmt.Fprintf(&b, "# No server line: if lifeboat is down, containerd falls back to %s itself (https, then http).\n", registry)
+			fmt.Fprintf(&b, "# No server line: if lifeboat is down, containerd falls back to %s itself (https, then http).\n", c.Registry)
 		}
-	} else {
+	default:
 		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror only.\n", Marker)
-		fmt.Fprintf(&b, "server = %q\n", mirrorURL)
+		fmt.Fprintf(&b, "server = %q\n", c.Mirror)
 	}
-	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", mirrorURL)
+	fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  dial_timeout = \"200ms\"\n", c.Mirror)
 	return []byte(b.String())
+}
+
+// Write writes the hosts.toml c describes to dir/<registry>/hosts.toml, atomically, creating
+// the registry's directory.
+func (c Config) Write(dir string) error {
+	return writeAtomic(filepath.Join(dir, c.Registry, FileName), c.Render(), 0o644)
 }
 
 // Owned reports whether lifeboat wrote content: one of its lines begins with Marker.

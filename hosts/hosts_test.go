@@ -112,29 +112,35 @@ func TestSwitchScopedToRegistries(t *testing.T) {
 
 // TestHostsReadByContainerd loads what Render writes with containerd's own hosts.toml code and
 // checks the hosts containerd tries, in order: the mirror, then the registry (fail-open) or
-// nothing else (lifeboat-only).
+// nothing else (lifeboat-only); or, with no mirror, the upstream alone.
 func TestHostsReadByContainerd(t *testing.T) {
 	t.Parallel()
+	const local = "http://127.0.0.1:5000"
 	tests := []struct {
-		name, registry string
-		fallback       bool
-		want           []string // scheme://host of each host containerd tries
+		name string
+		cfg  Config
+		want []string // scheme://host of each host containerd tries
 	}{
-		{name: "docker.io fail-open", registry: "docker.io", fallback: true, want: []string{mirror, "https://registry-1.docker.io"}},
-		{name: "ghcr.io fail-open", registry: "ghcr.io", fallback: true, want: []string{mirror, "https://ghcr.io"}},
-		{name: "docker.io lifeboat-only", registry: "docker.io", want: []string{mirror, mirror}},
+		{name: "docker.io fail-open", cfg: Config{Registry: "docker.io", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://registry-1.docker.io"}},
+		{name: "ghcr.io fail-open", cfg: Config{Registry: "ghcr.io", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://ghcr.io"}},
+		{name: "docker.io lifeboat-only", cfg: Config{Registry: "docker.io", Mirror: mirror}, want: []string{mirror, mirror}},
 		// A local registry on a port: https first, plain http if it answers in plain http.
-		{name: "local registry fail-open", registry: "127.0.0.1:5000", fallback: true, want: []string{mirror, "https://127.0.0.1:5000"}},
-		{name: "localhost fail-open", registry: "localhost:5000", fallback: true, want: []string{mirror, "https://localhost:5000"}},
+		{name: "local registry fail-open", cfg: Config{Registry: "127.0.0.1:5000", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://127.0.0.1:5000"}},
+		{name: "localhost fail-open", cfg: Config{Registry: "localhost:5000", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://localhost:5000"}},
+		// A test registry standing in for docker.io, behind the mirror or alone.
+		{name: "docker.io fail-open to a stand-in", cfg: Config{Registry: "docker.io", Mirror: mirror, Fallback: true, Upstream: local}, want: []string{mirror, local}},
+		{name: "docker.io lifeboat-only ignores the stand-in", cfg: Config{Registry: "docker.io", Mirror: mirror, Upstream: local}, want: []string{mirror, mirror}},
+		{name: "docker.io straight to a stand-in", cfg: Config{Registry: "docker.io", Upstream: local}, want: []string{local}},
+		{name: "docker.io straight upstream", cfg: Config{Registry: "docker.io"}, want: []string{"https://registry-1.docker.io"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			if err := writeAtomic(filepath.Join(dir, tt.registry, FileName), Render(tt.registry, mirror, tt.fallback), 0o644); err != nil {
+			if err := tt.cfg.Write(dir); err != nil {
 				t.Fatal(err)
 			}
-			hosts, err := config.ConfigureHosts(t.Context(), config.HostOptions{HostDir: config.HostDirFromRoot(dir)})(tt.registry)
+			hosts, err := config.ConfigureHosts(t.Context(), config.HostOptions{HostDir: config.HostDirFromRoot(dir)})(tt.cfg.Registry)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,7 +152,10 @@ func TestHostsReadByContainerd(t *testing.T) {
 				}
 			}
 			if !slices.Equal(got, tt.want) {
-				t.Errorf("containerd tries %v, want %v\n%s", got, tt.want, Render(tt.registry, mirror, tt.fallback))
+				t.Errorf("containerd tries %v, want %v\n%s", got, tt.want, tt.cfg.Render())
+			}
+			if !Owned(tt.cfg.Render()) {
+				t.Errorf("not Owned:\n%s", tt.cfg.Render())
 			}
 		})
 	}

@@ -2,40 +2,16 @@ package integration
 
 import (
 	"crypto/rand"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/lifeboat-dev/lifeboat/integration/harness"
 )
-
-// snapshotterConfig is containerd configured with lifeboat's snapshotter only (remote snapshot
-// annotations exported, an unpack_config naming it) and its own content store.
-func snapshotterConfig(socket string) string {
-	platform := "linux/" + runtime.GOARCH
-	cfg := fmt.Sprintf(`
-[proxy_plugins.lifeboat]
-  type = "snapshot"
-  address = %[1]q
-  [proxy_plugins.lifeboat.exports]
-    enable_remote_snapshot_annotations = "true"
-
-[plugins."io.containerd.transfer.v1.local"]
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %[2]q
-    snapshotter = "overlayfs"
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %[2]q
-    snapshotter = "lifeboat"
-`, socket, platform)
-	return cfg
-}
 
 // configuredProxyPlugins is the containerd configuration `lifeboat configure containerd
 // --proxy-plugins` prints, taken from its output, so that what users copy is what is tested.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/hosts"
 	"github.com/lifeboat-dev/lifeboat/integration/harness"
 )
 
@@ -40,7 +41,7 @@ func TestDrill(t *testing.T) {
 	})
 	ctd := harness.StartContainerd(t)
 	viaLifeboat := lb.MirrorHostsDir(t, "docker.io")
-	aroundLifeboat := harness.WriteHostsDir(t, "docker.io", harness.HostEntry{URL: reg.URL()})
+	aroundLifeboat := harness.WriteHostsDir(t, hosts.Config{Registry: "docker.io", Mirror: reg.URL()})
 	ctd.MustCtr(t, "images", "pull", "--hosts-dir", viaLifeboat, busybox)
 	ctd.MustCtr(t, "images", "pull", "--hosts-dir", viaLifeboat, multiV1)
 	ctd.MustCtr(t, "images", "pull", "--hosts-dir", aroundLifeboat, direct)

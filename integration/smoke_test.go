@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lifeboat-dev/lifeboat/hosts"
 	"github.com/lifeboat-dev/lifeboat/integration/harness"
 )
 
@@ -21,9 +22,9 @@ func TestSmokePullAndRun(t *testing.T) {
 	want := harness.Digest(t, img)
 
 	ctd := harness.StartContainerd(t)
-	hosts := harness.WriteHostsDir(t, reg.Host(), harness.HostEntry{URL: reg.URL()})
+	hostsDir := harness.WriteHostsDir(t, hosts.Config{Registry: reg.Host(), Mirror: reg.URL()})
 	ref := reg.Ref("smoke/busybox", "1")
-	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hosts, ref)
+	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hostsDir, ref)
 
 	if got := ctd.ImageDigest(t, ref); got != want {
 		t.Fatalf("pulled %s has digest %s, pushed %s", ref, got, want)
@@ -55,8 +56,8 @@ func TestSmokePullOnePlatform(t *testing.T) {
 	idx := reg.PushMultiPlatform(t, "smoke/multi", "1", 2, 64<<10, platform, other)
 
 	ctd := harness.StartContainerd(t)
-	hosts := harness.WriteHostsDir(t, reg.Host())
-	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hosts, "--platform", platform, idx.Ref)
+	hostsDir := harness.WriteHostsDir(t, hosts.Config{Registry: reg.Host(), Upstream: reg.URL()})
+	ctd.MustCtr(t, "images", "pull", "--hosts-dir", hostsDir, "--platform", platform, idx.Ref)
 
 	if got := ctd.ImageDigest(t, idx.Ref); got != idx.Digest {
 		t.Fatalf("pulled %s has digest %s, pushed index %s", idx.Ref, got, idx.Digest)

@@ -24,7 +24,7 @@ func TestSnapshotterAppliesLayersFromCache(t *testing.T) {
 		Upstreams: map[string][]string{"docker.io": {reg.URL()}},
 		Metrics:   true,
 	})
-	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: snapshotterConfig(lb.Socket)})
+	ctd := harness.StartContainerdWith(t, harness.ContainerdOptions{ExtraConfig: harness.SnapshotterConfig(lb.Socket)})
 	hosts := lb.MirrorHostsDir(t, "docker.io")
 	const ref = "docker.io/library/busybox:snap"
 

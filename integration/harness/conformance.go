@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/xml"
 	"fmt"
@@ -67,7 +68,8 @@ func RunConformance(t testing.TB, timeout time.Duration, env ...string) *Conform
 	// The working directory matters: the program reads ./oci-conformance.yaml if it exists.
 	cmd.Dir = c.Dir
 	cmd.Env = append(append(conformanceEnv(), env...), "OCI_RESULTS_DIR="+resultsDir)
-	out := &lockedBuffer{}
+	// One writer for both: exec.Cmd then writes to it from one goroutine at a time.
+	out := &bytes.Buffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.WaitDelay = 5 * time.Second

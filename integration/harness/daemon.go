@@ -8,12 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // Bounds on starting and stopping lifeboat.
@@ -149,11 +150,11 @@ const lifeboatRunning = "lifeboat is running"
 func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) error {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--config", lb.Config}, args...)...)
-	proc, err := startProcess("lifeboat", cmd, filepath.Join(dir, fmt.Sprintf("lifeboat-%d.log", time.Now().UnixNano())))
+	proc, err := launch.Start("lifeboat", cmd, filepath.Join(dir, fmt.Sprintf("lifeboat-%d.log", time.Now().UnixNano())))
 	if err != nil {
 		return err
 	}
-	err = waitFor(lifeboatReadyTimeout, proc.Exited(), func() error {
+	err = launch.WaitFor(lifeboatReadyTimeout, proc.Exited(), func() error {
 		if !strings.Contains(proc.Log(), lifeboatRunning) {
 			return fmt.Errorf("no %q in its log yet", lifeboatRunning)
 		}
@@ -170,7 +171,7 @@ func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) error {
 	if err != nil {
 		stopErr := proc.Stop(lifeboatStopGrace)
 		log := proc.Log()
-		if errors.Is(err, errStopped) && strings.Contains(log, "address already in use") {
+		if errors.Is(err, launch.ErrStopped) && strings.Contains(log, "address already in use") {
 			return fmt.Errorf("%w: %v", errPortTaken, stopErr)
 		}
 		return fmt.Errorf("lifeboat (mirror %s) did not become ready: %v (stop: %v); log:\n%s", lb.Mirror, err, stopErr, log)
@@ -197,8 +198,7 @@ func (lb *Lifeboat) Process() *Process { return lb.proc }
 func (lb *Lifeboat) Kill(t testing.TB) {
 	t.Helper()
 	lb.killed = lb.proc
-	lb.proc.cmd.Process.Signal(syscall.SIGKILL)
-	<-lb.proc.Exited()
+	lb.proc.Kill()
 }
 
 // Restart starts the daemon again with the same config and root after it stopped.
@@ -212,7 +212,7 @@ func (lb *Lifeboat) Restart(t testing.TB) {
 	// The addresses stay (clients and hosts.toml files know them): if another process holds one
 	// for now, wait for it to let go.
 	var startErr error
-	err := waitFor(lifeboatRestartTimeout, nil, func() error {
+	err := launch.WaitFor(lifeboatRestartTimeout, nil, func() error {
 		startErr = lb.start(t, BuildLifeboat(t), filepath.Dir(lb.Config), nil)
 		if errors.Is(startErr, errPortTaken) {
 			return startErr

@@ -1,80 +1,25 @@
 package harness
 
 import (
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/lifeboat-dev/lifeboat/hosts"
 )
 
-// HostEntry is one [host."URL"] table of a containerd hosts.toml: a mirror containerd tries,
-// in order, before the registry itself.
-type HostEntry struct {
-	// URL is the mirror's base URL with its scheme, e.g. "http://127.0.0.1:5001"; a plain-HTTP
-	// mirror needs "http://".
-	URL string
-	// Capabilities defaults to pull and resolve.
-	Capabilities []string
-	// OverridePath makes containerd use URL's path as the API root instead of appending /v2.
-	OverridePath bool
-	// DialTimeout bounds connecting to the mirror; containerd's default (30 s) if zero.
-	DialTimeout time.Duration
-	// Header is sent with every request to the mirror.
-	Header map[string]string
-}
-
-// WriteHostsDir writes DIR/<registryHost>/hosts.toml for ctr's --hosts-dir (containerd also
-// looks for DIR/<host>_<port>_; either works) and returns DIR, a new temporary directory.
-// hosts are written in order as [host."URL"] tables, which containerd tries first; the file's
-// server is "http://<registryHost>", because every registry the harness starts speaks plain
-// HTTP. So WriteHostsDir(t, reg.Host()) alone makes a registry on 127.0.0.1:PORT pullable
-// without ctr's --plain-http.
-func WriteHostsDir(t testing.TB, registryHost string, hosts ...HostEntry) string {
+// WriteHostsDir writes the hosts.toml cfg describes (hosts.Config.Write: DIR/<registry>/hosts.toml,
+// for ctr's --hosts-dir) into DIR, a new temporary directory, and returns DIR. Every registry
+// the harness starts speaks plain HTTP on loopback, so name it as cfg.Upstream or cfg.Mirror
+// with its "http://" URL: WriteHostsDir(t, hosts.Config{Registry: reg.Host(), Upstream:
+// reg.URL()}) makes a registry pullable without ctr's --plain-http.
+func WriteHostsDir(t testing.TB, cfg hosts.Config) string {
 	t.Helper()
 	dir := t.TempDir()
-	hostDir := filepath.Join(dir, registryHost)
-	if err := os.MkdirAll(hostDir, 0o755); err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(HostsTOML(registryHost, hosts...)), 0o644); err != nil {
+	if err := cfg.Write(dir); err != nil {
 		t.Fatalf("harness: writing hosts.toml: %v", err)
 	}
 	return dir
-}
-
-// HostsTOML renders the hosts.toml WriteHostsDir writes.
-func HostsTOML(registryHost string, hosts ...HostEntry) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "server = %s\n", strconv.Quote("http://"+registryHost))
-	for _, h := range hosts {
-		fmt.Fprintf(&b, "\n[host.%s]\n", strconv.Quote(h.URL))
-		caps := h.Capabilities
-		if len(caps) == 0 {
-			caps = []string{"pull", "resolve"}
-		}
-		quoted := make([]string, len(caps))
-		for i, c := range caps {
-			quoted[i] = strconv.Quote(c)
-		}
-		fmt.Fprintf(&b, "  capabilities = [%s]\n", strings.Join(quoted, ", "))
-		if h.OverridePath {
-			b.WriteString("  override_path = true\n")
-		}
-		if h.DialTimeout > 0 {
-			fmt.Fprintf(&b, "  dial_timeout = %s\n", strconv.Quote(h.DialTimeout.String()))
-		}
-		if len(h.Header) > 0 {
-			fmt.Fprintf(&b, "  [host.%s.header]\n", strconv.Quote(h.URL))
-			for k, v := range h.Header {
-				fmt.Fprintf(&b, "    %s = %s\n", strconv.Quote(k), strconv.Quote(v))
-			}
-		}
-	}
-	return b.String()
 }
 
 // ConfigureHosts runs `lifeboat configure containerd` from the binary under test, with this

@@ -1,168 +1,27 @@
 package harness
 
 import (
-	"errors"
-	"fmt"
-	"io"
-	"os"
 	"os/exec"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
-// maxAttachedLog bounds how much of a process log is attached to a failed test's output.
-const maxAttachedLog = 256 << 10
-
 // Process is a child process started by a test, with its stdout and stderr captured to a log
-// file.
-type Process struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{} // closed once the process has exited and waitErr is set
-	waitErr error
-}
+// file; AttachLog(t) writes the log into the test output.
+type Process = launch.Process
 
-// StartProcess starts cmd with its output appended to logPath. cmd must not have been started
-// and must not use exec.CommandContext with t.Context(): that context is canceled, killing the
-// process, before Stop gets a chance to stop it gracefully. The process gets SIGKILL if the test
-// binary dies. StartProcess does not register any cleanup; callers call Stop, usually from
+// StartProcess starts cmd with its output appended to logPath (see launch.Start), failing the
+// test if it cannot. It does not register any cleanup; callers call Stop, usually from
 // t.Cleanup, and AttachLog.
 func StartProcess(t testing.TB, name string, cmd *exec.Cmd, logPath string) *Process {
 	t.Helper()
-	p, err := startProcess(name, cmd, logPath)
+	p, err := launch.Start(name, cmd, logPath)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
 	return p
-}
-
-func startProcess(name string, cmd *exec.Cmd, logPath string) (*Process, error) {
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("%s log: %w", name, err)
-	}
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("starting %s (%s): %w", name, cmd.Path, err)
-	}
-	p := &Process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Pid returns the process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
-
-// LogPath returns the file the process writes its output to.
-func (p *Process) LogPath() string { return p.logPath }
-
-// Log returns the process output so far.
-func (p *Process) Log() string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return fmt.Sprintf("(reading %s: %v)", p.logPath, err)
-	}
-	return string(b)
-}
-
-// Exited returns a channel that is closed once the process has exited.
-func (p *Process) Exited() <-chan struct{} { return p.done }
-
-// Running reports whether the process has not exited yet.
-func (p *Process) Running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// ExitErr returns how the process exited (nil for status 0), or an error saying it is still
-// running.
-func (p *Process) ExitErr() error {
-	select {
-	case <-p.done:
-		return p.waitErr
-	default:
-		return fmt.Errorf("%s (pid %d) is still running", p.name, p.Pid())
-	}
-}
-
-// Stop sends SIGTERM and waits up to grace for the process to exit, then sends SIGKILL and
-// waits for it. It returns an error if the process had to be killed or exited with a status
-// other than 0 after SIGTERM; stopping an already stopped process returns how it exited.
-func (p *Process) Stop(grace time.Duration) error {
-	select {
-	case <-p.done:
-		return p.exitError()
-	default:
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("sending SIGTERM to %s: %w", p.name, err)
-	}
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return p.exitError()
-	case <-timer.C:
-	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("killing %s: %w", p.name, err)
-	}
-	<-p.done
-	return fmt.Errorf("%s did not exit within %s of SIGTERM and was killed", p.name, grace)
-}
-
-// exitError reports an exit other than a clean one; a process that died of the SIGTERM we sent
-// (one that installs no handler, like the registry on some paths) counts as clean.
-func (p *Process) exitError() error {
-	if p.waitErr == nil {
-		return nil
-	}
-	var exitErr *exec.ExitError
-	if errors.As(p.waitErr, &exitErr) {
-		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
-			return nil
-		}
-	}
-	return fmt.Errorf("%s exited: %w", p.name, p.waitErr)
-}
-
-// AttachLog writes the process log into the test output, keeping the last part of a large log.
-func (p *Process) AttachLog(t testing.TB) {
-	t.Helper()
-	f, err := os.Open(p.logPath)
-	if err != nil {
-		t.Logf("%s log: %v", p.name, err)
-		return
-	}
-	defer f.Close()
-	note := ""
-	if info, err := f.Stat(); err == nil && info.Size() > maxAttachedLog {
-		if _, err := f.Seek(-maxAttachedLog, io.SeekEnd); err == nil {
-			note = fmt.Sprintf(" (last %d of %d bytes)", maxAttachedLog, info.Size())
-		}
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		t.Logf("%s log: %v", p.name, err)
-		return
-	}
-	t.Logf("---- %s log %s%s ----\n%s\n---- end of %s log ----", p.name, p.logPath, note, b, p.name)
 }
 
 // WaitFor calls cond until it returns nil, backing off from 10 ms to 250 ms between calls, and
@@ -171,32 +30,7 @@ func (p *Process) AttachLog(t testing.TB) {
 // nil).
 func WaitFor(t testing.TB, what string, timeout time.Duration, stop <-chan struct{}, cond func() error) {
 	t.Helper()
-	if err := waitFor(timeout, stop, cond); err != nil {
+	if err := launch.WaitFor(timeout, stop, cond); err != nil {
 		t.Fatalf("harness: waiting for %s: %v", what, err)
-	}
-}
-
-// errStopped is returned by waitFor when its stop channel closes.
-var errStopped = errors.New("stopped")
-
-func waitFor(timeout time.Duration, stop <-chan struct{}, cond func() error) error {
-	deadline := time.Now().Add(timeout)
-	delay := 10 * time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not done after %s: %w", timeout, err)
-		}
-		timer := time.NewTimer(delay)
-		select {
-		case <-stop:
-			timer.Stop()
-			return fmt.Errorf("%w (last check: %v)", errStopped, err)
-		case <-timer.C:
-		}
-		delay = min(2*delay, 250*time.Millisecond)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // Bounds on starting and stopping the registry.
@@ -67,14 +69,14 @@ func startRegistry(t testing.TB, bin, dir string) (*Registry, error) {
 
 	cmd := exec.Command(bin, "serve", configPath)
 	cmd.Env = registryEnv()
-	proc, err := startProcess("registry", cmd, filepath.Join(dir, "registry.log"))
+	proc, err := launch.Start("registry", cmd, filepath.Join(dir, "registry.log"))
 	if err != nil {
 		return nil, err
 	}
 	r.proc = proc
 
 	client := &http.Client{Timeout: 2 * time.Second}
-	err = waitFor(registryReadyTimeout, proc.Exited(), func() error {
+	err = launch.WaitFor(registryReadyTimeout, proc.Exited(), func() error {
 		resp, err := client.Get(r.URL() + "/v2/")
 		if err != nil {
 			return err

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // ToolsDirEnv names the environment variable that overrides where the test binaries are found.
@@ -14,9 +16,9 @@ const ToolsDirEnv = "LIFEBOAT_TOOLS_DIR"
 
 // Names of the binaries installed into bin/tools by `make tools` (hack/tools.sh).
 const (
-	ToolContainerd = "containerd"
-	ToolCtr        = "ctr"
-	ToolShim       = "containerd-shim-runc-v2"
+	ToolContainerd = launch.ContainerdBin
+	ToolCtr        = launch.CtrBin
+	ToolShim       = launch.ShimBin
 	ToolRegistry   = "registry"
 	ToolCrane      = "crane"
 )

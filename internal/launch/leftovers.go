@@ -1,6 +1,7 @@
-package harness
+package launch
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -23,26 +23,25 @@ const (
 )
 
 // removeContainers force-deletes the tasks and containers of every namespace, so that no shim
-// and no rootfs mount outlives a failed test. Errors are logged, not fatal: this is cleanup.
-func (c *Containerd) removeContainers(t testing.TB) {
-	t.Helper()
-	nsOut, err := c.ctr(30*time.Second, "namespaces", "ls", "--quiet")
+// and no rootfs mount outlives a failed test. Errors are logged, not returned: this is cleanup.
+func (c *Containerd) removeContainers(log Logger) {
+	nsOut, err := c.ctrWithin(30*time.Second, "namespaces", "ls", "--quiet")
 	if err != nil {
-		t.Logf("harness: listing namespaces for cleanup: %v", err)
+		log.Logf("launch: listing namespaces for cleanup: %v", err)
 		return
 	}
 	for _, ns := range strings.Fields(nsOut) {
 		view := c.WithNamespace(ns)
-		out, err := view.ctr(30*time.Second, "containers", "ls", "--quiet")
+		out, err := view.ctrWithin(30*time.Second, "containers", "ls", "--quiet")
 		if err != nil {
-			t.Logf("harness: listing containers for cleanup: %v", err)
+			log.Logf("launch: listing containers for cleanup: %v", err)
 			continue
 		}
 		for _, id := range strings.Fields(out) {
 			// A container without a task makes `tasks delete` fail; that is fine.
-			_, _ = view.ctr(30*time.Second, "tasks", "delete", "--force", id)
-			if _, err := view.ctr(30*time.Second, "containers", "delete", id); err != nil {
-				t.Logf("harness: removing leftover container %s/%s: %v", ns, id, err)
+			_, _ = view.ctrWithin(30*time.Second, "tasks", "delete", "--force", id)
+			if _, err := view.ctrWithin(30*time.Second, "containers", "delete", id); err != nil {
+				log.Logf("launch: removing leftover container %s/%s: %v", ns, id, err)
 			}
 		}
 	}
@@ -58,21 +57,20 @@ type shim struct {
 // killShims cleans up after a containerd that died without stopping its containers: for every
 // shim still serving it (one whose command line names its gRPC address) it force-deletes the
 // runc container, kills the container processes the shim parents, kills the shim, and waits for
-// the shims to go.
-func (c *Containerd) killShims(t testing.TB) {
-	t.Helper()
+// the shims to go. It returns an error if some shim is still running after that.
+func (c *Containerd) killShims(log Logger) error {
 	shims := c.shims()
 	if len(shims) == 0 {
-		return
+		return nil
 	}
 	pids := make([]int, 0, len(shims))
 	for _, s := range shims {
-		t.Logf("harness: removing container %s/%s of leftover shim %d", s.namespace, s.id, s.pid)
+		log.Logf("launch: removing container %s/%s of leftover shim %d", s.namespace, s.id, s.pid)
 		pids = append(pids, s.pid)
 		if s.namespace != "" && s.id != "" {
 			root := filepath.Join(runcStateRoot, s.namespace)
 			if out, err := exec.Command("runc", "--root", root, "delete", "--force", s.id).CombinedOutput(); err != nil {
-				t.Logf("harness: runc delete --force %s: %v: %s", s.id, err, out)
+				log.Logf("launch: runc delete --force %s: %v: %s", s.id, err, out)
 			}
 		}
 	}
@@ -88,19 +86,23 @@ func (c *Containerd) killShims(t testing.TB) {
 	for _, s := range shims {
 		for _, debug := range []bool{false, true} {
 			if err := os.Remove(shimSocket(c.address, s.namespace, s.id, debug)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				t.Logf("harness: %v", err)
+				log.Logf("launch: %v", err)
 			}
 		}
 	}
-	err := waitFor(10*time.Second, nil, func() error {
+	return WaitFor(10*time.Second, nil, func() error {
 		if left := c.shims(); len(left) > 0 {
 			return fmt.Errorf("%d shims still running", len(left))
 		}
 		return nil
 	})
-	if err != nil {
-		t.Errorf("harness: %v", err)
-	}
+}
+
+// ctrWithin runs ctr with a timeout.
+func (c *Containerd) ctrWithin(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return c.RunCtr(ctx, args...)
 }
 
 // shims returns the live (not zombie) containerd shims whose -address is this containerd's

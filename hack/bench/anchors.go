@@ -86,7 +86,7 @@ func proxyHasBlob(dir, repo, hex string) bool {
 
 // peakRSS returns the VmHWM of a running process in bytes, or 0.
 func peakRSS(d *daemon) int64 {
-	return procKB(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid), "VmHWM:")
+	return procKB(fmt.Sprintf("/proc/%d/status", d.Pid()), "VmHWM:")
 }
 
 // anchorBench measures lifeboat against the distribution registry in proxy mode, and both

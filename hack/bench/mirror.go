@@ -21,6 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // mirrorResults holds what mirrorBench measured.
@@ -36,25 +38,11 @@ type mirrorResults struct {
 	proxyUpErr, proxyDownErr int
 }
 
-// daemon is a child process of the benchmark.
-type daemon struct {
-	cmd *exec.Cmd
-	dir string
-}
+// daemon is a child process of the benchmark, its output in the log file of its directory.
+type daemon struct{ *launch.Process }
 
-func (d *daemon) stop() {
-	if d.cmd.Process != nil {
-		d.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { d.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			d.cmd.Process.Kill()
-			<-done
-		}
-	}
-}
+// stop stops the daemon: SIGTERM, then SIGKILL if it has not exited within 15 s.
+func (d *daemon) stop() { _ = d.Stop(15 * time.Second) }
 
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -65,39 +53,38 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// waitHTTP waits until url answers 200, for at most 30 s or until d exits.
 func waitHTTP(url string, d *daemon) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+	err := launch.WaitFor(30*time.Second, d.Exited(), func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
 		}
-		if d.cmd.ProcessState != nil {
-			break
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET: %s", resp.Status)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s did not come up: %v\n%s", url, err, d.Log())
 	}
-	log, _ := os.ReadFile(filepath.Join(d.dir, "log"))
-	return fmt.Errorf("%s did not come up:\n%s", url, log)
+	return nil
 }
 
+// startDaemon starts bin with args and env added to the benchmark's environment, its output in
+// dir/log.
 func startDaemon(dir string, bin string, args []string, env []string) (*daemon, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "log"))
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	p, err := launch.Start(filepath.Base(bin), cmd, filepath.Join(dir, "log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), env...)
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	return &daemon{cmd: cmd, dir: dir}, nil
+	return &daemon{p}, nil
 }
 
 // startRegistry runs the distribution registry (from bin/tools) on a free loopback port.

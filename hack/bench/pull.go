@@ -2,17 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lifeboat-dev/lifeboat/hosts"
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // pullResults holds what pullBench measured.
@@ -34,94 +37,16 @@ type pullResults struct {
 	fallbackErr      error // the pull finished, and failed
 }
 
-// ctrd is a containerd started for the benchmark, with its own root, state and sockets.
-type ctrd struct {
-	*daemon
-	address string
-	ctr     string
+// writeHosts writes the hosts.toml cfg describes into the hosts directory dir, and returns dir.
+func writeHosts(dir string, cfg hosts.Config) (string, error) {
+	return dir, cfg.Write(dir)
 }
 
-// run runs ctr in namespace ns; it is killed when ctx ends.
-func (c *ctrd) run(ctx context.Context, ns string, args ...string) error {
-	cmd := exec.CommandContext(ctx, c.ctr, append([]string{"--address", c.address, "--namespace", ns}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
+// stderrLog is a launch.Logger that writes to the benchmark's standard error.
+type stderrLog struct{}
 
-// startContainerd runs containerd with overlayfs and lifeboat's snapshotter as a proxy plugin
-// (remote snapshot annotations exported, an unpack_config naming it), and nothing else that
-// listens or writes outside dir.
-func startContainerd(ctx context.Context, dir, tools, lifeboatSocket string) (*ctrd, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	address := filepath.Join(dir, "c.sock")
-	platform := "linux/" + runtime.GOARCH
-	cfg := fmt.Sprintf(`version = 3
-root = %[1]q
-state = %[2]q
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
-  "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.nri.v1.nri", "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.erofs", "io.containerd.differ.v1.erofs", "io.containerd.server.v1.grpc-tcp",
-  "io.containerd.server.v1.debug", "io.containerd.server.v1.metrics", "io.containerd.image-verifier.v1.bindir",
-  "io.containerd.monitor.container.v1.restart", "io.containerd.mount-handler.v1.erofs"]
-
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = %[4]q
-[debug]
-  address = ""
-  level = "warn"
-[metrics]
-  address = ""
-
-[proxy_plugins.lifeboat]
-  type = "snapshot"
-  address = %[5]q
-  [proxy_plugins.lifeboat.exports]
-    enable_remote_snapshot_annotations = "true"
-
-[plugins."io.containerd.transfer.v1.local"]
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %[6]q
-    snapshotter = "overlayfs"
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = %[6]q
-    snapshotter = "lifeboat"
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), address, address+".ttrpc", lifeboatSocket, platform)
-	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	d, err := startDaemon(dir, filepath.Join(tools, "containerd"), []string{"--config", filepath.Join(dir, "config.toml")},
-		[]string{"PATH=" + tools + ":" + os.Getenv("PATH")})
-	if err != nil {
-		return nil, err
-	}
-	c := &ctrd{daemon: d, address: address, ctr: filepath.Join(tools, "ctr")}
-	deadline := time.Now().Add(30 * time.Second)
-	for c.run(ctx, "default", "version") != nil {
-		if time.Now().After(deadline) {
-			d.stop()
-			log, _ := os.ReadFile(filepath.Join(dir, "log"))
-			return nil, fmt.Errorf("containerd did not come up:\n%s", log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return c, nil
-}
-
-// writeHosts writes toml as the docker.io hosts.toml of a new hosts directory dir, and returns dir.
-func writeHosts(dir, toml string) (string, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "docker.io"), 0o755); err != nil {
-		return "", err
-	}
-	return dir, os.WriteFile(filepath.Join(dir, "docker.io", "hosts.toml"), []byte(toml), 0o644)
+func (stderrLog) Logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
 // pullBench times `ctr image pull` of a multi-layer image, each pull starting with the image and
@@ -161,32 +86,43 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 		return res, err
 	}
 	defer lb.stop()
-	// startLifeboat puts the plugin socket at lbDir/l.sock and the admin socket at lbDir/a.sock.
-	ctd, err := startContainerd(ctx, filepath.Join(base, "containerd"), tools, filepath.Join(lbDir, "l.sock"))
+	// containerd with overlayfs and lifeboat's snapshotter as a proxy plugin. startLifeboat puts
+	// the plugin socket at lbDir/l.sock and the admin socket at lbDir/a.sock.
+	ctd, err := launch.StartContainerd(launch.ContainerdOptions{
+		Tools:       tools,
+		Dir:         filepath.Join(base, "containerd"),
+		LogLevel:    "warn",
+		ExtraConfig: launch.SnapshotterConfig(filepath.Join(lbDir, "l.sock")),
+	})
 	if err != nil {
 		return res, err
 	}
-	defer ctd.stop()
+	defer func() {
+		if err := errors.Join(ctd.Stop(stderrLog{}), ctd.RemoveDir()); err != nil {
+			stderrLog{}.Logf("%v", err)
+		}
+	}()
 	// Through lifeboat alone: no fallback to the upstream, so a pull during the outage that
 	// succeeds was served by lifeboat.
-	mirrorHosts, err := writeHosts(filepath.Join(base, "hosts-mirror"),
-		fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", lbAddr, lbAddr))
+	mirrorHosts, err := writeHosts(filepath.Join(base, "hosts-mirror"), hosts.Config{Registry: "docker.io", Mirror: "http://" + lbAddr})
 	if err != nil {
 		return res, err
 	}
-	directHosts, err := writeHosts(filepath.Join(base, "hosts-direct"), fmt.Sprintf("server = \"http://%s\"\n", regAddr))
+	directHosts, err := writeHosts(filepath.Join(base, "hosts-direct"), hosts.Config{Registry: "docker.io", Upstream: "http://" + regAddr})
 	if err != nil {
 		return res, err
 	}
 	const image = "docker.io/library/pullbench:1"
-	pull := func(ns, hosts string, extra ...string) (time.Duration, error) {
-		args := append([]string{"images", "pull", "--hosts-dir", hosts}, extra...)
+	pull := func(ns, hostsDir string, extra ...string) (time.Duration, error) {
+		args := append([]string{"images", "pull", "--hosts-dir", hostsDir}, extra...)
+		in := ctd.WithNamespace(ns)
 		start := time.Now()
-		if err := ctd.run(ctx, ns, append(args, image)...); err != nil {
+		if _, err := in.RunCtr(ctx, append(args, image)...); err != nil {
 			return 0, err
 		}
 		d := time.Since(start)
-		return d, ctd.run(ctx, ns, "images", "rm", "--sync", image)
+		_, err := in.RunCtr(ctx, "images", "rm", "--sync", image)
+		return d, err
 	}
 	// Warm lifeboat's cache (and check both paths work) before measuring.
 	if _, err := pull("warm", mirrorHosts); err != nil {
@@ -236,14 +172,14 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 	defer black.close()
 	black.blackhole()
 	fallbackHosts, err := writeHosts(filepath.Join(base, "hosts-fallback"),
-		fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", regAddr, black.addr()))
+		hosts.Config{Registry: "docker.io", Mirror: "http://" + black.addr(), Fallback: true, Upstream: "http://" + regAddr})
 	if err != nil {
 		return res, err
 	}
 	fctx, cancel := context.WithTimeout(ctx, fallbackDeadline)
 	defer cancel()
 	start := time.Now()
-	err = ctd.run(fctx, "fallback", "images", "pull", "--hosts-dir", fallbackHosts, image)
+	_, err = ctd.WithNamespace("fallback").RunCtr(fctx, "images", "pull", "--hosts-dir", fallbackHosts, image)
 	res.fallback = time.Since(start)
 	switch {
 	case fctx.Err() != nil: // cut at the deadline: ctr was killed, which cancels the pull

@@ -56,15 +56,7 @@ func freeAddr() (string, error) {
 // waitHTTP waits until url answers 200, for at most 30 s or until d exits.
 func waitHTTP(url string, d *daemon) error {
 	err := launch.WaitFor(30*time.Second, d.Exited(), func() error {
-		resp, err := http.Get(url)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET: %s", resp.Status)
-		}
-		return nil
+		return launch.GetOK(http.DefaultClient, url)
 	})
 	if err != nil {
 		return fmt.Errorf("%s did not come up: %v\n%s", url, err, d.Log())

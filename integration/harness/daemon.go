@@ -158,15 +158,7 @@ func (lb *Lifeboat) start(t testing.TB, bin, dir string, args []string) error {
 		if !strings.Contains(proc.Log(), lifeboatRunning) {
 			return fmt.Errorf("no %q in its log yet", lifeboatRunning)
 		}
-		resp, err := http.Get("http://" + lb.Mirror + "/v2/")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /v2/: %s", resp.Status)
-		}
-		return nil
+		return launch.GetOK(http.DefaultClient, "http://"+lb.Mirror+"/v2/")
 	})
 	if err != nil {
 		stopErr := proc.Stop(lifeboatStopGrace)

@@ -77,15 +77,7 @@ func startRegistry(t testing.TB, bin, dir string) (*Registry, error) {
 
 	client := &http.Client{Timeout: 2 * time.Second}
 	err = launch.WaitFor(registryReadyTimeout, proc.Exited(), func() error {
-		resp, err := client.Get(r.URL() + "/v2/")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /v2/: %s", resp.Status)
-		}
-		return nil
+		return launch.GetOK(client, r.URL()+"/v2/")
 	})
 	if err != nil {
 		stopErr := proc.Stop(registryStopGrace)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"syscall"
@@ -202,4 +203,18 @@ func WaitFor(timeout time.Duration, stop <-chan struct{}, cond func() error) err
 		}
 		delay = min(2*delay, 250*time.Millisecond)
 	}
+}
+
+// GetOK returns nil if GET url with client answers 200 OK, and otherwise says what it got: a
+// WaitFor condition for a server that is coming up.
+func GetOK(client *http.Client, url string) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
 }

@@ -14,6 +14,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
 // The anchor: the same distribution registry binary as the upstream, in proxy mode in front of
@@ -337,16 +339,7 @@ func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo st
 func getManifest(url string) error {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Accept", string(types.OCIManifestSchema1)+", "+string(types.DockerManifestSchema2))
-	c := http.Client{Timeout: outageReqCap}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return nil
+	return launch.DoOK(&http.Client{Timeout: outageReqCap}, req)
 }
 
 // headCapped is head with the request cut at outageReqCap (or when ctx ends).

@@ -208,13 +208,23 @@ func WaitFor(timeout time.Duration, stop <-chan struct{}, cond func() error) err
 // GetOK returns nil if GET url with client answers 200 OK, and otherwise says what it got: a
 // WaitFor condition for a server that is coming up.
 func GetOK(client *http.Client, url string) error {
-	resp, err := client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return DoOK(client, req)
+}
+
+// DoOK sends req with client and returns nil if it is answered 200 OK, and otherwise says
+// what it got. It discards the body.
+func DoOK(client *http.Client, req *http.Request) error {
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("%s %s: %s", req.Method, req.URL, resp.Status)
 	}
 	return nil
 }

@@ -2,7 +2,8 @@
 // containerd with its own root, state and sockets under a temporary directory, a distribution
 // registry on a free loopback port, and the lifeboat daemon built from this module. It also
 // builds and pushes test images with go-containerregistry and writes containerd hosts.toml
-// directories.
+// directories. The processes start through internal/launch, which hack/bench uses too, and
+// every hosts.toml comes from hosts.Config, so tests, benchmark and users share one of each.
 //
 // The binaries come from bin/tools at the module root (installed by `make tools`), or from the
 // directory named by LIFEBOAT_TOOLS_DIR. A missing binary fails the test; running as non-root

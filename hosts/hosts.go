@@ -13,12 +13,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // FileName is the name of the file containerd reads in each registry directory.
@@ -29,30 +30,17 @@ const FileName = "hosts.toml"
 // they point at, and never a file without it.
 const Marker = "# Written by lifeboat"
 
-// Upstream is the server containerd falls back to for registry, or "" for a registry on the
-// loopback interface ("localhost:5000", "127.0.0.1:5000"): with no server line containerd
-// reaches such a registry the way it does without any hosts.toml (https, then plain http),
-// where `server = "https://127.0.0.1:5000"` would make it fail against a plain-HTTP registry.
+// Upstream is the server containerd falls back to for registry: its default endpoint
+// (oci.DefaultEndpoints), or "" for a registry on the loopback interface ("localhost:5000",
+// "127.0.0.1:5000"). With no server line containerd reaches such a registry the way it does
+// without any hosts.toml (https without verifying the certificate, then plain http), which no
+// server line can say: `server = "https://127.0.0.1:5000"` would make it fail against a
+// plain-HTTP registry.
 func Upstream(registry string) string {
-	switch {
-	case registry == "docker.io":
-		return "https://registry-1.docker.io"
-	case isLoopback(registry):
+	if oci.IsLoopback(registry) {
 		return ""
 	}
-	return "https://" + registry
-}
-
-func isLoopback(registry string) bool {
-	host := registry
-	if h, _, err := net.SplitHostPort(registry); err == nil {
-		host = h
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return oci.DefaultEndpoints(registry)[0]
 }
 
 // Render returns a hosts.toml for registry that sends pulls to the mirror at mirrorURL

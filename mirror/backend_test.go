@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -79,16 +80,11 @@ func (b *memBackend) repo(registry, repository string) *memRepo {
 // lookup finds a repository after checking the arguments every call has.
 func (b *memBackend) lookup(registry, repository string) (*memRepo, error) {
 	b.calls.Add(1)
-	if h, ok := normalizeHost(registry); !ok || h != registry {
+	if h, ok := oci.NormalizeHost(registry); !ok || h != registry {
 		return nil, b.refuse("registry %q", registry)
 	}
-	if len(repository) > maxRepositoryLength {
+	if !oci.ValidRepository(repository) {
 		return nil, b.refuse("repository %q", repository)
-	}
-	for _, c := range bytes.Split([]byte(repository), []byte("/")) {
-		if !nameComponent.Match(c) {
-			return nil, b.refuse("repository %q", repository)
-		}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -119,7 +115,7 @@ func (b *memBackend) Manifest(ctx context.Context, registry, repository, referen
 	}
 	dgst := digest.Digest(reference)
 	if dgst.Validate() != nil {
-		if !tagPattern.MatchString(reference) {
+		if !oci.ValidTag(reference) {
 			return resolver.Manifest{}, b.refuse("reference %q", reference)
 		}
 		b.mu.Lock()

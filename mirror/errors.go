@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"encoding/json"
 	"errors"
 	"math"
 	"net/http"
@@ -9,54 +8,35 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
-// errorCode is an error code of the OCI distribution spec, or of the distribution registry where
-// the spec has none (TAG_INVALID, PAGINATION_NUMBER_INVALID, UNAVAILABLE).
-type errorCode string
-
-const (
-	codeBlobUnknown             errorCode = "BLOB_UNKNOWN"
-	codeDigestInvalid           errorCode = "DIGEST_INVALID"
-	codeManifestInvalid         errorCode = "MANIFEST_INVALID"
-	codeManifestUnknown         errorCode = "MANIFEST_UNKNOWN"
-	codeNameInvalid             errorCode = "NAME_INVALID"
-	codeNameUnknown             errorCode = "NAME_UNKNOWN"
-	codePaginationNumberInvalid errorCode = "PAGINATION_NUMBER_INVALID"
-	codeTagInvalid              errorCode = "TAG_INVALID"
-	codeUnavailable             errorCode = "UNAVAILABLE"
-	codeUnknown                 errorCode = "UNKNOWN"
-	codeUnsupported             errorCode = "UNSUPPORTED"
-)
-
-// apiError is an answer in the OCI error format.
+// apiError is an answer in the OCI error format, with a Retry-After when it knows one.
 type apiError struct {
-	status     int
-	code       errorCode
-	message    string
-	detail     any
+	oci.Error
 	retryAfter time.Duration
 }
 
-func newAPIError(status int, code errorCode, message string) *apiError {
-	return &apiError{status: status, code: code, message: message}
+func newAPIError(status int, code oci.ErrorCode, message string) *apiError {
+	return &apiError{Error: oci.Error{Status: status, Code: code, Message: message}}
 }
 
 // byRoute is an error code per route, with a fallback for the routes not listed.
 type byRoute struct {
-	manifest, blob, tags, referrers, other errorCode
+	manifest, blob, tags, referrers, other oci.ErrorCode
 }
 
-func (b byRoute) code(r route) errorCode {
-	var c errorCode
-	switch r {
-	case routeManifest:
+func (b byRoute) code(k oci.Kind) oci.ErrorCode {
+	var c oci.ErrorCode
+	switch k {
+	case oci.KindManifest:
 		c = b.manifest
-	case routeBlob:
+	case oci.KindBlob:
 		c = b.blob
-	case routeTags:
+	case oci.KindTags:
 		c = b.tags
-	case routeReferrers:
+	case oci.KindReferrers:
 		c = b.referrers
 	}
 	if c == "" {
@@ -87,30 +67,30 @@ var errorClasses = []struct {
 	message string
 }{
 	{errdefs.IsNotFound, http.StatusNotFound, byRoute{
-		manifest: codeManifestUnknown, blob: codeBlobUnknown, tags: codeNameUnknown, referrers: codeNameUnknown, other: codeNameUnknown,
+		manifest: oci.CodeManifestUnknown, blob: oci.CodeBlobUnknown, tags: oci.CodeNameUnknown, referrers: oci.CodeNameUnknown, other: oci.CodeNameUnknown,
 	}, "not found in the cache and not obtainable from the upstream registry"},
 	{errdefs.IsInvalidArgument, http.StatusBadRequest, byRoute{
-		manifest: codeManifestInvalid, blob: codeDigestInvalid, tags: codeNameInvalid, referrers: codeDigestInvalid, other: codeNameInvalid,
+		manifest: oci.CodeManifestInvalid, blob: oci.CodeDigestInvalid, tags: oci.CodeNameInvalid, referrers: oci.CodeDigestInvalid, other: oci.CodeNameInvalid,
 	}, "invalid request"},
-	{errdefs.IsFailedPrecondition, http.StatusBadGateway, byRoute{other: codeUnknown},
+	{errdefs.IsFailedPrecondition, http.StatusBadGateway, byRoute{other: oci.CodeUnknown},
 		"upstream content failed verification and is not served"},
-	{errdefs.IsUnavailable, http.StatusServiceUnavailable, byRoute{other: codeUnavailable},
+	{errdefs.IsUnavailable, http.StatusServiceUnavailable, byRoute{other: oci.CodeUnavailable},
 		"service unavailable"},
 	// ResourceExhausted → 507 Insufficient Storage: the content does not fit in the cache.
 	// Outside containerd's retry set, like 502: it moves on, or fails at once when alone.
-	{errdefs.IsResourceExhausted, http.StatusInsufficientStorage, byRoute{other: codeUnknown},
+	{errdefs.IsResourceExhausted, http.StatusInsufficientStorage, byRoute{other: oci.CodeUnknown},
 		"the cache has no room for this content"},
 }
 
-// fromBackend classifies a Backend error for route.
-func fromBackend(err error, r route) *apiError {
+// fromBackend classifies a Backend error for a request of kind k.
+func fromBackend(err error, k oci.Kind) *apiError {
 	for _, c := range errorClasses {
 		if c.is(err) {
-			e := newAPIError(c.status, c.codes.code(r), c.message)
+			e := newAPIError(c.status, c.codes.code(k), c.message)
 			if c.status == http.StatusNotFound || c.status == http.StatusInsufficientStorage {
 				// The resolver's sentence says why (not cached, and which upstream failure or
 				// simulated outage kept it from being fetched); it carries no credentials.
-				e.message += ": " + err.Error()
+				e.Message += ": " + err.Error()
 			}
 			var ra interface{ RetryAfter() time.Duration }
 			if c.status == http.StatusServiceUnavailable && errors.As(err, &ra) {
@@ -119,32 +99,19 @@ func fromBackend(err error, r route) *apiError {
 			return e
 		}
 	}
-	return newAPIError(http.StatusInternalServerError, codeUnknown, "internal error")
+	return newAPIError(http.StatusInternalServerError, oci.CodeUnknown, "internal error")
 }
 
 // write sends e in the OCI error format. A HEAD answer has the same headers and no body.
 func (e *apiError) write(w http.ResponseWriter, r *http.Request) {
-	type item struct {
-		Code    errorCode `json:"code"`
-		Message string    `json:"message"`
-		Detail  any       `json:"detail,omitempty"`
-	}
-	body, err := json.Marshal(struct {
-		Errors []item `json:"errors"`
-	}{[]item{{e.code, e.message, e.detail}}})
-	if err != nil { // only a detail that cannot be encoded; drop it
-		body, _ = json.Marshal(struct {
-			Errors []item `json:"errors"`
-		}{[]item{{Code: e.code, Message: e.message}}})
-	}
 	h := w.Header()
 	if e.retryAfter > 0 {
 		h.Set("Retry-After", strconv.FormatInt(int64(math.Ceil(e.retryAfter.Seconds())), 10))
 	}
-	if e.status == http.StatusMethodNotAllowed {
+	if e.Status == http.StatusMethodNotAllowed {
 		h.Set("Allow", "GET, HEAD")
 	}
-	writeBody(w, r, e.status, "application/json", body)
+	writeBody(w, r, e.Status, "application/json", e.Body())
 }
 
 // writeBody sends a complete small body with its length; a HEAD answer gets the headers only.

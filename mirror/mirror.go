@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -109,7 +110,7 @@ func New(b Backend, opts Options) http.Handler {
 	if def == "" {
 		def = "docker.io"
 	}
-	reg, ok := normalizeHost(def)
+	reg, ok := oci.NormalizeHost(def)
 	if !ok {
 		panic(fmt.Sprintf("mirror: invalid default registry %q", opts.DefaultRegistry))
 	}
@@ -138,7 +139,7 @@ type exchange struct {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: routeUnknown.String()}}
+	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
 	defer func() {
 		// Runs on the abort panic too, so an aborted transfer is observed.
 		x.ans.Duration = time.Since(start)
@@ -146,66 +147,66 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.observe(x.ans)
 		}
 	}()
-	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	w.Header().Set(oci.HeaderAPIVersion, oci.APIVersion)
 
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		x.reject(newAPIError(http.StatusMethodNotAllowed, codeUnsupported, "lifeboat is a pull-only mirror: "+r.Method+" is not supported"))
+		x.reject(newAPIError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "lifeboat is a pull-only mirror: "+r.Method+" is not supported"))
 		return
 	}
 	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
-	x.ans.Route = req.kind()
+	x.ans.Route = routeName(req)
 	if e != nil {
 		x.reject(e)
 		return
 	}
 	x.req = req
-	x.ans.Registry, x.ans.Repository = req.registry, req.repository
-	switch req.route {
-	case routePing:
+	x.ans.Registry, x.ans.Repository = req.Registry, req.Repository
+	switch req.Kind {
+	case oci.KindPing:
 		x.ans.Status = http.StatusOK
 		writeBody(w, r, http.StatusOK, "application/json", []byte("{}"))
-	case routeManifest:
+	case oci.KindManifest:
 		h.manifest(x)
-	case routeBlob:
+	case oci.KindBlob:
 		if r.Method == http.MethodHead {
 			h.statBlob(x)
 		} else {
 			h.blob(x)
 		}
-	case routeTags:
+	case oci.KindTags:
 		h.tags(x)
-	case routeReferrers:
+	case oci.KindReferrers:
 		h.referrers(x)
 	}
 }
 
 // reject answers a request with e.
 func (x *exchange) reject(e *apiError) {
-	x.ans.Status = e.status
+	x.ans.Status = e.Status
 	e.write(x.w, x.r)
 }
 
 // fail answers a request whose Backend call failed. The error's text goes to the log only: it
 // may name upstream endpoints or paths on disk.
 func (x *exchange) fail(err error) {
-	e := fromBackend(err, x.req.route)
-	detail := map[string]string{"name": x.req.name}
-	if x.req.reference != "" {
-		detail["reference"] = x.req.reference
-	} else if x.req.digest != "" {
-		detail["digest"] = x.req.digest.String()
+	e := fromBackend(err, x.req.Kind)
+	detail := map[string]string{"name": x.req.Name}
+	if x.req.Reference != "" {
+		detail["reference"] = x.req.Reference
+	} else if x.req.Digest != "" {
+		detail["digest"] = x.req.Digest.String()
 	}
-	e.detail = detail
+	e.Detail = detail
 
 	ctx := x.r.Context()
 	entry := log.G(ctx).WithError(err).WithFields(log.Fields{
-		"route": x.ans.Route, "registry": x.req.registry, "repository": x.req.repository,
-		"reference": x.req.reference, "digest": x.req.digest, "status": e.status,
+		"route": x.ans.Route, "registry": x.req.Registry, "repository": x.req.Repository,
+		"reference": x.req.Reference, "digest": x.req.Digest, "status": e.Status,
 	})
 	switch {
 	case ctx.Err() != nil:
 		entry.Debug("mirror request ended by the client")
-	case e.status >= 500:
+	case e.Status >= 500:
 		entry.Warn("mirror request failed")
 	default:
 		entry.Debug("mirror request refused")
@@ -216,13 +217,13 @@ func (x *exchange) fail(err error) {
 // setCache sends the X-Lifeboat-Cache header.
 func (x *exchange) setCache(s resolver.CacheStatus) {
 	if s != "" {
-		x.w.Header().Set("X-Lifeboat-Cache", string(s))
+		x.w.Header().Set(oci.HeaderCache, string(s))
 		x.ans.Cache = s
 	}
 }
 
 func (h *handler) manifest(x *exchange) {
-	m, err := h.backend.Manifest(x.r.Context(), x.req.registry, x.req.repository, x.req.reference)
+	m, err := h.backend.Manifest(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Reference)
 	if err != nil {
 		x.fail(err)
 		return
@@ -235,7 +236,7 @@ func (h *handler) manifest(x *exchange) {
 	hdr := x.w.Header()
 	if m.Descriptor.Digest != "" {
 		// Without it containerd GETs the manifest and hashes it instead.
-		hdr.Set("Docker-Content-Digest", m.Descriptor.Digest.String())
+		hdr.Set(oci.HeaderContentDigest, m.Descriptor.Digest.String())
 		hdr.Set("ETag", etag(m.Descriptor.Digest))
 	}
 	x.setCache(m.Status)
@@ -247,7 +248,7 @@ func (h *handler) manifest(x *exchange) {
 }
 
 func (h *handler) statBlob(x *exchange) {
-	desc, status, err := h.backend.StatBlob(x.r.Context(), x.req.registry, x.req.repository, x.req.digest)
+	desc, status, err := h.backend.StatBlob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
 		return
@@ -261,7 +262,7 @@ func (h *handler) statBlob(x *exchange) {
 }
 
 func (h *handler) blob(x *exchange) {
-	b, err := h.backend.Blob(x.r.Context(), x.req.registry, x.req.repository, x.req.digest)
+	b, err := h.backend.Blob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
 		return
@@ -311,7 +312,7 @@ func (h *handler) blob(x *exchange) {
 		n, sourceFailed, started, err = h.copyBuffered(x.w, rc, rng.length, start)
 		if !started {
 			if err == io.EOF {
-				err = fmt.Errorf("blob %s: reader ended before its first byte", x.req.digest)
+				err = fmt.Errorf("blob %s: reader ended before its first byte", x.req.Digest)
 			}
 			x.fail(err)
 			return
@@ -325,7 +326,7 @@ func (h *handler) blob(x *exchange) {
 	// if it were complete. Abort the connection so that it sees a broken transfer.
 	x.ans.Aborted = true
 	entry := log.G(x.r.Context()).WithError(err).WithFields(log.Fields{
-		"registry": x.req.registry, "repository": x.req.repository, "digest": x.req.digest,
+		"registry": x.req.Registry, "repository": x.req.Repository, "digest": x.req.Digest,
 		"sent": n, "want": rng.length,
 	})
 	if sourceFailed && x.r.Context().Err() == nil {
@@ -397,7 +398,7 @@ func readSome(r io.Reader, buf []byte) (int, error) {
 // when it has answered already (416, or a descriptor without a size).
 func (x *exchange) blobRange(desc ocispec.Descriptor, status resolver.CacheStatus) (rng byteRange, partial, ok bool) {
 	if desc.Size < 0 {
-		x.fail(fmt.Errorf("blob %s: backend reported size %d", x.req.digest, desc.Size))
+		x.fail(fmt.Errorf("blob %s: backend reported size %d", x.req.Digest, desc.Size))
 		return byteRange{}, false, false
 	}
 	rng = byteRange{off: 0, length: desc.Size}
@@ -407,14 +408,14 @@ func (x *exchange) blobRange(desc ocispec.Descriptor, status resolver.CacheStatu
 	}
 	// A Range conditional on another version of the content is ignored (RFC 9110 13.1.5); what
 	// is addressed by digest has one version only.
-	if ir := x.r.Header.Get("If-Range"); ir != "" && ir != etag(x.req.digest) {
+	if ir := x.r.Header.Get("If-Range"); ir != "" && ir != etag(x.req.Digest) {
 		return rng, false, true
 	}
 	r, partial, unsatisfiable := parseRange(hr, desc.Size)
 	if unsatisfiable {
 		x.setCache(status)
 		x.w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(desc.Size, 10))
-		x.reject(newAPIError(http.StatusRequestedRangeNotSatisfiable, codeUnsupported, "requested range not satisfiable"))
+		x.reject(newAPIError(http.StatusRequestedRangeNotSatisfiable, oci.CodeUnsupported, "requested range not satisfiable"))
 		return byteRange{}, false, false
 	}
 	if partial {
@@ -427,8 +428,8 @@ func (x *exchange) blobRange(desc ocispec.Descriptor, status resolver.CacheStatu
 func (x *exchange) setBlobHeaders(desc ocispec.Descriptor, status resolver.CacheStatus, rng byteRange, partial bool) {
 	hdr := x.w.Header()
 	x.setCache(status)
-	hdr.Set("Docker-Content-Digest", x.req.digest.String())
-	hdr.Set("ETag", etag(x.req.digest))
+	hdr.Set(oci.HeaderContentDigest, x.req.Digest.String())
+	hdr.Set("ETag", etag(x.req.Digest))
 	hdr.Set("Accept-Ranges", "bytes")
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Content-Length", strconv.FormatInt(rng.length, 10))
@@ -460,7 +461,7 @@ func (s *readSide) Read(p []byte) (int, error) {
 type writerOnly struct{ io.Writer }
 
 func (h *handler) tags(x *exchange) {
-	tags, status, err := h.backend.Tags(x.r.Context(), x.req.registry, x.req.repository)
+	tags, status, err := h.backend.Tags(x.r.Context(), x.req.Registry, x.req.Repository)
 	if err != nil {
 		x.fail(err)
 		return
@@ -468,16 +469,16 @@ func (h *handler) tags(x *exchange) {
 	if !slices.IsSorted(tags) {
 		tags = slices.Sorted(slices.Values(tags))
 	}
-	if x.req.last != "" {
-		i, found := slices.BinarySearch(tags, x.req.last)
+	if x.req.Last != "" {
+		i, found := slices.BinarySearch(tags, x.req.Last)
 		if found {
 			i++
 		}
 		tags = tags[i:]
 	}
-	if x.req.n >= 0 && len(tags) > x.req.n {
-		tags = tags[:x.req.n]
-		if x.req.n > 0 {
+	if x.req.N >= 0 && len(tags) > x.req.N {
+		tags = tags[:x.req.N]
+		if x.req.N > 0 {
 			x.w.Header().Set("Link", x.nextTagsLink(tags[len(tags)-1]))
 		}
 	}
@@ -487,7 +488,7 @@ func (h *handler) tags(x *exchange) {
 	body, err := json.Marshal(struct {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
-	}{x.req.name, tags})
+	}{x.req.Name, tags})
 	if err != nil {
 		x.fail(err)
 		return
@@ -500,21 +501,21 @@ func (h *handler) tags(x *exchange) {
 func (x *exchange) nextTagsLink(last string) string {
 	var b strings.Builder
 	b.WriteString("</v2/")
-	b.WriteString(x.req.name)
+	b.WriteString(x.req.Name)
 	b.WriteString("/tags/list?n=")
-	b.WriteString(strconv.Itoa(x.req.n))
+	b.WriteString(strconv.Itoa(x.req.N))
 	b.WriteString("&last=")
 	b.WriteString(last)
-	if x.req.ns != "" {
+	if x.req.NS != "" {
 		b.WriteString("&ns=")
-		b.WriteString(x.req.ns)
+		b.WriteString(x.req.NS)
 	}
 	b.WriteString(`>; rel="next"`)
 	return b.String()
 }
 
 func (h *handler) referrers(x *exchange) {
-	idx, err := h.backend.Referrers(x.r.Context(), x.req.registry, x.req.repository, x.req.digest, x.req.artifactType)
+	idx, err := h.backend.Referrers(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest, x.req.ArtifactType)
 	if err != nil {
 		x.fail(err)
 		return
@@ -529,7 +530,7 @@ func (h *handler) referrers(x *exchange) {
 		x.fail(err)
 		return
 	}
-	if x.req.artifactType != "" {
+	if x.req.ArtifactType != "" {
 		x.w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	x.sendJSON(ocispec.MediaTypeImageIndex, body)

@@ -34,13 +34,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/url"
 	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // The modes.
@@ -212,8 +213,7 @@ func validateRegistry(r string) error {
 	if r == "" {
 		return invalid("a registry name is empty: use a registry host such as docker.io")
 	}
-	u, err := url.Parse("dummy://" + r)
-	if err != nil || u.Host != r || u.User != nil || strings.ContainsAny(r, " \t") {
+	if !oci.ValidHost(r) {
 		return invalid("registry %q is not a registry host[:port] such as docker.io or ghcr.io", r)
 	}
 	return nil
@@ -270,7 +270,7 @@ func ParseRate(s string) (int64, error) {
 }
 
 // HeaderSimulated is set on every answer the simulator synthesizes; its value is the mode.
-const HeaderSimulated = "X-Lifeboat-Simulated-Outage"
+const HeaderSimulated = oci.HeaderSimulatedOutage
 
 // Error is a failure the simulator made up. It unwraps to the error a real failure of its kind
 // gives (a *net.DNSError, a *net.OpError wrapping syscall.ECONNREFUSED or ECONNRESET, a context

@@ -3,7 +3,6 @@ package outage
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // resetUnknownCut is where reset cuts a body of unknown length; a shorter body is cut at once.
@@ -99,25 +100,17 @@ func requestRepository(req *http.Request) string {
 }
 
 // repository is the <repo> of a distribution API path /v2/<repo>/(manifests|blobs|tags|
-// referrers)/..., or "".
+// referrers)/... or /v2/<repo>/blobs/uploads/..., or "".
 func repository(p string) string {
 	rest, ok := strings.CutPrefix(p, "/v2/")
 	if !ok {
 		return ""
 	}
-	parts := strings.Split(rest, "/")
-	n := len(parts)
-	for i := n - 2; i >= 1 && i >= n-4; i-- {
-		switch parts[i] {
-		case "manifests", "tags", "referrers", "blobs":
-			// The last component is the reference, digest or "list"; for blobs also
-			// blobs/uploads/[<id>].
-			if i == n-2 || (parts[i] == "blobs" && parts[i+1] == "uploads") {
-				return strings.Join(parts[:i], "/")
-			}
-		}
+	name, _, _, ok := oci.SplitPath(strings.Split(rest, "/"))
+	if !ok {
+		return ""
 	}
-	return ""
+	return strings.Join(name, "/")
 }
 
 // apply makes req fail as f says. released is true when o ended while req was held back; req
@@ -229,29 +222,12 @@ func resetError(req *http.Request, f fault) error {
 
 // statusResponse is the answer of an http-<status> outage.
 func statusResponse(req *http.Request, f fault) *http.Response {
-	code := "UNKNOWN"
-	switch f.status {
-	case http.StatusUnauthorized:
-		code = "UNAUTHORIZED"
-	case http.StatusForbidden:
-		code = "DENIED"
-	case http.StatusTooManyRequests:
-		code = "TOOMANYREQUESTS"
-	case http.StatusServiceUnavailable:
-		code = "UNAVAILABLE"
-	}
-	type ociError struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	}
-	body, _ := json.Marshal(struct {
-		Errors []ociError `json:"errors"`
-	}{[]ociError{{Code: code, Message: "lifeboat simulated outage: " + f.label}}})
+	body := oci.NewError(f.status, oci.CodeForStatus(f.status), "lifeboat simulated outage: "+f.label).Body()
 
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	h.Set(oci.HeaderAPIVersion, oci.APIVersion)
 	h.Set(HeaderSimulated, f.label)
 	if f.status == http.StatusTooManyRequests || f.status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "60")

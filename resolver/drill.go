@@ -14,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // Readiness says whether lifeboat alone, with every upstream down, could serve a complete pull
@@ -86,7 +88,7 @@ func parseImageRef(ref string) (imageRef, error) {
 	if err := checkRepository(ir.repository); err != nil {
 		return imageRef{}, err
 	}
-	if !registryPattern.MatchString(ir.registry) {
+	if !oci.ValidHost(ir.registry) {
 		return imageRef{}, fmt.Errorf("invalid registry name %q: %w", ir.registry, errdefs.ErrInvalidArgument)
 	}
 	return ir, nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // Policies for tags.
@@ -48,7 +48,7 @@ type Options struct {
 	// the blob when less is left, else the fill is cut off as stalled (see minFillProgress).
 	FillTimeout, IdleTimeout time.Duration
 	// Endpoints lists the endpoints of registries, tried in order. Registries not listed use
-	// DefaultEndpoint.
+	// oci.DefaultEndpoints.
 	Endpoints map[string][]string
 	// NewClient makes the client of one endpoint of a registry.
 	NewClient func(registry, endpoint string) (Client, error)
@@ -72,14 +72,6 @@ func (o *Options) setDefaults() {
 		o.IdleTimeout = 30 * time.Second
 	}
 	o.Health.setDefaults()
-}
-
-// DefaultEndpoint is the upstream of a registry with no configured endpoints.
-func DefaultEndpoint(registry string) string {
-	if registry == "docker.io" {
-		return "https://registry-1.docker.io"
-	}
-	return "https://" + registry
 }
 
 // Resolver answers the registry mirror and the CLI. It is safe for concurrent use.
@@ -207,11 +199,9 @@ func (r *Resolver) Endpoints() []EndpointStatus {
 	return out
 }
 
-var registryPattern = regexp.MustCompile(`^(localhost|[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(:[0-9]{1,5})?$`)
-
 // endpoints returns the registry's endpoints, creating them on first use.
 func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
-	if !registryPattern.MatchString(registry) {
+	if !oci.ValidHost(registry) {
 		return nil, fmt.Errorf("invalid registry name %q: %w", registry, errdefs.ErrInvalidArgument)
 	}
 	r.regMu.Lock()
@@ -221,7 +211,7 @@ func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
 	}
 	urls := r.opts.Endpoints[registry]
 	if len(urls) == 0 {
-		urls = []string{DefaultEndpoint(registry)}
+		urls = oci.DefaultEndpoints(registry)
 	}
 	var eps []*endpoint
 	for _, u := range urls {
@@ -237,23 +227,16 @@ func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
 	return eps, nil
 }
 
-var (
-	repoPattern = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagPattern  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-)
-
 func checkRepository(repo string) error {
-	if len(repo) > 255 || !repoPattern.MatchString(repo) {
+	if !oci.ValidRepository(repo) {
 		return fmt.Errorf("invalid repository name %q: %w", repo, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
 
 func checkDigest(dgst digest.Digest) error {
-	if err := dgst.Validate(); err != nil {
-		return fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
-	}
-	return nil
+	_, err := oci.ParseDigest(string(dgst))
+	return err
 }
 
 // Manifest resolves reference (a tag or a digest) in repository ("library/alpine") of
@@ -267,11 +250,12 @@ func (r *Resolver) Manifest(ctx context.Context, registry, repository, reference
 		return Manifest{}, err
 	}
 	repoKey := registry + "/" + repository
-	if dgst, err := digest.Parse(reference); err == nil {
-		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst)
+	dgst, err := oci.ParseReference(reference)
+	if err != nil {
+		return Manifest{}, err
 	}
-	if !tagPattern.MatchString(reference) {
-		return Manifest{}, fmt.Errorf("invalid reference %q: %w", reference, errdefs.ErrInvalidArgument)
+	if dgst != "" {
+		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst)
 	}
 	return r.manifestByTag(ctx, eps, repoKey, repository, reference)
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // GetBlob opens repo's blob dgst: GET /v2/<repo>/blobs/<dgst>, following redirects (to object
@@ -25,7 +27,7 @@ func (c *Client) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (
 	if err := validateRepo(repo); err != nil {
 		return nil, 0, err
 	}
-	if err := validateDigest(dgst); err != nil {
+	if _, err := oci.ParseDigest(dgst.String()); err != nil {
 		return nil, 0, err
 	}
 	path := "/v2/" + repo + "/blobs/" + dgst.String()
@@ -92,7 +94,7 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, dgst digest.Digest) 
 	if err := validateRepo(repo); err != nil {
 		return 0, err
 	}
-	if err := validateDigest(dgst); err != nil {
+	if _, err := oci.ParseDigest(dgst.String()); err != nil {
 		return 0, err
 	}
 	path := "/v2/" + repo + "/blobs/" + dgst.String()

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // maxErrorBody is how much of an error response is read for its OCI error code.
@@ -87,18 +88,12 @@ func newStatusError(host, op string, resp *http.Response) *statusError {
 	e := &statusError{host: host, op: op, status: resp.StatusCode}
 	// The header the outage simulator puts on the answers it makes up; a HEAD has no body
 	// to say so.
-	e.simulated = printable(resp.Header.Get("X-Lifeboat-Simulated-Outage"), 32)
+	e.simulated = printable(resp.Header.Get(oci.HeaderSimulatedOutage), 32)
 	if resp.Body != nil && resp.Request != nil && resp.Request.Method != http.MethodHead {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		var oci struct {
-			Errors []struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"errors"`
-		}
-		if json.Unmarshal(body, &oci) == nil && len(oci.Errors) > 0 {
-			e.code = printable(oci.Errors[0].Code, 64)
-			e.message = printable(oci.Errors[0].Message, 200)
+		if code, message, ok := oci.DecodeError(body); ok {
+			e.code = printable(string(code), 64)
+			e.message = printable(message, 200)
 		}
 	}
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
@@ -120,14 +115,14 @@ func classifyStatus(status int, code string) error {
 	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout, status >= 500:
 		return errdefs.ErrUnavailable
 	}
-	switch code {
-	case "MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN":
+	switch oci.ErrorCode(code) {
+	case oci.CodeManifestUnknown, oci.CodeBlobUnknown, oci.CodeNameUnknown:
 		return errdefs.ErrNotFound
-	case "UNAUTHORIZED":
+	case oci.CodeUnauthorized:
 		return errdefs.ErrUnauthenticated
-	case "DENIED":
+	case oci.CodeDenied:
 		return errdefs.ErrPermissionDenied
-	case "TOOMANYREQUESTS":
+	case oci.CodeTooManyRequests:
 		return errdefs.ErrUnavailable
 	}
 	switch status {

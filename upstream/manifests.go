@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // MaxManifestSize is the largest manifest (or referrers index) accepted: 4 MiB, as containerd.
@@ -61,7 +63,7 @@ func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocis
 	if err := validateRepo(repo); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	want, err := parseReference(reference)
+	want, err := oci.ParseReference(reference)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -110,7 +112,7 @@ func (c *Client) GetManifest(ctx context.Context, repo, reference string) (ocisp
 	if err := validateRepo(repo); err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
-	want, err := parseReference(reference)
+	want, err := oci.ParseReference(reference)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}

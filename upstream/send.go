@@ -6,46 +6,17 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/go-digest"
-)
 
-var (
-	// repoPattern is the OCI distribution spec's <name> grammar.
-	repoPattern = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
-	tagPattern  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
-
-// maxRepoLength bounds a repository name (the spec bounds host plus name by 255).
-const maxRepoLength = 255
 
 func validateRepo(repo string) error {
-	if len(repo) > maxRepoLength || !repoPattern.MatchString(repo) {
+	if !oci.ValidRepository(repo) {
 		return fmt.Errorf("repository name %q: %w", printable(repo, 300), errdefs.ErrInvalidArgument)
-	}
-	return nil
-}
-
-// parseReference validates a tag or digest reference; dgst is set for a digest.
-func parseReference(ref string) (dgst digest.Digest, err error) {
-	if tagPattern.MatchString(ref) {
-		return "", nil
-	}
-	if strings.Contains(ref, ":") {
-		if d, err := digest.Parse(ref); err == nil {
-			return d, nil
-		}
-	}
-	return "", fmt.Errorf("reference %q is neither a tag nor a digest: %w", printable(ref, 300), errdefs.ErrInvalidArgument)
-}
-
-func validateDigest(d digest.Digest) error {
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("digest %q: %v: %w", printable(string(d), 300), err, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,14 +11,15 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // Bounds of a tag listing.
 const (
-	MaxTagPages     = 100
-	MaxTags         = 100_000
-	maxTagsPage     = 8 << 20
-	maxArtifactType = 255
+	MaxTagPages = 100
+	MaxTags     = 100_000
+	maxTagsPage = 8 << 20
 )
 
 // Tags lists repo's tags: GET /v2/<repo>/tags/list, following Link rel="next" pages to the end
@@ -132,12 +132,12 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 	if err := validateRepo(repo); err != nil {
 		return nil, "", err
 	}
-	if err := validateDigest(dgst); err != nil {
+	if _, err := oci.ParseDigest(dgst.String()); err != nil {
 		return nil, "", err
 	}
 	var query url.Values
 	if artifactType != "" {
-		if _, _, err := mime.ParseMediaType(artifactType); err != nil || len(artifactType) > maxArtifactType {
+		if !oci.ValidMediaType(artifactType) {
 			return nil, "", fmt.Errorf("artifact type %q: %w", printable(artifactType, 300), errdefs.ErrInvalidArgument)
 		}
 		query = url.Values{"artifactType": {artifactType}}

@@ -26,6 +26,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/outage"
@@ -283,9 +284,9 @@ func serve(ctx context.Context, cfg config.Config, grace time.Duration) (err err
 // configuredUpstreams are the registries the configuration names, and docker.io, the registry
 // of names without one, with their endpoints.
 func configuredUpstreams(cfg config.Config) map[string][]string {
-	ups := map[string][]string{"docker.io": {resolver.DefaultEndpoint("docker.io")}}
+	ups := map[string][]string{oci.DockerHub: oci.DefaultEndpoints(oci.DockerHub)}
 	for host, r := range cfg.Registry {
-		ups[host] = []string{resolver.DefaultEndpoint(host)}
+		ups[host] = oci.DefaultEndpoints(host)
 		if len(r.Endpoints) > 0 {
 			ups[host] = r.Endpoints
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/lifeboat-dev/lifeboat/internal/launch"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // mirrorResults holds what mirrorBench measured.
@@ -167,11 +168,11 @@ func waitCached(url string) error {
 			return err
 		}
 		resp.Body.Close()
-		if resp.Header.Get("X-Lifeboat-Cache") == "hit" {
+		if resp.Header.Get(oci.HeaderCache) == "hit" {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("HEAD %s: not cached within 30 s of a GET (X-Lifeboat-Cache %q)", url, resp.Header.Get("X-Lifeboat-Cache"))
+			return fmt.Errorf("HEAD %s: not cached within 30 s of a GET (%s %q)", url, oci.HeaderCache, resp.Header.Get(oci.HeaderCache))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

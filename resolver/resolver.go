@@ -101,8 +101,9 @@ type Resolver struct {
 	regMu      sync.Mutex
 	registries map[string][]*endpoint
 
-	fillMu sync.Mutex
-	fills  map[string]*fill
+	fillDeps fillDeps // what the fills get
+	fillMu   sync.Mutex
+	fills    map[string]*fill
 
 	digestMismatches atomic.Int64
 }
@@ -121,6 +122,13 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	r := &Resolver{
 		store: store, opts: opts, stop: make(chan struct{}),
 		registries: map[string][]*endpoint{}, fills: map[string]*fill{},
+	}
+	r.fillDeps = fillDeps{
+		store:         store,
+		headerTimeout: opts.UpstreamTimeout,
+		fillTimeout:   opts.FillTimeout,
+		idleTimeout:   opts.IdleTimeout,
+		mismatches:    &r.digestMismatches,
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for registry := range opts.Endpoints {
@@ -538,41 +546,27 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		}
 	}
 	f := r.joinFill(registry, repository, dgst, eps)
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
+	if err := f.started(ctx); err != nil {
 		f.release()
-		return nil, ctx.Err()
+		return nil, err
 	}
-	f.mu.Lock()
-	size, fromStore, ferr, done := f.size, f.fromStore, f.err, f.done
-	f.mu.Unlock()
-	if fromStore || (size < 0 && done && ferr == nil) {
+	st := f.state()
+	size := st.size
+	if st.fromStore || (size < 0 && st.done && st.err == nil) {
 		f.release()
 		return r.cachedBlob(ctx, dgst, Miss)
 	}
-	if ferr != nil && size < 0 {
+	if st.err != nil && size < 0 {
 		f.release()
-		return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
+		return nil, notFoundIfDown(ctx, st.err, "blob "+repoKey+"@"+dgst.String())
 	}
 	if size < 0 || size <= verifyFirstMax {
 		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
 		// committed, then serve it from the cache. A client that gives up stops waiting (the
 		// fill goes on for the next one).
-		stop := context.AfterFunc(ctx, func() {
-			f.mu.Lock()
-			f.cond.Broadcast()
-			f.mu.Unlock()
-		})
-		f.mu.Lock()
-		for !f.done && ctx.Err() == nil {
-			f.cond.Wait()
-		}
-		done, ferr = f.done, f.err
-		f.mu.Unlock()
-		stop()
+		ended, ferr := f.wait(ctx)
 		f.release()
-		if !done {
+		if !ended {
 			return nil, ctx.Err()
 		}
 		if ferr != nil {
@@ -588,7 +582,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return &fillReader{f: f, pos: off, end: off + length}, nil
+			return f.reader(off, length), nil
 		},
 		close: func() error { once.Do(f.release); return nil },
 	}, nil

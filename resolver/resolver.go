@@ -602,7 +602,7 @@ func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status Ca
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra, off: off}, nil
+			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra}, nil
 		},
 		close: ra.Close,
 	}, nil
@@ -678,26 +678,22 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 	return idx, nil
 }
 
-// sectionReader reads a range of a cached blob. When the blob is a file it can hand that file
-// over, positioned at the range, for sendfile.
+// sectionReader reads a range of a cached blob. It offers the whole blob's file, for sendfile,
+// when the cache has one (cache.FileBacked).
 type sectionReader struct {
 	*io.SectionReader
-	ra  content.ReaderAt
-	off int64
+	ra content.ReaderAt
 }
+
+var _ cache.FileBacked = (*sectionReader)(nil)
 
 func (s *sectionReader) Close() error { return nil }
 
-// PositionedFile returns the blob's file positioned at the start of the range, or nil. The file
-// belongs to the Blob: one reader at a time may use it this way.
-func (s *sectionReader) PositionedFile() (*os.File, error) {
-	fr, ok := s.ra.(interface{ File() *os.File })
-	if !ok {
-		return nil, nil
+// File returns the blob's file, or nil. It is the whole blob, not the range, and it belongs to
+// the Blob: all its readers share the file's offset, so one reader at a time may use it.
+func (s *sectionReader) File() *os.File {
+	if fb, ok := s.ra.(cache.FileBacked); ok {
+		return fb.File()
 	}
-	f := fr.File()
-	if _, err := f.Seek(s.off, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return f, nil
+	return nil
 }

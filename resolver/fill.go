@@ -255,10 +255,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	ref := fillRefPrefix + f.key
 	w, err := f.deps.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(up.size, 0)}))
 	if errdefs.IsAlreadyExists(err) {
-		f.mu.Lock()
-		f.fromStore = true
-		f.mu.Unlock()
-		return f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+		return f.alreadyCached(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("open cache ingest: %w", err)
@@ -266,10 +263,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	committed := false
 	defer func() {
 		if !committed {
-			w.Close()
-			if err := f.deps.store.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
-				log.G(ctx).WithError(err).Warn("cannot remove a failed fill's ingest")
-			}
+			f.discard(ctx, w, ref)
 		}
 	}()
 	if err := f.open(w, ref, up.size); err != nil {
@@ -287,6 +281,24 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	}
 	committed, err = f.commit(ctx, w, n)
 	return err
+}
+
+// alreadyCached ends a fill that found the blob in the cache: its readers read it from there,
+// and the blob is linked to the repository.
+func (f *fill) alreadyCached(ctx context.Context) error {
+	f.mu.Lock()
+	f.fromStore = true
+	f.mu.Unlock()
+	return f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+}
+
+// discard closes and removes the ingest w of ref, which was not committed: nothing partial is
+// cached.
+func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
+	w.Close()
+	if err := f.deps.store.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).Warn("cannot remove a failed fill's ingest")
+	}
 }
 
 // fetch sends the GET to the first endpoint that has the blob, and gives up on response

@@ -477,6 +477,21 @@ func (s *Store) releaseReader(dgst digest.Digest) {
 	}
 }
 
+// FileBacked is a blob reader whose bytes are an open file's, so that they can be sent with
+// sendfile: io.Copy from an *os.File (or an io.LimitedReader of one) to net/http's
+// ResponseWriter hands the copy to the kernel instead of passing every byte through user space.
+// It is an optional capability, found by type assertion. The readers of Store.ReaderAt offer
+// it, and so do the resolver's readers of cached blobs; the mirror sends blobs with it.
+type FileBacked interface {
+	// File returns the blob's file: byte i of the blob is at offset i. The file belongs to the
+	// reader and is open until the reader is closed. The caller may Seek and Read it, one
+	// caller at a time (the offset is shared), and must not close it. A reader that has no file
+	// after all returns nil.
+	File() *os.File
+}
+
+var _ FileBacked = (*reader)(nil)
+
 // reader is a content.ReaderAt over a blob file that releases its eviction hold on Close.
 type reader struct {
 	f       *os.File
@@ -495,7 +510,7 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 
 func (r *reader) Size() int64 { return r.size }
 
-// File exposes the open file, for callers that hand it to sendfile-aware writers.
+// File returns the blob's file (see FileBacked).
 func (r *reader) File() *os.File { return r.f }
 
 func (r *reader) Close() error {

@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -61,7 +62,9 @@ type Blob interface {
 	Status() resolver.CacheStatus
 	// Reader returns the bytes [off, off+length). When they cannot all be delivered (the
 	// upstream broke, the content failed verification) the reader returns an error before the
-	// last byte; it never ends cleanly with fewer bytes.
+	// last byte; it never ends cleanly with fewer bytes. The handler sends with sendfile a
+	// reader that is an *os.File (positioned at off), or a cache.FileBacked (whose file is the
+	// whole blob), or an io.WriterTo that does so itself.
 	Reader(off, length int64) (io.ReadCloser, error)
 	// Close releases the blob.
 	Close() error
@@ -293,11 +296,13 @@ func (h *handler) blob(x *exchange) {
 		n            int64
 		sourceFailed bool
 	)
-	f, isFile := rc.(*os.File)
-	if ff, ok := rc.(fileReader); ok && !isFile {
-		if f, err = ff.PositionedFile(); err != nil {
-			x.fail(err)
-			return
+	f, isFile := rc.(*os.File) // positioned at the range already
+	if fb, ok := rc.(cache.FileBacked); ok && !isFile {
+		if f = fb.File(); f != nil {
+			if _, err := f.Seek(rng.off, io.SeekStart); err != nil {
+				x.fail(err)
+				return
+			}
 		}
 		isFile = f != nil
 	}
@@ -335,13 +340,6 @@ func (h *handler) blob(x *exchange) {
 		entry.Debug("mirror client stopped reading a blob")
 	}
 	panic(http.ErrAbortHandler)
-}
-
-// fileReader is a blob reader backed by a file, which can then be sent with sendfile.
-type fileReader interface {
-	// PositionedFile returns the file positioned at the reader's first byte, or nil if the
-	// reader cannot offer one.
-	PositionedFile() (*os.File, error)
 }
 
 // copyBuffered copies length bytes of rc to w through a large buffer. It calls start (which

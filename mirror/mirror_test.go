@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -921,13 +922,57 @@ func (b fileBlob) Reader(off, length int64) (io.ReadCloser, error) {
 	return f, nil
 }
 
+// fileBackedBackend is a fileBackend whose readers offer the whole blob's file
+// (cache.FileBacked), as the resolver's readers of cached blobs do.
+type fileBackedBackend struct{ fileBackend }
+
+// fileBackedBlob is a fileBlob with readers that offer its file.
+type fileBackedBlob struct{ fileBlob }
+
+// wholeFileReader offers the whole blob's file, and fails every Read: only the file delivers.
+type wholeFileReader struct{ f *os.File }
+
+func (b fileBackedBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
+	blob, err := b.fileBackend.Blob(ctx, registry, repository, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return fileBackedBlob{blob.(fileBlob)}, nil
+}
+
+func (b fileBackedBlob) Reader(off, length int64) (io.ReadCloser, error) {
+	f, err := os.Open(b.path)
+	if err != nil {
+		return nil, err
+	}
+	return wholeFileReader{f}, nil
+}
+
+var _ cache.FileBacked = wholeFileReader{}
+
+func (r wholeFileReader) File() *os.File { return r.f }
+func (r wholeFileReader) Read([]byte) (int, error) {
+	return 0, errors.New("read the file, not the reader")
+}
+func (r wholeFileReader) Close() error { return r.f.Close() }
+
 func TestFileBlob(t *testing.T) {
 	t.Parallel()
+	testFileBlob(t, func(b *memBackend) Backend { return fileBackend{b, t.TempDir()} })
+}
+
+// TestFileBackedBlob sends blobs, and ranges of them, from the file a reader offers.
+func TestFileBackedBlob(t *testing.T) {
+	t.Parallel()
+	testFileBlob(t, func(b *memBackend) Backend { return fileBackedBackend{fileBackend{b, t.TempDir()}} })
+}
+
+func testFileBlob(t *testing.T, backend func(*memBackend) Backend) {
 	const size = 3 << 20
 	b := newMemBackend()
 	img := b.addImage("docker.io", "library/alpine", "3.20", size)
 	layer := img.blobs[img.layer.Digest]
-	srv := newServer(t, fileBackend{b, t.TempDir()}, Options{})
+	srv := newServer(t, backend(b), Options{})
 	path := "/v2/library/alpine/blobs/" + img.layer.Digest.String()
 
 	for _, tc := range []struct {

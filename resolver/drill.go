@@ -338,19 +338,9 @@ func (r *Resolver) awaitFill(ctx context.Context, key string) error {
 	if !ok {
 		return nil // ended: its result is in the cache, or not
 	}
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.cond.Broadcast()
-		f.mu.Unlock()
-	})
-	defer stop()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for !f.done {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		f.cond.Wait()
+	ended, err := f.wait(ctx)
+	if !ended {
+		return ctx.Err()
 	}
-	return f.err
+	return err
 }

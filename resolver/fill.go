@@ -16,14 +16,19 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
 )
 
 // fill is the one upstream download of a blob for a repository. It writes the bytes into a cache
 // ingest and lets any number of readers stream them from the ingest file as they arrive. It
 // runs detached from the requests that wait on it, so that a client that disconnects does not
 // stop it: the next request finds the blob cached.
+//
+// Its state is its own: other code learns it through its methods (started, state, wait,
+// reader) and never takes its lock.
 type fill struct {
-	r        *Resolver
+	deps     fillDeps
 	key      string // registry/repository@digest
 	registry string
 	repo     string
@@ -41,6 +46,38 @@ type fill struct {
 	fromStore bool // the blob was already cached: read it from the store
 	verified  bool // all bytes arrived and match the digest
 	readers   int
+}
+
+// fillDeps is what a fill needs from the resolver that starts it, given at creation: the same
+// for all the fills of a resolver.
+type fillDeps struct {
+	store fillStore
+	// headerTimeout bounds the wait for the upstream's response headers, fillTimeout the whole
+	// download; idleTimeout is the window of the progress rule (see minFillProgress).
+	headerTimeout, fillTimeout, idleTimeout time.Duration
+	// mismatches counts blobs that the upstream sent with another digest.
+	mismatches *atomic.Int64
+}
+
+// fillStore is what a fill needs of the cache: a room check, an ingest to write and read back,
+// and the link of the blob to its repository. Its errors are those of cache.Store.
+type fillStore interface {
+	CheckRoom(size int64) error
+	Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error)
+	OpenIngest(ref string) (*os.File, error)
+	Abort(ctx context.Context, ref string) error
+	Link(ctx context.Context, repository string, dgst digest.Digest) error
+}
+
+var _ fillStore = (*cache.Store)(nil)
+
+// fillState is what a fill knows at one moment.
+type fillState struct {
+	size      int64 // -1 while unknown
+	written   int64 // bytes that arrived
+	fromStore bool  // the blob was already cached: read it from the store
+	done      bool  // the fill ended; err says how
+	err       error
 }
 
 // minFillProgress is the least a fill must receive in every IdleTimeout (30 s by default): 64 KiB,
@@ -75,16 +112,33 @@ func (r *Resolver) joinFill(registry, repo string, dgst digest.Digest, eps []*en
 	defer r.fillMu.Unlock()
 	f, ok := r.fills[key]
 	if !ok {
-		f = &fill{r: r, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), size: -1}
-		f.cond = sync.NewCond(&f.mu)
+		f = newFill(r.fillDeps, key, registry, repo, dgst)
 		r.fills[key] = f
 		r.wg.Add(1)
-		go f.run(eps)
+		go func() {
+			defer r.wg.Done()
+			f.run(r.ctx, eps, func() {
+				r.fillMu.Lock()
+				delete(r.fills, key)
+				r.fillMu.Unlock()
+			})
+		}()
 	}
+	f.join()
+	return f
+}
+
+func newFill(deps fillDeps, key, registry, repo string, dgst digest.Digest) *fill {
+	f := &fill{deps: deps, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), size: -1}
+	f.cond = sync.NewCond(&f.mu)
+	return f
+}
+
+// join counts a reader on the fill. Each join is undone by one release.
+func (f *fill) join() {
 	f.mu.Lock()
 	f.readers++
 	f.mu.Unlock()
-	return f
 }
 
 // release drops a reader; the last one out after the fill ended closes the ingest file.
@@ -98,22 +152,61 @@ func (f *fill) release() {
 	}
 }
 
-func (f *fill) run(eps []*endpoint) {
-	defer f.r.wg.Done()
-	ctx, cancel := context.WithTimeout(f.r.ctx, f.r.opts.FillTimeout)
+// started waits until the size is known, or the fill failed before that; it returns ctx's
+// error if ctx ends first.
+func (f *fill) started(ctx context.Context) error {
+	select {
+	case <-f.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// state reports what the fill knows now.
+func (f *fill) state() fillState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fillState{size: f.size, written: f.written, fromStore: f.fromStore, done: f.done, err: f.err}
+}
+
+// wait waits until the fill ends, or ctx does: ended says which, err how the fill ended.
+func (f *fill) wait(ctx context.Context) (ended bool, err error) {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !f.done && ctx.Err() == nil {
+		f.cond.Wait()
+	}
+	return f.done, f.err
+}
+
+// reader streams the bytes [off, off+length) of the blob as they arrive. The caller holds a
+// reader on the fill (join) for as long as it uses it.
+func (f *fill) reader(off, length int64) *fillReader {
+	return &fillReader{f: f, pos: off, end: off + length}
+}
+
+// run downloads the blob within the fill timeout, then calls forget (after which a request
+// starts a new fill) and wakes the readers with the outcome.
+func (f *fill) run(parent context.Context, eps []*endpoint, forget func()) {
+	ctx, cancel := context.WithTimeout(parent, f.deps.fillTimeout)
 	defer cancel()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("blob", f.key))
 	err := f.download(ctx, eps)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("blob fill failed")
 	}
+	forget()
 	f.finish(err)
 }
 
 func (f *fill) finish(err error) {
-	f.r.fillMu.Lock()
-	delete(f.r.fills, f.key)
-	f.r.fillMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.done, f.err = true, err
@@ -129,45 +222,40 @@ func (f *fill) finish(err error) {
 	f.cond.Broadcast()
 }
 
+// upstreamBlob is an upstream's answer to a blob GET.
+type upstreamBlob struct {
+	body io.ReadCloser
+	size int64     // -1 when the upstream sent no Content-Length
+	ep   *endpoint // the endpoint that answered
+}
+
 // download fetches the blob from the first endpoint that has it and commits it to the cache.
 // Response headers must arrive within the upstream timeout; after that the body may take up to
 // the fill timeout, as long as every idle timeout brings at least minFillProgress bytes (or the
 // rest of the blob).
 func (f *fill) download(ctx context.Context, eps []*endpoint) error {
+	// rctx ends the upstream read: its cause is why (no headers in time, a stall).
 	rctx, stopRead := context.WithCancelCause(ctx)
 	defer stopRead(nil)
-	headers := time.AfterFunc(f.r.opts.UpstreamTimeout, func() { stopRead(context.DeadlineExceeded) })
-	type resp struct {
-		body io.ReadCloser
-		size int64
-	}
-	got, ep, err := try(rctx, eps, "get-blob", func(ctx context.Context, c Client) (resp, error) {
-		body, size, err := c.GetBlob(ctx, f.repo, f.dgst)
-		return resp{body, size}, err
-	})
-	headers.Stop()
+	up, err := f.fetch(rctx, stopRead, eps)
 	if err != nil {
 		return fmt.Errorf("fetch blob: %w", err)
 	}
-	body := got.body
-	defer body.Close()
+	defer up.body.Close()
 	// The upstream client ends a body only on Close: close it when the fill's context ends
 	// (the fill timeout, a stall past the idle timeout, or the resolver closing).
-	stopClose := context.AfterFunc(rctx, func() { body.Close() })
+	stopClose := context.AfterFunc(rctx, func() { up.body.Close() })
 	defer stopClose()
-	if got.size > 0 {
-		if err := f.r.store.CheckRoom(got.size); err != nil {
+	if up.size > 0 {
+		if err := f.deps.store.CheckRoom(up.size); err != nil {
 			return err
 		}
 	}
 
 	ref := fillRefPrefix + f.key
-	w, err := f.r.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(got.size, 0)}))
+	w, err := f.deps.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(up.size, 0)}))
 	if errdefs.IsAlreadyExists(err) {
-		f.mu.Lock()
-		f.fromStore = true
-		f.mu.Unlock()
-		return f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+		return f.alreadyCached(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("open cache ingest: %w", err)
@@ -175,32 +263,85 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	committed := false
 	defer func() {
 		if !committed {
-			w.Close()
-			if err := f.r.store.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
-				log.G(ctx).WithError(err).Warn("cannot remove a failed fill's ingest")
-			}
+			f.discard(ctx, w, ref)
 		}
 	}()
-	if err := w.Truncate(0); err != nil { // a fill interrupted earlier starts over
+	if err := f.open(w, ref, up.size); err != nil {
 		return err
 	}
-	file, err := f.r.store.OpenIngest(ref)
+	var n int64
+	bodyStart := time.Now()
+	defer func() { up.ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(bodyStart), Bytes: n}) }()
+	n, err = f.receive(ctx, rctx, stopRead, up, w)
+	if err != nil {
+		return err
+	}
+	if err := f.verify(ctx, w, up, n); err != nil {
+		return err
+	}
+	committed, err = f.commit(ctx, w, n)
+	return err
+}
+
+// alreadyCached ends a fill that found the blob in the cache: its readers read it from there,
+// and the blob is linked to the repository.
+func (f *fill) alreadyCached(ctx context.Context) error {
+	f.mu.Lock()
+	f.fromStore = true
+	f.mu.Unlock()
+	return f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+}
+
+// discard closes and removes the ingest w of ref, which was not committed: nothing partial is
+// cached.
+func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
+	w.Close()
+	if err := f.deps.store.Abort(context.WithoutCancel(ctx), ref); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).Warn("cannot remove a failed fill's ingest")
+	}
+}
+
+// fetch sends the GET to the first endpoint that has the blob, and gives up on response
+// headers that take longer than the upstream timeout by stopping rctx.
+func (f *fill) fetch(rctx context.Context, stopRead context.CancelCauseFunc, eps []*endpoint) (upstreamBlob, error) {
+	headers := time.AfterFunc(f.deps.headerTimeout, func() { stopRead(context.DeadlineExceeded) })
+	defer headers.Stop()
+	up, ep, err := try(rctx, eps, "get-blob", func(ctx context.Context, c Client) (upstreamBlob, error) {
+		body, size, err := c.GetBlob(ctx, f.repo, f.dgst)
+		return upstreamBlob{body: body, size: size}, err
+	})
+	up.ep = ep
+	return up, err
+}
+
+// open starts the ingest w of ref over (a fill interrupted earlier starts over), opens it for
+// the readers and lets them in.
+func (f *fill) open(w content.Writer, ref string, size int64) error {
+	if err := w.Truncate(0); err != nil {
+		return err
+	}
+	file, err := f.deps.store.OpenIngest(ref)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
-	f.size, f.file = got.size, file
+	f.size, f.file = size, file
 	f.mu.Unlock()
 	close(f.ready)
+	return nil
+}
 
-	// The progress rule: each window of the idle timeout must bring need bytes. The window
-	// starts again once they are in.
-	window := f.r.opts.IdleTimeout
+// receive copies the upstream body into the ingest w, waking the readers after every stretch,
+// and returns how many bytes it wrote. It stops reading (through stopRead, which closes the
+// body) when the upstream breaks the progress rule: each window of the idle timeout must bring
+// need bytes; the window starts again once they are in.
+func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFunc, up upstreamBlob, w content.Writer) (int64, error) {
+	window := f.deps.idleTimeout
 	needFrom := func(n int64) int64 {
-		if got.size < 0 {
+		if up.size < 0 {
 			return minFillProgress
 		}
-		return max(min(got.size-n, minFillProgress), 1)
+		return max(min(up.size-n, minFillProgress), 1)
 	}
 	var windowGot, windowNeed atomic.Int64 // written here, read by the timer
 	windowNeed.Store(needFrom(0))
@@ -210,16 +351,14 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	defer progress.Stop()
 	buf := make([]byte, 256<<10)
 	var n int64
-	bodyStart := time.Now()
-	defer func() { ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(bodyStart), Bytes: n}) }()
 	for {
-		m, rerr := body.Read(buf)
+		m, rerr := up.body.Read(buf)
 		if m > 0 {
-			if got.size >= 0 && n+int64(m) > got.size {
-				return fmt.Errorf("upstream %s sent more than its Content-Length of %d: %w", ep.client.Endpoint(), got.size, errdefs.ErrFailedPrecondition)
+			if up.size >= 0 && n+int64(m) > up.size {
+				return n, fmt.Errorf("upstream %s sent more than its Content-Length of %d: %w", up.ep.client.Endpoint(), up.size, errdefs.ErrFailedPrecondition)
 			}
 			if _, err := w.Write(buf[:m]); err != nil {
-				return fmt.Errorf("write to cache: %w", err)
+				return n, fmt.Errorf("write to cache: %w", err)
 			}
 			n += int64(m)
 			if windowGot.Add(int64(m)) >= windowNeed.Load() {
@@ -240,46 +379,54 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 				// The fill closed the body (a stall, the fill timeout, the resolver
 				// closing): the cause is the news, not the read error that followed.
 				if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-					cause = fmt.Errorf("the fill timeout of %s passed: %w", f.r.opts.FillTimeout, cause)
+					cause = fmt.Errorf("the fill timeout of %s passed: %w", f.deps.fillTimeout, cause)
 				}
 				rerr = cause
 			}
-			return fmt.Errorf("read blob from upstream %s after %d bytes: %w", ep.client.Endpoint(), n, rerr)
+			return n, fmt.Errorf("read blob from upstream %s after %d bytes: %w", up.ep.client.Endpoint(), n, rerr)
 		}
 	}
-	if got.size >= 0 && n != got.size {
-		return fmt.Errorf("upstream %s body ended after %d of %d bytes: %w", ep.client.Endpoint(), n, got.size, errdefs.ErrUnavailable)
+	if up.size >= 0 && n != up.size {
+		return n, fmt.Errorf("upstream %s body ended after %d of %d bytes: %w", up.ep.client.Endpoint(), n, up.size, errdefs.ErrUnavailable)
 	}
+	return n, nil
+}
+
+// verify checks the n bytes written to w against the digest, and lets the readers finish: they
+// need not wait for the fsync of the commit. (Commit verifies again, and makes them durable.)
+func (f *fill) verify(ctx context.Context, w content.Writer, up upstreamBlob, n int64) error {
 	if actual := w.Digest(); actual != f.dgst {
-		f.r.digestMismatches.Add(1)
-		err := fmt.Errorf("upstream %s sent %d bytes with digest %s, not the requested one: %w", ep.client.Endpoint(), n, actual, errdefs.ErrFailedPrecondition)
+		f.deps.mismatches.Add(1)
+		err := fmt.Errorf("upstream %s sent %d bytes with digest %s, not the requested one: %w", up.ep.client.Endpoint(), n, actual, errdefs.ErrFailedPrecondition)
 		log.G(ctx).WithError(err).Error("upstream blob does not match its digest: not cached")
 		return err
 	}
-	// The bytes are verified: readers may finish now rather than wait for the fsync of the
-	// commit. (Commit verifies again, and makes them durable.)
 	f.mu.Lock()
 	f.size, f.verified = n, true
 	f.cond.Broadcast()
 	f.mu.Unlock()
+	return nil
+}
+
+// commit links the blob to its repository and commits the ingest w of n verified bytes to the
+// cache. committed says the ingest is gone (committed now, or the blob was there already).
+func (f *fill) commit(ctx context.Context, w content.Writer, n int64) (committed bool, err error) {
 	// Linked first, so that the moment the blob is in the cache the next request finds it
 	// there. A link to a blob that is not cached means nothing.
-	if err := f.r.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
-		return err
+	if err := f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
+		return false, err
 	}
 	if err := w.Commit(ctx, n, f.dgst); err != nil {
 		if errdefs.IsAlreadyExists(err) {
-			committed = true
-			return nil
+			return true, nil
 		}
 		if errdefs.IsFailedPrecondition(err) {
 			// The bytes verified as they were written: the ingest file changed since.
 			log.G(ctx).WithError(err).Error("cache ingest does not match the verified bytes: not cached")
 		}
-		return err
+		return false, err
 	}
-	committed = true
-	return nil
+	return true, nil
 }
 
 // fillReader streams [pos, end) of a fill's blob as it arrives. end is -1 for "to the end".
@@ -293,24 +440,28 @@ type fillReader struct {
 var ErrSourceFailed = errors.New("the blob's source failed")
 
 // available waits until bytes at fr.pos may be read, and returns how many; io.EOF once the range
-// is delivered, or the fill's error. Bytes up to the end of the blob are only complete once the
-// fill verified them: until then the reader waits at the end rather than report it.
-func (fr *fillReader) available() (int64, error) {
-	f := fr.f
+// is delivered, or the fill's error.
+func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.pos, fr.end) }
+
+// available waits until bytes at pos may be read, and returns how many up to end (-1 for the end
+// of the blob); io.EOF once [pos, end) is delivered, or the fill's error. Bytes up to the end of
+// the blob are only complete once the fill verified them: until then the reader waits at the
+// end rather than report it.
+func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for {
-		end := fr.end
+		end := rangeEnd
 		if end < 0 && f.verified {
 			end = f.size
 		}
-		if end >= 0 && fr.pos >= end && (fr.end >= 0 && fr.end < f.size || f.verified) {
+		if end >= 0 && pos >= end && (rangeEnd >= 0 && rangeEnd < f.size || f.verified) {
 			return 0, io.EOF
 		}
-		if fr.pos < f.written && (end < 0 || fr.pos < end) {
-			n := f.written - fr.pos
+		if pos < f.written && (end < 0 || pos < end) {
+			n := f.written - pos
 			if end >= 0 {
-				n = min(n, end-fr.pos)
+				n = min(n, end-pos)
 			}
 			return n, nil
 		}
@@ -325,14 +476,19 @@ func (fr *fillReader) available() (int64, error) {
 	}
 }
 
+// ingest returns the ingest file, open while a reader counts on the fill.
+func (f *fill) ingest() *os.File {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.file
+}
+
 func (fr *fillReader) Read(p []byte) (int, error) {
 	n, err := fr.available()
 	if err != nil {
 		return 0, err
 	}
-	fr.f.mu.Lock()
-	file := fr.f.file // open while this reader counts on the fill
-	fr.f.mu.Unlock()
+	file := fr.f.ingest()
 	n = min(n, int64(len(p)))
 	m, err := file.ReadAt(p[:n], fr.pos)
 	fr.pos += int64(m)
@@ -402,9 +558,7 @@ func (fr *fillReader) copyTo(w io.Writer) (int64, error) {
 // ownFile opens the fill's ingest file again, with a file offset of its own for WriteTo. It goes
 // through /proc/self/fd because the ingest may have been committed (renamed) already.
 func (fr *fillReader) ownFile() (*os.File, error) {
-	fr.f.mu.Lock()
-	file := fr.f.file // open while this reader counts on the fill
-	fr.f.mu.Unlock()
+	file := fr.f.ingest()
 	rc, err := file.SyscallConn()
 	if err != nil {
 		return nil, err

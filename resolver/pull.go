@@ -149,9 +149,7 @@ func (r *Resolver) PullProgress(ctx context.Context, plan PullPlan) (total, blob
 		f := r.fills[plan.repoKey+"@"+b.Digest.String()]
 		r.fillMu.Unlock()
 		if f != nil {
-			f.mu.Lock()
-			blobs += min(f.written, b.Size)
-			f.mu.Unlock()
+			blobs += min(f.state().written, b.Size)
 		}
 	}
 	return plan.manifestBytes + blobs, blobs

@@ -93,8 +93,9 @@ type Resolver struct {
 	regMu      sync.Mutex
 	registries map[string][]*endpoint
 
-	fillMu sync.Mutex
-	fills  map[string]*fill
+	fillDeps fillDeps // what the fills get
+	fillMu   sync.Mutex
+	fills    map[string]*fill
 
 	digestMismatches atomic.Int64
 }
@@ -113,6 +114,13 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	r := &Resolver{
 		store: store, opts: opts, stop: make(chan struct{}),
 		registries: map[string][]*endpoint{}, fills: map[string]*fill{},
+	}
+	r.fillDeps = fillDeps{
+		store:         store,
+		headerTimeout: opts.UpstreamTimeout,
+		fillTimeout:   opts.FillTimeout,
+		idleTimeout:   opts.IdleTimeout,
+		mismatches:    &r.digestMismatches,
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for registry := range opts.Endpoints {
@@ -522,41 +530,27 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		}
 	}
 	f := r.joinFill(registry, repository, dgst, eps)
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
+	if err := f.started(ctx); err != nil {
 		f.release()
-		return nil, ctx.Err()
+		return nil, err
 	}
-	f.mu.Lock()
-	size, fromStore, ferr, done := f.size, f.fromStore, f.err, f.done
-	f.mu.Unlock()
-	if fromStore || (size < 0 && done && ferr == nil) {
+	st := f.state()
+	size := st.size
+	if st.fromStore || (size < 0 && st.done && st.err == nil) {
 		f.release()
 		return r.cachedBlob(ctx, dgst, Miss)
 	}
-	if ferr != nil && size < 0 {
+	if st.err != nil && size < 0 {
 		f.release()
-		return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
+		return nil, notFoundIfDown(ctx, st.err, "blob "+repoKey+"@"+dgst.String())
 	}
 	if size < 0 || size <= verifyFirstMax {
 		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
 		// committed, then serve it from the cache. A client that gives up stops waiting (the
 		// fill goes on for the next one).
-		stop := context.AfterFunc(ctx, func() {
-			f.mu.Lock()
-			f.cond.Broadcast()
-			f.mu.Unlock()
-		})
-		f.mu.Lock()
-		for !f.done && ctx.Err() == nil {
-			f.cond.Wait()
-		}
-		done, ferr = f.done, f.err
-		f.mu.Unlock()
-		stop()
+		ended, ferr := f.wait(ctx)
 		f.release()
-		if !done {
+		if !ended {
 			return nil, ctx.Err()
 		}
 		if ferr != nil {
@@ -572,7 +566,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return &fillReader{f: f, pos: off, end: off + length}, nil
+			return f.reader(off, length), nil
 		},
 		close: func() error { once.Do(f.release); return nil },
 	}, nil
@@ -592,7 +586,7 @@ func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status Ca
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra, off: off}, nil
+			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra}, nil
 		},
 		close: ra.Close,
 	}, nil
@@ -668,26 +662,22 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 	return idx, nil
 }
 
-// sectionReader reads a range of a cached blob. When the blob is a file it can hand that file
-// over, positioned at the range, for sendfile.
+// sectionReader reads a range of a cached blob. It offers the whole blob's file, for sendfile,
+// when the cache has one (cache.FileBacked).
 type sectionReader struct {
 	*io.SectionReader
-	ra  content.ReaderAt
-	off int64
+	ra content.ReaderAt
 }
+
+var _ cache.FileBacked = (*sectionReader)(nil)
 
 func (s *sectionReader) Close() error { return nil }
 
-// PositionedFile returns the blob's file positioned at the start of the range, or nil. The file
-// belongs to the Blob: one reader at a time may use it this way.
-func (s *sectionReader) PositionedFile() (*os.File, error) {
-	fr, ok := s.ra.(interface{ File() *os.File })
-	if !ok {
-		return nil, nil
+// File returns the blob's file, or nil. It is the whole blob, not the range, and it belongs to
+// the Blob: all its readers share the file's offset, so one reader at a time may use it.
+func (s *sectionReader) File() *os.File {
+	if fb, ok := s.ra.(cache.FileBacked); ok {
+		return fb.File()
 	}
-	f := fr.File()
-	if _, err := f.Seek(s.off, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return f, nil
+	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -806,17 +805,17 @@ func TestCachedBlobOffersItsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fr, ok := rc.(interface{ PositionedFile() (*os.File, error) })
+	fr, ok := rc.(cache.FileBacked)
 	if !ok {
 		t.Fatal("a cached blob's reader offers no file for sendfile")
 	}
-	f, err := fr.PositionedFile()
-	if err != nil || f == nil {
-		t.Fatalf("PositionedFile: %v %v", f, err)
+	f := fr.File()
+	if f == nil {
+		t.Fatal("File: nil")
 	}
 	got := make([]byte, 50)
-	if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, want[100:150]) {
-		t.Fatalf("the file is not positioned at the range: %v", err)
+	if _, err := f.ReadAt(got, 100); err != nil || !bytes.Equal(got, want[100:150]) {
+		t.Fatalf("the file does not hold the blob: %v", err)
 	}
 }
 

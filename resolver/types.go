@@ -48,7 +48,9 @@ type Blob struct {
 // Reader returns the blob's bytes [off, off+length). For a fill in progress it streams the bytes
 // as they arrive from upstream; if the upstream breaks or the content fails verification, the
 // reader returns an error before its last byte, and the caller must not present what it read as
-// complete (the mirror aborts the connection).
+// complete (the mirror aborts the connection). The reader of a cached blob is a cache.FileBacked,
+// whose file is the whole blob; that of a fill in progress is an io.WriterTo that sends each
+// stretch from the ingest file.
 func (b *Blob) Reader(off, length int64) (io.ReadCloser, error) { return b.open(off, length) }
 
 // Close releases the blob. A fill in progress goes on without it.

@@ -62,8 +62,11 @@ func TestFallbackWhenLifeboatIsDown(t *testing.T) {
 	lb.Kill(t)
 	took := pull("down")
 	t.Logf("with lifeboat down, the pull fell back to the registry and took %s", took.Round(time.Millisecond))
-	if took > 20*time.Second {
-		t.Errorf("the pull with lifeboat down took %s: the fallback waited on the dead mirror", took)
+	// "At once" means without waiting out containerd's 30 s for an answer from the mirror; how
+	// the fallback pull compares with a pull straight from the registry is measured by make
+	// bench.
+	if took > failFast {
+		t.Errorf("the pull with lifeboat down took %s, want under %s: the fallback waited on the dead mirror", took, failFast)
 	}
 
 	// lifeboat is back: pulls go through it again.

@@ -244,8 +244,8 @@ func TestBackgroundEvictorHonoursWatermarks(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	for i, img := range imgs {
-		if want := i >= 5; hasRef(t, s, img.ref) != want {
-			t.Errorf("image %d (%s) cached=%v, want %v", i, img.ref, !want, want)
+		if got, want := hasRef(t, s, img.ref), i >= 5; got != want {
+			t.Errorf("image %d (%s) cached=%v, want %v", i, img.ref, got, want)
 		}
 	}
 }

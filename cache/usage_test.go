@@ -92,7 +92,7 @@ func TestGCEvictsDownToTheLowWatermark(t *testing.T) {
 	old := putImage(t, s, "registry.test/old:1", randomBytes(40, 64<<10))
 	kept := putImage(t, s, "registry.test/kept:1", randomBytes(41, 64<<10))
 	use(t, s, kept)
-	low := DefaultLowWatermark
+	low := 0.85 // the documented figure (docs/configuration.md), not the constant
 	if target := s.EvictTarget(); target != int64(low*float64(1<<40)) {
 		t.Fatalf("EvictTarget = %d, want the low watermark of the budget", target)
 	}
@@ -121,5 +121,34 @@ func TestGCEvictsDownToTheLowWatermark(t *testing.T) {
 	}
 	if used, _ := s.Usage(); used > s.EvictTarget() {
 		t.Errorf("after GC the cache holds %d bytes, over its target of %d", used, s.EvictTarget())
+	}
+}
+
+// TestDefaultWatermarks pins the documented defaults (docs/configuration.md, docs/metrics.md):
+// the evictor starts above 95% of the budget and brings usage down to 85%.
+func TestDefaultWatermarks(t *testing.T) {
+	t.Parallel()
+	s := newStore(t, Options{MaxSize: 1 << 40})
+	putImage(t, s, "registry.test/app:1", randomBytes(42, 64<<10))
+	used, _ := s.Usage()
+	for _, tc := range []struct {
+		name    string
+		percent int64 // usage as a share of the budget, in per mille
+		over    bool
+	}{
+		{"at 94.9%", 949, false},
+		{"at 95.1%", 951, true},
+	} {
+		s.mu.Lock()
+		s.budget = used * 1000 / tc.percent
+		over := s.overHighLocked()
+		budget := s.budget
+		s.mu.Unlock()
+		if over != tc.over {
+			t.Errorf("usage %s of the budget: over the high watermark = %v, want %v", tc.name, over, tc.over)
+		}
+		if want := int64(0.85 * float64(budget)); s.EvictTarget() != want {
+			t.Errorf("usage %s: EvictTarget = %d, want 85%% of the budget %d = %d", tc.name, s.EvictTarget(), budget, want)
+		}
 	}
 }

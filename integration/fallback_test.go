@@ -36,9 +36,11 @@ func TestFallbackWhenLifeboatIsDown(t *testing.T) {
 	for _, tag := range []string{"before", "down", "back"} {
 		imgs[tag] = harness.Digest(t, reg.PushRandom(t, repo, tag, 2, 64<<10))
 	}
-	// blobsServed is how many blobs lifeboat's mirror has answered with 200 since it started.
+	// blobsServed is how many blobs lifeboat's mirror has answered with 200 since it started:
+	// none (no series) right after a start. Each use below wants at least 3, so a series
+	// renamed or never exported fails the test.
 	blobsServed := func() float64 {
-		return lb.Metric(t, "lifeboat_mirror_requests_total", map[string]string{"route": "blob", "method": "GET", "code": "200"})
+		return lb.MetricOrZero(t, "lifeboat_mirror_requests_total", map[string]string{"route": "blob", "method": "GET", "code": "200"})
 	}
 	pull := func(tag string) time.Duration {
 		t.Helper()
@@ -62,8 +64,11 @@ func TestFallbackWhenLifeboatIsDown(t *testing.T) {
 	lb.Kill(t)
 	took := pull("down")
 	t.Logf("with lifeboat down, the pull fell back to the registry and took %s", took.Round(time.Millisecond))
-	if took > 20*time.Second {
-		t.Errorf("the pull with lifeboat down took %s: the fallback waited on the dead mirror", took)
+	// "At once" means without waiting out containerd's 30 s for an answer from the mirror; how
+	// the fallback pull compares with a pull straight from the registry is measured by make
+	// bench.
+	if took > failFast {
+		t.Errorf("the pull with lifeboat down took %s, want under %s: the fallback waited on the dead mirror", took, failFast)
 	}
 
 	// lifeboat is back: pulls go through it again.

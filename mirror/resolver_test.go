@@ -26,6 +26,27 @@ import (
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
+// newResolver is a resolver over a new cache, with endpoint as docker.io's only upstream.
+func newResolver(t *testing.T, endpoint string) *resolver.Resolver {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	res, err := resolver.New(store, resolver.Options{
+		Endpoints: map[string][]string{"docker.io": {endpoint}},
+		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { res.Close() })
+	return res
+}
+
 // TestFromResolver serves a real resolver, over a real cache and a real upstream registry, and
 // pulls through it with containerd: once with the upstream up, once after it is gone.
 func TestFromResolver(t *testing.T) {
@@ -46,24 +67,8 @@ func TestFromResolver(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	store, err := cache.Open(ctx, t.TempDir(), cache.Options{MaxSize: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	res, err := resolver.New(store, resolver.Options{
-		Endpoints: map[string][]string{"docker.io": {up.URL}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
-			return upstream.New(registry, endpoint, upstream.Options{})
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { res.Close() })
-
 	var log answerLog
-	srv := newServer(t, FromResolver(res), Options{Observe: log.observe})
+	srv := newServer(t, FromResolver(newResolver(t, up.URL)), Options{Observe: log.observe})
 	pull := func(t *testing.T) ocispec.Descriptor {
 		t.Helper()
 		r := docker.NewResolver(docker.ResolverOptions{Hosts: hostsOf(t, srv)})

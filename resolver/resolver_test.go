@@ -163,6 +163,12 @@ const testRegistry = "registry.test"
 // newTestResolver returns a Resolver whose registry.test upstream is the given servers, in order.
 func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
+	return newTestResolverWithHealth(t, policy, HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}, ups...)
+}
+
+// newTestResolverWithHealth is newTestResolver with the circuit breaker tuned by health.
+func newTestResolverWithHealth(t *testing.T, policy string, health HealthOptions, ups ...*testUpstream) (*Resolver, *cache.Store) {
+	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 34})
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +187,7 @@ func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolv
 		NewClient: func(registry, endpoint string) (Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
-		Health: HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond},
+		Health: health,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -314,9 +320,12 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 				t.Fatal(err)
 			}
 			up.setFault(tc.fault)
-			for range tc.failures {
+			for i := range tc.failures {
 				if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
 					t.Fatalf("%s %v", m.Status, err)
+				}
+				if eps := r.Endpoints(); i < tc.failures-1 && !eps[0].Up {
+					t.Fatalf("after %d of %d failures the endpoint is %+v, want still up", i+1, tc.failures, eps[0])
 				}
 			}
 			if eps := r.Endpoints(); len(eps) != 1 || eps[0].Up {
@@ -340,6 +349,28 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 				t.Fatalf("after recovery: %s %v, want revalidated", m.Status, err)
 			}
 		})
+	}
+}
+
+// TestBreakerDefaultThreshold pins the documented default (docs/configuration.md: "after 3
+// consecutive failures"): two quick failures leave the endpoint up, the third marks it down.
+func TestBreakerDefaultThreshold(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	up.push(t, "app", "v1", 512)
+	r, _ := newTestResolverWithHealth(t, PolicyUpstreamFirst, HealthOptions{}, up)
+	ctx := t.Context()
+	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	up.setFault(status503)
+	for i := 1; i <= 3; i++ {
+		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
+			t.Fatalf("failure %d: %s %v, want stale", i, m.Status, err)
+		}
+		if eps := r.Endpoints(); eps[0].Up != (i < 3) {
+			t.Fatalf("after %d consecutive failures the endpoint is %+v, want Up=%v", i, eps[0], i < 3)
+		}
 	}
 }
 

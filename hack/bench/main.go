@@ -104,6 +104,9 @@ func run() error {
 	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds); err != nil {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
+	if rep.claims, err = claimsBench(ctx, scratch, tdir, bin, max(*rounds, 5)); err != nil {
+		return fmt.Errorf("claims benchmark: %w", err)
+	}
 	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds); err != nil {
 		return fmt.Errorf("anchor benchmark: %w", err)
 	}

@@ -21,6 +21,7 @@ type report struct {
 	cache    []result
 	mirror   mirrorResults
 	anchors  anchorResults
+	claims   claimResults
 	pull     *pullResults // nil when not run as root
 }
 
@@ -163,6 +164,7 @@ func (r report) markdown() string {
 	}
 	renderMirror(&b, r.mirror, r.size)
 	renderAnchors(&b, r.anchors)
+	renderClaims(&b, r.claims)
 	if r.pull != nil {
 		renderPull(&b, *r.pull)
 	} else {
@@ -180,11 +182,12 @@ type reportJSON struct {
 	Cache       []throughputJSON `json:"cache_throughput"`
 	Mirror      mirrorJSON       `json:"mirror"`
 	Anchors     anchorsJSON      `json:"against_distribution_proxy"`
+	Claims      claimsJSON       `json:"claims"`
 	Pull        *pullJSON        `json:"containerd_pull,omitempty"` // absent when not run as root
 }
 
 func (r report) json() reportJSON {
-	j := reportJSON{Environment: r.env, BlobSizeMiB: r.size >> 20, Rounds: r.rounds, Mirror: r.mirror.json(), Anchors: r.anchors.json()}
+	j := reportJSON{Environment: r.env, BlobSizeMiB: r.size >> 20, Rounds: r.rounds, Mirror: r.mirror.json(), Anchors: r.anchors.json(), Claims: r.claims.json()}
 	for _, c := range r.cache {
 		j.Cache = append(j.Cache, c.json())
 	}

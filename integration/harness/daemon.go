@@ -242,8 +242,30 @@ func (lb *Lifeboat) CLI(t testing.TB, args ...string) (string, error) {
 func (lb *Lifeboat) Log() string { return lb.proc.Log() }
 
 // Metric scrapes the daemon's /metrics and returns the sum of the samples of the counter or
-// gauge name whose labels include all of match.
+// gauge name whose labels include all of match. It fails the test when no such sample is
+// exported: a renamed or unexported series must not read as zero. Use MetricOrZero where
+// absence means zero.
 func (lb *Lifeboat) Metric(t testing.TB, name string, match map[string]string) float64 {
+	t.Helper()
+	sum, found := lb.metric(t, name, match)
+	if !found {
+		t.Fatalf("harness: lifeboat exports no %s sample with labels %v", name, match)
+	}
+	return sum
+}
+
+// MetricOrZero is Metric for a series that exists only once something was counted (a label
+// combination of a counter vector): absent, it is 0. Pair a zero it returns with a counter that
+// must have moved in the same window, so that the window is known to be observed.
+func (lb *Lifeboat) MetricOrZero(t testing.TB, name string, match map[string]string) float64 {
+	t.Helper()
+	sum, _ := lb.metric(t, name, match)
+	return sum
+}
+
+// metric returns the sum of name's samples whose labels include all of match, and whether any
+// sample matched.
+func (lb *Lifeboat) metric(t testing.TB, name string, match map[string]string) (sum float64, found bool) {
 	t.Helper()
 	if lb.MetricsAddr == "" {
 		t.Fatal("harness: start lifeboat with LifeboatOptions.Metrics to read its metrics")
@@ -258,10 +280,9 @@ func (lb *Lifeboat) Metric(t testing.TB, name string, match map[string]string) f
 	if err != nil {
 		t.Fatalf("harness: parse /metrics: %v", err)
 	}
-	var sum float64
 	fam, ok := families[name]
 	if !ok {
-		return 0
+		return 0, false
 	}
 next:
 	for _, m := range fam.GetMetric() {
@@ -276,10 +297,10 @@ next:
 		}
 		switch {
 		case m.Counter != nil:
-			sum += m.GetCounter().GetValue()
+			sum, found = sum+m.GetCounter().GetValue(), true
 		case m.Gauge != nil:
-			sum += m.GetGauge().GetValue()
+			sum, found = sum+m.GetGauge().GetValue(), true
 		}
 	}
-	return sum
+	return sum, found
 }

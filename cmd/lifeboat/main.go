@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
-	"github.com/containerd/errdefs"
 	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -59,28 +59,6 @@ func newVersionCommand() *cobra.Command {
 // errUsage marks mistakes in how a command was called.
 var errUsage = errors.New("usage")
 
-// errorClasses are the errors that classify others for code (errors.Is) and whose names
-// wrapping leaves at the end of a message: ": invalid argument", ": not found", ": usage".
-var errorClasses = []error{
-	errUsage,
-	errdefs.ErrInvalidArgument, errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrPermissionDenied,
-	errdefs.ErrResourceExhausted, errdefs.ErrFailedPrecondition, errdefs.ErrConflict, errdefs.ErrNotModified,
-	errdefs.ErrAborted, errdefs.ErrOutOfRange, errdefs.ErrNotImplemented, errdefs.ErrInternal,
-	errdefs.ErrUnavailable, errdefs.ErrDataLoss, errdefs.ErrUnauthenticated, errdefs.ErrUnknown,
-}
-
 // sentence is err as the one sentence the CLI prints: its message without the names of the
-// classes it wraps at the end. A trailing "permission denied" of the operating system stays,
-// as it is not errdefs.ErrPermissionDenied.
-func sentence(err error) string {
-	msg := err.Error()
-	for trimmed := true; trimmed; {
-		trimmed = false
-		for _, class := range errorClasses {
-			if rest, ok := strings.CutSuffix(msg, ": "+class.Error()); ok && errors.Is(err, class) {
-				msg, trimmed = rest, true
-			}
-		}
-	}
-	return msg
-}
+// classes it wraps at the end, errUsage included.
+func sentence(err error) string { return errmsg.Sentence(err, errUsage) }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 )
 
 // errorCode is an error code of the OCI distribution spec, or of the distribution registry where
@@ -110,7 +111,7 @@ func fromBackend(err error, r route) *apiError {
 			if c.status == http.StatusNotFound || c.status == http.StatusInsufficientStorage {
 				// The resolver's sentence says why (not cached, and which upstream failure or
 				// simulated outage kept it from being fetched); it carries no credentials.
-				e.message += ": " + err.Error()
+				e.message += ": " + errmsg.Sentence(err)
 			}
 			var ra interface{ RetryAfter() time.Duration }
 			if c.status == http.StatusServiceUnavailable && errors.As(err, &ra) {

@@ -209,6 +209,12 @@ func TestDemoJSON(t *testing.T) {
 		!strings.Contains(s.LifeboatSays, "lifeboat simulated outage: blackhole") {
 		t.Errorf("never-pulled image during the outage: pulled %v, expect %q, error %q, lifeboat says %q", s.Pulled, s.Expect, s.Error, s.LifeboatSays)
 	}
+	// lifeboat's answer says each cause once, however many layers wrapped it on the way.
+	for _, cause := range []string{"context deadline exceeded", "not found", "unavailable", "simulated outage"} {
+		if n := strings.Count(rep.Steps[3].LifeboatSays, cause); n > 1 {
+			t.Errorf("never-pulled image: lifeboat says %q %d times: %s", cause, n, rep.Steps[3].LifeboatSays)
+		}
+	}
 	// The first tag check of the outage waits upstream_timeout, well under the 30s a pull may
 	// take before the demo gives up on it; the registry, having answered nothing meanwhile, is
 	// then down, and the never-cached image fails without that wait.

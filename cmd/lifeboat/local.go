@@ -77,7 +77,7 @@ func (f *cacheFlags) withCache(cmd *cobra.Command, fn func(cacheAPI) error) erro
 // localRoot is the data directory to open without the daemon: --root, else LIFEBOAT_ROOT,
 // else the configuration's.
 func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, error) {
-	cfg, err := f.config(cmd)
+	cfg, err := f.load(cmd)
 	if err != nil {
 		return "", err
 	}
@@ -93,7 +93,7 @@ func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, error) {
 
 // openLocal opens the cache at the root for a command to run on without the daemon.
 func (f *cacheFlags) openLocal(cmd *cobra.Command) (*admin.Service, string, func(), error) {
-	cfg, err := f.config(cmd)
+	cfg, err := f.load(cmd)
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -44,16 +45,29 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
+// versionInfo is what `lifeboat version --json` prints.
+type versionInfo struct {
+	Version string `json:"version"`
+	// Go is the Go release lifeboat was built with.
+	Go string `json:"go"`
+}
+
 func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the lifeboat version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), versionInfo{Version: version, Go: runtime.Version()})
+			}
 			_, err := fmt.Fprintln(cmd.OutOrStdout(), "lifeboat", version)
 			return err
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for machines: version, go")
+	return cmd
 }
 
 // errUsage marks mistakes in how a command was called.

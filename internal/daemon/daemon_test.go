@@ -222,3 +222,31 @@ func liveSocket(t *testing.T) string {
 	})
 	return path
 }
+
+// TestOpenIsComplete opens a daemon without listeners, as the offline commands do: every part
+// of its admin service works (Status used to crash on a nil outage simulator), and nothing is
+// fetched from an upstream.
+func TestOpenIsComplete(t *testing.T) {
+	cfg := daemontest.Config(t)
+	d, err := daemon.Open(t.Context(), cfg, daemon.Options{Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st := d.Admin.Status(t.Context())
+	if st.Version != "test" || st.Root != cfg.Root || st.Outage.Active {
+		t.Errorf("status %+v", st)
+	}
+	if _, err := d.Admin.Images(t.Context(), admin.ImagesRequest{}); err != nil {
+		t.Errorf("images: %v", err)
+	}
+	rep, err := d.Admin.Drill(t.Context(), admin.DrillRequest{Refs: []string{"docker.io/library/alpine:3.20"}, Fix: true})
+	if err != nil || len(rep.Results) != 1 || rep.Results[0].Ready || !strings.Contains(rep.Results[0].FixError, "not running") {
+		t.Errorf("drill --fix without the daemon: %+v, %v; want not ready, nothing fetched", rep, err)
+	}
+	for _, p := range []string{cfg.Admin.Address, cfg.Plugin.Address} {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s exists (%v): Open claims no address", p, err)
+		}
+	}
+}

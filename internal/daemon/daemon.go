@@ -41,7 +41,7 @@ type Options struct {
 }
 
 // Daemon is an assembled lifeboat. Its parts are exported for the programs that embed one;
-// they are closed by Run (or Close), the cache last.
+// they are closed by Run (or, for a daemon from Open, by Close), the cache last.
 type Daemon struct {
 	Store    *cache.Store
 	Resolver *resolver.Resolver

@@ -2,8 +2,8 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,50 +14,10 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/hosts"
+	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
-
-func TestListen(t *testing.T) {
-	t.Parallel()
-	dir, err := os.MkdirTemp("", "lbadm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "run", "admin.sock")
-
-	l, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
-	}
-	if di, _ := os.Stat(filepath.Dir(path)); di.Mode().Perm() != 0o700 {
-		t.Errorf("socket directory mode %v, want 0700", di.Mode().Perm())
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	if _, err := Listen(path); !errdefs.IsAlreadyExists(err) {
-		t.Fatalf("Listen on a live socket = %v, want already exists", err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close() // a daemon killed with its socket left behind
-	l2, err := Listen(path)
-	if err != nil {
-		t.Fatalf("Listen over a stale socket: %v", err)
-	}
-	l2.Close()
-}
 
 func TestClientWithoutDaemon(t *testing.T) {
 	t.Parallel()
@@ -91,12 +51,12 @@ func newService(t *testing.T, beforeStart ...func(root string)) (*Service, *Clie
 	}
 	dir, _ := os.MkdirTemp("", "lbadm")
 	sock := filepath.Join(dir, "a.sock")
-	l, err := Listen(sock)
+	l, err := serving.ListenUnix(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { Serve(ctx, l, svc); close(done) }()
+	go func() { serving.HTTP(ctx, l, Handler(svc), time.Minute); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -209,5 +169,95 @@ func TestHitRatio(t *testing.T) {
 		if got := newRequestStatus(tc.answers); got.HitRatio != tc.want || got.Answers == nil {
 			t.Errorf("%v: hit ratio %v (answers %v), want %v", tc.answers, got.HitRatio, got.Answers, tc.want)
 		}
+	}
+}
+
+// TestStatusJSON checks the shape `lifeboat status --json` prints: endpoints a list with the
+// configured registries before any request, and no zero times for an outage never started.
+func TestStatusJSON(t *testing.T) {
+	t.Parallel()
+	served, c := newService(t)
+	// A Service over the same parts, configured as the daemon does.
+	svc := &Service{
+		StartedAt: served.StartedAt, Store: served.Store, Resolver: served.Resolver, Outage: served.Outage,
+		Upstreams: map[string][]string{
+			"docker.io": {"https://registry-1.docker.io"},
+			"ghcr.io":   {"https://ghcr.example", "https://ghcr.io"},
+		},
+		Listeners: map[string]string{"mirror": "127.0.0.1:5100", "plugin": "/run/lifeboat/lifeboat.sock"},
+	}
+
+	st := svc.Status(t.Context())
+	var got []string
+	for _, e := range st.Endpoints {
+		if !e.Up || !e.Since.Equal(svc.StartedAt) {
+			t.Errorf("endpoint %+v not contacted yet: want it up since the start", e)
+		}
+		got = append(got, e.Registry+" "+e.Endpoint)
+	}
+	if want := "docker.io https://registry-1.docker.io,ghcr.io https://ghcr.example,ghcr.io https://ghcr.io"; strings.Join(got, ",") != want {
+		t.Errorf("endpoints %q, want %q", got, want)
+	}
+
+	b, err := json.Marshal(svc.Status(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Endpoints json.RawMessage            `json:"endpoints"`
+		Outage    map[string]json.RawMessage `json:"outage"`
+		Listeners map[string]string          `json:"listeners"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"since", "until", "ended"} {
+		if v, ok := raw.Outage[k]; ok {
+			t.Errorf("outage never started has %s %s, want none", k, v)
+		}
+	}
+	if raw.Listeners["plugin"] == "" {
+		t.Errorf("listeners %v without the plugin socket", raw.Listeners)
+	}
+
+	// Without a configured registry (the CLI's own Service) endpoints is still a list.
+	svc.Upstreams = nil
+	b, _ = json.Marshal(svc.Status(t.Context()))
+	json.Unmarshal(b, &raw)
+	if string(raw.Endpoints) != "[]" {
+		t.Errorf("endpoints with none in use: %s, want []", raw.Endpoints)
+	}
+
+	// An outage started has its since, and reads back whole.
+	if _, err := c.StartOutage(t.Context(), OutageRequest{Spec: outage.Spec{Mode: "dns"}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = json.Marshal(svc.Status(t.Context()))
+	raw.Outage = nil
+	json.Unmarshal(b, &raw)
+	if _, ok := raw.Outage["since"]; !ok {
+		t.Errorf("outage in force without its since: %s", b)
+	}
+	if _, ok := raw.Outage["until"]; ok {
+		t.Errorf("outage until stopped has an until: %s", b)
+	}
+	st, err = c.Status(t.Context())
+	if err != nil || !st.Outage.Active || st.Outage.Since.IsZero() || st.Outage.Spec.Mode != "dns" {
+		t.Errorf("status read back: %+v, %v", st.Outage, err)
+	}
+}
+
+// TestClientErrorsKeepTheirClass checks that an error answer reaches the client with the
+// daemon's message, its class named once, and the class for errors.Is.
+func TestClientErrorsKeepTheirClass(t *testing.T) {
+	t.Parallel()
+	_, c := newService(t)
+	_, err := c.StopOutage(t.Context())
+	if !errdefs.IsNotFound(err) || err.Error() != "no outage is being simulated: not found" {
+		t.Errorf("stop without an outage: %q (not found: %v), want the daemon's message, not found", err, errdefs.IsNotFound(err))
+	}
+	_, err = c.StartOutage(t.Context(), OutageRequest{Spec: outage.Spec{Mode: "bogus"}})
+	if !errdefs.IsInvalidArgument(err) || strings.Count(err.Error(), "invalid argument") != 1 {
+		t.Errorf("start with a bad mode: %q, want one invalid argument", err)
 	}
 }

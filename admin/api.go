@@ -10,15 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 )
@@ -131,40 +126,27 @@ func errorKind(err error) (status int, kind string) {
 	return http.StatusInternalServerError, "internal"
 }
 
-// err is the error an answer carries, classified again.
+// err is the error an answer carries, with its message as the daemon wrote it and classified
+// again for errors.Is.
 func (e apiError) err() error {
 	switch e.Kind {
 	case "invalid":
-		return fmt.Errorf("%s: %w", strings.TrimSuffix(e.Error, ": "+errdefs.ErrInvalidArgument.Error()), errdefs.ErrInvalidArgument)
+		return &remoteError{msg: e.Error, class: errdefs.ErrInvalidArgument}
 	case "notfound":
-		return fmt.Errorf("%s: %w", strings.TrimSuffix(e.Error, ": "+errdefs.ErrNotFound.Error()), errdefs.ErrNotFound)
+		return &remoteError{msg: e.Error, class: errdefs.ErrNotFound}
 	}
 	return errors.New(e.Error)
 }
 
-// Listen creates the admin socket at path with mode 0600 (its directory 0700). A socket left by
-// a stopped daemon is replaced; one a live daemon answers on is an error.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("%s is in use by a running process: %w", path, errdefs.ErrAlreadyExists)
-	}
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return nil, err
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
+// remoteError is an error the daemon answered: its message, which names its class already, and
+// the class.
+type remoteError struct {
+	msg   string
+	class error
 }
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.class }
 
 // Client talks to a daemon's admin socket.
 type Client struct {
@@ -308,139 +290,4 @@ func (c *Client) withoutTimeout() *Client {
 	hc := *c.http
 	hc.Timeout = 0
 	return &Client{socket: c.socket, http: &hc}
-}
-
-// ShutdownGrace is how long Serve lets the admin requests in flight (a pull, gc, verify
-// --repair) finish once its context ends, before it cancels them.
-const ShutdownGrace = 10 * time.Second
-
-// cancelWait bounds how long ServeHTTP waits, after cancelling them, for handlers to return.
-const cancelWait = 10 * time.Second
-
-// ErrHandlersRunning means requests were still running after they were cancelled: whatever
-// they use (the cache) must be left open.
-var ErrHandlersRunning = errors.New("requests still running after they were cancelled")
-
-// Serve serves the admin API on l until ctx ends, then stops as ServeHTTP does, with
-// ShutdownGrace. It returns once no admin request is running any more, so that the caller can
-// close the cache.
-func Serve(ctx context.Context, l net.Listener, s *Service) error {
-	log.G(ctx).WithField("address", l.Addr().String()).Info("serving the admin API")
-	cut, err := ServeHTTP(ctx, l, Handler(s), ShutdownGrace)
-	if cut > 0 {
-		log.G(ctx).WithField("requests", cut).Warn("admin requests still running at the shutdown deadline were cancelled")
-	}
-	return err
-}
-
-// ServeHTTP serves h on l until ctx ends (or serving fails), then shuts down: it stops
-// accepting at once and lets the requests in flight finish for up to grace. At the deadline it
-// cancels the contexts of the requests still running, closes their connections, and counts
-// them in cut. It returns only once every handler has returned: nil for a stop, cut or not;
-// the error if serving failed; ErrHandlersRunning if handlers still ran a while after they
-// were cancelled.
-//
-// The handlers' contexts carry ctx's values but not its end.
-func ServeHTTP(ctx context.Context, l net.Listener, h http.Handler, grace time.Duration) (cut int, err error) {
-	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
-	var reqs requests
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !reqs.start() {
-				http.Error(w, "lifeboat is stopping", http.StatusServiceUnavailable)
-				return
-			}
-			defer reqs.end()
-			h.ServeHTTP(w, r)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return work },
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	var serveErr error
-	select {
-	case serveErr = <-served:
-	case <-ctx.Done():
-	}
-
-	sctx, cancel := context.WithTimeout(work, grace)
-	if srv.Shutdown(sctx) != nil {
-		// The deadline passed: cut what is left. The connections close first, so that a
-		// handler ending on its cancelled context cannot still send an (empty) answer.
-		cut = reqs.running()
-		srv.Close()
-		cancelWork()
-	}
-	cancel()
-	if serveErr == nil {
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			serveErr = err
-		}
-	}
-	// From here on no handler starts: those that run are the last ones.
-	idle := reqs.stop()
-	select {
-	case <-idle:
-	default:
-		cancelWork()
-		t := time.NewTimer(cancelWait)
-		defer t.Stop()
-		select {
-		case <-idle:
-		case <-t.C:
-			return cut, fmt.Errorf("%d %w", reqs.running(), ErrHandlersRunning)
-		}
-	}
-	return cut, serveErr
-}
-
-// requests counts the handlers running.
-type requests struct {
-	mu      sync.Mutex
-	n       int
-	stopped bool
-	idle    chan struct{} // closed while n is 0; nil before the first request
-}
-
-// start counts a handler in; false once stop was called.
-func (r *requests) start() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped {
-		return false
-	}
-	if r.n == 0 {
-		r.idle = make(chan struct{})
-	}
-	r.n++
-	return true
-}
-
-func (r *requests) end() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.n--; r.n == 0 {
-		close(r.idle)
-	}
-}
-
-func (r *requests) running() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.n
-}
-
-// stop refuses further handlers and returns a channel closed once none runs.
-func (r *requests) stop() <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.stopped = true
-	if r.n == 0 {
-		done := make(chan struct{})
-		close(done)
-		return done
-	}
-	return r.idle
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -91,13 +92,13 @@ func newDrillService(t *testing.T, up *drillUpstream) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Listen(filepath.Join(dir, "a.sock"))
+	l, err := serving.ListenUnix(filepath.Join(dir, "a.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Serve(ctx, l, svc); close(done) }()
+	go func() { serving.HTTP(ctx, l, Handler(svc), time.Minute); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done

@@ -13,8 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/errdefs"
-
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
@@ -113,18 +112,22 @@ func (c Config) validateOutage() error {
 	}
 	if o.Mode != "" {
 		// Whatever else Spec refuses of the whole.
-		spec := outage.Spec{Mode: o.Mode, Registries: o.Registries, For: time.Duration(o.For)}
-		if err := spec.Validate(); err != nil {
+		if err := o.Spec().Validate(); err != nil {
 			return c.invalid("outage.mode", -1, getMode, outageError(err))
 		}
 	}
 	return nil
 }
 
+// Spec is the outage [outage] asks `lifeboat serve` to simulate from start-up, when Mode is set.
+func (o Outage) Spec() outage.Spec {
+	return outage.Spec{Mode: o.Mode, Registries: o.Registries, For: time.Duration(o.For)}
+}
+
 // outageError is an error of outage.Spec.Validate without its errdefs suffix, which *Error adds
 // back as a wrapped error.
 func outageError(err error) error {
-	return errors.New(strings.TrimSuffix(err.Error(), ": "+errdefs.ErrInvalidArgument.Error()))
+	return errors.New(errmsg.Sentence(err))
 }
 
 // checkCAFile checks that path can be read and holds at least one PEM certificate, as the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
@@ -90,7 +91,7 @@ func fromBackend(err error, k oci.Kind) *apiError {
 			if c.status == http.StatusNotFound || c.status == http.StatusInsufficientStorage {
 				// The resolver's sentence says why (not cached, and which upstream failure or
 				// simulated outage kept it from being fetched); it carries no credentials.
-				e.Message += ": " + err.Error()
+				e.Message += ": " + errmsg.Sentence(err)
 			}
 			var ra interface{ RetryAfter() time.Duration }
 			if c.status == http.StatusServiceUnavailable && errors.As(err, &ra) {

@@ -108,7 +108,7 @@ func (s Spec) Validate() error {
 	if s.Mode == ModeFlaky {
 		if s.FailMode != "" {
 			if s.FailMode == ModeFlaky {
-				return invalid("fail mode %q: a failing request of a flaky outage needs another mode, one of %s", s.FailMode, strings.ReplaceAll(modeList, ", or flaky", ""))
+				return invalid("fail mode %q: a failing request of a flaky outage needs another mode, one of %s", s.FailMode, strings.Join(modeNames[:len(modeNames)-1], ", "))
 			}
 			if _, err := parseMode(s.FailMode, "fail mode"); err != nil {
 				return err
@@ -179,7 +179,17 @@ func (s Spec) withDefaults() Spec {
 	return s
 }
 
-const modeList = "dns, refused, blackhole, reset, http-<status> (400 to 599, e.g. http-503), slow, or flaky"
+// modeNames are the modes as messages list them, flaky last.
+var modeNames = []string{ModeDNS, ModeRefused, ModeBlackhole, ModeReset, ModeHTTPPrefix + "<status> (400 to 599, e.g. http-503)", ModeSlow, ModeFlaky}
+
+// ListModes lists the modes for a message, with last before the last one: ListModes(" and ")
+// is "dns, refused, blackhole, reset, http-<status> (400 to 599, e.g. http-503), slow and flaky".
+func ListModes(last string) string {
+	n := len(modeNames)
+	return strings.Join(modeNames[:n-1], ", ") + last + modeNames[n-1]
+}
+
+var modeList = ListModes(", or ")
 
 // fault is what a mode does to a request.
 type fault struct {

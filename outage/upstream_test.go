@@ -3,6 +3,7 @@ package outage_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -76,6 +77,15 @@ func TestThroughUpstreamClient(t *testing.T) {
 			// alone, dropping the transport's error: a blackhole is not named there.
 			if msg := err.Error(); !strings.Contains(msg, "simulated outage") || !strings.Contains(msg, tt.mode) {
 				t.Errorf("error %q does not name the simulated outage", msg)
+			}
+			// Each cause is said once, however many layers wrap it.
+			for _, cause := range []string{"context deadline exceeded", "simulated outage", "unavailable"} {
+				if n := strings.Count(err.Error(), cause); n > 1 {
+					t.Errorf("error %q says %q %d times", err, cause, n)
+				}
+			}
+			if tt.mode == "blackhole" && !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("blackhole: error %v is not the deadline", err)
 			}
 			d, ok := upstream.RetryAfter(err)
 			if ok != (tt.retryAfter != 0) || d != tt.retryAfter {

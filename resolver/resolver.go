@@ -20,6 +20,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
@@ -357,7 +358,7 @@ func notFoundIfDown(ctx context.Context, err error, what string) error {
 		return err
 	}
 	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
-		err = fmt.Errorf("%s is not cached and the upstream cannot provide it (%v): %w", what, err, errdefs.ErrNotFound)
+		err = fmt.Errorf("%s is not cached and the upstream cannot provide it (%s): %w", what, errmsg.Sentence(err), errdefs.ErrNotFound)
 		log.G(ctx).Info(err.Error())
 		return err
 	}

@@ -60,7 +60,8 @@ func (e *statusError) Error() string {
 	fmt.Fprintf(&b, "upstream %s: %s: %d %s", e.host, e.op, e.status, http.StatusText(e.status))
 	if e.code != "" {
 		b.WriteString(": " + e.code)
-		if e.message != "" {
+		// An answer the simulator made up says in its body what the header says: once is enough.
+		if e.message != "" && e.simulated == "" {
 			b.WriteString(" (" + e.message + ")")
 		}
 	}
@@ -166,13 +167,20 @@ func transportError(ctx context.Context, what string, err error) error {
 		err = ue.Err
 	}
 	if ctx.Err() != nil {
-		// Keep what the transport said when it says more than the context (a simulated
-		// outage names itself there).
 		cerr := ctxErr(ctx, what)
-		if err != nil && err.Error() != ctx.Err().Error() && err.Error() != context.Cause(ctx).Error() {
-			return fmt.Errorf("%w (%s)", cerr, printable(err.Error(), 300))
+		if err == nil || err.Error() == ctx.Err().Error() || err.Error() == context.Cause(ctx).Error() {
+			return cerr
 		}
-		return cerr
+		// Keep what the transport said when it says more than the context (a simulated
+		// outage names itself there). When that wraps the context's end already, it replaces
+		// the context's words, so that the cause is said once.
+		if errors.Is(cerr, context.DeadlineExceeded) && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: %w: %w", what, errdefs.ErrUnavailable, err)
+		}
+		if errors.Is(cerr, context.Canceled) && errors.Is(err, context.Canceled) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return fmt.Errorf("%w (%s)", cerr, printable(err.Error(), 300))
 	}
 	return fmt.Errorf("%s: %w: %w", what, errdefs.ErrUnavailable, err)
 }

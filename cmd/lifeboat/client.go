@@ -22,18 +22,27 @@ import (
 // default file if it exists), else the default.
 type clientFlags struct {
 	adminSocket string
-	configPath  string
-	json        bool
+	configFile
+	json bool
+}
 
-	// cfg is the configuration, once read by config.
+// configFile is the --config flag of a command that reads the configuration without running
+// the daemon.
+type configFile struct {
+	configPath string
+	// cfg is the configuration, once read by load.
 	cfg *config.Config
+}
+
+func (f *configFile) register(cmd *cobra.Command, usage string) {
+	cmd.Flags().StringVar(&f.configPath, "config", config.DefaultPath, usage)
 }
 
 func (f *clientFlags) register(cmd *cobra.Command, withJSON bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.adminSocket, "admin-socket", config.Default().Admin.Address,
 		"the daemon's admin socket (default: env LIFEBOAT_ADMIN_SOCKET, else [admin] address from the configuration, else /run/lifeboat/admin.sock)")
-	fl.StringVar(&f.configPath, "config", config.DefaultPath, "configuration file to take the admin socket from (env LIFEBOAT_CONFIG)")
+	f.configFile.register(cmd, "configuration file to take the admin socket from (env LIFEBOAT_CONFIG)")
 	if withJSON {
 		fl.BoolVar(&f.json, "json", false, "print JSON for machines")
 	}
@@ -60,7 +69,7 @@ func (f *clientFlags) resolveSocket(cmd *cobra.Command) error {
 		f.adminSocket = env
 		return nil
 	}
-	cfg, err := f.config(cmd)
+	cfg, err := f.load(cmd)
 	if err != nil {
 		return err
 	}
@@ -68,9 +77,9 @@ func (f *clientFlags) resolveSocket(cmd *cobra.Command) error {
 	return nil
 }
 
-// config reads the configuration file once: --config, else LIFEBOAT_CONFIG, else the default
+// load reads the configuration file once: --config, else LIFEBOAT_CONFIG, else the default
 // file, whose absence means the defaults (an explicit file must exist).
-func (f *clientFlags) config(cmd *cobra.Command) (config.Config, error) {
+func (f *configFile) load(cmd *cobra.Command) (config.Config, error) {
 	if f.cfg != nil {
 		return *f.cfg, nil
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
+
 	"github.com/containerd/errdefs"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
@@ -62,13 +64,13 @@ func TestClientAdminSocketPrecedence(t *testing.T) {
 // every listener, the endpoints as a list with the configured registries before any request,
 // and no times for an outage never started.
 func TestStatusFromConfig(t *testing.T) {
-	cfg := daemonConfig(t)
+	cfg := daemontest.Config(t)
 	cfgFile := filepath.Join(t.TempDir(), "c.toml")
 	if err := os.WriteFile(cfgFile, fmt.Appendf(nil, "[admin]\naddress = %q\n[registry.\"ghcr.io\"]\nusername = \"u\"\n", cfg.Admin.Address), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Registry = map[string]config.Registry{"ghcr.io": {Username: "u"}}
-	startServe(t, cfg, time.Minute)
+	daemontest.Start(t, cfg, time.Minute)
 	t.Setenv("LIFEBOAT_ADMIN_SOCKET", "")
 
 	out, err := runCLI(t, "status", "--json", "--config", cfgFile)
@@ -138,7 +140,7 @@ func TestSentence(t *testing.T) {
 // TestCacheCommandsLogOnlyWhenAsked runs gc and verify without the daemon: the cache's own log
 // lines (level=info msg=gc) are not printed unless a log level is asked for.
 func TestCacheCommandsLogOnlyWhenAsked(t *testing.T) {
-	logs := captureLog(t)
+	logs := daemontest.CaptureLog(t)
 	root := t.TempDir()
 	s, err := cache.Open(t.Context(), root, cache.Options{MaxSize: 1 << 30})
 	if err != nil {

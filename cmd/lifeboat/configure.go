@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"strings"
 
 	"github.com/containerd/platforms"
@@ -33,6 +34,7 @@ func newConfigureContainerdCommand() *cobra.Command {
 		proxyPlugins bool
 		dryRun       bool
 		socket       string
+		cfgFile      configFile
 	)
 	cmd := &cobra.Command{
 		Use:   "containerd",
@@ -49,6 +51,18 @@ command names it, configures the other registries, and exits non-zero. Running i
 nothing. --dry-run prints a unified diff of each file it would write.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The mirror and the socket are the configuration's, as serve listens on them,
+			// unless a flag says otherwise.
+			cfg, err := cfgFile.load(cmd)
+			if err != nil {
+				return err
+			}
+			if !cmd.Flags().Changed("mirror") {
+				mirror = reachable(cfg.Mirror.Address)
+			}
+			if !cmd.Flags().Changed("socket") {
+				socket = cfg.Plugin.Address
+			}
 			var withFallback bool
 			switch fallback {
 			case "upstream":
@@ -90,12 +104,26 @@ nothing. --dry-run prints a unified diff of each file it would write.`,
 	fl := cmd.Flags()
 	fl.StringVar(&hostsDir, "hosts-dir", "/etc/containerd/certs.d", "containerd's hosts directory")
 	fl.StringSliceVar(&registries, "registry", nil, "registry to send through lifeboat (repeatable; default "+strings.Join(defaultRegistries, ", ")+")")
-	fl.StringVar(&mirror, "mirror", "http://"+config.Default().Mirror.Address, "lifeboat's mirror address as containerd reaches it")
+	fl.StringVar(&mirror, "mirror", "http://"+config.Default().Mirror.Address, "lifeboat's mirror address as containerd reaches it (default: [mirror] address from --config)")
 	fl.StringVar(&fallback, "fallback", "upstream", "upstream: containerd may go to the registry itself; none: only through lifeboat")
 	fl.BoolVar(&proxyPlugins, "proxy-plugins", false, "also print the containerd config for lifeboat's proxy plugins")
-	fl.StringVar(&socket, "socket", config.Default().Plugin.Address, "lifeboat's plugin socket, for --proxy-plugins")
+	fl.StringVar(&socket, "socket", config.Default().Plugin.Address, "lifeboat's plugin socket, for --proxy-plugins (default: [plugin] address from --config)")
+	cfgFile.register(cmd, "configuration file to take the mirror address and the plugin socket from (env LIFEBOAT_CONFIG)")
 	fl.BoolVar(&dryRun, "dry-run", false, "show what would change, change nothing")
 	return cmd
+}
+
+// reachable is the URL containerd reaches a mirror listening on addr at: a mirror listening on
+// every address (":5100", "0.0.0.0:5100") is reached on loopback.
+func reachable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // configureRegistry writes (or with dryRun, prints the diff of) the hosts.toml of one registry

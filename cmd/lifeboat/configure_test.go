@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,5 +139,66 @@ func TestClientCommandsWithoutDaemon(t *testing.T) {
 	}
 	if _, err := runCLI(t, "outage", "start", "--mode", "http-99", "--admin-socket", sock); err == nil || !strings.Contains(err.Error(), "http-99") {
 		t.Errorf("a bad mode must be refused before contacting the daemon, naming it: %v", err)
+	}
+}
+
+// TestConfigureFromConfig checks that configure takes the mirror address and the plugin socket
+// from the configuration file, as serve listens on them, and that flags still win.
+func TestConfigureFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(cfgFile, []byte("[mirror]\naddress = \"127.0.0.2:6000\"\n[plugin]\naddress = \"/run/lb/p.sock\"\n"), 0o600)
+	docker := filepath.Join(dir, "docker.io", "hosts.toml")
+
+	out, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--config", cfgFile, "--proxy-plugins")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(docker); !strings.Contains(string(b), `[host."http://127.0.0.2:6000"]`) {
+		t.Errorf("hosts.toml does not point at the configured mirror:\n%s", b)
+	}
+	if !strings.Contains(out, `address = "/run/lb/p.sock"`) {
+		t.Errorf("--proxy-plugins does not name the configured socket:\n%s", out)
+	}
+
+	out, err = runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--config", cfgFile,
+		"--mirror", "127.0.0.3:7000", "--proxy-plugins", "--socket", "/tmp/s.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(docker); !strings.Contains(string(b), `[host."http://127.0.0.3:7000"]`) {
+		t.Errorf("--mirror does not win over the configuration:\n%s", b)
+	}
+	if !strings.Contains(out, `address = "/tmp/s.sock"`) {
+		t.Errorf("--socket does not win over the configuration:\n%s", out)
+	}
+
+	// A mirror listening on every address is reached on loopback.
+	os.WriteFile(cfgFile, []byte("[mirror]\naddress = \"0.0.0.0:5100\"\n"), 0o600)
+	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--config", cfgFile); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(docker); !strings.Contains(string(b), `[host."http://127.0.0.1:5100"]`) {
+		t.Errorf("a mirror on 0.0.0.0 is not reached on loopback:\n%s", b)
+	}
+
+	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--config", filepath.Join(dir, "none.toml")); err == nil {
+		t.Error("a missing --config file must be an error")
+	}
+}
+
+func TestVersionJSON(t *testing.T) {
+	out, err := runCLI(t, "version", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct{ Version, Go string }
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil || v.Version != version || !strings.HasPrefix(v.Go, "go") {
+		t.Errorf("version --json: %+v, %v\n%s", v, err, out)
+	}
+	if out, _ := runCLI(t, "version"); out != "lifeboat "+version+"\n" {
+		t.Errorf("version: %q", out)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +209,12 @@ func TestDemoJSON(t *testing.T) {
 		!strings.Contains(s.LifeboatSays, "lifeboat simulated outage: blackhole") {
 		t.Errorf("never-pulled image during the outage: pulled %v, expect %q, error %q, lifeboat says %q", s.Pulled, s.Expect, s.Error, s.LifeboatSays)
 	}
+	// lifeboat's answer says each cause once, however many layers wrapped it on the way.
+	for _, cause := range []string{"context deadline exceeded", "not found", "unavailable", "simulated outage"} {
+		if n := strings.Count(rep.Steps[3].LifeboatSays, cause); n > 1 {
+			t.Errorf("never-pulled image: lifeboat says %q %d times: %s", cause, n, rep.Steps[3].LifeboatSays)
+		}
+	}
 	// The first tag check of the outage waits upstream_timeout, well under the 30s a pull may
 	// take before the demo gives up on it; the registry, having answered nothing meanwhile, is
 	// then down, and the never-cached image fails without that wait.
@@ -218,45 +223,6 @@ func TestDemoJSON(t *testing.T) {
 	}
 	if d := rep.Steps[3].DurationMs; d >= 500 {
 		t.Errorf("step 4 took %vms, want less than the 500ms upstream_timeout (the registry is down by then)", d)
-	}
-}
-
-func TestCheckStep(t *testing.T) {
-	t.Parallel()
-	hits := []demoAnswer{{Kind: "tag", Status: 200, Cache: "stale", Count: 1}, {Kind: "manifest", Status: 200, Cache: "hit", Count: 1}, {Kind: "blob", Status: 200, Cache: "hit", Count: 4}}
-	offline := demoExpect{pull: true, tag: "stale", cached: true, quiet: true}
-	for _, tc := range []struct {
-		name string
-		step demoStep
-		want demoExpect
-		// problems are words each problem must contain, in order; none: the step is ok.
-		problems []string
-	}{
-		{"as expected", demoStep{Pulled: true, Answers: hits, Outage: "blackhole"}, offline, nil},
-		{"pull failed", demoStep{Error: "boom", Answers: hits}, offline, []string{"the pull failed: boom"}},
-		{"pull succeeded", demoStep{Pulled: true}, demoExpect{}, []string{"the pull succeeded"}},
-		{"tag revalidated", demoStep{Pulled: true, Answers: slices.Concat([]demoAnswer{{Kind: "tag", Status: 200, Cache: "revalidated", Count: 1}}, hits[1:])}, offline,
-			[]string{"lifeboat answered the tag revalidated, want stale"}},
-		{"no tag answer", demoStep{Pulled: true, Answers: hits[1:]}, offline, []string{"answered the tag never"}},
-		{"blob fetched", demoStep{Pulled: true, Answers: append(slices.Clone(hits[:2]), demoAnswer{Kind: "blob", Status: 200, Cache: "miss", Count: 4})}, offline,
-			[]string{"did not answer every manifest and blob from its cache: tag stale, manifest hit, 4 blobs miss"}},
-		{"upstream reached", demoStep{Pulled: true, Answers: hits, Upstream: demoTraffic{Requests: 2}}, offline, []string{"2 requests reached the registry"}},
-		{"outage not named", demoStep{Outage: "blackhole", LifeboatSays: "404 MANIFEST_UNKNOWN: not found"}, demoExpect{namesOutage: true},
-			[]string{"does not name the simulated outage: 404 MANIFEST_UNKNOWN"}},
-		{"outage named", demoStep{Outage: "blackhole", LifeboatSays: "404: (lifeboat simulated outage: blackhole)"}, demoExpect{namesOutage: true}, nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got := demoCheck(tc.step, tc.want)
-			if len(got) != len(tc.problems) {
-				t.Fatalf("problems %q, want %d like %q", got, len(tc.problems), tc.problems)
-			}
-			for i, p := range tc.problems {
-				if !strings.Contains(got[i], p) {
-					t.Errorf("problem %q, want it to say %q", got[i], p)
-				}
-			}
-		})
 	}
 }
 

@@ -13,8 +13,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
-	"github.com/lifeboat-dev/lifeboat/config"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/internal/daemon"
 )
 
 // cacheAPI is what images, gc and verify need: the daemon's admin client or, when the daemon is
@@ -75,11 +74,12 @@ func (f *cacheFlags) withCache(cmd *cobra.Command, fn func(cacheAPI) error) erro
 	return fn(svc)
 }
 
-// localRoot is the data directory to open without the daemon, and the cache size configured.
-func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, config.Size, error) {
-	cfg, err := f.config(cmd)
+// localRoot is the data directory to open without the daemon: --root, else LIFEBOAT_ROOT,
+// else the configuration's.
+func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, error) {
+	cfg, err := f.load(cmd)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	root := cfg.Root
 	if env := os.Getenv("LIFEBOAT_ROOT"); env != "" {
@@ -88,40 +88,32 @@ func (f *cacheFlags) localRoot(cmd *cobra.Command) (string, config.Size, error) 
 	if cmd.Flags().Changed("root") {
 		root = f.root
 	}
-	return root, cfg.Cache.MaxSize, nil
+	return root, nil
 }
 
 // openLocal opens the cache at the root for a command to run on without the daemon.
 func (f *cacheFlags) openLocal(cmd *cobra.Command) (*admin.Service, string, func(), error) {
-	root, maxSize, err := f.localRoot(cmd)
+	cfg, err := f.load(cmd)
 	if err != nil {
 		return nil, "", nil, err
 	}
-	// cache.Open creates a cache where there is none: look first.
+	root, err := f.localRoot(cmd)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cfg.Root = root
+	// daemon.Open creates a cache where there is none: look first.
 	if _, err := os.Stat(filepath.Join(root, "index.db")); errors.Is(err, os.ErrNotExist) {
 		return nil, "", nil, fmt.Errorf("the lifeboat daemon is not running (nothing answers on %s) and %s holds no lifeboat cache (set --root)", f.adminSocket, root)
 	}
-	store, err := cache.Open(cmd.Context(), root, cache.Options{MaxSize: int64(maxSize)})
+	d, err := daemon.Open(cmd.Context(), cfg, daemon.Options{Version: version})
 	switch {
 	case errdefs.IsUnavailable(err):
 		return nil, "", nil, fmt.Errorf("the daemon at %s is not answering but holds %s (is --admin-socket right?)", f.adminSocket, root)
 	case err != nil:
 		return nil, "", nil, fmt.Errorf("cannot open the cache in %s: %w", root, err)
 	}
-	res, err := resolver.New(store, resolver.Options{
-		NewClient: func(registry, _ string) (resolver.Client, error) {
-			return nil, fmt.Errorf("%s: the daemon is not running, nothing is fetched: %w", registry, errdefs.ErrUnavailable)
-		},
-	})
-	if err != nil {
-		store.Close()
-		return nil, "", nil, err
-	}
-	closeCache := func() {
-		res.Close()
-		store.Close()
-	}
-	return &admin.Service{Store: store, Resolver: res}, root, closeCache, nil
+	return d.Admin, root, func() { d.Close() }, nil
 }
 
 // needDaemon turns "no daemon" into a sentence that says the command needs one.

@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
+	"runtime"
 	"syscall"
 
-	"github.com/containerd/errdefs"
 	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -44,43 +45,34 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
+// versionInfo is what `lifeboat version --json` prints.
+type versionInfo struct {
+	Version string `json:"version"`
+	// Go is the Go release lifeboat was built with.
+	Go string `json:"go"`
+}
+
 func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
+	var asJSON bool
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the lifeboat version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), versionInfo{Version: version, Go: runtime.Version()})
+			}
 			_, err := fmt.Fprintln(cmd.OutOrStdout(), "lifeboat", version)
 			return err
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for machines: version, go")
+	return cmd
 }
 
 // errUsage marks mistakes in how a command was called.
 var errUsage = errors.New("usage")
 
-// errorClasses are the errors that classify others for code (errors.Is) and whose names
-// wrapping leaves at the end of a message: ": invalid argument", ": not found", ": usage".
-var errorClasses = []error{
-	errUsage,
-	errdefs.ErrInvalidArgument, errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrPermissionDenied,
-	errdefs.ErrResourceExhausted, errdefs.ErrFailedPrecondition, errdefs.ErrConflict, errdefs.ErrNotModified,
-	errdefs.ErrAborted, errdefs.ErrOutOfRange, errdefs.ErrNotImplemented, errdefs.ErrInternal,
-	errdefs.ErrUnavailable, errdefs.ErrDataLoss, errdefs.ErrUnauthenticated, errdefs.ErrUnknown,
-}
-
 // sentence is err as the one sentence the CLI prints: its message without the names of the
-// classes it wraps at the end. A trailing "permission denied" of the operating system stays,
-// as it is not errdefs.ErrPermissionDenied.
-func sentence(err error) string {
-	msg := err.Error()
-	for trimmed := true; trimmed; {
-		trimmed = false
-		for _, class := range errorClasses {
-			if rest, ok := strings.CutSuffix(msg, ": "+class.Error()); ok && errors.Is(err, class) {
-				msg, trimmed = rest, true
-			}
-		}
-	}
-	return msg
-}
+// classes it wraps at the end, errUsage included.
+func sentence(err error) string { return errmsg.Sentence(err, errUsage) }

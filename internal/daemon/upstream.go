@@ -1,0 +1,64 @@
+package daemon
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/outage"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/upstream"
+)
+
+// newResolver builds the resolver with one upstream client per configured endpoint, sending
+// version in its User-Agent. observe, when not nil, sees every upstream request (for metrics).
+func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, observe func(resolver.UpstreamRequest)) (*resolver.Resolver, error) {
+	endpoints := map[string][]string{}
+	for host, r := range cfg.Registry {
+		if len(r.Endpoints) > 0 {
+			endpoints[host] = r.Endpoints
+		}
+	}
+	newClient := func(registry, endpoint string) (resolver.Client, error) {
+		rc := cfg.Registry[registry]
+		opts := upstream.Options{
+			Username: rc.Username, Password: rc.Password, DockerConfig: cfg.Auth.DockerConfig,
+			CAFile: rc.CAFile, InsecureSkipVerify: rc.InsecureSkipVerify, UserAgent: "lifeboat/" + version,
+		}
+		base, err := upstream.NewTransport(opts)
+		if err != nil {
+			return nil, err
+		}
+		// The outage simulator sits inside the upstream transport, so that simulated failures
+		// meet the breaker and stale serving exactly as real ones do.
+		opts.Transport = sim.Wrap(registry, base)
+		return upstream.New(registry, endpoint, opts)
+	}
+	res, err := resolver.New(store, resolver.Options{
+		Policy:          cfg.Resolve.Policy,
+		TagMaxAge:       time.Duration(cfg.Resolve.TagMaxAge),
+		UpstreamTimeout: time.Duration(cfg.Resolve.UpstreamTimeout),
+		Endpoints:       endpoints,
+		NewClient:       newClient,
+		ObserveUpstream: observe,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstream registries: %w", err)
+	}
+	return res, nil
+}
+
+// configuredUpstreams are the registries the configuration names, and docker.io, the registry
+// of names without one, with their endpoints.
+func configuredUpstreams(cfg config.Config) map[string][]string {
+	ups := map[string][]string{oci.DockerHub: oci.DefaultEndpoints(oci.DockerHub)}
+	for host, r := range cfg.Registry {
+		ups[host] = oci.DefaultEndpoints(host)
+		if len(r.Endpoints) > 0 {
+			ups[host] = r.Endpoints
+		}
+	}
+	return ups
+}

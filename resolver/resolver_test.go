@@ -163,7 +163,13 @@ const testRegistry = "registry.test"
 // newTestResolver returns a Resolver whose registry.test upstream is the given servers, in order.
 func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
-	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 34})
+	return newTestResolverAt(t, t.TempDir(), policy, ups...)
+}
+
+// newTestResolverAt is newTestResolver over the cache at root.
+func newTestResolverAt(t *testing.T, root, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), root, cache.Options{MaxSize: 1 << 34})
 	if err != nil {
 		t.Fatal(err)
 	}

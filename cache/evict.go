@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -92,10 +91,12 @@ type evictUnit struct {
 // Evict removes least recently used images until the cached bytes are at most target. An image
 // is a ref with the blobs reachable from it (index → manifests → config and layers); a blob is
 // removed only when no kept ref reaches it. Blobs no ref reaches are evicted on their own last
-// use. Pinned refs, what they reach, and blobs open for reading or being written are kept.
+// use. Pinned refs, what they reach, and blobs open for reading or being written are kept, and
+// so is whatever is used again while the pass runs (see applyEviction).
 // With dryRun, nothing is removed and the plan says what would be.
 func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionPlan, error) {
 	var plan EvictionPlan
+	planned := time.Now()
 	blobs, refs, err := s.snapshotIndex()
 	if err != nil {
 		return plan, err
@@ -106,7 +107,7 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	holders := map[digest.Digest]int{}
 	protected := map[digest.Digest]bool{}
 	for _, ref := range refs {
-		r := s.reachable(ctx, ref.Target, blobs)
+		r := s.reachable(ctx, ref.Target, inMap(blobs))
 		reach[ref.Name] = r
 		for _, d := range r {
 			holders[d]++
@@ -169,22 +170,30 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	if dryRun || (len(plan.Refs) == 0 && len(plan.Blobs) == 0) {
 		return plan, nil
 	}
-	return s.applyEviction(ctx, plan)
+	if s.afterPlan != nil {
+		s.afterPlan(plan)
+	}
+	return s.applyEviction(ctx, plan, planned, refs)
 }
 
-// applyEviction removes the plan's refs and blobs. Blobs opened for reading since the plan was
-// made are kept; a ReaderAt that arrives during the removal finds them gone.
-func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan) (EvictionPlan, error) {
-	s.mu.Lock()
-	var doomed []digest.Digest
-	for _, d := range plan.Blobs {
-		if s.readers[d] > 0 || s.writing[d] > 0 {
-			continue
-		}
-		s.evicting[d] = struct{}{}
-		doomed = append(doomed, d)
+// applyEviction removes what the plan names, planned at that time from the refs of snapshot,
+// except what was used again since. It decides and removes in one index transaction, which bbolt
+// serialises with every other index write, so that nothing recorded before it is missed and
+// nothing recorded after it can name a blob it is removing. It keeps:
+//   - a planned ref verified again, moved to another target, or pinned since, and what it reaches;
+//   - the blobs that refs recorded or moved since reach;
+//   - blobs linked to a repository, read, or opened for reading or writing since.
+//
+// The blob files are removed inside the transaction, before it commits: a crash in between
+// leaves index entries without files, which recovery drops. A ReaderAt that arrives during the
+// removal finds the blob gone.
+func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned time.Time, snapshot []Ref) (EvictionPlan, error) {
+	before := make(map[string]Ref, len(snapshot))
+	for _, ref := range snapshot {
+		before[ref.Name] = ref
 	}
-	s.mu.Unlock()
+	var done EvictionPlan
+	var doomed []digest.Digest
 	defer func() {
 		s.mu.Lock()
 		for _, d := range doomed {
@@ -192,48 +201,128 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan) (EvictionP
 		}
 		s.mu.Unlock()
 	}()
-
-	if err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		refs := tx.Bucket(bucketRefs)
+		kept := map[string]bool{}
 		for _, name := range plan.Refs {
-			if err := deleteRef(tx, name); err != nil && !errdefs.IsNotFound(err) {
+			v := refs.Get([]byte(name))
+			if v == nil {
+				continue
+			}
+			ref, err := decodeRef(tx, []byte(name), v)
+			if err != nil {
 				return err
 			}
+			if old := before[name]; ref.Pinned || ref.Target.Digest != old.Target.Digest || !ref.VerifiedAt.Equal(old.VerifiedAt) {
+				kept[name] = true
+				continue
+			}
+			if err := deleteRef(tx, name); err != nil {
+				return err
+			}
+			done.Refs = append(done.Refs, name)
 		}
-		return nil
-	}); err != nil {
-		return plan, fmt.Errorf("evict refs: %w", err)
+
+		// The plan counted what the refs of its snapshot reach; walk only the others.
+		held := map[digest.Digest]bool{}
+		inIndex := func(d digest.Digest) (blobRecord, bool) {
+			rec, ok, _ := getBlob(tx, d)
+			return rec, ok
+		}
+		if err := refs.ForEach(func(k, v []byte) error {
+			ref, err := decodeRef(tx, k, v)
+			if err != nil {
+				return err
+			}
+			if old, ok := before[ref.Name]; ok && !kept[ref.Name] && old.Target.Digest == ref.Target.Digest {
+				return nil
+			}
+			for _, d := range s.reachable(ctx, ref.Target, inIndex) {
+				held[d] = true
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		linked, err := linkedSince(tx, plan.Blobs, planned)
+		if err != nil {
+			return err
+		}
+
+		candidates := map[digest.Digest]blobRecord{}
+		for _, d := range plan.Blobs {
+			if rec, ok := inIndex(d); ok && !held[d] && !linked[d] {
+				candidates[d] = rec
+			}
+		}
+		s.mu.Lock()
+		for _, d := range plan.Blobs {
+			rec, ok := candidates[d]
+			if !ok || s.readers[d] > 0 || s.writing[d] > 0 || s.lastAccessLocked(d, rec).After(planned) {
+				continue
+			}
+			s.evicting[d] = struct{}{}
+			doomed = append(doomed, d)
+		}
+		s.mu.Unlock()
+		done.Blobs, done.Bytes, err = s.removeBlobsTx(tx, doomed)
+		return err
+	})
+	if err != nil {
+		return plan, fmt.Errorf("evict: %w", err)
 	}
-	sizes := map[digest.Digest]int64{}
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		for _, d := range doomed {
-			if rec, ok, _ := getBlob(tx, d); ok {
-				sizes[d] = rec.Size
+	s.forgetRemoved(ctx, done.Blobs, done.Bytes)
+	s.mu.Lock()
+	s.evictions += int64(len(done.Blobs))
+	s.mu.Unlock()
+	return done, nil
+}
+
+// linkedSince reports which of dgsts were linked to some repository at or after since.
+func linkedSince(tx *bolt.Tx, dgsts []digest.Digest, since time.Time) (map[digest.Digest]bool, error) {
+	out := map[digest.Digest]bool{}
+	links := tx.Bucket(bucketLinks)
+	err := links.ForEachBucket(func(repo []byte) error {
+		b := links.Bucket(repo)
+		for _, d := range dgsts {
+			v := b.Get([]byte(d))
+			if v == nil {
+				continue
+			}
+			var at time.Time
+			if err := at.UnmarshalText(v); err != nil {
+				return fmt.Errorf("link of %s to %s: %w", d, repo, err)
+			}
+			if !at.Before(since) {
+				out[d] = true
 			}
 		}
 		return nil
 	})
-	if _, err := s.removeBlobs(ctx, doomed); err != nil {
-		return plan, fmt.Errorf("evict blobs: %w", err)
+	return out, err
+}
+
+// inMap looks blobs up in a snapshot of the index.
+func inMap(blobs map[digest.Digest]blobRecord) func(digest.Digest) (blobRecord, bool) {
+	return func(d digest.Digest) (blobRecord, bool) {
+		rec, ok := blobs[d]
+		return rec, ok
 	}
-	plan.Blobs, plan.Bytes = doomed, 0
-	for _, d := range doomed {
-		plan.Bytes += sizes[d]
-	}
-	s.mu.Lock()
-	s.evictions += int64(len(doomed))
-	s.mu.Unlock()
-	return plan, nil
 }
 
 // reachable lists the cached blobs reachable from desc: desc itself, and for an index or a
-// manifest its children, recursively. Children that are not cached are skipped.
-func (s *Store) reachable(ctx context.Context, desc ocispec.Descriptor, blobs map[digest.Digest]blobRecord) []digest.Digest {
+// manifest its children, recursively. lookup says which blobs are cached; children that are
+// not are skipped.
+func (s *Store) reachable(ctx context.Context, desc ocispec.Descriptor, lookup func(digest.Digest) (blobRecord, bool)) []digest.Digest {
 	seen := map[digest.Digest]bool{}
 	var out []digest.Digest
 	var walk func(desc ocispec.Descriptor, depth int)
 	walk = func(desc ocispec.Descriptor, depth int) {
-		rec, ok := blobs[desc.Digest]
-		if !ok || seen[desc.Digest] || depth > 8 {
+		if seen[desc.Digest] || depth > 8 {
+			return
+		}
+		rec, ok := lookup(desc.Digest)
+		if !ok {
 			return
 		}
 		seen[desc.Digest] = true

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -248,4 +249,86 @@ func TestBackgroundEvictorHonoursWatermarks(t *testing.T) {
 			t.Errorf("image %d (%s) cached=%v, want %v", i, img.ref, got, want)
 		}
 	}
+}
+
+// TestEvictionRechecksItsPlan changes the index between an eviction pass's plan and its
+// application, as a pull or an operator can at any time, and checks that the pass sees the
+// change: what became used again since the plan stays cached and readable.
+func TestEvictionRechecksItsPlan(t *testing.T) {
+	const other = "registry.test/other:1"
+	for _, tc := range []struct {
+		name string
+		// meanwhile changes the index while the pass that planned to evict everything waits.
+		meanwhile func(t *testing.T, s *Store, img testImage, lone ocispec.Descriptor) error
+		keptRef   string // a ref that must survive, with every blob of img
+		keepLone  bool   // whether lone must survive
+	}{
+		{name: "a tag recorded for the planned image", keptRef: other, meanwhile: func(t *testing.T, s *Store, img testImage, _ ocispec.Descriptor) error {
+			return s.SetRef(t.Context(), other, img.manifest, "https://registry.test")
+		}},
+		{name: "the planned ref verified again", keptRef: "registry.test/app:1", meanwhile: func(t *testing.T, s *Store, img testImage, _ ocispec.Descriptor) error {
+			return s.SetRef(t.Context(), img.ref, img.manifest, "https://registry.test")
+		}},
+		{name: "the planned ref pinned", keptRef: "registry.test/app:1", meanwhile: func(t *testing.T, s *Store, img testImage, _ ocispec.Descriptor) error {
+			return s.Pin(t.Context(), img.ref)
+		}},
+		{name: "an unreferenced blob linked to a repository", keepLone: true, meanwhile: func(t *testing.T, s *Store, _ testImage, lone ocispec.Descriptor) error {
+			return s.Link(t.Context(), "registry.test/app", lone.Digest)
+		}},
+		{name: "an unreferenced blob read", keepLone: true, meanwhile: func(t *testing.T, s *Store, _ testImage, lone ocispec.Descriptor) error {
+			_, err := content.ReadBlob(t.Context(), s, lone)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t, Options{MaxSize: 1 << 40})
+			img := putImage(t, s, "registry.test/app:1", randomBytes(60, 16<<10), randomBytes(61, 16<<10))
+			lone := writeBlob(t, s, "", randomBytes(62, 1000))
+			var planned EvictionPlan
+			s.afterPlan = func(p EvictionPlan) {
+				planned = p
+				if err := tc.meanwhile(t, s, img, lone); err != nil {
+					t.Error(err)
+				}
+			}
+			plan, err := s.Evict(t.Context(), 0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Contains(planned.Blobs, img.manifest.Digest) || !slices.Contains(planned.Blobs, lone.Digest) {
+				t.Fatalf("the pass did not plan to evict everything: %+v", planned)
+			}
+			if tc.keptRef != "" {
+				ref, err := s.GetRef(t.Context(), tc.keptRef)
+				if err != nil {
+					t.Fatalf("ref %s: %v", tc.keptRef, err)
+				}
+				for _, d := range img.blobs {
+					b, err := content.ReadBlob(t.Context(), s, ocispec.Descriptor{Digest: d})
+					if err != nil || digest.FromBytes(b) != d {
+						t.Errorf("blob %s that %s reaches is not readable after eviction: %v", d, ref.Name, err)
+					}
+					if slices.Contains(plan.Blobs, d) {
+						t.Errorf("the pass reports %s removed", d)
+					}
+				}
+			}
+			if got := cached(t, s, lone.Digest); got != tc.keepLone {
+				t.Errorf("the unreferenced blob cached=%v, want %v", got, tc.keepLone)
+			}
+			if used, _ := s.Usage(); used != s.sumIndexed(t) {
+				t.Errorf("usage %d, the index holds %d bytes", used, s.sumIndexed(t))
+			}
+		})
+	}
+}
+
+// sumIndexed adds up the sizes of the indexed blobs.
+func (s *Store) sumIndexed(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	if err := s.Walk(t.Context(), func(info content.Info) error { n += info.Size; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -18,6 +18,7 @@ import (
 type RecoveryReport struct {
 	DroppedEntries  []digest.Digest // index entries whose blob file was missing
 	Reindexed       []digest.Digest // blob files without an index entry, verified and indexed
+	Relinked        int             // links of reindexed blobs restored from their ingest's entry
 	Quarantined     []string        // files in blobs/ that were not a blob with that digest
 	OrphanIngests   int             // ingest files without an index entry, removed
 	DroppedIngests  int             // ingest entries without a file, dropped
@@ -31,7 +32,9 @@ func (s *Store) LastRecovery() RecoveryReport { return s.recovery }
 // atomic rename of verified bytes, so a blob file is complete; what a crash can leave is:
 //   - an index entry without its file (crash while removing): the entry is dropped;
 //   - a blob file without an index entry (crash between rename and index commit): it is
-//     rehashed and indexed if it matches its name, quarantined if not;
+//     rehashed and indexed if it matches its name, quarantined if not; the entry of the ingest
+//     it was committed from, still in the index, gives its media type and the repository it
+//     was to be linked to in that commit (see LinkingTo);
 //   - an ingest file without an index entry, or the reverse: removed, or dropped.
 //
 // Ingests that have both are kept for their writers to resume.
@@ -57,6 +60,7 @@ func (s *Store) recover(ctx context.Context) error {
 	}
 
 	var unindexed []digest.Digest
+	committing := map[digest.Digest][]ingestRecord{} // entries of ingests whose file is gone, by digest
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		var missing [][]byte
 		blobs := tx.Bucket(bucketBlobs)
@@ -82,13 +86,17 @@ func (s *Store) recover(ctx context.Context) error {
 
 		ingests := tx.Bucket(bucketIngests)
 		var gone [][]byte
-		if err := ingests.ForEach(func(k, _ []byte) error {
+		if err := ingests.ForEach(func(k, v []byte) error {
 			name := digest.FromBytes(k).Encoded()
 			if ingestFiles[name] {
 				delete(ingestFiles, name)
 				rep.ResumableIngest++
-			} else {
-				gone = append(gone, append([]byte(nil), k...))
+				return nil
+			}
+			gone = append(gone, append([]byte(nil), k...))
+			var rec ingestRecord
+			if json.Unmarshal(v, &rec) == nil && rec.Expected != "" {
+				committing[rec.Expected] = append(committing[rec.Expected], rec)
 			}
 			return nil
 		}); err != nil {
@@ -116,12 +124,13 @@ func (s *Store) recover(ctx context.Context) error {
 		unindexed = append(unindexed, dgst)
 	}
 	for _, dgst := range unindexed {
-		ok, err := s.reindex(dgst)
+		ok, linked, err := s.reindex(dgst, committing[dgst])
 		if err != nil {
 			return err
 		}
 		if ok {
 			rep.Reindexed = append(rep.Reindexed, dgst)
+			rep.Relinked += linked
 		} else {
 			rep.Quarantined = append(rep.Quarantined, files[dgst])
 		}
@@ -129,6 +138,7 @@ func (s *Store) recover(ctx context.Context) error {
 	s.recovery = rep
 	if len(rep.DroppedEntries)+len(rep.Reindexed)+len(rep.Quarantined)+rep.OrphanIngests+rep.DroppedIngests > 0 {
 		log.G(ctx).WithField("dropped_entries", len(rep.DroppedEntries)).WithField("reindexed", len(rep.Reindexed)).
+			WithField("relinked", rep.Relinked).
 			WithField("quarantined", len(rep.Quarantined)).WithField("orphan_ingests", rep.OrphanIngests).
 			WithField("dropped_ingests", rep.DroppedIngests).Warn("cache repaired after an unclean stop")
 	}
@@ -168,25 +178,40 @@ func (s *Store) blobFiles() (files map[digest.Digest]string, bad []string, err e
 }
 
 // reindex verifies an unindexed blob file and indexes it, or quarantines it if its bytes do not
-// match its name. It reports whether the blob was kept.
-func (s *Store) reindex(dgst digest.Digest) (bool, error) {
+// match its name. The entries of the ingests it was being committed from, if any, give its
+// media type and the repositories its commit was to link it to, which are linked in the same
+// transaction. It reports whether the blob was kept, and how many links it restored.
+func (s *Store) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, linked int, err error) {
 	p, _ := s.blobPath(dgst)
 	got, err := digestFile(p, dgst.Algorithm())
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	if got != dgst {
-		return false, s.quarantine(p)
+		return false, 0, s.quarantine(p)
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		mt := fi.ModTime()
-		return putBlob(tx, dgst, blobRecord{Size: fi.Size(), CreatedAt: mt, UpdatedAt: mt, AccessedAt: mt})
+		rec := blobRecord{Size: fi.Size(), CreatedAt: mt, UpdatedAt: mt, AccessedAt: mt}
+		for _, in := range from {
+			if rec.MediaType == "" {
+				rec.MediaType = in.MediaType
+			}
+			if in.Link == "" {
+				continue
+			}
+			if err := putLink(tx, in.Link, dgst, mt); err != nil {
+				return err
+			}
+			linked++
+		}
+		return putBlob(tx, dgst, rec)
 	})
-	return err == nil, err
+	return err == nil, linked, err
 }
 
 // quarantine moves a file out of blobs/ so it is never served, keeping it for inspection.

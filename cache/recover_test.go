@@ -104,6 +104,53 @@ func TestRecoveryRepairsIndexAndFiles(t *testing.T) {
 	}
 }
 
+// TestRecoveryFinishesALinkingCommit stops a LinkingTo write where a crash inside its commit
+// would: the bytes renamed into blobs/, the index transaction that indexes and links them never
+// committed. Recovery reindexes the blob with the media type and the repository link its ingest's
+// entry recorded, so that the blob is served for that repository as if the commit had finished.
+func TestRecoveryFinishesALinkingCommit(t *testing.T) {
+	const repo = "registry.test/app"
+	root := t.TempDir()
+	ctx := t.Context()
+	s, err := Open(ctx, root, Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randomBytes(54, 3000)
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	w, err := s.LinkingTo(repo).Writer(ctx, content.WithRef("m"), content.WithDescriptor(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	// The commit's rename, and nothing after it.
+	target, _ := s.blobPath(desc.Digest)
+	os.MkdirAll(filepath.Dir(target), 0o700)
+	if err := os.Rename(s.ingestPath("m"), target); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = newStoreAt(t, root)
+	if rep := s.LastRecovery(); !slices.Equal(rep.Reindexed, []digest.Digest{desc.Digest}) || rep.Relinked != 1 || rep.DroppedIngests != 1 {
+		t.Errorf("recovery report %+v: want the blob reindexed and relinked, its ingest dropped", rep)
+	}
+	if ok, err := s.Linked(ctx, repo, desc.Digest); err != nil || !ok {
+		t.Errorf("after recovery: linked=%v %v, want the blob linked to %s", ok, err, repo)
+	}
+	if mt, err := s.MediaType(ctx, desc.Digest); err != nil || mt != desc.MediaType {
+		t.Errorf("after recovery: media type %q %v, want %q", mt, err, desc.MediaType)
+	}
+	if b, err := content.ReadBlob(ctx, s, desc); err != nil || !bytes.Equal(b, data) {
+		t.Errorf("recovered blob not served intact: %v", err)
+	}
+}
+
 // newStoreAt opens an existing root with newStore's cleanup checks.
 func newStoreAt(t *testing.T, root string) *Store {
 	t.Helper()

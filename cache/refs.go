@@ -161,17 +161,19 @@ func (s *Store) Link(ctx context.Context, repository string, dgst digest.Digest)
 	if err := dgst.Validate(); err != nil {
 		return fmt.Errorf("link %s: %v: %w", repository, err, errdefs.ErrInvalidArgument)
 	}
-	v, err := time.Now().MarshalText()
+	return s.db.Update(func(tx *bolt.Tx) error { return putLink(tx, repository, dgst, time.Now()) })
+}
+
+func putLink(tx *bolt.Tx, repository string, dgst digest.Digest, at time.Time) error {
+	v, err := at.MarshalText()
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.Bucket(bucketLinks).CreateBucketIfNotExists([]byte(repository))
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(dgst), v)
-	})
+	b, err := tx.Bucket(bucketLinks).CreateBucketIfNotExists([]byte(repository))
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(dgst), v)
 }
 
 // Linked reports whether dgst was fetched under repository.

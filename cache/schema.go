@@ -16,7 +16,8 @@ package cache
 //	pins
 //	 └─ <ref>          → time (RFC 3339): when the ref was pinned
 //	ingests
-//	 └─ <ingest ref>   → ingestRecord (JSON): total, expected digest, media type, started, updated
+//	 └─ <ingest ref>   → ingestRecord (JSON): total, expected digest, media type, repository to
+//	                     link at commit, started, updated
 //
 // Blob bytes live beside the index, never in it: <root>/blobs/<alg>/<hex> (complete, verified
 // content only), <root>/ingest/<sha256 of ingest ref> (writes in progress) and

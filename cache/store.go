@@ -94,6 +94,10 @@ type Store struct {
 	closeErr   error
 	verifyLock sync.Mutex // one Verify at a time
 	recovery   RecoveryReport
+
+	// afterPlan, when set (by tests, before the Store is used), runs in each eviction pass
+	// between making its plan and applying it.
+	afterPlan func(EvictionPlan)
 }
 
 // blobRecord is the index entry of one blob.
@@ -390,52 +394,62 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
-// removeBlobs deletes blob files, then their index entries and repository links, and returns
-// how many were indexed. The file goes first so that a crash in between leaves an index entry
-// without a file, which recovery drops, rather than an unindexed file it would re-index.
+// removeBlobs removes those of dgsts that are cached (see removeBlobsTx) and returns how many.
 func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest) (int, error) {
-	for _, dgst := range dgsts {
-		p, err := s.blobPath(dgst)
-		if err != nil {
-			return 0, err
-		}
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-			return 0, fmt.Errorf("remove blob %s: %w", dgst, err)
-		}
-	}
-	var removed int
+	var removed []digest.Digest
 	var freed int64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		blobs := tx.Bucket(bucketBlobs)
-		for _, dgst := range dgsts {
-			rec, ok, err := getBlob(tx, dgst)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				continue
-			}
-			if err := blobs.Delete([]byte(dgst)); err != nil {
-				return err
-			}
-			removed++
-			freed += rec.Size
-		}
-		return unlinkAll(tx, dgsts)
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		removed, freed, err = s.removeBlobsTx(tx, dgsts)
+		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("remove blobs from index: %w", err)
+		return 0, err
 	}
+	s.forgetRemoved(ctx, removed, freed)
+	return len(removed), nil
+}
+
+// removeBlobsTx deletes the files of those of dgsts that are indexed in tx, then their index
+// entries and repository links, and returns them with their total size. The files go first so
+// that a crash before tx commits leaves index entries without files, which recovery drops,
+// rather than unindexed files it would index again. Once tx commits, call forgetRemoved.
+func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []digest.Digest, freed int64, err error) {
+	blobs := tx.Bucket(bucketBlobs)
+	for _, dgst := range dgsts {
+		rec, ok, err := getBlob(tx, dgst)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			continue
+		}
+		p, err := s.blobPath(dgst)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return nil, 0, fmt.Errorf("remove blob %s: %w", dgst, err)
+		}
+		if err := blobs.Delete([]byte(dgst)); err != nil {
+			return nil, 0, fmt.Errorf("remove blob %s from index: %w", dgst, err)
+		}
+		removed = append(removed, dgst)
+		freed += rec.Size
+	}
+	return removed, freed, unlinkAll(tx, removed)
+}
+
+// forgetRemoved updates the in-memory accounting for blobs removeBlobsTx removed.
+func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, freed int64) {
 	s.mu.Lock()
 	s.used -= freed
-	for _, dgst := range dgsts {
+	for _, dgst := range removed {
 		delete(s.accessed, dgst)
 	}
 	s.mu.Unlock()
-	if removed > 0 {
-		log.G(ctx).WithField("blobs", removed).WithField("bytes", freed).Debug("removed blobs")
+	if len(removed) > 0 {
+		log.G(ctx).WithField("blobs", len(removed)).WithField("bytes", freed).Debug("removed blobs")
 	}
-	return removed, nil
 }
 
 // ReaderAt opens the blob for reading. If it is not cached, ErrNotFound is returned. The blob

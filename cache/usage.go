@@ -36,7 +36,7 @@ func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
 			return nil, err
 		}
 		u := RefUsage{Ref: ref, LastUsed: ref.VerifiedAt}
-		for _, d := range s.reachable(ctx, ref.Target, blobs) {
+		for _, d := range s.reachable(ctx, ref.Target, inMap(blobs)) {
 			u.Size += blobs[d].Size
 			u.Blobs++
 		}

@@ -24,8 +24,11 @@ type ingestRecord struct {
 	Total     int64         `json:"total,omitempty"`
 	Expected  digest.Digest `json:"expected,omitempty"`
 	MediaType string        `json:"mediaType,omitempty"`
-	StartedAt time.Time     `json:"startedAt"`
-	UpdatedAt time.Time     `json:"updatedAt"`
+	// Link is the repository the blob is linked to at commit (see LinkingTo). With Expected, it
+	// tells recovery what a commit cut short by a crash was for (see recover).
+	Link      string    `json:"link,omitempty"`
+	StartedAt time.Time `json:"startedAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // ingestPath is where the bytes of the ingest named ref are written. The name is a digest of
@@ -60,6 +63,32 @@ func putIngest(tx *bolt.Tx, ref string, rec ingestRecord) error {
 // already cached, ErrAlreadyExists is returned and nothing is written. The descriptor's media
 // type is recorded with the blob at commit.
 func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	return s.writer(ctx, "", opts...)
+}
+
+// LinkingTo returns an Ingester whose writes link their blob to repository (as Link does) in the
+// same index transaction that caches it, so that no crash can leave the blob cached but not
+// linked, where a registry mirror would not serve it. Its Writer behaves as Store.Writer, except
+// that when the expected blob is already cached it links it before returning ErrAlreadyExists;
+// a commit that finds the content cached links it too.
+func (s *Store) LinkingTo(repository string) content.Ingester {
+	return linkingIngester{s: s, repository: repository}
+}
+
+type linkingIngester struct {
+	s          *Store
+	repository string
+}
+
+func (l linkingIngester) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
+	if err := validRefName(l.repository); err != nil {
+		return nil, err
+	}
+	return l.s.writer(ctx, l.repository, opts...)
+}
+
+// writer opens a Writer whose commit links the blob to link, unless link is "".
+func (s *Store) writer(ctx context.Context, link string, opts ...content.WriterOpt) (content.Writer, error) {
 	var wo content.WriterOpts
 	for _, opt := range opts {
 		if err := opt(&wo); err != nil {
@@ -85,7 +114,7 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 	s.activeRefs[ref] = nil
 	s.mu.Unlock()
 
-	w, err := s.openWriter(ctx, ref, wo.Desc.Size, expected, wo.Desc.MediaType)
+	w, err := s.openWriter(ctx, ref, link, wo.Desc.Size, expected, wo.Desc.MediaType)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -99,9 +128,13 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 	return w, nil
 }
 
-func (s *Store) openWriter(ctx context.Context, ref string, total int64, expected digest.Digest, mediaType string) (*writer, error) {
+func (s *Store) openWriter(ctx context.Context, ref, link string, total int64, expected digest.Digest, mediaType string) (*writer, error) {
 	if expected != "" {
-		if _, err := s.Info(ctx, expected); err == nil {
+		cached, err := s.linkIfCached(expected, link)
+		if err != nil {
+			return nil, err
+		}
+		if cached {
 			return nil, fmt.Errorf("blob %s: %w", expected, errdefs.ErrAlreadyExists)
 		}
 	}
@@ -109,7 +142,7 @@ func (s *Store) openWriter(ctx context.Context, ref string, total int64, expecte
 	if expected != "" && expected.Algorithm().Available() {
 		alg = expected.Algorithm()
 	}
-	w := &writer{s: s, ref: ref, path: s.ingestPath(ref), expected: expected, digester: alg.Digester()}
+	w := &writer{s: s, ref: ref, link: link, path: s.ingestPath(ref), expected: expected, digester: alg.Digester()}
 
 	var rec ingestRecord
 	var found bool
@@ -139,7 +172,7 @@ func (s *Store) openWriter(ctx context.Context, ref string, total int64, expecte
 	}
 	if !found {
 		now := time.Now()
-		rec = ingestRecord{Total: total, Expected: expected, MediaType: mediaType, StartedAt: now, UpdatedAt: now}
+		rec = ingestRecord{Total: total, Expected: expected, MediaType: mediaType, Link: link, StartedAt: now, UpdatedAt: now}
 		if err := s.db.Update(func(tx *bolt.Tx) error { return putIngest(tx, ref, rec) }); err != nil {
 			return nil, fmt.Errorf("record ingest %q: %w", ref, err)
 		}
@@ -165,6 +198,27 @@ func (s *Store) openWriter(ctx context.Context, ref string, total int64, expecte
 	return w, nil
 }
 
+// linkIfCached reports whether dgst is cached and, if it is and link is not "", links it to
+// that repository in the same transaction.
+func (s *Store) linkIfCached(dgst digest.Digest, link string) (bool, error) {
+	var cached bool
+	check := func(tx *bolt.Tx) error {
+		_, ok, err := getBlob(tx, dgst)
+		if err != nil || !ok {
+			return err
+		}
+		cached = true
+		if link == "" {
+			return nil
+		}
+		return putLink(tx, link, dgst, time.Now())
+	}
+	if link == "" {
+		return cached, s.db.View(check)
+	}
+	return cached, s.db.Update(check)
+}
+
 // release forgets the writer's claim on its ref. It is idempotent.
 func (s *Store) release(w *writer) {
 	s.mu.Lock()
@@ -184,6 +238,7 @@ func (s *Store) release(w *writer) {
 type writer struct {
 	s        *Store
 	ref      string
+	link     string // the repository the blob is linked to at commit, if any
 	path     string
 	expected digest.Digest
 	fp       *os.File
@@ -332,18 +387,34 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 	if expected != "" && expected != dgst {
 		return fmt.Errorf("ingest %q has digest %s, expected %s: %w", w.ref, dgst, expected, errdefs.ErrFailedPrecondition)
 	}
-	return w.s.commitIngest(ctx, w.ref, w.path, dgst, fi.Size(), w.rec.MediaType, base.Labels)
+	if w.link != "" && (w.rec.Link != w.link || w.rec.Expected != dgst) {
+		// The ingest's index entry says what the commit is for before the bytes move into
+		// blobs/, so that recovery can finish a commit a crash cuts short (a resumed write, or
+		// one that named no digest, did not say so when it began).
+		w.rec.Link, w.rec.Expected = w.link, dgst
+		if err := w.s.db.Update(func(tx *bolt.Tx) error { return putIngest(tx, w.ref, w.rec) }); err != nil {
+			return fmt.Errorf("record ingest %q: %w", w.ref, noSpace(err))
+		}
+	}
+	return w.s.commitIngest(ctx, w.ref, w.link, w.path, dgst, fi.Size(), w.rec.MediaType, base.Labels)
 }
 
 // commitIngest moves verified ingest bytes into blobs/ and indexes them, in one index
-// transaction so two writers of the same content cannot both add it.
-func (s *Store) commitIngest(ctx context.Context, ref, ingest string, dgst digest.Digest, size int64, mediaType string, labels map[string]string) error {
+// transaction so two writers of the same content cannot both add it. With a link, the same
+// transaction links the blob to that repository, whether it was added now or cached already.
+func (s *Store) commitIngest(ctx context.Context, ref, link, ingest string, dgst digest.Digest, size int64, mediaType string, labels map[string]string) error {
 	target, err := s.blobPath(dgst)
 	if err != nil {
 		return err
 	}
 	var exists bool
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		now := time.Now()
+		if link != "" {
+			if err := putLink(tx, link, dgst, now); err != nil {
+				return err
+			}
+		}
 		if _, ok, err := getBlob(tx, dgst); err != nil || ok {
 			exists = ok
 			if ok {
@@ -360,7 +431,6 @@ func (s *Store) commitIngest(ctx context.Context, ref, ingest string, dgst diges
 		if err := syncDir(filepath.Dir(target)); err != nil {
 			return err
 		}
-		now := time.Now()
 		if err := putBlob(tx, dgst, blobRecord{
 			Size: size, MediaType: mediaType, CreatedAt: now, UpdatedAt: now, AccessedAt: now,
 			Labels: copyLabels(labels),

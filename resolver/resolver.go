@@ -444,12 +444,9 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, 
 	if desc.MediaType == "" {
 		desc.MediaType = sniffMediaType(g.body)
 	}
-	err = content.WriteBlob(ctx, r.store, manifestRefPrefix+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
+	err = content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
 	if err != nil && !errdefs.IsAlreadyExists(err) {
 		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
-	}
-	if err := r.store.Link(ctx, repoKey, desc.Digest); err != nil {
-		return Manifest{}, err
 	}
 	return Manifest{Descriptor: desc, Body: g.body}, nil
 }

@@ -163,13 +163,22 @@ const testRegistry = "registry.test"
 // newTestResolver returns a Resolver whose registry.test upstream is the given servers, in order.
 func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
-	return newTestResolverWithHealth(t, policy, HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}, ups...)
+	return newTestResolverAt(t, t.TempDir(), policy, testHealth, ups...)
 }
+
+// testHealth is the circuit breaker of the test resolvers: quick to open and to probe.
+var testHealth = HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}
 
 // newTestResolverWithHealth is newTestResolver with the circuit breaker tuned by health.
 func newTestResolverWithHealth(t *testing.T, policy string, health HealthOptions, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
-	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 34})
+	return newTestResolverAt(t, t.TempDir(), policy, health, ups...)
+}
+
+// newTestResolverAt is newTestResolver over the cache at root, with the circuit breaker health.
+func newTestResolverAt(t *testing.T, root, policy string, health HealthOptions, ups ...*testUpstream) (*Resolver, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), root, cache.Options{MaxSize: 1 << 34})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -443,10 +443,18 @@ var ErrSourceFailed = errors.New("the blob's source failed")
 // is delivered, or the fill's error.
 func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.pos, fr.end) }
 
-// available waits until bytes at pos may be read, and returns how many up to end (-1 for the end
-// of the blob); io.EOF once [pos, end) is delivered, or the fill's error. Bytes up to the end of
-// the blob are only complete once the fill verified them: until then the reader waits at the
-// end rather than report it.
+// available waits until bytes at pos may be read, and returns how many up to rangeEnd (-1 for
+// the end of the blob); io.EOF once [pos, rangeEnd) is delivered, or the fill's error.
+//
+// No reader completes before the blob verified: until then the last byte of every range is
+// held back, so that a client never holds a complete body, whole or partial, of bytes that may
+// prove wrong. A blob that fails verification thus always reaches its readers as an error
+// before their last byte, and the mirror breaks the connection: the client sees a broken
+// transfer, never a complete one. (containerd commits a complete download it holds without
+// fetching it again, and resumes a partial one; a complete range could be stitched into a blob
+// by a client that fetches in parts.) Ranges that end before the blob's end wait for the
+// verification of the whole blob too: the conservative choice, since a client cannot tell a
+// range of a blob that failed from a good one.
 func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -455,15 +463,24 @@ func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 		if end < 0 && f.verified {
 			end = f.size
 		}
-		if end >= 0 && pos >= end && (rangeEnd >= 0 && rangeEnd < f.size || f.verified) {
+		if f.verified && pos >= end {
 			return 0, io.EOF
 		}
-		if pos < f.written && (end < 0 || pos < end) {
-			n := f.written - pos
+		// What may be read now: what arrived, less the last byte of the range (or of what
+		// arrived, while the size is unknown) until the blob verified.
+		limit := f.written
+		if end >= 0 {
+			limit = min(limit, end)
+		}
+		if !f.verified {
 			if end >= 0 {
-				n = min(n, end-pos)
+				limit = min(limit, end-1)
+			} else {
+				limit = min(limit, f.written-1)
 			}
-			return n, nil
+		}
+		if pos < limit {
+			return limit - pos, nil
 		}
 		if f.done {
 			err := f.err

@@ -94,7 +94,8 @@ func TestUnverifiedBlobNeverCompletes(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := resolver.New(store, resolver.Options{
-		Endpoints: map[string][]string{"registry.test": {up.URL}},
+		UpstreamTimeout: 10 * time.Second, // generous: tests run in parallel under -race
+		Endpoints:       map[string][]string{"registry.test": {up.URL}},
 		NewClient: func(registry, endpoint string) (resolver.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},

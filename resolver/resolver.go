@@ -61,7 +61,7 @@ type Options struct {
 	// once it passes the limit. Either is errdefs.ErrResourceExhausted, and nothing is cached.
 	MaxBlobSize int64
 	// MaxFills is how many blob fills may run at once (default DefaultMaxFills). A request that
-	// would start another waits up to FillQueueTimeout (default 5 s) for one to end, and is
+	// would start another waits up to FillQueueTimeout (DefaultFillQueueTimeout) for one to end, and is
 	// then refused with ErrTooManyFills.
 	MaxFills         int
 	FillQueueTimeout time.Duration
@@ -76,6 +76,7 @@ const (
 	DefaultMaxBlobSize       = 32 << 30
 	DefaultMaxFills          = 64
 	DefaultMaxAbandonedFills = 16
+	DefaultFillQueueTimeout  = 5 * time.Second
 )
 
 func (o *Options) setDefaults() {
@@ -98,7 +99,7 @@ func (o *Options) setDefaults() {
 		o.MaxFills = DefaultMaxFills
 	}
 	if o.FillQueueTimeout <= 0 {
-		o.FillQueueTimeout = 5 * time.Second
+		o.FillQueueTimeout = DefaultFillQueueTimeout
 	}
 	if o.MaxAbandonedFills <= 0 {
 		o.MaxAbandonedFills = DefaultMaxAbandonedFills

@@ -62,8 +62,9 @@ tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck 
 bench: tools ## benchmarks into docs/benchmarks.md and .json, as ratios to baselines measured in the same run
 	$(GO) run ./hack/bench -tools $(TOOLS) -out docs/benchmarks.md -json docs/benchmarks.json
 
-soak: tools ## the long reliability drills: 60 s of 200-client load, crash and full-disk drills 5 times (needs root)
+soak: tools ## the long reliability drills: 60 s of 200-client load, an adversarial run, crash and full-disk drills 5 times (needs root)
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) LIFEBOAT_LOAD_DURATION=60s $(GO) test -count=1 -timeout 20m -v -run '^TestLoad$$' ./integration/
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 20m -v -run '^TestAdversarialFills$$' ./integration/
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=5 -timeout 20m -v -run '^(TestCrashDuringColdPulls|TestFullDisk)$$' ./integration/
 
 FUZZTIME ?= 30s

@@ -81,6 +81,10 @@ type Cache struct {
 	// MaxSize is the budget for cached content, such as "20GiB". Empty: 80% of the root
 	// filesystem's free space at first start.
 	MaxSize Size `toml:"max_size"`
+	// MaxBlobSize is the largest blob lifeboat downloads from an upstream: a larger one is
+	// refused before a byte is written, or cut off as it arrives when the upstream does not
+	// say its size. Must be positive.
+	MaxBlobSize Size `toml:"max_blob_size"`
 }
 
 // Resolve is the tag resolution policy.
@@ -93,6 +97,15 @@ type Resolve struct {
 	// UpstreamTimeout is how long a tag revalidation may take before the cached answer is
 	// served instead.
 	UpstreamTimeout Duration `toml:"upstream_timeout"`
+	// MaxFills is how many blob downloads from upstreams may run at once. A request that would
+	// start another waits up to FillQueueTimeout for one to end, and is then answered 429.
+	MaxFills int `toml:"max_fills"`
+	// FillQueueTimeout is how long such a request waits. Must be positive.
+	FillQueueTimeout Duration `toml:"fill_queue_timeout"`
+	// MaxAbandonedFills is how many blob downloads may go on with no client reading them (they
+	// go on so that the next pull finds the blob cached); past it, the ones abandoned longest
+	// ago are cancelled. Must be positive.
+	MaxAbandonedFills int `toml:"max_abandoned_fills"`
 }
 
 // Registry is one upstream registry's settings.
@@ -146,9 +159,13 @@ func Default() Config {
 		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock", ContentDelete: "release"},
 		Admin:   Admin{Address: "/run/lifeboat/admin.sock"},
 		Metrics: Metrics{Address: "127.0.0.1:5101"},
+		Cache:   Cache{MaxBlobSize: 32 << 30},
 		Resolve: Resolve{
-			Policy:          PolicyUpstreamFirst,
-			UpstreamTimeout: Duration(time.Second),
+			Policy:            PolicyUpstreamFirst,
+			UpstreamTimeout:   Duration(time.Second),
+			MaxFills:          64,
+			FillQueueTimeout:  Duration(5 * time.Second),
+			MaxAbandonedFills: 16,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 func TestParse(t *testing.T) {
@@ -261,5 +263,16 @@ func TestValidateFiles(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestFillLimitDefaultsMatchTheResolver: the defaults of the fill limits are the resolver's own,
+// so that a daemon without them configured and a resolver without them set behave the same.
+func TestFillLimitDefaultsMatchTheResolver(t *testing.T) {
+	d := Default()
+	if int64(d.Cache.MaxBlobSize) != resolver.DefaultMaxBlobSize || d.Resolve.MaxFills != resolver.DefaultMaxFills ||
+		d.Resolve.MaxAbandonedFills != resolver.DefaultMaxAbandonedFills || time.Duration(d.Resolve.FillQueueTimeout) != resolver.DefaultFillQueueTimeout {
+		t.Errorf("config defaults %v %d %d %v; resolver defaults %d %d %d %v", d.Cache.MaxBlobSize, d.Resolve.MaxFills, d.Resolve.MaxAbandonedFills, d.Resolve.FillQueueTimeout,
+			resolver.DefaultMaxBlobSize, resolver.DefaultMaxFills, resolver.DefaultMaxAbandonedFills, resolver.DefaultFillQueueTimeout)
 	}
 }

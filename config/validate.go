@@ -40,6 +40,22 @@ func (c Config) Validate() error {
 		return c.invalid("resolve.tag_max_age", -1, func(c Config) any { return c.Resolve.TagMaxAge },
 			errors.New("must not be negative"))
 	}
+	if c.Resolve.MaxFills <= 0 {
+		return c.invalid("resolve.max_fills", -1, func(c Config) any { return c.Resolve.MaxFills },
+			errors.New("must be positive"))
+	}
+	if c.Resolve.FillQueueTimeout <= 0 {
+		return c.invalid("resolve.fill_queue_timeout", -1, func(c Config) any { return c.Resolve.FillQueueTimeout },
+			errors.New("must be positive"))
+	}
+	if c.Resolve.MaxAbandonedFills <= 0 {
+		return c.invalid("resolve.max_abandoned_fills", -1, func(c Config) any { return c.Resolve.MaxAbandonedFills },
+			errors.New("must be positive"))
+	}
+	if c.Cache.MaxBlobSize <= 0 {
+		return c.invalid("cache.max_blob_size", -1, func(c Config) any { return c.Cache.MaxBlobSize },
+			errors.New("must be positive"))
+	}
 	if c.Cache.MaxSize < 0 {
 		return c.invalid("cache.max_size", -1, func(c Config) any { return c.Cache.MaxSize },
 			errors.New("must not be negative"))

@@ -126,3 +126,40 @@ lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="hea
 		t.Fatal(err)
 	}
 }
+
+// fillingHealth is a Health that reports fills too, as *resolver.Resolver does.
+type fillingHealth struct {
+	fakeHealth
+	st resolver.FillStats
+}
+
+func (f fillingHealth) Fills() resolver.FillStats { return f.st }
+
+func TestFillMetrics(t *testing.T) {
+	h := fillingHealth{st: resolver.FillStats{Running: 5, Abandoned: 2, Waiting: 1, Refused: 7, Cancelled: 3}}
+	want := `
+# HELP lifeboat_fills_abandoned Blob downloads in progress that no client reads any more.
+# TYPE lifeboat_fills_abandoned gauge
+lifeboat_fills_abandoned 2
+# HELP lifeboat_fills_cancelled_total Abandoned blob downloads cancelled past the limit of abandoned downloads.
+# TYPE lifeboat_fills_cancelled_total counter
+lifeboat_fills_cancelled_total 3
+# HELP lifeboat_fills_refused_total Requests refused (429) because every blob download slot stayed busy.
+# TYPE lifeboat_fills_refused_total counter
+lifeboat_fills_refused_total 7
+# HELP lifeboat_fills_running Blob downloads from upstreams in progress.
+# TYPE lifeboat_fills_running gauge
+lifeboat_fills_running 5
+# HELP lifeboat_fills_waiting Requests waiting for a blob download slot.
+# TYPE lifeboat_fills_waiting gauge
+lifeboat_fills_waiting 1
+`
+	names := []string{"lifeboat_fills_running", "lifeboat_fills_abandoned", "lifeboat_fills_waiting", "lifeboat_fills_refused_total", "lifeboat_fills_cancelled_total"}
+	if err := testutil.CollectAndCompare(NewUpstreamCollector(h), strings.NewReader(want), names...); err != nil {
+		t.Fatal(err)
+	}
+	// A Health without fills exposes none of them.
+	if n := testutil.CollectAndCount(NewUpstreamCollector(fakeHealth{}), names...); n != 0 {
+		t.Errorf("a Health without fills exposed %d fill series", n)
+	}
+}

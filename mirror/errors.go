@@ -11,6 +11,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // apiError is an answer in the OCI error format, with a Retry-After when it knows one.
@@ -75,6 +76,11 @@ var errorClasses = []struct {
 	}, "invalid request"},
 	{errdefs.IsFailedPrecondition, http.StatusBadGateway, byRoute{other: oci.CodeUnknown},
 		"upstream content failed verification and is not served"},
+	// ErrTooManyFills → 429 TOOMANYREQUESTS, with Retry-After: lifeboat runs as many blob
+	// downloads as it allows, and none ended within its queue timeout. containerd retries a 429
+	// on any host; it is also Unavailable, hence before that class.
+	{isTooManyFills, http.StatusTooManyRequests, byRoute{other: oci.CodeTooManyRequests},
+		"too many blob downloads in progress; retry later"},
 	{errdefs.IsUnavailable, http.StatusServiceUnavailable, byRoute{other: oci.CodeUnavailable},
 		"service unavailable"},
 	// ResourceExhausted → 507 Insufficient Storage: the content does not fit in the cache.
@@ -82,6 +88,8 @@ var errorClasses = []struct {
 	{errdefs.IsResourceExhausted, http.StatusInsufficientStorage, byRoute{other: oci.CodeUnknown},
 		"the cache has no room for this content"},
 }
+
+func isTooManyFills(err error) bool { return errors.Is(err, resolver.ErrTooManyFills) }
 
 // fromBackend classifies a Backend error for a request of kind k.
 func fromBackend(err error, k oci.Kind) *apiError {
@@ -94,7 +102,7 @@ func fromBackend(err error, k oci.Kind) *apiError {
 				e.Message += ": " + errmsg.Sentence(err)
 			}
 			var ra interface{ RetryAfter() time.Duration }
-			if c.status == http.StatusServiceUnavailable && errors.As(err, &ra) {
+			if (c.status == http.StatusServiceUnavailable || c.status == http.StatusTooManyRequests) && errors.As(err, &ra) {
 				e.retryAfter = ra.RetryAfter()
 			}
 			return e

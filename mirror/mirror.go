@@ -37,9 +37,10 @@ import (
 // Errors are classified with errdefs: ErrNotFound when the thing is neither cached nor
 // obtainable from upstream; ErrInvalidArgument when the backend refuses the name, reference or
 // digest; ErrFailedPrecondition when upstream content failed verification or is too large;
-// ErrUnavailable when the backend cannot answer now. An error that also has a
+// ErrUnavailable when the backend cannot answer now, and resolver.ErrTooManyFills (429) when
+// it runs as many blob downloads as it allows. An error that also has a
 // `RetryAfter() time.Duration` method (found with errors.As) adds a Retry-After header to the
-// 503. Any other error is internal: logged, and answered with a generic 500.
+// 503 or 429. Any other error is internal: logged, and answered with a generic 500.
 type Backend interface {
 	// Manifest resolves reference (a tag or a digest) to a manifest or index.
 	Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error)

@@ -681,6 +681,15 @@ func (e retryLater) Error() string             { return "circuit open for upstre
 func (e retryLater) Is(target error) bool      { return target == errdefs.ErrUnavailable }
 func (e retryLater) RetryAfter() time.Duration { return e.after }
 
+// tooManyFills is what the resolver answers past its limit of fills.
+type tooManyFills struct{}
+
+func (tooManyFills) Error() string { return "too many blob downloads in progress: all 64 are busy" }
+func (tooManyFills) Is(target error) bool {
+	return target == resolver.ErrTooManyFills || target == errdefs.ErrUnavailable
+}
+func (tooManyFills) RetryAfter() time.Duration { return time.Second }
+
 func TestErrorMapping(t *testing.T) {
 	t.Parallel()
 	const secret = "/var/lib/lifeboat/blobs/sha256/ab: input/output error from https://user:pw@registry.internal"
@@ -707,6 +716,7 @@ func TestErrorMapping(t *testing.T) {
 		{name: "failed verification", err: fmt.Errorf("digest mismatch: %w", errdefs.ErrFailedPrecondition), status: 502, code: "UNKNOWN"},
 		{name: "unavailable", err: fmt.Errorf("shutting down: %w", errdefs.ErrUnavailable), status: 503, code: "UNAVAILABLE"},
 		{name: "unavailable with retry after", err: fmt.Errorf("wrapped: %w", retryLater{1500 * time.Millisecond}), status: 503, code: "UNAVAILABLE", retryAfter: "2"},
+		{name: "too many fills", err: fmt.Errorf("blob: %w", tooManyFills{}), status: 429, code: "TOOMANYREQUESTS", retryAfter: "1"},
 		{name: "not implemented is internal", err: fmt.Errorf("manifest: %w", errdefs.ErrNotImplemented), status: 500, code: "UNKNOWN"},
 		{name: "unclassified is internal", err: errors.New(secret), status: 500, code: "UNKNOWN"},
 	} {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,8 @@ type fill struct {
 	repo     string
 	dgst     digest.Digest
 
-	ready chan struct{} // closed when size is known, or the fill failed before that
+	ready  chan struct{}           // closed when size is known, or the fill failed before that
+	cancel context.CancelCauseFunc // ends the fill before its time (abandoned past the limit)
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -46,6 +48,9 @@ type fill struct {
 	fromStore bool // the blob was already cached: read it from the store
 	verified  bool // all bytes arrived and match the digest
 	readers   int
+	// abandonedAt is when the last reader left a fill still running (valid while readers is 0
+	// and done is false).
+	abandonedAt time.Time
 }
 
 // fillDeps is what a fill needs from the resolver that starts it, given at creation: the same
@@ -55,8 +60,12 @@ type fillDeps struct {
 	// headerTimeout bounds the wait for the upstream's response headers, fillTimeout the whole
 	// download; idleTimeout is the window of the progress rule (see minFillProgress).
 	headerTimeout, fillTimeout, idleTimeout time.Duration
+	// maxBlobSize is the largest blob a fill accepts.
+	maxBlobSize int64
 	// mismatches counts blobs that the upstream sent with another digest.
 	mismatches *atomic.Int64
+	// abandoned is told of a fill whose last reader left while it still runs.
+	abandoned func(*fill)
 }
 
 // fillStore is what a fill needs of the cache: a room check, an ingest to write and read back,
@@ -106,32 +115,182 @@ func (e *stallError) Error() string {
 func (e *stallError) Unwrap() error { return errdefs.ErrUnavailable }
 
 // joinFill returns the fill of key, starting it if there is none, and counts a reader on it.
-func (r *Resolver) joinFill(registry, repo string, dgst digest.Digest, eps []*endpoint) *fill {
+// A new fill needs one of the MaxFills slots: when none is free, joinFill waits for one up to
+// the fill queue timeout, or until ctx ends, and then returns ErrTooManyFills (or ctx's error).
+func (r *Resolver) joinFill(ctx context.Context, registry, repo string, dgst digest.Digest, eps []*endpoint) (*fill, error) {
 	key := registry + "/" + repo + "@" + dgst.String()
+	if f := r.findFill(key); f != nil {
+		return f, nil
+	}
+	if err := r.fillSlots.acquire(ctx); err != nil {
+		return nil, err
+	}
+	r.fillMu.Lock()
+	defer r.fillMu.Unlock()
+	if f, ok := r.fills[key]; ok { // started while this request waited for a slot
+		r.fillSlots.release()
+		f.join()
+		return f, nil
+	}
+	fctx, cancel := context.WithCancelCause(r.ctx)
+	f := newFill(r.fillDeps, key, registry, repo, dgst, cancel)
+	r.fills[key] = f
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.fillSlots.release()
+		defer cancel(nil)
+		f.run(fctx, eps, func() {
+			r.fillMu.Lock()
+			if r.fills[key] == f { // not a fill started after this one was cancelled
+				delete(r.fills, key)
+			}
+			r.fillMu.Unlock()
+		})
+	}()
+	f.join()
+	return f, nil
+}
+
+// findFill joins the fill of key if there is one.
+func (r *Resolver) findFill(key string) *fill {
 	r.fillMu.Lock()
 	defer r.fillMu.Unlock()
 	f, ok := r.fills[key]
 	if !ok {
-		f = newFill(r.fillDeps, key, registry, repo, dgst)
-		r.fills[key] = f
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			f.run(r.ctx, eps, func() {
-				r.fillMu.Lock()
-				delete(r.fills, key)
-				r.fillMu.Unlock()
-			})
-		}()
+		return nil
 	}
 	f.join()
 	return f
 }
 
-func newFill(deps fillDeps, key, registry, repo string, dgst digest.Digest) *fill {
-	f := &fill{deps: deps, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), size: -1}
+func newFill(deps fillDeps, key, registry, repo string, dgst digest.Digest, cancel context.CancelCauseFunc) *fill {
+	f := &fill{deps: deps, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), cancel: cancel, size: -1}
 	f.cond = sync.NewCond(&f.mu)
 	return f
+}
+
+// limitAbandoned cancels the fills abandoned longest ago while more than MaxAbandonedFills run
+// with no reader. A cancelled fill leaves the table at once (the next request starts a new
+// one) and removes its ingest as it ends.
+func (r *Resolver) limitAbandoned(*fill) {
+	r.fillMu.Lock()
+	defer r.fillMu.Unlock()
+	type idle struct {
+		f  *fill
+		at time.Time
+	}
+	var abandoned []idle
+	for _, f := range r.fills {
+		if at, ok := f.abandonedSince(); ok {
+			abandoned = append(abandoned, idle{f, at})
+		}
+	}
+	excess := len(abandoned) - r.opts.MaxAbandonedFills
+	if excess <= 0 {
+		return
+	}
+	slices.SortFunc(abandoned, func(a, b idle) int { return a.at.Compare(b.at) })
+	for _, a := range abandoned[:excess] {
+		delete(r.fills, a.f.key)
+		a.f.cancel(fmt.Errorf("no client reads it, and more than %d such downloads run: %w", r.opts.MaxAbandonedFills, errAbandoned))
+		r.cancelled.Add(1)
+	}
+}
+
+// errAbandoned ends a fill that no client reads, past the limit of such fills.
+var errAbandoned = errors.New("download cancelled")
+
+// abandonedSince reports when the fill's last reader left, if it has none and still runs.
+// Joins happen under the resolver's fill lock, which its caller holds: a fill it finds
+// abandoned stays so.
+func (f *fill) abandonedSince() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.abandonedAt, f.readers == 0 && !f.done
+}
+
+// ErrTooManyFills is the error of a request that would start a blob download while MaxFills
+// run, after waiting FillQueueTimeout for one to end. It is errdefs.ErrUnavailable too, and
+// has a RetryAfter method.
+var ErrTooManyFills = errors.New("too many blob downloads in progress")
+
+// tooManyFills is ErrTooManyFills with the limit.
+type tooManyFills struct {
+	limit int
+	wait  time.Duration
+}
+
+func (e *tooManyFills) Error() string {
+	return fmt.Sprintf("%s: all %d are busy, and none ended within %s", ErrTooManyFills, e.limit, e.wait)
+}
+
+func (e *tooManyFills) Is(target error) bool {
+	return target == ErrTooManyFills || target == errdefs.ErrUnavailable
+}
+
+// RetryAfter is when to ask again: a fill slot is as likely free then as ever.
+func (e *tooManyFills) RetryAfter() time.Duration { return time.Second }
+
+// fillSlots counts the fills that run, against their limit.
+type fillSlots struct {
+	slots   chan struct{} // one element per running fill; its capacity is the limit
+	wait    time.Duration // how long a new fill may wait for a slot
+	waiting atomic.Int64
+	refused atomic.Int64
+}
+
+// acquire takes a slot, waiting up to the queue timeout for one.
+func (s *fillSlots) acquire(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
+	timer := time.NewTimer(s.wait)
+	defer timer.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		s.refused.Add(1)
+		return &tooManyFills{limit: cap(s.slots), wait: s.wait}
+	}
+}
+
+func (s *fillSlots) release() { <-s.slots }
+
+// FillStats says what the blob fills are doing.
+type FillStats struct {
+	// Running is the number of fills in progress, Abandoned those of them no client reads.
+	Running, Abandoned int
+	// Waiting is the number of requests waiting for a fill slot.
+	Waiting int
+	// Refused counts requests refused with ErrTooManyFills; Cancelled the abandoned fills
+	// cancelled past MaxAbandonedFills.
+	Refused, Cancelled int64
+}
+
+// Fills reports what the blob fills are doing.
+func (r *Resolver) Fills() FillStats {
+	st := FillStats{
+		Running:   len(r.fillSlots.slots),
+		Waiting:   int(r.fillSlots.waiting.Load()),
+		Refused:   r.fillSlots.refused.Load(),
+		Cancelled: r.cancelled.Load(),
+	}
+	r.fillMu.Lock()
+	for _, f := range r.fills {
+		if _, ok := f.abandonedSince(); ok {
+			st.Abandoned++
+		}
+	}
+	r.fillMu.Unlock()
+	return st
 }
 
 // join counts a reader on the fill. Each join is undone by one release.
@@ -141,14 +300,22 @@ func (f *fill) join() {
 	f.mu.Unlock()
 }
 
-// release drops a reader; the last one out after the fill ended closes the ingest file.
+// release drops a reader; the last one out after the fill ended closes the ingest file. The
+// last one out of a fill still running tells the resolver, which bounds such fills.
 func (f *fill) release() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.readers--
 	if f.readers == 0 && f.done && f.file != nil {
 		f.file.Close()
 		f.file = nil
+	}
+	abandoned := f.readers == 0 && !f.done
+	if abandoned {
+		f.abandonedAt = time.Now()
+	}
+	f.mu.Unlock()
+	if abandoned && f.deps.abandoned != nil {
+		f.deps.abandoned(f)
 	}
 }
 
@@ -246,6 +413,9 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	// (the fill timeout, a stall past the idle timeout, or the resolver closing).
 	stopClose := context.AfterFunc(rctx, func() { up.body.Close() })
 	defer stopClose()
+	if up.size > f.deps.maxBlobSize {
+		return f.tooLarge(up.size)
+	}
 	if up.size > 0 {
 		if err := f.deps.store.CheckRoom(up.size); err != nil {
 			return err
@@ -281,6 +451,11 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	}
 	committed, err = f.commit(ctx, w, n)
 	return err
+}
+
+// tooLarge is the error of a blob of more than the maximum blob size.
+func (f *fill) tooLarge(size int64) error {
+	return fmt.Errorf("blob %s has %d bytes or more, more than the maximum blob size of %d bytes: %w", f.dgst, size, f.deps.maxBlobSize, errdefs.ErrResourceExhausted)
 }
 
 // alreadyCached ends a fill that found the blob in the cache: its readers read it from there,
@@ -351,11 +526,23 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 	defer progress.Stop()
 	buf := make([]byte, 256<<10)
 	var n int64
+	nextRoomCheck := int64(roomCheckStep) // for a body of unknown size
 	for {
 		m, rerr := up.body.Read(buf)
 		if m > 0 {
 			if up.size >= 0 && n+int64(m) > up.size {
 				return n, fmt.Errorf("upstream %s sent more than its Content-Length of %d: %w", up.ep.client.Endpoint(), up.size, errdefs.ErrFailedPrecondition)
+			}
+			if up.size < 0 {
+				if n+int64(m) > f.deps.maxBlobSize {
+					return n, f.tooLarge(n + int64(m))
+				}
+				if n+int64(m) >= nextRoomCheck {
+					if err := f.deps.store.CheckRoom(n + int64(m)); err != nil {
+						return n, fmt.Errorf("upstream %s sent a body of unknown size: after %d bytes: %w", up.ep.client.Endpoint(), n+int64(m), err)
+					}
+					nextRoomCheck = n + int64(m) + roomCheckStep
+				}
 			}
 			if _, err := w.Write(buf[:m]); err != nil {
 				return n, fmt.Errorf("write to cache: %w", err)
@@ -391,6 +578,12 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 	}
 	return n, nil
 }
+
+// roomCheckStep is how often a body of unknown size has the cache's room checked as it arrives:
+// every 4 MiB, so that a body that does not fit is cut off within 4 MiB of the cache's budget.
+// The check asks for room for all the bytes so far, in a filesystem that holds them already:
+// against free space it is conservative (it wants them twice), never lenient.
+const roomCheckStep = 4 << 20
 
 // verify checks the n bytes written to w against the digest, and lets the readers finish: they
 // need not wait for the fsync of the commit. (Commit verifies again, and makes them durable.)
@@ -443,10 +636,18 @@ var ErrSourceFailed = errors.New("the blob's source failed")
 // is delivered, or the fill's error.
 func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.pos, fr.end) }
 
-// available waits until bytes at pos may be read, and returns how many up to end (-1 for the end
-// of the blob); io.EOF once [pos, end) is delivered, or the fill's error. Bytes up to the end of
-// the blob are only complete once the fill verified them: until then the reader waits at the
-// end rather than report it.
+// available waits until bytes at pos may be read, and returns how many up to rangeEnd (-1 for
+// the end of the blob); io.EOF once [pos, rangeEnd) is delivered, or the fill's error.
+//
+// No reader completes before the blob verified: until then the last byte of every range is
+// held back, so that a client never holds a complete body, whole or partial, of bytes that may
+// prove wrong. A blob that fails verification thus always reaches its readers as an error
+// before their last byte, and the mirror breaks the connection: the client sees a broken
+// transfer, never a complete one. (containerd commits a complete download it holds without
+// fetching it again, and resumes a partial one; a complete range could be stitched into a blob
+// by a client that fetches in parts.) Ranges that end before the blob's end wait for the
+// verification of the whole blob too: the conservative choice, since a client cannot tell a
+// range of a blob that failed from a good one.
 func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -455,15 +656,24 @@ func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 		if end < 0 && f.verified {
 			end = f.size
 		}
-		if end >= 0 && pos >= end && (rangeEnd >= 0 && rangeEnd < f.size || f.verified) {
+		if f.verified && pos >= end {
 			return 0, io.EOF
 		}
-		if pos < f.written && (end < 0 || pos < end) {
-			n := f.written - pos
+		// What may be read now: what arrived, less the last byte of the range (or of what
+		// arrived, while the size is unknown) until the blob verified.
+		limit := f.written
+		if end >= 0 {
+			limit = min(limit, end)
+		}
+		if !f.verified {
 			if end >= 0 {
-				n = min(n, end-pos)
+				limit = min(limit, end-1)
+			} else {
+				limit = min(limit, f.written-1)
 			}
-			return n, nil
+		}
+		if pos < limit {
+			return limit - pos, nil
 		}
 		if f.done {
 			err := f.err

@@ -57,7 +57,28 @@ type Options struct {
 	Health HealthOptions
 	// ObserveUpstream, when set, is called after every upstream request (for metrics).
 	ObserveUpstream func(UpstreamRequest)
+	// MaxBlobSize is the largest blob a fill accepts (default DefaultMaxBlobSize): a larger
+	// Content-Length is refused before a byte is written, and a body without one is cut off
+	// once it passes the limit. Either is errdefs.ErrResourceExhausted, and nothing is cached.
+	MaxBlobSize int64
+	// MaxFills is how many blob fills may run at once (default DefaultMaxFills). A request that
+	// would start another waits up to FillQueueTimeout (DefaultFillQueueTimeout) for one to end, and is
+	// then refused with ErrTooManyFills.
+	MaxFills         int
+	FillQueueTimeout time.Duration
+	// MaxAbandonedFills is how many fills may go on with no client left reading them (default
+	// DefaultMaxAbandonedFills). They go on so that the next request finds the blob cached;
+	// past the limit the ones abandoned longest ago are cancelled, and their ingests removed.
+	MaxAbandonedFills int
 }
+
+// Defaults of the fill limits.
+const (
+	DefaultMaxBlobSize       = 32 << 30
+	DefaultMaxFills          = 64
+	DefaultMaxAbandonedFills = 16
+	DefaultFillQueueTimeout  = 5 * time.Second
+)
 
 func (o *Options) setDefaults() {
 	if o.Policy == "" {
@@ -71,6 +92,18 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 30 * time.Second
+	}
+	if o.MaxBlobSize <= 0 {
+		o.MaxBlobSize = DefaultMaxBlobSize
+	}
+	if o.MaxFills <= 0 {
+		o.MaxFills = DefaultMaxFills
+	}
+	if o.FillQueueTimeout <= 0 {
+		o.FillQueueTimeout = DefaultFillQueueTimeout
+	}
+	if o.MaxAbandonedFills <= 0 {
+		o.MaxAbandonedFills = DefaultMaxAbandonedFills
 	}
 	o.Health.setDefaults()
 }
@@ -94,9 +127,11 @@ type Resolver struct {
 	regMu      sync.Mutex
 	registries map[string][]*endpoint
 
-	fillDeps fillDeps // what the fills get
-	fillMu   sync.Mutex
-	fills    map[string]*fill
+	fillDeps  fillDeps // what the fills get
+	fillSlots fillSlots
+	fillMu    sync.Mutex
+	fills     map[string]*fill // the fills a request may join
+	cancelled atomic.Int64     // abandoned fills cancelled past MaxAbandonedFills
 
 	digestMismatches atomic.Int64
 }
@@ -121,8 +156,11 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		headerTimeout: opts.UpstreamTimeout,
 		fillTimeout:   opts.FillTimeout,
 		idleTimeout:   opts.IdleTimeout,
+		maxBlobSize:   opts.MaxBlobSize,
 		mismatches:    &r.digestMismatches,
+		abandoned:     r.limitAbandoned,
 	}
+	r.fillSlots = fillSlots{slots: make(chan struct{}, opts.MaxFills), wait: opts.FillQueueTimeout}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for registry := range opts.Endpoints {
 		if _, err := r.endpoints(registry); err != nil {
@@ -527,7 +565,10 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 			return b, nil
 		}
 	}
-	f := r.joinFill(registry, repository, dgst, eps)
+	f, err := r.joinFill(ctx, registry, repository, dgst, eps)
+	if err != nil {
+		return nil, err
+	}
 	if err := f.started(ctx); err != nil {
 		f.release()
 		return nil, err

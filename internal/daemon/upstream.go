@@ -43,6 +43,11 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		Endpoints:       endpoints,
 		NewClient:       newClient,
 		ObserveUpstream: observe,
+
+		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),
+		MaxFills:          cfg.Resolve.MaxFills,
+		FillQueueTimeout:  time.Duration(cfg.Resolve.FillQueueTimeout),
+		MaxAbandonedFills: cfg.Resolve.MaxAbandonedFills,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream registries: %w", err)

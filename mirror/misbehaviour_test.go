@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,10 +13,13 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
@@ -25,7 +29,7 @@ import (
 
 // TestMisbehavingUpstreamsAnswer pulls blobs from broken or hostile upstreams through a real
 // resolver and the mirror, and checks what a client gets: the status, the OCI error code and a
-// message that names the fault, or, for a blob large enough to be streamed before it is
+// sentence that names neither the fault nor the upstream (the log names the fault), or, for a blob large enough to be streamed before it is
 // verified, never a complete body: a 200 cut short, or no answer at all. The resolver runs the
 // daemon's rules with only the idle timeout scaled down (30 s to 1 s); the fill timeout of an
 // hour cannot be what ends any case.
@@ -44,7 +48,7 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 		raw    func(*bufio.Writer) // a raw HTTP/1.1 answer to the blob GET
 		status int
 		code   string // of the OCI error; "" for a 200 whose body must be cut short
-		want   string // in the error message
+		want   string // in the log of the failed request
 	}{
 		{name: "trickling body (slowloris)", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(small)))
@@ -66,11 +70,11 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 		{name: "truncated body with a matching Content-Length", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(short))
 			w.Write(small[:short])
-		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "not the requested one"},
 		{name: "Content-Length smaller than the body", blob: small, raw: func(w *bufio.Writer) {
 			fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", short)
 			w.Write(small)
-		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "not the requested one"},
 		{name: "redirect loop", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, r.URL.Path+"?again="+strconv.Itoa(rand.IntN(1e9)), http.StatusFound)
 		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "stopped after 10 redirects"},
@@ -91,7 +95,9 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				url = up.URL
 			}
 			answers := make(chan Answer, 1)
-			srv := newServer(t, FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})
+			logged := &syncBuffer{}
+			srv := httptest.NewServer(withLog(logged, New(FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})))
+			t.Cleanup(srv.Close)
 
 			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -144,11 +150,44 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				t.Fatalf("not an OCI error body (%v): %s", err, body)
 			}
 			t.Logf("%d %s: %s", resp.StatusCode, e.Errors[0].Code, e.Errors[0].Message)
-			if !strings.Contains(e.Errors[0].Message, tc.want) {
-				t.Errorf("message %q, want it to name %q", e.Errors[0].Message, tc.want)
+			for _, leak := range []string{tc.want, strings.TrimPrefix(url, "http://"), "127.0.0.1"} {
+				if strings.Contains(string(body), leak) {
+					t.Errorf("the answer names %q: %s", leak, body)
+				}
+			}
+			if !strings.Contains(logged.String(), tc.want) {
+				t.Errorf("the log does not name %q:\n%s", tc.want, logged.String())
 			}
 		})
 	}
+}
+
+// withLog serves h with every request's log.G logger writing to buf, at debug level.
+func withLog(buf *syncBuffer, h http.Handler) http.Handler {
+	l := logrus.New()
+	l.SetOutput(buf)
+	l.SetLevel(logrus.DebugLevel)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(log.WithLogger(r.Context(), logrus.NewEntry(l))))
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // newDaemonResolver is a resolver for registry.test at url on a fresh cache, with the daemon's

@@ -12,10 +12,6 @@ import (
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
-// DefaultRegistries are the registries a daemon mirrors when its configuration lists none
-// (config.Default has the same list): the public registries most images come from.
-var DefaultRegistries = []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"}
-
 // Bounds of the registries mirrored with Options.AnyRegistry that are not listed.
 const (
 	// DefaultMaxOtherRegistries is how many unlisted registries are kept at once; a new one

@@ -52,7 +52,7 @@ type Options struct {
 	Endpoints map[string][]string
 	// Registries are mirrored too, with oci.DefaultEndpoints unless Endpoints lists theirs. A
 	// registry in neither is refused with ErrNotMirrored before any upstream is contacted
-	// (DefaultRegistries is the daemon's default list).
+	// (the daemon's default list is config.DefaultRegistries).
 	Registries []string
 	// AnyRegistry mirrors every registry a request names, listed or not, with
 	// oci.DefaultEndpoints for those not listed. At most MaxOtherRegistries unlisted registries

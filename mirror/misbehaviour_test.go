@@ -2,7 +2,6 @@ package mirror
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,13 +12,13 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
@@ -95,8 +94,8 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				url = up.URL
 			}
 			answers := make(chan Answer, 1)
-			logged := &syncBuffer{}
-			srv := httptest.NewServer(withLog(logged, New(FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})))
+			hook := new(logtest.Hook)
+			srv := httptest.NewServer(withLog(hook, New(FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})))
 			t.Cleanup(srv.Close)
 
 			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()
@@ -155,39 +154,32 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 					t.Errorf("the answer names %q: %s", leak, body)
 				}
 			}
-			if !strings.Contains(logged.String(), tc.want) {
-				t.Errorf("the log does not name %q:\n%s", tc.want, logged.String())
+			if got := logged(hook); !strings.Contains(got, tc.want) {
+				t.Errorf("the log does not name %q:\n%s", tc.want, got)
 			}
 		})
 	}
 }
 
-// withLog serves h with every request's log.G logger writing to buf, at debug level.
-func withLog(buf *syncBuffer, h http.Handler) http.Handler {
+// withLog serves h with every request's log.G logger writing to hook, at debug level.
+func withLog(hook *logtest.Hook, h http.Handler) http.Handler {
 	l := logrus.New()
-	l.SetOutput(buf)
+	l.SetOutput(io.Discard)
 	l.SetLevel(logrus.DebugLevel)
+	l.AddHook(hook)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(w, r.WithContext(log.WithLogger(r.Context(), logrus.NewEntry(l))))
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// logged is what hook holds, one line per entry.
+func logged(hook *logtest.Hook) string {
+	var b strings.Builder
+	for _, e := range hook.AllEntries() {
+		line, _ := e.String()
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 // newDaemonResolver is a resolver for registry.test at url on a fresh cache, with the daemon's

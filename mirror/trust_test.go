@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -34,24 +34,7 @@ import (
 // neither the endpoint nor the dial error. The daemon's pieces are real: resolver, upstream
 // clients, cache, metrics. Not parallel: it counts the process's goroutines.
 func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
-	var accepts atomic.Int64
-	target, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	acceptDone := make(chan struct{})
-	go func() {
-		defer close(acceptDone)
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			accepts.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { target.Close(); <-acceptDone })
+	target, accepts := rawhttp.Closer(t)
 	closed := closedPorts(t, 5)
 
 	up := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
@@ -92,13 +75,13 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 		}
 	}
 	seriesBefore := upstreamSeries(t, reg)
-	endpointsBefore := res.Endpoints()
+	endpointsBefore := endpointNames(res)
 	baseline := runtime.NumGoroutine()
 
 	dgst := digest.FromString("x").String()
 	var hosts []string
 	for i := range 40 {
-		hosts = append(hosts, target.Addr().String(), "localhost:"+port(target.Addr().String()), closed[i%len(closed)], fmt.Sprintf("host-%d.test:5000", i))
+		hosts = append(hosts, target, "localhost:"+port(target), closed[i%len(closed)], fmt.Sprintf("host-%d.test:5000", i))
 	}
 	var wrong int // answers that are not the not-mirrored error; the first few are reported
 	for _, host := range hosts {
@@ -129,7 +112,7 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	if n := accepts.Load(); n != 0 {
 		t.Errorf("%d connections to a registry that is not mirrored", n)
 	}
-	if after := res.Endpoints(); !slices.Equal(after, endpointsBefore) {
+	if after := endpointNames(res); !slices.Equal(after, endpointsBefore) {
 		t.Errorf("status entries changed:\nbefore %+v\nafter  %+v", endpointsBefore, after)
 	}
 	if after := upstreamSeries(t, reg); !slices.Equal(after, seriesBefore) {
@@ -155,6 +138,15 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 			}
 		}
 	}
+}
+
+// endpointNames lists the endpoints in use (their status entries) by registry and URL.
+func endpointNames(res *resolver.Resolver) []string {
+	var out []string
+	for _, st := range res.Endpoints() {
+		out = append(out, st.Registry+" "+st.Endpoint)
+	}
+	return out
 }
 
 // closedPorts returns n loopback host:ports that nothing listens on.

@@ -18,41 +18,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
-
-// acceptCounter is a TCP listener that counts the connections made to it and closes each at
-// once: proof of whether anything dialled it.
-type acceptCounter struct {
-	net.Listener
-	accepts atomic.Int64
-}
-
-func newAcceptCounter(t *testing.T) *acceptCounter {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &acceptCounter{Listener: l}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			a.accepts.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-	})
-	return a
-}
 
 // waitGoroutines waits until no more goroutines run than want.
 func waitGoroutines(t *testing.T, what string, want int) {
@@ -71,8 +39,8 @@ func waitGoroutines(t *testing.T, what string, want int) {
 // call that takes one: each is refused as not mirrored, and nothing is dialled, created,
 // observed or left running for it. Not parallel: it counts the process's goroutines.
 func TestUnlistedRegistriesAreRefused(t *testing.T) {
-	target := newAcceptCounter(t)
-	_, port, _ := net.SplitHostPort(target.Addr().String())
+	target, accepts := rawhttp.Closer(t)
+	_, port, _ := net.SplitHostPort(target)
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +48,7 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 	t.Cleanup(func() { store.Close() })
 	var clients, observed atomic.Int64
 	r, err := New(store, Options{
-		Endpoints:       map[string][]string{testRegistry: {"http://" + target.Addr().String()}},
+		Endpoints:       map[string][]string{testRegistry: {"http://" + target}},
 		Registries:      []string{"ghcr.io"},
 		UpstreamTimeout: 2 * time.Second,
 		NewClient: func(registry, endpoint string) (Client, error) {
@@ -128,7 +96,7 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 			}
 		}
 	}
-	if n := target.accepts.Load(); n != 0 {
+	if n := accepts.Load(); n != 0 {
 		t.Errorf("%d connections to a registry that is not mirrored", n)
 	}
 	if n := clients.Load(); n != 0 {
@@ -146,7 +114,7 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 	if _, err := r.Manifest(ctx, testRegistry, "x", "latest"); errors.Is(err, ErrNotMirrored) {
 		t.Fatalf("a listed registry refused: %v", err)
 	}
-	if target.accepts.Load() == 0 {
+	if accepts.Load() == 0 {
 		t.Error("the listed registry's endpoint was not dialled")
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,7 +54,18 @@ type Config struct {
 type Mirror struct {
 	// Address is the host:port the mirror listens on.
 	Address string `toml:"address"`
+	// Registries are mirrored besides those with a [registry."<name>"] table; a request for
+	// any other registry is refused without contacting it. Registry hosts in normal form
+	// (lower case, docker.io for Docker Hub), as in image references.
+	Registries []string `toml:"registries"`
+	// AnyRegistry mirrors every registry a request names, listed or not: lifeboat then
+	// contacts whatever host a client of the mirror names (at most
+	// resolver.DefaultMaxOtherRegistries unlisted ones are kept at a time).
+	AnyRegistry bool `toml:"any_registry"`
 }
+
+// DefaultRegistries are the registries mirrored when mirror.registries is not set.
+var DefaultRegistries = []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"}
 
 // Plugin configures the containerd proxy plugins.
 type Plugin struct {
@@ -145,6 +158,14 @@ type Log struct {
 	Format string `toml:"format"`
 }
 
+// MirroredRegistries are the registries the mirror serves: mirror.registries and those with a
+// [registry."<name>"] table, sorted. With mirror.any_registry it serves others too.
+func (c Config) MirroredRegistries() []string {
+	regs := slices.Concat(c.Mirror.Registries, slices.Collect(maps.Keys(c.Registry)))
+	slices.Sort(regs)
+	return slices.Compact(regs)
+}
+
 // Policies of Resolve.Policy.
 const (
 	PolicyUpstreamFirst = "upstream-first"
@@ -155,7 +176,7 @@ const (
 func Default() Config {
 	return Config{
 		Root:    "/var/lib/lifeboat",
-		Mirror:  Mirror{Address: "127.0.0.1:5100"},
+		Mirror:  Mirror{Address: "127.0.0.1:5100", Registries: slices.Clone(DefaultRegistries)},
 		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock", ContentDelete: "release"},
 		Admin:   Admin{Address: "/run/lifeboat/admin.sock"},
 		Metrics: Metrics{Address: "127.0.0.1:5101"},

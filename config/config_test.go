@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,9 @@ func TestParse(t *testing.T) {
 					c.Metrics.Address != "127.0.0.1:5101" || c.Resolve.Policy != PolicyUpstreamFirst ||
 					time.Duration(c.Resolve.UpstreamTimeout) != time.Second || c.Resolve.TagMaxAge != 0 || c.Cache.MaxSize != 0 {
 					t.Errorf("defaults differ from DESIGN.md: %+v", c)
+				}
+				if want := []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"}; !slices.Equal(c.Mirror.Registries, want) || c.Mirror.AnyRegistry {
+					t.Errorf("mirror.registries %v, any_registry %v; want %v and false", c.Mirror.Registries, c.Mirror.AnyRegistry, want)
 				}
 			},
 		},
@@ -64,6 +68,30 @@ for = "5m"
 				}
 				if c.Plugin.Address != "/run/lifeboat/lifeboat.sock" {
 					t.Errorf("an unset key lost its default: %q", c.Plugin.Address)
+				}
+			},
+		},
+		{
+			name: "mirror.registries replaces the default list",
+			toml: "[mirror]\nregistries = [\"registry.example.com:5000\"]\n[registry.\"ghcr.io\"]\nusername = \"u\"\n",
+			check: func(t *testing.T, c Config) {
+				if !slices.Equal(c.Mirror.Registries, []string{"registry.example.com:5000"}) {
+					t.Errorf("mirror.registries = %v", c.Mirror.Registries)
+				}
+				if got, want := c.MirroredRegistries(), []string{"ghcr.io", "registry.example.com:5000"}; !slices.Equal(got, want) {
+					t.Errorf("MirroredRegistries = %v, want %v", got, want)
+				}
+				if def := Default(); !slices.Equal(def.Mirror.Registries, DefaultRegistries) || len(DefaultRegistries) != 5 {
+					t.Errorf("decoding changed the default list: %v", def.Mirror.Registries)
+				}
+			},
+		},
+		{
+			name: "an empty mirror.registries leaves the tables",
+			toml: "[mirror]\nregistries = []\nany_registry = true\n[registry.\"docker.io\"]\nendpoints = [\"https://mirror.gcr.io\"]\n",
+			check: func(t *testing.T, c Config) {
+				if got := c.MirroredRegistries(); !slices.Equal(got, []string{"docker.io"}) || !c.Mirror.AnyRegistry {
+					t.Errorf("MirroredRegistries = %v, any_registry %v", got, c.Mirror.AnyRegistry)
 				}
 			},
 		},
@@ -163,6 +191,16 @@ func TestErrorsNameFileKeyAndLine(t *testing.T) {
 			want: `line 2, column 14: outage.for: 2.5 is not a duration`},
 		{name: "bad size", toml: "[cache]\nmax_size = \"lots\"\n", want: `line 2, column 12: cache.max_size: invalid size "lots": use a number with a unit such as 20GiB`},
 		{name: "unknown key", toml: "[cache]\n\nmax_sise = \"1GiB\"\n", want: `line 3: unknown key "cache.max_sise"`},
+		{name: "mirrored registry that is not a host", toml: "[mirror]\nregistries = [\n  \"docker.io\",\n  \"ghcr.io/org\",\n]\n",
+			want: `line 4, column 3: mirror.registries: "ghcr.io/org" is not a registry host[:port]`},
+		{name: "mirrored registry not in normal form", toml: "[mirror]\nregistries = [\"Quay.io\"]\n",
+			want: `line 2, column 15: mirror.registries: "Quay.io" is written "quay.io" in image references: write that`},
+		{name: "any_registry not a boolean", toml: "[mirror]\nany_registry = \"yes\"\n",
+			want: `line 2, column 16: mirror.any_registry: expected true or false, not a TOML string`},
+		{name: "registry table named with a path", toml: "root = \"/x\"\n\n[registry.\"../../escaped\"]\nusername = \"u\"\n",
+			want: `line 3, column 11: registry."../../escaped": "../../escaped" is not a registry host[:port]`},
+		{name: "registry table named by a dotted key", toml: "registry.\"index.docker.io\".username = \"u\"\n",
+			want: `line 1, column 10: registry."index.docker.io": "index.docker.io" is written "docker.io" in image references: write that`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

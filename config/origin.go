@@ -89,6 +89,7 @@ func withOrigin(c Config, path string, b []byte) Config {
 	if len(pos) == 0 {
 		return c
 	}
+	tablePositions(b, pos)
 	c.origin = nil
 	c.origin = &origin{file: path, pos: pos, decoded: c.clone()}
 	return c
@@ -104,6 +105,7 @@ func (c Config) clone() Config {
 		}
 	}
 	c.Outage.Registries = slices.Clone(c.Outage.Registries)
+	c.Mirror.Registries = slices.Clone(c.Mirror.Registries)
 	return c
 }
 
@@ -118,6 +120,39 @@ func positions(b []byte) map[string]pos {
 		return true
 	})
 	return out
+}
+
+// tablePositions records the position of every table the TOML document b names (by a header
+// or a dotted key), at its name's first appearance, so that an error about the name of a
+// table (`registry."../x"`) can point at it.
+func tablePositions(b []byte, out map[string]pos) {
+	var p unstable.Parser
+	p.Reset(b)
+	var table []string
+	for p.NextExpression() {
+		e := p.Expression()
+		var parts []string
+		var nodes []*unstable.Node
+		for it := e.Key(); it.Next(); {
+			parts = append(parts, string(it.Node().Data))
+			nodes = append(nodes, it.Node())
+		}
+		prefix := []string{}
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			table = parts
+		case unstable.KeyValue:
+			prefix, parts, nodes = table, parts[:len(parts)-1], nodes[:len(nodes)-1]
+		default:
+			continue
+		}
+		for i := range parts {
+			key := keyName(append(slices.Clone(prefix), parts[:i+1]...)...)
+			if _, ok := out[key]; !ok {
+				out[key] = shapeOf(&p, nodes[i])
+			}
+		}
+	}
 }
 
 // eachKeyValue calls f with every top-level key/value of the TOML document b and the table it

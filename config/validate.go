@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
@@ -89,9 +90,18 @@ func (c Config) Validate() error {
 	return c.validateOutage()
 }
 
-// validateRegistries checks the [registry."<name>"] tables, in the order of their names.
+// validateRegistries checks mirror.registries and the [registry."<name>"] tables, in the order
+// of their names.
 func (c Config) validateRegistries() error {
+	for i, name := range c.Mirror.Registries {
+		if err := checkRegistryName(name); err != nil {
+			return c.invalid("mirror.registries", i, func(c Config) any { return c.Mirror.Registries }, err)
+		}
+	}
 	for _, host := range slices.Sorted(maps.Keys(c.Registry)) {
+		if err := checkRegistryName(host); err != nil {
+			return c.invalid(keyName("registry", host), -1, func(c Config) any { return slices.Sorted(maps.Keys(c.Registry)) }, err)
+		}
 		r := c.Registry[host]
 		for i, e := range r.Endpoints {
 			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
@@ -104,6 +114,19 @@ func (c Config) validateRegistries() error {
 				return c.invalid(keyName("registry", host, "ca_file"), -1, func(c Config) any { return c.Registry[host].CAFile }, err)
 			}
 		}
+	}
+	return nil
+}
+
+// checkRegistryName checks that name is a registry host[:port] as image references write it,
+// which is how the mirror and the resolver look registries up.
+func checkRegistryName(name string) error {
+	norm, ok := oci.NormalizeHost(name)
+	switch {
+	case !ok:
+		return fmt.Errorf("%q is not a registry host[:port]", name)
+	case norm != name:
+		return fmt.Errorf("%q is written %q in image references: write that", name, norm)
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 )
 
 // Upstream counts lifeboat's requests to upstream registries. Pass its Observe as
-// resolver.Options.ObserveUpstream.
+// resolver.Options.ObserveUpstream and its Forget as resolver.Options.ForgetUpstream.
 type Upstream struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -46,6 +46,15 @@ func (u *Upstream) Observe(r resolver.UpstreamRequest) {
 	if r.Bytes > 0 {
 		u.fetched.WithLabelValues(r.Registry, r.Endpoint).Add(float64(r.Bytes))
 	}
+}
+
+// Forget drops the series of an endpoint the resolver no longer uses (an unlisted registry it
+// forgot), so that the series stay as bounded as the endpoints.
+func (u *Upstream) Forget(registry, endpoint string) {
+	l := prometheus.Labels{"registry": registry, "endpoint": endpoint}
+	u.requests.DeletePartialMatch(l)
+	u.duration.DeletePartialMatch(l)
+	u.fetched.DeletePartialMatch(l)
 }
 
 func upstreamResult(err error) string {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -49,6 +48,8 @@ func (b byRoute) code(k oci.Kind) oci.ErrorCode {
 
 // errorClasses translates Backend errors into HTTP answers; the first class that matches wins,
 // and an error no class matches is an internal error (500 UNKNOWN, details only in the log).
+// A registry the backend does not mirror (resolver.ErrNotMirrored) is a 404 NAME_UNKNOWN
+// saying so, before these classes.
 //
 // The rule behind the statuses: containerd moves on to its next hosts.toml host on a 404 and on
 // any other 4xx or 5xx, and retries 500, 503 and 504 (once, when the same status repeats) only
@@ -91,15 +92,19 @@ var errorClasses = []struct {
 
 func isTooManyFills(err error) bool { return errors.Is(err, resolver.ErrTooManyFills) }
 
-// fromBackend classifies a Backend error for a request of kind k.
-func fromBackend(err error, k oci.Kind) *apiError {
+// fromBackend classifies a Backend error for the request req. The answer carries the class's
+// sentence only: the error's own text, which may name endpoints, addresses and what dialling
+// them gave, goes to the log. What it says of a simulated outage is kept, as drills need it
+// ("...: lifeboat simulated outage: blackhole").
+func fromBackend(err error, req request) *apiError {
+	if errors.Is(err, resolver.ErrNotMirrored) {
+		return newAPIError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+req.Registry+" is not mirrored by this lifeboat")
+	}
 	for _, c := range errorClasses {
 		if c.is(err) {
-			e := newAPIError(c.status, c.codes.code(k), c.message)
-			if c.status == http.StatusNotFound || c.status == http.StatusInsufficientStorage {
-				// The resolver's sentence says why (not cached, and which upstream failure or
-				// simulated outage kept it from being fetched); it carries no credentials.
-				e.Message += ": " + errmsg.Sentence(err)
+			e := newAPIError(c.status, c.codes.code(req.Kind), c.message)
+			if phrase := oci.SimulatedOutageIn(err.Error()); phrase != "" {
+				e.Message += ": " + phrase
 			}
 			var ra interface{ RetryAfter() time.Duration }
 			if (c.status == http.StatusServiceUnavailable || c.status == http.StatusTooManyRequests) && errors.As(err, &ra) {

@@ -193,7 +193,7 @@ func (x *exchange) reject(e *apiError) {
 // fail answers a request whose Backend call failed. The error's text goes to the log only: it
 // may name upstream endpoints or paths on disk.
 func (x *exchange) fail(err error) {
-	e := fromBackend(err, x.req.Kind)
+	e := fromBackend(err, x.req)
 	detail := map[string]string{"name": x.req.Name}
 	if x.req.Reference != "" {
 		detail["reference"] = x.req.Reference

@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
@@ -25,7 +28,7 @@ import (
 
 // TestMisbehavingUpstreamsAnswer pulls blobs from broken or hostile upstreams through a real
 // resolver and the mirror, and checks what a client gets: the status, the OCI error code and a
-// message that names the fault, or, for a blob large enough to be streamed before it is
+// sentence that names neither the fault nor the upstream (the log names the fault), or, for a blob large enough to be streamed before it is
 // verified, never a complete body: a 200 cut short, or no answer at all. The resolver runs the
 // daemon's rules with only the idle timeout scaled down (30 s to 1 s); the fill timeout of an
 // hour cannot be what ends any case.
@@ -44,7 +47,7 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 		raw    func(*bufio.Writer) // a raw HTTP/1.1 answer to the blob GET
 		status int
 		code   string // of the OCI error; "" for a 200 whose body must be cut short
-		want   string // in the error message
+		want   string // in the log of the failed request
 	}{
 		{name: "trickling body (slowloris)", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(small)))
@@ -66,11 +69,11 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 		{name: "truncated body with a matching Content-Length", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(short))
 			w.Write(small[:short])
-		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "not the requested one"},
 		{name: "Content-Length smaller than the body", blob: small, raw: func(w *bufio.Writer) {
 			fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", short)
 			w.Write(small)
-		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "failed verification"},
+		}, status: http.StatusBadGateway, code: "UNKNOWN", want: "not the requested one"},
 		{name: "redirect loop", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, r.URL.Path+"?again="+strconv.Itoa(rand.IntN(1e9)), http.StatusFound)
 		}, status: http.StatusNotFound, code: "BLOB_UNKNOWN", want: "stopped after 10 redirects"},
@@ -91,7 +94,9 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				url = up.URL
 			}
 			answers := make(chan Answer, 1)
-			srv := newServer(t, FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})
+			hook := new(logtest.Hook)
+			srv := httptest.NewServer(withLog(hook, New(FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})))
+			t.Cleanup(srv.Close)
 
 			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -144,11 +149,37 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				t.Fatalf("not an OCI error body (%v): %s", err, body)
 			}
 			t.Logf("%d %s: %s", resp.StatusCode, e.Errors[0].Code, e.Errors[0].Message)
-			if !strings.Contains(e.Errors[0].Message, tc.want) {
-				t.Errorf("message %q, want it to name %q", e.Errors[0].Message, tc.want)
+			for _, leak := range []string{tc.want, strings.TrimPrefix(url, "http://"), "127.0.0.1"} {
+				if strings.Contains(string(body), leak) {
+					t.Errorf("the answer names %q: %s", leak, body)
+				}
+			}
+			if got := logged(hook); !strings.Contains(got, tc.want) {
+				t.Errorf("the log does not name %q:\n%s", tc.want, got)
 			}
 		})
 	}
+}
+
+// withLog serves h with every request's log.G logger writing to hook, at debug level.
+func withLog(hook *logtest.Hook, h http.Handler) http.Handler {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	l.SetLevel(logrus.DebugLevel)
+	l.AddHook(hook)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(log.WithLogger(r.Context(), logrus.NewEntry(l))))
+	})
+}
+
+// logged is what hook holds, one line per entry.
+func logged(hook *logtest.Hook) string {
+	var b strings.Builder
+	for _, e := range hook.AllEntries() {
+		line, _ := e.String()
+		b.WriteString(line)
+	}
+	return b.String()
 }
 
 // newDaemonResolver is a resolver for registry.test at url on a fresh cache, with the daemon's

@@ -40,9 +40,10 @@ type UpstreamRequest struct {
 	Err      error
 }
 
-// report passes a finished request to the resolver's observer, if any.
+// report passes a finished request to the resolver's observer, if any, unless the endpoint is
+// forgotten (its metrics are gone, and stay gone).
 func (e *endpoint) report(r UpstreamRequest) {
-	if e.onRequest == nil {
+	if e.onRequest == nil || e.forgotten() {
 		return
 	}
 	r.Registry, r.Endpoint = e.registry, e.client.Endpoint()
@@ -103,6 +104,11 @@ type endpoint struct {
 	stop      <-chan struct{}
 	wake      chan struct{} // probes at once rather than at the next backoff step
 	onRequest func(UpstreamRequest)
+	// gone is closed when the resolver forgets the endpoint's registry; nil for a registry it
+	// keeps. expire, when not nil, is asked before each probe whether the registry has been
+	// forgotten for being idle: the probe then ends.
+	gone   <-chan struct{}
+	expire func() bool
 
 	mu         sync.Mutex
 	up         bool
@@ -171,10 +177,18 @@ func (e *endpoint) probe() {
 		case <-e.stop:
 			t.Stop()
 			return
+		case <-e.gone:
+			t.Stop()
+			e.endProbe()
+			return
 		case <-e.wake:
 			t.Stop()
 			wait = e.opts.ProbeInterval
 		case <-t.C:
+		}
+		if e.expire != nil && e.expire() {
+			e.endProbe()
+			return
 		}
 		pctx, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 		err := e.client.Ping(pctx)
@@ -192,6 +206,23 @@ func (e *endpoint) probe() {
 		e.mu.Unlock()
 		wait = min(2*wait, e.opts.ProbeMaxInterval)
 	}
+}
+
+// forgotten says whether the resolver has forgotten the endpoint's registry.
+func (e *endpoint) forgotten() bool {
+	select {
+	case <-e.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// endProbe records that the probe ended without the endpoint coming back.
+func (e *endpoint) endProbe() {
+	e.mu.Lock()
+	e.probing = false
+	e.mu.Unlock()
 }
 
 func (e *endpoint) status() EndpointStatus {

@@ -48,9 +48,24 @@ type Options struct {
 	// window of its progress rule: every window must bring 64 KiB of the body, or the rest of
 	// the blob when less is left, else the fill is cut off as stalled (see minFillProgress).
 	FillTimeout, IdleTimeout time.Duration
-	// Endpoints lists the endpoints of registries, tried in order. Registries not listed use
-	// oci.DefaultEndpoints.
+	// Endpoints lists the endpoints of registries, tried in order. Each registry named here is
+	// mirrored.
 	Endpoints map[string][]string
+	// Registries are mirrored too, with oci.DefaultEndpoints unless Endpoints lists theirs. A
+	// registry in neither is refused with ErrNotMirrored before any upstream is contacted
+	// (the daemon's default list is config.DefaultRegistries).
+	Registries []string
+	// AnyRegistry mirrors every registry a request names, listed or not, with
+	// oci.DefaultEndpoints for those not listed. At most MaxOtherRegistries unlisted registries
+	// (default DefaultMaxOtherRegistries) are kept at once, the least recently used forgotten
+	// first; one unasked for OtherRegistryIdle (default DefaultOtherRegistryIdle) is forgotten
+	// by the probe of its down endpoints, which then ends.
+	AnyRegistry        bool
+	MaxOtherRegistries int
+	OtherRegistryIdle  time.Duration
+	// ForgetUpstream, when set, is called for each endpoint of an unlisted registry the resolver
+	// forgets, so that what the metrics keep by registry and endpoint can go too.
+	ForgetUpstream func(registry, endpoint string)
 	// NewClient makes the client of one endpoint of a registry.
 	NewClient func(registry, endpoint string) (Client, error)
 	// Health tunes the circuit breakers.
@@ -105,13 +120,20 @@ func (o *Options) setDefaults() {
 	if o.MaxAbandonedFills <= 0 {
 		o.MaxAbandonedFills = DefaultMaxAbandonedFills
 	}
+	if o.MaxOtherRegistries <= 0 {
+		o.MaxOtherRegistries = DefaultMaxOtherRegistries
+	}
+	if o.OtherRegistryIdle <= 0 {
+		o.OtherRegistryIdle = DefaultOtherRegistryIdle
+	}
 	o.Health.setDefaults()
 }
 
 // Resolver answers the registry mirror and the CLI. It is safe for concurrent use.
 //
 // Errors: errdefs.ErrNotFound when the thing is neither cached nor obtainable from upstream
-// (including every upstream being down); errdefs.ErrInvalidArgument for malformed names,
+// (including every upstream being down, and a registry it does not mirror, which is also
+// ErrNotMirrored); errdefs.ErrInvalidArgument for malformed names,
 // references or digests; errdefs.ErrFailedPrecondition when upstream content fails
 // verification or is too large; anything else is an internal error.
 type Resolver struct {
@@ -124,8 +146,10 @@ type Resolver struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	listed     map[string][]string // the registries mirrored, with their endpoint URLs
 	regMu      sync.Mutex
-	registries map[string][]*endpoint
+	registries map[string]*registryEndpoints // in use
+	closed     bool                          // under regMu
 
 	fillDeps  fillDeps // what the fills get
 	fillSlots fillSlots
@@ -147,9 +171,13 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	if opts.NewClient == nil {
 		return nil, fmt.Errorf("resolver needs a client factory: %w", errdefs.ErrInvalidArgument)
 	}
+	listed, err := listRegistries(opts)
+	if err != nil {
+		return nil, err
+	}
 	r := &Resolver{
-		store: store, opts: opts, stop: make(chan struct{}),
-		registries: map[string][]*endpoint{}, fills: map[string]*fill{},
+		store: store, opts: opts, stop: make(chan struct{}), listed: listed,
+		registries: map[string]*registryEndpoints{}, fills: map[string]*fill{},
 	}
 	r.fillDeps = fillDeps{
 		store:         store,
@@ -162,7 +190,10 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	}
 	r.fillSlots = fillSlots{slots: make(chan struct{}, opts.MaxFills), wait: opts.FillQueueTimeout}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	for registry := range opts.Endpoints {
+	for registry, urls := range listed {
+		if len(urls) == 0 {
+			continue // a registry with the default endpoints: created on first use
+		}
 		if _, err := r.endpoints(registry); err != nil {
 			return nil, err
 		}
@@ -206,6 +237,9 @@ func (r *Resolver) abortLeftovers(ctx context.Context) error {
 // Close stops the health probes, cancels the blob fills in progress (their ingests are
 // removed; nothing partial is cached) and waits for them to end.
 func (r *Resolver) Close() error {
+	r.regMu.Lock()
+	r.closed = true
+	r.regMu.Unlock()
 	close(r.stop)
 	r.cancel()
 	r.wg.Wait()
@@ -214,65 +248,6 @@ func (r *Resolver) Close() error {
 
 // DigestMismatches counts upstream blobs that failed verification and were not cached.
 func (r *Resolver) DigestMismatches() int64 { return r.digestMismatches.Load() }
-
-// ProbeNow makes every down endpoint probe its upstream at once, as when a simulated outage
-// ends, instead of at the next step of its backoff.
-func (r *Resolver) ProbeNow() {
-	r.regMu.Lock()
-	defer r.regMu.Unlock()
-	for _, eps := range r.registries {
-		for _, ep := range eps {
-			select {
-			case ep.wake <- struct{}{}:
-			default:
-			}
-		}
-	}
-}
-
-// Endpoints reports the health of every endpoint in use.
-func (r *Resolver) Endpoints() []EndpointStatus {
-	r.regMu.Lock()
-	defer r.regMu.Unlock()
-	var out []EndpointStatus
-	for _, eps := range r.registries {
-		for _, ep := range eps {
-			out = append(out, ep.status())
-		}
-	}
-	slices.SortFunc(out, func(a, b EndpointStatus) int {
-		return strings.Compare(a.Registry+" "+a.Endpoint, b.Registry+" "+b.Endpoint)
-	})
-	return out
-}
-
-// endpoints returns the registry's endpoints, creating them on first use.
-func (r *Resolver) endpoints(registry string) ([]*endpoint, error) {
-	if !oci.ValidHost(registry) {
-		return nil, fmt.Errorf("invalid registry name %q: %w", registry, errdefs.ErrInvalidArgument)
-	}
-	r.regMu.Lock()
-	defer r.regMu.Unlock()
-	if eps, ok := r.registries[registry]; ok {
-		return eps, nil
-	}
-	urls := r.opts.Endpoints[registry]
-	if len(urls) == 0 {
-		urls = oci.DefaultEndpoints(registry)
-	}
-	var eps []*endpoint
-	for _, u := range urls {
-		c, err := r.opts.NewClient(registry, u)
-		if err != nil {
-			return nil, fmt.Errorf("registry %s endpoint %s: %w", registry, u, err)
-		}
-		ep := newEndpoint(registry, c, r.opts.Health, r.stop)
-		ep.onRequest = r.opts.ObserveUpstream
-		eps = append(eps, ep)
-	}
-	r.registries[registry] = eps
-	return eps, nil
-}
 
 func checkRepository(repo string) error {
 	if !oci.ValidRepository(repo) {

@@ -1,0 +1,289 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/upstream"
+)
+
+// waitGoroutines waits until no more goroutines run than want.
+func waitGoroutines(t *testing.T, what string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > want {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%s: %d goroutines, want at most %d:\n%s", what, runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestUnlistedRegistriesAreRefused names registries the resolver does not mirror, through every
+// call that takes one: each is refused as not mirrored, and nothing is dialled, created,
+// observed or left running for it. Not parallel: it counts the process's goroutines.
+func TestUnlistedRegistriesAreRefused(t *testing.T) {
+	target, accepts := rawhttp.Closer(t)
+	_, port, _ := net.SplitHostPort(target)
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	var clients, observed atomic.Int64
+	r, err := New(store, Options{
+		Endpoints:       map[string][]string{testRegistry: {"http://" + target}},
+		Registries:      []string{"ghcr.io"},
+		UpstreamTimeout: 2 * time.Second,
+		NewClient: func(registry, endpoint string) (Client, error) {
+			clients.Add(1)
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+		ObserveUpstream: func(UpstreamRequest) { observed.Add(1) },
+		Health:          HealthOptions{FailureThreshold: 1, ProbeInterval: time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	clients.Store(0)
+	before := r.Endpoints()
+	baseline := runtime.NumGoroutine()
+
+	ctx := t.Context()
+	dgst := digest.FromString("x")
+	calls := map[string]func(registry string) error{
+		"Manifest by tag": func(reg string) error { _, err := r.Manifest(ctx, reg, "x", "latest"); return err },
+		"Manifest by digest": func(reg string) error {
+			_, err := r.Manifest(ctx, reg, "x", dgst.String())
+			return err
+		},
+		"StatBlob":  func(reg string) error { _, _, err := r.StatBlob(ctx, reg, "x", dgst); return err },
+		"Blob":      func(reg string) error { _, err := r.Blob(ctx, reg, "x", dgst); return err },
+		"Tags":      func(reg string) error { _, _, err := r.Tags(ctx, reg, "x"); return err },
+		"Referrers": func(reg string) error { _, err := r.Referrers(ctx, reg, "x", dgst, ""); return err },
+		"Remotes.Resolve": func(reg string) error {
+			_, _, err := r.Remotes().Resolve(ctx, reg+"/x:latest")
+			return err
+		},
+	}
+	for i := range 50 {
+		for _, reg := range []string{"127.0.0.1:" + port, "localhost:" + port, fmt.Sprintf("unlisted-%d.test", i), "quay.io"} {
+			for name, call := range calls {
+				err := call(reg)
+				if !errors.Is(err, ErrNotMirrored) || !errdefs.IsNotFound(err) {
+					t.Fatalf("%s of %s: %v, want ErrNotMirrored", name, reg, err)
+				}
+				if want := "registry " + reg + " is not mirrored by this lifeboat"; err.Error() != want {
+					t.Fatalf("%s of %s: %q, want %q", name, reg, err, want)
+				}
+			}
+		}
+	}
+	if n := accepts.Load(); n != 0 {
+		t.Errorf("%d connections to a registry that is not mirrored", n)
+	}
+	if n := clients.Load(); n != 0 {
+		t.Errorf("%d upstream clients made for registries that are not mirrored", n)
+	}
+	if n := observed.Load(); n != 0 {
+		t.Errorf("%d upstream requests observed", n)
+	}
+	if after := r.Endpoints(); !slices.Equal(after, before) {
+		t.Errorf("endpoints in use changed from %+v to %+v", before, after)
+	}
+	waitGoroutines(t, "after the refused requests", baseline)
+
+	// The listed ones are mirrored: the configured endpoint (the counting listener) is dialled.
+	if _, err := r.Manifest(ctx, testRegistry, "x", "latest"); errors.Is(err, ErrNotMirrored) {
+		t.Fatalf("a listed registry refused: %v", err)
+	}
+	if accepts.Load() == 0 {
+		t.Error("the listed registry's endpoint was not dialled")
+	}
+}
+
+func TestListedRegistryNames(t *testing.T) {
+	t.Parallel()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	newClient := func(string, string) (Client, error) { return &downClient{endpoint: "https://x"}, nil }
+	for _, bad := range []Options{
+		{Registries: []string{"../../x"}},
+		{Registries: []string{""}},
+		{Endpoints: map[string][]string{"a b": {"https://x"}}},
+	} {
+		bad.NewClient = newClient
+		if _, err := New(store, bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("New(%+v): %v, want an invalid argument", bad, err)
+		}
+	}
+	// Names are taken in any spelling NormalizeHost accepts.
+	r, err := New(store, Options{Registries: []string{"GHCR.io", "index.docker.io"}, NewClient: newClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, reg := range []string{"ghcr.io", "docker.io"} {
+		if _, _, err := r.Tags(t.Context(), reg, "x"); errors.Is(err, ErrNotMirrored) {
+			t.Errorf("%s: %v", reg, err)
+		}
+	}
+}
+
+// downClient is an endpoint that is always down: every request and every probe fails.
+type downClient struct {
+	endpoint  string
+	pings     atomic.Int64
+	idleClose atomic.Int64
+}
+
+var errDown = fmt.Errorf("connection refused: %w", errdefs.ErrUnavailable)
+
+func (c *downClient) Endpoint() string { return c.endpoint }
+func (c *downClient) Ping(context.Context) error {
+	c.pings.Add(1)
+	return errDown
+}
+func (c *downClient) HeadManifest(context.Context, string, string) (ocispec.Descriptor, error) {
+	return ocispec.Descriptor{}, errDown
+}
+func (c *downClient) GetManifest(context.Context, string, string) (ocispec.Descriptor, []byte, error) {
+	return ocispec.Descriptor{}, nil, errDown
+}
+func (c *downClient) GetBlob(context.Context, string, digest.Digest) (io.ReadCloser, int64, error) {
+	return nil, 0, errDown
+}
+func (c *downClient) HeadBlob(context.Context, string, digest.Digest) (int64, error) {
+	return 0, errDown
+}
+func (c *downClient) Tags(context.Context, string) ([]string, error) { return nil, errDown }
+func (c *downClient) Referrers(context.Context, string, digest.Digest, string) ([]byte, string, error) {
+	return nil, "", errDown
+}
+func (c *downClient) CloseIdleConnections() { c.idleClose.Add(1) }
+
+// TestAnyRegistryIsBounded mirrors any registry: the unlisted ones in use are capped (the least
+// recently used forgotten: status, metrics, probe and idle connections), and a down one left
+// idle is forgotten by its own probe, which ends. A listed registry is kept whatever happens.
+// Not parallel: it counts the process's goroutines.
+func TestAnyRegistryIsBounded(t *testing.T) {
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	var mu sync.Mutex
+	clients := map[string]*downClient{}
+	forgotten := map[string]bool{}
+	const maxOthers = 3
+	r, err := New(store, Options{
+		Registries:         []string{testRegistry},
+		AnyRegistry:        true,
+		MaxOtherRegistries: maxOthers,
+		OtherRegistryIdle:  time.Hour, // no forgetting for idleness in the first part
+		NewClient: func(registry, endpoint string) (Client, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			c := &downClient{endpoint: endpoint}
+			clients[registry] = c
+			return c, nil
+		},
+		ForgetUpstream: func(registry, endpoint string) {
+			mu.Lock()
+			defer mu.Unlock()
+			forgotten[registry+" "+endpoint] = true
+		},
+		Health: HealthOptions{FailureThreshold: 1, ProbeInterval: time.Millisecond, ProbeMaxInterval: 2 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	baseline := runtime.NumGoroutine()
+	ctx := t.Context()
+	registriesInUse := func() []string {
+		var regs []string
+		for _, st := range r.Endpoints() {
+			regs = append(regs, st.Registry)
+		}
+		return slices.Compact(regs)
+	}
+
+	// The listed registry goes down: its probe runs.
+	if _, _, err := r.Tags(ctx, testRegistry, "x"); !errdefs.IsNotFound(err) {
+		t.Fatalf("tags of the listed registry: %v", err)
+	}
+	const others = 20
+	for i := range others {
+		if _, _, err := r.Tags(ctx, fmt.Sprintf("other-%02d.test", i), "x"); !errdefs.IsNotFound(err) || errors.Is(err, ErrNotMirrored) {
+			t.Fatalf("tags of other-%02d.test: %v", i, err)
+		}
+		if regs := registriesInUse(); len(regs) > maxOthers+1 || !slices.Contains(regs, testRegistry) {
+			t.Fatalf("after %d unlisted registries, in use: %v", i+1, regs)
+		}
+	}
+	want := []string{"other-17.test", "other-18.test", "other-19.test", testRegistry}
+	if regs := registriesInUse(); !slices.Equal(regs, want) {
+		t.Errorf("in use: %v, want the %d most recent and the listed one: %v", regs, maxOthers, want)
+	}
+	mu.Lock()
+	for i := range others - maxOthers {
+		reg := fmt.Sprintf("other-%02d.test", i)
+		if !forgotten[reg+" https://"+reg] {
+			t.Errorf("%s was not forgotten by the metrics", reg)
+		}
+		if clients[reg].idleClose.Load() == 0 {
+			t.Errorf("%s's idle connections were not closed", reg)
+		}
+	}
+	if len(forgotten) != others-maxOthers {
+		t.Errorf("forgotten: %v", forgotten)
+	}
+	mu.Unlock()
+	// One probe for the listed registry and one for each unlisted one kept.
+	waitGoroutines(t, "probes of forgotten registries", baseline+maxOthers+1)
+
+	// The probes of the forgotten endpoints stopped: their pings no longer grow.
+	mu.Lock()
+	forgottenClient := clients["other-00.test"]
+	mu.Unlock()
+	pings := forgottenClient.pings.Load()
+	listedPings := clients[testRegistry].pings.Load()
+	waitFor(t, "the listed registry's probe to ping again", func() bool { return clients[testRegistry].pings.Load() > listedPings+5 })
+	if n := forgottenClient.pings.Load(); n != pings {
+		t.Errorf("a forgotten endpoint was pinged %d more times", n-pings)
+	}
+
+	// Idle: the unlisted registries left unasked are forgotten by their probes, which end; the
+	// listed one stays, probing.
+	r.regMu.Lock()
+	r.opts.OtherRegistryIdle = time.Millisecond
+	r.regMu.Unlock()
+	waitFor(t, "idle registries to be forgotten", func() bool { return slices.Equal(registriesInUse(), []string{testRegistry}) })
+	waitGoroutines(t, "probes of idle registries", baseline+1)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(forgotten) != others {
+		t.Errorf("%d registries forgotten, want %d", len(forgotten), others)
+	}
+}

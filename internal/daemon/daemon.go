@@ -144,7 +144,7 @@ func (d *Daemon) open(ctx context.Context, undo *undoList) error {
 	undo.add(func() { d.closeStore(ctx) })
 	d.Store = store
 	upstreamMetrics := metrics.NewUpstream(d.reg)
-	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics.Observe)
+	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics)
 	if err != nil {
 		return err
 	}

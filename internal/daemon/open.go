@@ -26,6 +26,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error)
 		return nil, err
 	}
 	res, err := resolver.New(store, resolver.Options{
+		Registries:  cfg.MirroredRegistries(),
+		AnyRegistry: cfg.Mirror.AnyRegistry,
 		NewClient: func(registry, _ string) (resolver.Client, error) {
 			return nil, fmt.Errorf("%s: the daemon is not running, nothing is fetched: %w", registry, errdefs.ErrUnavailable)
 		},

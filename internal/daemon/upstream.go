@@ -7,14 +7,21 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // newResolver builds the resolver with one upstream client per configured endpoint, sending
-// version in its User-Agent. observe, when not nil, sees every upstream request (for metrics).
-func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, observe func(resolver.UpstreamRequest)) (*resolver.Resolver, error) {
+// version in its User-Agent. um, when not nil, sees every upstream request and drops the series
+// of the endpoints the resolver forgets (for metrics).
+func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream) (*resolver.Resolver, error) {
+	var observe func(resolver.UpstreamRequest)
+	var forget func(registry, endpoint string)
+	if um != nil {
+		observe, forget = um.Observe, um.Forget
+	}
 	endpoints := map[string][]string{}
 	for host, r := range cfg.Registry {
 		if len(r.Endpoints) > 0 {
@@ -43,6 +50,9 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		Endpoints:       endpoints,
 		NewClient:       newClient,
 		ObserveUpstream: observe,
+		ForgetUpstream:  forget,
+		Registries:      cfg.MirroredRegistries(),
+		AnyRegistry:     cfg.Mirror.AnyRegistry,
 
 		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),
 		MaxFills:          cfg.Resolve.MaxFills,
@@ -55,13 +65,13 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 	return res, nil
 }
 
-// configuredUpstreams are the registries the configuration names, and docker.io, the registry
-// of names without one, with their endpoints.
+// configuredUpstreams are the registries lifeboat mirrors ([mirror] registries and the
+// [registry] tables), with their endpoints, for status.
 func configuredUpstreams(cfg config.Config) map[string][]string {
-	ups := map[string][]string{oci.DockerHub: oci.DefaultEndpoints(oci.DockerHub)}
-	for host, r := range cfg.Registry {
+	ups := map[string][]string{}
+	for _, host := range cfg.MirroredRegistries() {
 		ups[host] = oci.DefaultEndpoints(host)
-		if len(r.Endpoints) > 0 {
+		if r := cfg.Registry[host]; len(r.Endpoints) > 0 {
 			ups[host] = r.Endpoints
 		}
 	}

@@ -61,7 +61,7 @@ func TestClientAdminSocketPrecedence(t *testing.T) {
 
 // TestStatusFromConfig runs a daemon whose admin socket only its configuration file names, and
 // checks that `lifeboat status --json --config` finds it and prints the shape scripts read:
-// every listener, the endpoints as a list with the configured registries before any request,
+// every listener, the endpoints as a list with the mirrored registries before any request,
 // and no times for an outage never started.
 func TestStatusFromConfig(t *testing.T) {
 	cfg := daemontest.Config(t)
@@ -94,7 +94,8 @@ func TestStatusFromConfig(t *testing.T) {
 	for _, e := range st.Endpoints {
 		endpoints = append(endpoints, fmt.Sprint(e["registry"], " ", e["endpoint"], " ", e["up"]))
 	}
-	if want := "docker.io https://registry-1.docker.io true,ghcr.io https://ghcr.io true"; strings.Join(endpoints, ",") != want {
+	// The default [mirror] registries, ghcr.io among them, each at its default endpoint.
+	if want := "docker.io https://registry-1.docker.io true,gcr.io https://gcr.io true,ghcr.io https://ghcr.io true,quay.io https://quay.io true,registry.k8s.io https://registry.k8s.io true"; strings.Join(endpoints, ",") != want {
 		t.Errorf("endpoints %q, want %q", endpoints, want)
 	}
 	if _, ok := st.Outage["since"]; ok {

@@ -208,7 +208,7 @@ func TestManifestFetchOutlivesTheClientThatStartedIt(t *testing.T) {
 
 // TestStatManifest: a HEAD's descriptor is the GET's, with the same cache status, and a cached
 // manifest is described from the index: its file is not read (here: it is gone, and the answer
-// comes all the same).
+// comes all the same, without fetching it again).
 func TestStatManifest(t *testing.T) {
 	t.Parallel()
 	body := testManifest(4 << 10)
@@ -231,6 +231,7 @@ func TestStatManifest(t *testing.T) {
 	if err := removeBlobFile(store, dgst); err != nil {
 		t.Fatal(err)
 	}
+	gets := up.gets.Load()
 	for _, tc := range []struct {
 		reference string
 		want      CacheStatus
@@ -242,6 +243,9 @@ func TestStatManifest(t *testing.T) {
 		if err != nil || status != tc.want || desc.Digest != want.Digest || desc.Size != want.Size || desc.MediaType != want.MediaType {
 			t.Errorf("HEAD %s: %+v %s %v, want %s %+v", tc.reference, desc, status, err, tc.want, want)
 		}
+	}
+	if n := up.gets.Load() - gets; n != 0 {
+		t.Errorf("the HEADs of a cached manifest made %d upstream GETs", n)
 	}
 }
 

@@ -93,6 +93,10 @@ type Resolve struct {
 	// UpstreamTimeout is how long a tag revalidation may take before the cached answer is
 	// served instead.
 	UpstreamTimeout Duration `toml:"upstream_timeout"`
+	// OnDenied is what a tag revalidation does when the registry, or its token service,
+	// answers that access to the repository is denied (401, 403): "refuse" (answer as if the
+	// tag were not cached) or "serve-stale" (serve the cached tag, as in an outage).
+	OnDenied string `toml:"on_denied"`
 }
 
 // Registry is one upstream registry's settings.
@@ -138,6 +142,12 @@ const (
 	PolicyCacheFirst    = "cache-first"
 )
 
+// Values of Resolve.OnDenied.
+const (
+	OnDeniedRefuse     = "refuse"
+	OnDeniedServeStale = "serve-stale"
+)
+
 // Default is the configuration with nothing set.
 func Default() Config {
 	return Config{
@@ -149,6 +159,7 @@ func Default() Config {
 		Resolve: Resolve{
 			Policy:          PolicyUpstreamFirst,
 			UpstreamTimeout: Duration(time.Second),
+			OnDenied:        OnDeniedRefuse,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

@@ -41,6 +41,12 @@ func (c Config) Validate() error {
 		return c.invalid("resolve.tag_max_age", -1, func(c Config) any { return c.Resolve.TagMaxAge },
 			errors.New("must not be negative"))
 	}
+	switch c.Resolve.OnDenied {
+	case OnDeniedRefuse, OnDeniedServeStale:
+	default:
+		return c.invalid("resolve.on_denied", -1, func(c Config) any { return c.Resolve.OnDenied },
+			fmt.Errorf("%q is not %q or %q", c.Resolve.OnDenied, OnDeniedRefuse, OnDeniedServeStale))
+	}
 	if c.Cache.MaxSize < 0 {
 		return c.invalid("cache.max_size", -1, func(c Config) any { return c.Cache.MaxSize },
 			errors.New("must not be negative"))

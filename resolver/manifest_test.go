@@ -29,8 +29,8 @@ import (
 )
 
 // manifestUpstream is go-containerregistry's registry behind a handler that counts manifest
-// GETs, can hold them until released, and can answer every manifest request with a fault
-// instead: an HTTP status, or a Bearer challenge whose token service is tokens.
+// GETs, can hold them until released, and can answer every manifest and tags list request
+// otherwise (answer): with an HTTP status, say, or a Bearer challenge.
 type manifestUpstream struct {
 	*httptest.Server
 	gets   atomic.Int64
@@ -44,14 +44,14 @@ func newManifestUpstream(t *testing.T) *manifestUpstream {
 	u.answer.Store(func(http.ResponseWriter, *http.Request) bool { return false })
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.Contains(r.URL.Path, "/manifests/") {
+		if !strings.Contains(r.URL.Path, "/manifests/") && !strings.Contains(r.URL.Path, "/tags/") {
 			reg.ServeHTTP(w, r)
 			return
 		}
 		if u.answer.Load().(func(http.ResponseWriter, *http.Request) bool)(w, r) {
 			return
 		}
-		if r.Method == http.MethodGet {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
 			u.gets.Add(1)
 			if hold := u.hold.Load(); hold != nil {
 				select {
@@ -403,6 +403,9 @@ func TestDeniedRevalidation(t *testing.T) {
 			if desc, st, err := r.StatManifest(ctx, testRegistry, "app", "v1"); tc.stale != (err == nil) || (tc.stale && st != Stale) {
 				t.Errorf("HEAD: %+v %s %v, want the same answer as the GET", desc, st, err)
 			}
+			if tags, st, err := r.Tags(ctx, testRegistry, "app"); tc.stale != (err == nil) || (tc.stale && st != Stale) {
+				t.Errorf("tags list: %v %s %v, want it served stale as the tag is (%v)", tags, st, err, tc.stale)
+			}
 			got := r.FailedRevalidations()
 			if len(got) != 1 || got[0].Ref != testRegistry+"/app:v1" || got[0].Cause != tc.cause || got[0].ServedStale != tc.stale || got[0].Error == "" {
 				t.Fatalf("FailedRevalidations = %+v, want one %s, served stale %v", got, tc.cause, tc.stale)
@@ -411,6 +414,8 @@ func TestDeniedRevalidation(t *testing.T) {
 
 			up.answer.Store(func(http.ResponseWriter, *http.Request) bool { return false })
 			tokenStatus.Store(0)
+			r.ProbeNow() // the failures may have opened the circuit breaker
+			waitFor(t, "the endpoint up", func() bool { return r.Endpoints()[0].Up })
 			if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
 				t.Fatalf("with the registry answering again: %s %v", m.Status, err)
 			}

@@ -702,7 +702,8 @@ func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status Ca
 }
 
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
-// otherwise.
+// otherwise (not when the registry denies the repository, unless Options.OnDenied says to
+// serve stale).
 func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]string, CacheStatus, error) {
 	if err := checkRepository(repository); err != nil {
 		return nil, "", err
@@ -722,6 +723,9 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	}
 	if errdefs.IsNotFound(err) {
 		return nil, "", fmt.Errorf("repository %s/%s: %w", registry, repository, errdefs.ErrNotFound)
+	}
+	if isDenied(err) && r.opts.OnDenied == OnDeniedRefuse {
+		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %v: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
 	refs, rerr := r.store.Refs(ctx)
 	if rerr != nil {

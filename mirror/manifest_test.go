@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -20,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
@@ -42,7 +44,9 @@ func newResolverUpstream(t *testing.T) (*httptest.Server, *resolver.Resolver) {
 	}
 	t.Cleanup(func() { store.Close() })
 	res, err := resolver.New(store, resolver.Options{
-		Endpoints: map[string][]string{"docker.io": {up.URL}},
+		// Generous: megabytes of manifests under the race detector, with parallel packages.
+		UpstreamTimeout: 10 * time.Second,
+		Endpoints:       map[string][]string{"docker.io": {up.URL}},
 		NewClient: func(registry, endpoint string) (resolver.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
@@ -52,6 +56,47 @@ func newResolverUpstream(t *testing.T) (*httptest.Server, *resolver.Resolver) {
 	}
 	t.Cleanup(func() { res.Close() })
 	return up, res
+}
+
+// pushImage writes a random image of two layers to up as repoTag ("library/app:v1").
+func pushImage(t *testing.T, up *httptest.Server, repoTag string, layerSize int64) v1.Image {
+	t.Helper()
+	ref, err := name.ParseReference(strings.TrimPrefix(up.URL, "http://") + "/" + repoTag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(layerSize, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// pullWithContainerd resolves ref with containerd's own resolver through hosts, and fetches the
+// image it names (its manifests, config and layers) into a new containerd content store.
+func pullWithContainerd(t *testing.T, hosts docker.RegistryHosts, ref string) (ocispec.Descriptor, content.Store) {
+	t.Helper()
+	ctx := t.Context()
+	r := docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+	name, desc, err := r.Resolve(ctx, ref)
+	if err != nil {
+		t.Fatalf("resolve %s: %v", ref, err)
+	}
+	fetcher, err := r.Fetcher(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := images.Dispatch(ctx, images.Handlers(remotes.FetchHandler(cs, fetcher), images.ChildrenHandler(cs)), nil, desc); err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+	return desc, cs
 }
 
 // putManifest stores body in the upstream's repo under reference, a tag or a digest of any
@@ -134,19 +179,8 @@ func TestManifestHeadDoesNotReadTheManifest(t *testing.T) {
 // image whose manifest is addressed by its sha512 digest.
 func TestPullBySHA512Digest(t *testing.T) {
 	t.Parallel()
-	ctx := t.Context()
 	up, res := newResolverUpstream(t)
-	ref, err := name.ParseReference(strings.TrimPrefix(up.URL, "http://") + "/library/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := random.Image(64<<10, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	img := pushImage(t, up, "library/app:v1", 64<<10)
 	raw, err := img.RawManifest()
 	if err != nil {
 		t.Fatal(err)
@@ -161,33 +195,18 @@ func TestPullBySHA512Digest(t *testing.T) {
 
 	srv := newServer(t, FromResolver(res), Options{})
 	for _, pass := range []string{"from the upstream", "from the cache"} {
-		r := docker.NewResolver(docker.ResolverOptions{Hosts: hostsOf(t, srv)})
-		name, desc, err := r.Resolve(ctx, "docker.io/library/app@"+dgst.String())
-		if err != nil {
-			t.Fatalf("%s: resolve: %v", pass, err)
-		}
+		desc, cs := pullWithContainerd(t, hostsOf(t, srv), "docker.io/library/app@"+dgst.String())
 		if desc.Digest != dgst || desc.Size != int64(len(raw)) {
 			t.Fatalf("%s: resolved %+v, want %s", pass, desc, dgst)
 		}
-		fetcher, err := r.Fetcher(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs, err := local.NewStore(t.TempDir())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := images.Dispatch(ctx, images.Handlers(remotes.FetchHandler(cs, fetcher), images.ChildrenHandler(cs)), nil, desc); err != nil {
-			t.Fatalf("%s: pull: %v", pass, err)
-		}
-		got, err := content.ReadBlob(ctx, cs, desc)
+		got, err := content.ReadBlob(t.Context(), cs, desc)
 		if err != nil || !bytes.Equal(got, raw) {
 			t.Fatalf("%s: the manifest in containerd's store: %v", pass, err)
 		}
 		layers, _ := img.Layers()
 		for _, l := range layers {
 			d, _ := l.Digest()
-			if _, err := cs.Info(ctx, digest.Digest(d.String())); err != nil {
+			if _, err := cs.Info(t.Context(), digest.Digest(d.String())); err != nil {
 				t.Errorf("%s: layer %s: %v", pass, d, err)
 			}
 		}

@@ -438,15 +438,8 @@ func (r *Resolver) usedManifest(ctx context.Context, repoKey string, desc ocispe
 // index, and the manifest is not read (unless the index has no media type for it, which only a
 // manifest cached by an older lifeboat may lack). It counts as a use of the manifest.
 func (r *Resolver) describeManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
-	if err := checkDigest(desc.Digest); err != nil {
+	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
 		return Manifest{}, err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if !linked {
-		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
 	}
 	d, err := r.store.Describe(ctx, desc.Digest)
 	if err != nil {
@@ -473,17 +466,11 @@ func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispe
 // linkedManifest reads a cached manifest linked to the repository; use says whether the read
 // counts as a use of it.
 func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, use bool) (Manifest, error) {
-	if err := checkDigest(desc.Digest); err != nil {
+	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
 		return Manifest{}, err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if !linked {
-		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
 	}
 	var body []byte
+	var err error
 	if use {
 		info, err := r.store.Info(ctx, desc.Digest)
 		if err != nil {
@@ -510,6 +497,22 @@ func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocis
 		mt = sniffMediaType(body)
 	}
 	return Manifest{Descriptor: ocispec.Descriptor{MediaType: mt, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
+}
+
+// checkLinked returns nil if the manifest dgst is linked to the repository (was fetched under
+// it), else ErrNotFound.
+func (r *Resolver) checkLinked(ctx context.Context, repoKey string, dgst digest.Digest) error {
+	if err := checkDigest(dgst); err != nil {
+		return err
+	}
+	linked, err := r.store.Linked(ctx, repoKey, dgst)
+	if err != nil {
+		return err
+	}
+	if !linked {
+		return fmt.Errorf("manifest %s@%s: %w", repoKey, dgst, errdefs.ErrNotFound)
+	}
+	return nil
 }
 
 // fetchManifest gets a manifest by digest from upstream, verifies it and caches it: one

@@ -34,12 +34,11 @@ func TestPullBySHA512Digest(t *testing.T) {
 	sha256Digest := harness.Digest(t, img)
 
 	target, _ := url.Parse(reg.URL())
-	fwd := httputil.NewSingleHostReverseProxy(target)
-	director := fwd.Director
-	fwd.Director = func(r *http.Request) {
-		director(r)
-		r.URL.Path = strings.Replace(r.URL.Path, "/manifests/"+sha512Digest, "/manifests/"+sha256Digest, 1)
-	}
+	fwd := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		r.Out.URL.Path = strings.Replace(r.Out.URL.Path, "/manifests/"+sha512Digest, "/manifests/"+sha256Digest, 1)
+		r.Out.URL.RawPath = ""
+	}}
 	fwd.ModifyResponse = func(resp *http.Response) error {
 		if resp.Request.URL.Path == "/v2/library/busybox/manifests/"+sha256Digest && resp.StatusCode == http.StatusOK {
 			resp.Header.Set("Docker-Content-Digest", sha512Digest)

@@ -291,6 +291,34 @@ func (s *Store) MediaType(ctx context.Context, dgst digest.Digest) (string, erro
 	return mt, err
 }
 
+// Describe returns the blob's size and media type ("" if none was given) from the index,
+// without opening the blob: what a HEAD needs. It counts as a use of the blob (for eviction),
+// as a read does. If the blob is not cached, or is being evicted, ErrNotFound is returned.
+func (s *Store) Describe(ctx context.Context, dgst digest.Digest) (ocispec.Descriptor, error) {
+	if err := dgst.Validate(); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
+	}
+	var rec blobRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		r, ok, err := getBlob(tx, dgst)
+		if err == nil && !ok {
+			err = fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+		}
+		rec = r
+		return err
+	})
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.evicting[dgst]; ok {
+		return ocispec.Descriptor{}, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+	}
+	s.accessed[dgst] = time.Now()
+	return ocispec.Descriptor{MediaType: rec.MediaType, Digest: dgst, Size: rec.Size}, nil
+}
+
 // Update changes the blob's labels: all of them when fieldpaths is empty or holds "labels",
 // else the ones named "labels.<key>" (a key missing from info.Labels is removed). Other field
 // paths give ErrInvalidArgument; a missing blob gives ErrNotFound.

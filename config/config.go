@@ -119,6 +119,10 @@ type Resolve struct {
 	// go on so that the next pull finds the blob cached); past it, the ones abandoned longest
 	// ago are cancelled. Must be positive.
 	MaxAbandonedFills int `toml:"max_abandoned_fills"`
+	// OnDenied is what a tag revalidation does when the registry, or its token service,
+	// answers that access to the repository is denied (401, 403): "refuse" (answer as if the
+	// tag were not cached) or "serve-stale" (serve the cached tag, as in an outage).
+	OnDenied string `toml:"on_denied"`
 }
 
 // Registry is one upstream registry's settings.
@@ -172,6 +176,12 @@ const (
 	PolicyCacheFirst    = "cache-first"
 )
 
+// Values of Resolve.OnDenied.
+const (
+	OnDeniedRefuse     = "refuse"
+	OnDeniedServeStale = "serve-stale"
+)
+
 // Default is the configuration with nothing set.
 func Default() Config {
 	return Config{
@@ -187,6 +197,7 @@ func Default() Config {
 			MaxFills:          64,
 			FillQueueTimeout:  Duration(5 * time.Second),
 			MaxAbandonedFills: 16,
+			OnDenied:          OnDeniedRefuse,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

@@ -29,7 +29,8 @@ func TestParse(t *testing.T) {
 				if c.Root != "/var/lib/lifeboat" || c.Mirror.Address != "127.0.0.1:5100" ||
 					c.Plugin.Address != "/run/lifeboat/lifeboat.sock" || c.Admin.Address != "/run/lifeboat/admin.sock" ||
 					c.Metrics.Address != "127.0.0.1:5101" || c.Resolve.Policy != PolicyUpstreamFirst ||
-					time.Duration(c.Resolve.UpstreamTimeout) != time.Second || c.Resolve.TagMaxAge != 0 || c.Cache.MaxSize != 0 {
+					time.Duration(c.Resolve.UpstreamTimeout) != time.Second || c.Resolve.TagMaxAge != 0 || c.Cache.MaxSize != 0 ||
+					c.Resolve.OnDenied != OnDeniedRefuse {
 					t.Errorf("defaults differ from DESIGN.md: %+v", c)
 				}
 				if want := []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"}; !slices.Equal(c.Mirror.Registries, want) || c.Mirror.AnyRegistry {
@@ -49,6 +50,7 @@ max_size = "20GiB"
 policy = "cache-first"
 tag_max_age = "10m"
 upstream_timeout = "500ms"
+on_denied = "serve-stale"
 [registry."docker.io"]
 endpoints = ["https://mirror.gcr.io", "https://registry-1.docker.io"]
 username = "u"
@@ -61,7 +63,7 @@ for = "5m"
 			check: func(t *testing.T, c Config) {
 				if c.Root != "/data/lifeboat" || c.Mirror.Address != "0.0.0.0:5000" || c.Cache.MaxSize != 20<<30 ||
 					c.Resolve.Policy != PolicyCacheFirst || time.Duration(c.Resolve.TagMaxAge) != 10*time.Minute ||
-					time.Duration(c.Resolve.UpstreamTimeout) != 500*time.Millisecond ||
+					time.Duration(c.Resolve.UpstreamTimeout) != 500*time.Millisecond || c.Resolve.OnDenied != OnDeniedServeStale ||
 					len(c.Registry["docker.io"].Endpoints) != 2 || c.Outage.Mode != "blackhole" ||
 					time.Duration(c.Outage.For) != 5*time.Minute {
 					t.Errorf("parsed %+v", c)
@@ -99,6 +101,7 @@ for = "5m"
 		{name: "bad size names line and key", toml: "[cache]\nmax_size = \"lots\"\n", wantErr: "line 2, column 12: cache.max_size"},
 		{name: "bad duration", toml: "[resolve]\nupstream_timeout = \"soon\"\n", wantErr: "invalid duration"},
 		{name: "bad policy", toml: "[resolve]\npolicy = \"never\"\n", wantErr: "resolve.policy"},
+		{name: "bad on_denied", toml: "[resolve]\non_denied = \"allow\"\n", wantErr: "resolve.on_denied"},
 		{name: "syntax error", toml: "root = \n", wantErr: "line 1"},
 		{name: "endpoint without scheme", toml: "[registry.\"ghcr.io\"]\nendpoints = [\"ghcr.io\"]\n", wantErr: "https://"},
 	} {
@@ -158,6 +161,7 @@ func TestErrorsNameFileKeyAndLine(t *testing.T) {
 		{name: "empty root", toml: "# the root\nroot = \"\"\n", want: "line 2, column 8: root: must not be empty"},
 		{name: "upstream timeout", toml: "[resolve]\nupstream_timeout = \"0s\"\n", want: "line 2, column 20: resolve.upstream_timeout: must be positive"},
 		{name: "tag max age", toml: "[resolve]\ntag_max_age = \"-1m\"\n", want: "line 2, column 15: resolve.tag_max_age: must not be negative"},
+		{name: "on denied", toml: "[resolve]\non_denied = \"stale\"\n", want: `line 2, column 13: resolve.on_denied: "stale" is not "refuse" or "serve-stale"`},
 		{name: "max size", toml: "[cache]\nmax_size = -1\n", want: "line 2, column 12: cache.max_size: must not be negative"},
 		{name: "content delete", toml: "[plugin]\ncontent_delete = \"purge\"\n", want: `line 2, column 18: plugin.content_delete: "purge" is not "release" or "remove"`},
 		{name: "log level", toml: "[log]\nformat = \"json\"\nlevel = \"loud\"\n", want: `line 3, column 9: log.level: "loud" is not one of trace, debug, info, warn, error`},

@@ -57,6 +57,12 @@ func (c Config) Validate() error {
 		return c.invalid("cache.max_blob_size", -1, func(c Config) any { return c.Cache.MaxBlobSize },
 			errors.New("must be positive"))
 	}
+	switch c.Resolve.OnDenied {
+	case OnDeniedRefuse, OnDeniedServeStale:
+	default:
+		return c.invalid("resolve.on_denied", -1, func(c Config) any { return c.Resolve.OnDenied },
+			fmt.Errorf("%q is not %q or %q", c.Resolve.OnDenied, OnDeniedRefuse, OnDeniedServeStale))
+	}
 	if c.Cache.MaxSize < 0 {
 		return c.invalid("cache.max_size", -1, func(c Config) any { return c.Cache.MaxSize },
 			errors.New("must not be negative"))

@@ -55,6 +55,15 @@ type Backend interface {
 	Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error)
 }
 
+// ManifestStatter is a Backend that can answer a manifest HEAD without the manifest's body
+// (FromResolver's does: a cached manifest is described from the cache's index, not read).
+// A HEAD to a Backend without it gets Manifest's answer without the body.
+type ManifestStatter interface {
+	// StatManifest resolves reference as Manifest does, with the same errors, and returns the
+	// descriptor (media type, digest, size) without the body.
+	StatManifest(ctx context.Context, registry, repository, reference string) (ocispec.Descriptor, resolver.CacheStatus, error)
+}
+
 // Blob is an open blob.
 type Blob interface {
 	// Descriptor has the blob's digest and size.
@@ -227,7 +236,13 @@ func (x *exchange) setCache(s resolver.CacheStatus) {
 }
 
 func (h *handler) manifest(x *exchange) {
-	m, err := h.backend.Manifest(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Reference)
+	var m resolver.Manifest
+	var err error
+	if s, ok := h.backend.(ManifestStatter); ok && x.r.Method == http.MethodHead {
+		m.Descriptor, m.Status, err = s.StatManifest(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Reference)
+	} else {
+		m, err = h.backend.Manifest(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Reference)
+	}
 	if err != nil {
 		x.fail(err)
 		return
@@ -245,9 +260,17 @@ func (h *handler) manifest(x *exchange) {
 	}
 	x.setCache(m.Status)
 	x.ans.Status = http.StatusOK
-	if x.r.Method == http.MethodGet {
-		x.ans.Bytes = int64(len(m.Body))
+	if x.r.Method == http.MethodHead {
+		size := m.Descriptor.Size
+		if m.Body != nil {
+			size = int64(len(m.Body))
+		}
+		hdr.Set("Content-Type", mediaType)
+		hdr.Set("Content-Length", strconv.FormatInt(size, 10))
+		x.w.WriteHeader(http.StatusOK)
+		return
 	}
+	x.ans.Bytes = int64(len(m.Body))
 	writeBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
 }
 

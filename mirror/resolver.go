@@ -15,10 +15,17 @@ func FromResolver(r *resolver.Resolver) Backend { return resolverBackend{r} }
 
 type resolverBackend struct{ r *resolver.Resolver }
 
-var _ Backend = resolverBackend{}
+var (
+	_ Backend         = resolverBackend{}
+	_ ManifestStatter = resolverBackend{}
+)
 
 func (b resolverBackend) Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error) {
 	return b.r.Manifest(ctx, registry, repository, reference)
+}
+
+func (b resolverBackend) StatManifest(ctx context.Context, registry, repository, reference string) (ocispec.Descriptor, resolver.CacheStatus, error) {
+	return b.r.StatManifest(ctx, registry, repository, reference)
 }
 
 func (b resolverBackend) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
@@ -85,6 +86,10 @@ type Options struct {
 	// DefaultMaxAbandonedFills). They go on so that the next request finds the blob cached;
 	// past the limit the ones abandoned longest ago are cancelled, and their ingests removed.
 	MaxAbandonedFills int
+	// OnDenied is what a tag revalidation does when the registry, or its token service, answers
+	// that access to the repository is denied (401, 403): OnDeniedRefuse (the default) or
+	// OnDeniedServeStale. An upstream that cannot be reached always serves the cached tag stale.
+	OnDenied string
 }
 
 // Defaults of the fill limits.
@@ -98,6 +103,9 @@ const (
 func (o *Options) setDefaults() {
 	if o.Policy == "" {
 		o.Policy = PolicyUpstreamFirst
+	}
+	if o.OnDenied == "" {
+		o.OnDenied = OnDeniedRefuse
 	}
 	if o.UpstreamTimeout <= 0 {
 		o.UpstreamTimeout = time.Second
@@ -157,6 +165,10 @@ type Resolver struct {
 	fills     map[string]*fill // the fills a request may join
 	cancelled atomic.Int64     // abandoned fills cancelled past MaxAbandonedFills
 
+	// manifestFlights merges concurrent upstream requests for one manifest (see upstreamOnce).
+	manifestFlights singleflight.Group
+	revalidations   revalidations
+
 	digestMismatches atomic.Int64
 }
 
@@ -167,6 +179,11 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	case PolicyUpstreamFirst, PolicyCacheFirst:
 	default:
 		return nil, fmt.Errorf("tag policy %q: %w", opts.Policy, errdefs.ErrInvalidArgument)
+	}
+	switch opts.OnDenied {
+	case OnDeniedRefuse, OnDeniedServeStale:
+	default:
+		return nil, fmt.Errorf("on_denied %q: %w", opts.OnDenied, errdefs.ErrInvalidArgument)
 	}
 	if opts.NewClient == nil {
 		return nil, fmt.Errorf("resolver needs a client factory: %w", errdefs.ErrInvalidArgument)
@@ -262,8 +279,22 @@ func checkDigest(dgst digest.Digest) error {
 }
 
 // Manifest resolves reference (a tag or a digest) in repository ("library/alpine") of
-// registry ("docker.io") to a manifest or index.
+// registry ("docker.io") to a manifest or index. Its Body may be shared with other callers:
+// do not modify it.
 func (r *Resolver) Manifest(ctx context.Context, registry, repository, reference string) (Manifest, error) {
+	return r.manifest(ctx, registry, repository, reference, true)
+}
+
+// StatManifest resolves reference as Manifest does (the same tag policy, upstream requests and
+// errors) but returns only the descriptor, for a HEAD: a cached manifest is described from the
+// cache's index without reading it.
+func (r *Resolver) StatManifest(ctx context.Context, registry, repository, reference string) (ocispec.Descriptor, CacheStatus, error) {
+	m, err := r.manifest(ctx, registry, repository, reference, false)
+	return m.Descriptor, m.Status, err
+}
+
+// manifest is Manifest, with the body only when withBody is true (else Body may be nil).
+func (r *Resolver) manifest(ctx context.Context, registry, repository, reference string, withBody bool) (Manifest, error) {
 	if err := checkRepository(repository); err != nil {
 		return Manifest{}, err
 	}
@@ -277,21 +308,21 @@ func (r *Resolver) Manifest(ctx context.Context, registry, repository, reference
 		return Manifest{}, err
 	}
 	if dgst != "" {
-		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst)
+		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst, withBody)
 	}
-	return r.manifestByTag(ctx, eps, repoKey, repository, reference)
+	return r.manifestByTag(ctx, eps, repoKey, repository, reference, withBody)
 }
 
 // manifestByDigest serves an immutable manifest: from the cache when present under the
 // repository, else from upstream, cached on the way.
-func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
-	if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
+	if m, err := r.usedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, withBody); err == nil {
 		m.Status = Hit
 		return m, nil
 	} else if !errdefs.IsNotFound(err) {
 		return Manifest{}, err
 	}
-	m, err := r.fetchManifest(ctx, eps, repoKey, repo, dgst.String())
+	m, err := r.fetchManifest(ctx, eps, repoKey, repo, dgst)
 	if err != nil {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+repoKey+"@"+dgst.String())
 	}
@@ -299,8 +330,10 @@ func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKe
 	return m, nil
 }
 
-// manifestByTag applies the tag policy: revalidate with a quick upstream, else serve stale.
-func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, repo, tag string) (Manifest, error) {
+// manifestByTag applies the tag policy: revalidate with a quick upstream, else serve stale
+// when the upstream cannot be reached, and refuse (by default: Options.OnDenied) when it
+// answers that the repository is denied.
+func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, repo, tag string, withBody bool) (Manifest, error) {
 	name := repoKey + ":" + tag
 	ref, refErr := r.store.GetRef(ctx, name)
 	if refErr != nil && !errdefs.IsNotFound(refErr) {
@@ -308,44 +341,46 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 	}
 	cached := refErr == nil
 	if cached && r.opts.Policy == PolicyCacheFirst && time.Since(ref.VerifiedAt) < r.opts.TagMaxAge {
-		if m, err := r.cachedManifest(ctx, repoKey, ref.Target); err == nil {
+		if m, err := r.usedManifest(ctx, repoKey, ref.Target, withBody); err == nil {
 			m.Status = Hit
 			return m, nil
 		}
 	}
 
-	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	desc, ep, err := try(hctx, eps, "head-manifest", func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
-		return c.HeadManifest(ctx, repo, tag)
-	})
-	cancel()
+	desc, ep, err := r.headTag(ctx, eps, repo, name, tag)
 	switch {
 	case err == nil:
 		if cached && ref.Target.Digest == desc.Digest {
-			if m, err := r.cachedManifest(ctx, repoKey, ref.Target); err == nil {
+			if m, err := r.usedManifest(ctx, repoKey, ref.Target, withBody); err == nil {
 				if err := r.store.SetRef(ctx, name, ref.Target, ep.client.Endpoint()); err != nil {
 					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 				}
+				r.revalidations.succeeded(name)
 				m.Status = Revalidated
 				return m, nil
 			}
 		}
-		m, err := r.fetchManifest(ctx, eps, repoKey, repo, desc.Digest.String())
-		if err != nil {
-			if cached && isEndpointFailure(err) {
-				break // upstream failed between HEAD and GET: serve stale below
+		m, ferr := r.fetchManifest(ctx, eps, repoKey, repo, desc.Digest)
+		if ferr != nil {
+			if cached && (isEndpointFailure(ferr) || isDenied(ferr)) {
+				err = ferr // upstream failed, or denied, between HEAD and GET: see below
+				break
 			}
-			return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
+			return Manifest{}, notFoundIfDown(ctx, ferr, "manifest "+name)
 		}
 		if err := r.store.SetRef(ctx, name, m.Descriptor, ep.client.Endpoint()); err != nil {
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
 		}
+		r.revalidations.succeeded(name)
 		m.Status = Revalidated
 		if !cached {
 			m.Status = Miss
 		}
 		return m, nil
 	case errdefs.IsNotFound(err):
+		if cached {
+			r.revalidations.failed(ctx, name, CauseNotFound, false, err)
+		}
 		return Manifest{}, fmt.Errorf("manifest %s: upstream has no such tag: %w", name, errdefs.ErrNotFound)
 	case ctx.Err() != nil:
 		return Manifest{}, ctx.Err()
@@ -353,13 +388,34 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 	if !cached {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
-	m, cerr := r.cachedManifest(ctx, repoKey, ref.Target)
+	cause := causeOf(err)
+	if cause == CauseDenied && r.opts.OnDenied == OnDeniedRefuse {
+		r.revalidations.failed(ctx, name, cause, false, err)
+		return Manifest{}, fmt.Errorf("manifest %s: the registry denies access to the repository, so its cached copy is not served (on_denied = %s): %v: %w", name, OnDeniedRefuse, err, errdefs.ErrNotFound)
+	}
+	m, cerr := r.usedManifest(ctx, repoKey, ref.Target, withBody)
 	if cerr != nil {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
-	log.G(ctx).WithField("ref", name).WithError(err).Debug("serving stale tag")
+	r.revalidations.failed(ctx, name, cause, true, err)
 	m.Status = Stale
 	return m, nil
+}
+
+// headTag asks the upstream for the tag's descriptor: one request for all the callers asking at
+// once.
+func (r *Resolver) headTag(ctx context.Context, eps []*endpoint, repo, name, tag string) (ocispec.Descriptor, *endpoint, error) {
+	type head struct {
+		desc ocispec.Descriptor
+		ep   *endpoint
+	}
+	h, err := upstreamOnce(ctx, r, "head "+name, func(ctx context.Context) (head, error) {
+		desc, ep, err := try(ctx, eps, "head-manifest", func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
+			return c.HeadManifest(ctx, repo, tag)
+		})
+		return head{desc, ep}, err
+	})
+	return h.desc, h.ep, err
 }
 
 // notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
@@ -384,6 +440,38 @@ func (r *Resolver) cachedManifest(ctx context.Context, repoKey string, desc ocis
 	return r.linkedManifest(ctx, repoKey, desc, true)
 }
 
+// usedManifest is cachedManifest, or describeManifest when the body is not wanted.
+func (r *Resolver) usedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, withBody bool) (Manifest, error) {
+	if withBody {
+		return r.cachedManifest(ctx, repoKey, desc)
+	}
+	return r.describeManifest(ctx, repoKey, desc)
+}
+
+// describeManifest is cachedManifest without the body: the descriptor comes from the cache's
+// index, and the manifest is not read (unless the index has no media type for it, which only a
+// manifest cached by an older lifeboat may lack). It counts as a use of the manifest.
+func (r *Resolver) describeManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
+	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
+		return Manifest{}, err
+	}
+	d, err := r.store.Describe(ctx, desc.Digest)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if d.Size > MaxManifestSize {
+		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, d.Size, errdefs.ErrFailedPrecondition)
+	}
+	if d.MediaType == "" && desc.MediaType == "" {
+		// Sniffed from the body, as a GET does, so that HEAD and GET agree.
+		return r.cachedManifest(ctx, repoKey, desc)
+	}
+	if d.MediaType == "" {
+		d.MediaType = desc.MediaType
+	}
+	return Manifest{Descriptor: d}, nil
+}
+
 // peekManifest is cachedManifest without counting as a use of the manifest.
 func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
 	return r.linkedManifest(ctx, repoKey, desc, false)
@@ -392,17 +480,11 @@ func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispe
 // linkedManifest reads a cached manifest linked to the repository; use says whether the read
 // counts as a use of it.
 func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, use bool) (Manifest, error) {
-	if err := checkDigest(desc.Digest); err != nil {
+	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
 		return Manifest{}, err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if !linked {
-		return Manifest{}, fmt.Errorf("manifest %s@%s: %w", repoKey, desc.Digest, errdefs.ErrNotFound)
 	}
 	var body []byte
+	var err error
 	if use {
 		info, err := r.store.Info(ctx, desc.Digest)
 		if err != nil {
@@ -431,16 +513,46 @@ func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocis
 	return Manifest{Descriptor: ocispec.Descriptor{MediaType: mt, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
 }
 
-// fetchManifest gets a manifest by digest from upstream, verifies it and caches it.
-func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, repo, dgst string) (Manifest, error) {
-	gctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	defer cancel()
+// checkLinked returns nil if the manifest dgst is linked to the repository (was fetched under
+// it), else ErrNotFound.
+func (r *Resolver) checkLinked(ctx context.Context, repoKey string, dgst digest.Digest) error {
+	if err := checkDigest(dgst); err != nil {
+		return err
+	}
+	linked, err := r.store.Linked(ctx, repoKey, dgst)
+	if err != nil {
+		return err
+	}
+	if !linked {
+		return fmt.Errorf("manifest %s@%s: %w", repoKey, dgst, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// fetchManifest gets a manifest by digest from upstream, verifies it and caches it: one
+// upstream request for all the callers asking for it at once, and none when it was cached
+// meanwhile (by a request that finished just before this one asked).
+func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
+	if err := checkDigest(dgst); err != nil {
+		return Manifest{}, err
+	}
+	return upstreamOnce(ctx, r, "get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
+		if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+			return m, nil
+		}
+		return r.downloadManifest(ctx, eps, repoKey, repo, dgst)
+	})
+}
+
+// downloadManifest gets a manifest by digest from upstream, verifies it with its digest's own
+// algorithm (sha256 or sha512) and caches it.
+func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
 	type got struct {
 		desc ocispec.Descriptor
 		body []byte
 	}
-	g, _, err := try(gctx, eps, "get-manifest", func(ctx context.Context, c Client) (got, error) {
-		desc, body, err := c.GetManifest(ctx, repo, dgst)
+	g, _, err := try(ctx, eps, "get-manifest", func(ctx context.Context, c Client) (got, error) {
+		desc, body, err := c.GetManifest(ctx, repo, dgst.String())
 		return got{desc, body}, err
 	})
 	if err != nil {
@@ -449,15 +561,15 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, 
 	if len(g.body) > MaxManifestSize {
 		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", dgst, len(g.body), errdefs.ErrFailedPrecondition)
 	}
-	if actual := digest.FromBytes(g.body); actual.String() != dgst {
+	if actual := dgst.Algorithm().FromBytes(g.body); actual != dgst {
 		r.digestMismatches.Add(1)
 		return Manifest{}, fmt.Errorf("upstream manifest %s has digest %s: %w", dgst, actual, errdefs.ErrFailedPrecondition)
 	}
-	desc := ocispec.Descriptor{MediaType: g.desc.MediaType, Digest: digest.Digest(dgst), Size: int64(len(g.body))}
+	desc := ocispec.Descriptor{MediaType: g.desc.MediaType, Digest: dgst, Size: int64(len(g.body))}
 	if desc.MediaType == "" {
 		desc.MediaType = sniffMediaType(g.body)
 	}
-	err = content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst, bytes.NewReader(g.body), desc)
+	err = content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst.String(), bytes.NewReader(g.body), desc)
 	if err != nil && !errdefs.IsAlreadyExists(err) {
 		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
 	}
@@ -607,7 +719,8 @@ func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status Ca
 }
 
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
-// otherwise.
+// otherwise (not when the registry denies the repository, unless Options.OnDenied says to
+// serve stale).
 func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]string, CacheStatus, error) {
 	if err := checkRepository(repository); err != nil {
 		return nil, "", err
@@ -627,6 +740,9 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	}
 	if errdefs.IsNotFound(err) {
 		return nil, "", fmt.Errorf("repository %s/%s: %w", registry, repository, errdefs.ErrNotFound)
+	}
+	if isDenied(err) && r.opts.OnDenied == OnDeniedRefuse {
+		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %v: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
 	refs, rerr := r.store.Refs(ctx)
 	if rerr != nil {

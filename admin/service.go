@@ -33,8 +33,12 @@ type Status struct {
 	Cache     CacheStatus               `json:"cache"`
 	Requests  RequestStatus             `json:"requests"`
 	Endpoints []resolver.EndpointStatus `json:"endpoints"`
-	Outage    outage.Status             `json:"outage"`
-	Listeners map[string]string         `json:"listeners"`
+	// FailedRevalidations are the tags whose last revalidation failed, newest first, with why
+	// (the registry unreachable, or access denied, or the tag gone) and whether the cached tag
+	// was served stale or refused.
+	FailedRevalidations []resolver.FailedRevalidation `json:"failedRevalidations"`
+	Outage              outage.Status                 `json:"outage"`
+	Listeners           map[string]string             `json:"listeners"`
 }
 
 // CacheStatus is the cache's size against its budget.
@@ -158,7 +162,9 @@ func (s *Service) Status(ctx context.Context) Status {
 		Requests:  newRequestStatus(s.answers()),
 		Endpoints: s.endpoints(),
 		Outage:    s.Outage.Status(),
-		Listeners: s.Listeners,
+
+		FailedRevalidations: s.Resolver.FailedRevalidations(),
+		Listeners:           s.Listeners,
 	}
 }
 

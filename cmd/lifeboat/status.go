@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 func newStatusCommand() *cobra.Command {
@@ -64,6 +66,7 @@ func newStatusCommand() *cobra.Command {
 				}
 				tw.Flush()
 			}
+			printFailedRevalidations(out, st.FailedRevalidations)
 			return nil
 		},
 	}
@@ -98,4 +101,29 @@ func describeRequests(r admin.RequestStatus) string {
 		s += fmt.Sprintf(", %d errors", n)
 	}
 	return s
+}
+
+// statusMaxFailures is how many failed revalidations the text form of status lists.
+const statusMaxFailures = 20
+
+// printFailedRevalidations lists the tags whose last revalidation failed: why, and whether the
+// cached tag was served stale or refused.
+func printFailedRevalidations(out io.Writer, fs []resolver.FailedRevalidation) {
+	if len(fs) == 0 {
+		return
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TAG (LAST REVALIDATION FAILED)\tCAUSE\tANSWERED\tAT")
+	for _, f := range fs[:min(len(fs), statusMaxFailures)] {
+		answered := "refused"
+		if f.ServedStale {
+			answered = "stale"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Ref, f.Cause, answered, f.At.Format(time.RFC3339))
+	}
+	tw.Flush()
+	if n := len(fs) - statusMaxFailures; n > 0 {
+		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
+	}
 }

@@ -53,6 +53,7 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		ForgetUpstream:  forget,
 		Registries:      cfg.MirroredRegistries(),
 		AnyRegistry:     cfg.Mirror.AnyRegistry,
+		OnDenied:        cfg.Resolve.OnDenied,
 
 		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),
 		MaxFills:          cfg.Resolve.MaxFills,

@@ -98,6 +98,12 @@ type Cache struct {
 	// refused before a byte is written, or cut off as it arrives when the upstream does not
 	// say its size. Must be positive.
 	MaxBlobSize Size `toml:"max_blob_size"`
+	// VerifyBeforeSend is the size up to which a blob being downloaded reaches clients only once
+	// its digest verified: the answer's headers go at once, its body once the whole blob
+	// arrived and matched, so that a bad download reaches no client as a single byte. Larger
+	// blobs stream as they arrive, their last byte held back until they verified. "0": every
+	// blob over 1 MiB streams.
+	VerifyBeforeSend Size `toml:"verify_before_send"`
 }
 
 // Resolve is the tag resolution policy.
@@ -190,7 +196,7 @@ func Default() Config {
 		Plugin:  Plugin{Address: "/run/lifeboat/lifeboat.sock", ContentDelete: "release"},
 		Admin:   Admin{Address: "/run/lifeboat/admin.sock"},
 		Metrics: Metrics{Address: "127.0.0.1:5101"},
-		Cache:   Cache{MaxBlobSize: 32 << 30},
+		Cache:   Cache{MaxBlobSize: 32 << 30, VerifyBeforeSend: 1 << 30},
 		Resolve: Resolve{
 			Policy:            PolicyUpstreamFirst,
 			UpstreamTimeout:   Duration(time.Second),

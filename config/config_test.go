@@ -312,6 +312,9 @@ func TestValidateFiles(t *testing.T) {
 // so that a daemon without them configured and a resolver without them set behave the same.
 func TestFillLimitDefaultsMatchTheResolver(t *testing.T) {
 	d := Default()
+	if int64(d.Cache.VerifyBeforeSend) != resolver.DefaultVerifyBeforeSend {
+		t.Errorf("config verify_before_send %v; resolver default %d", d.Cache.VerifyBeforeSend, resolver.DefaultVerifyBeforeSend)
+	}
 	if int64(d.Cache.MaxBlobSize) != resolver.DefaultMaxBlobSize || d.Resolve.MaxFills != resolver.DefaultMaxFills ||
 		d.Resolve.MaxAbandonedFills != resolver.DefaultMaxAbandonedFills || time.Duration(d.Resolve.FillQueueTimeout) != resolver.DefaultFillQueueTimeout {
 		t.Errorf("config defaults %v %d %d %v; resolver defaults %d %d %d %v", d.Cache.MaxBlobSize, d.Resolve.MaxFills, d.Resolve.MaxAbandonedFills, d.Resolve.FillQueueTimeout,

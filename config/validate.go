@@ -53,6 +53,10 @@ func (c Config) Validate() error {
 		return c.invalid("resolve.max_abandoned_fills", -1, func(c Config) any { return c.Resolve.MaxAbandonedFills },
 			errors.New("must be positive"))
 	}
+	if c.Cache.VerifyBeforeSend < 0 {
+		return c.invalid("cache.verify_before_send", -1, func(c Config) any { return c.Cache.VerifyBeforeSend },
+			errors.New("must not be negative"))
+	}
 	if c.Cache.MaxBlobSize <= 0 {
 		return c.invalid("cache.max_blob_size", -1, func(c Config) any { return c.Cache.MaxBlobSize },
 			errors.New("must be positive"))

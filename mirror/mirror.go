@@ -88,7 +88,16 @@ type Options struct {
 	// Observe, when set, is called once for every request after it was answered, for metrics
 	// and access logs. It must be safe for concurrent use and quick.
 	Observe func(Answer)
+	// HeaderDelay is how long a blob answer may wait for its first byte before its status and
+	// headers are sent without it (default DefaultHeaderDelay). A blob still downloading sends
+	// no byte before it verified (see resolver.Options.VerifyBeforeSend), and containerd waits
+	// 30 s for response headers.
+	HeaderDelay time.Duration
 }
+
+// DefaultHeaderDelay is Options.HeaderDelay's default: a third of containerd's 30 s wait for
+// response headers.
+const DefaultHeaderDelay = 10 * time.Second
 
 // Answer describes one answered request.
 type Answer struct {
@@ -127,10 +136,15 @@ func New(b Backend, opts Options) http.Handler {
 	if !ok {
 		panic(fmt.Sprintf("mirror: invalid default registry %q", opts.DefaultRegistry))
 	}
+	delay := opts.HeaderDelay
+	if delay <= 0 {
+		delay = DefaultHeaderDelay
+	}
 	return &handler{
 		backend:         b,
 		defaultRegistry: reg,
 		observe:         opts.Observe,
+		headerDelay:     delay,
 		buffers:         sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }},
 	}
 }
@@ -139,6 +153,7 @@ type handler struct {
 	backend         Backend
 	defaultRegistry string
 	observe         func(Answer)
+	headerDelay     time.Duration
 	buffers         sync.Pool // *[]byte of copyBufferSize
 }
 
@@ -371,16 +386,31 @@ func (h *handler) blob(x *exchange) {
 // still gets a clean error answer, and containerd moves on, rather than an aborted 200;
 // started=false says it did not. sourceFailed says a failure, if any, was rc's: an error, or an
 // end before length bytes.
-func (h *handler) copyBuffered(w io.Writer, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
+func (h *handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
 	bufp := h.buffers.Get().(*[]byte)
 	defer h.buffers.Put(bufp)
 	buf := *bufp
 	src := &readSide{r: io.LimitReader(rc, length)}
-	first, err := readSome(src, buf)
-	if first == 0 {
-		return 0, true, false, err
+	// The answer starts with the first byte, so that a source that fails before it gets a
+	// proper error, which containerd follows to its next host. A source that holds its bytes
+	// until it verified (a download in progress) may not have one for long: past headerDelay
+	// the status and headers go out without it, well within containerd's 30 s wait for them.
+	var once sync.Once
+	begin := func() {
+		once.Do(func() {
+			start()
+			_ = http.NewResponseController(w).Flush()
+		})
 	}
-	start()
+	early := time.AfterFunc(h.headerDelay, begin)
+	first, err := readSome(src, buf)
+	if early.Stop() && first == 0 {
+		return 0, true, false, err // nothing is sent: the caller answers the error
+	}
+	begin() // sent already, or being sent, or to send now
+	if first == 0 {
+		return 0, true, true, err
+	}
 	wn, err := w.Write(buf[:first])
 	n = int64(wn)
 	if err == nil {

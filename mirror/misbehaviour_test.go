@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -56,7 +55,10 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 		{name: "trickling large body", blob: large, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(large)))
 			rawhttp.Trickle(w, r, large)
-		}, status: http.StatusOK},
+			// Held whole until it verified (verify_before_send), the blob had sent nothing when
+			// its fill stalled: the answer is a clean error, which containerd follows to its
+			// next host.
+		}, status: http.StatusServiceUnavailable, code: "UNAVAILABLE", want: "upstream stalled: it sent"},
 		{name: "stream never closed", blob: small, serve: func(w http.ResponseWriter, r *http.Request) {
 			w.Write(small) // chunked: no Content-Length, and no end
 			w.(http.Flusher).Flush()
@@ -93,9 +95,8 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				t.Cleanup(up.Close)
 				url = up.URL
 			}
-			answers := make(chan Answer, 1)
 			hook := new(logtest.Hook)
-			srv := httptest.NewServer(withLog(hook, New(FromResolver(newDaemonResolver(t, url)), Options{Observe: func(a Answer) { answers <- a }})))
+			srv := httptest.NewServer(withLog(hook, New(FromResolver(newDaemonResolver(t, url)), Options{})))
 			t.Cleanup(srv.Close)
 
 			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()
@@ -109,15 +110,6 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 			if ctx.Err() != nil {
 				t.Fatal("the request did not end within 30s")
 			}
-			if err != nil && tc.code == "" {
-				// The mirror committed to a 200 and aborted before its headers left the
-				// response buffer: the client sees the connection closed, no answer.
-				t.Logf("the client got no answer: %v", err)
-				if a := <-answers; !a.Aborted || a.Status != http.StatusOK {
-					t.Errorf("answer %+v, want an aborted 200", a)
-				}
-				return
-			}
 			if err != nil {
 				t.Fatalf("GET %s: %v", target, err)
 			}
@@ -128,17 +120,6 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 			}
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d (body %.200s)", resp.StatusCode, tc.status, body)
-			}
-			if tc.code == "" {
-				// The status went out before the upstream failed: the client must see a body
-				// cut short, never a complete one.
-				if !errors.Is(rerr, io.ErrUnexpectedEOF) || int64(len(body)) >= resp.ContentLength {
-					t.Errorf("read %d of %d bytes, %v; want the body cut short", len(body), resp.ContentLength, rerr)
-				}
-				if a := <-answers; !a.Aborted || a.Status != http.StatusOK {
-					t.Errorf("answer %+v, want an aborted 200", a)
-				}
-				return
 			}
 			if rerr != nil {
 				t.Fatal(rerr)

@@ -33,9 +33,29 @@ import (
 // every client has joined the download. No client of the mirror gets a complete body: not
 // the whole blob, not a resume to its end, not a range that ends before the flipped byte. Each
 // sees a broken transfer. Nothing is cached, and once the upstream is honest the next request
-// gets the blob.
+// gets the blob. A blob held whole until it verified (the default for its size) sends the
+// clients no byte of it at all; a streamed one sends all but its last.
 func TestUnverifiedBlobNeverCompletes(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []struct {
+		name string
+		// verifyBeforeSend is the resolver's VerifyBeforeSend: the 8 MiB layer is held whole
+		// until it verified, or streams with its last byte held back.
+		verifyBeforeSend int64
+	}{
+		{"held whole until verified", 0},
+		{"streamed", -1},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			testUnverifiedBlob(t, mode.verifyBeforeSend)
+		})
+	}
+}
+
+// testUnverifiedBlob is TestUnverifiedBlobNeverCompletes with the resolver's VerifyBeforeSend.
+func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
+	held := verifyBeforeSend >= 0
 	reg := registry.New(registry.Logger(stdlog.New(io.Discard, "", 0)))
 	var corruptNext atomic.Bool // the next blob GET is damaged
 	gate := make(chan struct{}) // the damaged body waits half way until it is closed
@@ -94,8 +114,9 @@ func TestUnverifiedBlobNeverCompletes(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := resolver.New(store, resolver.Options{
-		UpstreamTimeout: 10 * time.Second, // generous: tests run in parallel under -race
-		Endpoints:       map[string][]string{"registry.test": {up.URL}},
+		UpstreamTimeout:  10 * time.Second, // generous: tests run in parallel under -race
+		VerifyBeforeSend: verifyBeforeSend,
+		Endpoints:        map[string][]string{"registry.test": {up.URL}},
 		NewClient: func(registry, endpoint string) (resolver.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
@@ -104,7 +125,8 @@ func TestUnverifiedBlobNeverCompletes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { res.Close(); store.Close() })
-	srv := newServer(t, FromResolver(res), Options{})
+	// A short header delay: a held blob's answer starts without its first byte at once.
+	srv := newServer(t, FromResolver(res), Options{HeaderDelay: 20 * time.Millisecond})
 	target := srv.URL + "/v2/app/blobs/" + dgst.String() + "?ns=registry.test"
 
 	corruptNext.Store(true)
@@ -152,6 +174,9 @@ func TestUnverifiedBlobNeverCompletes(t *testing.T) {
 			t.Errorf("%s: a complete %d answer of %d bytes from a download that failed verification", tc.name, o.status, o.got)
 		} else if o.status != 0 && !errors.Is(o.err, io.ErrUnexpectedEOF) {
 			t.Errorf("%s: the body ended with %v, want a broken transfer (unexpected EOF)", tc.name, o.err)
+		}
+		if held && o.got != 0 {
+			t.Errorf("%s: %d bytes of a blob held whole until it verified reached the client", tc.name, o.got)
 		}
 	}
 	if n := res.DigestMismatches(); n != 1 {

@@ -62,6 +62,9 @@ type fillDeps struct {
 	headerTimeout, fillTimeout, idleTimeout time.Duration
 	// maxBlobSize is the largest blob a fill accepts.
 	maxBlobSize int64
+	// holdWhole is the size up to which readers get no byte before the blob verified (see
+	// Options.VerifyBeforeSend); negative: none.
+	holdWhole int64
 	// mismatches counts blobs that the upstream sent with another digest.
 	mismatches *atomic.Int64
 	// abandoned is told of a fill whose last reader left while it still runs.
@@ -72,7 +75,8 @@ type fillDeps struct {
 // and the link of the blob to its repository. Its errors are those of cache.Store.
 type fillStore interface {
 	CheckRoom(size int64) error
-	Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error)
+	// LinkingTo's writers link the blob to the repository in the commit that caches it.
+	LinkingTo(repository string) content.Ingester
 	OpenIngest(ref string) (*os.File, error)
 	Abort(ctx context.Context, ref string) error
 	Link(ctx context.Context, repository string, dgst digest.Digest) error
@@ -423,7 +427,7 @@ func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	}
 
 	ref := fillRefPrefix + f.key
-	w, err := f.deps.store.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(up.size, 0)}))
+	w, err := f.deps.store.LinkingTo(f.registry+"/"+f.repo).Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(up.size, 0)}))
 	if errdefs.IsAlreadyExists(err) {
 		return f.alreadyCached(ctx)
 	}
@@ -601,14 +605,10 @@ func (f *fill) verify(ctx context.Context, w content.Writer, up upstreamBlob, n 
 	return nil
 }
 
-// commit links the blob to its repository and commits the ingest w of n verified bytes to the
-// cache. committed says the ingest is gone (committed now, or the blob was there already).
+// commit commits the ingest w of n verified bytes to the cache, linked to its repository in the
+// same index transaction: a failed fill leaves no link, and no crash leaves the blob cached but
+// unlinked. committed says the ingest is gone (committed now, or the blob was there already).
 func (f *fill) commit(ctx context.Context, w content.Writer, n int64) (committed bool, err error) {
-	// Linked first, so that the moment the blob is in the cache the next request finds it
-	// there. A link to a blob that is not cached means nothing.
-	if err := f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
-		return false, err
-	}
 	if err := w.Commit(ctx, n, f.dgst); err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			return true, nil
@@ -660,15 +660,19 @@ func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 			return 0, io.EOF
 		}
 		// What may be read now: what arrived, less the last byte of the range (or of what
-		// arrived, while the size is unknown) until the blob verified.
+		// arrived, while the size is unknown) until the blob verified; nothing at all of a
+		// blob held whole until it verified.
 		limit := f.written
 		if end >= 0 {
 			limit = min(limit, end)
 		}
 		if !f.verified {
-			if end >= 0 {
+			switch {
+			case f.size >= 0 && f.size <= f.deps.holdWhole:
+				limit = 0 // nothing before the whole blob verified
+			case end >= 0:
 				limit = min(limit, end-1)
-			} else {
+			default:
 				limit = min(limit, f.written-1)
 			}
 		}

@@ -34,6 +34,9 @@ func newLimitedResolver(t *testing.T, url, root string, maxSize int64, opts Opti
 	}
 	opts.UpstreamTimeout = 10 * time.Second
 	opts.IdleTimeout = 10 * time.Second
+	if opts.VerifyBeforeSend == 0 {
+		opts.VerifyBeforeSend = -1 // streamed: abandoned fills have readers that got bytes
+	}
 	opts.Endpoints = map[string][]string{testRegistry: {url}}
 	opts.NewClient = func(registry, endpoint string) (Client, error) {
 		return upstream.New(registry, endpoint, upstream.Options{})

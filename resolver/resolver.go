@@ -77,6 +77,15 @@ type Options struct {
 	// Content-Length is refused before a byte is written, and a body without one is cut off
 	// once it passes the limit. Either is errdefs.ErrResourceExhausted, and nothing is cached.
 	MaxBlobSize int64
+	// VerifyBeforeSend is the size up to which a blob that is being fetched reaches clients only
+	// once it verified (default DefaultVerifyBeforeSend; negative: none). Its readers get no
+	// byte before the whole blob matched its digest, so a blob that fails verification reaches
+	// no client as a single byte: containerd then keeps nothing of it, and its next pull fetches
+	// it afresh. A larger blob streams as it arrives with its last byte held back until it
+	// verified: a bad one ends in a broken connection, but containerd keeps the bytes it got
+	// and commits them again on the next pull, which fails until its garbage collector removes
+	// them.
+	VerifyBeforeSend int64
 	// MaxFills is how many blob fills may run at once (default DefaultMaxFills). A request that
 	// would start another waits up to FillQueueTimeout (DefaultFillQueueTimeout) for one to end, and is
 	// then refused with ErrTooManyFills.
@@ -95,6 +104,7 @@ type Options struct {
 // Defaults of the fill limits.
 const (
 	DefaultMaxBlobSize       = 32 << 30
+	DefaultVerifyBeforeSend  = 1 << 30
 	DefaultMaxFills          = 64
 	DefaultMaxAbandonedFills = 16
 	DefaultFillQueueTimeout  = 5 * time.Second
@@ -118,6 +128,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxBlobSize <= 0 {
 		o.MaxBlobSize = DefaultMaxBlobSize
+	}
+	if o.VerifyBeforeSend == 0 {
+		o.VerifyBeforeSend = DefaultVerifyBeforeSend
 	}
 	if o.MaxFills <= 0 {
 		o.MaxFills = DefaultMaxFills
@@ -202,6 +215,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		fillTimeout:   opts.FillTimeout,
 		idleTimeout:   opts.IdleTimeout,
 		maxBlobSize:   opts.MaxBlobSize,
+		holdWhole:     opts.VerifyBeforeSend,
 		mismatches:    &r.digestMismatches,
 		abandoned:     r.limitAbandoned,
 	}

@@ -192,7 +192,11 @@ func newTestResolverAt(t *testing.T, root, policy string, health HealthOptions, 
 		UpstreamTimeout: 3 * time.Second, // generous: tests run in parallel under -race on 2 cores
 		IdleTimeout:     5 * time.Second,
 		FillTimeout:     time.Minute,
-		Endpoints:       map[string][]string{testRegistry: urls},
+		// Fills stream what arrived to their readers, the last byte held back until verified:
+		// what these tests are about. The mirror's TestUnverifiedBlobNeverCompletes covers the default,
+		// which holds blobs of their size whole.
+		VerifyBeforeSend: -1,
+		Endpoints:        map[string][]string{testRegistry: urls},
 		NewClient: func(registry, endpoint string) (Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},

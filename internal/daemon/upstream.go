@@ -56,6 +56,7 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		OnDenied:        cfg.Resolve.OnDenied,
 
 		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),
+		VerifyBeforeSend:  verifyBeforeSend(cfg.Cache.VerifyBeforeSend),
 		MaxFills:          cfg.Resolve.MaxFills,
 		FillQueueTimeout:  time.Duration(cfg.Resolve.FillQueueTimeout),
 		MaxAbandonedFills: cfg.Resolve.MaxAbandonedFills,
@@ -77,4 +78,13 @@ func configuredUpstreams(cfg config.Config) map[string][]string {
 		}
 	}
 	return ups
+}
+
+// verifyBeforeSend is [cache] verify_before_send as resolver.Options has it: "0" (no blob held
+// whole) is negative there, where 0 means the default.
+func verifyBeforeSend(v config.Size) int64 {
+	if v == 0 {
+		return -1
+	}
+	return int64(v)
 }

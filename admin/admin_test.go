@@ -84,7 +84,7 @@ func TestOutageLifecycleSwitchesHosts(t *testing.T) {
 	if !res.Current.Active || res.Current.Spec.Mode != "blackhole" || res.Previous.Active {
 		t.Fatalf("start: %+v", res)
 	}
-	if b, _ := os.ReadFile(file); string(b) != string(hosts.Render("docker.io", svc.MirrorURL, false)) {
+	if b, _ := os.ReadFile(file); string(b) != string(hosts.Config{Registry: "docker.io", Mirror: svc.MirrorURL, Drill: true}.Render()) {
 		t.Fatalf("hosts.toml not switched:\n%s", b)
 	}
 	// A second start replaces the first and says so.

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
@@ -29,6 +30,12 @@ const FileName = "hosts.toml"
 // lifeboat's own: `lifeboat configure containerd` replaces only files that carry it, whatever
 // they point at, and never a file without it.
 const Marker = "# Written by lifeboat"
+
+// DrillMarker begins the first line of the lifeboat-only file an outage drill puts in place
+// of a hosts.toml for its length (Switch), the original kept aside until the drill ends
+// (Restore). Such a file is lifeboat's own (it begins with Marker), but configure leaves it
+// alone: the drill's restore would undo whatever it wrote.
+const DrillMarker = Marker + " for an outage drill"
 
 // Upstream is the server containerd falls back to for registry: its default endpoint
 // (oci.DefaultEndpoints), or "" for a registry on the loopback interface ("localhost:5000",
@@ -65,6 +72,9 @@ type Config struct {
 	// Tests and benchmarks set it to a plain-HTTP registry on loopback ("http://127.0.0.1:5000")
 	// that stands in for Registry.
 	Upstream string
+	// Drill marks the lifeboat-only file an outage drill writes for its length (DrillMarker);
+	// Fallback is then ignored.
+	Drill bool
 }
 
 // Render returns the hosts.toml c describes.
@@ -83,6 +93,10 @@ func (c Config) Render() []byte {
 			fmt.Fprintf(&b, "# No server line: containerd goes to %s itself (https, then http).\n", c.Registry)
 		}
 		return []byte(b.String())
+	case c.Drill:
+		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror only until the drill ends "+
+			"(lifeboat outage stop), which puts the original file back.\n", DrillMarker)
+		fmt.Fprintf(&b, "server = %q\n", c.Mirror)
 	case c.Fallback:
 		fmt.Fprintf(&b, "%s: pulls go through the lifeboat mirror first.\n", Marker)
 		if up != "" {
@@ -99,15 +113,42 @@ func (c Config) Render() []byte {
 }
 
 // Write writes the hosts.toml c describes to dir/<registry>/hosts.toml, atomically, creating
-// the registry's directory.
+// the registry's directory. A Registry that is not a registry host[:port] is refused
+// (errdefs.ErrInvalidArgument), as for Plan.
 func (c Config) Write(dir string) error {
-	return writeAtomic(filepath.Join(dir, c.Registry, FileName), c.Render(), 0o644)
+	path, err := filePath(dir, c.Registry)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, c.Render(), 0o644)
+}
+
+// filePath is the hosts.toml of registry under dir. registry must be a registry host[:port]
+// as the mirror takes them (oci.ValidHost): any other name ("../x", "a/b", "..", "") could
+// name a file outside dir, or no registry's, and is refused with errdefs.ErrInvalidArgument.
+func filePath(dir, registry string) (string, error) {
+	if !oci.ValidHost(registry) {
+		return "", fmt.Errorf("%q is not a registry name: use a host with an optional port, such as docker.io or localhost:5000: %w",
+			registry, errdefs.ErrInvalidArgument)
+	}
+	return filepath.Join(dir, registry, FileName), nil
 }
 
 // Owned reports whether lifeboat wrote content: one of its lines begins with Marker.
 func Owned(content []byte) bool {
+	return hasLine(content, Marker)
+}
+
+// Drilled reports whether content is the file an outage drill put in place until it ends: one
+// of its lines begins with DrillMarker.
+func Drilled(content []byte) bool {
+	return hasLine(content, DrillMarker)
+}
+
+// hasLine reports whether one of content's lines begins with prefix, after any indentation.
+func hasLine(content []byte, prefix string) bool {
 	for _, line := range strings.Split(string(content), "\n") {
-		if strings.HasPrefix(strings.TrimSpace(line), Marker) {
+		if strings.HasPrefix(strings.TrimSpace(line), prefix) {
 			return true
 		}
 	}
@@ -123,6 +164,9 @@ const (
 	Update    Action = "updated"    // lifeboat's own file, with other content
 	Unchanged Action = "unchanged"  // lifeboat's own file, already as it would write it
 	Skip      Action = "left alone" // a file lifeboat did not write: never replaced
+	// Held is a file an outage drill switched (Drilled): never replaced, as the drill's
+	// restore would undo it; configure again once the drill has ended.
+	Held Action = "held by an outage drill"
 )
 
 // Change is what configuring one registry does to its hosts.toml: Plan computes it, Apply
@@ -138,12 +182,17 @@ type Change struct {
 }
 
 // Plan works out what configuring registry under dir does: <dir>/<registry>/hosts.toml is
-// created if missing, replaced by Render's output if it carries Marker, and otherwise
-// skipped, even when it points at the mirror. It changes nothing.
+// created if missing, held while an outage drill has it switched, replaced by Render's output
+// if it carries Marker, and otherwise skipped, even when it points at the mirror. It changes
+// nothing. A registry that is not a registry host[:port] is refused (errdefs.ErrInvalidArgument).
 func Plan(dir, registry, mirrorURL string, fallback bool) (Change, error) {
+	path, err := filePath(dir, registry)
+	if err != nil {
+		return Change{}, err
+	}
 	c := Change{
 		Registry: registry,
-		Path:     filepath.Join(dir, registry, FileName),
+		Path:     path,
 		Proposed: Render(registry, mirrorURL, fallback),
 	}
 	cur, err := os.ReadFile(c.Path)
@@ -156,6 +205,8 @@ func Plan(dir, registry, mirrorURL string, fallback bool) (Change, error) {
 	}
 	c.Current = cur
 	switch {
+	case Drilled(cur):
+		c.Action = Held
 	case !Owned(cur):
 		c.Action = Skip
 	case bytes.Equal(cur, c.Proposed):
@@ -214,10 +265,10 @@ func sameURL(a, b string) bool {
 	return strings.TrimSuffix(a, "/") == strings.TrimSuffix(b, "/")
 }
 
-// Switch rewrites the managed hosts.toml files under dir to the lifeboat-only form, keeping
-// each original under backupDir (<backupDir>/<registry>/hosts.toml) until Restore. Only the
-// given registries are switched, or all managed ones when registries is empty. It returns the
-// registries switched. A file already switched (its backup exists) is left as it is.
+// Switch rewrites the managed hosts.toml files under dir to the lifeboat-only form, marked with
+// DrillMarker so that configure leaves them alone, keeping each original under backupDir
+// (<backupDir>/<registry>/hosts.toml) until Restore. Only the given registries are switched, or
+// all managed ones when registries is empty. It returns the registries switched. A file already switched (its backup exists) is left as it is.
 func Switch(dir, backupDir, mirrorURL string, registries []string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -255,7 +306,8 @@ func Switch(dir, backupDir, mirrorURL string, registries []string) ([]string, er
 		if err := writeAtomic(backup, content, 0o600); err != nil {
 			return switched, fmt.Errorf("keep the original %s: %w", path, err)
 		}
-		if err := writeAtomic(path, Render(reg, mirrorURL, false), 0o644); err != nil {
+		drill := Config{Registry: reg, Mirror: mirrorURL, Drill: true}
+		if err := writeAtomic(path, drill.Render(), 0o644); err != nil {
 			return switched, fmt.Errorf("switch %s: %w", path, err)
 		}
 		switched = append(switched, reg)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -68,8 +69,8 @@ func TestSwitchAndRestore(t *testing.T) {
 		t.Fatalf("switched %v, want docker.io and ghcr.io", got)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "docker.io", FileName))
-	if !strings.Contains(string(b), "server = \""+mirror+"\"") {
-		t.Errorf("docker.io not lifeboat-only during the outage:\n%s", b)
+	if !strings.Contains(string(b), "server = \""+mirror+"\"") || !Drilled(b) {
+		t.Errorf("docker.io not lifeboat-only, marked as the drill's, during the outage:\n%s", b)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "quay.io", FileName)); string(b) != unrelated {
 		t.Error("a file lifeboat does not manage was changed")
@@ -124,6 +125,7 @@ func TestHostsReadByContainerd(t *testing.T) {
 		{name: "docker.io fail-open", cfg: Config{Registry: "docker.io", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://registry-1.docker.io"}},
 		{name: "ghcr.io fail-open", cfg: Config{Registry: "ghcr.io", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://ghcr.io"}},
 		{name: "docker.io lifeboat-only", cfg: Config{Registry: "docker.io", Mirror: mirror}, want: []string{mirror, mirror}},
+		{name: "docker.io during a drill", cfg: Config{Registry: "docker.io", Mirror: mirror, Fallback: true, Drill: true}, want: []string{mirror, mirror}},
 		// A local registry on a port: https first, plain http if it answers in plain http.
 		{name: "local registry fail-open", cfg: Config{Registry: "127.0.0.1:5000", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://127.0.0.1:5000"}},
 		{name: "localhost fail-open", cfg: Config{Registry: "localhost:5000", Mirror: mirror, Fallback: true}, want: []string{mirror, "https://localhost:5000"}},
@@ -216,6 +218,7 @@ func TestHostsPlan(t *testing.T) {
 		{name: "an operator's file pointing at the mirror", current: ptr("server = \"https://registry-1.docker.io\"\n[host.\"" + mirror + "\"]\n[host.\"https://other.example\"]\n"), want: Skip},
 		{name: "an operator's unrelated file", current: ptr("server = \"https://docker.example\"\n"), want: Skip},
 		{name: "an empty file", current: ptr(""), want: Skip},
+		{name: "switched by an outage drill", current: ptr(string(Config{Registry: "docker.io", Mirror: mirror, Drill: true}.Render())), want: Held},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -242,14 +245,14 @@ func TestHostsPlan(t *testing.T) {
 			}
 			b, err := os.ReadFile(path)
 			switch {
-			case tt.want == Skip || tt.want == Unchanged:
+			case tt.want == Skip || tt.want == Unchanged || tt.want == Held:
 				if string(b) != *tt.current {
 					t.Errorf("a %s file was changed:\n%s", tt.want, b)
 				}
 			case err != nil || string(b) != string(Render("docker.io", mirror, true)):
 				t.Errorf("after Apply: %v\n%s", err, b)
 			}
-			if again, err := Plan(dir, "docker.io", mirror, true); err != nil || tt.want != Skip && again.Action != Unchanged {
+			if again, err := Plan(dir, "docker.io", mirror, true); err != nil || tt.want != Skip && tt.want != Held && again.Action != Unchanged {
 				t.Errorf("Plan after Apply: %s, %v; want unchanged", again.Action, err)
 			}
 		})
@@ -285,5 +288,36 @@ func TestHostsLocalPlainHTTPRegistry(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusTeapot {
 		t.Fatalf("containerd's fallback got %s, not the registry's answer", resp.Status)
+	}
+}
+
+// TestHostsRefuseNonRegistryNames: a registry name is a directory under the hosts directory, so
+// one that is not a registry host[:port] could write outside it; Plan and Write refuse it and
+// write nothing.
+func TestHostsRefuseNonRegistryNames(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"../../escaped", "a/b", "..", ".", "", "/etc", "docker.io/../..", "a\\b"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			base := t.TempDir()
+			dir := filepath.Join(base, "etc", "certs.d")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if c, err := Plan(dir, name, mirror, true); !errdefs.IsInvalidArgument(err) {
+				t.Errorf("Plan(%q) = %s %s, %v; want invalid argument", name, c.Action, c.Path, err)
+			} else if c.Apply() != nil {
+				t.Errorf("Apply of a refused plan failed")
+			}
+			if err := (Config{Registry: name, Mirror: mirror}).Write(dir); !errdefs.IsInvalidArgument(err) {
+				t.Errorf("Write(%q) = %v, want invalid argument", name, err)
+			}
+			filepath.WalkDir(base, func(path string, _ os.DirEntry, err error) error {
+				if err == nil && path != base && path != filepath.Dir(dir) && path != dir {
+					t.Errorf("%s was written", path)
+				}
+				return nil
+			})
+		})
 	}
 }

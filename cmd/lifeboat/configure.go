@@ -48,7 +48,11 @@ the only way to the registry, for nodes that must pull only through it.
 lifeboat replaces only the hosts.toml files it wrote (they have a line beginning with
 "` + hosts.Marker + `"), whatever they point at. A file without that line is never replaced: the
 command names it, configures the other registries, and exits non-zero. Running it again changes
-nothing. --dry-run prints a unified diff of each file it would write.`,
+nothing. --dry-run prints a unified diff of each file it would write.
+
+While an outage drill started with --hosts-dir has a registry's hosts.toml switched, the command
+changes nothing and exits non-zero: the drill puts the original file back when it ends, which
+would undo what it wrote. Run "lifeboat outage stop", then this command again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The mirror and the socket are the configuration's, as serve listens on them,
@@ -75,13 +79,21 @@ nothing. --dry-run prints a unified diff of each file it would write.`,
 				mirror = "http://" + mirror
 			}
 			if len(registries) == 0 {
+				if cmd.Flags().Changed("registry") {
+					return fmt.Errorf("--registry is empty: name a registry, such as docker.io")
+				}
 				registries = defaultRegistries
+			}
+			// Every registry is planned before any file is written: a bad name, or a drill
+			// holding a file, changes nothing.
+			changes, err := planRegistries(hostsDir, registries, mirror, withFallback)
+			if err != nil {
+				return err
 			}
 			out := cmd.OutOrStdout()
 			var skipped []string
-			for _, reg := range registries {
-				c, err := configureRegistry(out, hostsDir, reg, mirror, withFallback, dryRun)
-				if err != nil {
+			for _, c := range changes {
+				if err := configureRegistry(out, c, mirror, dryRun); err != nil {
 					return err
 				}
 				if c.Action == hosts.Skip {
@@ -126,17 +138,35 @@ func reachable(addr string) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-// configureRegistry writes (or with dryRun, prints the diff of) the hosts.toml of one registry
-// and reports what it did.
-func configureRegistry(out io.Writer, dir, reg, mirror string, fallback, dryRun bool) (hosts.Change, error) {
-	c, err := hosts.Plan(dir, reg, mirror, fallback)
-	if err != nil {
-		return c, err
+// planRegistries plans the hosts.toml of each registry under dir. It fails, with one sentence,
+// on a name that is not a registry's and when an outage drill holds any of the files.
+func planRegistries(dir string, registries []string, mirror string, fallback bool) ([]hosts.Change, error) {
+	var changes []hosts.Change
+	var held []string
+	for _, reg := range registries {
+		c, err := hosts.Plan(dir, reg, mirror, fallback)
+		if err != nil {
+			return nil, fmt.Errorf("--registry %w", err)
+		}
+		if c.Action == hosts.Held {
+			held = append(held, c.Path)
+		}
+		changes = append(changes, c)
 	}
+	if len(held) > 0 {
+		return nil, fmt.Errorf("nothing was changed: an outage drill has switched %s until it ends, when it puts the originals back; "+
+			"run \"lifeboat outage stop\" first, then this command again", strings.Join(held, ", "))
+	}
+	return changes, nil
+}
+
+// configureRegistry writes (or with dryRun, prints the diff of) the hosts.toml of one registry
+// as planned and reports what it did.
+func configureRegistry(out io.Writer, c hosts.Change, mirror string, dryRun bool) error {
 	switch c.Action {
 	case hosts.Unchanged:
 		fmt.Fprintf(out, "%s: unchanged\n", c.Path)
-		return c, nil
+		return nil
 	case hosts.Skip:
 		also := ""
 		if hosts.Manages(c.Current, mirror) {
@@ -145,17 +175,17 @@ func configureRegistry(out io.Writer, dir, reg, mirror string, fallback, dryRun 
 		fmt.Fprintf(out, "%s: left alone: lifeboat did not write it%s, as it has no line beginning with %q; "+
 			"to let lifeboat manage it, remove the file or add that line at its top, then run this again\n",
 			c.Path, also, hosts.Marker)
-		return c, nil
+		return nil
 	}
 	if dryRun {
 		fmt.Fprint(out, c.Diff())
-		return c, nil
+		return nil
 	}
 	if err := c.Apply(); err != nil {
-		return c, err
+		return err
 	}
 	fmt.Fprintf(out, "%s: %s\n", c.Path, c.Action)
-	return c, nil
+	return nil
 }
 
 func printProxyPlugins(out io.Writer, socket string) {

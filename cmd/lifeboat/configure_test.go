@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lifeboat-dev/lifeboat/hosts"
 )
 
 func runCLI(t *testing.T, args ...string) (string, error) {
@@ -200,5 +202,97 @@ func TestVersionJSON(t *testing.T) {
 	}
 	if out, _ := runCLI(t, "version"); out != "lifeboat "+version+"\n" {
 		t.Errorf("version: %q", out)
+	}
+}
+
+// TestConfigureRefusesBadRegistryNames: a --registry that is not a registry host[:port] could
+// name a file outside the hosts directory; the command refuses it in one sentence and writes
+// nothing at all, the valid registries named with it included.
+func TestConfigureRefusesBadRegistryNames(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		registry []string
+	}{
+		{"a parent path", []string{"--registry", "../../escaped"}},
+		{"a path", []string{"--registry", "a/b"}},
+		{"the parent directory", []string{"--registry", ".."}},
+		{"the directory itself", []string{"--registry", "."}},
+		{"an empty name", []string{"--registry", ""}},
+		{"an empty name in a list", []string{"--registry", "docker.io,"}},
+		{"a bad name after a good one", []string{"--registry", "docker.io", "--registry", "../../escaped"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			dir := filepath.Join(base, "etc", "certs.d")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{"configure", "containerd", "--hosts-dir", dir}, tc.registry...)
+			_, err := runCLI(t, args...)
+			if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "registry") {
+				t.Errorf("lifeboat %v: %v, want one sentence refusing the registry name", args, err)
+			}
+			filepath.WalkDir(base, func(path string, d os.DirEntry, err error) error {
+				if err == nil && path != base && path != filepath.Dir(dir) && path != dir {
+					t.Errorf("%s was written", path)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestConfigureRefusesDuringDrill: while an outage drill holds the hosts.toml files, configure
+// changes none (the drill's restore would undo it) and says to stop the outage first; once
+// the drill has restored them, it works as usual.
+func TestConfigureRefusesDuringDrill(t *testing.T) {
+	dir, backup := t.TempDir(), filepath.Join(t.TempDir(), "outage-hosts")
+	const mirror = "http://127.0.0.1:5100"
+	docker := filepath.Join(dir, "docker.io", "hosts.toml")
+	ghcr := filepath.Join(dir, "ghcr.io", "hosts.toml")
+	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--registry", "docker.io", "--mirror", mirror); err != nil {
+		t.Fatal(err)
+	}
+	original, _ := os.ReadFile(docker)
+	// What `lifeboat outage start --hosts-dir` does to the files.
+	if _, err := hosts.Switch(dir, backup, mirror, nil); err != nil {
+		t.Fatal(err)
+	}
+	drilled, _ := os.ReadFile(docker)
+
+	for _, args := range [][]string{
+		{"--registry", "docker.io", "--registry", "ghcr.io"},
+		{"--registry", "ghcr.io", "--registry", "docker.io", "--fallback", "none"},
+		{"--registry", "docker.io", "--dry-run"},
+	} {
+		args = append([]string{"configure", "containerd", "--hosts-dir", dir, "--mirror", mirror}, args...)
+		out, err := runCLI(t, args...)
+		if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), docker) ||
+			!strings.Contains(err.Error(), "lifeboat outage stop") {
+			t.Errorf("lifeboat %v during a drill: %v, want one sentence naming %s and saying to stop the outage first", args, err, docker)
+		}
+		if b, _ := os.ReadFile(docker); string(b) != string(drilled) {
+			t.Errorf("lifeboat %v rewrote the file a drill holds:\n%s", args, b)
+		}
+		if _, err := os.Stat(ghcr); !os.IsNotExist(err) {
+			t.Errorf("lifeboat %v wrote %s during the drill", args, ghcr)
+		}
+		if strings.Contains(out, "written") || strings.Contains(out, "updated") || strings.Contains(out, "+++") {
+			t.Errorf("lifeboat %v reports a change:\n%s", args, out)
+		}
+	}
+
+	// The drill ends: its originals are back, and configure works again.
+	if _, err := hosts.Restore(backup); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(docker); string(b) != string(original) {
+		t.Fatalf("the drill did not restore the original:\n%s", b)
+	}
+	if _, err := runCLI(t, "configure", "containerd", "--hosts-dir", dir, "--mirror", mirror, "--registry", "docker.io", "--registry", "ghcr.io", "--fallback", "none"); err != nil {
+		t.Fatalf("configure after the drill: %v", err)
+	}
+	if b, _ := os.ReadFile(ghcr); !strings.Contains(string(b), `server = "`+mirror+`"`) {
+		t.Errorf("ghcr.io after the drill:\n%s", b)
 	}
 }

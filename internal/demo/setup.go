@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -18,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/daemon"
+	"github.com/lifeboat-dev/lifeboat/internal/serving"
 )
 
 // startUpstream serves an in-memory registry on a free loopback port and pushes the demo's
@@ -127,7 +127,7 @@ func serveLocal(h http.Handler) (addr string, stop func(), err error) {
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: serving.ReadHeaderTimeout, IdleTimeout: serving.IdleTimeout}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

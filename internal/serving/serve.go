@@ -17,6 +17,19 @@ import (
 // cancelWait bounds how long a server waits, after cutting them, for handlers to return.
 const cancelWait = 10 * time.Second
 
+// The bounds every HTTP server lifeboat runs (the mirror, metrics, the admin API) puts on how
+// long a connection may wait on its client.
+const (
+	// IdleTimeout closes a keep-alive connection that has carried no request for this long.
+	// It is longer than the idle timeouts of the clients (containerd's 30 s, Go's default
+	// 90 s), so that a client closes its idle connection first and does not send a request on
+	// one the server is closing.
+	IdleTimeout = 2 * time.Minute
+	// ReadHeaderTimeout bounds how long a request's headers may take to arrive, so that a
+	// client trickling them (slowloris) cannot hold a connection open.
+	ReadHeaderTimeout = 10 * time.Second
+)
+
 // ErrHandlersRunning means requests were still running after they were cancelled: whatever
 // they use (the cache) must be left open.
 var ErrHandlersRunning = errors.New("requests still running after they were cancelled")
@@ -27,8 +40,14 @@ var ErrHandlersRunning = errors.New("requests still running after they were canc
 // It returns only once every handler has returned: nil for a stop, cut or not; the error if
 // serving failed; ErrHandlersRunning if handlers still ran a while after they were cancelled.
 //
-// The handlers' contexts carry ctx's values but not its end.
+// The handlers' contexts carry ctx's values but not its end. Connections are bounded by
+// IdleTimeout and ReadHeaderTimeout.
 func HTTP(ctx context.Context, l net.Listener, h http.Handler, grace time.Duration) (cut int, err error) {
+	return serveHTTP(ctx, l, h, grace, IdleTimeout)
+}
+
+// serveHTTP is HTTP with an idle timeout of idle, which tests shorten.
+func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, grace, idle time.Duration) (cut int, err error) {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	var reqs requests
@@ -41,7 +60,8 @@ func HTTP(ctx context.Context, l net.Listener, h http.Handler, grace time.Durati
 			defer reqs.end()
 			h.ServeHTTP(w, r)
 		}),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       idle,
 		BaseContext:       func(net.Listener) context.Context { return work },
 	}
 	served := make(chan error, 1)

@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -121,5 +122,49 @@ func TestHTTPListenerFails(t *testing.T) {
 	_, err = HTTP(t.Context(), ln, http.NotFoundHandler(), time.Minute)
 	if err == nil || errors.Is(err, http.ErrServerClosed) {
 		t.Fatalf("HTTP on a closed listener = %v, want its error", err)
+	}
+}
+
+// TestHTTPClosesIdleConnections checks that a keep-alive connection left idle after a request
+// is closed by the server once the idle timeout passes, so that idle clients cannot hold
+// connections (and their goroutines) for ever.
+func TestHTTPClosesIdleConnections(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveHTTP(ctx, ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, "ok")
+		}), time.Minute, 100*time.Millisecond)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: lifeboat\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "ok" || resp.Close {
+		t.Fatalf("answer %q, %v, close %v: want a kept-alive ok", body, err, resp.Close)
+	}
+
+	// The connection now stays idle: the server must close it, well before the deadline.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle keep-alive connection: read %d bytes, %v; want the server to close it (EOF)", n, err)
 	}
 }

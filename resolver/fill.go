@@ -359,8 +359,8 @@ func (f *fill) wait(ctx context.Context) (ended bool, err error) {
 
 // reader streams the bytes [off, off+length) of the blob as they arrive. The caller holds a
 // reader on the fill (join) for as long as it uses it.
-func (f *fill) reader(off, length int64) *fillReader {
-	return &fillReader{f: f, pos: off, end: off + length}
+func (f *fill) reader(ctx context.Context, off, length int64) *fillReader {
+	return &fillReader{ctx: ctx, f: f, pos: off, end: off + length}
 }
 
 // run downloads the blob within the fill timeout, then calls forget (after which a request
@@ -624,6 +624,9 @@ func (f *fill) commit(ctx context.Context, w content.Writer, n int64) (committed
 
 // fillReader streams [pos, end) of a fill's blob as it arrives. end is -1 for "to the end".
 type fillReader struct {
+	// ctx is the client's: once it ends the reader stops waiting for bytes, so that a client
+	// that left counts as gone (see Options.MaxAbandonedFills) even while no byte arrives.
+	ctx      context.Context
 	f        *fill
 	pos, end int64
 }
@@ -634,7 +637,7 @@ var ErrSourceFailed = errors.New("the blob's source failed")
 
 // available waits until bytes at fr.pos may be read, and returns how many; io.EOF once the range
 // is delivered, or the fill's error.
-func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.pos, fr.end) }
+func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.ctx, fr.pos, fr.end) }
 
 // available waits until bytes at pos may be read, and returns how many up to rangeEnd (-1 for
 // the end of the blob); io.EOF once [pos, rangeEnd) is delivered, or the fill's error.
@@ -647,10 +650,20 @@ func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.pos,
 // fetching it again, and resumes a partial one; a complete range could be stitched into a blob
 // by a client that fetches in parts.) Ranges that end before the blob's end wait for the
 // verification of the whole blob too: the conservative choice, since a client cannot tell a
-// range of a blob that failed from a good one.
-func (f *fill) available(pos, rangeEnd int64) (int64, error) {
+// range of a blob that failed from a good one. A blob of up to holdWhole bytes gives its readers
+// no byte at all before it verified.
+//
+// It stops waiting once ctx, the client's, ends: a client that left no longer counts as a
+// reader once its request returns, even while the upstream sends nothing.
+func (f *fill) available(ctx context.Context, pos, rangeEnd int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var stopWake func() bool
+	defer func() {
+		if stopWake != nil {
+			stopWake()
+		}
+	}()
 	for {
 		end := rangeEnd
 		if end < 0 && f.verified {
@@ -685,6 +698,16 @@ func (f *fill) available(pos, rangeEnd int64) (int64, error) {
 				err = io.ErrUnexpectedEOF
 			}
 			return 0, fmt.Errorf("blob %s: %w", f.dgst, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("blob %s: the client left: %w", f.dgst, err)
+		}
+		if stopWake == nil {
+			stopWake = context.AfterFunc(ctx, func() {
+				f.mu.Lock()
+				f.cond.Broadcast()
+				f.mu.Unlock()
+			})
 		}
 		f.cond.Wait()
 	}

@@ -706,7 +706,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return f.reader(off, length), nil
+			return f.reader(ctx, off, length), nil
 		},
 		close: func() error { once.Do(f.release); return nil },
 	}, nil

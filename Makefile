@@ -12,7 +12,7 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench fuzz fuzz-short soak clean image manifests
+.PHONY: help build run unit integration lint test tools bench fuzz fuzz-short soak clean image manifests dashboard
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ lint: tools ## gofmt check, go vet, staticcheck; the Helm chart, manifests, dash
 
 manifests: ## regenerate deploy/kubernetes from the Helm chart (deploy/helm/lifeboat) with its default values
 	cd deploy && $(GO) test -count=1 -run '^TestPlainManifests$$' ./kubernetes -update
+
+dashboard: ## regenerate deploy/grafana/lifeboat.json from its Go definition (deploy/grafana/dashboard.go)
+	cd deploy && $(GO) test -count=1 -run '^TestDashboardFile$$' ./grafana -update
 
 test: lint unit fuzz-short integration ## everything CI runs: lint, unit, a short fuzz run and integration
 

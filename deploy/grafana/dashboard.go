@@ -9,6 +9,8 @@
 // node (instance) variables; the overview row adds them up across the cluster.
 package grafana
 
+//lint:file-ignore SA1019 The SDK deprecates the classic dashboard model for dashboardv2, the schema of Grafana 12's dynamic dashboards, which older Grafana cannot import; the classic JSON imports everywhere.
+
 import (
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
 	"github.com/grafana/grafana-foundation-sdk/go/common"

@@ -287,6 +287,39 @@ func checkMonitoring(t *testing.T, objs []object) {
 	}
 }
 
+// TestChartRefuses: values the chart cannot honour stop the install with a message that says
+// why (values.schema.json, or the templates' own checks).
+func TestChartRefuses(t *testing.T) {
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, values, want string
+	}{
+		{"misspelt key", "cache: {max_size: 20GiB}", "max_size"},
+		{"unknown tag policy", "resolve: {policy: cache-only}", "policy"},
+		{"fallback", "containerd: {fallback: never}", "fallback"},
+		{"password in values", "registries: {r.example.com: {password: s3cret}}", "registryCredentials"},
+		{"ServiceMonitor without metrics on the node IP", "serviceMonitor: {enabled: true}\nmetrics: {onNodeIP: false}", "onNodeIP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vals, err := chartutil.ReadValues([]byte(tc.values))
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := chartutil.ReleaseOptions{Name: release, Namespace: namespace, Revision: 1, IsInstall: true}
+			rv, err := chartutil.ToRenderValues(ch, vals, opts, nil)
+			if err == nil {
+				_, err = engine.Engine{Strict: true}.Render(ch, rv)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("values %q: error %v, want one that mentions %q", tc.values, err, tc.want)
+			}
+		})
+	}
+}
+
 // TestPlainManifests: this directory's manifests are the chart rendered with its default values
 // (`make manifests` writes them), besides the hand-kept Namespace and Kustomization.
 func TestPlainManifests(t *testing.T) {

@@ -13,13 +13,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"sigs.k8s.io/yaml"
 
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
+
+	"github.com/lifeboat-dev/lifeboat/deploy/internal/rulefile"
 )
 
 // update rewrites this directory's generated manifests from the chart: `make manifests`.
@@ -66,22 +67,7 @@ type serviceMonitor struct {
 type prometheusRule struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
-	Spec              ruleGroups `json:"spec"`
-}
-
-// ruleGroups is a Prometheus rule file, which is also a PrometheusRule's spec.
-type ruleGroups struct {
-	Groups []struct {
-		Name  string `json:"name"`
-		Rules []struct {
-			Alert       string            `json:"alert"`
-			Record      string            `json:"record"`
-			Expr        string            `json:"expr"`
-			For         string            `json:"for"`
-			Labels      map[string]string `json:"labels"`
-			Annotations map[string]string `json:"annotations"`
-		} `json:"rules"`
-	} `json:"groups"`
+	Spec              rulefile.File `json:"spec"`
 }
 
 func init() {
@@ -274,15 +260,11 @@ func checkMonitoring(t *testing.T, objs []object) {
 			t.Errorf("ServiceMonitor endpoint %+v: not the Service's port of the metrics containerPort, at /metrics", e)
 		}
 	}
-	b, err := os.ReadFile(rulesFile)
+	want, err := rulefile.Load(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want ruleGroups
-	if err := yaml.UnmarshalStrict(b, &want); err != nil {
-		t.Fatalf("%s: %v", rulesFile, err)
-	}
-	if len(want.Groups) == 0 || !reflect.DeepEqual(rules[0].Spec, want) {
+	if !reflect.DeepEqual(rules[0].Spec, want) {
 		t.Errorf("the PrometheusRule's spec is not %s", rulesFile)
 	}
 }

@@ -13,43 +13,19 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/lifeboat-dev/lifeboat/deploy/internal/metricsdoc"
+	"github.com/lifeboat-dev/lifeboat/deploy/internal/rulefile"
 )
 
 const rulesFile = "lifeboat-rules.yaml"
 
-// scrapeSeries are the series Prometheus itself records for every scrape target: up is how it
-// tells a lifeboat that is down.
-var scrapeSeries = []string{"up"}
-
-type ruleFile struct {
-	Groups []struct {
-		Name  string `json:"name"`
-		Rules []struct {
-			Alert       string            `json:"alert"`
-			Expr        string            `json:"expr"`
-			For         string            `json:"for"`
-			Labels      map[string]string `json:"labels"`
-			Annotations map[string]string `json:"annotations"`
-		} `json:"rules"`
-	} `json:"groups"`
-}
-
 func TestRulesReadExposedMetrics(t *testing.T) {
-	b, err := os.ReadFile(rulesFile)
+	f, err := rulefile.Load(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f ruleFile
-	if err := yaml.UnmarshalStrict(b, &f); err != nil {
-		t.Fatalf("%s: %v", rulesFile, err)
-	}
-	documented, err := metricsdoc.Documented(metricsdoc.Path)
+	exposed, err := metricsdoc.Exposed(metricsdoc.Path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	exposed := slices.Clone(scrapeSeries)
-	for name, typ := range documented {
-		exposed = append(exposed, metricsdoc.Series(name, typ)...)
 	}
 	var alerts []string
 	for _, g := range f.Groups {

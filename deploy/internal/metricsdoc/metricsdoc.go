@@ -37,6 +37,25 @@ func Documented(path string) (map[string]string, error) {
 	return types, nil
 }
 
+// scrapeSeries are the series Prometheus itself records for every scrape target, which a query
+// may read besides lifeboat's own: up is how it tells a lifeboat that is down.
+var scrapeSeries = []string{"up"}
+
+// Exposed returns the names of every series a Prometheus scraping lifeboat has: those of the
+// metrics docs/metrics.md lists (a histogram's _bucket, _sum and _count) and up.
+func Exposed(path string) ([]string, error) {
+	documented, err := Documented(path)
+	if err != nil {
+		return nil, err
+	}
+	exposed := slices.Clone(scrapeSeries)
+	for name, typ := range documented {
+		exposed = append(exposed, Series(name, typ)...)
+	}
+	slices.Sort(exposed)
+	return exposed, nil
+}
+
 // Series are the names of the time series a metric of a type exposes: a histogram's _bucket,
 // _sum and _count, or the name itself.
 func Series(name, typ string) []string {

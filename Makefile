@@ -12,7 +12,7 @@ ifneq ($(shell id -u),0)
 RUN_ARGS += --socket $(RUN_DIR)/lifeboat.sock --admin-socket $(RUN_DIR)/admin.sock
 endif
 
-.PHONY: help build run unit integration lint test tools bench fuzz fuzz-short soak clean image
+.PHONY: help build run unit integration lint test tools bench fuzz fuzz-short soak clean image manifests dashboard
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,18 +47,29 @@ unit: ## unit tests with the race detector (everything but the integration suite
 integration: tools ## end-to-end tests against real containerd, ctr, runc and a registry (needs root)
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m -v -skip '^TestAdversarialFills$$' ./integration/...
 
-lint: tools ## gofmt check, go vet, staticcheck, and the Kubernetes manifests against the API types
+lint: tools ## gofmt check, go vet, staticcheck; the Helm chart, manifests, dashboard and alerts (deploy/)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
-	@# deploy/kubernetes is a module of its own (it needs k8s.io/api); its test decodes each
-	@# manifest strictly into the Kubernetes API types. deploy/config.toml is checked by `make unit`.
-	cd deploy/kubernetes && $(GO) vet ./... && $(TOOLS)/staticcheck ./... && $(GO) test -count=1 ./...
+	@# deploy/ is a module of its own (it needs Helm, k8s.io/api and Prometheus' PromQL parser).
+	@# Its tests lint and render the Helm chart with Helm's packages, decode every object strictly
+	@# into the Kubernetes API types, check that deploy/kubernetes is the chart's default render,
+	@# and check the Grafana dashboard. deploy/config.toml is checked by `make unit`.
+	cd deploy && $(GO) vet ./... && $(TOOLS)/staticcheck ./... && $(GO) test -count=1 ./...
+	@# The alerts: promtool checks the rules and runs their unit tests (*_test.yaml beside them).
+	$(TOOLS)/promtool check rules deploy/prometheus/lifeboat-rules.yaml
+	cd deploy/prometheus && $(TOOLS)/promtool test rules *_test.yaml
+
+manifests: ## regenerate deploy/kubernetes from the Helm chart (deploy/helm/lifeboat) with its default values
+	cd deploy && $(GO) test -count=1 -run '^TestPlainManifests$$' ./kubernetes -update
+
+dashboard: ## regenerate deploy/grafana/lifeboat.json from its Go definition (deploy/grafana/dashboard.go)
+	cd deploy && $(GO) test -count=1 -run '^TestDashboardFile$$' ./grafana -update
 
 test: lint unit fuzz-short integration ## everything CI runs: lint, unit, a short fuzz run and integration
 
-tools: ## install pinned containerd, ctr, shim, crane, registry and staticcheck into bin/tools
+tools: ## install pinned containerd, ctr, shim, crane, registry, staticcheck and promtool into bin/tools
 	@bash hack/tools.sh
 
 bench: tools ## benchmarks into docs/benchmarks.md and .json, as ratios to baselines measured in the same run

@@ -15,6 +15,10 @@ tools=(
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
   "registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2"
   "staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2"
+  # Checks the Prometheus alerts and runs their unit tests (make lint). Prometheus' Go module
+  # versions are v0.<3-digit minor>: v0.316.0 is Prometheus 3.16.0. It takes minutes to build;
+  # like the others, it is built again only when this version changes.
+  "promtool github.com/prometheus/prometheus/cmd/promtool@v0.316.0"
   # The OCI distribution-spec conformance program, pinned to a commit (pseudo-version). It is a
   # main package: built with go install like the others, not as a test binary (which upstream
   # deprecates).

@@ -5,8 +5,9 @@
 // network (the JSON schemas of schema validators such as kubeconform are downloaded at run
 // time; the API types are the source those schemas are generated from).
 //
-// This directory is its own Go module, so that lifeboat's module does not depend on
-// k8s.io/api. `make lint` runs it.
+// deploy/ is its own Go module, so that lifeboat's module does not depend on k8s.io/api.
+// `make lint` runs it. chart_test.go renders the Helm chart these manifests are generated from
+// and runs the same checks on what it renders.
 package kubernetes_test
 
 import (
@@ -25,6 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
+
+	"github.com/lifeboat-dev/lifeboat/config"
 )
 
 // namespace is where every namespaced object goes.
@@ -71,15 +74,23 @@ func load(t *testing.T) []object {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, doc := range splitDocuments(b) {
-			o, err := decode(doc)
-			if err != nil {
-				t.Errorf("%s, document %d: %v", file, i+1, err)
-				continue
-			}
-			o.file = file
-			objs = append(objs, o)
+		objs = append(objs, decodeFile(t, file, b)...)
+	}
+	return objs
+}
+
+// decodeFile decodes each document of one file (a manifest, or a template the chart rendered).
+func decodeFile(t *testing.T, file string, b []byte) []object {
+	t.Helper()
+	var objs []object
+	for i, doc := range splitDocuments(b) {
+		o, err := decode(doc)
+		if err != nil {
+			t.Errorf("%s, document %d: %v", file, i+1, err)
+			continue
 		}
+		o.file = file
+		objs = append(objs, o)
 	}
 	return objs
 }
@@ -142,7 +153,13 @@ func find[T any](objs []object) []*T {
 }
 
 func TestManifestsDecodeStrictly(t *testing.T) {
-	objs := load(t)
+	checkObjects(t, load(t), "Namespace/"+namespace, "ServiceAccount/lifeboat", "ConfigMap/lifeboat", "DaemonSet/lifeboat")
+}
+
+// checkObjects: names, namespaces and labels the API server accepts, no object twice, and
+// each of want ("Kind/name") present.
+func checkObjects(t *testing.T, objs []object, want ...string) {
+	t.Helper()
 	seen := map[string]string{}
 	for _, o := range objs {
 		if _, ok := o.obj.(*kustomization); ok {
@@ -170,7 +187,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 		}
 		seen[key] = o.file
 	}
-	for _, kind := range []string{"Namespace/" + namespace, "ServiceAccount/lifeboat", "ConfigMap/lifeboat", "DaemonSet/lifeboat"} {
+	for _, kind := range want {
 		if _, ok := seen[kind]; !ok {
 			t.Errorf("no %s among the manifests", kind)
 		}
@@ -178,7 +195,13 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 }
 
 func TestDaemonSet(t *testing.T) {
-	objs := load(t)
+	checkDaemonSet(t, load(t))
+}
+
+// checkDaemonSet: what the API server requires of the DaemonSet, its references to the other
+// objects, and what lifeboat relies on (host network, host paths, probes, resources).
+func checkDaemonSet(t *testing.T, objs []object) {
+	t.Helper()
 	dss := find[appsv1.DaemonSet](objs)
 	if len(dss) != 1 {
 		t.Fatalf("%d DaemonSets, want 1", len(dss))
@@ -292,7 +315,12 @@ func TestDaemonSet(t *testing.T) {
 // LIFEBOAT_METRICS_ADDRESS (the env override of serve's --metrics-address) built from it, on
 // the port the metrics containerPort and the Prometheus annotations name.
 func TestDaemonSetMetricsOnNodeIP(t *testing.T) {
-	ds := daemonSet(t)
+	checkMetricsOnNodeIP(t, load(t))
+}
+
+func checkMetricsOnNodeIP(t *testing.T, objs []object) {
+	t.Helper()
+	ds := daemonSet(t, objs)
 	c := container(t, ds.Spec.Template.Spec.Containers, "lifeboat")
 	hostIP := -1
 	var addr *corev1.EnvVar
@@ -336,7 +364,12 @@ func TestDaemonSetMetricsOnNodeIP(t *testing.T) {
 // against the node's /etc/containerd/certs.d on every node, so that nodes that join later go
 // through lifeboat too, with the image of the lifeboat container.
 func TestDaemonSetConfiguresContainerd(t *testing.T) {
-	ds := daemonSet(t)
+	checkConfiguresContainerd(t, load(t))
+}
+
+func checkConfiguresContainerd(t *testing.T, objs []object) {
+	t.Helper()
+	ds := daemonSet(t, objs)
 	spec := ds.Spec.Template.Spec
 	c := container(t, spec.InitContainers, "configure-containerd")
 	if main := container(t, spec.Containers, "lifeboat"); c.Image != main.Image {
@@ -389,9 +422,9 @@ func TestDaemonSetConfiguresContainerd(t *testing.T) {
 	}
 }
 
-func daemonSet(t *testing.T) *appsv1.DaemonSet {
+func daemonSet(t *testing.T, objs []object) *appsv1.DaemonSet {
 	t.Helper()
-	dss := find[appsv1.DaemonSet](load(t))
+	dss := find[appsv1.DaemonSet](objs)
 	if len(dss) != 1 {
 		t.Fatalf("%d DaemonSets, want 1", len(dss))
 	}
@@ -453,11 +486,30 @@ func TestKustomization(t *testing.T) {
 }
 
 func TestConfigMapHasConfigFile(t *testing.T) {
-	for _, cm := range find[corev1.ConfigMap](load(t)) {
-		if strings.TrimSpace(cm.Data["config.toml"]) == "" {
-			t.Errorf("ConfigMap %s has no config.toml (the DaemonSet runs lifeboat serve --config /etc/lifeboat/config.toml)", cm.Name)
-		}
+	checkConfigMap(t, load(t))
+}
+
+// checkConfigMap: the ConfigMap carries a config.toml that lifeboat parses, and it keeps the
+// root, mirror and sockets where the DaemonSet's probes and hostPath volumes expect them.
+func checkConfigMap(t *testing.T, objs []object) config.Config {
+	t.Helper()
+	cms := find[corev1.ConfigMap](objs)
+	if len(cms) != 1 {
+		t.Fatalf("%d ConfigMaps, want 1", len(cms))
 	}
+	b := cms[0].Data["config.toml"]
+	if strings.TrimSpace(b) == "" {
+		t.Fatalf("ConfigMap %s has no config.toml (the DaemonSet runs lifeboat serve --config /etc/lifeboat/config.toml)", cms[0].Name)
+	}
+	cfg := config.Default()
+	if err := config.Parse([]byte(b), &cfg); err != nil {
+		t.Fatalf("ConfigMap %s: config.toml: %v", cms[0].Name, err)
+	}
+	def := config.Default()
+	if cfg.Mirror.Address != def.Mirror.Address || cfg.Root != def.Root || cfg.Plugin.Address != def.Plugin.Address || cfg.Admin.Address != def.Admin.Address {
+		t.Errorf("ConfigMap %s: config.toml moves the mirror, root or sockets; the DaemonSet's probes and volumes assume the defaults", cms[0].Name)
+	}
+	return cfg
 }
 
 func TestSplitDocuments(t *testing.T) {

@@ -43,7 +43,8 @@ did not, so it doubles as a self-test.
 --json prints one object instead: ok (bool), problems (sentences), registry, upstream, mirror,
 root, kept, upstreamTimeout, images (ref, digest, size, layers), durationMs, and steps, each with
 number, name, ref, outage (the mode in force, if any), expect ("pull" or "fail"), ok, pulled,
-durationMs, bytes (received from the mirror), upstream (requests and bytes that reached the
+durationMs, registryDown (lifeboat had marked the registry down when the step began), bytes
+(received from the mirror), upstream (requests and bytes that reached the
 registry), answers (kind "tag", "manifest" or "blob", HTTP status, cache, count), error (the
 client's), lifeboatSays (the mirror's error message) and note.`,
 		Example: `  lifeboat demo

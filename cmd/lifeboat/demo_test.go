@@ -91,16 +91,17 @@ type demoJSON struct {
 		Layers int    `json:"layers"`
 	} `json:"images"`
 	Steps []struct {
-		Number     int     `json:"number"`
-		Name       string  `json:"name"`
-		Ref        string  `json:"ref"`
-		Outage     string  `json:"outage"`
-		Expect     string  `json:"expect"`
-		OK         bool    `json:"ok"`
-		Pulled     bool    `json:"pulled"`
-		DurationMs float64 `json:"durationMs"`
-		Bytes      int64   `json:"bytes"`
-		Upstream   struct {
+		Number       int     `json:"number"`
+		Name         string  `json:"name"`
+		Ref          string  `json:"ref"`
+		Outage       string  `json:"outage"`
+		Expect       string  `json:"expect"`
+		OK           bool    `json:"ok"`
+		Pulled       bool    `json:"pulled"`
+		DurationMs   float64 `json:"durationMs"`
+		RegistryDown bool    `json:"registryDown"`
+		Bytes        int64   `json:"bytes"`
+		Upstream     struct {
 			Requests int64 `json:"requests"`
 			Bytes    int64 `json:"bytes"`
 		} `json:"upstream"`
@@ -221,13 +222,20 @@ func TestDemoJSON(t *testing.T) {
 	if d := rep.Steps[2].DurationMs; d < 500 || d > 10_000 {
 		t.Errorf("step 3 took %vms, want about the 500ms upstream_timeout", d)
 	}
-	if d := rep.Steps[3].DurationMs; d >= 500 {
-		t.Errorf("step 4 took %vms, want less than the 500ms upstream_timeout (the registry is down by then)", d)
+	// Step 4 fails without waiting on the registry because lifeboat marked it down in step 3:
+	// the property, checked as state. Its time is only bounded well below containerd's 30 s
+	// wait (a loaded machine under -race can be slow); `make bench` measures it.
+	if rep.Steps[2].RegistryDown || !rep.Steps[3].RegistryDown {
+		t.Errorf("registry down at the start of step 3: %v, of step 4: %v; want false, then true", rep.Steps[2].RegistryDown, rep.Steps[3].RegistryDown)
+	}
+	if d := rep.Steps[3].DurationMs; d >= 10_000 {
+		t.Errorf("step 4 took %vms, want well under containerd's 30 s wait (the registry is down by then)", d)
 	}
 }
 
 // TestDemoBinary runs `lifeboat demo` as a new user would: the real binary, no configuration,
-// a fresh home and temporary directory. The issue's bar is a finish in under a minute.
+// a fresh home and temporary directory. The README calls it a tour of a few seconds (`make
+// bench` measures it: docs/benchmarks.md); the bound here is generous for a loaded machine.
 func TestDemoBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -241,7 +249,7 @@ func TestDemoBinary(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, b)
 	}
 
-	const limit = time.Minute
+	const limit = 20 * time.Second
 	ctx, cancel := context.WithTimeout(t.Context(), limit)
 	defer cancel()
 	home, tmp := t.TempDir(), t.TempDir()

@@ -84,6 +84,9 @@ type Step struct {
 	Pulled bool `json:"pulled"`
 	// DurationMs is the time the pull took, resolution included.
 	DurationMs float64 `json:"durationMs"`
+	// RegistryDown says lifeboat had marked the registry down when the step began, so that it
+	// did not wait on the registry before answering.
+	RegistryDown bool `json:"registryDown"`
 	// Bytes is the body bytes the client received from the mirror.
 	Bytes int64 `json:"bytes"`
 	// Upstream is what reached the upstream registry during the step.
@@ -277,6 +280,16 @@ func check(s Step, want expect) []string {
 	return problems
 }
 
+// registryDown says whether lifeboat has marked an endpoint of the registry down.
+func (d *tour) registryDown() bool {
+	for _, ep := range d.lb.Resolver.Endpoints() {
+		if !ep.Up {
+			return true
+		}
+	}
+	return false
+}
+
 // breakerNote says whether lifeboat has stopped waiting on the registry.
 func (d *tour) breakerNote() string {
 	for _, ep := range d.lb.Resolver.Endpoints() {
@@ -304,6 +317,7 @@ func (d *tour) step(ctx context.Context, summary, title, ref string, want expect
 		s.Outage = st.Spec.Mode
 	}
 	fmt.Fprintf(d.out, "%d. %s\n", s.Number, title)
+	s.RegistryDown = d.registryDown()
 
 	d.rec.take()
 	before := d.upstream.traffic()

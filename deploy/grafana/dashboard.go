@@ -96,6 +96,14 @@ func Dashboard() (dashboard.Dashboard, error) {
 			query(`sum(lifeboat_cache_budget_bytes{`+sel+`})`, "budget"))).
 		WithPanel(timeSeries("Evictions", "Blobs the evictor removed, per node.", "",
 			query(`sum by (instance) (increase(lifeboat_cache_evicted_blobs_total{`+sel+`}[$__rate_interval]))`, "{{instance}}"))).
+		WithRow(dashboard.NewRowBuilder("Downloads from upstreams (fills)")).
+		WithPanel(timeSeries("Fills in flight", "Blob downloads running (at most max_fills), those no client reads any more (at most max_abandoned_fills), and requests waiting for a download slot.", "",
+			query(`sum(lifeboat_fills_running{`+sel+`})`, "running"),
+			query(`sum(lifeboat_fills_abandoned{`+sel+`})`, "abandoned"),
+			query(`sum(lifeboat_fills_waiting{`+sel+`})`, "waiting"))).
+		WithPanel(timeSeries("Fills refused and cancelled", "Requests answered 429 because every download slot stayed busy for fill_queue_timeout, and abandoned downloads cancelled past max_abandoned_fills, per node.", "",
+			query(`sum by (instance) (increase(lifeboat_fills_refused_total{`+sel+`}[$__rate_interval]))`, "{{instance}} refused"),
+			query(`sum by (instance) (increase(lifeboat_fills_cancelled_total{`+sel+`}[$__rate_interval]))`, "{{instance}} cancelled"))).
 		Build()
 }
 

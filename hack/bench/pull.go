@@ -35,6 +35,11 @@ type pullResults struct {
 	fallbackDeadline time.Duration
 	fallbackFinished bool  // false: cut at fallbackDeadline
 	fallbackErr      error // the pull finished, and failed
+
+	// lifeboat stopped, hosts.toml as `lifeboat configure containerd` writes it (lifeboat, then
+	// the upstream as server): containerd's connection to lifeboat is refused and it goes to
+	// the upstream; alternated with the direct pull, the first party swapped each round.
+	lbDown, lbDownDirect []time.Duration
 }
 
 // writeHosts writes the hosts.toml cfg describes into the hosts directory dir, and returns dir.
@@ -163,6 +168,30 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 		return res, fmt.Errorf("lifeboat outage stop: %v\n%s", err, out)
 	}
 
+	// lifeboat down: the fail-open hosts.toml sends containerd to the upstream at once.
+	failOpenHosts, err := writeHosts(filepath.Join(base, "hosts-failopen"),
+		hosts.Config{Registry: "docker.io", Mirror: "http://" + lbAddr, Fallback: true, Upstream: "http://" + regAddr})
+	if err != nil {
+		return res, err
+	}
+	lb.stop()
+	for i := range rounds {
+		parties := []struct {
+			hosts string
+			into  *[]time.Duration
+		}{{failOpenHosts, &res.lbDown}, {directHosts, &res.lbDownDirect}}
+		if i%2 == 1 {
+			parties[0], parties[1] = parties[1], parties[0]
+		}
+		for _, p := range parties {
+			d, err := pull("down", p.hosts)
+			if err != nil {
+				return res, fmt.Errorf("pull with lifeboat stopped: %w", err)
+			}
+			*p.into = append(*p.into, d)
+		}
+	}
+
 	// containerd on its own: the mirror blackholed, the upstream up as server. The forwarder,
 	// blackholed before its first connection, never dials its target.
 	black, err := startForwarder(regAddr)
@@ -215,6 +244,14 @@ func renderPull(b *strings.Builder, r pullResults) {
 	fmt.Fprintf(b, "| through lifeboat, layers applied by lifeboat's snapshotter from its cache | %s | %.2f |\n", median(r.snaps).Round(time.Millisecond), ratio(r.snaps))
 	fmt.Fprintf(b, "\nThrough lifeboat into overlayfs ÷ through lifeboat's snapshotter (higher is better): %.2f\n", median(r.plain).Seconds()/median(r.snaps).Seconds())
 
+	fmt.Fprintf(b, "\n### lifeboat stopped\n\n")
+	fmt.Fprintf(b, "hosts.toml as `lifeboat configure containerd` writes it (lifeboat first, the upstream as server), lifeboat\n"+
+		"not running: containerd's connection is refused and it goes to the upstream. Medians of %d rounds\n"+
+		"alternating with the straight pull, the first party swapped each round; min–max in brackets.\n\n", len(r.lbDown))
+	fmt.Fprintf(b, "| pulled | pull time | ÷ straight from the upstream |\n|---|---:|---:|\n")
+	fmt.Fprintf(b, "| fail-open hosts.toml, lifeboat stopped | %s | %.2f |\n| straight from the upstream (baseline) | %s | 1.00 |\n",
+		spread(r.lbDown), median(r.lbDown).Seconds()/median(r.lbDownDirect).Seconds(), spread(r.lbDownDirect))
+
 	fmt.Fprintf(b, "\n### The upstream blackholed\n\n")
 	fmt.Fprintf(b, "| pulled | pull time |\n|---|---:|\n")
 	fmt.Fprintf(b, "| through lifeboat, cache warm, `lifeboat outage start --mode blackhole`: the first pull | %s |\n", r.outage[0].Round(time.Millisecond))
@@ -247,6 +284,13 @@ type pullJSON struct {
 	Rounds         int            `json:"rounds"`
 	Warm           pullWarmJSON   `json:"cache_warm"`
 	Outage         pullOutageJSON `json:"upstream_blackholed"`
+	LifeboatDown   pullDownJSON   `json:"lifeboat_stopped"`
+}
+
+type pullDownJSON struct {
+	FailOpenSeconds []float64 `json:"failopen_hosts_seconds"`
+	DirectSeconds   []float64 `json:"upstream_direct_seconds"`
+	Ratio           float64   `json:"failopen_to_direct_ratio"` // of the medians
 }
 
 type pullWarmJSON struct {
@@ -281,6 +325,11 @@ func (r pullResults) json() pullJSON {
 	}
 	for _, d := range r.outage {
 		j.Outage.LifeboatSeconds = append(j.Outage.LifeboatSeconds, d.Seconds())
+	}
+	j.LifeboatDown.Ratio = ratio(r.lbDown, r.lbDownDirect)
+	for i := range r.lbDown {
+		j.LifeboatDown.FailOpenSeconds = append(j.LifeboatDown.FailOpenSeconds, r.lbDown[i].Seconds())
+		j.LifeboatDown.DirectSeconds = append(j.LifeboatDown.DirectSeconds, r.lbDownDirect[i].Seconds())
 	}
 	return j
 }

@@ -83,10 +83,11 @@ func TestCorruptUpstream(t *testing.T) {
 	wantAnswer := map[string]struct {
 		status  int
 		text    string // in the mirror's answer
+		logText string // in lifeboat's log: the answer says no more than the class of the failure
 		ctrText string // in ctr's error
 	}{
-		"corrupt":  {http.StatusBadGateway, "failed verification", "502 Bad Gateway"},
-		"truncate": {http.StatusNotFound, "upstream cannot provide it", "not found"},
+		"corrupt":  {http.StatusBadGateway, "failed verification", "not the requested one", "502 Bad Gateway"},
+		"truncate": {http.StatusNotFound, "not obtainable from the upstream registry", "read blob from upstream", "not found"},
 	}
 	for _, mode := range []string{"corrupt", "truncate"} {
 		damage.Store(mode)
@@ -108,8 +109,8 @@ func TestCorruptUpstream(t *testing.T) {
 		repo := strings.TrimSuffix(strings.TrimPrefix(ref(mode), "docker.io/"), ":1")
 		status, body := getBlob(lb, repo, cfg)
 		t.Logf("%s upstream: GET of the config %s through the mirror: %d %s", mode, cfg, status, body)
-		if w := wantAnswer[mode]; status != w.status || !strings.Contains(body, w.text) {
-			t.Errorf("%s upstream: GET of the config answered %d %s, want %d saying %q", mode, status, body, w.status, w.text)
+		if w := wantAnswer[mode]; status != w.status || !strings.Contains(body, w.text) || !strings.Contains(lb.Log(), w.logText) {
+			t.Errorf("%s upstream: GET of the config answered %d %s, want %d saying %q, and the log %q", mode, status, body, w.status, w.text, w.logText)
 		}
 		// Nothing of the image is cached: not the config, the blob that fails first, nor a layer.
 		for _, d := range append([]string{cfg}, harness.LayerDigests(t, images[mode])...) {

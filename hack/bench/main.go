@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -45,6 +44,12 @@ func (r result) rate(ds []time.Duration) float64 {
 
 func (r result) ratio() float64 { return r.rate(r.subject) / r.rate(r.base) }
 
+// row is the result as a markdown table row: operation, MiB/s, baseline, baseline MiB/s, ratio,
+// each throughput a median with its range.
+func (r result) row() string {
+	return fmt.Sprintf("| %s | %s | %s | %s | %.2f |\n", r.name, rateSpread(r.bytes, r.subject), r.baseline, rateSpread(r.bytes, r.base), r.ratio())
+}
+
 // throughputJSON is one row of a throughput table.
 type throughputJSON struct {
 	Operation       string  `json:"operation"`
@@ -56,12 +61,6 @@ type throughputJSON struct {
 
 func (r result) json() throughputJSON {
 	return throughputJSON{Operation: r.name, MiBPerS: r.rate(r.subject), Baseline: r.baseline, BaselineMiBPerS: r.rate(r.base), Ratio: r.ratio()}
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func run() error {
@@ -165,56 +164,44 @@ func cacheThroughput(ctx context.Context, scratch string, size int64, rounds int
 	write := result{name: "cache write (verify + fsync + commit)", baseline: "file copy + fsync + rename", bytes: size}
 	read := result{name: "cache read (ReaderAt)", baseline: "file read", bytes: size}
 	for i := range rounds {
-		d, err := timed(func() error { return copyFile(plain, data, buf) })
+		err := runRound(i,
+			timedInto(&write.base, func() error { return copyFile(plain, data, buf) }),
+			timedInto(&write.subject, func() error {
+				w, err := store.Writer(ctx, content.WithRef(fmt.Sprintf("bench-%d", i)), content.WithDescriptor(desc))
+				if err != nil {
+					return err
+				}
+				defer w.Close()
+				if _, err := io.CopyBuffer(w, bytes.NewReader(data), buf); err != nil {
+					return err
+				}
+				return w.Commit(ctx, size, desc.Digest)
+			}))
 		if err != nil {
 			return nil, err
 		}
-		write.base = append(write.base, d)
-
-		d, err = timed(func() error {
-			w, err := store.Writer(ctx, content.WithRef(fmt.Sprintf("bench-%d", i)), content.WithDescriptor(desc))
-			if err != nil {
+		err = runRound(i,
+			timedInto(&read.base, func() error {
+				f, err := os.Open(plain)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
 				return err
-			}
-			defer w.Close()
-			if _, err := io.CopyBuffer(w, bytes.NewReader(data), buf); err != nil {
+			}),
+			timedInto(&read.subject, func() error {
+				ra, err := store.ReaderAt(ctx, desc)
+				if err != nil {
+					return err
+				}
+				defer ra.Close()
+				_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{io.NewSectionReader(ra, 0, ra.Size())}, buf)
 				return err
-			}
-			return w.Commit(ctx, size, desc.Digest)
-		})
+			}))
 		if err != nil {
 			return nil, err
 		}
-		write.subject = append(write.subject, d)
-
-		d, err = timed(func() error {
-			f, err := os.Open(plain)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		read.base = append(read.base, d)
-
-		d, err = timed(func() error {
-			ra, err := store.ReaderAt(ctx, desc)
-			if err != nil {
-				return err
-			}
-			defer ra.Close()
-			_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{io.NewSectionReader(ra, 0, ra.Size())}, buf)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		read.subject = append(read.subject, d)
-
 		if err := store.Delete(ctx, desc.Digest); err != nil {
 			return nil, err
 		}

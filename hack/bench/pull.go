@@ -250,7 +250,7 @@ func renderPull(b *strings.Builder, r pullResults) {
 		"alternating with the straight pull, the first party swapped each round; min–max in brackets.\n\n", len(r.lbDown))
 	fmt.Fprintf(b, "| pulled | pull time | ÷ straight from the upstream |\n|---|---:|---:|\n")
 	fmt.Fprintf(b, "| fail-open hosts.toml, lifeboat stopped | %s | %.2f |\n| straight from the upstream (baseline) | %s | 1.00 |\n",
-		spread(r.lbDown), median(r.lbDown).Seconds()/median(r.lbDownDirect).Seconds(), spread(r.lbDownDirect))
+		durSpread(r.lbDown), median(r.lbDown).Seconds()/median(r.lbDownDirect).Seconds(), durSpread(r.lbDownDirect))
 
 	fmt.Fprintf(b, "\n### The upstream blackholed\n\n")
 	fmt.Fprintf(b, "| pulled | pull time |\n|---|---:|\n")

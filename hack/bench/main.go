@@ -70,7 +70,10 @@ func run() error {
 	size := flag.Int64("size", 256<<20, "blob size in bytes")
 	rounds := flag.Int("rounds", 9, "rounds per measurement (medians are reported)")
 	largeSize := flag.Int64("large-size", 1<<30, "the large blob's size in bytes, for single-client GETs against the proxy")
-	largeRounds := flag.Int("large-rounds", 3, "rounds for the large blob")
+	largeRounds := flag.Int("large-rounds", 5, "rounds for the large blob")
+	tagRounds := flag.Int("tag-rounds", 5, "rounds of tag HEAD loads, each party once a round")
+	fanRounds := flag.Int("fan-rounds", 5, "rounds of the fan-out")
+	pullRounds := flag.Int("pull-rounds", 5, "rounds of containerd pulls")
 	fallbackDeadline := flag.Duration("fallback-deadline", 3*time.Minute,
 		"cut containerd's own fallback pull from a blackholed mirror after this long (it waits 30 s per request to the mirror)")
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
@@ -100,17 +103,17 @@ func run() error {
 		return err
 	}
 	rep.env = describeEnvironment(start, tdir)
-	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds); err != nil {
+	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds, *tagRounds); err != nil {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
 	if rep.claims, err = claimsBench(ctx, scratch, tdir, bin, max(*rounds, 5)); err != nil {
 		return fmt.Errorf("claims benchmark: %w", err)
 	}
-	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds); err != nil {
+	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds, *fanRounds); err != nil {
 		return fmt.Errorf("anchor benchmark: %w", err)
 	}
 	if rep.env.AsRoot {
-		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3, *fallbackDeadline)
+		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, *pullRounds, *fallbackDeadline)
 		if err != nil {
 			return fmt.Errorf("pull benchmark: %w", err)
 		}

@@ -58,13 +58,16 @@ type blobResults struct {
 	size   int64
 	rounds int
 
-	warmLB, warmPX, direct  []time.Duration
-	coldLB, coldPX          []time.Duration
-	ttfbLB, ttfbPX, ttfbDir []time.Duration
+	lb, px          partyGets
+	direct, ttfbDir []time.Duration // GETs from the upstream
+}
 
+// partyGets are one party's GETs of a blob over the rounds.
+type partyGets struct {
+	ttfb, cold, warm []time.Duration
 	// CPU seconds per GiB the serving process used: for a cold miss from the GET to the blob's
 	// commit, for a warm hit over the GET.
-	cpuColdLB, cpuColdPX, cpuWarmLB, cpuWarmPX []float64
+	cpuCold, cpuWarm []float64
 }
 
 type outage struct {
@@ -284,53 +287,48 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo string, dgst v1.Hash, size int64, rounds int) (blobResults, error) {
 	res := blobResults{size: size, rounds: rounds}
 	blobPath := "/v2/" + repo + "/blobs/" + dgst.String()
-	lbRound := func() error {
-		dir := fresh("lifeboat")
-		defer os.RemoveAll(dir)
-		lb, addr, err := startLifeboat(dir, lifeboat, regAddr)
-		if err != nil {
-			return err
-		}
-		defer lb.stop()
-		var t, d time.Duration
-		cpu, err := cpuPerGiB(lb.Pid(), size, func() error {
-			if t, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-				return fmt.Errorf("lifeboat cold: %w", err)
+	// round starts a fresh instance of kind, times a cold miss then a warm hit through it
+	// into gets; committed waits until the instance has stored the blob, so that the warm GET
+	// is a hit.
+	round := func(kind string, gets *partyGets, start func(dir string) (*daemon, string, error), committed func(dir, url string) error) func() error {
+		return func() error {
+			dir := fresh(kind)
+			defer os.RemoveAll(dir)
+			srv, addr, err := start(dir)
+			if err != nil {
+				return err
 			}
-			if err := waitCached("http://" + addr + blobPath); err != nil {
-				return fmt.Errorf("lifeboat warm: %w", err)
+			defer srv.stop()
+			url := "http://" + addr + blobPath
+			var t, d time.Duration
+			cpu, err := cpuPerGiB(srv.Pid(), size, func() error {
+				if t, d, err = fetch(url, size); err != nil {
+					return err
+				}
+				return committed(dir, url)
+			})
+			if err != nil {
+				return fmt.Errorf("%s cold: %w", kind, err)
 			}
+			gets.ttfb, gets.cold, gets.cpuCold = append(gets.ttfb, t), append(gets.cold, d), append(gets.cpuCold, cpu)
+			cpu, err = cpuPerGiB(srv.Pid(), size, func() error {
+				_, d, err = fetch(url, size)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("%s warm: %w", kind, err)
+			}
+			gets.warm, gets.cpuWarm = append(gets.warm, d), append(gets.cpuWarm, cpu)
 			return nil
-		})
-		if err != nil {
-			return err
 		}
-		res.ttfbLB, res.coldLB, res.cpuColdLB = append(res.ttfbLB, t), append(res.coldLB, d), append(res.cpuColdLB, cpu)
-		cpu, err = cpuPerGiB(lb.Pid(), size, func() error {
-			_, d, err = fetch("http://"+addr+blobPath, size)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("lifeboat warm: %w", err)
-		}
-		res.warmLB, res.cpuWarmLB = append(res.warmLB, d), append(res.cpuWarmLB, cpu)
-		return nil
 	}
-	pxRound := func() error {
-		dir := fresh("proxy")
-		defer os.RemoveAll(dir)
-		px, addr, err := startProxy(dir, tools, regAddr)
-		if err != nil {
-			return err
-		}
-		defer px.stop()
-		var t, d time.Duration
-		cpu, err := cpuPerGiB(px.Pid(), size, func() error {
-			if t, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-				return fmt.Errorf("proxy cold: %w", err)
-			}
-			// The proxy commits the blob after the last byte is sent; wait for it, or the
-			// "warm" GET would be another miss.
+	lbRound := round("lifeboat", &res.lb,
+		func(dir string) (*daemon, string, error) { return startLifeboat(dir, lifeboat, regAddr) },
+		func(_, url string) error { return waitCached(url) })
+	pxRound := round("proxy", &res.px,
+		func(dir string) (*daemon, string, error) { return startProxy(dir, tools, regAddr) },
+		func(dir, _ string) error {
+			// The proxy commits the blob after the last byte is sent.
 			for deadline := time.Now().Add(30 * time.Second); !proxyHasBlob(dir, repo, dgst.Hex); {
 				if time.Now().After(deadline) {
 					return errors.New("the proxy did not store the blob within 30 s of serving it")
@@ -339,20 +337,6 @@ func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo st
 			}
 			return nil
 		})
-		if err != nil {
-			return err
-		}
-		res.ttfbPX, res.coldPX, res.cpuColdPX = append(res.ttfbPX, t), append(res.coldPX, d), append(res.cpuColdPX, cpu)
-		cpu, err = cpuPerGiB(px.Pid(), size, func() error {
-			_, d, err = fetch("http://"+addr+blobPath, size)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("proxy warm: %w", err)
-		}
-		res.warmPX, res.cpuWarmPX = append(res.warmPX, d), append(res.cpuWarmPX, cpu)
-		return nil
-	}
 	directRound := func() error {
 		t, d, err := fetch("http://"+regAddr+blobPath, size)
 		if err != nil {
@@ -581,19 +565,19 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 	}
 	for _, br := range r.blobs {
 		mb := func(ds []time.Duration) string { return rateSpread(br.size, ds) + " MiB/s" }
-		row(fmt.Sprintf("warm hit, %s blob GET (higher is better)", sizeName(br.size)), mb(br.warmLB), mb(br.warmPX), mb(br.direct), mibps(br.size, br.warmLB)/mibps(br.size, br.warmPX))
+		row(fmt.Sprintf("warm hit, %s blob GET (higher is better)", sizeName(br.size)), mb(br.lb.warm), mb(br.px.warm), mb(br.direct), mibps(br.size, br.lb.warm)/mibps(br.size, br.px.warm))
 	}
 	for _, br := range r.blobs {
 		mb := func(ds []time.Duration) string { return rateSpread(br.size, ds) + " MiB/s" }
-		row(fmt.Sprintf("cold miss, %s blob GET (higher is better)", sizeName(br.size)), mb(br.coldLB), mb(br.coldPX), mb(br.direct), mibps(br.size, br.coldLB)/mibps(br.size, br.coldPX))
+		row(fmt.Sprintf("cold miss, %s blob GET (higher is better)", sizeName(br.size)), mb(br.lb.cold), mb(br.px.cold), mb(br.direct), mibps(br.size, br.lb.cold)/mibps(br.size, br.px.cold))
 	}
 	for _, br := range r.blobs {
-		row(fmt.Sprintf("cold miss, %s blob, time to first byte (lower is better)", sizeName(br.size)), durSpread(br.ttfbLB), durSpread(br.ttfbPX), durSpread(br.ttfbDir), median(br.ttfbLB).Seconds()/median(br.ttfbPX).Seconds())
+		row(fmt.Sprintf("cold miss, %s blob, time to first byte (lower is better)", sizeName(br.size)), durSpread(br.lb.ttfb), durSpread(br.px.ttfb), durSpread(br.ttfbDir), median(br.lb.ttfb).Seconds()/median(br.px.ttfb).Seconds())
 	}
 	cpu := func(xs []float64) string { return floatSpread(xs, 2) + " CPU-s/GiB" }
 	for _, br := range r.blobs {
-		row(fmt.Sprintf("cold miss, %s blob: CPU of the serving process, GET to commit (lower is better)", sizeName(br.size)), cpu(br.cpuColdLB), cpu(br.cpuColdPX), "–", median(br.cpuColdLB)/median(br.cpuColdPX))
-		row(fmt.Sprintf("warm hit, %s blob: CPU of the serving process over the GET (lower is better)", sizeName(br.size)), cpu(br.cpuWarmLB), cpu(br.cpuWarmPX), "–", median(br.cpuWarmLB)/median(br.cpuWarmPX))
+		row(fmt.Sprintf("cold miss, %s blob: CPU of the serving process, GET to commit (lower is better)", sizeName(br.size)), cpu(br.lb.cpuCold), cpu(br.px.cpuCold), "–", median(br.lb.cpuCold)/median(br.px.cpuCold))
+		row(fmt.Sprintf("warm hit, %s blob: CPU of the serving process over the GET (lower is better)", sizeName(br.size)), cpu(br.lb.cpuWarm), cpu(br.px.cpuWarm), "–", median(br.lb.cpuWarm)/median(br.px.cpuWarm))
 	}
 	copies := func(xs []int64) string {
 		return floatSpread(mapSlice(xs, func(n int64) float64 { return float64(n) / float64(r.size) }), 2) + " copies"
@@ -757,11 +741,11 @@ func (r anchorResults) json() anchorsJSON {
 	for _, br := range r.blobs {
 		j.Blobs = append(j.Blobs, blobJSON{
 			SizeBytes: br.size, Rounds: br.rounds,
-			WarmHit:  byParty(mibps(br.size, br.warmLB), mibps(br.size, br.warmPX), mibps(br.size, br.direct)),
-			ColdMiss: byParty(mibps(br.size, br.coldLB), mibps(br.size, br.coldPX), mibps(br.size, br.direct)),
-			TTFB:     byParty(median(br.ttfbLB).Seconds(), median(br.ttfbPX).Seconds(), median(br.ttfbDir).Seconds()),
-			CPUCold:  cpuByParty(br.cpuColdLB, br.cpuColdPX),
-			CPUWarm:  cpuByParty(br.cpuWarmLB, br.cpuWarmPX),
+			WarmHit:  byParty(mibps(br.size, br.lb.warm), mibps(br.size, br.px.warm), mibps(br.size, br.direct)),
+			ColdMiss: byParty(mibps(br.size, br.lb.cold), mibps(br.size, br.px.cold), mibps(br.size, br.direct)),
+			TTFB:     byParty(median(br.lb.ttfb).Seconds(), median(br.px.ttfb).Seconds(), median(br.ttfbDir).Seconds()),
+			CPUCold:  cpuByParty(br.lb.cpuCold, br.px.cpuCold),
+			CPUWarm:  cpuByParty(br.lb.cpuWarm, br.px.cpuWarm),
 		})
 	}
 	fan := func(bytes []int64, slow, alone []time.Duration, rss int64) fanOutPartyJSON {

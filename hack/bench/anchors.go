@@ -558,7 +558,8 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 		"budget. Fan-out and outage use the %s blob and its tag.\n\n"+
 		"CPU is the user and system time of the serving process (lifeboat or the proxy) from\n"+
 		"/proc/<pid>/stat, per GiB served: for a cold miss from the GET until the blob is committed to its\n"+
-		"storage, for a warm hit over the GET alone.\n\n", strings.Join(gets, "; "), r.fanRounds, sizeName(r.size))
+		"storage, for a warm hit over the GET alone. /proc counts in clock ticks of %s, so a figure is\n"+
+		"only as fine as one tick per blob.\n\n", strings.Join(gets, "; "), r.fanRounds, sizeName(r.size), time.Duration(float64(time.Second)/clockTicks))
 	fmt.Fprintf(b, "| measurement | lifeboat | distribution proxy | upstream direct | lifeboat ÷ proxy |\n|---|---:|---:|---:|---:|\n")
 	row := func(what, lb, px, dir string, ratio float64) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f |\n", what, lb, px, dir, ratio)

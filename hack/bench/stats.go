@@ -89,9 +89,21 @@ func spread[T number, F cmp.Ordered](xs []T, f func(T) F, format func(F) string)
 	return fmt.Sprintf("%s (%s–%s)", format(f(median(xs))), format(slices.Min(vs)), format(slices.Max(vs)))
 }
 
-// durSpread is spread for durations, rounded to 10 µs.
+// durSpread is spread for durations, each rounded by roundDur.
 func durSpread(ds []time.Duration) string {
-	return spread(ds, func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }, time.Duration.String)
+	return spread(ds, roundDur, time.Duration.String)
+}
+
+// roundDur rounds d to about four significant digits: to the millisecond from a second, to
+// 10 µs from a millisecond, else to the microsecond.
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
 }
 
 // rateSpread is the throughput of moving size bytes in each of ds, in MiB/s.

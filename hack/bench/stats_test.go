@@ -41,6 +41,9 @@ func TestSpread(t *testing.T) {
 	if got, want := durSpread([]time.Duration{15 * ms, 9 * ms, 12 * ms}), "12ms (9ms–15ms)"; got != want {
 		t.Errorf("durSpread = %q, want %q", got, want)
 	}
+	if got, want := durSpread([]time.Duration{1633123456, 1392134567, 1756789012}), "1.633s (1.392s–1.757s)"; got != want {
+		t.Errorf("durSpread of seconds = %q, want %q", got, want)
+	}
 	// A throughput's range runs from the slowest round to the fastest: 1 MiB in 1 s, 0.5 s, 0.25 s.
 	if got, want := rateSpread(1<<20, []time.Duration{250 * ms, time.Second, 500 * ms}), "2 (1–4)"; got != want {
 		t.Errorf("rateSpread = %q, want %q", got, want)

@@ -25,7 +25,7 @@ const (
 	fanOutClients   = 32
 	fanOutLink      = 125_000_000      // bytes/s: the upstream over a 1 Gbit/s link, for the second fan-out
 	outageReqCap    = 20 * time.Second // per tag resolution during the outage
-	outageBudget    = 60 * time.Second // the whole outage measurement
+	outageBudget    = 60 * time.Second // each party's whole outage measurement
 	outageFollowUps = 100
 	outageParallel  = 10
 )
@@ -58,9 +58,16 @@ type blobResults struct {
 	size   int64
 	rounds int
 
-	warmLB, warmPX, direct  []time.Duration
-	coldLB, coldPX          []time.Duration
-	ttfbLB, ttfbPX, ttfbDir []time.Duration
+	lb, px          partyGets
+	direct, ttfbDir []time.Duration // GETs from the upstream
+}
+
+// partyGets are one party's GETs of a blob over the rounds.
+type partyGets struct {
+	ttfb, cold, warm []time.Duration
+	// CPU seconds per GiB the serving process used: for a cold miss from the GET to the blob's
+	// commit, for a warm hit over the GET.
+	cpuCold, cpuWarm []float64
 }
 
 type outage struct {
@@ -94,7 +101,7 @@ func peakRSS(d *daemon) int64 {
 // anchorBench measures lifeboat against the distribution registry in proxy mode, and both
 // against the upstream registry they front: single-client GETs of a size blob over rounds and
 // of a largeSize blob over largeRounds, then the fan-out and the outage with the size blob.
-func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int, largeSize int64, largeRounds int) (anchorResults, error) {
+func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int, largeSize int64, largeRounds, fanRounds int) (anchorResults, error) {
 	var res anchorResults
 	base := filepath.Join(scratch, "anchors")
 	reg, regAddr, err := startRegistry(base, tools)
@@ -177,20 +184,16 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 		}
 		return slowest, fwd.bytes() - start0, peakRSS(d), nil
 	}
-	res.fanRounds = min(rounds, 2)
-	for i := range res.fanRounds {
-		kinds := []string{"lifeboat", "proxy"}
-		if i%2 == 1 {
-			kinds = []string{"proxy", "lifeboat"}
-		}
-		for _, kind := range kinds {
+	res.fanRounds = fanRounds
+	fanParty := func(kind string) func() error {
+		return func() error {
 			alone, _, _, err := fanOnce(kind, 1, 0)
 			if err != nil {
-				return res, err
+				return err
 			}
 			slow, up, rss, err := fanOnce(kind, fanOutClients, 0)
 			if err != nil {
-				return res, err
+				return err
 			}
 			if kind == "lifeboat" {
 				res.aloneLB, res.fanSlowLB, res.fanBytesLB = append(res.aloneLB, alone), append(res.fanSlowLB, slow), append(res.fanBytesLB, up)
@@ -199,30 +202,41 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 				res.alonePX, res.fanSlowPX, res.fanBytesPX = append(res.alonePX, alone), append(res.fanSlowPX, slow), append(res.fanBytesPX, up)
 				res.rssPX = max(res.rssPX, rss)
 			}
+			return nil
 		}
 	}
-	// Over a limited link, lifeboat only: 32 copies through the proxy would take over a minute
-	// a round at this rate.
-	for range res.fanRounds {
+	if err := alternate(fanRounds, fanParty("lifeboat"), fanParty("proxy")); err != nil {
+		return res, err
+	}
+	// Over a limited link, lifeboat only (32 copies through the proxy would take over a minute
+	// a round at this rate), alternating with one GET from the upstream over the link.
+	overLink := func() error {
 		fwd, err := startLinkForwarder(regAddr, fanOutLink)
 		if err != nil {
-			return res, err
+			return err
 		}
 		_, direct, err := fetch("http://"+fwd.addr()+blobPath, size)
 		fwd.close()
 		if err != nil {
-			return res, fmt.Errorf("GET from the upstream over the link: %w", err)
+			return fmt.Errorf("GET from the upstream over the link: %w", err)
 		}
 		res.linkDirect = append(res.linkDirect, direct)
+		return nil
+	}
+	lbOverLink := func() error {
 		alone, _, _, err := fanOnce("lifeboat", 1, fanOutLink)
 		if err != nil {
-			return res, err
+			return err
 		}
 		slow, up, _, err := fanOnce("lifeboat", fanOutClients, fanOutLink)
 		if err != nil {
-			return res, err
+			return err
 		}
 		res.linkAlone, res.linkSlowLB, res.linkBytesLB = append(res.linkAlone, alone), append(res.linkSlowLB, slow), append(res.linkBytesLB, up)
+		return nil
+	}
+	if err := alternate(fanRounds, lbOverLink, overLink); err != nil {
+		return res, err
 	}
 
 	// 4: outage. Both cache the tag through one forwarder, which is then blackholed.
@@ -254,86 +268,84 @@ func anchorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 		}
 	}
 	fwd.blackhole()
-	octx, cancel := context.WithTimeout(ctx, outageBudget)
-	defer cancel()
-	res.outLB = measureOutage(octx, "http://"+lbAddr+tag)
-	res.outPX = measureOutage(octx, "http://"+pxAddr+tag)
-	return res, nil
+	// One round, each party with its own budget: the first HEAD of each meets the outage fresh.
+	outageOf := func(into *outage, url string) func() error {
+		return func() error {
+			octx, cancel := context.WithTimeout(ctx, outageBudget)
+			defer cancel()
+			*into = measureOutage(octx, url)
+			return nil
+		}
+	}
+	err = runRound(0, outageOf(&res.outLB, "http://"+lbAddr+tag), outageOf(&res.outPX, "http://"+pxAddr+tag))
+	return res, err
 }
 
 // blobBench times, over rounds, a cold miss then a warm hit of the blob dgst of repo on a fresh
-// lifeboat and on a fresh proxy (their order alternating), each round after a GET from the
-// upstream direct. fresh names a new directory for an instance of kind.
+// lifeboat and on a fresh proxy, and a GET from the upstream direct, the three alternating (see
+// order), with the CPU time each serving process used. fresh names a new directory for an instance of kind.
 func blobBench(fresh func(kind string) string, tools, lifeboat, regAddr, repo string, dgst v1.Hash, size int64, rounds int) (blobResults, error) {
 	res := blobResults{size: size, rounds: rounds}
 	blobPath := "/v2/" + repo + "/blobs/" + dgst.String()
-	lbRound := func() error {
-		dir := fresh("lifeboat")
-		defer os.RemoveAll(dir)
-		lb, addr, err := startLifeboat(dir, lifeboat, regAddr)
-		if err != nil {
-			return err
-		}
-		defer lb.stop()
-		t, d, err := fetch("http://"+addr+blobPath, size)
-		if err != nil {
-			return fmt.Errorf("lifeboat cold: %w", err)
-		}
-		res.ttfbLB, res.coldLB = append(res.ttfbLB, t), append(res.coldLB, d)
-		if err := waitCached("http://" + addr + blobPath); err != nil {
-			return fmt.Errorf("lifeboat warm: %w", err)
-		}
-		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-			return fmt.Errorf("lifeboat warm: %w", err)
-		}
-		res.warmLB = append(res.warmLB, d)
-		return nil
-	}
-	pxRound := func() error {
-		dir := fresh("proxy")
-		defer os.RemoveAll(dir)
-		px, addr, err := startProxy(dir, tools, regAddr)
-		if err != nil {
-			return err
-		}
-		defer px.stop()
-		t, d, err := fetch("http://"+addr+blobPath, size)
-		if err != nil {
-			return fmt.Errorf("proxy cold: %w", err)
-		}
-		res.ttfbPX, res.coldPX = append(res.ttfbPX, t), append(res.coldPX, d)
-		// The proxy commits the blob after the last byte is sent; wait for it, or the "warm"
-		// GET would be another miss.
-		for deadline := time.Now().Add(30 * time.Second); !proxyHasBlob(dir, repo, dgst.Hex); {
-			if time.Now().After(deadline) {
-				return errors.New("the proxy did not store the blob within 30 s of serving it")
+	// round starts a fresh instance of kind, times a cold miss then a warm hit through it
+	// into gets; committed waits until the instance has stored the blob, so that the warm GET
+	// is a hit.
+	round := func(kind string, gets *partyGets, start func(dir string) (*daemon, string, error), committed func(dir, url string) error) func() error {
+		return func() error {
+			dir := fresh(kind)
+			defer os.RemoveAll(dir)
+			srv, addr, err := start(dir)
+			if err != nil {
+				return err
 			}
-			time.Sleep(10 * time.Millisecond)
+			defer srv.stop()
+			url := "http://" + addr + blobPath
+			var t, d time.Duration
+			cpu, err := cpuPerGiB(srv.Pid(), size, func() error {
+				if t, d, err = fetch(url, size); err != nil {
+					return err
+				}
+				return committed(dir, url)
+			})
+			if err != nil {
+				return fmt.Errorf("%s cold: %w", kind, err)
+			}
+			gets.ttfb, gets.cold, gets.cpuCold = append(gets.ttfb, t), append(gets.cold, d), append(gets.cpuCold, cpu)
+			cpu, err = cpuPerGiB(srv.Pid(), size, func() error {
+				_, d, err = fetch(url, size)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("%s warm: %w", kind, err)
+			}
+			gets.warm, gets.cpuWarm = append(gets.warm, d), append(gets.cpuWarm, cpu)
+			return nil
 		}
-		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
-			return fmt.Errorf("proxy warm: %w", err)
-		}
-		res.warmPX = append(res.warmPX, d)
-		return nil
 	}
-	for i := range rounds {
+	lbRound := round("lifeboat", &res.lb,
+		func(dir string) (*daemon, string, error) { return startLifeboat(dir, lifeboat, regAddr) },
+		func(_, url string) error { return waitCached(url) })
+	pxRound := round("proxy", &res.px,
+		func(dir string) (*daemon, string, error) { return startProxy(dir, tools, regAddr) },
+		func(dir, _ string) error {
+			// The proxy commits the blob after the last byte is sent.
+			for deadline := time.Now().Add(30 * time.Second); !proxyHasBlob(dir, repo, dgst.Hex); {
+				if time.Now().After(deadline) {
+					return errors.New("the proxy did not store the blob within 30 s of serving it")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			return nil
+		})
+	directRound := func() error {
 		t, d, err := fetch("http://"+regAddr+blobPath, size)
 		if err != nil {
-			return res, err
+			return err
 		}
 		res.ttfbDir, res.direct = append(res.ttfbDir, t), append(res.direct, d)
-		first, second := lbRound, pxRound
-		if i%2 == 1 {
-			first, second = pxRound, lbRound
-		}
-		if err := first(); err != nil {
-			return res, err
-		}
-		if err := second(); err != nil {
-			return res, err
-		}
+		return nil
 	}
-	return res, nil
+	return res, alternate(rounds, lbRound, pxRound, directRound)
 }
 
 func getManifest(url string) error {
@@ -488,14 +500,6 @@ func mibps(size int64, ds []time.Duration) float64 {
 	return float64(size) / median(ds).Seconds() / (1 << 20)
 }
 
-func medianInt(xs []int64) int64 {
-	ds := make([]time.Duration, len(xs))
-	for i, x := range xs {
-		ds[i] = time.Duration(x)
-	}
-	return int64(median(ds))
-}
-
 // sizeName is n bytes rounded down to whole MiB, or GiB when that is a whole number of them.
 func sizeName(n int64) string {
 	if m := n >> 20; m >= 1024 && m%1024 == 0 {
@@ -547,37 +551,53 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 		"(`proxy.remoteurl`, `ttl: 0`, filesystem storage); each is a separate process on loopback, with a fresh\n"+
 		"lifeboat root and fresh proxy storage for every cold measurement. The last column is lifeboat's figure\n"+
 		"divided by the proxy's.\n\n"+
-		"Single-client GETs, medians of alternating rounds: %s.\n"+
-		"Fan-out (%d rounds) and outage: the %s blob and its tag.\n\n", strings.Join(gets, "; "), r.fanRounds, sizeName(r.size))
+		"Medians with min–max in brackets. Single-client GETs: lifeboat, the proxy and the upstream direct\n"+
+		"alternating, the order reversed every other round, rounds: %s. Fan-out: %d rounds, lifeboat and\n"+
+		"the proxy alternating likewise (over the link, lifeboat and one GET over the link). Outage: one round\n"+
+		"(the first HEAD of each party meets the outage fresh), lifeboat first, each party with its own time\n"+
+		"budget. Fan-out and outage use the %s blob and its tag.\n\n"+
+		"CPU is the user and system time of the serving process (lifeboat or the proxy) from\n"+
+		"/proc/<pid>/stat, per GiB served: for a cold miss from the GET until the blob is committed to its\n"+
+		"storage, for a warm hit over the GET alone. /proc counts in clock ticks of %s, so a figure is\n"+
+		"only as fine as one tick per blob.\n\n", strings.Join(gets, "; "), r.fanRounds, sizeName(r.size), time.Duration(float64(time.Second)/clockTicks))
 	fmt.Fprintf(b, "| measurement | lifeboat | distribution proxy | upstream direct | lifeboat ÷ proxy |\n|---|---:|---:|---:|---:|\n")
 	row := func(what, lb, px, dir string, ratio float64) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %.2f |\n", what, lb, px, dir, ratio)
 	}
 	for _, br := range r.blobs {
-		mb := func(ds []time.Duration) string { return fmt.Sprintf("%.0f MiB/s", mibps(br.size, ds)) }
-		row(fmt.Sprintf("warm hit, %s blob GET (higher is better)", sizeName(br.size)), mb(br.warmLB), mb(br.warmPX), mb(br.direct), mibps(br.size, br.warmLB)/mibps(br.size, br.warmPX))
+		mb := func(ds []time.Duration) string { return rateSpread(br.size, ds) + " MiB/s" }
+		row(fmt.Sprintf("warm hit, %s blob GET (higher is better)", sizeName(br.size)), mb(br.lb.warm), mb(br.px.warm), mb(br.direct), mibps(br.size, br.lb.warm)/mibps(br.size, br.px.warm))
 	}
 	for _, br := range r.blobs {
-		mb := func(ds []time.Duration) string { return fmt.Sprintf("%.0f MiB/s", mibps(br.size, ds)) }
-		row(fmt.Sprintf("cold miss, %s blob GET (higher is better)", sizeName(br.size)), mb(br.coldLB), mb(br.coldPX), mb(br.direct), mibps(br.size, br.coldLB)/mibps(br.size, br.coldPX))
+		mb := func(ds []time.Duration) string { return rateSpread(br.size, ds) + " MiB/s" }
+		row(fmt.Sprintf("cold miss, %s blob GET (higher is better)", sizeName(br.size)), mb(br.lb.cold), mb(br.px.cold), mb(br.direct), mibps(br.size, br.lb.cold)/mibps(br.size, br.px.cold))
 	}
-	dur := func(ds []time.Duration) string { return median(ds).Round(time.Microsecond).String() }
 	for _, br := range r.blobs {
-		row(fmt.Sprintf("cold miss, %s blob, time to first byte (lower is better)", sizeName(br.size)), dur(br.ttfbLB), dur(br.ttfbPX), dur(br.ttfbDir), median(br.ttfbLB).Seconds()/median(br.ttfbPX).Seconds())
+		row(fmt.Sprintf("cold miss, %s blob, time to first byte (lower is better)", sizeName(br.size)), durSpread(br.lb.ttfb), durSpread(br.px.ttfb), durSpread(br.ttfbDir), median(br.lb.ttfb).Seconds()/median(br.px.ttfb).Seconds())
 	}
-	copies := func(xs []int64) string { return fmt.Sprintf("%.2f copies", float64(medianInt(xs))/float64(r.size)) }
-	row(fmt.Sprintf("fan-out, %d cold clients: upstream bytes (goal 1 copy)", fanOutClients), copies(r.fanBytesLB)+goal(float64(medianInt(r.fanBytesLB))/float64(r.size) < 1.01), copies(r.fanBytesPX), "–",
-		float64(medianInt(r.fanBytesLB))/float64(medianInt(r.fanBytesPX)))
-	row(fmt.Sprintf("fan-out, slowest of %d ÷ one client alone (goal ≤ 1.2)", fanOutClients),
-		fmt.Sprintf("%.2f (%s ÷ %s)%s", slowestToAlone(r.fanSlowLB, r.aloneLB), median(r.fanSlowLB).Round(time.Millisecond), median(r.aloneLB).Round(time.Millisecond),
+	cpu := func(xs []float64) string { return floatSpread(xs, 2) + " CPU-s/GiB" }
+	for _, br := range r.blobs {
+		row(fmt.Sprintf("cold miss, %s blob: CPU of the serving process, GET to commit (lower is better)", sizeName(br.size)), cpu(br.lb.cpuCold), cpu(br.px.cpuCold), "–", median(br.lb.cpuCold)/median(br.px.cpuCold))
+		row(fmt.Sprintf("warm hit, %s blob: CPU of the serving process over the GET (lower is better)", sizeName(br.size)), cpu(br.lb.cpuWarm), cpu(br.px.cpuWarm), "–", median(br.lb.cpuWarm)/median(br.px.cpuWarm))
+	}
+	copies := func(xs []int64) string {
+		return floatSpread(mapSlice(xs, func(n int64) float64 { return float64(n) / float64(r.size) }), 2) + " copies"
+	}
+	ms := func(ds []time.Duration) string {
+		return spread(ds, func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }, time.Duration.String)
+	}
+	row(fmt.Sprintf("fan-out, %d cold clients: upstream bytes (goal 1 copy)", fanOutClients), copies(r.fanBytesLB)+goal(float64(median(r.fanBytesLB))/float64(r.size) < 1.01), copies(r.fanBytesPX), "–",
+		float64(median(r.fanBytesLB))/float64(median(r.fanBytesPX)))
+	row(fmt.Sprintf("fan-out, slowest of %d ÷ one client alone, of the medians (goal ≤ 1.2)", fanOutClients),
+		fmt.Sprintf("%.2f (%s ÷ %s)%s", slowestToAlone(r.fanSlowLB, r.aloneLB), ms(r.fanSlowLB), ms(r.aloneLB),
 			goal(slowestToAlone(r.fanSlowLB, r.aloneLB) <= fanOutGoal)),
-		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowPX, r.alonePX), median(r.fanSlowPX).Round(time.Millisecond), median(r.alonePX).Round(time.Millisecond)),
+		fmt.Sprintf("%.2f (%s ÷ %s)", slowestToAlone(r.fanSlowPX, r.alonePX), ms(r.fanSlowPX), ms(r.alonePX)),
 		"–", slowestToAlone(r.fanSlowLB, r.aloneLB)/slowestToAlone(r.fanSlowPX, r.alonePX))
-	fmt.Fprintf(b, "| fan-out over a %s upstream link, slowest of %d ÷ one client alone (goal ≤ 1.2) | %.2f (%s ÷ %s)%s, %s upstream | not run | one GET over the link: %s | – |\n",
+	fmt.Fprintf(b, "| fan-out over a %s upstream link, slowest of %d ÷ one client alone, of the medians (goal ≤ 1.2) | %.2f (%s ÷ %s)%s, %s upstream | not run | one GET over the link: %s | – |\n",
 		linkName(fanOutLink), fanOutClients, slowestToAlone(r.linkSlowLB, r.linkAlone),
-		median(r.linkSlowLB).Round(time.Millisecond), median(r.linkAlone).Round(time.Millisecond),
+		ms(r.linkSlowLB), ms(r.linkAlone),
 		goal(slowestToAlone(r.linkSlowLB, r.linkAlone) <= fanOutGoal), copies(r.linkBytesLB),
-		median(r.linkDirect).Round(time.Millisecond))
+		ms(r.linkDirect))
 	if r.rssLB > 0 && r.rssPX > 0 {
 		row("fan-out, peak RSS (lower is better)", fmt.Sprintf("%.0f MiB", mib(r.rssLB)), fmt.Sprintf("%.0f MiB", mib(r.rssPX)), "–", float64(r.rssLB)/float64(r.rssPX))
 	}
@@ -600,7 +620,7 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 		"local delivery sets the pace. lifeboat only: the proxy's %d upstream copies would take over a minute\n"+
 		"a round at that rate.\n", linkName(fanOutLink), fanOutClients)
 	fmt.Fprintf(b, "\nOutage: the upstream of both is a forwarder that, once the tag is cached by each, closes every\n"+
-		"connection and then accepts new ones and never answers. Each tag HEAD is cut at %s and the whole\n"+
+		"connection and then accepts new ones and never answers. Each tag HEAD is cut at %s and each party's\n"+
 		"outage measurement at %s. Follow-ups through lifeboat: %s; through the proxy: %s. The\n"+
 		"percentiles are over the follow-ups that ran, timed-out ones counted as the slowest.\n",
 		fmtSec(outageReqCap), fmtSec(outageBudget), r.outLB.note(), r.outPX.note())
@@ -619,6 +639,20 @@ type blobJSON struct {
 	WarmHit   byPartyJSON `json:"warm_hit_mib_per_s"`
 	ColdMiss  byPartyJSON `json:"cold_miss_mib_per_s"`
 	TTFB      byPartyJSON `json:"cold_miss_time_to_first_byte_seconds"`
+	CPUCold   cpuJSON     `json:"cold_miss_cpu_seconds_per_gib"` // GET to commit
+	CPUWarm   cpuJSON     `json:"warm_hit_cpu_seconds_per_gib"`
+}
+
+// cpuJSON is the CPU seconds per GiB of each serving process, the median of the rounds, and
+// lifeboat's divided by the proxy's.
+type cpuJSON struct {
+	Lifeboat float64 `json:"lifeboat"`
+	Proxy    float64 `json:"distribution_proxy"`
+	Ratio    float64 `json:"lifeboat_to_proxy_ratio"`
+}
+
+func cpuByParty(lb, px []float64) cpuJSON {
+	return cpuJSON{Lifeboat: median(lb), Proxy: median(px), Ratio: median(lb) / median(px)}
 }
 
 // byPartyJSON is one figure for each party, in the unit its parent's name gives, and
@@ -708,14 +742,16 @@ func (r anchorResults) json() anchorsJSON {
 	for _, br := range r.blobs {
 		j.Blobs = append(j.Blobs, blobJSON{
 			SizeBytes: br.size, Rounds: br.rounds,
-			WarmHit:  byParty(mibps(br.size, br.warmLB), mibps(br.size, br.warmPX), mibps(br.size, br.direct)),
-			ColdMiss: byParty(mibps(br.size, br.coldLB), mibps(br.size, br.coldPX), mibps(br.size, br.direct)),
-			TTFB:     byParty(median(br.ttfbLB).Seconds(), median(br.ttfbPX).Seconds(), median(br.ttfbDir).Seconds()),
+			WarmHit:  byParty(mibps(br.size, br.lb.warm), mibps(br.size, br.px.warm), mibps(br.size, br.direct)),
+			ColdMiss: byParty(mibps(br.size, br.lb.cold), mibps(br.size, br.px.cold), mibps(br.size, br.direct)),
+			TTFB:     byParty(median(br.lb.ttfb).Seconds(), median(br.px.ttfb).Seconds(), median(br.ttfbDir).Seconds()),
+			CPUCold:  cpuByParty(br.lb.cpuCold, br.px.cpuCold),
+			CPUWarm:  cpuByParty(br.lb.cpuWarm, br.px.cpuWarm),
 		})
 	}
 	fan := func(bytes []int64, slow, alone []time.Duration, rss int64) fanOutPartyJSON {
 		return fanOutPartyJSON{
-			UpstreamBytes: medianInt(bytes), UpstreamCopies: float64(medianInt(bytes)) / float64(r.size),
+			UpstreamBytes: median(bytes), UpstreamCopies: float64(median(bytes)) / float64(r.size),
 			SlowestSeconds: median(slow).Seconds(), AloneSeconds: median(alone).Seconds(),
 			SlowestToAloneRatio: slowestToAlone(slow, alone), AggregateGiBPerS: r.aggregateGiBps(slow), PeakRSSMiB: mib(rss),
 		}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -112,18 +111,14 @@ func slowCapBench(ctx context.Context, res *claimResults) error {
 		}
 		return time.Since(start), nil
 	}
-	for range res.rounds {
-		d, err := get(http.DefaultClient)
-		if err != nil {
+	into := func(ds *[]time.Duration, c *http.Client) func() error {
+		return func() error {
+			d, err := get(c)
+			*ds = append(*ds, d)
 			return err
 		}
-		res.uncapped = append(res.uncapped, d)
-		if d, err = get(capped); err != nil {
-			return err
-		}
-		res.capped = append(res.capped, d)
 	}
-	return nil
+	return alternate(res.rounds, into(&res.capped, capped), into(&res.uncapped, http.DefaultClient))
 }
 
 // failFastBench runs lifeboat in front of a registry, caches one image, blackholes the upstream
@@ -165,16 +160,15 @@ func failFastBench(ctx context.Context, scratch, tools, lifeboat string, res *cl
 	if res.failFirst, err = headStatus(never, http.StatusNotFound); err != nil {
 		return err
 	}
-	for range res.rounds {
-		d, err := headStatus(cached, http.StatusOK)
-		if err != nil {
+	into := func(ds *[]time.Duration, url string, status int) func() error {
+		return func() error {
+			d, err := headStatus(url, status)
+			*ds = append(*ds, d)
 			return err
 		}
-		res.stale = append(res.stale, d)
-		if d, err = headStatus(never, http.StatusNotFound); err != nil {
-			return err
-		}
-		res.failing = append(res.failing, d)
+	}
+	if err := alternate(res.rounds, into(&res.failing, never, http.StatusNotFound), into(&res.stale, cached, http.StatusOK)); err != nil {
+		return err
 	}
 	// Release the requests the blackhole holds, so that lifeboat stops promptly.
 	if out, err := exec.CommandContext(ctx, lifeboat, "outage", "stop", admin).CombinedOutput(); err != nil {
@@ -199,11 +193,6 @@ func headStatus(url string, status int) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// spread is a median with the range it came from: "12ms (9ms–15ms)".
-func spread(ds []time.Duration) string {
-	return fmt.Sprintf("%s (%s–%s)", median(ds).Round(time.Microsecond*10), slices.Min(ds).Round(time.Microsecond*10), slices.Max(ds).Round(time.Microsecond*10))
-}
-
 // capRatio is the throughput through the cap divided by the cap, for the reads of ds.
 func (r claimResults) capRatio(d time.Duration) float64 {
 	return float64(r.slowSize) / d.Seconds() / float64(r.slowRate)
@@ -211,17 +200,15 @@ func (r claimResults) capRatio(d time.Duration) float64 {
 
 func renderClaims(b *strings.Builder, r claimResults) {
 	fmt.Fprintf(b, "\n## Figures the tests assert with wide margins\n\n")
-	fmt.Fprintf(b, "Medians of %d alternating rounds, with their range.\n\n", r.rounds)
+	fmt.Fprintf(b, "Medians of %d rounds, the subject and its baseline alternating (the first swapped each round), with their range.\n\n", r.rounds)
 	fmt.Fprintf(b, "| measured | subject | baseline | ratio |\n|---|---:|---:|---:|\n")
-	sorted := slices.Clone(r.capped)
-	slices.Sort(sorted)
-	fmt.Fprintf(b, "| `slow` outage, %d MiB body at a %d MiB/s cap: throughput ÷ cap (TestSlowRate asserts 0.25–1.05) | %s | uncapped: %s | %.2f (%.2f–%.2f) |\n",
-		r.slowSize>>20, r.slowRate>>20, spread(r.capped), spread(r.uncapped), r.capRatio(median(r.capped)), r.capRatio(sorted[len(sorted)-1]), r.capRatio(sorted[0]))
+	fmt.Fprintf(b, "| `slow` outage, %d MiB body at a %d MiB/s cap: throughput ÷ cap (TestSlowRate asserts 0.25–1.05) | %s | uncapped: %s | %s |\n",
+		r.slowSize>>20, r.slowRate>>20, durSpread(r.capped), durSpread(r.uncapped), floatSpread(mapSlice(r.capped, r.capRatio), 2))
 	fmt.Fprintf(b, "| upstream blackholed: HEAD of a tag never cached (404) ÷ of a cached one (stale 200); the first 404: %s (TestOutageDrill asserts a failing pull under %s) | %s | %s | %.2f |\n",
-		r.failFirst.Round(time.Microsecond*10), "10 s", spread(r.failing), spread(r.stale), median(r.failing).Seconds()/median(r.stale).Seconds())
+		r.failFirst.Round(time.Microsecond*10), "10 s", durSpread(r.failing), durSpread(r.stale), median(r.failing).Seconds()/median(r.stale).Seconds())
 	fmt.Fprintf(b, "\n`lifeboat demo`, %d runs one after another, as a new user runs it: %s from start to exit (TestDemoBinary asserts under 20 s); "+
 		"its step 4, a never-cached image during the outage with the registry marked down: %s (upstream_timeout is %s; TestDemo asserts only that the registry was down and the step under 10 s).\n",
-		len(r.demoWall), spread(r.demoWall), spread(r.demoStep4), "500ms")
+		len(r.demoWall), durSpread(r.demoWall), durSpread(r.demoStep4), "500ms")
 }
 
 type claimsJSON struct {

@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -45,6 +44,12 @@ func (r result) rate(ds []time.Duration) float64 {
 
 func (r result) ratio() float64 { return r.rate(r.subject) / r.rate(r.base) }
 
+// row is the result as a markdown table row: operation, MiB/s, baseline, baseline MiB/s, ratio,
+// each throughput a median with its range.
+func (r result) row() string {
+	return fmt.Sprintf("| %s | %s | %s | %s | %.2f |\n", r.name, rateSpread(r.bytes, r.subject), r.baseline, rateSpread(r.bytes, r.base), r.ratio())
+}
+
 // throughputJSON is one row of a throughput table.
 type throughputJSON struct {
 	Operation       string  `json:"operation"`
@@ -58,12 +63,6 @@ func (r result) json() throughputJSON {
 	return throughputJSON{Operation: r.name, MiBPerS: r.rate(r.subject), Baseline: r.baseline, BaselineMiBPerS: r.rate(r.base), Ratio: r.ratio()}
 }
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func run() error {
 	start := time.Now()
 	out := flag.String("out", "", "write the markdown report to this file too")
@@ -71,7 +70,10 @@ func run() error {
 	size := flag.Int64("size", 256<<20, "blob size in bytes")
 	rounds := flag.Int("rounds", 9, "rounds per measurement (medians are reported)")
 	largeSize := flag.Int64("large-size", 1<<30, "the large blob's size in bytes, for single-client GETs against the proxy")
-	largeRounds := flag.Int("large-rounds", 3, "rounds for the large blob")
+	largeRounds := flag.Int("large-rounds", 5, "rounds for the large blob")
+	tagRounds := flag.Int("tag-rounds", 5, "rounds of tag HEAD loads, each party once a round")
+	fanRounds := flag.Int("fan-rounds", 5, "rounds of the fan-out")
+	pullRounds := flag.Int("pull-rounds", 5, "rounds of containerd pulls")
 	fallbackDeadline := flag.Duration("fallback-deadline", 3*time.Minute,
 		"cut containerd's own fallback pull from a blackholed mirror after this long (it waits 30 s per request to the mirror)")
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
@@ -101,17 +103,17 @@ func run() error {
 		return err
 	}
 	rep.env = describeEnvironment(start, tdir)
-	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds); err != nil {
+	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds, *tagRounds); err != nil {
 		return fmt.Errorf("mirror benchmark: %w", err)
 	}
 	if rep.claims, err = claimsBench(ctx, scratch, tdir, bin, max(*rounds, 5)); err != nil {
 		return fmt.Errorf("claims benchmark: %w", err)
 	}
-	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds); err != nil {
+	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds, *fanRounds); err != nil {
 		return fmt.Errorf("anchor benchmark: %w", err)
 	}
 	if rep.env.AsRoot {
-		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, 3, *fallbackDeadline)
+		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, *pullRounds, *fallbackDeadline)
 		if err != nil {
 			return fmt.Errorf("pull benchmark: %w", err)
 		}
@@ -165,56 +167,44 @@ func cacheThroughput(ctx context.Context, scratch string, size int64, rounds int
 	write := result{name: "cache write (verify + fsync + commit)", baseline: "file copy + fsync + rename", bytes: size}
 	read := result{name: "cache read (ReaderAt)", baseline: "file read", bytes: size}
 	for i := range rounds {
-		d, err := timed(func() error { return copyFile(plain, data, buf) })
+		err := runRound(i,
+			timedInto(&write.base, func() error { return copyFile(plain, data, buf) }),
+			timedInto(&write.subject, func() error {
+				w, err := store.Writer(ctx, content.WithRef(fmt.Sprintf("bench-%d", i)), content.WithDescriptor(desc))
+				if err != nil {
+					return err
+				}
+				defer w.Close()
+				if _, err := io.CopyBuffer(w, bytes.NewReader(data), buf); err != nil {
+					return err
+				}
+				return w.Commit(ctx, size, desc.Digest)
+			}))
 		if err != nil {
 			return nil, err
 		}
-		write.base = append(write.base, d)
-
-		d, err = timed(func() error {
-			w, err := store.Writer(ctx, content.WithRef(fmt.Sprintf("bench-%d", i)), content.WithDescriptor(desc))
-			if err != nil {
+		err = runRound(i,
+			timedInto(&read.base, func() error {
+				f, err := os.Open(plain)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
 				return err
-			}
-			defer w.Close()
-			if _, err := io.CopyBuffer(w, bytes.NewReader(data), buf); err != nil {
+			}),
+			timedInto(&read.subject, func() error {
+				ra, err := store.ReaderAt(ctx, desc)
+				if err != nil {
+					return err
+				}
+				defer ra.Close()
+				_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{io.NewSectionReader(ra, 0, ra.Size())}, buf)
 				return err
-			}
-			return w.Commit(ctx, size, desc.Digest)
-		})
+			}))
 		if err != nil {
 			return nil, err
 		}
-		write.subject = append(write.subject, d)
-
-		d, err = timed(func() error {
-			f, err := os.Open(plain)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		read.base = append(read.base, d)
-
-		d, err = timed(func() error {
-			ra, err := store.ReaderAt(ctx, desc)
-			if err != nil {
-				return err
-			}
-			defer ra.Close()
-			_, err = io.CopyBuffer(io.Discard, struct{ io.Reader }{io.NewSectionReader(ra, 0, ra.Size())}, buf)
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		read.subject = append(read.subject, d)
-
 		if err := store.Delete(ctx, desc.Digest); err != nil {
 			return nil, err
 		}

@@ -29,14 +29,35 @@ import (
 // mirrorResults holds what mirrorBench measured.
 type mirrorResults struct {
 	warm, cold       result
-	ttfbCold, ttfbUp time.Duration
-	headUp, headDown []time.Duration
-	rssTags          int64 // lifeboat's peak RSS (bytes) over both tag loads; 0 if unknown
+	ttfbCold, ttfbUp []time.Duration
+	rssTags          int64 // lifeboat's peak RSS (bytes) over all its tag loads; 0 if unknown
 
-	// The same tag loads through the distribution registry in proxy mode (the anchor), which
-	// may answer some with an error: those are counted, not timed.
-	proxyUp, proxyDown       []time.Duration
-	proxyUpErr, proxyDownErr int
+	// Tag loads through lifeboat and through the distribution registry in proxy mode (the
+	// anchor), alternating over tagRounds rounds, with the upstream up and then stopped.
+	tagRounds          int
+	headUp, headDown   tagLoads
+	proxyUp, proxyDown tagLoads
+}
+
+// tagLoads are the percentiles of one party's tag loads, one of each per round. The proxy may
+// answer some requests with an error: those are counted, not timed, and a round it answered
+// none of has no percentiles.
+type tagLoads struct {
+	p50, p99 []time.Duration
+	failed   int
+}
+
+// load runs one tag load against url into l; strict fails it if any request failed.
+func (l *tagLoads) load(url string, strict bool) error {
+	ds, failed := paced(url, tagRate, tagRequests)
+	if strict && failed > 0 {
+		return fmt.Errorf("%d of %d tag HEADs failed", failed, tagRequests)
+	}
+	l.failed += failed
+	if len(ds) > 0 {
+		l.p50, l.p99 = append(l.p50, percentile(ds, 0.5)), append(l.p99, percentile(ds, 0.99))
+	}
+	return nil
 }
 
 // daemon is a child process of the benchmark, its output in the log file of its directory.
@@ -199,7 +220,7 @@ func head(url string) (time.Duration, error) {
 // mirrorBench compares fetching a blob through lifeboat (warm and cold) with fetching it
 // straight from the upstream registry, and measures tag HEAD latency with the upstream up and
 // down.
-func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds int) (mirrorResults, error) {
+func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int64, rounds, tagRounds int) (mirrorResults, error) {
 	var res mirrorResults
 	reg, regAddr, err := startRegistry(scratch, tools)
 	if err != nil {
@@ -217,40 +238,46 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	warm := result{name: "warm hit, blob GET through lifeboat", baseline: "same GET from the registry", bytes: size}
 	cold := result{name: "cold miss, blob GET through lifeboat", baseline: "same GET from the registry", bytes: size}
 	var ttfbCold, ttfbUp []time.Duration
-	for i := range rounds {
+	upstream := func() error {
 		t, d, err := fetch(direct, size)
 		if err != nil {
-			return res, err
+			return err
 		}
 		ttfbUp = append(ttfbUp, t)
 		cold.base = append(cold.base, d)
 		warm.base = append(warm.base, d)
-
-		lb, addr, err := startLifeboat(filepath.Join(scratch, fmt.Sprintf("lifeboat-%d", i)), lifeboat, regAddr)
+		return nil
+	}
+	n := 0
+	throughLifeboat := func() error {
+		n++
+		dir := filepath.Join(scratch, fmt.Sprintf("lifeboat-%d", n))
+		defer os.RemoveAll(dir)
+		lb, addr, err := startLifeboat(dir, lifeboat, regAddr)
 		if err != nil {
-			return res, err
+			return err
 		}
-		t, d, err = fetch("http://"+addr+blobPath, size)
+		defer lb.stop()
+		t, d, err := fetch("http://"+addr+blobPath, size)
 		if err != nil {
-			lb.stop()
-			return res, err
+			return err
 		}
 		ttfbCold = append(ttfbCold, t)
 		cold.subject = append(cold.subject, d)
 		if err := waitCached("http://" + addr + blobPath); err != nil {
-			lb.stop()
-			return res, err
+			return err
 		}
-		_, d, err = fetch("http://"+addr+blobPath, size)
-		lb.stop()
-		os.RemoveAll(filepath.Join(scratch, fmt.Sprintf("lifeboat-%d", i)))
-		if err != nil {
-			return res, err
+		if _, d, err = fetch("http://"+addr+blobPath, size); err != nil {
+			return err
 		}
 		warm.subject = append(warm.subject, d)
+		return nil
+	}
+	if err := alternate(rounds, throughLifeboat, upstream); err != nil {
+		return res, err
 	}
 	res.warm, res.cold = warm, cold
-	res.ttfbCold, res.ttfbUp = median(ttfbCold), median(ttfbUp)
+	res.ttfbCold, res.ttfbUp = ttfbCold, ttfbUp
 
 	// Tag HEAD latency through lifeboat and through the proxy anchor, then the same with the
 	// registry stopped (lifeboat answers stale from its cache).
@@ -272,27 +299,17 @@ func mirrorBench(ctx context.Context, scratch, tools, lifeboat string, size int6
 	if err := getManifest(proxyURL); err != nil {
 		return res, fmt.Errorf("cache the tag in the proxy: %w", err)
 	}
-	if res.headUp, err = pacedStrict(tagURL); err != nil {
+	res.tagRounds = tagRounds
+	if err := alternate(tagRounds, func() error { return res.headUp.load(tagURL, true) }, func() error { return res.proxyUp.load(proxyURL, false) }); err != nil {
 		return res, err
 	}
-	res.proxyUp, res.proxyUpErr = paced(proxyURL, tagRate, tagRequests)
 	reg.stop()
-	if res.headDown, err = pacedStrict(tagURL); err != nil {
+	if err := alternate(tagRounds, func() error { return res.headDown.load(tagURL, true) }, func() error { return res.proxyDown.load(proxyURL, false) }); err != nil {
 		return res, fmt.Errorf("tag HEAD with the upstream down: %w", err)
 	}
-	res.proxyDown, res.proxyDownErr = paced(proxyURL, tagRate, tagRequests)
 	// This lifeboat has served nothing but tags, so its high-water mark is that of the loads.
 	res.rssTags = peakRSS(lb)
 	return res, nil
-}
-
-// pacedStrict is paced for lifeboat, which must answer every request.
-func pacedStrict(url string) ([]time.Duration, error) {
-	ds, failed := paced(url, tagRate, tagRequests)
-	if failed > 0 {
-		return nil, fmt.Errorf("%d of %d tag HEADs failed", failed, tagRequests)
-	}
-	return ds, nil
 }
 
 // Tag resolution load: tagRequests HEADs sent at tagRate per second, each on its own schedule
@@ -337,31 +354,39 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 
 func renderMirror(b *strings.Builder, r mirrorResults, size int64) {
 	fmt.Fprintf(b, "\n## Registry mirror, one %d MiB blob (real registry and lifeboat processes on loopback)\n\n", size>>20)
+	fmt.Fprintf(b, "Each round a GET straight from the registry alternates with a fresh lifeboat's cold miss then warm\n"+
+		"hit; the same straight GET is the baseline of both.\n\n")
 	fmt.Fprintf(b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
 	for _, t := range []result{r.warm, r.cold} {
-		fmt.Fprintf(b, "| %s | %.0f | %s | %.0f | %.2f |\n", t.name, t.rate(t.subject), t.baseline, t.rate(t.base), t.ratio())
+		b.WriteString(t.row())
 	}
 	fmt.Fprintf(b, "\nTime to first byte: cold miss through lifeboat %s, straight from the registry %s.\n",
-		r.ttfbCold.Round(time.Microsecond), r.ttfbUp.Round(time.Microsecond))
+		durSpread(r.ttfbCold), durSpread(r.ttfbUp))
+	fmt.Fprintf(b, "\nThese GETs are measured again, from rounds of their own, against the distribution proxy under\n"+
+		"\"Against the distribution registry\" below: the two sections' figures for the same operation differ by\n"+
+		"as much as their ranges do, and neither is the one figure for it.\n")
 	fmt.Fprintf(b, "\nEvery party runs on the same machine: on a cold miss lifeboat receives, hashes, writes and\n"+
 		"sends every byte on the cores the registry and the client also use, so the cold ratio is bound by\n"+
 		"CPU here; a warm hit is sent from the cache file with sendfile.\n")
-	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s | lifeboat p50 | lifeboat p99 | distribution proxy p50 | proxy p99 | proxy requests failed |\n|---|---:|---:|---:|---:|---:|\n", tagRequests, tagRate)
-	pct := func(ds []time.Duration, p float64) string {
+	fmt.Fprintf(b, "\n| tag HEAD, %d requests at %d/s, %d rounds | lifeboat p50 | lifeboat p99 | distribution proxy p50 | proxy p99 | proxy requests failed |\n|---|---:|---:|---:|---:|---:|\n",
+		tagRequests, tagRate, r.tagRounds)
+	pct := func(ds []time.Duration) string {
 		if len(ds) == 0 {
 			return "–"
 		}
-		return percentile(ds, p).Round(time.Microsecond).String()
+		return durSpread(ds)
 	}
 	fmt.Fprintf(b, "| upstream up (lifeboat revalidates) | %s | %s | %s | %s | %d |\n",
-		pct(r.headUp, 0.5), pct(r.headUp, 0.99), pct(r.proxyUp, 0.5), pct(r.proxyUp, 0.99), r.proxyUpErr)
+		pct(r.headUp.p50), pct(r.headUp.p99), pct(r.proxyUp.p50), pct(r.proxyUp.p99), r.proxyUp.failed)
 	fmt.Fprintf(b, "| upstream stopped (lifeboat answers stale from its cache) | %s | %s | %s | %s | %d |\n",
-		pct(r.headDown, 0.5), pct(r.headDown, 0.99), pct(r.proxyDown, 0.5), pct(r.proxyDown, 0.99), r.proxyDownErr)
-	fmt.Fprintf(b, "\nThe proxy is the distribution registry in proxy mode (`ttl: 0`) in front of the same registry,\n"+
+		pct(r.headDown.p50), pct(r.headDown.p99), pct(r.proxyDown.p50), pct(r.proxyDown.p99), r.proxyDown.failed)
+	fmt.Fprintf(b, "\nEach round runs one load through lifeboat and one through the proxy, the first swapped each round;\n"+
+		"the percentiles are the median (min–max) of the rounds' own, the failures summed over the rounds.\n"+
+		"The proxy is the distribution registry in proxy mode (`ttl: 0`) in front of the same registry,\n"+
 		"with the tag fetched through it once first. Stopped: connections to the registry are refused; a\n"+
 		"blackholed upstream is measured under \"Against the distribution registry\" below.\n")
 	if r.rssTags > 0 {
-		fmt.Fprintf(b, "\nPeak RSS of lifeboat over both tag loads (a fresh process that served only them): %.0f MiB.\n", mib(r.rssTags))
+		fmt.Fprintf(b, "\nPeak RSS of lifeboat over all its tag loads (a fresh process that served only them): %.0f MiB.\n", mib(r.rssTags))
 	}
 }
 
@@ -372,6 +397,7 @@ type mirrorJSON struct {
 	TTFBUpSeconds   float64        `json:"upstream_time_to_first_byte_seconds"`
 	TagRequests     int            `json:"tag_head_requests"`
 	TagRatePerS     int            `json:"tag_head_rate_per_s"`
+	TagRounds       int            `json:"tag_head_rounds"` // the percentiles are medians over the rounds
 	TagUp           latencyJSON    `json:"tag_head_upstream_up"`
 	TagDown         latencyJSON    `json:"tag_head_upstream_stopped"`
 	TagPeakRSSMiB   float64        `json:"tag_head_lifeboat_peak_rss_mib,omitempty"` // absent when /proc could not be read
@@ -388,10 +414,10 @@ type proxyLatencyJSON struct {
 	Failed     int      `json:"failed"`
 }
 
-func proxyLatencies(ds []time.Duration, failed int) proxyLatencyJSON {
-	j := proxyLatencyJSON{Failed: failed}
-	if len(ds) > 0 {
-		p50, p99 := percentile(ds, 0.5).Seconds(), percentile(ds, 0.99).Seconds()
+func proxyLatencies(l tagLoads) proxyLatencyJSON {
+	j := proxyLatencyJSON{Failed: l.failed}
+	if len(l.p50) > 0 {
+		p50, p99 := median(l.p50).Seconds(), median(l.p99).Seconds()
 		j.P50Seconds, j.P99Seconds = &p50, &p99
 	}
 	return j
@@ -402,17 +428,18 @@ type latencyJSON struct {
 	P99Seconds float64 `json:"p99_seconds"`
 }
 
-func latencies(ds []time.Duration) latencyJSON {
-	return latencyJSON{P50Seconds: percentile(ds, 0.5).Seconds(), P99Seconds: percentile(ds, 0.99).Seconds()}
+// latencies is the median over the rounds of each round's percentile.
+func latencies(l tagLoads) latencyJSON {
+	return latencyJSON{P50Seconds: median(l.p50).Seconds(), P99Seconds: median(l.p99).Seconds()}
 }
 
 func (r mirrorResults) json() mirrorJSON {
 	return mirrorJSON{
 		WarmHit: r.warm.json(), ColdMiss: r.cold.json(),
-		TTFBColdSeconds: r.ttfbCold.Seconds(), TTFBUpSeconds: r.ttfbUp.Seconds(),
-		TagRequests: tagRequests, TagRatePerS: tagRate,
+		TTFBColdSeconds: median(r.ttfbCold).Seconds(), TTFBUpSeconds: median(r.ttfbUp).Seconds(),
+		TagRequests: tagRequests, TagRatePerS: tagRate, TagRounds: r.tagRounds,
 		TagUp: latencies(r.headUp), TagDown: latencies(r.headDown), TagPeakRSSMiB: mib(r.rssTags),
-		ProxyTagUp: proxyLatencies(r.proxyUp, r.proxyUpErr), ProxyTagDown: proxyLatencies(r.proxyDown, r.proxyDownErr),
+		ProxyTagUp: proxyLatencies(r.proxyUp), ProxyTagDown: proxyLatencies(r.proxyDown),
 	}
 }
 

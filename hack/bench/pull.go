@@ -57,7 +57,7 @@ func (stderrLog) Logf(format string, args ...any) {
 // pullBench times `ctr image pull` of a multi-layer image, each pull starting with the image and
 // its content removed from containerd, so that every blob comes over the network.
 //
-// With lifeboat's cache warm, rounds alternate: straight from the upstream registry into
+// With lifeboat's cache warm, rounds alternate (see order): straight from the upstream registry into
 // overlayfs (the baseline), through lifeboat into overlayfs, and unpacked by lifeboat's
 // snapshotter straight from its cache. Then, with lifeboat's upstream blackholed (`lifeboat
 // outage start --mode blackhole`), rounds of pulls through lifeboat alone; and once, containerd
@@ -133,22 +133,21 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 	if _, err := pull("warm", mirrorHosts); err != nil {
 		return res, err
 	}
-	for range rounds {
-		d, err := pull("direct", directHosts)
-		if err != nil {
-			return res, err
+	pullInto := func(into *[]time.Duration, ns, hostsDir string, extra ...string) func() error {
+		return func() error {
+			d, err := pull(ns, hostsDir, extra...)
+			if err != nil {
+				return err
+			}
+			*into = append(*into, d)
+			return nil
 		}
-		res.direct = append(res.direct, d)
-		d, err = pull("plain", mirrorHosts)
-		if err != nil {
-			return res, err
-		}
-		res.plain = append(res.plain, d)
-		d, err = pull("snap", mirrorHosts, "--snapshotter", "lifeboat")
-		if err != nil {
-			return res, err
-		}
-		res.snaps = append(res.snaps, d)
+	}
+	if err := alternate(rounds,
+		pullInto(&res.direct, "direct", directHosts),
+		pullInto(&res.plain, "plain", mirrorHosts),
+		pullInto(&res.snaps, "snap", mirrorHosts, "--snapshotter", "lifeboat")); err != nil {
+		return res, err
 	}
 
 	// The outage, through lifeboat.
@@ -157,11 +156,9 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 		return res, fmt.Errorf("lifeboat outage start: %v\n%s", err, out)
 	}
 	for range rounds {
-		d, err := pull("outage", mirrorHosts)
-		if err != nil {
+		if err := pullInto(&res.outage, "outage", mirrorHosts)(); err != nil {
 			return res, fmt.Errorf("pull through lifeboat during its outage: %w", err)
 		}
-		res.outage = append(res.outage, d)
 	}
 	// Release the requests the blackhole holds, so that lifeboat stops promptly.
 	if out, err := exec.CommandContext(ctx, lifeboat, "outage", "stop", admin).CombinedOutput(); err != nil {
@@ -175,21 +172,8 @@ func pullBench(ctx context.Context, scratch, tools, lifeboat string, layers int,
 		return res, err
 	}
 	lb.stop()
-	for i := range rounds {
-		parties := []struct {
-			hosts string
-			into  *[]time.Duration
-		}{{failOpenHosts, &res.lbDown}, {directHosts, &res.lbDownDirect}}
-		if i%2 == 1 {
-			parties[0], parties[1] = parties[1], parties[0]
-		}
-		for _, p := range parties {
-			d, err := pull("down", p.hosts)
-			if err != nil {
-				return res, fmt.Errorf("pull with lifeboat stopped: %w", err)
-			}
-			*p.into = append(*p.into, d)
-		}
+	if err := alternate(rounds, pullInto(&res.lbDown, "down", failOpenHosts), pullInto(&res.lbDownDirect, "down", directHosts)); err != nil {
+		return res, fmt.Errorf("pull with lifeboat stopped: %w", err)
 	}
 
 	// containerd on its own: the mirror blackholed, the upstream up as server. The forwarder,
@@ -235,13 +219,14 @@ func (r pullResults) fallbackOutcome() string {
 func renderPull(b *strings.Builder, r pullResults) {
 	fmt.Fprintf(b, "\n## containerd pull, %d × %d MiB layers (`ctr images pull` through hosts.toml)\n\n", r.layers, r.layerSize>>20)
 	fmt.Fprintf(b, "Each pull starts with the image and its content removed from containerd, so every blob comes over\n"+
-		"the network; medians of %d alternating rounds.\n\n", r.rounds)
+		"the network; medians of %d rounds with min–max in brackets, the parties of each table alternating,\n"+
+		"in the order reversed every other round.\n\n", r.rounds)
 	fmt.Fprintf(b, "### lifeboat's cache warm\n\n")
-	fmt.Fprintf(b, "| pulled | median pull time | ÷ straight from the upstream (lower is better) |\n|---|---:|---:|\n")
+	fmt.Fprintf(b, "| pulled | pull time | ÷ straight from the upstream (lower is better) |\n|---|---:|---:|\n")
 	ratio := func(ds []time.Duration) float64 { return median(ds).Seconds() / median(r.direct).Seconds() }
-	fmt.Fprintf(b, "| straight from the upstream registry, into overlayfs (baseline) | %s | 1.00 |\n", median(r.direct).Round(time.Millisecond))
-	fmt.Fprintf(b, "| through lifeboat, into overlayfs | %s | %.2f |\n", median(r.plain).Round(time.Millisecond), ratio(r.plain))
-	fmt.Fprintf(b, "| through lifeboat, layers applied by lifeboat's snapshotter from its cache | %s | %.2f |\n", median(r.snaps).Round(time.Millisecond), ratio(r.snaps))
+	fmt.Fprintf(b, "| straight from the upstream registry, into overlayfs (baseline) | %s | 1.00 |\n", durSpread(r.direct))
+	fmt.Fprintf(b, "| through lifeboat, into overlayfs | %s | %.2f |\n", durSpread(r.plain), ratio(r.plain))
+	fmt.Fprintf(b, "| through lifeboat, layers applied by lifeboat's snapshotter from its cache | %s | %.2f |\n", durSpread(r.snaps), ratio(r.snaps))
 	fmt.Fprintf(b, "\nThrough lifeboat into overlayfs ÷ through lifeboat's snapshotter (higher is better): %.2f\n", median(r.plain).Seconds()/median(r.snaps).Seconds())
 
 	fmt.Fprintf(b, "\n### lifeboat stopped\n\n")
@@ -250,12 +235,12 @@ func renderPull(b *strings.Builder, r pullResults) {
 		"alternating with the straight pull, the first party swapped each round; min–max in brackets.\n\n", len(r.lbDown))
 	fmt.Fprintf(b, "| pulled | pull time | ÷ straight from the upstream |\n|---|---:|---:|\n")
 	fmt.Fprintf(b, "| fail-open hosts.toml, lifeboat stopped | %s | %.2f |\n| straight from the upstream (baseline) | %s | 1.00 |\n",
-		spread(r.lbDown), median(r.lbDown).Seconds()/median(r.lbDownDirect).Seconds(), spread(r.lbDownDirect))
+		durSpread(r.lbDown), median(r.lbDown).Seconds()/median(r.lbDownDirect).Seconds(), durSpread(r.lbDownDirect))
 
 	fmt.Fprintf(b, "\n### The upstream blackholed\n\n")
 	fmt.Fprintf(b, "| pulled | pull time |\n|---|---:|\n")
 	fmt.Fprintf(b, "| through lifeboat, cache warm, `lifeboat outage start --mode blackhole`: the first pull | %s |\n", r.outage[0].Round(time.Millisecond))
-	fmt.Fprintf(b, "| the same, median of %d pulls one after another | %s |\n", len(r.outage), median(r.outage).Round(time.Millisecond))
+	fmt.Fprintf(b, "| the same, median (min–max) of %d pulls one after another | %s |\n", len(r.outage), durSpread(r.outage))
 	fallback := r.fallback.Round(time.Millisecond).String()
 	switch r.fallbackOutcome() {
 	case "cut_at_deadline":

@@ -155,12 +155,14 @@ func (r report) markdown() string {
 	}
 	fmt.Fprintf(&b, "\n\nMachine: %s, %d CPUs, %.1f GiB of memory, %s. Versions: Go %s, containerd and ctr %s, distribution registry %s, lifeboat %s.\n\n",
 		e.CPU, e.CPUs, float64(e.MemoryMiB)/1024, e.Kernel, e.GoVersion, e.Containerd, e.Registry, e.Lifeboat)
-	fmt.Fprintf(&b, "Medians of %d alternating rounds unless a section says otherwise; each ratio is lifeboat's\n", r.rounds)
-	fmt.Fprintf(&b, "throughput divided by the baseline's, both measured in the same run (higher is better).\n\n")
+	fmt.Fprintf(&b, "Medians of %d rounds unless a section says otherwise, with the lowest and highest figure of the\n", r.rounds)
+	fmt.Fprintf(&b, "rounds in brackets. In every comparison the parties alternate: each round runs them in turn, the\n")
+	fmt.Fprintf(&b, "order reversed every other round, so that none always goes first. Each ratio is lifeboat's figure\n")
+	fmt.Fprintf(&b, "divided by the baseline's, of the medians, both measured in the same run (higher is better).\n\n")
 	fmt.Fprintf(&b, "## Cache throughput, one %d MiB blob\n\n", r.size>>20)
 	fmt.Fprintf(&b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
 	for _, c := range r.cache {
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.2f |\n", c.name, c.rate(c.subject), c.baseline, c.rate(c.base), c.ratio())
+		b.WriteString(c.row())
 	}
 	renderMirror(&b, r.mirror, r.size)
 	renderAnchors(&b, r.anchors)

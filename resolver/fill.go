@@ -528,7 +528,7 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 		stopRead(&stallError{got: windowGot.Load(), need: windowNeed.Load(), window: window})
 	})
 	defer progress.Stop()
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, receiveBufferSize)
 	var n int64
 	nextRoomCheck := int64(roomCheckStep) // for a body of unknown size
 	for {
@@ -582,6 +582,10 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 	}
 	return n, nil
 }
+
+// receiveBufferSize is the most a fill reads from the upstream at once, and so hands at once to
+// the ingest writer (which hashes it beside the file write) and the readers.
+const receiveBufferSize = 1 << 20
 
 // roomCheckStep is how often a body of unknown size has the cache's room checked as it arrives:
 // every 4 MiB, so that a body that does not fit is cut off within 4 MiB of the cache's budget.

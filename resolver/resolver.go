@@ -99,6 +99,12 @@ type Options struct {
 	// that access to the repository is denied (401, 403): OnDeniedRefuse (the default) or
 	// OnDeniedServeStale. An upstream that cannot be reached always serves the cached tag stale.
 	OnDenied string
+	// Peers is the cluster tier (nil: a single node). Blob misses ask it before the registry,
+	// tags it answers when the registry cannot, and it is told what this node caches.
+	Peers Peers
+	// NotShared lists registries whose content never crosses nodes (share_with_peers = false):
+	// the resolver neither asks peers for it nor serves it to them, nor tells them it holds it.
+	NotShared []string
 }
 
 // Defaults of the fill limits.

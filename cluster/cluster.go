@@ -1,0 +1,177 @@
+// Package cluster is lifeboat's cluster tier below the transfers: membership and failure
+// detection (hashicorp/memberlist), rendezvous hashing of keys to their home nodes, the homes'
+// in-memory index of which node holds what, the batched announcements that feed it, and hedged
+// lookups that ask it. Blob and manifest bytes never pass through this package: peers fetch
+// them from each other with the OCI pull API (package peer), over the same authenticated peer
+// listener that carries this package's index requests.
+//
+// It imports nothing of lifeboat's but internal/oci.
+package cluster
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Keys of the index. A blob's key is its digest; a tag's is "registry/repository:tag".
+
+// BlobKey is the index key of a blob.
+func BlobKey(dgst digest.Digest) string { return dgst.String() }
+
+// TagKey is the index key of a tag of a repository of a registry ("docker.io").
+func TagKey(registry, repository, tag string) string {
+	return registry + "/" + repository + ":" + tag
+}
+
+// Record is what a node announces about one key it holds: a blob (Key only), or a tag with the
+// digest it resolved to and the registry's Date header of that revalidation.
+type Record struct {
+	Key    string        `json:"k"`
+	Digest digest.Digest `json:"d,omitempty"` // tags only
+	Date   time.Time     `json:"t,omitzero"`  // tags only: the registry's Date header
+}
+
+// Holder is one node's record of a key, as a home knows it.
+type Holder struct {
+	Node   string        `json:"n"`
+	Digest digest.Digest `json:"d,omitempty"` // tags only
+	Date   time.Time     `json:"t,omitzero"`  // tags only
+}
+
+// MemberState is a member's state as memberlist sees it.
+type MemberState string
+
+// Member states.
+const (
+	Alive   MemberState = "alive"
+	Suspect MemberState = "suspect"
+	Dead    MemberState = "dead"
+	Left    MemberState = "left"
+)
+
+// Member is one node of the cluster.
+type Member struct {
+	Name string
+	// PeerAddr is the host:port of its peer listener (from its memberlist metadata).
+	PeerAddr string
+	State    MemberState
+	// Self is true for this node.
+	Self bool
+}
+
+// Config configures a Node. Durations left zero get the defaults named beside them.
+type Config struct {
+	// NodeName is this node's unique member name (the daemon defaults it to the host name).
+	NodeName string
+	// GossipAddress is the host:port memberlist binds, TCP and UDP.
+	GossipAddress string
+	// AdvertiseAddress is the IP other nodes reach this one at, for gossip and the peer
+	// listener (the daemon defaults it to the first non-loopback address).
+	AdvertiseAddress string
+	// PeerPort is the port of this node's peer listener; members learn AdvertiseAddress:PeerPort
+	// from its metadata.
+	PeerPort int
+	// Join lists host:port or DNS-name:port of nodes to join; names are resolved again every
+	// RejoinInterval (30 s) while this node knows no other member alive, so the first node of
+	// a cluster, or one cut off, finds the others.
+	Join           []string
+	RejoinInterval time.Duration
+	// Secret is the cluster key (32 bytes): gossip is encrypted with a key derived from it, and
+	// peer requests carry tokens derived from it (see Signer).
+	Secret []byte
+	// Label is memberlist's cluster label: packets with another label are dropped.
+	// Default "lifeboat".
+	Label string
+	// Replicas is how many home nodes each key has (default 3).
+	Replicas int
+	// AnnounceInterval (250 ms) is how often queued records go to their homes, in one batch per
+	// home; RefreshInterval (5 min) how often this node announces everything it holds (Local),
+	// and HolderTTL (3×RefreshInterval) how long a home keeps a record nobody refreshed.
+	AnnounceInterval, RefreshInterval, HolderTTL time.Duration
+	// HedgeDelay (5 ms) is how long a lookup waits for a home before it asks the next one too;
+	// LookupTimeout (500 ms) bounds a whole lookup.
+	HedgeDelay, LookupTimeout time.Duration
+	// MaxIndexKeys bounds the keys a home keeps (default 1,000,000); past it new keys are
+	// dropped and counted.
+	MaxIndexKeys int
+	// Local calls yield for every record this node holds and may share, for the full refresh.
+	Local func(ctx context.Context, yield func(Record) bool) error
+	// Transport carries this node's requests to peers (the outage simulator's peer wrapper in
+	// the daemon). Nil: http.DefaultTransport's settings.
+	Transport http.RoundTripper
+	// ObserveLookup, when set, is called after every lookup (for metrics).
+	ObserveLookup func(d time.Duration, found bool, err error)
+}
+
+// Stats is what a node counts, for status and metrics.
+type Stats struct {
+	Members map[MemberState]int
+	// HomedKeys is how many keys this node's index holds records of, IndexEntries how many
+	// records, IndexBytes about how much memory they take.
+	HomedKeys, IndexEntries int
+	IndexBytes              int64
+	// IndexDropped counts records refused because the index was full.
+	IndexDropped int64
+	// Lookups by outcome: found, not found, failed (no home answered).
+	LookupsFound, LookupsNotFound, LookupsFailed int64
+	// AnnouncedRecords went out to homes; ReceivedRecords came in from other nodes.
+	AnnouncedRecords, ReceivedRecords int64
+}
+
+// Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
+type Node struct {
+	cfg Config
+}
+
+// Start joins the cluster (or starts one: a join that reaches nobody is retried in the
+// background) and starts announcing. Close it to leave.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	panic("cluster.Start: not implemented yet")
+}
+
+// Close leaves the cluster (telling the others, within a few seconds) and stops the node's
+// background work.
+func (n *Node) Close() error { panic("not implemented yet") }
+
+// Name is this node's member name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// Members lists the members memberlist knows, this node included, sorted by name.
+func (n *Node) Members() []Member { panic("not implemented yet") }
+
+// Member returns the alive member called name.
+func (n *Node) Member(name string) (Member, bool) { panic("not implemented yet") }
+
+// Homes returns key's home nodes: the Replicas alive members (this one included) with the
+// highest rendezvous weight for key, highest first.
+func (n *Node) Homes(key string) []Member { panic("not implemented yet") }
+
+// Announce queues records for their homes; they go out within AnnounceInterval. It never
+// blocks: past a bounded queue, records wait for the next full refresh.
+func (n *Node) Announce(recs ...Record) { panic("not implemented yet") }
+
+// Lookup asks key's homes which nodes hold it: the first home at once, each next one after
+// HedgeDelay (or as soon as the one before failed), the first answer that names a holder
+// wins. This node is never among the holders returned, nor are members that are not alive.
+// An empty answer with a nil error means no home knows a holder; an error, that no home
+// answered within LookupTimeout.
+func (n *Node) Lookup(ctx context.Context, key string) ([]Holder, error) {
+	panic("not implemented yet")
+}
+
+// Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
+// The caller authenticates requests first (Signer.Verify).
+func (n *Node) Handler() http.Handler { panic("not implemented yet") }
+
+// Client is the HTTP client for requests to peers: it signs every request with this node's
+// token, and uses Config.Transport.
+func (n *Node) Client() *http.Client { panic("not implemented yet") }
+
+// Stats reports what the node counts.
+func (n *Node) Stats() Stats { panic("not implemented yet") }
+
+// Signer is this node's token signer, for the peer listener to verify requests with.
+func (n *Node) Signer() *Signer { panic("not implemented yet") }

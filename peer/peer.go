@@ -24,12 +24,30 @@ type HandlerOptions struct {
 	Shared func(registry string) bool
 }
 
+// Authenticator checks a peer request's token (cluster.Signer is one).
+type Authenticator interface {
+	Verify(req *http.Request) (node string, err error)
+}
+
+// Cluster is what a Source needs of the cluster (cluster.Node is one).
+type Cluster interface {
+	Name() string
+	Lookup(ctx context.Context, key string) ([]cluster.Holder, error)
+	Homes(key string) []cluster.Member
+	Member(name string) (cluster.Member, bool)
+	Announce(recs ...cluster.Record)
+	// Client signs its requests to peers.
+	Client() *http.Client
+}
+
+var _ Cluster = (*cluster.Node)(nil)
+
 // NewHandler returns the peer listener's handler. Every request must carry a valid token
-// (cluster.Signer.Verify), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to
-// node's index; /v2/ is the OCI pull API over backend, with the request marked as a peer's
+// (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
+// cluster node's handler); /v2/ is the OCI pull API over backend, with the request marked as a peer's
 // (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
 // node's cache (or its fill) and never forwarded to other peers.
-func NewHandler(node *cluster.Node, backend mirror.Backend, opts HandlerOptions) http.Handler {
+func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
 	panic("not implemented yet")
 }
 
@@ -60,14 +78,14 @@ type Stats struct {
 
 // Source is resolver.Peers over a cluster node.
 type Source struct {
-	node *cluster.Node
+	node Cluster
 	opts SourceOptions
 }
 
 var _ resolver.Peers = (*Source)(nil)
 
 // NewSource returns the resolver's view of the cluster through node.
-func NewSource(node *cluster.Node, opts SourceOptions) *Source {
+func NewSource(node Cluster, opts SourceOptions) *Source {
 	return &Source{node: node, opts: opts}
 }
 

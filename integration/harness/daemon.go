@@ -3,10 +3,12 @@ package harness
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +42,11 @@ type LifeboatOptions struct {
 	// MaxSize is [cache] max_size: "8GiB" if empty; "auto" leaves it unset, so the budget is
 	// taken from the root filesystem's free space at first start.
 	MaxSize string
+	// IP is the loopback address the mirror, metrics and cluster listeners bind (127.0.0.x);
+	// "127.0.0.1" if empty.
+	IP string
+	// Cluster makes the daemon a member of a cluster (see StartCluster).
+	Cluster *ClusterOptions
 }
 
 // Lifeboat is a `lifeboat serve` process with its own root, sockets and mirror port.
@@ -50,8 +57,12 @@ type Lifeboat struct {
 	AdminSocket string
 	Config      string
 	MetricsAddr string // host:port of /metrics, when LifeboatOptions.Metrics
-	proc        *Process
-	killed      *Process // stopped on purpose with SIGKILL
+	// Name, Gossip and Peer are the node name, the memberlist address and the peer listener's
+	// address of a cluster member (LifeboatOptions.Cluster).
+	Name, Gossip, Peer string
+	proc               *Process
+	killed             *Process // stopped on purpose with SIGKILL
+	paused             bool     // stopped with SIGSTOP (Pause)
 }
 
 // StartLifeboat builds lifeboat (once per test binary), starts `lifeboat serve` on free
@@ -100,17 +111,21 @@ var errPortTaken = errors.New("a port was taken before lifeboat could listen on 
 
 // writeConfig picks free ports and writes the daemon's configuration file.
 func (lb *Lifeboat) writeConfig(opts LifeboatOptions) error {
-	port, err := freePort()
+	ip := opts.IP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	port, err := freePortOn(ip)
 	if err != nil {
 		return err
 	}
-	lb.Mirror = fmt.Sprintf("127.0.0.1:%d", port)
+	lb.Mirror = net.JoinHostPort(ip, strconv.Itoa(port))
 	if opts.Metrics {
-		mport, err := freePort()
+		mport, err := freePortOn(ip)
 		if err != nil {
 			return err
 		}
-		lb.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", mport)
+		lb.MetricsAddr = net.JoinHostPort(ip, strconv.Itoa(mport))
 	}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\n",
@@ -132,6 +147,11 @@ func (lb *Lifeboat) writeConfig(opts LifeboatOptions) error {
 			fmt.Fprintf(&cfg, "%q", e)
 		}
 		cfg.WriteString("]\n")
+	}
+	if opts.Cluster != nil {
+		if err := lb.writeClusterConfig(&cfg, ip, opts.Cluster); err != nil {
+			return err
+		}
 	}
 	cfg.WriteString(opts.ExtraConfig)
 	if err := os.WriteFile(lb.Config, []byte(cfg.String()), 0o600); err != nil {

@@ -133,8 +133,11 @@ func registryEnv() []string {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort() (int, error) { return freePortOn("127.0.0.1") }
+
+// freePortOn returns a TCP port on ip that was free a moment ago.
+func freePortOn(ip string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
@@ -153,3 +156,9 @@ func (r *Registry) Ref(repo, tag string) string { return r.host + "/" + repo + "
 
 // Process returns the registry process (for its log).
 func (r *Registry) Process() *Process { return r.proc }
+
+// BlobGets counts the GET requests for repo's blob dgst in the registry's access log, each
+// one a download the registry served (or refused).
+func (r *Registry) BlobGets(repo, dgst string) int {
+	return strings.Count(r.proc.Log(), `"GET /v2/`+repo+`/blobs/`+dgst)
+}

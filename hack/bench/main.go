@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -78,7 +80,14 @@ func run() error {
 		"cut containerd's own fallback pull from a blackholed mirror after this long (it waits 30 s per request to the mirror)")
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
 	tools := flag.String("tools", "bin/tools", "directory of the pinned tools (make tools)")
+	clusterSize := flag.Int64("cluster-size", 256<<20, "bytes of the image a fresh cluster node fetches from a peer")
+	only := flag.String("only", "", "run only these sections, comma-separated (cache, mirror, claims, anchors, pull, cluster): "+
+		"for trying a section; the report then holds only them, so do not write docs/benchmarks.md with it")
 	flag.Parse()
+	if *only != "" && (*out != "" || *jsonOut != "") {
+		return fmt.Errorf("-only runs part of the benchmark: its report is not one to write with -out or -json")
+	}
+	selected := func(section string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), section) }
 
 	scratch, err := os.MkdirTemp(*dir, "lifeboat-bench-")
 	if err != nil {
@@ -87,12 +96,15 @@ func run() error {
 	defer os.RemoveAll(scratch)
 
 	ctx := context.Background()
-	rep := report{size: *size, rounds: *rounds}
+	rep := report{size: *size, rounds: *rounds, ran: map[string]bool{}}
 	if *jsonOut != "" {
 		rep.jsonName = filepath.Base(*jsonOut)
 	}
-	if rep.cache, err = cacheThroughput(ctx, scratch, *size, *rounds); err != nil {
-		return err
+	if selected("cache") {
+		rep.ran["cache"] = true
+		if rep.cache, err = cacheThroughput(ctx, scratch, *size, *rounds); err != nil {
+			return err
+		}
 	}
 	bin := filepath.Join(scratch, "lifeboat")
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/lifeboat").CombinedOutput(); err != nil {
@@ -103,16 +115,32 @@ func run() error {
 		return err
 	}
 	rep.env = describeEnvironment(start, tdir)
-	if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds, *tagRounds); err != nil {
-		return fmt.Errorf("mirror benchmark: %w", err)
+	if selected("mirror") {
+		rep.ran["mirror"] = true
+		if rep.mirror, err = mirrorBench(ctx, scratch, tdir, bin, *size, *rounds, *tagRounds); err != nil {
+			return fmt.Errorf("mirror benchmark: %w", err)
+		}
 	}
-	if rep.claims, err = claimsBench(ctx, scratch, tdir, bin, max(*rounds, 5)); err != nil {
-		return fmt.Errorf("claims benchmark: %w", err)
+	if selected("claims") {
+		rep.ran["claims"] = true
+		if rep.claims, err = claimsBench(ctx, scratch, tdir, bin, max(*rounds, 5)); err != nil {
+			return fmt.Errorf("claims benchmark: %w", err)
+		}
 	}
-	if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds, *fanRounds); err != nil {
-		return fmt.Errorf("anchor benchmark: %w", err)
+	if selected("anchors") {
+		rep.ran["anchors"] = true
+		if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds, *fanRounds); err != nil {
+			return fmt.Errorf("anchor benchmark: %w", err)
+		}
 	}
-	if rep.env.AsRoot {
+	if selected("cluster") {
+		cres, err := clusterBench(ctx, scratch, tdir, bin, *clusterSize, 5)
+		if err != nil {
+			return fmt.Errorf("cluster benchmark: %w", err)
+		}
+		rep.cluster = &cres
+	}
+	if rep.env.AsRoot && selected("pull") {
 		pres, err := pullBench(ctx, scratch, tdir, bin, 5, 32<<20, *pullRounds, *fallbackDeadline)
 		if err != nil {
 			return fmt.Errorf("pull benchmark: %w", err)

@@ -23,6 +23,8 @@ type report struct {
 	anchors  anchorResults
 	claims   claimResults
 	pull     *pullResults // nil when not run as root
+	cluster  *clusterResults
+	ran      map[string]bool // the sections run (-only); pull and cluster: when not nil
 }
 
 // environment says how the run was started, on what machine, with which versions.
@@ -159,18 +161,31 @@ func (r report) markdown() string {
 	fmt.Fprintf(&b, "rounds in brackets. In every comparison the parties alternate: each round runs them in turn, the\n")
 	fmt.Fprintf(&b, "order reversed every other round, so that none always goes first. Each ratio is lifeboat's figure\n")
 	fmt.Fprintf(&b, "divided by the baseline's, of the medians, both measured in the same run (higher is better).\n\n")
-	fmt.Fprintf(&b, "## Cache throughput, one %d MiB blob\n\n", r.size>>20)
-	fmt.Fprintf(&b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
-	for _, c := range r.cache {
-		b.WriteString(c.row())
+	if r.ran["cache"] {
+		fmt.Fprintf(&b, "## Cache throughput, one %d MiB blob\n\n", r.size>>20)
+		fmt.Fprintf(&b, "| operation | MiB/s | baseline | baseline MiB/s | ratio |\n|---|---:|---|---:|---:|\n")
+		for _, c := range r.cache {
+			b.WriteString(c.row())
+		}
 	}
-	renderMirror(&b, r.mirror, r.size)
-	renderAnchors(&b, r.anchors)
-	renderClaims(&b, r.claims)
+	if r.ran["mirror"] {
+		renderMirror(&b, r.mirror, r.size)
+	}
+	if r.ran["anchors"] {
+		renderAnchors(&b, r.anchors)
+	}
+	if r.ran["claims"] {
+		renderClaims(&b, r.claims)
+	}
 	if r.pull != nil {
 		renderPull(&b, *r.pull)
+	} else if r.env.AsRoot {
+		fmt.Fprintf(&b, "\n(The containerd pull benchmark was not run.)\n")
 	} else {
 		fmt.Fprintf(&b, "\n(The containerd pull benchmark was skipped: it runs containerd and needs root.)\n")
+	}
+	if r.cluster != nil {
+		renderCluster(&b, *r.cluster)
 	}
 	return b.String()
 }
@@ -186,6 +201,7 @@ type reportJSON struct {
 	Anchors     anchorsJSON      `json:"against_distribution_proxy"`
 	Claims      claimsJSON       `json:"claims"`
 	Pull        *pullJSON        `json:"containerd_pull,omitempty"` // absent when not run as root
+	Cluster     *clusterJSON     `json:"cluster,omitempty"`
 }
 
 func (r report) json() reportJSON {
@@ -196,6 +212,10 @@ func (r report) json() reportJSON {
 	if r.pull != nil {
 		p := r.pull.json()
 		j.Pull = &p
+	}
+	if r.cluster != nil {
+		c := r.cluster.json()
+		j.Cluster = &c
 	}
 	return j
 }

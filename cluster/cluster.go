@@ -136,14 +136,14 @@ type Stats struct {
 
 // Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
 type Node struct {
-	cfg    Config
-	log    *log.Entry
-	ml     *memberlist.Memberlist
+	cfg Config
+	log *log.Entry
+	ml  *memberlist.Memberlist
 	// gossipAddr is the address the others gossip with this node at.
 	gossipAddr string
-	signer *Signer
-	index  *Index
-	client *http.Client
+	signer     *Signer
+	index      *Index
+	client     *http.Client
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
 

@@ -42,7 +42,7 @@ const (
 
 // counters are what Stats reports that the node counts itself.
 type counters struct {
-	announceDropped, indexDropped               atomic.Int64
+	announceDropped, indexDropped                atomic.Int64
 	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
 	announced, received                          atomic.Int64
 	joinAttempts                                 atomic.Int64

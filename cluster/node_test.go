@@ -240,7 +240,9 @@ func TestDeadHomeMovesKeys(t *testing.T) {
 	eventually(t, 10*time.Second, "four members alive on each node", allAlive(nodes...))
 
 	// kd is held by d and homed at a and b; ka held by a, homed at d and one other node.
-	kd := keyWhere(t, a, func(hs []string) bool { return slices.Equal(hs, []string{"a", "b"}) || slices.Equal(hs, []string{"b", "a"}) })
+	kd := keyWhere(t, a, func(hs []string) bool {
+		return slices.Equal(hs, []string{"a", "b"}) || slices.Equal(hs, []string{"b", "a"})
+	})
 	ka := keyWhere(t, a, func(hs []string) bool { return slices.Contains(hs, "d") && !slices.Contains(hs, "a") })
 	d.Announce(Record{Key: kd})
 	a.local.Store(&[]Record{{Key: ka}})

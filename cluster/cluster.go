@@ -11,8 +11,11 @@ package cluster
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
+	"github.com/containerd/log"
+	"github.com/hashicorp/memberlist"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -104,6 +107,13 @@ type Config struct {
 	Transport http.RoundTripper
 	// ObserveLookup, when set, is called after every lookup (for metrics).
 	ObserveLookup func(d time.Duration, found bool, err error)
+
+	// rehomeDelay (1 s) is how long after a membership change this node announces to its
+	// records' new homes, so that a burst of changes makes one pass.
+	rehomeDelay time.Duration
+	// tuneMemberlist, when set, adjusts memberlist's configuration last (tests shorten its
+	// timings with it).
+	tuneMemberlist func(*memberlist.Config)
 }
 
 // Stats is what a node counts, for status and metrics.
@@ -119,59 +129,35 @@ type Stats struct {
 	LookupsFound, LookupsNotFound, LookupsFailed int64
 	// AnnouncedRecords went out to homes; ReceivedRecords came in from other nodes.
 	AnnouncedRecords, ReceivedRecords int64
+	// AnnounceDropped counts records Announce could not queue (the next full refresh sends
+	// them).
+	AnnounceDropped int64
 }
 
 // Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
 type Node struct {
 	cfg Config
+	log *log.Entry
+	ml  *memberlist.Memberlist
+	// gossipAddr is the address the others gossip with this node at.
+	gossipAddr string
+	signer     *Signer
+	index      *Index
+	client     *http.Client
+	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
+	ownTransport *http.Transport
+
+	view   *view       // the members as memberlist's events told them
+	queue  chan Record // Announce's records, waiting for the next batch
+	rehome chan struct{}
+	// announceSlots bounds the announce requests served at once.
+	announceSlots chan struct{}
+
+	stats counters
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
-
-// Start joins the cluster (or starts one: a join that reaches nobody is retried in the
-// background) and starts announcing. Close it to leave.
-func Start(ctx context.Context, cfg Config) (*Node, error) {
-	panic("cluster.Start: not implemented yet")
-}
-
-// Close leaves the cluster (telling the others, within a few seconds) and stops the node's
-// background work.
-func (n *Node) Close() error { panic("not implemented yet") }
-
-// Name is this node's member name.
-func (n *Node) Name() string { return n.cfg.NodeName }
-
-// Members lists the members memberlist knows, this node included, sorted by name.
-func (n *Node) Members() []Member { panic("not implemented yet") }
-
-// Member returns the alive member called name.
-func (n *Node) Member(name string) (Member, bool) { panic("not implemented yet") }
-
-// Homes returns key's home nodes: the Replicas alive members (this one included) with the
-// highest rendezvous weight for key, highest first.
-func (n *Node) Homes(key string) []Member { panic("not implemented yet") }
-
-// Announce queues records for their homes; they go out within AnnounceInterval. It never
-// blocks: past a bounded queue, records wait for the next full refresh.
-func (n *Node) Announce(recs ...Record) { panic("not implemented yet") }
-
-// Lookup asks key's homes which nodes hold it: the first home at once, each next one after
-// HedgeDelay (or as soon as the one before failed), the first answer that names a holder
-// wins. This node is never among the holders returned, nor are members that are not alive.
-// An empty answer with a nil error means no home knows a holder; an error, that no home
-// answered within LookupTimeout.
-func (n *Node) Lookup(ctx context.Context, key string) ([]Holder, error) {
-	panic("not implemented yet")
-}
-
-// Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
-// The caller authenticates requests first (Signer.Verify).
-func (n *Node) Handler() http.Handler { panic("not implemented yet") }
-
-// Client is the HTTP client for requests to peers: it signs every request with this node's
-// token, and uses Config.Transport.
-func (n *Node) Client() *http.Client { panic("not implemented yet") }
-
-// Stats reports what the node counts.
-func (n *Node) Stats() Stats { panic("not implemented yet") }
-
-// Signer is this node's token signer, for the peer listener to verify requests with.
-func (n *Node) Signer() *Signer { panic("not implemented yet") }

@@ -6,11 +6,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Rendezvous returns the n names (fewer when there are fewer) with the highest
-// rendezvous (highest-random-weight) hash for key, highest first. The order of names does not
-// matter; removing one name moves only the keys it ranked in the top n.
-func Rendezvous(key string, names []string, n int) []string { panic("not implemented yet") }
-
 // Index is a home's in-memory record of which nodes hold which keys. Records expire after
 // their TTL unless refreshed; a node's records go at once when it is declared dead or leaves.
 // It holds at most maxKeys keys. Safe for concurrent use.

@@ -15,6 +15,8 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/lifeboat-dev/lifeboat/outage"
 )
 
 // DefaultPath is read when no --config is given; it is fine for it not to exist.
@@ -42,6 +44,9 @@ type Config struct {
 	Auth Auth `toml:"auth"`
 	// Outage is an upstream outage simulated from start-up.
 	Outage Outage `toml:"outage"`
+	// Cluster is the cluster tier: lifeboats on other nodes serving each other. Off unless
+	// Join is set.
+	Cluster Cluster `toml:"cluster"`
 	// Log sets the daemon's logging.
 	Log Log `toml:"log"`
 
@@ -142,6 +147,25 @@ type Registry struct {
 	CAFile string `toml:"ca_file"`
 	// InsecureSkipVerify disables TLS certificate verification.
 	InsecureSkipVerify bool `toml:"insecure_skip_verify"`
+	// ShareWithPeers lets the registry's content cross nodes of the cluster: announced to,
+	// served to and fetched from peers. Unset means true (see Shared); false keeps private
+	// images, pulled with this node's credentials, on this node.
+	ShareWithPeers *bool `toml:"share_with_peers"`
+}
+
+// Shared reports whether the registry's content may cross nodes of the cluster:
+// share_with_peers, true when unset.
+func (r Registry) Shared() bool { return r.ShareWithPeers == nil || *r.ShareWithPeers }
+
+// NotShared lists the registries with share_with_peers = false, sorted.
+func (c Config) NotShared() []string {
+	var out []string
+	for _, host := range slices.Sorted(maps.Keys(c.Registry)) {
+		if !c.Registry[host].Shared() {
+			out = append(out, host)
+		}
+	}
+	return out
 }
 
 // Auth says where else credentials come from.
@@ -158,7 +182,44 @@ type Outage struct {
 	Registries []string `toml:"registries"`
 	// For ends the outage after this long; zero means until stopped.
 	For Duration `toml:"for"`
+	// Target is the traffic the outage cuts: "upstream" (the registries), "peers" (the other
+	// nodes of the cluster) or "all".
+	Target string `toml:"target"`
 }
+
+// Cluster is the cluster tier: lifeboats on different nodes serving each other, so that a node
+// that joins during a registry outage finds the images the others hold, and a cluster fetches
+// each blob from the registry once. Off unless Join is set.
+type Cluster struct {
+	// Join lists host:port of nodes to join (static addresses, or DNS names such as a
+	// Kubernetes headless Service, resolved again while this node is alone). The tier is on
+	// when it is set; a first node may list its own gossip address.
+	Join []string `toml:"join"`
+	// GossipAddress is the host:port memberlist binds, TCP and UDP; the host is an IP.
+	GossipAddress string `toml:"gossip_address"`
+	// PeerAddress is the host:port of the peer listener: the authenticated OCI pull API and
+	// index requests for the other nodes.
+	PeerAddress string `toml:"peer_address"`
+	// AdvertiseAddress is the IP the other nodes reach this one at. Empty: the host of
+	// GossipAddress when it is a specific IP, else the first non-loopback address.
+	AdvertiseAddress string `toml:"advertise_address"`
+	// NodeName is this node's unique member name. Empty: the host name.
+	NodeName string `toml:"node_name"`
+	// SecretFile holds the cluster key: 32 random bytes, base64 (as `openssl rand -base64 32`
+	// prints), readable by its owner only. Required when Join is set.
+	SecretFile string `toml:"secret_file"`
+	// Replicas is how many home nodes index each key, from 1 to MaxReplicas.
+	Replicas int `toml:"replicas"`
+	// Coalesce sends a blob that no node holds through its first home, which fetches it from
+	// the registry once for the whole cluster.
+	Coalesce bool `toml:"coalesce"`
+}
+
+// MaxReplicas bounds Cluster.Replicas.
+const MaxReplicas = 16
+
+// Enabled reports whether the cluster tier is on: Join is set.
+func (c Cluster) Enabled() bool { return len(c.Join) > 0 }
 
 // Log sets logging.
 type Log struct {
@@ -204,6 +265,14 @@ func Default() Config {
 			FillQueueTimeout:  Duration(5 * time.Second),
 			MaxAbandonedFills: 16,
 			OnDenied:          OnDeniedRefuse,
+		},
+		Outage: Outage{Target: outage.TargetUpstream},
+		Cluster: Cluster{
+			GossipAddress: "0.0.0.0:7946",
+			PeerAddress:   "0.0.0.0:5102",
+			SecretFile:    "/etc/lifeboat/cluster.key",
+			Replicas:      3,
+			Coalesce:      true,
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

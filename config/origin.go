@@ -101,10 +101,15 @@ func (c Config) clone() Config {
 		c.Registry = maps.Clone(c.Registry)
 		for host, r := range c.Registry {
 			r.Endpoints = slices.Clone(r.Endpoints)
+			if r.ShareWithPeers != nil {
+				v := *r.ShareWithPeers
+				r.ShareWithPeers = &v
+			}
 			c.Registry[host] = r
 		}
 	}
 	c.Outage.Registries = slices.Clone(c.Outage.Registries)
+	c.Cluster.Join = slices.Clone(c.Cluster.Join)
 	c.Mirror.Registries = slices.Clone(c.Mirror.Registries)
 	return c
 }
@@ -268,6 +273,8 @@ var expected = map[string]string{
 	"string":                     "a string",
 	"[]string":                   "an array of strings",
 	"bool":                       "true or false",
+	"*bool":                      "true or false",
+	"int":                        "an integer",
 	"config.Size":                `a size such as "20GiB"`,
 	"config.Duration":            `a duration such as "1s"`,
 	"map[string]config.Registry": "a table",

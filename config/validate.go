@@ -7,9 +7,12 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,7 +100,10 @@ func (c Config) Validate() error {
 			return c.invalid("auth.docker_config", -1, func(c Config) any { return c.Auth.DockerConfig }, err)
 		}
 	}
-	return c.validateOutage()
+	if err := c.validateOutage(); err != nil {
+		return err
+	}
+	return c.validateCluster()
 }
 
 // validateRegistries checks mirror.registries and the [registry."<name>"] tables, in the order
@@ -156,6 +162,9 @@ func (c Config) validateOutage() error {
 			return c.invalid("outage.registries", i, func(c Config) any { return c.Outage.Registries }, outageError(err))
 		}
 	}
+	if err := outage.ValidateTarget(o.Target); err != nil {
+		return c.invalid("outage.target", -1, func(c Config) any { return c.Outage.Target }, outageError(err))
+	}
 	if o.For < 0 {
 		return c.invalid("outage.for", -1, func(c Config) any { return c.Outage.For }, errors.New("must not be negative"))
 	}
@@ -170,7 +179,68 @@ func (c Config) validateOutage() error {
 
 // Spec is the outage [outage] asks `lifeboat serve` to simulate from start-up, when Mode is set.
 func (o Outage) Spec() outage.Spec {
-	return outage.Spec{Mode: o.Mode, Registries: o.Registries, For: time.Duration(o.For)}
+	return outage.Spec{Mode: o.Mode, Registries: o.Registries, For: time.Duration(o.For), Target: o.Target}
+}
+
+// nodeName is what a member name may be: host-name characters, 1 to 128 of them, starting
+// with a letter or a digit (memberlist sends it in every message).
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// validateCluster checks [cluster]. Its values are checked whether or not join is set, so a
+// mistake shows before the tier is turned on; secret_file is required only with join.
+func (c Config) validateCluster() error {
+	cl := c.Cluster
+	for i, j := range cl.Join {
+		if err := checkHostPort(j, false); err != nil {
+			return c.invalid("cluster.join", i, func(c Config) any { return c.Cluster.Join }, err)
+		}
+	}
+	if err := checkHostPort(cl.GossipAddress, true); err != nil {
+		return c.invalid("cluster.gossip_address", -1, func(c Config) any { return c.Cluster.GossipAddress }, err)
+	}
+	if host, _, _ := net.SplitHostPort(cl.GossipAddress); host != "" && net.ParseIP(host) == nil {
+		return c.invalid("cluster.gossip_address", -1, func(c Config) any { return c.Cluster.GossipAddress },
+			fmt.Errorf("%q: the host must be an IP address (memberlist binds it), such as 0.0.0.0", cl.GossipAddress))
+	}
+	if err := checkHostPort(cl.PeerAddress, true); err != nil {
+		return c.invalid("cluster.peer_address", -1, func(c Config) any { return c.Cluster.PeerAddress }, err)
+	}
+	if a := cl.AdvertiseAddress; a != "" {
+		if ip := net.ParseIP(a); ip == nil || ip.IsUnspecified() {
+			return c.invalid("cluster.advertise_address", -1, func(c Config) any { return c.Cluster.AdvertiseAddress },
+				fmt.Errorf("%q is not an IP address other nodes can reach (no port: the ports are gossip_address's and peer_address's)", a))
+		}
+	}
+	if n := cl.NodeName; n != "" && !nodeName.MatchString(n) {
+		return c.invalid("cluster.node_name", -1, func(c Config) any { return c.Cluster.NodeName },
+			fmt.Errorf("%q: a node name is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or a digit", oci.Clip(n)))
+	}
+	if cl.Replicas < 1 || cl.Replicas > MaxReplicas {
+		return c.invalid("cluster.replicas", -1, func(c Config) any { return c.Cluster.Replicas },
+			fmt.Errorf("%d is not from 1 to %d", cl.Replicas, MaxReplicas))
+	}
+	if cl.Enabled() && cl.SecretFile == "" {
+		return c.invalid("cluster.secret_file", -1, func(c Config) any { return c.Cluster.SecretFile },
+			errors.New("must be set when cluster.join is: the cluster key authenticates and encrypts everything between nodes"))
+	}
+	return nil
+}
+
+// checkHostPort checks that addr is host:port with a port from 1 to 65535 (from 0 with
+// listen, where 0 asks for any free port). The host may be empty only with listen.
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", oci.Clip(addr))
+	}
+	if host == "" && !listen {
+		return fmt.Errorf("%q has no host: write host:port, such as 10.0.0.5:7946", oci.Clip(addr))
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !listen) {
+		return fmt.Errorf("%q: the port must be a number from 1 to 65535", oci.Clip(addr))
+	}
+	return nil
 }
 
 // outageError is an error of outage.Spec.Validate without its errdefs suffix, which *Error adds

@@ -290,7 +290,10 @@ func checkMetricsDocumented(t *testing.T, m metricSet) {
 	}
 	var documented []string
 	for _, match := range regexp.MustCompile("(?m)^\\| `(lifeboat_[a-z_]+)` \\|").FindAllStringSubmatch(string(doc), -1) {
-		documented = append(documented, match[1])
+		// The cluster tier's metrics exist only with [cluster] join set; this daemon is alone.
+		if !strings.HasPrefix(match[1], "lifeboat_cluster_") && !strings.HasPrefix(match[1], "lifeboat_peer_") {
+			documented = append(documented, match[1])
+		}
 	}
 	var exposed []string
 	for name := range m {

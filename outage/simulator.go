@@ -124,7 +124,7 @@ func (o *outage) count(f fault) {
 
 // logFields describes o for the log.
 func (o *outage) logFields() log.Fields {
-	f := log.Fields{"mode": o.spec.Mode}
+	f := log.Fields{"mode": o.spec.Mode, "target": o.spec.Target}
 	if len(o.spec.Registries) > 0 {
 		f["registries"] = o.spec.Registries
 	}

@@ -227,11 +227,12 @@ func TestDefaults(t *testing.T) {
 		spec Spec
 		want Spec
 	}{
-		{name: "slow", spec: Spec{Mode: "slow"}, want: Spec{Mode: "slow", Latency: DefaultLatency}},
-		{name: "slow rate only", spec: Spec{Mode: "slow", Rate: 10}, want: Spec{Mode: "slow", Rate: 10}},
-		{name: "flaky", spec: Spec{Mode: "flaky"}, want: Spec{Mode: "flaky", FailRatio: DefaultFailRatio, Seed: DefaultSeed}},
-		{name: "flaky failing slow", spec: Spec{Mode: "flaky", FailMode: "slow", Seed: 9}, want: Spec{Mode: "flaky", FailMode: "slow", FailRatio: DefaultFailRatio, Seed: 9, Latency: DefaultLatency}},
-		{name: "dns", spec: Spec{Mode: "dns"}, want: Spec{Mode: "dns"}},
+		{name: "slow", spec: Spec{Mode: "slow"}, want: Spec{Mode: "slow", Latency: DefaultLatency, Target: TargetUpstream}},
+		{name: "slow rate only", spec: Spec{Mode: "slow", Rate: 10}, want: Spec{Mode: "slow", Rate: 10, Target: TargetUpstream}},
+		{name: "flaky", spec: Spec{Mode: "flaky"}, want: Spec{Mode: "flaky", FailRatio: DefaultFailRatio, Seed: DefaultSeed, Target: TargetUpstream}},
+		{name: "flaky failing slow", spec: Spec{Mode: "flaky", FailMode: "slow", Seed: 9}, want: Spec{Mode: "flaky", FailMode: "slow", FailRatio: DefaultFailRatio, Seed: 9, Latency: DefaultLatency, Target: TargetUpstream}},
+		{name: "dns", spec: Spec{Mode: "dns"}, want: Spec{Mode: "dns", Target: TargetUpstream}},
+		{name: "peers", spec: Spec{Mode: "dns", Target: TargetPeers}, want: Spec{Mode: "dns", Target: TargetPeers}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -56,6 +56,17 @@ const (
 	ModeHTTPPrefix = "http-"
 )
 
+// Targets: the traffic an outage cuts (Spec.Target).
+const (
+	// TargetUpstream is the traffic to the registries (the transports of Wrap); the default.
+	TargetUpstream = "upstream"
+	// TargetPeers is the traffic to the other nodes of the cluster (the transport of
+	// WrapPeers): index requests and transfers.
+	TargetPeers = "peers"
+	// TargetAll is both.
+	TargetAll = "all"
+)
+
 // Defaults applied by Start (and shown in Status.Spec).
 const (
 	// DefaultLatency is slow's added latency when neither Latency nor Rate is set.
@@ -97,6 +108,9 @@ type Spec struct {
 	FailMode string `json:"failMode,omitempty"`
 	// Seed seeds the generator that picks the failing requests (flaky). 0: DefaultSeed.
 	Seed int64 `json:"seed,omitempty"`
+	// Target is the traffic the outage cuts: TargetUpstream (empty means it), TargetPeers or
+	// TargetAll.
+	Target string `json:"target,omitempty"`
 }
 
 // Validate checks s. Errors: errdefs.ErrInvalidArgument, with one sentence naming the bad field.
@@ -133,6 +147,9 @@ func (s Spec) Validate() error {
 	if s.For < 0 {
 		return invalid("the outage duration (for) %s is negative", s.For)
 	}
+	if err := ValidateTarget(s.Target); err != nil {
+		return err
+	}
 
 	slow := s.Mode == ModeSlow || (s.Mode == ModeFlaky && s.FailMode == ModeSlow)
 	switch {
@@ -160,8 +177,32 @@ func (s Spec) Validate() error {
 	return nil
 }
 
+// ValidateTarget checks an outage target: empty, TargetUpstream, TargetPeers or TargetAll.
+// Errors: errdefs.ErrInvalidArgument.
+func ValidateTarget(target string) error {
+	switch target {
+	case "", TargetUpstream, TargetPeers, TargetAll:
+		return nil
+	}
+	return invalid("target %q is not %q, %q or %q", target, TargetUpstream, TargetPeers, TargetAll)
+}
+
+// cuts reports whether an outage with target cuts the upstream traffic, and the peer traffic.
+func cuts(target string) (upstream, peers bool) {
+	switch target {
+	case TargetPeers:
+		return false, true
+	case TargetAll:
+		return true, true
+	}
+	return true, false
+}
+
 // withDefaults returns s with the defaults filled in. s is valid.
 func (s Spec) withDefaults() Spec {
+	if s.Target == "" {
+		s.Target = TargetUpstream
+	}
 	s.Registries = normalizeRegistries(s.Registries)
 	s.Repos = append([]string(nil), s.Repos...)
 	slow := s.Mode == ModeSlow || (s.Mode == ModeFlaky && s.FailMode == ModeSlow)

@@ -30,6 +30,11 @@ func TestValidate(t *testing.T) {
 		{name: "flaky default", spec: Spec{Mode: "flaky"}},
 		{name: "flaky full", spec: Spec{Mode: "flaky", FailRatio: 1, FailMode: "http-503", Seed: -3}},
 		{name: "flaky failing slow", spec: Spec{Mode: "flaky", FailMode: "slow", Latency: time.Second}},
+		{name: "target upstream", spec: Spec{Mode: "dns", Target: TargetUpstream}},
+		{name: "target peers", spec: Spec{Mode: "blackhole", Target: TargetPeers}},
+		{name: "target all", spec: Spec{Mode: "http-503", Target: TargetAll}},
+		{name: "bad target", spec: Spec{Mode: "dns", Target: "registry"}, want: `target "registry" is not "upstream", "peers" or "all"`},
+		{name: "upper case target", spec: Spec{Mode: "dns", Target: "Peers"}, want: `target "Peers"`},
 
 		{name: "no mode", spec: Spec{}, want: "mode is missing"},
 		{name: "bogus", spec: Spec{Mode: "bogus"}, want: `mode "bogus" is not one of`},

@@ -33,9 +33,23 @@ func (s *Simulator) Wrap(registry string, base http.RoundTripper) http.RoundTrip
 	return &transport{sim: s, registry: strings.ToLower(registry), base: base}
 }
 
+// WrapPeers returns a RoundTripper that applies the simulated outage to this node's requests
+// to the other nodes of the cluster (index requests and transfers) when its target is
+// TargetPeers or TargetAll. A transfer names its registry in the "ns" query parameter and its
+// repository in the path, as the mirror API does, and an outage scoped by Registries or Repos
+// cuts those in its scope; index requests name neither, and only an outage without a scope
+// cuts them. base nil: http.DefaultTransport.
+func (s *Simulator) WrapPeers(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return &transport{sim: s, peers: true, base: base}
+}
+
 type transport struct {
 	sim      *Simulator
-	registry string
+	registry string // "" for peers: each request names its own
+	peers    bool   // the cluster's traffic (WrapPeers), not a registry's (Wrap)
 	base     http.RoundTripper
 }
 
@@ -49,7 +63,7 @@ func (t *transport) CloseIdleConnections() {
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		o := t.sim.active()
-		if o == nil || !o.covers(t.registry, req) {
+		if o == nil || !t.inScope(o, req) {
 			return t.base.RoundTrip(req)
 		}
 		f, fail := o.pick()
@@ -62,6 +76,22 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		// The outage ended while holding the request back: whatever is in force now decides.
 	}
+}
+
+// inScope reports whether req, made through t, is in o's scope: its target and its scope.
+func (t *transport) inScope(o *outage, req *http.Request) bool {
+	upstream, peers := cuts(o.spec.Target)
+	if !t.peers {
+		return upstream && o.covers(t.registry, req)
+	}
+	if !peers {
+		return false
+	}
+	registry := strings.ToLower(req.URL.Query().Get("ns"))
+	if registry == "" && len(o.registries) > 0 {
+		return false
+	}
+	return o.covers(registry, req)
 }
 
 // covers reports whether req, made for registry, is in o's scope.

@@ -7,9 +7,9 @@ package peer
 import (
 	"context"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/mirror"
@@ -20,8 +20,11 @@ import (
 type HandlerOptions struct {
 	// Observe, when set, is called once for every /v2/ request answered (as the mirror's).
 	Observe func(mirror.Answer)
-	// Shared reports whether a registry's content may be served to peers.
+	// Shared reports whether a registry's content may be served to peers (nil: all are).
 	Shared func(registry string) bool
+	// Source, when set, counts the blob and manifest bytes the handler sends to peers in its
+	// Stats.BytesOut: the daemon passes this node's Source, so one Stats has both directions.
+	Source *Source
 }
 
 // Authenticator checks a peer request's token (cluster.Signer is one).
@@ -42,15 +45,6 @@ type Cluster interface {
 
 var _ Cluster = (*cluster.Node)(nil)
 
-// NewHandler returns the peer listener's handler. Every request must carry a valid token
-// (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
-// cluster node's handler); /v2/ is the OCI pull API over backend, with the request marked as a peer's
-// (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
-// node's cache (or its fill) and never forwarded to other peers.
-func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
-	panic("not implemented yet")
-}
-
 // SourceOptions configure a Source.
 type SourceOptions struct {
 	// Coalesce sends a blob that no peer holds through its first home's fill (default on in
@@ -62,7 +56,19 @@ type SourceOptions struct {
 	// RejectFor is how long a peer that sent bad bytes is not asked again for any blob
 	// (default 10 min).
 	RejectFor time.Duration
+	// IdleTimeout ends a peer's body that brings no byte for this long (default 10 s), so a
+	// peer that stops mid-transfer (SIGSTOP, a cut network) fails the read instead of hanging
+	// it. The resolver's fill has its own, slower progress rule on top (64 KiB per its idle
+	// timeout), which catches a peer that trickles.
+	IdleTimeout time.Duration
 }
+
+// Defaults of SourceOptions.
+const (
+	DefaultHeaderTimeout = 2 * time.Second
+	DefaultRejectFor     = 10 * time.Minute
+	DefaultIdleTimeout   = 10 * time.Second
+)
 
 // Stats is what a Source counts, for status and metrics.
 type Stats struct {
@@ -76,44 +82,31 @@ type Stats struct {
 	PeerAnswers int64
 }
 
-// Source is resolver.Peers over a cluster node.
+// Source is resolver.Peers over a cluster node. Safe for concurrent use.
 type Source struct {
 	node Cluster
 	opts SourceOptions
+
+	bytesIn, bytesOut, coalescedFills, rejected, peerAnswers atomic.Int64
+
+	mu sync.Mutex
+	// bad holds the peers that sent bad bytes, until when they are not asked (at most
+	// maxRejectedPeers).
+	bad map[string]time.Time
 }
 
 var _ resolver.Peers = (*Source)(nil)
 
 // NewSource returns the resolver's view of the cluster through node.
 func NewSource(node Cluster, opts SourceOptions) *Source {
-	return &Source{node: node, opts: opts}
-}
-
-// Stats reports what the source counts.
-func (s *Source) Stats() Stats { panic("not implemented yet") }
-
-func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst digest.Digest, skip []string) (resolver.PeerBlob, error) {
-	panic("not implemented yet")
-}
-
-func (s *Source) Reject(peer string, dgst digest.Digest) { panic("not implemented yet") }
-
-func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
-	panic("not implemented yet")
-}
-
-func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error) {
-	panic("not implemented yet")
-}
-
-func (s *Source) Holders(ctx context.Context, dgst digest.Digest) ([]string, error) {
-	panic("not implemented yet")
-}
-
-func (s *Source) Cached(registry, repository string, dgst digest.Digest) {
-	panic("not implemented yet")
-}
-
-func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Digest, date time.Time) {
-	panic("not implemented yet")
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if opts.RejectFor <= 0 {
+		opts.RejectFor = DefaultRejectFor
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	return &Source{node: node, opts: opts, bad: make(map[string]time.Time)}
 }

@@ -24,7 +24,11 @@ blackhole, reset, http-<status> (http-503, http-429, ...), slow, flaky.
 
 With --hosts-dir, the hosts.toml files lifeboat manages there are switched to lifeboat-only for the
 length of the outage, so that containerd cannot go around lifeboat to the real upstream, and are
-restored when it ends (stop, expiry, or the next daemon start after a crash).`,
+restored when it ends (stop, expiry, or the next daemon start after a crash).
+
+With the cluster tier on, --target peers cuts this node's traffic to the other lifeboats instead
+(index lookups and transfers), and --target all cuts both: "registry down, peers up" and
+"everything down".`,
 	}
 	cmd.AddCommand(newOutageStartCommand(), newOutageStopCommand(), newOutageStatusCommand())
 	return cmd
@@ -43,7 +47,9 @@ func newOutageStartCommand() *cobra.Command {
 		Example: `  lifeboat outage start --mode blackhole --hosts-dir /etc/containerd/certs.d
   lifeboat outage start --mode http-503 --registry docker.io --for 10m
   lifeboat outage start --mode slow --latency 2s --rate 100KiB/s
-  lifeboat outage start --mode flaky --fail-ratio 0.3 --seed 42`,
+  lifeboat outage start --mode flaky --fail-ratio 0.3 --seed 42
+  lifeboat outage start --mode blackhole --target peers
+  lifeboat outage start --mode blackhole --target all`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if rate != "" {
@@ -94,6 +100,7 @@ func newOutageStartCommand() *cobra.Command {
 	fl.Float64Var(&spec.FailRatio, "fail-ratio", 0, "flaky: fraction of upstream requests that fail (default 0.3)")
 	fl.StringVar(&spec.FailMode, "fail-mode", "", "flaky: the mode a failing request gets (default: a random one)")
 	fl.Int64Var(&spec.Seed, "seed", 0, "flaky: random seed, to repeat a run")
+	fl.StringVar(&spec.Target, "target", outage.TargetUpstream, "the traffic cut: upstream (the registries), peers (the other lifeboats of the cluster) or all")
 	fl.StringVar(&hostsDir, "hosts-dir", "", "containerd's hosts directory: switch the hosts.toml files lifeboat manages to lifeboat-only for the outage")
 	cmd.MarkFlagRequired("mode")
 	f.register(cmd, true)
@@ -166,6 +173,12 @@ func describeOutage(st outage.Status) string {
 		scope += " (repositories " + strings.Join(st.Spec.Repos, ", ") + ")"
 	}
 	fmt.Fprintf(&b, " on %s", scope)
+	switch st.Spec.Target {
+	case outage.TargetPeers:
+		b.WriteString(", cutting peers only")
+	case outage.TargetAll:
+		b.WriteString(", cutting registries and peers")
+	}
 	if !st.Since.IsZero() {
 		fmt.Fprintf(&b, ", since %s", st.Since.Format(time.RFC3339))
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/daemon"
@@ -53,7 +55,77 @@ func newServeCommand() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "", "log level: trace, debug, info, warn, error (default info)")
 	fl.StringVar(&f.logFormat, "log-format", "", "log format: text or json (default text)")
 	fl.StringVar(&f.simulate, "simulate-outage", "", "start with a simulated upstream outage of this `mode` (dns, refused, blackhole, reset, http-<status>, slow, flaky)")
+	registerClusterFlags(fl)
 	return cmd
+}
+
+// The serve flags of [cluster]: --cluster-<key with dashes>, each with its variable
+// LIFEBOAT_CLUSTER_<KEY>.
+const (
+	flagClusterJoin      = "cluster-join"
+	flagClusterGossip    = "cluster-gossip-address"
+	flagClusterPeer      = "cluster-peer-address"
+	flagClusterAdvertise = "cluster-advertise-address"
+	flagClusterNodeName  = "cluster-node-name"
+	flagClusterSecret    = "cluster-secret-file"
+	flagClusterReplicas  = "cluster-replicas"
+	flagClusterCoalesce  = "cluster-coalesce"
+)
+
+func registerClusterFlags(fl *pflag.FlagSet) {
+	fl.String(flagClusterJoin, "", "join the cluster of lifeboats through these `host:port`s, comma-separated; turns the cluster tier on")
+	fl.String(flagClusterGossip, "", "cluster membership (gossip) address, TCP and UDP (default 0.0.0.0:7946)")
+	fl.String(flagClusterPeer, "", "address of the peer listener the other lifeboats pull from (default 0.0.0.0:5102)")
+	fl.String(flagClusterAdvertise, "", "the IP the other lifeboats reach this one at (default: the gossip address's IP, else the first non-loopback address)")
+	fl.String(flagClusterNodeName, "", "this node's unique member name (default: the host name)")
+	fl.String(flagClusterSecret, "", "the cluster key file, 32 random bytes in base64 (default /etc/lifeboat/cluster.key)")
+	fl.Int(flagClusterReplicas, 0, "how many home nodes index each key, 1 to 16 (default 3)")
+	fl.Bool(flagClusterCoalesce, true, "fetch a blob no node holds through its home, once for the whole cluster")
+}
+
+// applyClusterFlags sets the [cluster] keys that a flag, or else its variable, sets. A flag
+// wins over its variable; a variable set to "" counts as unset.
+func applyClusterFlags(cmd *cobra.Command, c *config.Cluster) error {
+	value := func(name string) (string, string, bool) {
+		if fl := cmd.Flags().Lookup(name); fl != nil && fl.Changed {
+			return fl.Value.String(), "--" + name, true
+		}
+		v, ok := serveEnv(name)
+		return v, envName(name), ok
+	}
+	str := func(name string, dst *string) {
+		if v, _, ok := value(name); ok {
+			*dst = v
+		}
+	}
+	if v, _, ok := value(flagClusterJoin); ok {
+		c.Join = nil
+		for j := range strings.SplitSeq(v, ",") {
+			if j = strings.TrimSpace(j); j != "" {
+				c.Join = append(c.Join, j)
+			}
+		}
+	}
+	str(flagClusterGossip, &c.GossipAddress)
+	str(flagClusterPeer, &c.PeerAddress)
+	str(flagClusterAdvertise, &c.AdvertiseAddress)
+	str(flagClusterNodeName, &c.NodeName)
+	str(flagClusterSecret, &c.SecretFile)
+	if v, where, ok := value(flagClusterReplicas); ok {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%s %q is not a number of replicas (1 to %d)", where, v, config.MaxReplicas)
+		}
+		c.Replicas = n
+	}
+	if v, where, ok := value(flagClusterCoalesce); ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%s %q is not true or false", where, v)
+		}
+		c.Coalesce = b
+	}
+	return nil
 }
 
 // loadServeConfig reads the config file and applies the flags that were set on top of it.
@@ -87,6 +159,9 @@ func loadServeConfig(cmd *cobra.Command, f serveFlags) (config.Config, error) {
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	set("log-format", &cfg.Log.Format, f.logFormat)
 	set("simulate-outage", &cfg.Outage.Mode, f.simulate)
+	if err := applyClusterFlags(cmd, &cfg.Cluster); err != nil {
+		return cfg, err
+	}
 	if err := checkOutageMode(cmd, cfg.Outage.Mode, f.configPath); err != nil {
 		return cfg, err
 	}

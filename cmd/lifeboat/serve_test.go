@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dev/lifeboat/config"
 )
 
 // TestServeRefusesBadSettings checks that mistakes stop `lifeboat serve` with one sentence
@@ -184,5 +187,80 @@ func TestServeOutageModeErrors(t *testing.T) {
 				t.Error("the root was created although the settings were refused")
 			}
 		})
+	}
+}
+
+// TestServeClusterSettings checks every [cluster] key's flag and variable, and their
+// precedence: flag > LIFEBOAT_CLUSTER_* > file > default.
+func TestServeClusterSettings(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfgFile, []byte("[cluster]\nnode_name = \"from-file\"\nreplicas = 2\n"), 0o600)
+	load := func(t *testing.T, args ...string) (config.Config, error) {
+		t.Helper()
+		cmd := newServeCommand()
+		if err := cmd.ParseFlags(append([]string{"--config", cfgFile}, args...)); err != nil {
+			return config.Config{}, err
+		}
+		return loadServeConfig(cmd, serveFlags{configPath: cfgFile})
+	}
+
+	cfg, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cluster.Enabled() || cfg.Cluster.NodeName != "from-file" || cfg.Cluster.Replicas != 2 || !cfg.Cluster.Coalesce {
+		t.Errorf("from the file: %+v", cfg.Cluster)
+	}
+
+	t.Setenv("LIFEBOAT_CLUSTER_JOIN", "a:7946, b:7946,,")
+	t.Setenv("LIFEBOAT_CLUSTER_GOSSIP_ADDRESS", "127.0.0.2:7946")
+	t.Setenv("LIFEBOAT_CLUSTER_PEER_ADDRESS", "127.0.0.2:5102")
+	t.Setenv("LIFEBOAT_CLUSTER_ADVERTISE_ADDRESS", "127.0.0.2")
+	t.Setenv("LIFEBOAT_CLUSTER_NODE_NAME", "from-env")
+	t.Setenv("LIFEBOAT_CLUSTER_SECRET_FILE", "/env/key")
+	t.Setenv("LIFEBOAT_CLUSTER_REPLICAS", "5")
+	t.Setenv("LIFEBOAT_CLUSTER_COALESCE", "false")
+	cfg, err = load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := config.Cluster{Join: []string{"a:7946", "b:7946"}, GossipAddress: "127.0.0.2:7946", PeerAddress: "127.0.0.2:5102",
+		AdvertiseAddress: "127.0.0.2", NodeName: "from-env", SecretFile: "/env/key", Replicas: 5, Coalesce: false}
+	if !reflect.DeepEqual(cfg.Cluster, want) {
+		t.Errorf("from the variables: %+v, want %+v", cfg.Cluster, want)
+	}
+
+	cfg, err = load(t, "--cluster-join", "127.0.0.1:7946,127.0.0.3:7946", "--cluster-gossip-address", "127.0.0.3:7946",
+		"--cluster-peer-address", "127.0.0.3:5102", "--cluster-advertise-address", "127.0.0.3", "--cluster-node-name", "from-flag",
+		"--cluster-secret-file", "/flag/key", "--cluster-replicas", "1", "--cluster-coalesce=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = config.Cluster{Join: []string{"127.0.0.1:7946", "127.0.0.3:7946"}, GossipAddress: "127.0.0.3:7946", PeerAddress: "127.0.0.3:5102",
+		AdvertiseAddress: "127.0.0.3", NodeName: "from-flag", SecretFile: "/flag/key", Replicas: 1, Coalesce: true}
+	if !reflect.DeepEqual(cfg.Cluster, want) {
+		t.Errorf("from the flags: %+v, want %+v", cfg.Cluster, want)
+	}
+
+	for _, tc := range []struct {
+		env, value, want string
+	}{
+		{"LIFEBOAT_CLUSTER_REPLICAS", "three", `LIFEBOAT_CLUSTER_REPLICAS "three" is not a number of replicas`},
+		{"LIFEBOAT_CLUSTER_REPLICAS", "99", `cluster.replicas: 99 is not from 1 to 16`},
+		{"LIFEBOAT_CLUSTER_COALESCE", "maybe", `LIFEBOAT_CLUSTER_COALESCE "maybe" is not true or false`},
+		{"LIFEBOAT_CLUSTER_JOIN", "a", `cluster.join: "a" is not host:port`},
+		{"LIFEBOAT_CLUSTER_NODE_NAME", "a b", `cluster.node_name`},
+	} {
+		t.Run(tc.env+"="+tc.value, func(t *testing.T) {
+			t.Setenv(tc.env, tc.value)
+			if _, err := load(t); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+	t.Setenv("LIFEBOAT_CLUSTER_SECRET_FILE", "")
+	if _, err := load(t, "--cluster-secret-file", ""); err == nil || !strings.Contains(err.Error(), "cluster.secret_file: must be set") {
+		t.Errorf("join without a key file: %v", err)
 	}
 }

@@ -1,0 +1,139 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// maxLookupResponse bounds a home's answer to a lookup.
+const maxLookupResponse = 1 << 20
+
+// Lookup asks key's homes which nodes hold it: the first home at once, each next one after
+// HedgeDelay (or as soon as the one before failed), the first answer that names a holder
+// wins. This node is never among the holders returned, nor are members that are not alive.
+// An empty answer with a nil error means no home knows a holder; an error, that no home
+// answered within LookupTimeout.
+//
+// A home that answers without a holder counts as one that failed for the hedging: the next is
+// asked at once, since a home that came after a membership change may not know yet.
+func (n *Node) Lookup(ctx context.Context, key string) ([]Holder, error) {
+	start := time.Now()
+	hs, err := n.lookup(ctx, key)
+	switch {
+	case err != nil:
+		n.stats.lookupsFailed.Add(1)
+	case len(hs) > 0:
+		n.stats.lookupsFound.Add(1)
+	default:
+		n.stats.lookupsNotFound.Add(1)
+	}
+	if n.cfg.ObserveLookup != nil {
+		n.cfg.ObserveLookup(time.Since(start), len(hs) > 0, err)
+	}
+	return hs, err
+}
+
+type lookupAnswer struct {
+	holders []Holder
+	err     error
+}
+
+func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
+	alive := n.alive()
+	homes := n.homes(key, alive, names(alive))
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
+	defer cancel()
+
+	answers := make(chan lookupAnswer, len(homes))
+	hedge := time.NewTimer(n.cfg.HedgeDelay)
+	defer hedge.Stop()
+	asked, pending, answered := 0, 0, 0
+	askNext := func() {
+		if asked == len(homes) {
+			return
+		}
+		home := homes[asked]
+		asked++
+		pending++
+		hedge.Reset(n.cfg.HedgeDelay)
+		if home.Self {
+			answers <- lookupAnswer{holders: n.index.Get(key, time.Now())}
+			return
+		}
+		go func() {
+			hs, err := n.ask(ctx, home, key)
+			answers <- lookupAnswer{holders: hs, err: err}
+		}()
+	}
+
+	var errs []error
+	askNext()
+	for pending > 0 {
+		select {
+		case a := <-answers:
+			pending--
+			if a.err != nil {
+				errs = append(errs, a.err)
+			} else {
+				answered++
+				if hs := n.holders(a.holders, alive); len(hs) > 0 {
+					return hs, nil
+				}
+			}
+			askNext()
+		case <-hedge.C:
+			askNext()
+		case <-ctx.Done():
+			if answered > 0 {
+				return nil, nil
+			}
+			errs = append(errs, context.Cause(ctx))
+			return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
+		}
+	}
+	if answered > 0 || len(homes) == 0 {
+		return nil, nil
+	}
+	return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
+}
+
+// holders is hs without this node and members that are not alive.
+func (n *Node) holders(hs []Holder, alive map[string]Member) []Holder {
+	out := hs[:0:0]
+	for _, h := range hs {
+		if m, ok := alive[h.Node]; ok && !m.Self {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// ask asks home which nodes hold key.
+func (n *Node) ask(ctx context.Context, home Member, key string) ([]Holder, error) {
+	u := "http://" + home.PeerAddr + PathLookup + "?key=" + url.QueryEscape(key)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("home %s answered %s", home.Name, resp.Status)
+	}
+	var body lookupResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxLookupResponse)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("home %s: %w", home.Name, err)
+	}
+	return body.Holders, nil
+}

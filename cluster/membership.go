@@ -1,0 +1,312 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	stdlog "log"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/hashicorp/memberlist"
+)
+
+const (
+	// departedTTL is how long Members still lists a member that died or left.
+	departedTTL = time.Hour
+	// maxDeparted bounds the departed members remembered.
+	maxDeparted = 10_000
+	// resolveTimeout bounds resolving one join address.
+	resolveTimeout = 5 * time.Second
+)
+
+// meta is a member's memberlist metadata.
+type meta struct {
+	// Peer is the host:port of its peer listener.
+	Peer string `json:"peer"`
+}
+
+// startMemberlist creates this node's memberlist; it joins nobody yet (joinLoop does).
+func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
+	host, port, err := splitHostPort(n.cfg.GossipAddress)
+	if err != nil {
+		return nil, err
+	}
+	md, err := json.Marshal(meta{Peer: n.peerAddr()})
+	if err != nil {
+		return nil, err
+	}
+	if len(md) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("cluster: peer address %q is too long: %w", n.peerAddr(), errdefs.ErrInvalidArgument)
+	}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.cfg.NodeName
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = n.cfg.AdvertiseAddress, port
+	mc.SecretKey = gossipKey(n.cfg.Secret)
+	mc.Label = n.cfg.Label
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.Delegate = metaDelegate(md)
+	mc.Events = n.view
+	mc.Logger = stdlog.New(&logWriter{log: n.log}, "", 0)
+	if n.cfg.tuneMemberlist != nil {
+		n.cfg.tuneMemberlist(mc)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: gossip on %s: %w", n.cfg.GossipAddress, err)
+	}
+	// With port 0, Create chose one and wrote it into mc.
+	n.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
+	return ml, nil
+}
+
+// peerAddr is this node's peer listener as the others reach it.
+func (n *Node) peerAddr() string {
+	return net.JoinHostPort(n.cfg.AdvertiseAddress, strconv.Itoa(n.cfg.PeerPort))
+}
+
+// metaDelegate gives memberlist this node's metadata; the node sends no messages of its own
+// over gossip.
+type metaDelegate []byte
+
+func (d metaDelegate) NodeMeta(limit int) []byte {
+	if len(d) > limit {
+		return nil
+	}
+	return d
+}
+func (metaDelegate) NotifyMsg([]byte)                           {}
+func (metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (metaDelegate) LocalState(join bool) []byte                { return nil }
+func (metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// view is the members as memberlist's events told them. memberlist's own Members hands out
+// pointers to nodes it goes on changing under its lock, so the node keeps its own view: a
+// member is alive from its join event until the event that it died or left (memberlist
+// suspects a member silently before it declares it dead). Its event methods are called with
+// memberlist's lock held, so they only record and signal.
+type view struct {
+	n *Node
+
+	mu      sync.Mutex
+	members map[string]viewMember
+}
+
+type viewMember struct {
+	Member
+	meta  []byte    // the metadata PeerAddr was parsed from
+	since time.Time // of the last change of state
+}
+
+func newView(n *Node) *view {
+	return &view{n: n, members: map[string]viewMember{}}
+}
+
+func (v *view) NotifyJoin(node *memberlist.Node) {
+	v.set(node, Alive)
+	v.n.log.WithField("member", node.Name).WithField("address", node.Address()).Info("cluster: member joined")
+	v.n.scheduleRehome()
+}
+
+func (v *view) NotifyUpdate(node *memberlist.Node) {
+	v.set(node, Alive)
+	v.n.scheduleRehome()
+}
+
+// NotifyLeave is called when a member is declared dead or leaves: the records it announced go
+// from this node's index at once, and the keys it was a home of move to others.
+func (v *view) NotifyLeave(node *memberlist.Node) {
+	state := Dead
+	if node.State == memberlist.StateLeft {
+		state = Left
+	}
+	v.set(node, state)
+	v.n.index.DropNode(node.Name)
+	v.n.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
+	v.n.scheduleRehome()
+}
+
+// set records node's state and its peer address from its metadata, and forgets members that
+// departed long ago.
+func (v *view) set(node *memberlist.Node, state MemberState) {
+	now := time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m, ok := v.members[node.Name]
+	if !ok || !bytes.Equal(m.meta, node.Meta) {
+		var md meta
+		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
+			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
+		}
+		m.PeerAddr, m.meta = md.Peer, bytes.Clone(node.Meta)
+	}
+	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
+	if m.State != state {
+		m.State, m.since = state, now
+	}
+	v.members[node.Name] = m
+	if state == Alive {
+		return
+	}
+	departed := 0
+	for name, m := range v.members {
+		if m.State != Alive {
+			if now.Sub(m.since) > departedTTL {
+				delete(v.members, name)
+			} else {
+				departed++
+			}
+		}
+	}
+	if departed > maxDeparted {
+		delete(v.members, node.Name)
+	}
+}
+
+// Members lists the members memberlist knows, this node included, sorted by name.
+func (n *Node) Members() []Member {
+	n.view.mu.Lock()
+	ms := make([]Member, 0, len(n.view.members))
+	for _, m := range n.view.members {
+		ms = append(ms, m.Member)
+	}
+	n.view.mu.Unlock()
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return ms
+}
+
+// alive returns the alive members, this node included, by name.
+func (n *Node) alive() map[string]Member {
+	n.view.mu.Lock()
+	defer n.view.mu.Unlock()
+	alive := make(map[string]Member, len(n.view.members))
+	for name, m := range n.view.members {
+		if m.State == Alive {
+			alive[name] = m.Member
+		}
+	}
+	return alive
+}
+
+// Member returns the alive member called name.
+func (n *Node) Member(name string) (Member, bool) {
+	n.view.mu.Lock()
+	defer n.view.mu.Unlock()
+	m, ok := n.view.members[name]
+	return m.Member, ok && m.State == Alive
+}
+
+// Homes returns key's home nodes: the Replicas alive members (this one included) with the
+// highest rendezvous weight for key, highest first.
+func (n *Node) Homes(key string) []Member {
+	alive := n.alive()
+	return n.homes(key, alive, names(alive))
+}
+
+// homes is Homes among alive, whose names are names.
+func (n *Node) homes(key string, alive map[string]Member, names []string) []Member {
+	hs := Rendezvous(key, names, n.cfg.Replicas)
+	ms := make([]Member, len(hs))
+	for i, h := range hs {
+		ms[i] = alive[h]
+	}
+	return ms
+}
+
+func names(ms map[string]Member) []string {
+	ns := make([]string, 0, len(ms))
+	for name := range ms {
+		ns = append(ns, name)
+	}
+	slices.Sort(ns)
+	return ns
+}
+
+// joinLoop joins Config.Join at once, and again every RejoinInterval while this node knows
+// no other member alive.
+func (n *Node) joinLoop(ctx context.Context) {
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		if len(n.alive()) <= 1 {
+			n.join(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// join resolves Config.Join (names again every time) and asks memberlist to join them.
+func (n *Node) join(ctx context.Context) {
+	var addrs []string
+	for _, j := range n.cfg.Join {
+		host, port, _ := splitHostPort(j) // checked by withDefaults
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		ips, err := net.DefaultResolver.LookupIPAddr(rctx, host)
+		cancel()
+		if err != nil {
+			n.log.WithError(err).WithField("join", j).Warn("cluster: cannot resolve a join address")
+			continue
+		}
+		for _, ip := range ips {
+			a := net.JoinHostPort(ip.IP.String(), strconv.Itoa(port))
+			if a != n.gossipAddr && !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		n.log.WithField("join", n.cfg.Join).Debug("cluster: no other node to join yet")
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	l := n.log.WithField("addresses", addrs)
+	n.stats.joinAttempts.Add(1)
+	contacted, err := n.ml.Join(addrs)
+	if err != nil {
+		l.WithError(err).WithField("retry", n.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
+		return
+	}
+	l.WithField("contacted", contacted).Info("cluster: joined")
+}
+
+// logWriter sends memberlist's log lines ("[WARN] memberlist: ...") to containerd's log at
+// their level.
+type logWriter struct{ log *log.Entry }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level, msg := "", line
+	if strings.HasPrefix(line, "[") {
+		if i := strings.IndexByte(line, ']'); i > 0 {
+			level, msg = line[1:i], strings.TrimSpace(line[i+1:])
+		}
+	}
+	switch level {
+	case "ERR", "ERROR":
+		w.log.Error(msg)
+	case "WARN":
+		w.log.Warn(msg)
+	case "INFO":
+		w.log.Info(msg)
+	default:
+		w.log.Debug(msg)
+	}
+	return len(p), nil
+}

@@ -1,0 +1,236 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+)
+
+// Defaults of Config's zero fields.
+const (
+	DefaultRejoinInterval   = 30 * time.Second
+	DefaultLabel            = "lifeboat"
+	DefaultReplicas         = 3
+	DefaultAnnounceInterval = 250 * time.Millisecond
+	DefaultRefreshInterval  = 5 * time.Minute
+	DefaultHedgeDelay       = 5 * time.Millisecond
+	DefaultLookupTimeout    = 500 * time.Millisecond
+	DefaultMaxIndexKeys     = 1_000_000
+
+	defaultRehomeDelay = time.Second
+)
+
+// Bounds of this node's own work.
+const (
+	// announceQueue is how many records Announce keeps waiting for the next batch.
+	announceQueue = 100_000
+	// leaveTimeout bounds Close's wait for its leave message to go out.
+	leaveTimeout = 2 * time.Second
+	// rpcTimeout bounds one announce request to a home.
+	rpcTimeout = 5 * time.Second
+	// dialTimeout bounds connecting to a peer with the default transport.
+	dialTimeout = time.Second
+)
+
+// counters are what Stats reports that the node counts itself.
+type counters struct {
+	announceDropped, indexDropped                atomic.Int64
+	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
+	announced, received                          atomic.Int64
+	joinAttempts                                 atomic.Int64
+}
+
+// withDefaults returns cfg with its zero fields set to their defaults, or an error naming what
+// is wrong with it.
+func (cfg Config) withDefaults() (Config, error) {
+	if err := CheckNodeName(cfg.NodeName); err != nil {
+		return cfg, fmt.Errorf("cluster: %w", err)
+	}
+	if len(cfg.Secret) == 0 {
+		return cfg, fmt.Errorf("cluster: no cluster key: %w", errdefs.ErrInvalidArgument)
+	}
+	host, _, err := splitHostPort(cfg.GossipAddress)
+	if err != nil {
+		return cfg, fmt.Errorf("cluster: gossip address: %w", err)
+	}
+	if cfg.AdvertiseAddress == "" {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			cfg.AdvertiseAddress = host
+		} else {
+			return cfg, fmt.Errorf("cluster: gossip address %q binds every address, so an advertise address is needed: %w",
+				cfg.GossipAddress, errdefs.ErrInvalidArgument)
+		}
+	}
+	if ip := net.ParseIP(cfg.AdvertiseAddress); ip == nil || ip.IsUnspecified() {
+		return cfg, fmt.Errorf("cluster: advertise address %q is not an IP address: %w", cfg.AdvertiseAddress, errdefs.ErrInvalidArgument)
+	}
+	if cfg.PeerPort <= 0 || cfg.PeerPort > 65535 {
+		return cfg, fmt.Errorf("cluster: peer port %d: %w", cfg.PeerPort, errdefs.ErrInvalidArgument)
+	}
+	for _, j := range cfg.Join {
+		if _, _, err := splitHostPort(j); err != nil {
+			return cfg, fmt.Errorf("cluster: join address: %w", err)
+		}
+	}
+	if cfg.Replicas < 0 || cfg.MaxIndexKeys < 0 {
+		return cfg, fmt.Errorf("cluster: replicas and max index keys cannot be negative: %w", errdefs.ErrInvalidArgument)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.RejoinInterval, DefaultRejoinInterval)
+	def(&cfg.AnnounceInterval, DefaultAnnounceInterval)
+	def(&cfg.RefreshInterval, DefaultRefreshInterval)
+	def(&cfg.HolderTTL, 3*cfg.RefreshInterval)
+	def(&cfg.HedgeDelay, DefaultHedgeDelay)
+	def(&cfg.LookupTimeout, DefaultLookupTimeout)
+	def(&cfg.rehomeDelay, defaultRehomeDelay)
+	if cfg.Label == "" {
+		cfg.Label = DefaultLabel
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = DefaultReplicas
+	}
+	if cfg.MaxIndexKeys == 0 {
+		cfg.MaxIndexKeys = DefaultMaxIndexKeys
+	}
+	return cfg, nil
+}
+
+// splitHostPort splits a host:port whose port is a number.
+func splitHostPort(hostport string) (host string, port int, err error) {
+	host, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: %w", hostport, errors.Join(err, errdefs.ErrInvalidArgument))
+	}
+	port, err = strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("%q: port is not a number from 0 to 65535: %w", hostport, errdefs.ErrInvalidArgument)
+	}
+	return host, port, nil
+}
+
+// Start joins the cluster (or starts one: a join that reaches nobody is retried in the
+// background) and starts announcing. Close it to leave.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:           cfg,
+		log:           log.G(ctx).WithField("node", cfg.NodeName),
+		signer:        NewSigner(cfg.NodeName, cfg.Secret),
+		index:         NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL),
+		queue:         make(chan Record, announceQueue),
+		rehome:        make(chan struct{}, 1),
+		announceSlots: make(chan struct{}, maxAnnouncesServed),
+	}
+	n.view = newView(n)
+	base := cfg.Transport
+	if base == nil {
+		n.ownTransport = defaultTransport()
+		base = n.ownTransport
+	}
+	n.client = &http.Client{Transport: &signingTransport{signer: n.signer, base: base}}
+
+	// The node's background work ends with Close, not with the context Start was given.
+	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	n.ml, err = n.startMemberlist()
+	if err != nil {
+		n.cancel()
+		if n.ownTransport != nil {
+			n.ownTransport.CloseIdleConnections()
+		}
+		return nil, err
+	}
+	n.goBackground(n.joinLoop)
+	n.goBackground(n.announceLoop)
+	n.goBackground(n.refreshLoop)
+	return n, nil
+}
+
+func (n *Node) goBackground(f func(context.Context)) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f(n.ctx)
+	}()
+}
+
+// defaultTransport is http.DefaultTransport's settings with a short dial timeout: a peer on
+// the same network answers a dial within a second or is as good as down.
+func defaultTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	t.MaxIdleConnsPerHost = 16
+	return t
+}
+
+// signingTransport adds this node's token to every request.
+type signingTransport struct {
+	signer *Signer
+	base   http.RoundTripper
+}
+
+func (t *signingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	t.signer.Sign(req)
+	return t.base.RoundTrip(req)
+}
+
+// Close leaves the cluster (telling the others, within a few seconds) and stops the node's
+// background work.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.cancel()
+		if err := n.ml.Leave(leaveTimeout); err != nil {
+			n.log.WithError(err).Warn("cluster: leave message may not have reached the others")
+		}
+		n.closeErr = n.ml.Shutdown()
+		n.wg.Wait() // after Shutdown, which ends a join under way
+		if n.ownTransport != nil {
+			n.ownTransport.CloseIdleConnections()
+		}
+	})
+	return n.closeErr
+}
+
+// Name is this node's member name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// Client is the HTTP client for requests to peers: it signs every request with this node's
+// token, and uses Config.Transport.
+func (n *Node) Client() *http.Client { return n.client }
+
+// Signer is this node's token signer, for the peer listener to verify requests with.
+func (n *Node) Signer() *Signer { return n.signer }
+
+// Stats reports what the node counts.
+func (n *Node) Stats() Stats {
+	s := Stats{
+		Members:          map[MemberState]int{},
+		IndexDropped:     n.stats.indexDropped.Load(),
+		LookupsFound:     n.stats.lookupsFound.Load(),
+		LookupsNotFound:  n.stats.lookupsNotFound.Load(),
+		LookupsFailed:    n.stats.lookupsFailed.Load(),
+		AnnouncedRecords: n.stats.announced.Load(),
+		ReceivedRecords:  n.stats.received.Load(),
+		AnnounceDropped:  n.stats.announceDropped.Load(),
+	}
+	for _, m := range n.Members() {
+		s.Members[m.State]++
+	}
+	s.HomedKeys, s.IndexEntries, s.IndexBytes = n.index.Size()
+	return s
+}

@@ -1,0 +1,165 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// The index requests between nodes, under the peer listener, JSON both ways:
+//
+//	POST /lifeboat/v1/announce  {"records":[Record...]}  → 204: the sender holds these keys
+//	POST /lifeboat/v1/lookup    {"key":"..."}            → 200 {"holders":[Holder...]}
+//	GET  /lifeboat/v1/lookup?key=...                     → the same
+//
+// The sender is the node the peer listener authenticated (PeerFrom, else HeaderPeer once the
+// listener verified the token that names it).
+const (
+	PathAnnounce = "/lifeboat/v1/announce"
+	PathLookup   = "/lifeboat/v1/lookup"
+)
+
+// Bounds of what one request can make a node do.
+const (
+	// maxAnnounceRecords is the most records one announce request carries.
+	maxAnnounceRecords = 10_000
+	// maxAnnounceBody bounds an announce request's body; senders split batches to fit.
+	maxAnnounceBody = 4 << 20
+	// maxLookupBody bounds a lookup request's body.
+	maxLookupBody = 4 << 10
+	// maxKeyLen bounds an index key (a tag key is a registry, a repository of at most 255
+	// characters and a tag of at most 128).
+	maxKeyLen = 1024
+	// maxAnnouncesServed is how many announce requests a node decodes at once; the others
+	// wait for their turn.
+	maxAnnouncesServed = 4
+)
+
+type announceRequest struct {
+	Records []Record `json:"records"`
+}
+
+type lookupRequest struct {
+	Key string `json:"key"`
+}
+
+type lookupResponse struct {
+	Holders []Holder `json:"holders"`
+}
+
+// recordSize is about how many bytes r takes in an announce request.
+func recordSize(r Record) int { return len(r.Key) + len(r.Digest) + 64 }
+
+type peerKey struct{}
+
+// WithPeer returns ctx marked as carrying a request from the authenticated node node; the
+// peer listener's handler sets it after Signer.Verify, and Handler takes the sender from it.
+func WithPeer(ctx context.Context, node string) context.Context {
+	return context.WithValue(ctx, peerKey{}, node)
+}
+
+// PeerFrom returns the authenticated node WithPeer put in ctx.
+func PeerFrom(ctx context.Context) (node string, ok bool) {
+	node, ok = ctx.Value(peerKey{}).(string)
+	return node, ok && node != ""
+}
+
+// sender is the node req came from: the one the peer listener put in its context, else the
+// one its HeaderPeer names (the token the listener verified signs the same name).
+func sender(req *http.Request) string {
+	if node, ok := PeerFrom(req.Context()); ok {
+		return node
+	}
+	return req.Header.Get(HeaderPeer)
+}
+
+// Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
+// The caller authenticates requests first (Signer.Verify).
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathAnnounce, n.serveAnnounce)
+	mux.HandleFunc("POST "+PathLookup, n.serveLookup)
+	mux.HandleFunc("GET "+PathLookup, n.serveLookup)
+	return mux
+}
+
+func (n *Node) serveAnnounce(w http.ResponseWriter, req *http.Request) {
+	from := sender(req)
+	if m, ok := n.Member(from); !ok || m.Self {
+		http.Error(w, fmt.Sprintf("%q is not an alive member of this node's cluster", from), http.StatusForbidden)
+		return
+	}
+	select {
+	case n.announceSlots <- struct{}{}:
+		defer func() { <-n.announceSlots }()
+	case <-req.Context().Done():
+		return
+	}
+	var body announceRequest
+	if err := decode(w, req, maxAnnounceBody, &body); err != nil {
+		return
+	}
+	if len(body.Records) > maxAnnounceRecords {
+		http.Error(w, fmt.Sprintf("more than %d records", maxAnnounceRecords), http.StatusRequestEntityTooLarge)
+		return
+	}
+	for _, r := range body.Records {
+		if err := validRecord(r); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	dropped := n.index.Put(from, body.Records, time.Now())
+	n.stats.indexDropped.Add(int64(dropped))
+	n.stats.received.Add(int64(len(body.Records)))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func validRecord(r Record) error {
+	if r.Key == "" || len(r.Key) > maxKeyLen {
+		return fmt.Errorf("a record's key is empty or longer than %d bytes", maxKeyLen)
+	}
+	if r.Digest != "" {
+		if err := r.Digest.Validate(); err != nil {
+			return fmt.Errorf("record %q: %w", r.Key, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) serveLookup(w http.ResponseWriter, req *http.Request) {
+	key := req.URL.Query().Get("key")
+	if req.Method == http.MethodPost {
+		var body lookupRequest
+		if err := decode(w, req, maxLookupBody, &body); err != nil {
+			return
+		}
+		key = body.Key
+	}
+	if key == "" || len(key) > maxKeyLen {
+		http.Error(w, fmt.Sprintf("the key is empty or longer than %d bytes", maxKeyLen), http.StatusBadRequest)
+		return
+	}
+	resp := lookupResponse{Holders: n.index.Get(key, time.Now())}
+	if resp.Holders == nil {
+		resp.Holders = []Holder{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// decode reads req's JSON body of at most limit bytes into v; on error it has answered.
+func decode(w http.ResponseWriter, req *http.Request, limit int64, v any) error {
+	err := json.NewDecoder(http.MaxBytesReader(w, req.Body, limit)).Decode(v)
+	if err != nil {
+		code := http.StatusBadRequest
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, "cannot read the request: "+err.Error(), code)
+	}
+	return err
+}

@@ -1,0 +1,102 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/peer"
+)
+
+// ClusterStats is what the cluster collector reads of the membership and the index;
+// *cluster.Node provides it.
+type ClusterStats interface {
+	Stats() cluster.Stats
+}
+
+// PeerStats is what the cluster collector reads of the transfers; *peer.Source provides it.
+type PeerStats interface {
+	Stats() peer.Stats
+}
+
+// memberStates are the states lifeboat_cluster_members always reports, 0 included, so that a
+// rule on "dead > 0" has a series to compare.
+var memberStates = []cluster.MemberState{cluster.Alive, cluster.Suspect, cluster.Dead, cluster.Left}
+
+// clusterCollector reads the node's and the source's counters at scrape time.
+type clusterCollector struct {
+	node  ClusterStats
+	peers PeerStats
+
+	members, homedKeys, lookups   *prometheus.Desc
+	peerBytes, coalesced, rejects *prometheus.Desc
+}
+
+// NewClusterCollector returns a collector of the cluster tier's figures: members by state,
+// the keys this node is home to, lookups by result, and the peer transfers' bytes, coalesced
+// fills and rejected bytes.
+func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collector {
+	return &clusterCollector{
+		node:  node,
+		peers: peers,
+		members: prometheus.NewDesc("lifeboat_cluster_members",
+			"Members of the cluster as this node sees them, by state (alive, suspect, dead, left).", []string{"state"}, nil),
+		homedKeys: prometheus.NewDesc("lifeboat_cluster_homed_keys",
+			"Keys (blob digests, tags) this node's index holds records of, as one of their homes.", nil, nil),
+		lookups: prometheus.NewDesc("lifeboat_cluster_lookups_total",
+			"Lookups of who holds a key, by result: found, not_found, failed (no home answered).", []string{"result"}, nil),
+		peerBytes: prometheus.NewDesc("lifeboat_peer_bytes_total",
+			"Bytes of blobs and manifests transferred between this node and its peers, by direction (in: from peers, out: to peers).", []string{"direction"}, nil),
+		coalesced: prometheus.NewDesc("lifeboat_peer_coalesced_fills_total",
+			"Blobs this node fetched through their home's fill from the registry, rather than from the registry itself.", nil, nil),
+		rejects: prometheus.NewDesc("lifeboat_peer_rejected_total",
+			"Blobs a peer sent with bytes that failed verification (rejected, not cached).", nil, nil),
+	}
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.peerBytes, c.coalesced, c.rejects} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.node.Stats()
+	for _, s := range memberStates {
+		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, float64(st.Members[s]), string(s))
+	}
+	ch <- prometheus.MustNewConstMetric(c.homedKeys, prometheus.GaugeValue, float64(st.HomedKeys))
+	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFound), "found")
+	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsNotFound), "not_found")
+	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFailed), "failed")
+
+	ps := c.peers.Stats()
+	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.BytesIn), "in")
+	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.BytesOut), "out")
+	ch <- prometheus.MustNewConstMetric(c.coalesced, prometheus.CounterValue, float64(ps.CoalescedFills))
+	ch <- prometheus.MustNewConstMetric(c.rejects, prometheus.CounterValue, float64(ps.Rejected))
+}
+
+// Lookups is the histogram of the cluster's lookup latency. Pass its Observe as
+// cluster.Config.ObserveLookup.
+type Lookups struct {
+	duration prometheus.Histogram
+}
+
+// NewLookups registers lifeboat_cluster_lookup_duration_seconds with reg.
+func NewLookups(reg prometheus.Registerer) *Lookups {
+	l := &Lookups{duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "lifeboat_cluster_lookup_duration_seconds",
+		Help: "Duration of lookups of who holds a key, asked of the key's homes (hedged), whatever their result.",
+		// From 0.5 ms to about 1 s: a lookup is bounded by the lookup timeout (500 ms).
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12),
+	})}
+	reg.MustRegister(l.duration)
+	return l
+}
+
+// Observe records one lookup; its result is counted by the collector from cluster.Stats.
+func (l *Lookups) Observe(d time.Duration, _ bool, _ error) {
+	l.duration.Observe(d.Seconds())
+}

@@ -1,0 +1,90 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/peer"
+)
+
+type fakeNode cluster.Stats
+
+func (f fakeNode) Stats() cluster.Stats { return cluster.Stats(f) }
+
+type fakePeers peer.Stats
+
+func (f fakePeers) Stats() peer.Stats { return peer.Stats(f) }
+
+func TestClusterCollector(t *testing.T) {
+	node := fakeNode{
+		Members:   map[cluster.MemberState]int{cluster.Alive: 3, cluster.Dead: 1},
+		HomedKeys: 42, IndexEntries: 99,
+		LookupsFound: 7, LookupsNotFound: 2, LookupsFailed: 1,
+	}
+	peers := fakePeers{BytesIn: 1000, BytesOut: 2000, CoalescedFills: 3, Rejected: 4, PeerAnswers: 5}
+	want := `
+# HELP lifeboat_cluster_homed_keys Keys (blob digests, tags) this node's index holds records of, as one of their homes.
+# TYPE lifeboat_cluster_homed_keys gauge
+lifeboat_cluster_homed_keys 42
+# HELP lifeboat_cluster_lookups_total Lookups of who holds a key, by result: found, not_found, failed (no home answered).
+# TYPE lifeboat_cluster_lookups_total counter
+lifeboat_cluster_lookups_total{result="failed"} 1
+lifeboat_cluster_lookups_total{result="found"} 7
+lifeboat_cluster_lookups_total{result="not_found"} 2
+# HELP lifeboat_cluster_members Members of the cluster as this node sees them, by state (alive, suspect, dead, left).
+# TYPE lifeboat_cluster_members gauge
+lifeboat_cluster_members{state="alive"} 3
+lifeboat_cluster_members{state="dead"} 1
+lifeboat_cluster_members{state="left"} 0
+lifeboat_cluster_members{state="suspect"} 0
+# HELP lifeboat_peer_bytes_total Bytes of blobs and manifests transferred between this node and its peers, by direction (in: from peers, out: to peers).
+# TYPE lifeboat_peer_bytes_total counter
+lifeboat_peer_bytes_total{direction="in"} 1000
+lifeboat_peer_bytes_total{direction="out"} 2000
+# HELP lifeboat_peer_coalesced_fills_total Blobs this node fetched through their home's fill from the registry, rather than from the registry itself.
+# TYPE lifeboat_peer_coalesced_fills_total counter
+lifeboat_peer_coalesced_fills_total 3
+# HELP lifeboat_peer_rejected_total Blobs a peer sent with bytes that failed verification (rejected, not cached).
+# TYPE lifeboat_peer_rejected_total counter
+lifeboat_peer_rejected_total 4
+`
+	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers), strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLookups(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l := NewLookups(reg)
+	l.Observe(3*time.Millisecond, true, nil)
+	l.Observe(700*time.Millisecond, false, nil)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 1 || mfs[0].GetName() != "lifeboat_cluster_lookup_duration_seconds" {
+		t.Fatalf("gathered %v", mfs)
+	}
+	h := mfs[0].GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 2 || h.GetSampleSum() < 0.703-1e-9 || h.GetSampleSum() > 0.703+1e-9 {
+		t.Errorf("count %d sum %v, want 2 and 0.703", h.GetSampleCount(), h.GetSampleSum())
+	}
+	// 3 ms falls in the 4 ms bucket, not the 2 ms one.
+	for _, b := range h.GetBucket() {
+		switch b.GetUpperBound() {
+		case 0.002:
+			if b.GetCumulativeCount() != 0 {
+				t.Errorf("bucket le=0.002 has %d", b.GetCumulativeCount())
+			}
+		case 0.004:
+			if b.GetCumulativeCount() != 1 {
+				t.Errorf("bucket le=0.004 has %d, want 1", b.GetCumulativeCount())
+			}
+		}
+	}
+}

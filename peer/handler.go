@@ -1,0 +1,113 @@
+package peer
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/log"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/mirror"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+)
+
+// Paths of the peer listener.
+const (
+	indexPrefix = "/lifeboat/v1/"
+	apiPrefix   = "/v2/"
+)
+
+// maxIndexBody bounds the body of an index request, before the cluster's handler applies its
+// own, tighter limits: a guard, so that no request can make this node read without end.
+const maxIndexBody = 32 << 20
+
+// peerHeaderDelay is the peer mirror's mirror.Options.HeaderDelay: a blob answer whose first
+// byte is not there yet (a coalesced fill waiting on the registry) sends its headers after it,
+// well within the requester's DefaultHeaderTimeout, so that a live node is not taken for a
+// stopped one.
+const peerHeaderDelay = DefaultHeaderTimeout / 2
+
+// NewHandler returns the peer listener's handler. Every request must carry a valid token
+// (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
+// cluster node's handler), with cluster.HeaderPeer set to the node name the token proved;
+// /v2/ is the OCI pull API over backend, with the request marked as a peer's
+// (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
+// node's cache (or its fill) and never forwarded to other peers.
+//
+// Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set.
+func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+	h := &handler{auth: auth, index: index, shared: opts.Shared}
+	observe, src := opts.Observe, opts.Source
+	h.api = mirror.New(backend, mirror.Options{
+		HeaderDelay: peerHeaderDelay,
+		Observe: func(a mirror.Answer) {
+			if src != nil {
+				src.bytesOut.Add(a.Bytes)
+			}
+			if observe != nil {
+				observe(a)
+			}
+		},
+	})
+	return h
+}
+
+type handler struct {
+	auth   Authenticator
+	index  http.Handler
+	api    http.Handler
+	shared func(registry string) bool
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	node, err := h.auth.Verify(r)
+	if err != nil {
+		log.G(r.Context()).WithError(err).WithField("remote", r.RemoteAddr).Debug("peer request refused")
+		// Close the connection: its sender has nothing to say to this node.
+		w.Header().Set("Connection", "close")
+		writeError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
+		return
+	}
+	// What the index reads is the name the token proved, whatever the sender wrote.
+	r.Header.Set(cluster.HeaderPeer, node)
+	path := r.URL.Path
+	switch {
+	case strings.HasPrefix(path, indexPrefix):
+		r.Body = http.MaxBytesReader(w, r.Body, maxIndexBody)
+		h.index.ServeHTTP(w, r)
+	case path == "/v2" || strings.HasPrefix(path, apiPrefix):
+		h.serveAPI(w, r)
+	default:
+		writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeUnsupported, "not an endpoint of the peer listener"))
+	}
+}
+
+// serveAPI answers a peer's pull request from this node's resolver.
+func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		writeError(w, r, oci.NewError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "peers only pull: "+r.Method+" is not supported"))
+		return
+	}
+	// The mirror parses the path again and answers its errors; this only finds the registry.
+	if p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub); e == nil && p.Registry != "" && h.shared != nil && !h.shared(p.Registry) {
+		writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
+		return
+	}
+	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
+	h.api.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// writeError sends e in the distribution spec's error format (no body for a HEAD).
+func writeError(w http.ResponseWriter, r *http.Request, e *oci.Error) {
+	body := e.Body()
+	hdr := w.Header()
+	hdr.Set(oci.HeaderAPIVersion, oci.APIVersion)
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(e.Status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}

@@ -1,0 +1,358 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+)
+
+// maxRejectedPeers bounds the peers a Source remembers as rejected; past it, the one whose
+// penalty ends first is forgotten.
+const maxRejectedPeers = 1024
+
+// manifestAccept is the Accept of a manifest request to a peer: every manifest media type.
+var manifestAccept = strings.Join([]string{
+	ocispec.MediaTypeImageManifest,
+	ocispec.MediaTypeImageIndex,
+	"application/vnd.docker.distribution.manifest.v2+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+}, ", ")
+
+// Stats reports what the source counts.
+func (s *Source) Stats() Stats {
+	return Stats{
+		BytesIn:        s.bytesIn.Load(),
+		BytesOut:       s.bytesOut.Load(),
+		CoalescedFills: s.coalescedFills.Load(),
+		Rejected:       s.rejected.Load(),
+		PeerAnswers:    s.peerAnswers.Load(),
+	}
+}
+
+// OpenBlob asks dgst's holders in the order the lookup names them, skipping those in skip and
+// those rejected lately; the first that answers 200 with a Content-Length sends the blob. When
+// none does and Coalesce is on, the digest's first home is asked to fill it from the registry
+// (cluster.HeaderFill), unless it is this node, in skip, or failed already. A holder must send
+// its headers within HeaderTimeout and, after them, a byte at least every IdleTimeout.
+func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst digest.Digest, skip []string) (resolver.PeerBlob, error) {
+	key := cluster.BlobKey(dgst)
+	holders, err := s.node.Lookup(ctx, key)
+	if err != nil {
+		return resolver.PeerBlob{}, fmt.Errorf("blob %s: look up its holders: %w", dgst, err)
+	}
+	path := "/v2/" + repository + "/blobs/" + dgst.String()
+	var failed []error
+	broken := map[string]bool{} // holders that failed otherwise than by not holding it
+	for _, h := range holders {
+		m, ok := s.askable(h.Node, skip)
+		if !ok {
+			continue
+		}
+		b, err := s.openBlob(ctx, m, registry, path, false)
+		if err == nil {
+			s.peerAnswers.Add(1)
+			return b, nil
+		}
+		if ctx.Err() != nil {
+			return resolver.PeerBlob{}, ctx.Err()
+		}
+		if !errdefs.IsNotFound(err) {
+			broken[m.Name] = true
+		}
+		failed = append(failed, err)
+	}
+	if s.opts.Coalesce {
+		if homes := s.node.Homes(key); len(homes) > 0 {
+			home := homes[0]
+			if !home.Self && home.Name != s.node.Name() && !broken[home.Name] && !slices.Contains(skip, home.Name) && !s.isRejected(home.Name) {
+				b, err := s.openBlob(ctx, home, registry, path, true)
+				if err == nil {
+					s.coalescedFills.Add(1)
+					s.peerAnswers.Add(1)
+					return b, nil
+				}
+				if ctx.Err() != nil {
+					return resolver.PeerBlob{}, ctx.Err()
+				}
+				failed = append(failed, err)
+			}
+		}
+	}
+	return resolver.PeerBlob{}, noPeer("blob", dgst, failed)
+}
+
+// openBlob GETs the blob at path from m, through its fill when fill is set.
+func (s *Source) openBlob(ctx context.Context, m cluster.Member, registry, path string, fill bool) (resolver.PeerBlob, error) {
+	resp, body, err := s.get(ctx, m, registry, path, fill, "")
+	if err != nil {
+		return resolver.PeerBlob{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		body.Close()
+		return resolver.PeerBlob{}, statusError(m.Name, resp.StatusCode)
+	}
+	if resp.ContentLength < 0 {
+		body.Close()
+		return resolver.PeerBlob{}, fmt.Errorf("peer %s sent a blob without its length: %w", m.Name, errdefs.ErrUnavailable)
+	}
+	return resolver.PeerBlob{Body: body, Size: resp.ContentLength, Peer: m.Name, ViaHome: fill}, nil
+}
+
+// Reject counts bad bytes from peer and keeps it from being asked for RejectFor.
+func (s *Source) Reject(peer string, dgst digest.Digest) {
+	s.rejected.Add(1)
+	now := time.Now()
+	until := now.Add(s.opts.RejectFor)
+	log.L.WithFields(log.Fields{"peer": peer, "digest": dgst, "until": until}).Warn("peer sent bytes that failed verification; not asking it again for a while")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.bad[peer]; !ok && len(s.bad) >= maxRejectedPeers {
+		var first string
+		for p, t := range s.bad {
+			if !now.Before(t) {
+				delete(s.bad, p)
+			} else if first == "" || t.Before(s.bad[first]) {
+				first = p
+			}
+		}
+		if len(s.bad) >= maxRejectedPeers {
+			delete(s.bad, first)
+		}
+	}
+	s.bad[peer] = until
+}
+
+// isRejected reports whether peer sent bad bytes less than RejectFor ago.
+func (s *Source) isRejected(peer string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.bad[peer]
+	if ok && !time.Now().Before(until) {
+		delete(s.bad, peer)
+		return false
+	}
+	return ok
+}
+
+// askable returns the member a holder names when it may be asked: alive, not this node, not in
+// skip, not rejected.
+func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
+	if name == s.node.Name() || slices.Contains(skip, name) || s.isRejected(name) {
+		return cluster.Member{}, false
+	}
+	m, ok := s.node.Member(name)
+	if !ok || m.Self || m.PeerAddr == "" {
+		return cluster.Member{}, false
+	}
+	return m, true
+}
+
+// Manifest fetches the manifest dgst from its holders, in order, the first 200 winning. The
+// body is bounded by resolver.MaxManifestSize and not verified: the resolver checks it.
+func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
+	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
+	if err != nil {
+		return "", nil, "", fmt.Errorf("manifest %s: look up its holders: %w", dgst, err)
+	}
+	path := "/v2/" + repository + "/manifests/" + dgst.String()
+	var failed []error
+	for _, h := range holders {
+		m, ok := s.askable(h.Node, nil)
+		if !ok {
+			continue
+		}
+		mediaType, body, err := s.manifestFrom(ctx, m, registry, path)
+		if err == nil {
+			s.peerAnswers.Add(1)
+			return mediaType, body, m.Name, nil
+		}
+		if ctx.Err() != nil {
+			return "", nil, "", ctx.Err()
+		}
+		failed = append(failed, err)
+	}
+	return "", nil, "", noPeer("manifest", dgst, failed)
+}
+
+// manifestFrom GETs the manifest at path from m.
+func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, path string) (string, []byte, error) {
+	resp, body, err := s.get(ctx, m, registry, path, false, manifestAccept)
+	if err != nil {
+		return "", nil, err
+	}
+	defer body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", nil, statusError(m.Name, resp.StatusCode)
+	}
+	tooLarge := fmt.Errorf("peer %s sent a manifest larger than %d bytes: %w", m.Name, resolver.MaxManifestSize, errdefs.ErrFailedPrecondition)
+	if resp.ContentLength > resolver.MaxManifestSize {
+		return "", nil, tooLarge
+	}
+	data, err := io.ReadAll(io.LimitReader(body, resolver.MaxManifestSize+1))
+	if err != nil {
+		return "", nil, fmt.Errorf("peer %s: read manifest: %w", m.Name, err)
+	}
+	if len(data) > resolver.MaxManifestSize {
+		return "", nil, tooLarge
+	}
+	mediaType, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil {
+		mediaType = ""
+	}
+	return mediaType, data, nil
+}
+
+// Tag answers a tag from its holders' records (cluster.NewestTag), leaving out peers rejected
+// lately.
+func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error) {
+	key := cluster.TagKey(registry, repository, tag)
+	holders, err := s.node.Lookup(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("tag %s: look up its holders: %w", key, err)
+	}
+	holders = slices.DeleteFunc(holders, func(h cluster.Holder) bool { return s.isRejected(h.Node) })
+	dgst, ok := cluster.NewestTag(holders)
+	if !ok {
+		return "", fmt.Errorf("tag %s: no peer holds it: %w", key, errdefs.ErrNotFound)
+	}
+	s.peerAnswers.Add(1)
+	return dgst, nil
+}
+
+// Holders names the nodes the index knows to hold dgst.
+func (s *Source) Holders(ctx context.Context, dgst digest.Digest) ([]string, error) {
+	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
+	if err != nil {
+		return nil, fmt.Errorf("%s: look up its holders: %w", dgst, err)
+	}
+	names := make([]string, 0, len(holders))
+	for _, h := range holders {
+		names = append(names, h.Node)
+	}
+	return names, nil
+}
+
+// Cached announces that this node holds dgst.
+func (s *Source) Cached(registry, repository string, dgst digest.Digest) {
+	s.node.Announce(cluster.Record{Key: cluster.BlobKey(dgst)})
+}
+
+// Revalidated announces the registry's answer for a tag, with its Date.
+func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Digest, date time.Time) {
+	s.node.Announce(cluster.Record{Key: cluster.TagKey(registry, repository, tag), Digest: dgst, Date: date})
+}
+
+// get sends GET path?ns=registry to m with the cluster's signing client. The response's
+// headers must arrive within HeaderTimeout; its body (which the caller closes) fails a read that
+// waits IdleTimeout for a byte, and counts the bytes in.
+func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept string) (*http.Response, io.ReadCloser, error) {
+	u := url.URL{Scheme: "http", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
+	rctx, stop := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		stop(nil)
+		return nil, nil, fmt.Errorf("peer %s: %w", m.Name, err)
+	}
+	if fill {
+		req.Header.Set(cluster.HeaderFill, "1")
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	timeout := s.opts.HeaderTimeout
+	slow := time.AfterFunc(timeout, func() {
+		stop(fmt.Errorf("peer %s sent no answer within %s: %w", m.Name, timeout, errdefs.ErrUnavailable))
+	})
+	resp, err := s.node.Client().Do(req)
+	slow.Stop()
+	if err == nil && rctx.Err() != nil { // the answer came as the time ran out
+		resp.Body.Close()
+		err = rctx.Err()
+	}
+	if err != nil {
+		cause := context.Cause(rctx)
+		stop(nil)
+		if ctx.Err() == nil && cause != nil {
+			return nil, nil, cause
+		}
+		return nil, nil, fmt.Errorf("peer %s: %w", m.Name, err)
+	}
+	return resp, newPeerBody(rctx, stop, resp.Body, m.Name, s.opts.IdleTimeout, &s.bytesIn), nil
+}
+
+// peerBody is a peer's response body: a read that waits idle for a byte fails (ending the
+// request), Close ends the request, and every byte read is counted.
+type peerBody struct {
+	ctx   context.Context
+	stop  context.CancelCauseFunc
+	rc    io.ReadCloser
+	idle  time.Duration
+	timer *time.Timer // ends the request, armed while a read waits
+	in    *atomic.Int64
+}
+
+func newPeerBody(ctx context.Context, stop context.CancelCauseFunc, rc io.ReadCloser, peer string, idle time.Duration, in *atomic.Int64) *peerBody {
+	b := &peerBody{ctx: ctx, stop: stop, rc: rc, idle: idle, in: in}
+	b.timer = time.AfterFunc(idle, func() {
+		stop(fmt.Errorf("peer %s sent no byte for %s: %w", peer, idle, errdefs.ErrUnavailable))
+	})
+	b.timer.Stop()
+	return b
+}
+
+func (b *peerBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.idle)
+	n, err := b.rc.Read(p)
+	b.timer.Stop()
+	b.in.Add(int64(n))
+	if err != nil && err != io.EOF {
+		if cause := context.Cause(b.ctx); cause != nil {
+			err = cause
+		}
+	}
+	return n, err
+}
+
+func (b *peerBody) Close() error {
+	b.timer.Stop()
+	err := b.rc.Close()
+	b.stop(nil)
+	return err
+}
+
+// statusError is a peer's answer other than 200: ErrNotFound for a 404 (it does not hold the
+// thing, or not for that repository), ErrUnavailable for any other.
+func statusError(peer string, status int) error {
+	var class error = errdefs.ErrUnavailable
+	if status == http.StatusNotFound {
+		class = errdefs.ErrNotFound
+	}
+	return fmt.Errorf("peer %s answered %d %s: %w", peer, status, http.StatusText(status), class)
+}
+
+// noPeer is the error when no peer sent what was asked: ErrNotFound when every peer asked
+// said it does not hold it, else ErrUnavailable, with the failures (for the resolver's log).
+func noPeer(what string, dgst digest.Digest, failed []error) error {
+	for _, e := range failed {
+		if !errdefs.IsNotFound(e) {
+			return fmt.Errorf("%s %s: no peer sent it: %v: %w", what, dgst, errors.Join(failed...), errdefs.ErrUnavailable)
+		}
+	}
+	return fmt.Errorf("%s %s: no peer holds it: %w", what, dgst, errdefs.ErrNotFound)
+}

@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,21 +166,74 @@ func TestClusterTagConflict(t *testing.T) {
 	if err := reg.Process().Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	resolveDuringOutage(t, c, reg.Host(), repo, "v", 1+2*(len(blobDigests(t, img1))+1), d2, d1)
+}
+
+// resolveDuringOutage starts a fresh node F, waits until it homes keys keys (with at most three
+// members, every node is a home of every key: F got the others' records), and checks that F
+// resolves repo:tag to want, from the peers.
+func resolveDuringOutage(t *testing.T, c *harness.Cluster, registry, repo, tag string, keys int, want, other string) {
+	t.Helper()
 	f := c.AddFresh(t)
 	c.WaitMembers(t)
+	waitHomed(t, []*harness.Lifeboat{f}, keys)
 
-	path := "/v2/" + repo + "/manifests/v?ns=" + reg.Host()
-	dgst, cacheStatus := headManifest(t, f, path)
-	t.Logf("during the outage F resolved the tag to %s (%s); A revalidated %s, B later %s", dgst, cacheStatus, d1, d2)
-	if dgst != d2 {
-		t.Errorf("F resolved the tag to %s, want B's newer %s (A's older: %s)", dgst, d2, d1)
+	dgst, cacheStatus := headManifest(t, f, "/v2/"+repo+"/manifests/"+tag+"?ns="+registry)
+	t.Logf("during the outage F resolved the tag to %s (%s); want %s, not %s", dgst, cacheStatus, want, other)
+	if dgst != want {
+		t.Errorf("F resolved the tag to %s, want %s (not %s)", dgst, want, other)
 	}
 	if cacheStatus != "peer" {
 		t.Errorf("F's answer has X-Lifeboat-Cache %q, want peer", cacheStatus)
 	}
-	if _, err := getVerified(t.Context(), f.URL()+"/v2/"+repo+"/manifests/"+d2+"?ns="+reg.Host(), d2); err != nil {
-		t.Errorf("F could not serve the manifest %s it resolved the tag to: %v", d2, err)
+	if _, err := getVerified(t.Context(), f.URL()+"/v2/"+repo+"/manifests/"+want+"?ns="+registry, want); err != nil {
+		t.Errorf("F could not serve the manifest %s it resolved the tag to: %v", want, err)
 	}
+}
+
+// TestClusterTagTie: the registry's Date is the same for every answer (a forwarder sets it), so
+// the tag records tie on time. A revalidated the tag to d1, B and C later to d2, where d1 is the
+// lower digest: F resolves it to d2, named by more holders.
+func TestClusterTagTie(t *testing.T) {
+	t.Parallel()
+
+	reg := harness.StartRegistry(t)
+	date := time.Now().UTC().Format(http.TimeFormat)
+	target, _ := url.Parse(reg.URL())
+	fwd := httputil.NewSingleHostReverseProxy(target)
+	fwd.ModifyResponse = func(resp *http.Response) error {
+		resp.Header.Set("Date", date)
+		return nil
+	}
+	upstream := httptest.NewServer(fwd)
+	t.Cleanup(upstream.Close)
+
+	const repo = "cluster/tie"
+	img1 := reg.PushRandom(t, repo, "v", 1, 4096)
+	d1 := harness.Digest(t, img1)
+	img2 := harness.RandomImage(t, harness.HostPlatform(), 1, 4096)
+	for harness.Digest(t, img2) < d1 { // d1 must be the lower: the lowest-digest rule alone would pick it
+		img2 = harness.RandomImage(t, harness.HostPlatform(), 1, 4096)
+	}
+	d2 := harness.Digest(t, img2)
+
+	c := harness.StartCluster(t, 2, harness.LifeboatOptions{Upstreams: map[string][]string{reg.Host(): {upstream.URL}}})
+	pullVia(t, c.Nodes[0], reg.Host(), repo, "v", img1)
+	reg.PushImage(t, repo, "v", img2)
+	pullVia(t, c.Nodes[1], reg.Host(), repo, "v", img2)
+	// F, the third member, also revalidates to d2 before the outage: two holders name d2.
+	f := c.AddFresh(t)
+	c.WaitMembers(t)
+	pullVia(t, f, reg.Host(), repo, "v", img2)
+	keys := 1 + 2*(len(blobDigests(t, img1))+1)
+	waitHomed(t, c.Nodes, keys)
+
+	upstream.Close()
+	if err := reg.Process().Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The fourth member is not a home of every key: it asks the homes.
+	resolveDuringOutage(t, c, reg.Host(), repo, "v", 0, d2, d1)
 }
 
 // TestClusterPeerServesWrongBytes: A holds a layer whose file was damaged on disk, so it serves

@@ -102,7 +102,7 @@ func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst
 	panic("not implemented yet")
 }
 
-func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error) {
+func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error) {
 	panic("not implemented yet")
 }
 

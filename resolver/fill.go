@@ -48,8 +48,8 @@ type fill struct {
 	written   int64    // bytes in the ingest file
 	done      bool     // the fill ended; err says how
 	err       error
-	fromStore bool // the blob was already cached: read it from the store
-	verified  bool // all bytes arrived and match the digest
+	fromStore bool   // the blob was already cached: read it from the store
+	verified  bool   // all bytes arrived and match the digest
 	source    string // the peer whose bytes the ingest holds; "" for the upstream's
 	handedOut bool   // a reader got bytes: the fill cannot start over from another source
 	readers   int

@@ -182,14 +182,6 @@ func keyWhere(t *testing.T, n *testNode, ok func(homes []string) bool) string {
 	return ""
 }
 
-func holderNames(hs []Holder) []string {
-	var ns []string
-	for _, h := range hs {
-		ns = append(ns, h.Node)
-	}
-	return ns
-}
-
 // Three nodes find each other; what A announces, C finds through the key's homes (test 1's
 // routing half).
 func TestJoinAnnounceLookup(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -396,11 +397,16 @@ func lookupBench(ctx context.Context, ips *loopbackIPs, res *clusterResults) err
 	if _, err := crand.Read(secret); err != nil {
 		return err
 	}
+	// The nodes log to this process's logger: keep their gossip chatter out of the report.
+	log.L.Logger.SetOutput(io.Discard)
+	defer log.L.Logger.SetOutput(os.Stderr)
 	var nodes []*cluster.Node
 	defer func() {
+		var wg sync.WaitGroup
 		for _, n := range nodes {
-			n.Close()
+			wg.Go(func() { n.Close() })
 		}
+		wg.Wait()
 	}()
 	var join string
 	for i := range res.lookupMembers {

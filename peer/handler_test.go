@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -162,7 +163,14 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 64<<10)
 	shared := func(registry string) bool { return registry != testRegistry }
-	b := newTestNode(t, "b", up, HandlerOptions{Shared: shared})
+	var answers []mirror.Answer
+	var mu sync.Mutex
+	observe := func(a mirror.Answer) {
+		mu.Lock()
+		defer mu.Unlock()
+		answers = append(answers, a)
+	}
+	b := newTestNode(t, "b", up, HandlerOptions{Shared: shared, Observe: observe})
 	b.warm(t, img.layer)
 	calls := b.backend.calls.Load()
 
@@ -179,6 +187,32 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	resp.Body.Close()
 	if code, _, _ := oci.DecodeError(body); resp.StatusCode != http.StatusNotFound || code != oci.CodeNameUnknown {
 		t.Errorf("%d %s, want 404 NAME_UNKNOWN", resp.StatusCode, code)
+	}
+	mu.Lock()
+	want := mirror.Answer{Method: http.MethodGet, Route: "blob", Registry: testRegistry, Repository: testRepo, Status: http.StatusNotFound}
+	if len(answers) != 1 || answers[0].Duration <= 0 {
+		t.Errorf("observed %+v, want one answer with its duration", answers)
+	} else {
+		got := answers[0]
+		got.Duration = 0
+		if got != want {
+			t.Errorf("observed %+v, want %+v", got, want)
+		}
+	}
+	mu.Unlock()
+
+	// The ping names no registry: answered.
+	req, err = http.NewRequestWithContext(t.Context(), http.MethodGet, b.srv.URL+"/v2/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = newTestCluster("a").Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("ping: %d, want 200", resp.StatusCode)
 	}
 
 	// Through a Source: not found.

@@ -5,7 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -337,5 +341,34 @@ func TestHoldersAndAnnouncements(t *testing.T) {
 	}
 	if !slices.Equal(c.announced, want) {
 		t.Errorf("announced %+v, want %+v", c.announced, want)
+	}
+}
+
+func TestHolderAttemptsAreBounded(t *testing.T) {
+	t.Parallel()
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+	c := newTestCluster("a")
+	var names []string
+	for i := range maxAttempts + 3 {
+		m := cluster.Member{Name: fmt.Sprint("n", i), PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
+		c.members[m.Name] = m
+		names = append(names, m.Name)
+	}
+	c.setHolders(cluster.BlobKey(dgst), names...)
+	src := NewSource(c, SourceOptions{})
+	if _, err := src.OpenBlob(t.Context(), testRegistry, testRepo, dgst, nil); !errdefs.IsNotFound(err) {
+		t.Errorf("OpenBlob: %v, want not found", err)
+	}
+	if _, _, _, err := src.Manifest(t.Context(), testRegistry, testRepo, dgst); !errdefs.IsNotFound(err) {
+		t.Errorf("Manifest: %v, want not found", err)
+	}
+	if asked.Load() != 2*maxAttempts {
+		t.Errorf("%d requests for a blob and a manifest, want %d each", asked.Load(), maxAttempts)
 	}
 }

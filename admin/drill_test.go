@@ -70,7 +70,7 @@ func (u *drillUpstream) push(t *testing.T, repo, tag string) {
 }
 
 // newDrillService serves a Service whose registry.test is up, and returns a client of it.
-func newDrillService(t *testing.T, up *drillUpstream) *Client {
+func newDrillService(t *testing.T, up *drillUpstream, setup ...func(*Service)) *Client {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
@@ -88,6 +88,9 @@ func newDrillService(t *testing.T, up *drillUpstream) *Client {
 		t.Fatal(err)
 	}
 	svc := &Service{Version: "test", StartedAt: time.Now(), Store: store, Resolver: res, Outage: outage.New()}
+	for _, fn := range setup {
+		fn(svc)
+	}
 	dir, err := os.MkdirTemp("", "lbdrill")
 	if err != nil {
 		t.Fatal(err)
@@ -171,12 +174,13 @@ func TestDrillReportJSON(t *testing.T) {
 	rep := DrillReport{Platform: "linux/amd64", Ready: 0, Total: 1, Results: []DrillResult{{
 		Readiness: resolver.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true},
 		FixError:  "down",
+		ServedBy:  ServedByNothing,
 	}}}
 	b, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"platform":"linux/amd64","results":[{"ref":"docker.io/library/a:1","ready":false,"missing":["tag docker.io/library/a:1"],"missingBytes":0,"partial":true,"fixError":"down"}],"ready":0,"total":1}`
+	const want = `{"platform":"linux/amd64","results":[{"ref":"docker.io/library/a:1","ready":false,"missing":["tag docker.io/library/a:1"],"missingBytes":0,"partial":true,"fixError":"down","servedBy":"nothing"}],"ready":0,"total":1}`
 	if string(b) != want {
 		t.Errorf("drill report JSON\n got %s\nwant %s", b, want)
 	}

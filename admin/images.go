@@ -28,6 +28,8 @@ type ImagesRequest struct {
 type ImagesReport struct {
 	Platform string  `json:"platform"`
 	Images   []Image `json:"images"`
+	// Cluster is true when the cluster tier is on and Image.Peers was asked for.
+	Cluster bool `json:"cluster,omitempty"`
 }
 
 // Image is one cached ref.
@@ -50,6 +52,9 @@ type Image struct {
 	Missing []string `json:"missing"`
 	// Error says why the image could not be inspected; it is then not complete.
 	Error string `json:"error,omitempty"`
+	// Peers name the peers of the cluster that hold Digest, sorted; absent when the cluster
+	// tier is off or could not tell in time.
+	Peers []string `json:"peers,omitempty"`
 }
 
 // RefRequest names a cached image ("alpine:3.20" is normalized).
@@ -134,6 +139,17 @@ func (s *Service) Images(ctx context.Context, req ImagesRequest) (ImagesReport, 
 		rep.Images = append(rep.Images, img)
 	}
 	slices.SortFunc(rep.Images, func(a, b Image) int { return strings.Compare(a.Ref, b.Ref) })
+	if s.Peers != nil {
+		rep.Cluster = true
+		dgsts := make([]digest.Digest, 0, len(rep.Images))
+		for _, img := range rep.Images {
+			dgsts = append(dgsts, img.Digest)
+		}
+		held := s.holders(ctx, dgsts)
+		for i, img := range rep.Images {
+			rep.Images[i].Peers = held[img.Digest]
+		}
+	}
 	return rep, nil
 }
 

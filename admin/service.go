@@ -39,6 +39,8 @@ type Status struct {
 	FailedRevalidations []resolver.FailedRevalidation `json:"failedRevalidations"`
 	Outage              outage.Status                 `json:"outage"`
 	Listeners           map[string]string             `json:"listeners"`
+	// Cluster is the cluster tier; absent when it is off.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 }
 
 // CacheStatus is the cache's size against its budget.
@@ -104,6 +106,10 @@ type Service struct {
 	Upstreams map[string][]string
 	// Answers, when set, counts the mirror's answers by result (metrics.Mirror.Answers).
 	Answers func() map[string]int64
+	// Cluster and Peers are the cluster tier, both nil when it is off: status reports them,
+	// images and drill ask the peers who holds what.
+	Cluster ClusterNode
+	Peers   ClusterPeers
 
 	hostsMu sync.Mutex // one hosts.toml switch or restore at a time
 }
@@ -165,6 +171,7 @@ func (s *Service) Status(ctx context.Context) Status {
 
 		FailedRevalidations: s.Resolver.FailedRevalidations(),
 		Listeners:           s.Listeners,
+		Cluster:             s.clusterStatus(),
 	}
 }
 
@@ -257,6 +264,11 @@ type DrillResult struct {
 	Error string `json:"error,omitempty"`
 	// FixError says why fetching what was missing failed, with Fix.
 	FixError string `json:"fixError,omitempty"`
+	// ServedBy says what could serve the image during an outage: ServedByThisNode (Ready),
+	// "peer <name>" (with the cluster tier on, a peer holds its manifest) or ServedByNothing.
+	ServedBy string `json:"servedBy"`
+	// Peers name the peers that hold the image's manifest (cluster tier only).
+	Peers []string `json:"peers,omitempty"`
 }
 
 // DrillReport answers a DrillRequest, with the results in the order of the refs.
@@ -265,6 +277,8 @@ type DrillReport struct {
 	Results  []DrillResult `json:"results"`
 	Ready    int           `json:"ready"`
 	Total    int           `json:"total"`
+	// Cluster is true when the cluster tier is on: ServedBy may then name a peer.
+	Cluster bool `json:"cluster,omitempty"`
 }
 
 // maxDrillRefs bounds one drill.
@@ -293,6 +307,7 @@ func (s *Service) Drill(ctx context.Context, req DrillRequest) (DrillReport, err
 		}
 		rep.Results = append(rep.Results, res)
 	}
+	s.servedBy(ctx, &rep)
 	log.G(ctx).WithFields(log.Fields{"ready": rep.Ready, "total": rep.Total, "platform": rep.Platform, "fix": req.Fix}).Info("drill")
 	return rep, nil
 }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/log"
 
@@ -38,27 +39,25 @@ const peerHeaderDelay = DefaultHeaderTimeout / 2
 //
 // Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set.
 func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
-	h := &handler{auth: auth, index: index, shared: opts.Shared}
 	observe, src := opts.Observe, opts.Source
-	h.api = mirror.New(backend, mirror.Options{
-		HeaderDelay: peerHeaderDelay,
-		Observe: func(a mirror.Answer) {
-			if src != nil {
-				src.bytesOut.Add(a.Bytes)
-			}
-			if observe != nil {
-				observe(a)
-			}
-		},
-	})
+	h := &handler{auth: auth, index: index, shared: opts.Shared, observe: func(a mirror.Answer) {
+		if src != nil {
+			src.bytesOut.Add(a.Bytes)
+		}
+		if observe != nil {
+			observe(a)
+		}
+	}}
+	h.api = mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
 	return h
 }
 
 type handler struct {
-	auth   Authenticator
-	index  http.Handler
-	api    http.Handler
-	shared func(registry string) bool
+	auth    Authenticator
+	index   http.Handler
+	api     http.Handler
+	shared  func(registry string) bool
+	observe func(mirror.Answer)
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -84,19 +83,32 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveAPI answers a peer's pull request from this node's resolver.
+// serveAPI answers a peer's pull request from this node's resolver. The mirror refuses
+// methods other than GET and HEAD (405) and malformed requests.
 func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		writeError(w, r, oci.NewError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "peers only pull: "+r.Method+" is not supported"))
-		return
-	}
-	// The mirror parses the path again and answers its errors; this only finds the registry.
-	if p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub); e == nil && p.Registry != "" && h.shared != nil && !h.shared(p.Registry) {
-		writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
-		return
+	start := time.Now()
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		// The mirror parses the path again and answers its errors; this only finds the registry.
+		p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
+		if e == nil && p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
+			writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
+			h.observe(mirror.Answer{
+				Method: r.Method, Route: routeName(p), Registry: p.Registry, Repository: p.Repository,
+				Status: http.StatusNotFound, Duration: time.Since(start),
+			})
+			return
+		}
 	}
 	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
 	h.api.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// routeName names a request as mirror.Answer.Route does.
+func routeName(p oci.Path) string {
+	if p.Kind == oci.KindManifest && p.Digest == "" {
+		return "tag"
+	}
+	return p.Kind.String()
 }
 
 // writeError sends e in the distribution spec's error format (no body for a HEAD).

@@ -22,6 +22,10 @@ import (
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
+// maxAttempts bounds the holders asked for one blob or manifest, so that a lookup naming many
+// stuck ones costs at most maxAttempts × HeaderTimeout before the home or the registry.
+const maxAttempts = 4
+
 // maxRejectedPeers bounds the peers a Source remembers as rejected; past it, the one whose
 // penalty ends first is forgotten.
 const maxRejectedPeers = 1024
@@ -45,8 +49,8 @@ func (s *Source) Stats() Stats {
 	}
 }
 
-// OpenBlob asks dgst's holders in the order the lookup names them, skipping those in skip and
-// those rejected lately; the first that answers 200 with a Content-Length sends the blob. When
+// OpenBlob asks dgst's holders in the order the lookup names them (maxAttempts of them at
+// most), skipping those in skip and those rejected lately; the first that answers 200 with a Content-Length sends the blob. When
 // none does and Coalesce is on, the digest's first home is asked to fill it from the registry
 // (cluster.HeaderFill), unless it is this node, in skip, or failed already. A holder must send
 // its headers within HeaderTimeout and, after them, a byte at least every IdleTimeout.
@@ -63,6 +67,9 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 		m, ok := s.askable(h.Node, skip)
 		if !ok {
 			continue
+		}
+		if len(failed) == maxAttempts {
+			break
 		}
 		b, err := s.openBlob(ctx, m, registry, path, false)
 		if err == nil {
@@ -163,7 +170,8 @@ func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
 	return m, true
 }
 
-// Manifest fetches the manifest dgst from its holders, in order, the first 200 winning. The
+// Manifest fetches the manifest dgst from its holders, in order (maxAttempts of them at most),
+// the first 200 winning. The
 // body is bounded by resolver.MaxManifestSize and not verified: the resolver checks it.
 func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
 	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
@@ -176,6 +184,9 @@ func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst
 		m, ok := s.askable(h.Node, nil)
 		if !ok {
 			continue
+		}
+		if len(failed) == maxAttempts {
+			break
 		}
 		mediaType, body, err := s.manifestFrom(ctx, m, registry, path)
 		if err == nil {

@@ -43,7 +43,10 @@ layer. The check reads lifeboat's cache only: no upstream registry is contacted 
 the node is not affected.
 
 Exits 0 when every image would pull, 1 otherwise. With --fix, lifeboat first fetches what is
-missing from the upstreams (they must be up) and the table shows the state afterwards.`,
+missing from the upstreams (they must be up) and the table shows the state afterwards.
+
+With the cluster tier on, SERVED BY says what could serve each image while the registry is down:
+"this node", "peer <name>" (another lifeboat holds its manifest), or "nothing".`,
 		Example: `  lifeboat drill
   lifeboat drill --namespace default --platform linux/arm64
   lifeboat drill --images images.txt --fix
@@ -195,7 +198,11 @@ var longDigest = regexp.MustCompile(`(sha256:[0-9a-f]{12})[0-9a-f]{52}`)
 // printDrill prints the drill table and its summary.
 func printDrill(w io.Writer, rep admin.DrillReport) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IMAGE\tREADY\tMISSING\tBYTES MISSING")
+	head := "IMAGE\tREADY\tMISSING\tBYTES MISSING"
+	if rep.Cluster {
+		head += "\tSERVED BY"
+	}
+	fmt.Fprintln(tw, head)
 	for _, r := range rep.Results {
 		ready, missing, bytes := "yes", "-", "-"
 		switch {
@@ -216,7 +223,11 @@ func printDrill(w io.Writer, rep admin.DrillReport) error {
 				}
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Ref, ready, missing, bytes)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s", r.Ref, ready, missing, bytes)
+		if rep.Cluster {
+			fmt.Fprintf(tw, "\t%s", r.ServedBy)
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -227,5 +238,15 @@ func printDrill(w io.Writer, rep admin.DrillReport) error {
 		}
 	}
 	_, err := fmt.Fprintf(w, "%d of %d images would pull during an outage\n", rep.Ready, rep.Total)
+	if err != nil || !rep.Cluster {
+		return err
+	}
+	fromPeers := 0
+	for _, r := range rep.Results {
+		if strings.HasPrefix(r.ServedBy, admin.ServedByPeer+" ") {
+			fromPeers++
+		}
+	}
+	_, err = fmt.Fprintf(w, "%d more a peer holds (it would pull from the cluster while the registry is down)\n", fromPeers)
 	return err
 }

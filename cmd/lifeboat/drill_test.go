@@ -98,6 +98,29 @@ func TestPrintDrill(t *testing.T) {
 	}
 }
 
+// TestPrintDrillCluster: with the cluster tier on, SERVED BY says what could serve each image.
+func TestPrintDrillCluster(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	err := printDrill(&out, admin.DrillReport{Platform: "linux/amd64", Ready: 1, Total: 3, Cluster: true, Results: []admin.DrillResult{
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}}, ServedBy: admin.ServedByThisNode},
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/peer:1", Missing: []string{"layer x"}}, ServedBy: "peer node-b", Peers: []string{"node-b"}},
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true}, ServedBy: admin.ServedByNothing},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("want a header, 3 rows and two summary lines:\n%s", out.String())
+	}
+	for i, want := range []string{"SERVED BY", "this node", "peer node-b", "nothing", "1 of 3 images would pull during an outage", "1 more a peer holds"} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d %q lacks %q", i, lines[i], want)
+		}
+	}
+}
+
 func runDrill(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	cmd := newRootCommand()

@@ -26,7 +26,8 @@ func newImagesCommand() *cobra.Command {
 		Long: `List the images in the cache: each cached ref, the digest it resolves to, its platforms, the
 bytes of cached content it reaches, when it was last used, whether it is pinned, and whether it is
 complete (everything a pull for this node's platform needs is cached, so it would pull during an
-upstream outage). Listing does not count as a use of the images.
+upstream outage). Listing does not count as a use of the images. With the cluster tier on, PEERS
+names the other lifeboats that hold each image's manifest.
 
 Works without the daemon too, reading the data root directly.`,
 		Example: `  lifeboat images
@@ -66,7 +67,11 @@ func printImages(w io.Writer, rep admin.ImagesReport, now time.Time) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REF\tDIGEST\tPLATFORMS\tSIZE\tLAST USED\tPINNED\tCOMPLETE")
+	head := "REF\tDIGEST\tPLATFORMS\tSIZE\tLAST USED\tPINNED\tCOMPLETE"
+	if rep.Cluster {
+		head += "\tPEERS"
+	}
+	fmt.Fprintln(tw, head)
 	for _, img := range rep.Images {
 		plats := "-"
 		if len(img.Platforms) > 0 {
@@ -76,7 +81,11 @@ func printImages(w io.Writer, rep admin.ImagesReport, now time.Time) error {
 		if img.Error != "" {
 			complete = "error"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", img.Ref, abbrevDigest(img.Digest), plats, humanBytes(img.Size), humanAgo(img.LastUsed, now), yesOrNo(img.Pinned), complete)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s", img.Ref, abbrevDigest(img.Digest), plats, humanBytes(img.Size), humanAgo(img.LastUsed, now), yesOrNo(img.Pinned), complete)
+		if rep.Cluster {
+			fmt.Fprintf(tw, "\t%s", describePeers(img.Peers))
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -115,4 +124,23 @@ func humanAgo(t, now time.Time) string {
 		return "just now"
 	}
 	return units.HumanDuration(d) + " ago"
+}
+
+// maxPeersShown is how many peers a row of the images table names.
+const maxPeersShown = 3
+
+// describePeers names the peers that hold an image: "node-b, node-c, +4 more"; "-" for none,
+// "?" when the cluster could not tell in time.
+func describePeers(peers []string) string {
+	switch {
+	case peers == nil:
+		return "?"
+	case len(peers) == 0:
+		return "-"
+	}
+	s := strings.Join(peers[:min(len(peers), maxPeersShown)], ", ")
+	if more := len(peers) - maxPeersShown; more > 0 {
+		s += fmt.Sprintf(", +%d more", more)
+	}
+	return s
 }

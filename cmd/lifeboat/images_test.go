@@ -68,6 +68,27 @@ func TestPrintImages(t *testing.T) {
 			}
 		}
 	}
+	if strings.Contains(lines[0], "PEERS") {
+		t.Errorf("a PEERS column with the cluster tier off: %q", lines[0])
+	}
+
+	// With the cluster tier on, PEERS names who holds each image.
+	out.Reset()
+	err = printImages(&out, admin.ImagesReport{Cluster: true, Images: []admin.Image{
+		{Ref: "docker.io/library/a:1", Digest: d, Peers: []string{"n1", "n2", "n3", "n4", "n5"}},
+		{Ref: "docker.io/library/b:1", Digest: d, Peers: []string{}},
+		{Ref: "docker.io/library/c:1", Digest: d},
+	}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(out.String()), "\n")
+	for i, want := range []string{"PEERS", "n1, n2, n3, +2 more", " -", " ?"} {
+		if !strings.HasSuffix(strings.TrimRight(lines[i], " "), want) {
+			t.Errorf("cluster line %d %q does not end with %q", i, lines[i], want)
+		}
+	}
+
 	out.Reset()
 	if err := printImages(&out, admin.ImagesReport{Images: []admin.Image{}}, now); err != nil || out.String() != "no images are cached\n" {
 		t.Errorf("an empty cache: %q %v", out.String(), err)

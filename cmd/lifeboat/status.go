@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -67,6 +68,7 @@ func newStatusCommand() *cobra.Command {
 				tw.Flush()
 			}
 			printFailedRevalidations(out, st.FailedRevalidations)
+			printCluster(out, st.Cluster)
 			return nil
 		},
 	}
@@ -124,6 +126,60 @@ func printFailedRevalidations(out io.Writer, fs []resolver.FailedRevalidation) {
 	}
 	tw.Flush()
 	if n := len(fs) - statusMaxFailures; n > 0 {
+		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
+	}
+}
+
+// statusMaxMembers is how many members the text form of status lists.
+const statusMaxMembers = 50
+
+// printCluster prints the cluster section: members by state, this node's index, peer traffic,
+// and the members themselves, the ones not alive first. Nothing when the tier is off.
+func printCluster(out io.Writer, c *admin.ClusterStatus) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "Cluster")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "node\t%s\n", c.Node)
+	var states []string
+	for _, st := range []cluster.MemberState{cluster.Alive, cluster.Suspect, cluster.Dead, cluster.Left} {
+		if n := c.MembersByState[st]; n > 0 || st == cluster.Alive {
+			states = append(states, fmt.Sprintf("%d %s", n, st))
+		}
+	}
+	fmt.Fprintf(tw, "members\t%s\n", strings.Join(states, ", "))
+	fmt.Fprintf(tw, "homed keys\t%d (%d records, %s)", c.HomedKeys, c.IndexEntries, humanBytes(c.IndexBytes))
+	if c.IndexDropped > 0 {
+		fmt.Fprintf(tw, ", %d records dropped: the index is full", c.IndexDropped)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "lookups\t%d found, %d not found, %d failed\n", c.LookupsFound, c.LookupsNotFound, c.LookupsFailed)
+	fmt.Fprintf(tw, "peer traffic\t%s in, %s out, %d coalesced fills, %d rejected\n", humanBytes(c.PeerBytesIn), humanBytes(c.PeerBytesOut), c.CoalescedFills, c.Rejected)
+	tw.Flush()
+
+	members := slices.Clone(c.Members)
+	// Trouble first: dead, suspect, left, then alive; by name within a state.
+	rank := map[cluster.MemberState]int{cluster.Dead: 0, cluster.Suspect: 1, cluster.Left: 2, cluster.Alive: 3}
+	slices.SortStableFunc(members, func(a, b admin.ClusterMember) int {
+		if d := rank[a.State] - rank[b.State]; d != 0 {
+			return d
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tPEER ADDRESS")
+	for _, m := range members[:min(len(members), statusMaxMembers)] {
+		name := m.Name
+		if m.Self {
+			name += " (this node)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", name, m.State, m.Peer)
+	}
+	tw.Flush()
+	if n := len(members) - statusMaxMembers; n > 0 {
 		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
 	}
 }

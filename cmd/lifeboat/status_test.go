@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dev/lifeboat/admin"
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -47,5 +50,58 @@ func TestPrintFailedRevalidations(t *testing.T) {
 	}
 	if last := lines[len(lines)-1]; !strings.Contains(last, "3 more") || !strings.Contains(last, "status --json") {
 		t.Errorf("last line %q, want it to say 3 more are in status --json", last)
+	}
+}
+
+// TestPrintCluster: status's cluster section counts members by state, shows this node's index
+// and peer traffic, and lists the members trouble first, at most statusMaxMembers of them.
+func TestPrintCluster(t *testing.T) {
+	var b strings.Builder
+	printCluster(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("tier off printed %q, want nothing", b.String())
+	}
+	c := &admin.ClusterStatus{
+		Node:           "node-a",
+		MembersByState: map[cluster.MemberState]int{cluster.Alive: 2 + statusMaxMembers, cluster.Dead: 1},
+		Members: []admin.ClusterMember{
+			{Name: "node-a", Peer: "10.0.0.1:5102", State: cluster.Alive, Self: true},
+			{Name: "node-z", Peer: "10.0.0.26:5102", State: cluster.Dead},
+			{Name: "node-b", Peer: "10.0.0.2:5102", State: cluster.Alive},
+		},
+		HomedKeys: 1200, IndexEntries: 3400, IndexBytes: 2 << 20,
+		LookupsFound: 9, LookupsNotFound: 4, LookupsFailed: 1,
+		PeerBytesIn: 3 << 30, PeerBytesOut: 1 << 20, CoalescedFills: 6, Rejected: 2,
+	}
+	for i := range statusMaxMembers {
+		c.Members = append(c.Members, admin.ClusterMember{Name: fmt.Sprintf("node-m%02d", i), State: cluster.Alive})
+	}
+	printCluster(&b, c)
+	out := b.String()
+	for _, want := range []string{
+		"Cluster\n", "node-a\n", "members       52 alive, 1 dead\n", "homed keys    1200 (3400 records, 2.0 MiB)",
+		"lookups       9 found, 4 not found, 1 failed", "peer traffic  3.0 GiB in, 1.0 MiB out, 6 coalesced fills, 2 rejected",
+		"MEMBER", "... and 3 more (status --json lists them all)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cluster section has no %q:\n%s", want, out)
+		}
+	}
+	rows := strings.Split(out[strings.Index(out, "MEMBER"):], "\n")
+	if !strings.HasPrefix(rows[1], "node-z") || !strings.Contains(rows[1], "dead") || !strings.HasPrefix(rows[2], "node-a (this node)") {
+		t.Errorf("members not listed dead first, then by name:\n%s", out)
+	}
+}
+
+func TestDescribeOutageTarget(t *testing.T) {
+	for target, want := range map[string]string{
+		outage.TargetUpstream: "blackhole on every registry, 0 requests affected",
+		outage.TargetPeers:    "blackhole on every registry, cutting peers only, 0 requests affected",
+		outage.TargetAll:      "blackhole on every registry, cutting registries and peers, 0 requests affected",
+	} {
+		got := describeOutage(outage.Status{Active: true, Spec: outage.Spec{Mode: "blackhole", Target: target}})
+		if got != want {
+			t.Errorf("target %s: %q, want %q", target, got, want)
+		}
 	}
 }

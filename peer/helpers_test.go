@@ -1,0 +1,386 @@
+package peer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/mirror"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/upstream"
+)
+
+const (
+	testRegistry = "registry.test"
+	testRepo     = "team/app"
+	// authScheme is the test authenticator's token: "Test <node>".
+	authScheme = "Test "
+)
+
+// testUpstream is a real registry (go-containerregistry's) behind httptest, counting blob GETs.
+type testUpstream struct {
+	*httptest.Server
+	blobGets atomic.Int64
+}
+
+func newTestUpstream(t *testing.T) *testUpstream {
+	t.Helper()
+	u := &testUpstream{}
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			u.blobGets.Add(1)
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// testImage is an image pushed to a test upstream.
+type testImage struct {
+	img      v1.Image
+	layer    digest.Digest
+	data     []byte // the layer's bytes
+	manifest digest.Digest
+	raw      []byte // the manifest's bytes
+}
+
+// push writes a random image of one layer of size bytes to testRepo:tag.
+func (u *testUpstream) push(t *testing.T, tag string, size int64) testImage {
+	t.Helper()
+	img, err := random.Image(size, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+testRepo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testImage{img: img, layer: digest.Digest(ld.String()), data: data, manifest: digest.Digest(md.String()), raw: raw}
+}
+
+// newTestResolver returns a resolver over a real cache in a temporary directory whose
+// testRegistry upstream is up.
+func newTestResolver(t *testing.T, up *testUpstream) *resolver.Resolver {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := resolver.New(store, resolver.Options{
+		UpstreamTimeout:  3 * time.Second, // generous: tests run in parallel under -race on 2 cores
+		IdleTimeout:      5 * time.Second,
+		FillTimeout:      time.Minute,
+		VerifyBeforeSend: -1,
+		Endpoints:        map[string][]string{testRegistry: {up.URL}},
+		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+			return upstream.New(registry, endpoint, upstream.Options{})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		store.Close()
+	})
+	return r
+}
+
+// testAuth accepts the token "Test <node>" of the nodes it knows.
+type testAuth struct{ nodes []string }
+
+func (a testAuth) Verify(req *http.Request) (string, error) {
+	node, ok := strings.CutPrefix(req.Header.Get(cluster.HeaderAuthorization), authScheme)
+	for _, n := range a.nodes {
+		if ok && node == n {
+			return node, nil
+		}
+	}
+	return "", fmt.Errorf("no valid token: %w", errdefs.ErrUnauthenticated)
+}
+
+// countingBackend is a mirror.Backend that counts the calls that reach it.
+type countingBackend struct {
+	mirror.Backend
+	calls, blobs atomic.Int64
+}
+
+func (b *countingBackend) Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error) {
+	b.calls.Add(1)
+	return b.Backend.Manifest(ctx, registry, repository, reference)
+}
+
+func (b *countingBackend) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error) {
+	b.calls.Add(1)
+	return b.Backend.StatBlob(ctx, registry, repository, dgst)
+}
+
+func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (mirror.Blob, error) {
+	b.calls.Add(1)
+	b.blobs.Add(1)
+	return b.Backend.Blob(ctx, registry, repository, dgst)
+}
+
+func (b *countingBackend) Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error) {
+	b.calls.Add(1)
+	return b.Backend.Tags(ctx, registry, repository)
+}
+
+func (b *countingBackend) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
+	b.calls.Add(1)
+	return b.Backend.Referrers(ctx, registry, repository, dgst, artifactType)
+}
+
+// testNode is another lifeboat as its peers see it: the real peer handler over a real resolver
+// and cache, on a loopback listener.
+type testNode struct {
+	name     string
+	srv      *httptest.Server
+	resolver *resolver.Resolver
+	backend  *countingBackend
+	// source counts what the handler sends (HandlerOptions.Source).
+	source *Source
+	// requests counts the /v2/ requests that reached the listener; fills those with
+	// cluster.HeaderFill "1".
+	requests, fills atomic.Int64
+}
+
+// newTestNode starts a node whose registry upstream is up, with opts (Source is set here).
+func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions) *testNode {
+	t.Helper()
+	n := &testNode{name: nodeName, resolver: newTestResolver(t, up)}
+	n.backend = &countingBackend{Backend: mirror.FromResolver(n.resolver)}
+	n.source = NewSource(&testCluster{name: nodeName}, SourceOptions{})
+	opts.Source = n.source
+	index := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no index here", http.StatusNotFound)
+	})
+	h := NewHandler(testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
+	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v2/") {
+			n.requests.Add(1)
+			if r.Header.Get(cluster.HeaderFill) == "1" {
+				n.fills.Add(1)
+			}
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(n.srv.Close)
+	return n
+}
+
+func (n *testNode) member() cluster.Member {
+	return cluster.Member{Name: n.name, PeerAddr: strings.TrimPrefix(n.srv.URL, "http://"), State: cluster.Alive}
+}
+
+// warm caches the blob dgst in the node, through its own resolver.
+func (n *testNode) warm(t *testing.T, dgst digest.Digest) {
+	t.Helper()
+	b, err := n.resolver.Blob(t.Context(), testRegistry, testRepo, dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rc, err := b.Reader(0, b.Descriptor.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testCluster is a Cluster whose index and homes the test sets, and whose client signs with the
+// test authenticator's token.
+type testCluster struct {
+	name string
+
+	mu        sync.Mutex
+	members   map[string]cluster.Member
+	holders   map[string][]cluster.Holder
+	homes     map[string][]cluster.Member
+	announced []cluster.Record
+	lookupErr error
+	lookups   atomic.Int64
+}
+
+var _ Cluster = (*testCluster)(nil)
+
+func newTestCluster(self string, members ...cluster.Member) *testCluster {
+	c := &testCluster{name: self, members: map[string]cluster.Member{}, holders: map[string][]cluster.Holder{}, homes: map[string][]cluster.Member{}}
+	for _, m := range members {
+		c.members[m.Name] = m
+	}
+	return c
+}
+
+func (c *testCluster) setHolders(key string, nodes ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holders[key] = nil
+	for _, n := range nodes {
+		c.holders[key] = append(c.holders[key], cluster.Holder{Node: n})
+	}
+}
+
+func (c *testCluster) setHomes(key string, homes ...cluster.Member) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.homes[key] = homes
+}
+
+func (c *testCluster) Name() string { return c.name }
+
+func (c *testCluster) Lookup(ctx context.Context, key string) ([]cluster.Holder, error) {
+	c.lookups.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lookupErr != nil {
+		return nil, c.lookupErr
+	}
+	return append([]cluster.Holder(nil), c.holders[key]...), nil
+}
+
+func (c *testCluster) Homes(key string) []cluster.Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.homes[key]
+}
+
+func (c *testCluster) Member(name string) (cluster.Member, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.members[name]
+	return m, ok
+}
+
+func (c *testCluster) Announce(recs ...cluster.Record) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.announced = append(c.announced, recs...)
+}
+
+func (c *testCluster) Client() *http.Client {
+	return &http.Client{Transport: signing{name: c.name, base: http.DefaultTransport}}
+}
+
+// signing adds the test authenticator's token to every request.
+type signing struct {
+	name string
+	base http.RoundTripper
+}
+
+func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
+	req.Header.Set(cluster.HeaderPeer, s.name)
+	return s.base.RoundTrip(req)
+}
+
+// stuckPeer is a peer listener that sends nothing until the request ends (a SIGSTOPped node);
+// with half set, it sends the headers and the first half of body, then stops.
+type stuckPeer struct {
+	*httptest.Server
+	requests atomic.Int64
+}
+
+func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
+	t.Helper()
+	release := make(chan struct{})
+	p := &stuckPeer{}
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.requests.Add(1)
+		if half {
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(func() {
+		close(release)
+		p.Close()
+	})
+	return p
+}
+
+func (p *stuckPeer) member(name string) cluster.Member {
+	return cluster.Member{Name: name, PeerAddr: strings.TrimPrefix(p.URL, "http://"), State: cluster.Alive}
+}
+
+// readBlob reads a peer blob whole and closes it.
+func readBlob(t *testing.T, b resolver.PeerBlob) []byte {
+	t.Helper()
+	defer b.Body.Close()
+	data, err := io.ReadAll(b.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// waitFor polls cond until it holds, failing the test after a generous deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,374 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
+)
+
+func TestBlobFromAHolder(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 256<<10)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+	upstreamGets := up.blobGets.Load()
+
+	c := newTestCluster("a", b.member())
+	c.setHolders(cluster.BlobKey(img.layer), "b")
+	src := NewSource(c, SourceOptions{})
+	blob, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if blob.Peer != "b" || blob.ViaHome || blob.Size != int64(len(img.data)) {
+		t.Errorf("blob from %q (via home %v) of %d bytes, want from b, not via home, of %d", blob.Peer, blob.ViaHome, blob.Size, len(img.data))
+	}
+	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+		t.Fatalf("got %d bytes that differ from the layer's %d", len(got), len(img.data))
+	}
+	if n := up.blobGets.Load() - upstreamGets; n != 0 {
+		t.Errorf("b served the blob with %d upstream GETs, want none (from its cache)", n)
+	}
+	st := src.Stats()
+	if st.BytesIn != int64(len(img.data)) || st.PeerAnswers != 1 || st.CoalescedFills != 0 {
+		t.Errorf("requester's stats %+v, want BytesIn %d, one peer answer, no coalesced fill", st, len(img.data))
+	}
+	waitFor(t, "b to count the bytes it sent", func() bool { return b.source.Stats().BytesOut == int64(len(img.data)) })
+}
+
+func TestManifestFromAHolder(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 1024)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	if _, err := b.resolver.Manifest(t.Context(), testRegistry, testRepo, "v1"); err != nil {
+		t.Fatal(err)
+	}
+
+	c := newTestCluster("a", b.member())
+	c.setHolders(cluster.BlobKey(img.manifest), "b")
+	src := NewSource(c, SourceOptions{})
+	mediaType, body, peer, err := src.Manifest(t.Context(), testRegistry, testRepo, img.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, err := img.img.MediaType()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer != "b" || mediaType != string(mt) || !bytes.Equal(body, img.raw) {
+		t.Errorf("manifest from %q, %q, %d bytes; want from b, %q, the pushed %d bytes", peer, mediaType, len(body), mt, len(img.raw))
+	}
+
+	// A manifest nobody holds: not found, and nobody asked.
+	c.setHolders(cluster.BlobKey(img.manifest))
+	requests := b.requests.Load()
+	if _, _, _, err := src.Manifest(t.Context(), testRegistry, testRepo, img.manifest); !errdefs.IsNotFound(err) {
+		t.Errorf("manifest without holders: %v, want not found", err)
+	}
+	if b.requests.Load() != requests {
+		t.Error("a manifest without holders was asked of a peer")
+	}
+}
+
+func TestStuckHolderIsSkipped(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 64<<10)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+	stuck := newStuckPeer(t, nil, false)
+
+	c := newTestCluster("a", stuck.member("s"), b.member())
+	c.setHolders(cluster.BlobKey(img.layer), "s", "b")
+	src := NewSource(c, SourceOptions{HeaderTimeout: 200 * time.Millisecond})
+	// The deadline only ends the test cleanly should the stuck holder hang it.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	blob, err := src.OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stuck.requests.Load() != 1 {
+		t.Errorf("the stuck holder got %d requests, want 1 (it is first)", stuck.requests.Load())
+	}
+	if blob.Peer != "b" {
+		t.Errorf("blob from %q, want b after the stuck holder", blob.Peer)
+	}
+	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+		t.Fatal("wrong bytes from b")
+	}
+}
+
+func TestBodyThatStopsFailsTheRead(t *testing.T) {
+	t.Parallel()
+	data := bytes.Repeat([]byte("x"), 1<<10)
+	stuck := newStuckPeer(t, data, true)
+	c := newTestCluster("a", stuck.member("s"))
+	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+	c.setHolders(cluster.BlobKey(dgst), "s")
+	src := NewSource(c, SourceOptions{IdleTimeout: 200 * time.Millisecond})
+	// The deadline only ends the test cleanly should the stopped body hang it.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	blob, err := src.OpenBlob(ctx, testRegistry, testRepo, dgst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blob.Body.Close()
+	buf := make([]byte, len(data))
+	n := 0
+	for err == nil {
+		var m int
+		m, err = blob.Body.Read(buf[n:])
+		n += m
+	}
+	if n != len(data)/2 || !errdefs.IsUnavailable(err) {
+		t.Errorf("read %d bytes, then %v; want the %d sent, then unavailable (no byte in time)", n, err, len(data)/2)
+	}
+}
+
+func TestHolderWithout404IsSkipped(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 64<<10)
+	// e's registry does not have the image: it answers 404.
+	e := newTestNode(t, "c", newTestUpstream(t), HandlerOptions{})
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+
+	c := newTestCluster("a", e.member(), b.member())
+	c.setHolders(cluster.BlobKey(img.layer), "c", "b")
+	src := NewSource(c, SourceOptions{})
+	blob, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.backend.blobs.Load() != 1 {
+		t.Errorf("the holder without the blob was asked %d times, want 1", e.backend.blobs.Load())
+	}
+	if blob.Peer != "b" {
+		t.Errorf("blob from %q, want b", blob.Peer)
+	}
+	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+		t.Fatal("wrong bytes from b")
+	}
+
+	// Only holders that answer 404: not found, which sends the resolver to the registry.
+	c.setHolders(cluster.BlobKey(img.layer), "c")
+	if _, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil); !errdefs.IsNotFound(err) {
+		t.Errorf("only a 404 holder: %v, want not found", err)
+	}
+}
+
+func TestRejectedAndSkippedPeersAreNotAsked(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 64<<10)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+	d := newTestNode(t, "c", up, HandlerOptions{})
+	d.warm(t, img.layer)
+
+	c := newTestCluster("a", b.member(), d.member())
+	c.setHolders(cluster.BlobKey(img.layer), "b", "c")
+	c.setHomes(cluster.BlobKey(img.layer), b.member())
+	src := NewSource(c, SourceOptions{Coalesce: true})
+
+	// skip: b sent bad bytes of this blob in this pull.
+	blob, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, []string{"b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readBlob(t, blob)
+	if blob.Peer != "c" || b.requests.Load() != 0 {
+		t.Fatalf("blob from %q, b asked %d times; want from c, b never", blob.Peer, b.requests.Load())
+	}
+
+	// Reject: b is not asked again for any blob, nor as the home that would fill it.
+	src.Reject("b", img.layer)
+	for range 2 {
+		blob, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readBlob(t, blob)
+		if blob.Peer != "c" {
+			t.Errorf("blob from %q, want c", blob.Peer)
+		}
+	}
+	c.setHolders(cluster.BlobKey(img.layer), "b")
+	if _, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil); !errdefs.IsNotFound(err) {
+		t.Errorf("only a rejected holder: %v, want not found", err)
+	}
+	if b.requests.Load() != 0 {
+		t.Errorf("the rejected peer was asked %d times", b.requests.Load())
+	}
+	if st := src.Stats(); st.Rejected != 1 {
+		t.Errorf("Rejected = %d, want 1", st.Rejected)
+	}
+
+	// The penalty ends.
+	short := NewSource(c, SourceOptions{RejectFor: time.Millisecond})
+	short.Reject("b", img.layer)
+	waitFor(t, "the penalty to end", func() bool { return !short.isRejected("b") })
+	blob, err = short.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readBlob(t, blob)
+	if blob.Peer != "b" {
+		t.Errorf("after the penalty, blob from %q, want b", blob.Peer)
+	}
+}
+
+func TestRejectedPeersAreBounded(t *testing.T) {
+	t.Parallel()
+	src := NewSource(newTestCluster("a"), SourceOptions{})
+	for i := range maxRejectedPeers + 10 {
+		src.Reject(fmt.Sprint("peer-", i), "sha256:x")
+	}
+	src.mu.Lock()
+	n := len(src.bad)
+	src.mu.Unlock()
+	if n != maxRejectedPeers {
+		t.Errorf("%d rejected peers remembered, want the bound %d", n, maxRejectedPeers)
+	}
+}
+
+func TestCoalescedFillThroughTheHome(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 256<<10)
+	home := newTestNode(t, "h", up, HandlerOptions{})
+	key := cluster.BlobKey(img.layer)
+
+	tests := []struct {
+		name     string
+		coalesce bool
+		homes    []cluster.Member
+		skip     []string
+		viaHome  bool
+	}{
+		{name: "coalesce", coalesce: true, homes: []cluster.Member{home.member()}, viaHome: true},
+		{name: "coalesce off", homes: []cluster.Member{home.member()}},
+		{name: "this node is the home", coalesce: true, homes: []cluster.Member{{Name: "a", PeerAddr: "127.0.0.1:1", State: cluster.Alive, Self: true}, home.member()}},
+		{name: "home in skip", coalesce: true, homes: []cluster.Member{home.member()}, skip: []string{"h"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCluster("a", home.member())
+			c.setHomes(key, tt.homes...)
+			src := NewSource(c, SourceOptions{Coalesce: tt.coalesce})
+			requests, fills, blobs := home.requests.Load(), home.fills.Load(), home.backend.blobs.Load()
+			blob, err := src.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, tt.skip)
+			if !tt.viaHome {
+				if !errdefs.IsNotFound(err) {
+					t.Errorf("OpenBlob: %v, want not found", err)
+				}
+				if home.requests.Load() != requests {
+					t.Error("the home was asked")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !blob.ViaHome || blob.Peer != "h" {
+				t.Errorf("blob from %q, via home %v; want from h via its fill", blob.Peer, blob.ViaHome)
+			}
+			if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+				t.Fatal("wrong bytes through the home")
+			}
+			if home.fills.Load() != fills+1 || home.backend.blobs.Load() != blobs+1 {
+				t.Errorf("the home got %d fill requests and %d blob calls, want 1 and 1", home.fills.Load()-fills, home.backend.blobs.Load()-blobs)
+			}
+			if st := src.Stats(); st.CoalescedFills != 1 {
+				t.Errorf("CoalescedFills = %d, want 1", st.CoalescedFills)
+			}
+		})
+	}
+}
+
+func TestLookupFailure(t *testing.T) {
+	t.Parallel()
+	c := newTestCluster("a")
+	c.lookupErr = errors.New("no home answered")
+	src := NewSource(c, SourceOptions{Coalesce: true})
+	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+	if _, err := src.OpenBlob(t.Context(), testRegistry, testRepo, dgst, nil); err == nil || errdefs.IsNotFound(err) {
+		t.Errorf("OpenBlob: %v, want the lookup's failure", err)
+	}
+	if _, err := src.Holders(t.Context(), dgst); err == nil {
+		t.Error("Holders: no error, want the lookup's failure")
+	}
+}
+
+func TestHoldersAndAnnouncements(t *testing.T) {
+	t.Parallel()
+	c := newTestCluster("a")
+	src := NewSource(c, SourceOptions{})
+	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+	names, err := src.Holders(t.Context(), dgst)
+	if err != nil || len(names) != 0 {
+		t.Errorf("Holders = %v, %v; want none", names, err)
+	}
+	c.setHolders(cluster.BlobKey(dgst), "b", "c")
+	names, err = src.Holders(t.Context(), dgst)
+	if err != nil || !slices.Equal(names, []string{"b", "c"}) {
+		t.Errorf("Holders = %v, %v; want [b c]", names, err)
+	}
+
+	date := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	src.Cached(testRegistry, testRepo, dgst)
+	src.Revalidated(testRegistry, testRepo, "v1", dgst, date)
+	want := []cluster.Record{
+		{Key: cluster.BlobKey(dgst)},
+		{Key: cluster.TagKey(testRegistry, testRepo, "v1"), Digest: dgst, Date: date},
+	}
+	if !slices.Equal(c.announced, want) {
+		t.Errorf("announced %+v, want %+v", c.announced, want)
+	}
+}
+
+func TestHolderAttemptsAreBounded(t *testing.T) {
+	t.Parallel()
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
+	c := newTestCluster("a")
+	var names []string
+	for i := range maxAttempts + 3 {
+		m := cluster.Member{Name: fmt.Sprint("n", i), PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
+		c.members[m.Name] = m
+		names = append(names, m.Name)
+	}
+	c.setHolders(cluster.BlobKey(dgst), names...)
+	src := NewSource(c, SourceOptions{})
+	if _, err := src.OpenBlob(t.Context(), testRegistry, testRepo, dgst, nil); !errdefs.IsNotFound(err) {
+		t.Errorf("OpenBlob: %v, want not found", err)
+	}
+	if _, _, _, err := src.Manifest(t.Context(), testRegistry, testRepo, dgst); !errdefs.IsNotFound(err) {
+		t.Errorf("Manifest: %v, want not found", err)
+	}
+	if asked.Load() != 2*maxAttempts {
+		t.Errorf("%d requests for a blob and a manifest, want %d each", asked.Load(), maxAttempts)
+	}
+}

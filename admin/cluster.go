@@ -29,8 +29,9 @@ type ClusterPeers interface {
 	// Holders names the peers that hold a blob or manifest; empty when none does. An error
 	// means the cluster could not tell.
 	Holders(ctx context.Context, dgst digest.Digest) ([]string, error)
-	// Tag resolves a tag from the peers' records. errdefs.ErrNotFound when no peer knows it.
-	Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error)
+	// Tag resolves a tag from the peers' records, with the winning record's registry Date.
+	// errdefs.ErrNotFound when no peer knows it.
+	Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error)
 }
 
 var (
@@ -212,7 +213,7 @@ func (s *Service) rootDigest(ctx context.Context, ref string) digest.Digest {
 	}
 	ctx, cancel := context.WithTimeout(ctx, maxHoldersWait)
 	defer cancel()
-	dgst, err := s.Peers.Tag(ctx, reference.Domain(named), reference.Path(named), tagged.Tag())
+	dgst, _, err := s.Peers.Tag(ctx, reference.Domain(named), reference.Path(named), tagged.Tag())
 	if err != nil {
 		return ""
 	}

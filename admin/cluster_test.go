@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -49,11 +50,11 @@ func (p *fakePeers) Holders(_ context.Context, dgst digest.Digest) ([]string, er
 	return p.held[dgst], nil
 }
 
-func (p *fakePeers) Tag(_ context.Context, registry, repository, tag string) (digest.Digest, error) {
+func (p *fakePeers) Tag(_ context.Context, registry, repository, tag string) (digest.Digest, time.Time, error) {
 	if d, ok := p.tags[registry+"/"+repository+":"+tag]; ok {
-		return d, nil
+		return d, time.Time{}, nil
 	}
-	return "", errdefs.ErrNotFound
+	return "", time.Time{}, errdefs.ErrNotFound
 }
 
 func TestStatusCluster(t *testing.T) {

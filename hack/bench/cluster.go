@@ -536,8 +536,18 @@ func freeGossip(ip string) (string, error) {
 	return "", fmt.Errorf("no free TCP and UDP port on %s", ip)
 }
 
-// simulate renders the routing simulation for 1,000 and 10,000 members.
-func simulate() string { return "" }
+// simulate renders the routing simulation (cluster.Simulate, its defaults: 10,000 images,
+// 200 per member, one pull a second cluster-wide) for 1,000 and 10,000 members.
+func simulate() string {
+	var reps []cluster.SimReport
+	for _, members := range []int{1000, 10_000} {
+		reps = append(reps, cluster.Simulate(cluster.SimOptions{Members: members, Seed: 1}))
+	}
+	o := reps[0].Options
+	return fmt.Sprintf("%d images (%d layers each, %d from one of %d base images), %d per member drawn by popularity (Zipf %.1f), "+
+		"%d replicas, one pull a second cluster-wide, announcements batched every %s and refreshed every %s:\n\n%s",
+		o.Images, o.LayersPerImage, o.BaseLayers, o.Bases, o.ImagesPerNode, o.Zipf, o.Replicas, o.AnnounceInterval, o.RefreshInterval, cluster.SimTable(reps))
+}
 
 func renderCluster(b *strings.Builder, r clusterResults) {
 	fmt.Fprintf(b, "\n## Cluster tier (lifeboat processes on loopback addresses 127.0.0.x, the distribution registry upstream)\n\n")

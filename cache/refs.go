@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -198,6 +199,31 @@ func (s *Store) Linked(ctx context.Context, repository string, dgst digest.Diges
 		return nil
 	})
 	return ok, err
+}
+
+// EachLink calls fn with every link (repository, digest), by repository then digest, until fn
+// returns false. It reads one consistent view of the index and holds it while fn runs: fn must
+// be quick and must not call the Store.
+func (s *Store) EachLink(ctx context.Context, fn func(repository string, dgst digest.Digest) bool) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		links := tx.Bucket(bucketLinks)
+		stop := errors.New("stop")
+		err := links.ForEachBucket(func(repo []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return links.Bucket(repo).ForEach(func(k, _ []byte) error {
+				if !fn(string(repo), digest.Digest(k)) {
+					return stop
+				}
+				return nil
+			})
+		})
+		if errors.Is(err, stop) {
+			return nil
+		}
+		return err
+	})
 }
 
 // unlinkAll drops the links of removed blobs from every repository, and repositories left

@@ -21,11 +21,13 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/outage"
+	"github.com/lifeboat-dev/lifeboat/peer"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -47,6 +49,9 @@ type Daemon struct {
 	Resolver *resolver.Resolver
 	Outage   *outage.Simulator
 	Admin    *admin.Service
+	// Cluster and Peers are the cluster tier, nil unless [cluster] join is set.
+	Cluster *cluster.Node
+	Peers   *peer.Source
 
 	cfg     config.Config
 	opts    Options
@@ -54,6 +59,7 @@ type Daemon struct {
 	plugins *pluginServer
 	reg     *prometheus.Registry
 	answers *metrics.Mirror
+	left    bool // leaveCluster ran
 }
 
 // New claims every address of cfg, opens the cache in cfg.Root and builds the daemon over it,
@@ -68,6 +74,12 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 			return nil, fmt.Errorf("cannot simulate the outage [outage] asks for: %w", err)
 		}
 		bootOutage = &spec
+	}
+	var secret []byte
+	if cfg.Cluster.Enabled() && !opts.MirrorOnly {
+		if secret, err = cluster.LoadSecret(cfg.Cluster.SecretFile); err != nil {
+			return nil, fmt.Errorf("cannot start the cluster tier: [cluster] secret_file: %w", err)
+		}
 	}
 
 	// undo removes what New created when it fails; Run takes it over.
@@ -87,7 +99,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 	}
 	undo.removeCreated(cfg.Root)
 	d = &Daemon{cfg: cfg, opts: opts, lns: lns, reg: prometheus.NewRegistry(), Outage: outage.New()}
-	if err := d.open(ctx, &undo); err != nil {
+	if err := d.open(ctx, &undo, secret); err != nil {
 		return nil, err
 	}
 	used, budget := d.Store.Usage()
@@ -107,6 +119,11 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 	if opts.MirrorOnly {
 		d.Admin.Listeners = map[string]string{"mirror": mirrorAddr}
 	}
+	if d.Cluster != nil {
+		d.Admin.Listeners["peer"] = lns.peer.Addr().String()
+		d.Admin.Listeners["gossip"] = cfg.Cluster.GossipAddress
+		d.Admin.Cluster, d.Admin.Peers = d.Cluster, d.Peers
+	}
 	if err := d.Admin.Init(ctx); err != nil {
 		return nil, err
 	}
@@ -124,6 +141,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewCacheCollector(d.Store), metrics.NewUpstreamCollector(d.Resolver), metrics.NewOutageCollector(d.Outage))
+	if d.Cluster != nil {
+		d.reg.MustRegister(metrics.NewClusterCollector(d.Cluster, d.Peers))
+	}
 	d.answers = metrics.NewMirror(d.reg)
 	d.Admin.Answers = d.answers.Answers
 	// Run owns the listeners and the parts now, and the root is the cache's.
@@ -131,9 +151,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 	return d, nil
 }
 
-// open opens the cache and builds the resolver over it, with one upstream client per
-// configured endpoint behind the outage simulator; undo learns to close them.
-func (d *Daemon) open(ctx context.Context, undo *undoList) error {
+// open opens the cache, joins the cluster when [cluster] join is set (secret is its key), and
+// builds the resolver over them, with one upstream client per configured endpoint behind the
+// outage simulator; undo learns to close them.
+func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error {
 	store, err := cache.Open(ctx, d.cfg.Root, cache.Options{MaxSize: int64(d.cfg.Cache.MaxSize)})
 	if err != nil {
 		if errdefs.IsUnavailable(err) {
@@ -143,8 +164,17 @@ func (d *Daemon) open(ctx context.Context, undo *undoList) error {
 	}
 	undo.add(func() { d.closeStore(ctx) })
 	d.Store = store
+	var peers resolver.Peers // a nil *peer.Source would not be a nil Peers
+	if d.lns != nil && d.lns.peer != nil {
+		node, source, err := d.startCluster(ctx, secret, d.lns.peer)
+		if err != nil {
+			return err
+		}
+		undo.add(func() { d.leaveCluster(ctx) })
+		d.Cluster, d.Peers, peers = node, source, source
+	}
 	upstreamMetrics := metrics.NewUpstream(d.reg)
-	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics)
+	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers)
 	if err != nil {
 		return err
 	}
@@ -178,6 +208,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.plugins != nil {
 		g.Go(func() error { return d.plugins.run(gctx, d.lns.plugin, grace) })
 	}
+	if d.Cluster != nil {
+		g.Go(func() error { return serveHTTP(gctx, "cluster peer listener", d.lns.peer, d.peerHandler(), grace) })
+	}
 	log.G(ctx).Info("lifeboat is running")
 	if !d.opts.MirrorOnly {
 		// Every listener is open and the cache is recovered: a Type=notify unit counts as
@@ -190,8 +223,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	err := g.Wait()
-	// The servers closed their listeners (and the plugin server its snapshotter); the cache is
-	// closed last, once no server, request or fill uses it; not at all if a request would not end.
+	// The servers closed their listeners (and the plugin server its snapshotter); this node
+	// leaves the cluster, so that the others stop asking it; the cache is closed last, once no
+	// server, request or fill uses it; not at all if a request would not end.
+	d.leaveCluster(ctx)
 	d.Resolver.Close()
 	if errors.Is(err, serving.ErrHandlersRunning) {
 		log.G(ctx).Error("leaving the cache open: requests still use it; the next start recovers it")
@@ -200,6 +235,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	log.G(ctx).Info("lifeboat stopped")
 	return err
+}
+
+// leaveCluster leaves the cluster, if this node is in one, once.
+func (d *Daemon) leaveCluster(ctx context.Context) {
+	if d.Cluster == nil || d.left {
+		return
+	}
+	d.left = true
+	if err := d.Cluster.Close(); err != nil {
+		log.G(ctx).WithError(err).Warn("leaving the cluster")
+	}
 }
 
 func (d *Daemon) closeStore(ctx context.Context) {

@@ -12,9 +12,11 @@ import (
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 )
 
-// listeners are the daemon's open addresses; metrics, plugin and admin are nil when off.
+// listeners are the daemon's open addresses; metrics, plugin, admin and peer are nil when off.
 type listeners struct {
 	mirror, metrics, admin, plugin net.Listener
+	// peer is the cluster tier's peer listener ([cluster] peer_address), with join set.
+	peer net.Listener
 }
 
 // listenAll claims every address of the daemon, or none: on failure what it opened is closed
@@ -48,6 +50,11 @@ func listenAll(cfg config.Config, mirrorOnly bool, undo *undoList) (*listeners, 
 	}
 	if cfg.Metrics.Address != "" {
 		if lns.metrics, err = tcp("metrics", cfg.Metrics.Address); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Cluster.Enabled() {
+		if lns.peer, err = tcp("cluster peers", cfg.Cluster.PeerAddress); err != nil {
 			return nil, err
 		}
 	}

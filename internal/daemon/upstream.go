@@ -16,7 +16,8 @@ import (
 // newResolver builds the resolver with one upstream client per configured endpoint, sending
 // version in its User-Agent. um, when not nil, sees every upstream request and drops the series
 // of the endpoints the resolver forgets (for metrics).
-func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream) (*resolver.Resolver, error) {
+// peers is the cluster tier, nil for a single node.
+func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers) (*resolver.Resolver, error) {
 	var observe func(resolver.UpstreamRequest)
 	var forget func(registry, endpoint string)
 	if um != nil {
@@ -54,6 +55,8 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		Registries:      cfg.MirroredRegistries(),
 		AnyRegistry:     cfg.Mirror.AnyRegistry,
 		OnDenied:        cfg.Resolve.OnDenied,
+		Peers:           peers,
+		NotShared:       cfg.NotShared(),
 
 		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),
 		VerifyBeforeSend:  verifyBeforeSend(cfg.Cache.VerifyBeforeSend),

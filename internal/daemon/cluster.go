@@ -109,8 +109,8 @@ func advertiseAddress(cc config.Cluster, addrs func() ([]net.Addr, error)) (stri
 
 // localRecords returns cluster.Config.Local over store: a blob record for every digest linked
 // to a repository of a shared registry (once, whatever the number of repositories), and a tag
-// record for every cached tag of a shared registry, with its digest and the time the registry
-// last confirmed it. registries are the [registry] tables (share_with_peers).
+// record for every cached tag of a shared registry, with its digest and the registry's Date of
+// the answer that last confirmed it. registries are the [registry] tables (share_with_peers).
 func localRecords(store *cache.Store, registries map[string]config.Registry) func(context.Context, func(cluster.Record) bool) error {
 	shared := func(registry string) bool { return registries[registry].Shared() }
 	return func(ctx context.Context, yield func(cluster.Record) bool) error {
@@ -142,8 +142,13 @@ func localRecords(store *cache.Store, registries map[string]config.Registry) fun
 			if !ok || !shared(registry) {
 				continue
 			}
-			// The time the registry last confirmed the tag, as this node's clock saw it.
-			rec := cluster.Record{Key: cluster.TagKey(registry, repository, tag), Digest: ref.Target.Digest, Date: ref.VerifiedAt}
+			// The registry's Date of the answer that last confirmed the tag, so that node clocks
+			// do not matter; this node's clock only for a ref recorded before the cache kept it.
+			date := ref.UpstreamDate
+			if date.IsZero() {
+				date = ref.VerifiedAt
+			}
+			rec := cluster.Record{Key: cluster.TagKey(registry, repository, tag), Digest: ref.Target.Digest, Date: date}
 			if !yield(rec) {
 				return nil
 			}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -24,6 +25,11 @@ const maxLookupResponse = 1 << 20
 //
 // A home that answers without a holder counts as one that failed for the hedging: the next is
 // asked at once, since a home that came after a membership change may not know yet.
+//
+// A tag's lookup waits for every home (within LookupTimeout) and merges their answers: the
+// answer is a choice among the records (the newest registry Date), and a home that came after
+// a membership change may know only some of them, so the first answer could name an older
+// digest.
 func (n *Node) Lookup(ctx context.Context, key string) ([]Holder, error) {
 	start := time.Now()
 	hs, err := n.lookup(ctx, key)
@@ -74,6 +80,8 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 		}()
 	}
 
+	tag := isTagKey(key)
+	var merged []Holder // a tag's records from every home that answered
 	var errs []error
 	askNext()
 	for pending > 0 {
@@ -84,25 +92,48 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 				errs = append(errs, a.err)
 			} else {
 				answered++
-				if hs := n.holders(a.holders, alive); len(hs) > 0 {
+				hs := n.holders(a.holders, alive)
+				if len(hs) > 0 && !tag {
 					return hs, nil
 				}
+				merged = mergeHolders(merged, hs)
 			}
 			askNext()
 		case <-hedge.C:
 			askNext()
 		case <-ctx.Done():
 			if answered > 0 {
-				return nil, nil
+				return merged, nil
 			}
 			errs = append(errs, context.Cause(ctx))
 			return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
 		}
 	}
 	if answered > 0 || len(homes) == 0 {
-		return nil, nil
+		return merged, nil
 	}
 	return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
+}
+
+// isTagKey reports whether key is a tag's ("registry/repository:tag"); a blob's is a digest,
+// which has no slash.
+func isTagKey(key string) bool { return strings.Contains(key, "/") }
+
+// mergeHolders adds hs to merged: one record per node, the one with the newest Date.
+func mergeHolders(merged, hs []Holder) []Holder {
+next:
+	for _, h := range hs {
+		for i, m := range merged {
+			if m.Node == h.Node {
+				if h.Date.After(m.Date) {
+					merged[i] = h
+				}
+				continue next
+			}
+		}
+		merged = append(merged, h)
+	}
+	return merged
 }
 
 // holders is hs without this node and members that are not alive.

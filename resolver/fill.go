@@ -544,18 +544,20 @@ func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
 // done with the source.
 func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blobSource, rctx context.Context, stopRead context.CancelCauseFunc, _ error) {
 	if f.peers != nil && len(skip) < maxPeerAttempts {
-		rctx, stopRead = context.WithCancelCause(ctx)
-		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopRead(context.DeadlineExceeded) })
-		pb, err := f.peers.OpenBlob(rctx, f.registry, f.repo, f.dgst, skip)
+		// The timer stops this attempt's context: its own variables, not the results, which
+		// the upstream's attempt reuses (a timer that fired as OpenBlob gave up would stop that).
+		pctx, stopPeer := context.WithCancelCause(ctx)
+		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopPeer(context.DeadlineExceeded) })
+		pb, err := f.peers.OpenBlob(pctx, f.registry, f.repo, f.dgst, skip)
 		headers.Stop()
-		if err == nil && context.Cause(rctx) != nil {
+		if err == nil && context.Cause(pctx) != nil {
 			pb.Body.Close()
-			err = context.Cause(rctx)
+			err = context.Cause(pctx)
 		}
 		if err == nil {
-			return blobSource{body: pb.Body, size: pb.Size, peer: pb.Peer}, rctx, stopRead, nil
+			return blobSource{body: pb.Body, size: pb.Size, peer: pb.Peer}, pctx, stopPeer, nil
 		}
-		stopRead(nil)
+		stopPeer(nil)
 		entry := log.G(ctx).WithError(err)
 		if errdefs.IsNotFound(err) {
 			entry.Debug("no peer can provide the blob: asking the upstream")

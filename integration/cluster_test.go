@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,14 @@ const clusterGetTimeout = 60 * time.Second
 // upstreamOf is the options of members whose only upstream is reg.
 func upstreamOf(reg *harness.Registry) harness.LifeboatOptions {
 	return harness.LifeboatOptions{Upstreams: map[string][]string{reg.Host(): {reg.URL()}}}
+}
+
+// uncoalesced is upstreamOf with [cluster] coalesce = false: a blob's home does not fill it
+// for the others, so only the nodes that pulled a blob hold it.
+func uncoalesced(reg *harness.Registry) harness.LifeboatOptions {
+	opts := upstreamOf(reg)
+	opts.Cluster = &harness.ClusterOptions{Config: "coalesce = false\n"}
+	return opts
 }
 
 // TestClusterColdNodeDuringOutage: nodes A and B pull an image; the registry is stopped; a
@@ -225,8 +234,7 @@ func TestClusterTagTie(t *testing.T) {
 	f := c.AddFresh(t)
 	c.WaitMembers(t)
 	pullVia(t, f, reg.Host(), repo, "v", img2)
-	keys := 1 + 2*(len(blobDigests(t, img1))+1)
-	waitHomed(t, c.Nodes, keys)
+	waitHolders(t, c, c.Nodes, cluster.TagKey(reg.Host(), repo, "v"), 3)
 
 	upstream.Close()
 	if err := reg.Process().Stop(10 * time.Second); err != nil {
@@ -237,7 +245,8 @@ func TestClusterTagTie(t *testing.T) {
 }
 
 // TestClusterPeerServesWrongBytes: A holds a layer whose file was damaged on disk, so it serves
-// wrong bytes to peers. F, asking A first (the only holder), rejects them, counts the rejection,
+// wrong bytes to peers. F, asking A first (the only holder: coalescing is off, so no home filled
+// a copy), rejects them, counts the rejection,
 // and gets the right bytes from elsewhere (the registry); no wrong byte is cached on F.
 func TestClusterPeerServesWrongBytes(t *testing.T) {
 	t.Parallel()
@@ -245,7 +254,7 @@ func TestClusterPeerServesWrongBytes(t *testing.T) {
 	reg := harness.StartRegistry(t)
 	const repo = "cluster/wrong"
 	img := reg.PushRandom(t, repo, "1", 2, 1<<20)
-	c := harness.StartCluster(t, 2, upstreamOf(reg))
+	c := harness.StartCluster(t, 2, uncoalesced(reg))
 	a, f := c.Nodes[0], c.Nodes[1]
 	pullVia(t, a, reg.Host(), repo, "1", img)
 	blobs := blobDigests(t, img)
@@ -281,7 +290,8 @@ func TestClusterPeerServesWrongBytes(t *testing.T) {
 	checkCachedFile(t, f.Root, layer)
 }
 
-// TestClusterPeerDeath: with the registry stopped, R fetches an image three holders hold. First
+// TestClusterPeerDeath: with the registry stopped, R fetches an image three holders hold
+// (coalescing off, so that R, a home, holds none of it). First
 // the first home of a blob's key is killed (SIGKILL): R's fetches keep working, before and after
 // the others see it dead. Then the first home of another blob hangs (SIGSTOP): R's fetch still
 // completes, bounded by hedging and the peer timeout.
@@ -291,7 +301,7 @@ func TestClusterPeerDeath(t *testing.T) {
 	reg := harness.StartRegistry(t)
 	const repo = "cluster/death"
 	img := reg.PushRandom(t, repo, "1", 3, 512<<10)
-	c := harness.StartCluster(t, 4, upstreamOf(reg))
+	c := harness.StartCluster(t, 4, uncoalesced(reg))
 	r := c.Nodes[3]
 	for _, lb := range c.Nodes[:3] {
 		pullVia(t, lb, reg.Host(), repo, "1", img)
@@ -441,8 +451,8 @@ func TestClusterSecurity(t *testing.T) {
 	})
 }
 
-// TestClusterOutageTargets: `lifeboat outage start --target peers` sends a node to the registry
-// instead of its peers; `--target all` leaves it only its own cache: a cached blob is served, a
+// TestClusterOutageTargets (coalescing off, so that only A holds what A pulled):
+// `lifeboat outage start --target peers` sends a node to the registry instead of its peers; `--target all` leaves it only its own cache: a cached blob is served, a
 // blob only a peer holds fails cleanly with 404.
 func TestClusterOutageTargets(t *testing.T) {
 	t.Parallel()
@@ -450,7 +460,7 @@ func TestClusterOutageTargets(t *testing.T) {
 	reg := harness.StartRegistry(t)
 	const repo = "cluster/targets"
 	img := reg.PushRandom(t, repo, "1", 2, 256<<10)
-	c := harness.StartCluster(t, 2, upstreamOf(reg))
+	c := harness.StartCluster(t, 2, uncoalesced(reg))
 	a, b := c.Nodes[0], c.Nodes[1]
 	pullVia(t, a, reg.Host(), repo, "1", img)
 	waitHomed(t, c.Nodes, len(blobDigests(t, img))+2)
@@ -595,6 +605,37 @@ func waitHomed(t *testing.T, nodes []*harness.Lifeboat, keys int) {
 		}
 		if homes == nil && int(total) < 3*keys {
 			return fmt.Errorf("the nodes home %v keys in all, want at least %d (%d keys × 3 replicas)", total, 3*keys, keys)
+		}
+		return nil
+	})
+}
+
+// waitHolders waits until each of homes knows holders records of key (a signed lookup at its
+// peer listener): the announcements, and the re-homing after a join, reached it.
+func waitHolders(t *testing.T, c *harness.Cluster, homes []*harness.Lifeboat, key string, holders int) {
+	t.Helper()
+	secret, err := cluster.LoadSecret(c.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := cluster.NewSigner("test", secret)
+	harness.WaitFor(t, fmt.Sprintf("the homes to know %d holders of %s", holders, key), 30*time.Second, nil, func() error {
+		for _, h := range homes {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+h.Peer+cluster.PathLookup+"?key="+url.QueryEscape(key), nil)
+			signer.Sign(req)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			var body struct{ Holders []cluster.Holder }
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %s: %w", h.Name, resp.Status, err)
+			}
+			if len(body.Holders) != holders {
+				return fmt.Errorf("%s knows %d holders: %v", h.Name, len(body.Holders), body.Holders)
+			}
 		}
 		return nil
 	})

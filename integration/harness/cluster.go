@@ -166,11 +166,15 @@ func (c *Cluster) Add(t testing.TB, opts LifeboatOptions) *Lifeboat {
 	return lb
 }
 
-// AddFresh starts another member with the options the cluster was started with.
+// AddFresh starts another member with the options the cluster was started with (a name and
+// address of its own).
 func (c *Cluster) AddFresh(t testing.TB) *Lifeboat {
 	t.Helper()
 	opts := c.opts
-	opts.Cluster = nil
+	if opts.Cluster != nil {
+		opts.Cluster = &ClusterOptions{KeyFile: opts.Cluster.KeyFile, Config: opts.Cluster.Config}
+	}
+	opts.IP = ""
 	return c.Add(t, opts)
 }
 

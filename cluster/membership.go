@@ -3,6 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	stdlog "log"
@@ -31,6 +33,9 @@ const (
 type meta struct {
 	// Peer is the host:port of its peer listener.
 	Peer string `json:"peer"`
+	// Boot is random for every Start: a member that restarted (and lost the index it homed)
+	// under the same name and address is told of its keys again.
+	Boot string `json:"boot,omitempty"`
 }
 
 // startMemberlist creates this node's memberlist; it joins nobody yet (joinLoop does).
@@ -39,7 +44,9 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	if err != nil {
 		return nil, err
 	}
-	md, err := json.Marshal(meta{Peer: n.peerAddr()})
+	boot := make([]byte, 8)
+	_, _ = rand.Read(boot)
+	md, err := json.Marshal(meta{Peer: n.peerAddr(), Boot: hex.EncodeToString(boot)})
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +109,8 @@ type view struct {
 
 type viewMember struct {
 	Member
-	meta  []byte    // the metadata PeerAddr was parsed from
+	boot  string    // from its metadata
+	meta  []byte    // the metadata PeerAddr and boot were parsed from
 	since time.Time // of the last change of state
 }
 
@@ -146,7 +154,7 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
 			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
-		m.PeerAddr, m.meta = md.Peer, bytes.Clone(node.Meta)
+		m.PeerAddr, m.boot, m.meta = md.Peer, md.Boot, bytes.Clone(node.Meta)
 	}
 	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
 	if m.State != state {
@@ -185,15 +193,25 @@ func (n *Node) Members() []Member {
 
 // alive returns the alive members, this node included, by name.
 func (n *Node) alive() map[string]Member {
+	alive, _ := n.generation()
+	return alive
+}
+
+// generation names the alive members' boots: a member that restarted is another generation.
+type generation map[string]string
+
+// generation returns the alive members, this node included, by name, and their generation.
+func (n *Node) generation() (map[string]Member, generation) {
 	n.view.mu.Lock()
 	defer n.view.mu.Unlock()
 	alive := make(map[string]Member, len(n.view.members))
+	gen := make(generation, len(n.view.members))
 	for name, m := range n.view.members {
 		if m.State == Alive {
-			alive[name] = m.Member
+			alive[name], gen[name] = m.Member, m.boot
 		}
 	}
-	return alive
+	return alive, gen
 }
 
 // Member returns the alive member called name.

@@ -49,7 +49,13 @@ type nodeOption func(*Config)
 // startNode starts node name on ip (127.0.0.x), joining join.
 func startNode(t *testing.T, ip, name string, join []string, opts ...nodeOption) *testNode {
 	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	return startNodeAt(t, net.JoinHostPort(ip, "0"), net.JoinHostPort(ip, "0"), name, join, opts...)
+}
+
+// startNodeAt starts node name with its gossip and its peer listener on the addresses given.
+func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ...nodeOption) *testNode {
+	t.Helper()
+	ln, err := net.Listen("tcp", peer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +87,7 @@ func startNode(t *testing.T, ip, name string, join []string, opts ...nodeOption)
 
 	cfg := Config{
 		NodeName:         name,
-		GossipAddress:    net.JoinHostPort(ip, "0"),
+		GossipAddress:    gossip,
 		PeerPort:         ln.Addr().(*net.TCPAddr).Port,
 		Join:             join,
 		RejoinInterval:   200 * time.Millisecond,
@@ -284,6 +290,29 @@ func TestDeadHomeMovesKeys(t *testing.T) {
 	if err != nil || !slices.Equal(holderNames(hs), []string{"a"}) {
 		t.Errorf("c's lookup of ka after d died: %v, %v", hs, err)
 	}
+}
+
+// A home that restarts at once, under its name and on its addresses, has lost the index it
+// homed; the others tell it again, though they may never have seen it die.
+func TestRestartedHomeIsToldAgain(t *testing.T) {
+	t.Parallel()
+	a := startNode(t, "127.0.8.1", "a", nil)
+	b := startNode(t, "127.0.8.2", "b", []string{a.gossipAddr})
+	d := startNode(t, "127.0.8.4", "d", []string{a.gossipAddr})
+	eventually(t, 10*time.Second, "three members alive on each node", allAlive(a, b, d))
+	ka := keyWhere(t, a, func(_ string, hs []string) bool { return slices.Contains(hs, "d") && !slices.Contains(hs, "a") })
+	a.local.Store(&[]Record{{Key: ka}})
+	a.Announce(Record{Key: ka})
+	eventually(t, 10*time.Second, "d indexes a's record", func() bool {
+		return slices.Equal(holderNames(d.index.Get(ka, time.Now())), []string{"a"})
+	})
+
+	gossip, peer := d.gossipAddr, d.srv.Listener.Addr().String()
+	d.kill()
+	d = startNodeAt(t, gossip, peer, "d", []string{a.gossipAddr})
+	eventually(t, 20*time.Second, "the new d indexes a's record", func() bool {
+		return slices.Equal(holderNames(d.index.Get(ka, time.Now())), []string{"a"})
+	})
 }
 
 // A home that hangs does not hold a lookup up: the next home is asked after HedgeDelay and

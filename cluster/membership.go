@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -36,6 +37,9 @@ type meta struct {
 	// Boot is random for every Start: a member that restarted (and lost the index it homed)
 	// under the same name and address is told of its keys again.
 	Boot string `json:"boot,omitempty"`
+	// Leaving is set by Close just before the leave message: memberlist tells the others of a
+	// death and of a leave in the same event, without saying which.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // startMemberlist creates this node's memberlist; it joins nobody yet (joinLoop does).
@@ -46,12 +50,9 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	}
 	boot := make([]byte, 8)
 	_, _ = rand.Read(boot)
-	md, err := json.Marshal(meta{Peer: n.peerAddr(), Boot: hex.EncodeToString(boot)})
-	if err != nil {
+	n.meta = meta{Peer: n.peerAddr(), Boot: hex.EncodeToString(boot)}
+	if err := n.setMeta(n.meta); err != nil {
 		return nil, err
-	}
-	if len(md) > memberlist.MetaMaxSize {
-		return nil, fmt.Errorf("cluster: peer address %q is too long: %w", n.peerAddr(), errdefs.ErrInvalidArgument)
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = n.cfg.NodeName
@@ -60,7 +61,7 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	mc.SecretKey = gossipKey(n.cfg.Secret)
 	mc.Label = n.cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
-	mc.Delegate = metaDelegate(md)
+	mc.Delegate = &n.delegate
 	mc.Events = n.view
 	mc.Logger = stdlog.New(&logWriter{log: n.log}, "", 0)
 	if n.cfg.tuneMemberlist != nil {
@@ -80,20 +81,48 @@ func (n *Node) peerAddr() string {
 	return net.JoinHostPort(n.cfg.AdvertiseAddress, strconv.Itoa(n.cfg.PeerPort))
 }
 
+// setMeta makes md this node's metadata, for memberlist to send with its next alive message.
+func (n *Node) setMeta(md meta) error {
+	b, err := json.Marshal(md)
+	if err != nil {
+		return err
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return fmt.Errorf("cluster: peer address %q is too long: %w", md.Peer, errdefs.ErrInvalidArgument)
+	}
+	n.delegate.meta.Store(&b)
+	return nil
+}
+
+// leaving tells the others, in the metadata, that this node is about to leave.
+func (n *Node) leaving() {
+	md := n.meta
+	md.Leaving = true
+	if n.setMeta(md) != nil {
+		return
+	}
+	if err := n.ml.UpdateNode(leaveTimeout); err != nil {
+		n.log.WithError(err).Debug("cluster: the others may count this node dead rather than left")
+	}
+}
+
 // metaDelegate gives memberlist this node's metadata; the node sends no messages of its own
 // over gossip.
-type metaDelegate []byte
+type metaDelegate struct {
+	meta atomic.Pointer[[]byte]
+}
 
-func (d metaDelegate) NodeMeta(limit int) []byte {
-	if len(d) > limit {
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	md := d.meta.Load()
+	if md == nil || len(*md) > limit {
 		return nil
 	}
-	return d
+	return *md
 }
-func (metaDelegate) NotifyMsg([]byte)                           {}
-func (metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (metaDelegate) LocalState(join bool) []byte                { return nil }
-func (metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+func (*metaDelegate) NotifyMsg([]byte)                           {}
+func (*metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (*metaDelegate) LocalState(join bool) []byte                { return nil }
+func (*metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // view is the members as memberlist's events told them. memberlist's own Members hands out
 // pointers to nodes it goes on changing under its lock, so the node keeps its own view: a
@@ -109,9 +138,10 @@ type view struct {
 
 type viewMember struct {
 	Member
-	boot  string    // from its metadata
-	meta  []byte    // the metadata PeerAddr and boot were parsed from
-	since time.Time // of the last change of state
+	boot    string    // from its metadata
+	leaving bool      // from its metadata
+	meta    []byte    // the metadata PeerAddr and boot were parsed from
+	since   time.Time // of the last change of state
 }
 
 func newView(n *Node) *view {
@@ -132,10 +162,13 @@ func (v *view) NotifyUpdate(node *memberlist.Node) {
 // NotifyLeave is called when a member is declared dead or leaves: the records it announced go
 // from this node's index at once, and the keys it was a home of move to others.
 func (v *view) NotifyLeave(node *memberlist.Node) {
+	// node.State says nothing here: memberlist keeps the state beside the Node it passes.
+	v.mu.Lock()
 	state := Dead
-	if node.State == memberlist.StateLeft {
+	if v.members[node.Name].leaving {
 		state = Left
 	}
+	v.mu.Unlock()
 	v.set(node, state)
 	v.n.index.DropNode(node.Name)
 	v.n.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
@@ -154,7 +187,7 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
 			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
-		m.PeerAddr, m.boot, m.meta = md.Peer, md.Boot, bytes.Clone(node.Meta)
+		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
 	}
 	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
 	if m.State != state {

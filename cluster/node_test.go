@@ -512,3 +512,42 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		t.Error("second close:", err)
 	}
 }
+
+// freePort returns a port free for both TCP and UDP on ip, as memberlist needs.
+func freePort(t *testing.T, ip string) int {
+	t.Helper()
+	for range 20 {
+		tcp, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := tcp.Addr().(*net.TCPAddr).Port
+		udp, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		tcp.Close()
+		if err == nil {
+			udp.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// A node whose join address does not answer yet starts anyway, and joins once it does; the
+// address is a DNS name, resolved at every attempt. Close tells the others it left.
+func TestJoinRetriesUntilSomeoneAnswers(t *testing.T) {
+	t.Parallel()
+	port := freePort(t, "127.0.0.1")
+	b := startNode(t, "127.0.9.2", "b", []string{"localhost:" + strconv.Itoa(port)})
+	eventually(t, 10*time.Second, "b tried to join twice", func() bool { return b.stats.joinAttempts.Load() >= 2 })
+	if got := states(b); got != "b=alive" {
+		t.Fatalf("b sees %s before anyone answered", got)
+	}
+	a := startNodeAt(t, "127.0.0.1:"+strconv.Itoa(port), "127.0.0.1:0", "a", nil)
+	eventually(t, 10*time.Second, "a and b alive on both", allAlive(a, b))
+
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b sees a left", func() bool { return states(b) == "a=left b=alive" })
+}

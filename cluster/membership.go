@@ -26,6 +26,9 @@ const (
 	departedTTL = time.Hour
 	// maxDeparted bounds the departed members remembered.
 	maxDeparted = 10_000
+	// deadNodeReclaim is how long a member must have been dead before another address may
+	// take its name.
+	deadNodeReclaim = 30 * time.Second
 	// resolveTimeout bounds resolving one join address.
 	resolveTimeout = 5 * time.Second
 )
@@ -61,6 +64,9 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	mc.SecretKey = gossipKey(n.cfg.Secret)
 	mc.Label = n.cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	// A node replaced under its name at another address may take the name over once the old
+	// one has been dead this long.
+	mc.DeadNodeReclaimTime = deadNodeReclaim
 	mc.Delegate = &n.delegate
 	mc.Events = n.view
 	mc.Logger = stdlog.New(&logWriter{log: n.log}, "", 0)

@@ -340,6 +340,11 @@ func (n *Node) join(ctx context.Context) {
 		l.WithError(err).WithField("retry", n.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
 		return
 	}
+	if len(n.alive()) <= 1 {
+		// Only this node answered (its own address under another name, say).
+		l.Debug("cluster: no other node to join yet")
+		return
+	}
 	l.WithField("contacted", contacted).Info("cluster: joined")
 }
 

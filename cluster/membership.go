@@ -131,10 +131,11 @@ func (*metaDelegate) LocalState(join bool) []byte                { return nil }
 func (*metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // view is the members as memberlist's events told them. memberlist's own Members hands out
-// pointers to nodes it goes on changing under its lock, so the node keeps its own view: a
-// member is alive from its join event until the event that it died or left (memberlist
-// suspects a member silently before it declares it dead). Its event methods are called with
-// memberlist's lock held, so they only record and signal.
+// pointers into state it goes on changing under its lock, and the State field of those is
+// never set (v0.7.0), so the node keeps its own view: a member is alive from its join event
+// until the event that it died or left. memberlist suspects a member without telling anyone
+// outside, so Suspect is never reported. The event methods are called with memberlist's lock
+// held, so they only record and signal.
 type view struct {
 	n *Node
 

@@ -160,6 +160,9 @@ func (n *Node) newBatcher(ctx context.Context, alive map[string]Member) *batcher
 }
 
 func (b *batcher) add(r Record) {
+	if validRecord(r) != nil {
+		return // homes would refuse the whole batch for it
+	}
 	kh := xxhash.Sum64String(r.Key)
 	var old []weighted
 	if b.prev != nil {

@@ -551,3 +551,27 @@ func TestJoinRetriesUntilSomeoneAnswers(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "b sees a left", func() bool { return states(b) == "a=left b=alive" })
 }
+
+// More records than one request carries go in several; a record a home would refuse does not
+// spoil its batch.
+func TestAnnounceManyRecords(t *testing.T) {
+	t.Parallel()
+	a := startNode(t, "127.0.10.1", "a", nil)
+	b := startNode(t, "127.0.10.2", "b", []string{a.gossipAddr})
+	eventually(t, 10*time.Second, "a and b alive on both", allAlive(a, b))
+	const count = 2*maxAnnounceRecords + 500
+	recs := make([]Record, count)
+	for i := range recs {
+		recs[i] = Record{Key: key(i)}
+	}
+	recs = append(recs, Record{Key: strings.Repeat("x", maxKeyLen+1)})
+	a.Announce(recs...)
+	eventually(t, 20*time.Second, "b indexes every record of a", func() bool { return b.Stats().ReceivedRecords == count })
+	if keys, _, _ := b.index.Size(); keys != count {
+		t.Errorf("b's index holds %d keys, want %d", keys, count)
+	}
+	eventually(t, 10*time.Second, "a counts every record sent to both homes", func() bool {
+		s := a.Stats()
+		return s.AnnouncedRecords == 2*count && s.AnnounceDropped == 0
+	})
+}

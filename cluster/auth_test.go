@@ -332,10 +332,18 @@ func TestCheckNodeName(t *testing.T) {
 func FuzzParseToken(f *testing.F) {
 	f.Add("Lifeboat-HMAC node=node-a,ts=1800000000,sig=" + strings.Repeat("ab", 32))
 	f.Add("Lifeboat-HMAC node=a,ts=1,sig=,ts=2,sig=")
+	verifier := NewSigner("home", bytes.Repeat([]byte{7}, 32))
 	f.Fuzz(func(t *testing.T, h string) {
 		node, ts, sig, ok := parseToken(h)
 		if ok && (len(sig) != 32 || ts == "" || !strings.Contains(h, node)) {
 			t.Fatalf("parseToken(%q) = %q, %q, %x", h, node, ts, sig)
+		}
+		// No header made up without the key passes.
+		req := httptest.NewRequest(http.MethodGet, "/lifeboat/v1/lookup", nil)
+		req.Header.Set(HeaderAuthorization, h)
+		req.Header.Set(HeaderPeer, node)
+		if got, err := verifier.Verify(req); err == nil || got != "" {
+			t.Fatalf("Verify accepted %q as %q", h, got)
 		}
 	})
 }

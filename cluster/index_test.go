@@ -297,8 +297,8 @@ func TestNewestTag(t *testing.T) {
 // each, 2,000 keys held by 100 nodes each; a tenth of the keys tags), and checks Size's
 // estimate is within a factor of 1.5 of it (they come out within 15%). The constants of Size come from these measurements.
 func TestIndexSizeEstimate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocates ~100 MB")
+	if testing.Short() || raceEnabled {
+		t.Skip("allocates ~100 MB: slow under -race and -short (the race detector does not change the heap's size)")
 	}
 	for _, tc := range []struct{ keys, holders int }{{100_000, 1}, {100_000, 3}, {2000, 100}} {
 		t.Run(fmt.Sprintf("%d keys × %d", tc.keys, tc.holders), func(t *testing.T) {

@@ -73,6 +73,15 @@ func within6Sigma(t *testing.T, what string, got, trials int, p, maxRel float64)
 	}
 }
 
+// ringCase is a cluster shape for the statistical tests, and how wide their 6σ band may be,
+// relative to the expected count.
+type ringCase struct {
+	members, replicas int
+	maxRel            float64
+}
+
+func (c ringCase) String() string { return fmt.Sprintf("N=%d,replicas=%d", c.members, c.replicas) }
+
 func TestRendezvousGolden(t *testing.T) {
 	t.Parallel()
 	// Every node must rank members the same way, across versions too: a change of the hash
@@ -165,16 +174,13 @@ func TestRendezvousRemoveMovesOnlyItsKeys(t *testing.T) {
 	t.Parallel()
 	const k = 100_000
 	keys := testKeys(k)
-	for _, tc := range []struct {
-		members, replicas int
-		maxRel            float64 // how wide the 6σ band may be, relative to the expected count
-	}{
+	for _, tc := range []ringCase{
 		{10, 1, 0.06},
 		{10, 3, 0.04},
 		{100, 1, 0.2},
 		{100, 3, 0.11},
 	} {
-		t.Run(fmt.Sprintf("N=%d,replicas=%d", tc.members, tc.replicas), func(t *testing.T) {
+		t.Run(tc.String(), func(t *testing.T) {
 			t.Parallel()
 			names := testNames(tc.members)
 			gone := names[tc.members/2]
@@ -208,14 +214,11 @@ func TestRendezvousAddMovesItsShare(t *testing.T) {
 	t.Parallel()
 	const k = 100_000
 	keys := testKeys(k)
-	for _, tc := range []struct {
-		members, replicas int
-		maxRel            float64
-	}{
+	for _, tc := range []ringCase{
 		{10, 3, 0.04},
 		{100, 3, 0.11},
 	} {
-		t.Run(fmt.Sprintf("N=%d,replicas=%d", tc.members, tc.replicas), func(t *testing.T) {
+		t.Run(tc.String(), func(t *testing.T) {
 			t.Parallel()
 			names := testNames(tc.members)
 			more := append(slices.Clone(names), "node-new")
@@ -245,17 +248,14 @@ func TestRendezvousEvenLoad(t *testing.T) {
 	t.Parallel()
 	const k = 100_000
 	keys := testKeys(k)
-	for _, tc := range []struct {
-		members, replicas int
-		maxRel            float64
-	}{
+	for _, tc := range []ringCase{
 		// 100k keys on 10 members: ±6σ is ±5.7% of the 10,000 each holds as first home, and
 		// ±2.9% of the 30,000 home places each holds with 3 replicas.
 		{10, 1, 0.06},
 		{10, 3, 0.03},
 		{100, 3, 0.11},
 	} {
-		t.Run(fmt.Sprintf("N=%d,replicas=%d", tc.members, tc.replicas), func(t *testing.T) {
+		t.Run(tc.String(), func(t *testing.T) {
 			t.Parallel()
 			names := testNames(tc.members)
 			count := map[string]int{}

@@ -1,0 +1,6 @@
+//go:build race
+
+package cluster
+
+// raceEnabled: the tests run under the race detector, which makes big allocations slow.
+const raceEnabled = true

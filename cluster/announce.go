@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -58,8 +60,7 @@ func (n *Node) announceLoop(ctx context.Context) {
 		if queued == 0 {
 			continue
 		}
-		alive := n.alive()
-		b := n.newBatcher(ctx, alive, names(alive), nil)
+		b := n.newBatcher(ctx, n.alive())
 		for range queued {
 			b.add(<-n.queue)
 		}
@@ -97,15 +98,17 @@ func (n *Node) refreshLoop(ctx context.Context) {
 }
 
 // pass announces this node's records (Config.Local) to their homes among the alive members;
-// with prev (the alive members at the last pass), only to the homes each record did not have
-// among prev. It returns the alive members' names it used.
-func (n *Node) pass(ctx context.Context, prev []string) []string {
-	alive := n.alive()
-	cur := names(alive)
-	if n.cfg.Local == nil || (prev != nil && slices.Equal(prev, cur)) {
+// with prev (the generation of the last pass), only to the homes each record did not have in
+// prev, or that restarted since. It returns the generation it announced to.
+func (n *Node) pass(ctx context.Context, prev generation) generation {
+	alive, cur := n.generation()
+	if n.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
 		return cur
 	}
-	b := n.newBatcher(ctx, alive, cur, prev)
+	b := n.newBatcher(ctx, alive)
+	if prev != nil {
+		b.prev, b.prevNames, b.cur = prev, hashNames(slices.Collect(maps.Keys(prev))), cur
+	}
 	err := n.cfg.Local(ctx, func(r Record) bool {
 		b.add(r)
 		return ctx.Err() == nil
@@ -124,42 +127,57 @@ func (n *Node) pass(ctx context.Context, prev []string) []string {
 	return cur
 }
 
+func hashNames(names []string) []hashedName {
+	hs := make([]hashedName, len(names))
+	for i, name := range names {
+		hs[i] = hashName(name)
+	}
+	return hs
+}
+
 // batcher groups records by home and sends each home a batch when it is full and at flush.
 type batcher struct {
 	n     *Node
 	ctx   context.Context
 	alive map[string]Member
-	names []string
-	// prev, when not nil, are the members of an earlier pass: a record goes only to the homes
-	// it did not have among them.
-	prev    []string
-	batches map[string][]Record
-	bytes   map[string]int
-	sends   errgroup.Group
-	added   int
+	names []hashedName
+	// prev, when not nil, is the generation of an earlier pass (prevNames its names) and cur
+	// the current one: a record goes only to the homes it did not have in prev, or that
+	// restarted since.
+	prev, cur generation
+	prevNames []hashedName
+	batches   map[string][]Record
+	bytes     map[string]int
+	sends     errgroup.Group
+	added     int
 }
 
-func (n *Node) newBatcher(ctx context.Context, alive map[string]Member, names, prev []string) *batcher {
-	b := &batcher{n: n, ctx: ctx, alive: alive, names: names, prev: prev,
+func (n *Node) newBatcher(ctx context.Context, alive map[string]Member) *batcher {
+	b := &batcher{n: n, ctx: ctx, alive: alive, names: hashNames(slices.Collect(maps.Keys(alive))),
 		batches: map[string][]Record{}, bytes: map[string]int{}}
 	b.sends.SetLimit(announceSends)
 	return b
 }
 
 func (b *batcher) add(r Record) {
-	var old []string
-	if b.prev != nil {
-		old = Rendezvous(r.Key, b.prev, b.n.cfg.Replicas)
+	if validRecord(r) != nil {
+		return // homes would refuse the whole batch for it
 	}
-	for _, h := range Rendezvous(r.Key, b.names, b.n.cfg.Replicas) {
-		if slices.Contains(old, h) {
+	kh := xxhash.Sum64String(r.Key)
+	var old []weighted
+	if b.prev != nil {
+		old = rank(kh, b.prevNames, b.n.cfg.Replicas)
+	}
+	for _, h := range rank(kh, b.names, b.n.cfg.Replicas) {
+		if b.prev != nil && b.prev[h.name] == b.cur[h.name] &&
+			slices.ContainsFunc(old, func(o weighted) bool { return o.name == h.name }) {
 			continue
 		}
 		b.added++
-		b.batches[h] = append(b.batches[h], r)
-		b.bytes[h] += recordSize(r)
-		if len(b.batches[h]) >= maxAnnounceRecords || b.bytes[h] >= maxBatchBytes {
-			b.send(h)
+		b.batches[h.name] = append(b.batches[h.name], r)
+		b.bytes[h.name] += recordSize(r)
+		if len(b.batches[h.name]) >= maxAnnounceRecords || b.bytes[h.name] >= maxBatchBytes {
+			b.send(h.name)
 		}
 	}
 }

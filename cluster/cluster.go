@@ -141,6 +141,8 @@ type Node struct {
 	ml  *memberlist.Memberlist
 	// gossipAddr is the address the others gossip with this node at.
 	gossipAddr string
+	meta       meta // this node's metadata, as Start made it
+	delegate   metaDelegate
 	signer     *Signer
 	index      *Index
 	client     *http.Client

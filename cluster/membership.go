@@ -3,6 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	stdlog "log"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -23,6 +26,9 @@ const (
 	departedTTL = time.Hour
 	// maxDeparted bounds the departed members remembered.
 	maxDeparted = 10_000
+	// deadNodeReclaim is how long a member must have been dead before another address may
+	// take its name.
+	deadNodeReclaim = 30 * time.Second
 	// resolveTimeout bounds resolving one join address.
 	resolveTimeout = 5 * time.Second
 )
@@ -31,6 +37,12 @@ const (
 type meta struct {
 	// Peer is the host:port of its peer listener.
 	Peer string `json:"peer"`
+	// Boot is random for every Start: a member that restarted (and lost the index it homed)
+	// under the same name and address is told of its keys again.
+	Boot string `json:"boot,omitempty"`
+	// Leaving is set by Close just before the leave message: memberlist tells the others of a
+	// death and of a leave in the same event, without saying which.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // startMemberlist creates this node's memberlist; it joins nobody yet (joinLoop does).
@@ -39,12 +51,11 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	if err != nil {
 		return nil, err
 	}
-	md, err := json.Marshal(meta{Peer: n.peerAddr()})
-	if err != nil {
+	boot := make([]byte, 8)
+	_, _ = rand.Read(boot)
+	n.meta = meta{Peer: n.peerAddr(), Boot: hex.EncodeToString(boot)}
+	if err := n.setMeta(n.meta); err != nil {
 		return nil, err
-	}
-	if len(md) > memberlist.MetaMaxSize {
-		return nil, fmt.Errorf("cluster: peer address %q is too long: %w", n.peerAddr(), errdefs.ErrInvalidArgument)
 	}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = n.cfg.NodeName
@@ -53,7 +64,10 @@ func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
 	mc.SecretKey = gossipKey(n.cfg.Secret)
 	mc.Label = n.cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
-	mc.Delegate = metaDelegate(md)
+	// A node replaced under its name at another address may take the name over once the old
+	// one has been dead this long.
+	mc.DeadNodeReclaimTime = deadNodeReclaim
+	mc.Delegate = &n.delegate
 	mc.Events = n.view
 	mc.Logger = stdlog.New(&logWriter{log: n.log}, "", 0)
 	if n.cfg.tuneMemberlist != nil {
@@ -73,26 +87,55 @@ func (n *Node) peerAddr() string {
 	return net.JoinHostPort(n.cfg.AdvertiseAddress, strconv.Itoa(n.cfg.PeerPort))
 }
 
+// setMeta makes md this node's metadata, for memberlist to send with its next alive message.
+func (n *Node) setMeta(md meta) error {
+	b, err := json.Marshal(md)
+	if err != nil {
+		return err
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return fmt.Errorf("cluster: peer address %q is too long: %w", md.Peer, errdefs.ErrInvalidArgument)
+	}
+	n.delegate.meta.Store(&b)
+	return nil
+}
+
+// leaving tells the others, in the metadata, that this node is about to leave.
+func (n *Node) leaving() {
+	md := n.meta
+	md.Leaving = true
+	if n.setMeta(md) != nil {
+		return
+	}
+	if err := n.ml.UpdateNode(leaveTimeout); err != nil {
+		n.log.WithError(err).Debug("cluster: the others may count this node dead rather than left")
+	}
+}
+
 // metaDelegate gives memberlist this node's metadata; the node sends no messages of its own
 // over gossip.
-type metaDelegate []byte
+type metaDelegate struct {
+	meta atomic.Pointer[[]byte]
+}
 
-func (d metaDelegate) NodeMeta(limit int) []byte {
-	if len(d) > limit {
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	md := d.meta.Load()
+	if md == nil || len(*md) > limit {
 		return nil
 	}
-	return d
+	return *md
 }
-func (metaDelegate) NotifyMsg([]byte)                           {}
-func (metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (metaDelegate) LocalState(join bool) []byte                { return nil }
-func (metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+func (*metaDelegate) NotifyMsg([]byte)                           {}
+func (*metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (*metaDelegate) LocalState(join bool) []byte                { return nil }
+func (*metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // view is the members as memberlist's events told them. memberlist's own Members hands out
-// pointers to nodes it goes on changing under its lock, so the node keeps its own view: a
-// member is alive from its join event until the event that it died or left (memberlist
-// suspects a member silently before it declares it dead). Its event methods are called with
-// memberlist's lock held, so they only record and signal.
+// pointers into state it goes on changing under its lock, and the State field of those is
+// never set (v0.7.0), so the node keeps its own view: a member is alive from its join event
+// until the event that it died or left. memberlist suspects a member without telling anyone
+// outside, so Suspect is never reported. The event methods are called with memberlist's lock
+// held, so they only record and signal.
 type view struct {
 	n *Node
 
@@ -102,8 +145,10 @@ type view struct {
 
 type viewMember struct {
 	Member
-	meta  []byte    // the metadata PeerAddr was parsed from
-	since time.Time // of the last change of state
+	boot    string    // from its metadata
+	leaving bool      // from its metadata
+	meta    []byte    // the metadata PeerAddr and boot were parsed from
+	since   time.Time // of the last change of state
 }
 
 func newView(n *Node) *view {
@@ -124,10 +169,13 @@ func (v *view) NotifyUpdate(node *memberlist.Node) {
 // NotifyLeave is called when a member is declared dead or leaves: the records it announced go
 // from this node's index at once, and the keys it was a home of move to others.
 func (v *view) NotifyLeave(node *memberlist.Node) {
+	// node.State says nothing here: memberlist keeps the state beside the Node it passes.
+	v.mu.Lock()
 	state := Dead
-	if node.State == memberlist.StateLeft {
+	if v.members[node.Name].leaving {
 		state = Left
 	}
+	v.mu.Unlock()
 	v.set(node, state)
 	v.n.index.DropNode(node.Name)
 	v.n.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
@@ -146,7 +194,7 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
 			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
-		m.PeerAddr, m.meta = md.Peer, bytes.Clone(node.Meta)
+		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
 	}
 	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
 	if m.State != state {
@@ -185,15 +233,25 @@ func (n *Node) Members() []Member {
 
 // alive returns the alive members, this node included, by name.
 func (n *Node) alive() map[string]Member {
+	alive, _ := n.generation()
+	return alive
+}
+
+// generation names the alive members' boots: a member that restarted is another generation.
+type generation map[string]string
+
+// generation returns the alive members, this node included, by name, and their generation.
+func (n *Node) generation() (map[string]Member, generation) {
 	n.view.mu.Lock()
 	defer n.view.mu.Unlock()
 	alive := make(map[string]Member, len(n.view.members))
+	gen := make(generation, len(n.view.members))
 	for name, m := range n.view.members {
 		if m.State == Alive {
-			alive[name] = m.Member
+			alive[name], gen[name] = m.Member, m.boot
 		}
 	}
-	return alive
+	return alive, gen
 }
 
 // Member returns the alive member called name.
@@ -281,6 +339,11 @@ func (n *Node) join(ctx context.Context) {
 	contacted, err := n.ml.Join(addrs)
 	if err != nil {
 		l.WithError(err).WithField("retry", n.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
+		return
+	}
+	if len(n.alive()) <= 1 {
+		// Only this node answered (its own address under another name, say).
+		l.Debug("cluster: no other node to join yet")
 		return
 	}
 	l.WithField("contacted", contacted).Info("cluster: joined")

@@ -194,6 +194,7 @@ func (t *signingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
+		n.leaving()
 		if err := n.ml.Leave(leaveTimeout); err != nil {
 			n.log.WithError(err).Warn("cluster: leave message may not have reached the others")
 		}

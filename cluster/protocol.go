@@ -77,7 +77,10 @@ func sender(req *http.Request) string {
 }
 
 // Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
-// The caller authenticates requests first (Signer.Verify).
+// The caller authenticates requests first (Signer.Verify). The sender of an announce is the
+// node WithPeer put in the request's context, else the one its HeaderPeer names (Verify refuses
+// a request whose HeaderPeer is not the node its token signs); only alive members other than
+// this node may announce.
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PathAnnounce, n.serveAnnounce)

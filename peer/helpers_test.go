@@ -252,6 +252,8 @@ type testCluster struct {
 	announced []cluster.Record
 	lookupErr error
 	lookups   atomic.Int64
+	// signer, when set, signs the client's requests instead of the test authenticator's token.
+	signer *cluster.Signer
 }
 
 var _ Cluster = (*testCluster)(nil)
@@ -311,19 +313,24 @@ func (c *testCluster) Announce(recs ...cluster.Record) {
 }
 
 func (c *testCluster) Client() *http.Client {
-	return &http.Client{Transport: signing{name: c.name, base: http.DefaultTransport}}
+	return &http.Client{Transport: signing{name: c.name, signer: c.signer, base: http.DefaultTransport}}
 }
 
-// signing adds the test authenticator's token to every request.
+// signing adds the test authenticator's token, or signer's, to every request.
 type signing struct {
-	name string
-	base http.RoundTripper
+	name   string
+	signer *cluster.Signer
+	base   http.RoundTripper
 }
 
 func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
-	req.Header.Set(cluster.HeaderPeer, s.name)
+	if s.signer != nil {
+		s.signer.Sign(req)
+	} else {
+		req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
+		req.Header.Set(cluster.HeaderPeer, s.name)
+	}
 	return s.base.RoundTrip(req)
 }
 

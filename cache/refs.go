@@ -23,6 +23,10 @@ type Ref struct {
 	Endpoint string `json:"endpoint,omitempty"`
 	// CreatedAt is when Name was first cached.
 	CreatedAt time.Time `json:"createdAt"`
+	// UpstreamDate is the registry's Date header of the answer that last confirmed Target (the
+	// local time of that answer when the registry sent none); zero for refs recorded without
+	// one. Node clocks differ: the cluster compares revalidations by this date.
+	UpstreamDate time.Time `json:"upstreamDate,omitzero"`
 	// Pinned refs and what they reach are never evicted. Filled in on reads only.
 	Pinned bool `json:"-"`
 }
@@ -33,6 +37,8 @@ type refRecord struct {
 	VerifiedAt time.Time          `json:"verifiedAt"`
 	Endpoint   string             `json:"endpoint,omitempty"`
 	CreatedAt  time.Time          `json:"createdAt"`
+	// UpstreamDate is optional: records written before it existed decode without it.
+	UpstreamDate time.Time `json:"upstreamDate,omitzero"`
 }
 
 func validRefName(name string) error {
@@ -44,6 +50,12 @@ func validRefName(name string) error {
 
 // SetRef records that name resolves to target, as just verified against endpoint.
 func (s *Store) SetRef(ctx context.Context, name string, target ocispec.Descriptor, endpoint string) error {
+	return s.SetRefAt(ctx, name, target, endpoint, time.Time{})
+}
+
+// SetRefAt is SetRef with the registry's Date header of the answer that confirmed target (see
+// Ref.UpstreamDate).
+func (s *Store) SetRefAt(ctx context.Context, name string, target ocispec.Descriptor, endpoint string, upstreamDate time.Time) error {
 	if err := validRefName(name); err != nil {
 		return err
 	}
@@ -53,7 +65,7 @@ func (s *Store) SetRef(ctx context.Context, name string, target ocispec.Descript
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketRefs)
 		now := time.Now()
-		rec := refRecord{Target: target, VerifiedAt: now, Endpoint: endpoint, CreatedAt: now}
+		rec := refRecord{Target: target, VerifiedAt: now, Endpoint: endpoint, CreatedAt: now, UpstreamDate: upstreamDate.UTC()}
 		if v := b.Get([]byte(name)); v != nil {
 			var old refRecord
 			if json.Unmarshal(v, &old) == nil && !old.CreatedAt.IsZero() {
@@ -90,7 +102,7 @@ func decodeRef(tx *bolt.Tx, name, v []byte) (Ref, error) {
 	}
 	return Ref{
 		Name: string(name), Target: rec.Target, VerifiedAt: rec.VerifiedAt, Endpoint: rec.Endpoint,
-		CreatedAt: rec.CreatedAt, Pinned: tx.Bucket(bucketPins).Get(name) != nil,
+		CreatedAt: rec.CreatedAt, UpstreamDate: rec.UpstreamDate, Pinned: tx.Bucket(bucketPins).Get(name) != nil,
 	}, nil
 }
 

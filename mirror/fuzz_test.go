@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -168,9 +169,9 @@ func (c *emptyUpstream) Ping(context.Context) error {
 	c.asked()
 	return nil
 }
-func (c *emptyUpstream) HeadManifest(context.Context, string, string) (ocispec.Descriptor, error) {
+func (c *emptyUpstream) HeadManifest(context.Context, string, string) (ocispec.Descriptor, time.Time, error) {
 	c.asked()
-	return ocispec.Descriptor{}, errEmpty
+	return ocispec.Descriptor{}, time.Time{}, errEmpty
 }
 func (c *emptyUpstream) GetManifest(context.Context, string, string) (ocispec.Descriptor, []byte, error) {
 	c.asked()

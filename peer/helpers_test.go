@@ -225,7 +225,13 @@ func (n *testNode) member() cluster.Member {
 // warm caches the blob dgst in the node, through its own resolver.
 func (n *testNode) warm(t *testing.T, dgst digest.Digest) {
 	t.Helper()
-	b, err := n.resolver.Blob(t.Context(), testRegistry, testRepo, dgst)
+	warm(t, n.resolver, dgst)
+}
+
+// warm caches the blob dgst in r.
+func warm(t *testing.T, r *resolver.Resolver, dgst digest.Digest) {
+	t.Helper()
+	b, err := r.Blob(t.Context(), testRegistry, testRepo, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -230,20 +230,26 @@ func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, p
 }
 
 // Tag answers a tag from its holders' records (cluster.NewestTag), leaving out peers rejected
-// lately.
-func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error) {
+// lately; date is the newest registry Date among the records of the digest chosen.
+func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error) {
 	key := cluster.TagKey(registry, repository, tag)
 	holders, err := s.node.Lookup(ctx, key)
 	if err != nil {
-		return "", fmt.Errorf("tag %s: look up its holders: %w", key, err)
+		return "", time.Time{}, fmt.Errorf("tag %s: look up its holders: %w", key, err)
 	}
 	holders = slices.DeleteFunc(holders, func(h cluster.Holder) bool { return s.isRejected(h.Node) })
 	dgst, ok := cluster.NewestTag(holders)
 	if !ok {
-		return "", fmt.Errorf("tag %s: no peer holds it: %w", key, errdefs.ErrNotFound)
+		return "", time.Time{}, fmt.Errorf("tag %s: no peer holds it: %w", key, errdefs.ErrNotFound)
+	}
+	var date time.Time
+	for _, h := range holders {
+		if h.Digest == dgst && h.Date.After(date) {
+			date = h.Date
+		}
 	}
 	s.peerAnswers.Add(1)
-	return dgst, nil
+	return dgst, date, nil
 }
 
 // Holders names the nodes the index knows to hold dgst.

@@ -385,19 +385,19 @@ func TestTagFromRecords(t *testing.T) {
 	key := cluster.TagKey(testRegistry, testRepo, "v1")
 	c := newTestCluster("a")
 	src := NewSource(c, SourceOptions{})
-	if _, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); !errdefs.IsNotFound(err) {
+	if _, _, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); !errdefs.IsNotFound(err) {
 		t.Errorf("a tag without records: %v, want not found", err)
 	}
 	c.mu.Lock()
 	c.holders[key] = []cluster.Holder{{Node: "b", Digest: d1, Date: older}, {Node: "c", Digest: d2, Date: newer}}
 	c.mu.Unlock()
-	if got, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d2 {
-		t.Errorf("Tag = %s, %v; want the newest record's %s", got, err, d2)
+	if got, date, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d2 || !date.Equal(newer) {
+		t.Errorf("Tag = %s, %s, %v; want the newest record's %s, %s", got, date, err, d2, newer)
 	}
 	// A rejected peer's record does not count.
 	src.Reject("c", d2)
-	if got, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d1 {
-		t.Errorf("Tag = %s, %v; want %s, c being rejected", got, err, d1)
+	if got, date, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d1 || !date.Equal(older) {
+		t.Errorf("Tag = %s, %s, %v; want %s, %s, c being rejected", got, date, err, d1, older)
 	}
 	if st := src.Stats(); st.PeerAnswers != 2 {
 		t.Errorf("PeerAnswers = %d, want 2", st.PeerAnswers)
@@ -411,7 +411,9 @@ func TestWithTheClusterSigner(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 64<<10)
 	secret := bytes.Repeat([]byte{7}, 32)
-	backend := &countingBackend{Backend: mirror.FromResolver(newTestResolver(t, up))}
+	r := newTestResolver(t, up)
+	warm(t, r, img.layer)
+	backend := &countingBackend{Backend: mirror.FromResolver(r)}
 	srv := httptest.NewServer(NewHandler(cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
 	t.Cleanup(srv.Close)
 	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}

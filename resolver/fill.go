@@ -21,7 +21,8 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 )
 
-// fill is the one upstream download of a blob for a repository. It writes the bytes into a cache
+// fill is the one download of a blob for a repository, from the cluster's peers or the
+// upstream. It writes the bytes into a cache
 // ingest and lets any number of readers stream them from the ingest file as they arrive. It
 // runs detached from the requests that wait on it, so that a client that disconnects does not
 // stop it: the next request finds the blob cached.
@@ -34,6 +35,8 @@ type fill struct {
 	registry string
 	repo     string
 	dgst     digest.Digest
+	// peers, when not nil, are asked for the blob before the upstream.
+	peers Peers
 
 	ready  chan struct{}           // closed when size is known, or the fill failed before that
 	cancel context.CancelCauseFunc // ends the fill before its time (abandoned past the limit)
@@ -45,8 +48,10 @@ type fill struct {
 	written   int64    // bytes in the ingest file
 	done      bool     // the fill ended; err says how
 	err       error
-	fromStore bool // the blob was already cached: read it from the store
-	verified  bool // all bytes arrived and match the digest
+	fromStore bool   // the blob was already cached: read it from the store
+	verified  bool   // all bytes arrived and match the digest
+	source    string // the peer whose bytes the ingest holds; "" for the upstream's
+	handedOut bool   // a reader got bytes: the fill cannot start over from another source
 	readers   int
 	// abandonedAt is when the last reader left a fill still running (valid while readers is 0
 	// and done is false).
@@ -69,6 +74,8 @@ type fillDeps struct {
 	mismatches *atomic.Int64
 	// abandoned is told of a fill whose last reader left while it still runs.
 	abandoned func(*fill)
+	// cached is told of a blob the fill committed to the cache (for the cluster).
+	cached func(registry, repo string, dgst digest.Digest)
 }
 
 // fillStore is what a fill needs of the cache: a room check, an ingest to write and read back,
@@ -91,6 +98,7 @@ type fillState struct {
 	fromStore bool  // the blob was already cached: read it from the store
 	done      bool  // the fill ended; err says how
 	err       error
+	source    string // the peer the bytes come from; "" for the upstream
 }
 
 // minFillProgress is the least a fill must receive in every IdleTimeout (30 s by default): 64 KiB,
@@ -121,7 +129,10 @@ func (e *stallError) Unwrap() error { return errdefs.ErrUnavailable }
 // joinFill returns the fill of key, starting it if there is none, and counts a reader on it.
 // A new fill needs one of the MaxFills slots: when none is free, joinFill waits for one up to
 // the fill queue timeout, or until ctx ends, and then returns ErrTooManyFills (or ctx's error).
-func (r *Resolver) joinFill(ctx context.Context, registry, repo string, dgst digest.Digest, eps []*endpoint) (*fill, error) {
+//
+// peers, when not nil, are asked for the blob before the upstream by a fill this call starts;
+// a request that joins a running fill shares its sources.
+func (r *Resolver) joinFill(ctx context.Context, registry, repo string, dgst digest.Digest, eps []*endpoint, peers Peers) (*fill, error) {
 	key := registry + "/" + repo + "@" + dgst.String()
 	if f := r.findFill(key); f != nil {
 		return f, nil
@@ -137,7 +148,7 @@ func (r *Resolver) joinFill(ctx context.Context, registry, repo string, dgst dig
 		return f, nil
 	}
 	fctx, cancel := context.WithCancelCause(r.ctx)
-	f := newFill(r.fillDeps, key, registry, repo, dgst, cancel)
+	f := newFill(r.fillDeps, key, registry, repo, dgst, peers, cancel)
 	r.fills[key] = f
 	r.wg.Add(1)
 	go func() {
@@ -168,8 +179,8 @@ func (r *Resolver) findFill(key string) *fill {
 	return f
 }
 
-func newFill(deps fillDeps, key, registry, repo string, dgst digest.Digest, cancel context.CancelCauseFunc) *fill {
-	f := &fill{deps: deps, key: key, registry: registry, repo: repo, dgst: dgst, ready: make(chan struct{}), cancel: cancel, size: -1}
+func newFill(deps fillDeps, key, registry, repo string, dgst digest.Digest, peers Peers, cancel context.CancelCauseFunc) *fill {
+	f := &fill{deps: deps, key: key, registry: registry, repo: repo, dgst: dgst, peers: peers, ready: make(chan struct{}), cancel: cancel, size: -1}
 	f.cond = sync.NewCond(&f.mu)
 	return f
 }
@@ -338,7 +349,7 @@ func (f *fill) started(ctx context.Context) error {
 func (f *fill) state() fillState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return fillState{size: f.size, written: f.written, fromStore: f.fromStore, done: f.done, err: f.err}
+	return fillState{size: f.size, written: f.written, fromStore: f.fromStore, done: f.done, err: f.err, source: f.source}
 }
 
 // wait waits until the fill ends, or ctx does: ended says which, err how the fill ended.
@@ -358,9 +369,11 @@ func (f *fill) wait(ctx context.Context) (ended bool, err error) {
 }
 
 // reader streams the bytes [off, off+length) of the blob as they arrive. The caller holds a
-// reader on the fill (join) for as long as it uses it.
-func (f *fill) reader(ctx context.Context, off, length int64) *fillReader {
-	return &fillReader{ctx: ctx, f: f, pos: off, end: off + length}
+// reader on the fill (join) for as long as it uses it. A peer's reader (forPeer) is not held
+// whole by the verify-before-send size: the peer verifies the bytes itself, and only the last
+// byte is held back until the blob verified.
+func (f *fill) reader(ctx context.Context, off, length int64, forPeer bool) *fillReader {
+	return &fillReader{ctx: ctx, f: f, pos: off, end: off + length, forPeer: forPeer}
 }
 
 // run downloads the blob within the fill timeout, then calls forget (after which a request
@@ -393,68 +406,108 @@ func (f *fill) finish(err error) {
 	f.cond.Broadcast()
 }
 
-// upstreamBlob is an upstream's answer to a blob GET.
-type upstreamBlob struct {
+// blobSource is an answer to a blob GET: from an upstream endpoint, or from a peer.
+type blobSource struct {
 	body io.ReadCloser
-	size int64     // -1 when the upstream sent no Content-Length
-	ep   *endpoint // the endpoint that answered
+	size int64     // -1 when the source sent no Content-Length
+	ep   *endpoint // the upstream endpoint that answered; nil for a peer
+	peer string    // the peer that sent it; "" for an upstream
 }
 
-// download fetches the blob from the first endpoint that has it and commits it to the cache.
-// Response headers must arrive within the upstream timeout; after that the body may take up to
-// the fill timeout, as long as every idle timeout brings at least minFillProgress bytes (or the
-// rest of the blob).
-func (f *fill) download(ctx context.Context, eps []*endpoint) error {
-	// rctx ends the upstream read: its cause is why (no headers in time, a stall).
-	rctx, stopRead := context.WithCancelCause(ctx)
-	defer stopRead(nil)
-	up, err := f.fetch(rctx, stopRead, eps)
-	if err != nil {
-		return fmt.Errorf("fetch blob: %w", err)
+// name names the source in messages: "upstream https://…" or "peer node-b".
+func (s blobSource) name() string {
+	if s.ep == nil {
+		return "peer " + s.peer
 	}
-	defer up.body.Close()
-	// The upstream client ends a body only on Close: close it when the fill's context ends
-	// (the fill timeout, a stall past the idle timeout, or the resolver closing).
-	stopClose := context.AfterFunc(rctx, func() { up.body.Close() })
-	defer stopClose()
-	if up.size > f.deps.maxBlobSize {
-		return f.tooLarge(up.size)
-	}
-	if up.size > 0 {
-		if err := f.deps.store.CheckRoom(up.size); err != nil {
-			return err
-		}
-	}
+	return "upstream " + s.ep.client.Endpoint()
+}
 
+// maxPeerAttempts is how many peer sources a fill tries, one after the other as long as no
+// byte reached a reader, before it goes to the upstream.
+const maxPeerAttempts = 3
+
+// download fetches the blob and commits it to the cache: from the cluster first when the fill
+// has peers (a holder, or the digest's home filling it), then from the first endpoint that
+// has it. A peer's bytes that fail verification, or stop short, are thrown away and the next
+// source tried, as long as no byte of them reached a reader; otherwise the fill fails as
+// an upstream's does. Response headers must arrive within the upstream timeout; after that the
+// body may take up to the fill timeout, as long as every idle timeout brings at least
+// minFillProgress bytes (or the rest of the blob).
+func (f *fill) download(ctx context.Context, eps []*endpoint) error {
 	ref := fillRefPrefix + f.key
-	w, err := f.deps.store.LinkingTo(f.registry+"/"+f.repo).Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(up.size, 0)}))
-	if errdefs.IsAlreadyExists(err) {
-		return f.alreadyCached(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("open cache ingest: %w", err)
-	}
+	var w content.Writer // opened once, for the first source that answered
 	committed := false
 	defer func() {
-		if !committed {
+		if w != nil && !committed {
 			f.discard(ctx, w, ref)
 		}
 	}()
-	if err := f.open(w, ref, up.size); err != nil {
-		return err
+	var skip []string // the peers that failed this fill
+	for {
+		src, rctx, stopRead, err := f.fetch(ctx, eps, skip)
+		if err != nil {
+			return fmt.Errorf("fetch blob: %w", err)
+		}
+		if w == nil {
+			w, err = f.deps.store.LinkingTo(f.registry+"/"+f.repo).Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: f.dgst, Size: max(src.size, 0)}))
+			if errdefs.IsAlreadyExists(err) {
+				w = nil
+				src.body.Close()
+				stopRead(nil)
+				return f.alreadyCached(ctx)
+			}
+			if err != nil {
+				src.body.Close()
+				stopRead(nil)
+				return fmt.Errorf("open cache ingest: %w", err)
+			}
+		}
+		n, err := f.transfer(ctx, rctx, stopRead, src, w, ref)
+		stopRead(nil)
+		if err == nil {
+			if committed, err = f.commit(ctx, w, n); err == nil {
+				f.deps.cached(f.registry, f.repo, f.dgst)
+			}
+			return err
+		}
+		if src.peer == "" || ctx.Err() != nil || !f.startOver() {
+			return err
+		}
+		log.G(ctx).WithError(err).WithField("peer", src.peer).Warn("blob from a peer failed: trying the next source")
+		skip = append(skip, src.peer)
+	}
+}
+
+// transfer receives src's body into the ingest w of ref and verifies it; it returns the
+// number of bytes, verified.
+func (f *fill) transfer(ctx, rctx context.Context, stopRead context.CancelCauseFunc, src blobSource, w content.Writer, ref string) (int64, error) {
+	defer src.body.Close()
+	// The clients end a body only on Close: close it when the fill's context ends (the fill
+	// timeout, a stall past the idle timeout, or the resolver closing).
+	stopClose := context.AfterFunc(rctx, func() { src.body.Close() })
+	defer stopClose()
+	if src.size > f.deps.maxBlobSize {
+		return 0, f.tooLarge(src.size)
+	}
+	if src.size > 0 {
+		if err := f.deps.store.CheckRoom(src.size); err != nil {
+			return 0, err
+		}
+	}
+	if err := f.open(w, ref, src); err != nil {
+		return 0, err
 	}
 	var n int64
-	bodyStart := time.Now()
-	defer func() { up.ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(bodyStart), Bytes: n}) }()
-	n, err = f.receive(ctx, rctx, stopRead, up, w)
+	var err error
+	if src.ep != nil {
+		bodyStart := time.Now()
+		defer func() { src.ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(bodyStart), Bytes: n}) }()
+	}
+	n, err = f.receive(ctx, rctx, stopRead, src, w)
 	if err != nil {
-		return err
+		return n, err
 	}
-	if err := f.verify(ctx, w, up, n); err != nil {
-		return err
-	}
-	committed, err = f.commit(ctx, w, n)
-	return err
+	return n, f.verify(ctx, w, src, n)
 }
 
 // tooLarge is the error of a blob of more than the maximum blob size.
@@ -466,9 +519,13 @@ func (f *fill) tooLarge(size int64) error {
 // and the blob is linked to the repository.
 func (f *fill) alreadyCached(ctx context.Context) error {
 	f.mu.Lock()
-	f.fromStore = true
+	f.fromStore, f.source = true, ""
 	f.mu.Unlock()
-	return f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst)
+	if err := f.deps.store.Link(ctx, f.registry+"/"+f.repo, f.dgst); err != nil {
+		return err
+	}
+	f.deps.cached(f.registry, f.repo, f.dgst)
+	return nil
 }
 
 // discard closes and removes the ingest w of ref, which was not committed: nothing partial is
@@ -480,41 +537,93 @@ func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
 	}
 }
 
-// fetch sends the GET to the first endpoint that has the blob, and gives up on response
-// headers that take longer than the upstream timeout by stopping rctx.
-func (f *fill) fetch(rctx context.Context, stopRead context.CancelCauseFunc, eps []*endpoint) (upstreamBlob, error) {
+// fetch opens the next source of the blob: the cluster's (unless the fill has no peers, or
+// tried maxPeerAttempts of them; the peers in skip failed it), then the first endpoint that
+// has it. Response headers that take longer than the upstream timeout (twice that for a peer,
+// whose answer may wait on its own fill's) stop rctx. The caller calls stopRead when it is
+// done with the source.
+func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blobSource, rctx context.Context, stopRead context.CancelCauseFunc, _ error) {
+	if f.peers != nil && len(skip) < maxPeerAttempts {
+		rctx, stopRead = context.WithCancelCause(ctx)
+		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopRead(context.DeadlineExceeded) })
+		pb, err := f.peers.OpenBlob(rctx, f.registry, f.repo, f.dgst, skip)
+		headers.Stop()
+		if err == nil && context.Cause(rctx) != nil {
+			pb.Body.Close()
+			err = context.Cause(rctx)
+		}
+		if err == nil {
+			return blobSource{body: pb.Body, size: pb.Size, peer: pb.Peer}, rctx, stopRead, nil
+		}
+		stopRead(nil)
+		entry := log.G(ctx).WithError(err)
+		if errdefs.IsNotFound(err) {
+			entry.Debug("no peer can provide the blob: asking the upstream")
+		} else {
+			entry.Info("the peers failed to provide the blob: asking the upstream")
+		}
+	}
+	rctx, stopRead = context.WithCancelCause(ctx)
 	headers := time.AfterFunc(f.deps.headerTimeout, func() { stopRead(context.DeadlineExceeded) })
 	defer headers.Stop()
-	up, ep, err := try(rctx, eps, "get-blob", func(ctx context.Context, c Client) (upstreamBlob, error) {
+	src, ep, err := try(rctx, eps, "get-blob", func(ctx context.Context, c Client) (blobSource, error) {
 		body, size, err := c.GetBlob(ctx, f.repo, f.dgst)
-		return upstreamBlob{body: body, size: size}, err
+		return blobSource{body: body, size: size}, err
 	})
-	up.ep = ep
-	return up, err
+	if err != nil {
+		stopRead(nil)
+		return blobSource{}, nil, nil, err
+	}
+	src.ep = ep
+	return src, rctx, stopRead, nil
 }
 
-// open starts the ingest w of ref over (a fill interrupted earlier starts over), opens it for
-// the readers and lets them in.
-func (f *fill) open(w content.Writer, ref string, size int64) error {
+// open starts the ingest w of ref over (a fill interrupted earlier starts over, and so does one
+// that tries its next source), opens it for the readers and lets them in. A source after the
+// first must agree with the size the readers were given, unless they were not given it (a
+// blob small enough that they wait for it whole, see Blob).
+func (f *fill) open(w content.Writer, ref string, src blobSource) error {
 	if err := w.Truncate(0); err != nil {
 		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.ready:
+		if f.size > verifyFirstMax && src.size != f.size {
+			return fmt.Errorf("%s has %d bytes of blob %s, not the %d bytes announced: %w", src.name(), src.size, f.dgst, f.size, errdefs.ErrFailedPrecondition)
+		}
+		f.size, f.source = src.size, src.peer
+		return nil
+	default:
 	}
 	file, err := f.deps.store.OpenIngest(ref)
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	f.size, f.file = size, file
-	f.mu.Unlock()
+	f.size, f.file, f.source = src.size, file, src.peer
 	close(f.ready)
 	return nil
+}
+
+// startOver readies the fill for its next source after a peer failed it, and reports whether
+// it may: only when no byte reached a reader. From here no reader gets a byte of what the
+// failed source sent.
+func (f *fill) startOver() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.handedOut {
+		return false
+	}
+	f.written = 0
+	return true
 }
 
 // receive copies the upstream body into the ingest w, waking the readers after every stretch,
 // and returns how many bytes it wrote. It stops reading (through stopRead, which closes the
 // body) when the upstream breaks the progress rule: each window of the idle timeout must bring
 // need bytes; the window starts again once they are in.
-func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFunc, up upstreamBlob, w content.Writer) (int64, error) {
+func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFunc, up blobSource, w content.Writer) (int64, error) {
 	window := f.deps.idleTimeout
 	needFrom := func(n int64) int64 {
 		if up.size < 0 {
@@ -535,7 +644,7 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 		m, rerr := up.body.Read(buf)
 		if m > 0 {
 			if up.size >= 0 && n+int64(m) > up.size {
-				return n, fmt.Errorf("upstream %s sent more than its Content-Length of %d: %w", up.ep.client.Endpoint(), up.size, errdefs.ErrFailedPrecondition)
+				return n, fmt.Errorf("%s sent more than its Content-Length of %d: %w", up.name(), up.size, errdefs.ErrFailedPrecondition)
 			}
 			if up.size < 0 {
 				if n+int64(m) > f.deps.maxBlobSize {
@@ -543,7 +652,7 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 				}
 				if n+int64(m) >= nextRoomCheck {
 					if err := f.deps.store.CheckRoom(n + int64(m)); err != nil {
-						return n, fmt.Errorf("upstream %s sent a body of unknown size: after %d bytes: %w", up.ep.client.Endpoint(), n+int64(m), err)
+						return n, fmt.Errorf("%s sent a body of unknown size: after %d bytes: %w", up.name(), n+int64(m), err)
 					}
 					nextRoomCheck = n + int64(m) + roomCheckStep
 				}
@@ -574,11 +683,11 @@ func (f *fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 				}
 				rerr = cause
 			}
-			return n, fmt.Errorf("read blob from upstream %s after %d bytes: %w", up.ep.client.Endpoint(), n, rerr)
+			return n, fmt.Errorf("read blob from %s after %d bytes: %w", up.name(), n, rerr)
 		}
 	}
 	if up.size >= 0 && n != up.size {
-		return n, fmt.Errorf("upstream %s body ended after %d of %d bytes: %w", up.ep.client.Endpoint(), n, up.size, errdefs.ErrUnavailable)
+		return n, fmt.Errorf("%s body ended after %d of %d bytes: %w", up.name(), n, up.size, errdefs.ErrUnavailable)
 	}
 	return n, nil
 }
@@ -595,10 +704,16 @@ const roomCheckStep = 4 << 20
 
 // verify checks the n bytes written to w against the digest, and lets the readers finish: they
 // need not wait for the fsync of the commit. (Commit verifies again, and makes them durable.)
-func (f *fill) verify(ctx context.Context, w content.Writer, up upstreamBlob, n int64) error {
+// A peer that sent other bytes is reported to the cluster (Peers.Reject).
+func (f *fill) verify(ctx context.Context, w content.Writer, src blobSource, n int64) error {
 	if actual := w.Digest(); actual != f.dgst {
+		err := fmt.Errorf("%s sent %d bytes with digest %s, not the requested one: %w", src.name(), n, actual, errdefs.ErrFailedPrecondition)
+		if src.ep == nil {
+			f.peers.Reject(src.peer, f.dgst)
+			log.G(ctx).WithError(err).Warn("peer blob does not match its digest: not cached")
+			return err
+		}
 		f.deps.mismatches.Add(1)
-		err := fmt.Errorf("upstream %s sent %d bytes with digest %s, not the requested one: %w", up.ep.client.Endpoint(), n, actual, errdefs.ErrFailedPrecondition)
 		log.G(ctx).WithError(err).Error("upstream blob does not match its digest: not cached")
 		return err
 	}
@@ -633,6 +748,7 @@ type fillReader struct {
 	ctx      context.Context
 	f        *fill
 	pos, end int64
+	forPeer  bool // a peer's reader: see fill.reader
 }
 
 // ErrSourceFailed marks the errors of a blob reader's WriteTo that are the blob's own (the
@@ -641,7 +757,9 @@ var ErrSourceFailed = errors.New("the blob's source failed")
 
 // available waits until bytes at fr.pos may be read, and returns how many; io.EOF once the range
 // is delivered, or the fill's error.
-func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.ctx, fr.pos, fr.end) }
+func (fr *fillReader) available() (int64, error) {
+	return fr.f.available(fr.ctx, fr.pos, fr.end, fr.forPeer)
+}
 
 // available waits until bytes at pos may be read, and returns how many up to rangeEnd (-1 for
 // the end of the blob); io.EOF once [pos, rangeEnd) is delivered, or the fill's error.
@@ -658,8 +776,11 @@ func (fr *fillReader) available() (int64, error) { return fr.f.available(fr.ctx,
 // no byte at all before it verified.
 //
 // It stops waiting once ctx, the client's, ends: a client that left no longer counts as a
-// reader once its request returns, even while the upstream sends nothing.
-func (f *fill) available(ctx context.Context, pos, rangeEnd int64) (int64, error) {
+// reader once its request returns, even while the upstream sends nothing. A peer's reader
+// (forPeer) is never held whole: it verifies the bytes itself.
+//
+// Once it hands out a byte the fill can no longer start over from another source.
+func (f *fill) available(ctx context.Context, pos, rangeEnd int64, forPeer bool) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var stopWake func() bool
@@ -685,7 +806,7 @@ func (f *fill) available(ctx context.Context, pos, rangeEnd int64) (int64, error
 		}
 		if !f.verified {
 			switch {
-			case f.size >= 0 && f.size <= f.deps.holdWhole:
+			case !forPeer && f.size >= 0 && f.size <= f.deps.holdWhole:
 				limit = 0 // nothing before the whole blob verified
 			case end >= 0:
 				limit = min(limit, end-1)
@@ -694,6 +815,7 @@ func (f *fill) available(ctx context.Context, pos, rangeEnd int64) (int64, error
 			}
 		}
 		if pos < limit {
+			f.handedOut = true
 			return limit - pos, nil
 		}
 		if f.done {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -258,16 +259,16 @@ func newMemUpstream(input []byte) *memUpstream {
 func (u *memUpstream) Endpoint() string           { return "https://mem.test" }
 func (u *memUpstream) Ping(context.Context) error { return nil }
 
-func (u *memUpstream) HeadManifest(_ context.Context, _, reference string) (ocispec.Descriptor, error) {
+func (u *memUpstream) HeadManifest(_ context.Context, _, reference string) (ocispec.Descriptor, time.Time, error) {
 	u.requests.Add(1)
 	if _, err := digest.Parse(reference); err == nil {
-		return ocispec.Descriptor{}, fmt.Errorf("HEAD by digest: %w", errdefs.ErrNotImplemented)
+		return ocispec.Descriptor{}, time.Time{}, fmt.Errorf("HEAD by digest: %w", errdefs.ErrNotImplemented)
 	}
 	d, ok := u.tags[reference]
 	if !ok {
 		d = digest.FromBytes(u.final[len(reference)%len(u.final)])
 	}
-	return ocispec.Descriptor{Digest: d, Size: int64(len(u.docs[d]))}, nil
+	return ocispec.Descriptor{Digest: d, Size: int64(len(u.docs[d]))}, time.Time{}, nil
 }
 
 func (u *memUpstream) GetManifest(_ context.Context, _, reference string) (ocispec.Descriptor, []byte, error) {

@@ -21,7 +21,9 @@ import (
 type Client interface {
 	Endpoint() string
 	Ping(ctx context.Context) error
-	HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, error)
+	// HeadManifest also returns the registry's Date header of its answer (the zero time when
+	// it sent none).
+	HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, time.Time, error)
 	GetManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, []byte, error)
 	GetBlob(ctx context.Context, repo string, dgst digest.Digest) (io.ReadCloser, int64, error)
 	HeadBlob(ctx context.Context, repo string, dgst digest.Digest) (int64, error)

@@ -2,10 +2,16 @@ package resolver
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"time"
 
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Peer: served from another lifeboat of the cluster (a blob, a manifest, or a tag resolved from
@@ -33,8 +39,9 @@ type Peers interface {
 	Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (mediaType string, body []byte, peer string, err error)
 	// Tag resolves a tag from the peers' records, for when the registry cannot answer: the
 	// digest with the newest registry Date, ties broken by the number of holders, then the
-	// lowest digest.
-	Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, error)
+	// lowest digest. date is that record's registry Date (the resolver weighs it against its
+	// own record's).
+	Tag(ctx context.Context, registry, repository, tag string) (dgst digest.Digest, date time.Time, err error)
 	// Holders names the peers that hold a blob or manifest (for drill and images); empty when
 	// none does.
 	Holders(ctx context.Context, dgst digest.Digest) ([]string, error)
@@ -74,4 +81,200 @@ type peerRequest struct{ fill bool }
 func fromPeer(ctx context.Context) (req peerRequest, ok bool) {
 	req, ok = ctx.Value(fromPeerKey{}).(peerRequest)
 	return req, ok
+}
+
+// notSharedRegistries normalizes Options.NotShared.
+func notSharedRegistries(names []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, name := range names {
+		reg, ok := oci.NormalizeHost(name)
+		if !ok {
+			return nil, fmt.Errorf("invalid registry name %q in the registries not shared with peers: %w", name, errdefs.ErrInvalidArgument)
+		}
+		out[reg] = true
+	}
+	return out, nil
+}
+
+// notSharedError refuses a peer's request for a registry whose content is not shared.
+// errors.Is(err, ErrNotMirrored) and errdefs.IsNotFound(err) both hold: to peers the registry
+// is not mirrored.
+type notSharedError struct{ registry string }
+
+func (e notSharedError) Error() string {
+	return "registry " + e.registry + " is not shared with peers by this lifeboat"
+}
+
+func (e notSharedError) Is(target error) bool {
+	return target == ErrNotMirrored || target == errdefs.ErrNotFound
+}
+
+// notHeldForPeer is the error of a peer's request for what this node does not hold: it asks
+// nothing of anyone for a peer (but a blob fill the peer asked for).
+func notHeldForPeer(what string) error {
+	return fmt.Errorf("%s is not cached on this node: %w", what, errdefs.ErrNotFound)
+}
+
+// shared reports whether registry's content may cross nodes.
+func (r *Resolver) shared(registry string) bool { return !r.notShared[registry] }
+
+// endpointsFor is endpoints for a request: a peer's request for a registry that is not shared
+// is refused first.
+func (r *Resolver) endpointsFor(ctx context.Context, registry string) ([]*endpoint, error) {
+	if _, ok := fromPeer(ctx); ok && !r.shared(registry) {
+		return nil, notSharedError{registry}
+	}
+	return r.endpoints(registry)
+}
+
+// peersFor returns the peers to ask for registry's content on behalf of ctx's request: none
+// without a cluster, for a registry that is not shared, and for a peer's request (which is
+// answered from this node alone, so that requests never go round the cluster).
+func (r *Resolver) peersFor(ctx context.Context, registry string) Peers {
+	if r.opts.Peers == nil || !r.shared(registry) {
+		return nil
+	}
+	if _, ok := fromPeer(ctx); ok {
+		return nil
+	}
+	return r.opts.Peers
+}
+
+// announceCached tells the cluster this node now holds dgst for the repository (never for a
+// registry that is not shared). Peers queues it: it does not block.
+func (r *Resolver) announceCached(registry, repo string, dgst digest.Digest) {
+	if r.opts.Peers != nil && r.shared(registry) {
+		r.opts.Peers.Cached(registry, repo, dgst)
+	}
+}
+
+// announceRevalidated tells the cluster the registry resolved the tag to dgst at date (its Date
+// header).
+func (r *Resolver) announceRevalidated(registry, repo, tag string, dgst digest.Digest, date time.Time) {
+	if r.opts.Peers != nil && r.shared(registry) {
+		r.opts.Peers.Revalidated(registry, repo, tag, dgst, date)
+	}
+}
+
+// logPeerMiss logs why the peers could not provide what: at Debug when none has it, at Info
+// when they failed.
+func logPeerMiss(ctx context.Context, err error, what string) {
+	entry := log.G(ctx).WithError(err).WithField("what", what)
+	if errdefs.IsNotFound(err) {
+		entry.Debug("no peer can provide it: asking the upstream")
+		return
+	}
+	entry.Info("the peers failed to provide it: asking the upstream")
+}
+
+// manifestForPeer answers a peer's manifest request from the cache alone: a digest linked to
+// the repository, or a tag as this node cached it (peers resolve tags through the cluster's
+// index, not through this API).
+func (r *Resolver) manifestForPeer(ctx context.Context, repoKey, reference string, dgst digest.Digest, withBody bool) (Manifest, error) {
+	desc := ocispec.Descriptor{Digest: dgst}
+	if dgst == "" {
+		ref, err := r.store.GetRef(ctx, repoKey+":"+reference)
+		if errdefs.IsNotFound(err) {
+			return Manifest{}, notHeldForPeer("tag " + repoKey + ":" + reference)
+		}
+		if err != nil {
+			return Manifest{}, err
+		}
+		desc = ref.Target
+	}
+	m, err := r.usedManifest(ctx, repoKey, desc, withBody)
+	if errdefs.IsNotFound(err) {
+		return Manifest{}, notHeldForPeer("manifest " + repoKey + "@" + desc.Digest.String())
+	}
+	if err != nil {
+		return Manifest{}, err
+	}
+	m.Status = Hit
+	return m, nil
+}
+
+// manifestFromPeers gets a manifest by digest from a peer, verifies it and caches it, linked
+// to the repository: one request for all the callers asking at once, bounded by the upstream
+// timeout. Its status is Peer.
+func (r *Resolver) manifestFromPeers(ctx context.Context, peers Peers, registry, repo string, dgst digest.Digest) (Manifest, error) {
+	repoKey := registry + "/" + repo
+	return upstreamOnce(ctx, r, "peer get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
+		if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+			return m, nil
+		}
+		mediaType, body, peer, err := peers.Manifest(ctx, registry, repo, dgst)
+		if err != nil {
+			return Manifest{}, err
+		}
+		if len(body) > MaxManifestSize {
+			return Manifest{}, fmt.Errorf("peer %s sent manifest %s of %d bytes: %w", peer, dgst, len(body), errdefs.ErrFailedPrecondition)
+		}
+		if actual := dgst.Algorithm().FromBytes(body); actual != dgst {
+			return Manifest{}, fmt.Errorf("peer %s sent manifest %s with digest %s: %w", peer, dgst, actual, errdefs.ErrFailedPrecondition)
+		}
+		m, err := r.cacheManifest(ctx, registry, repo, dgst, mediaType, body)
+		m.Status = Peer
+		return m, err
+	})
+}
+
+// tagFromPeers answers a tag the registry cannot answer (it is down, slow, or erroring) from
+// the peers' newest record: when this node has no record of its own, or when the peers' names
+// another digest that the registry confirmed after this node's record was (by the registry's
+// Date headers, so node clocks do not matter). The manifest comes from the cache or a peer,
+// verified, and the tag is recorded with the peers' date. ok is false when this node's own
+// record stands, or the peers cannot answer.
+func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo, tag string, own cache.Ref, cached, withBody bool) (_ Manifest, ok bool) {
+	repoKey := registry + "/" + repo
+	name := repoKey + ":" + tag
+	type record struct {
+		dgst digest.Digest
+		date time.Time
+	}
+	rec, err := upstreamOnce(ctx, r, "peer tag "+name, func(ctx context.Context) (record, error) {
+		dgst, date, err := peers.Tag(ctx, registry, repo, tag)
+		return record{dgst, date}, err
+	})
+	if err == nil {
+		err = checkDigest(rec.dgst)
+	}
+	if err != nil {
+		entry := log.G(ctx).WithError(err).WithField("ref", name)
+		if errdefs.IsNotFound(err) {
+			entry.Debug("no peer has a record of the tag")
+		} else {
+			entry.Info("the peers failed to resolve the tag")
+		}
+		return Manifest{}, false
+	}
+	if cached {
+		ownDate := own.UpstreamDate
+		if ownDate.IsZero() {
+			ownDate = own.VerifiedAt
+		}
+		if rec.dgst == own.Target.Digest || !rec.date.After(ownDate) {
+			return Manifest{}, false
+		}
+	}
+	m, err := r.usedManifest(ctx, repoKey, ocispec.Descriptor{Digest: rec.dgst}, withBody)
+	if err != nil {
+		if m, err = r.manifestFromPeers(ctx, peers, registry, repo, rec.dgst); err != nil {
+			log.G(ctx).WithError(err).WithField("ref", name).WithField("digest", rec.dgst).Info("the peers resolved the tag but cannot provide its manifest")
+			return Manifest{}, false
+		}
+	}
+	if err := r.store.SetRefAt(ctx, name, m.Descriptor, "", rec.date); err != nil {
+		log.G(ctx).WithError(err).Warn("cannot record the tag as the peers resolved it")
+	}
+	log.G(ctx).WithField("ref", name).WithField("digest", rec.dgst).WithField("date", rec.date).Info("the registry cannot answer: tag resolved from the peers' newest record")
+	m.Status = Peer
+	return m, true
+}
+
+// status is the cache status of what the fill serves: Peer when its bytes came from a peer.
+func (st fillState) status() CacheStatus {
+	if st.source != "" {
+		return Peer
+	}
+	return Miss
 }

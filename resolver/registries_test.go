@@ -164,8 +164,8 @@ func (c *downClient) Ping(context.Context) error {
 	c.pings.Add(1)
 	return errDown
 }
-func (c *downClient) HeadManifest(context.Context, string, string) (ocispec.Descriptor, error) {
-	return ocispec.Descriptor{}, errDown
+func (c *downClient) HeadManifest(context.Context, string, string) (ocispec.Descriptor, time.Time, error) {
+	return ocispec.Descriptor{}, time.Time{}, errDown
 }
 func (c *downClient) GetManifest(context.Context, string, string) (ocispec.Descriptor, []byte, error) {
 	return ocispec.Descriptor{}, nil, errDown

@@ -174,6 +174,7 @@ type Resolver struct {
 	cancel context.CancelFunc
 
 	listed     map[string][]string // the registries mirrored, with their endpoint URLs
+	notShared  map[string]bool     // registries whose content never crosses nodes
 	regMu      sync.Mutex
 	registries map[string]*registryEndpoints // in use
 	closed     bool                          // under regMu
@@ -211,8 +212,12 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
+	notShared, err := notSharedRegistries(opts.NotShared)
+	if err != nil {
+		return nil, err
+	}
 	r := &Resolver{
-		store: store, opts: opts, stop: make(chan struct{}), listed: listed,
+		store: store, opts: opts, stop: make(chan struct{}), listed: listed, notShared: notShared,
 		registries: map[string]*registryEndpoints{}, fills: map[string]*fill{},
 	}
 	r.fillDeps = fillDeps{
@@ -224,6 +229,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		holdWhole:     opts.VerifyBeforeSend,
 		mismatches:    &r.digestMismatches,
 		abandoned:     r.limitAbandoned,
+		cached:        r.announceCached,
 	}
 	r.fillSlots = fillSlots{slots: make(chan struct{}, opts.MaxFills), wait: opts.FillQueueTimeout}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
@@ -318,42 +324,49 @@ func (r *Resolver) manifest(ctx context.Context, registry, repository, reference
 	if err := checkRepository(repository); err != nil {
 		return Manifest{}, err
 	}
-	eps, err := r.endpoints(registry)
+	eps, err := r.endpointsFor(ctx, registry)
 	if err != nil {
 		return Manifest{}, err
 	}
-	repoKey := registry + "/" + repository
 	dgst, err := oci.ParseReference(reference)
 	if err != nil {
 		return Manifest{}, err
 	}
-	if dgst != "" {
-		return r.manifestByDigest(ctx, eps, repoKey, repository, dgst, withBody)
+	if _, ok := fromPeer(ctx); ok {
+		return r.manifestForPeer(ctx, registry+"/"+repository, reference, dgst, withBody)
 	}
-	return r.manifestByTag(ctx, eps, repoKey, repository, reference, withBody)
+	if dgst != "" {
+		return r.manifestByDigest(ctx, eps, registry, repository, dgst, withBody)
+	}
+	return r.manifestByTag(ctx, eps, registry, repository, reference, withBody)
 }
 
 // manifestByDigest serves an immutable manifest: from the cache when present under the
-// repository, else from upstream, cached on the way.
-func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
+// repository, else from the peers or the upstream, cached on the way.
+func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
+	repoKey := registry + "/" + repo
 	if m, err := r.usedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, withBody); err == nil {
 		m.Status = Hit
 		return m, nil
 	} else if !errdefs.IsNotFound(err) {
 		return Manifest{}, err
 	}
-	m, err := r.fetchManifest(ctx, eps, repoKey, repo, dgst)
+	m, err := r.fetchManifest(ctx, eps, registry, repo, dgst)
 	if err != nil {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+repoKey+"@"+dgst.String())
 	}
-	m.Status = Miss
+	if m.Status == "" {
+		m.Status = Miss
+	}
 	return m, nil
 }
 
 // manifestByTag applies the tag policy: revalidate with a quick upstream, else serve stale
 // when the upstream cannot be reached, and refuse (by default: Options.OnDenied) when it
-// answers that the repository is denied.
-func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, repo, tag string, withBody bool) (Manifest, error) {
+// answers that the repository is denied. When the upstream cannot be reached the peers'
+// records may answer instead (see tagFromPeers).
+func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry, repo, tag string, withBody bool) (Manifest, error) {
+	repoKey := registry + "/" + repo
 	name := repoKey + ":" + tag
 	ref, refErr := r.store.GetRef(ctx, name)
 	if refErr != nil && !errdefs.IsNotFound(refErr) {
@@ -367,20 +380,24 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 		}
 	}
 
-	desc, ep, err := r.headTag(ctx, eps, repo, name, tag)
+	desc, ep, date, err := r.headTag(ctx, eps, repo, name, tag)
 	switch {
 	case err == nil:
+		if date.IsZero() {
+			date = time.Now()
+		}
 		if cached && ref.Target.Digest == desc.Digest {
 			if m, err := r.usedManifest(ctx, repoKey, ref.Target, withBody); err == nil {
-				if err := r.store.SetRef(ctx, name, ref.Target, ep.client.Endpoint()); err != nil {
+				if err := r.store.SetRefAt(ctx, name, ref.Target, ep.client.Endpoint(), date); err != nil {
 					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 				}
 				r.revalidations.succeeded(name)
+				r.announceRevalidated(registry, repo, tag, desc.Digest, date)
 				m.Status = Revalidated
 				return m, nil
 			}
 		}
-		m, ferr := r.fetchManifest(ctx, eps, repoKey, repo, desc.Digest)
+		m, ferr := r.fetchManifest(ctx, eps, registry, repo, desc.Digest)
 		if ferr != nil {
 			if cached && (isEndpointFailure(ferr) || isDenied(ferr)) {
 				err = ferr // upstream failed, or denied, between HEAD and GET: see below
@@ -388,10 +405,11 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 			}
 			return Manifest{}, notFoundIfDown(ctx, ferr, "manifest "+name)
 		}
-		if err := r.store.SetRef(ctx, name, m.Descriptor, ep.client.Endpoint()); err != nil {
+		if err := r.store.SetRefAt(ctx, name, m.Descriptor, ep.client.Endpoint(), date); err != nil {
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
 		}
 		r.revalidations.succeeded(name)
+		r.announceRevalidated(registry, repo, tag, m.Descriptor.Digest, date)
 		m.Status = Revalidated
 		if !cached {
 			m.Status = Miss
@@ -405,10 +423,18 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 	case ctx.Err() != nil:
 		return Manifest{}, ctx.Err()
 	}
+	cause := causeOf(err)
+	if peers := r.peersFor(ctx, registry); peers != nil && (cause == CauseUnreachable || cause == CauseOther) {
+		if m, ok := r.tagFromPeers(ctx, peers, registry, repo, tag, ref, cached, withBody); ok {
+			if cached {
+				r.revalidations.failed(ctx, name, cause, true, err)
+			}
+			return m, nil
+		}
+	}
 	if !cached {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
-	cause := causeOf(err)
 	if cause == CauseDenied && r.opts.OnDenied == OnDeniedRefuse {
 		r.revalidations.failed(ctx, name, cause, false, err)
 		return Manifest{}, fmt.Errorf("manifest %s: the registry denies access to the repository, so its cached copy is not served (on_denied = %s): %v: %w", name, OnDeniedRefuse, err, errdefs.ErrNotFound)
@@ -423,19 +449,22 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, repoKey, 
 }
 
 // headTag asks the upstream for the tag's descriptor: one request for all the callers asking at
-// once.
-func (r *Resolver) headTag(ctx context.Context, eps []*endpoint, repo, name, tag string) (ocispec.Descriptor, *endpoint, error) {
+// once. date is the registry's Date header of the answer (zero when it sent none).
+func (r *Resolver) headTag(ctx context.Context, eps []*endpoint, repo, name, tag string) (_ ocispec.Descriptor, _ *endpoint, date time.Time, _ error) {
 	type head struct {
 		desc ocispec.Descriptor
+		date time.Time
 		ep   *endpoint
 	}
 	h, err := upstreamOnce(ctx, r, "head "+name, func(ctx context.Context) (head, error) {
-		desc, ep, err := try(ctx, eps, "head-manifest", func(ctx context.Context, c Client) (ocispec.Descriptor, error) {
-			return c.HeadManifest(ctx, repo, tag)
+		h, ep, err := try(ctx, eps, "head-manifest", func(ctx context.Context, c Client) (head, error) {
+			desc, date, err := c.HeadManifest(ctx, repo, tag)
+			return head{desc: desc, date: date}, err
 		})
-		return head{desc, ep}, err
+		h.ep = ep
+		return h, err
 	})
-	return h.desc, h.ep, err
+	return h.desc, h.ep, h.date, err
 }
 
 // notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
@@ -552,21 +581,35 @@ func (r *Resolver) checkLinked(ctx context.Context, repoKey string, dgst digest.
 // fetchManifest gets a manifest by digest from upstream, verifies it and caches it: one
 // upstream request for all the callers asking for it at once, and none when it was cached
 // meanwhile (by a request that finished just before this one asked).
-func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
+//
+// The peers, when the registry is shared, are asked first: a manifest they provide has the
+// status Peer.
+func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
 	if err := checkDigest(dgst); err != nil {
 		return Manifest{}, err
+	}
+	repoKey := registry + "/" + repo
+	if peers := r.peersFor(ctx, registry); peers != nil {
+		m, err := r.manifestFromPeers(ctx, peers, registry, repo, dgst)
+		if err == nil {
+			return m, nil
+		}
+		if ctx.Err() != nil {
+			return Manifest{}, ctx.Err()
+		}
+		logPeerMiss(ctx, err, "manifest "+repoKey+"@"+dgst.String())
 	}
 	return upstreamOnce(ctx, r, "get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
 		if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
 			return m, nil
 		}
-		return r.downloadManifest(ctx, eps, repoKey, repo, dgst)
+		return r.downloadManifest(ctx, eps, registry, repo, dgst)
 	})
 }
 
 // downloadManifest gets a manifest by digest from upstream, verifies it with its digest's own
 // algorithm (sha256 or sha512) and caches it.
-func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, repoKey, repo string, dgst digest.Digest) (Manifest, error) {
+func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
 	type got struct {
 		desc ocispec.Descriptor
 		body []byte
@@ -585,15 +628,23 @@ func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, repoKe
 		r.digestMismatches.Add(1)
 		return Manifest{}, fmt.Errorf("upstream manifest %s has digest %s: %w", dgst, actual, errdefs.ErrFailedPrecondition)
 	}
-	desc := ocispec.Descriptor{MediaType: g.desc.MediaType, Digest: dgst, Size: int64(len(g.body))}
+	return r.cacheManifest(ctx, registry, repo, dgst, g.desc.MediaType, g.body)
+}
+
+// cacheManifest caches a manifest whose body verified against dgst, linked to the repository,
+// and tells the cluster.
+func (r *Resolver) cacheManifest(ctx context.Context, registry, repo string, dgst digest.Digest, mediaType string, body []byte) (Manifest, error) {
+	repoKey := registry + "/" + repo
+	desc := ocispec.Descriptor{MediaType: mediaType, Digest: dgst, Size: int64(len(body))}
 	if desc.MediaType == "" {
-		desc.MediaType = sniffMediaType(g.body)
+		desc.MediaType = sniffMediaType(body)
 	}
-	err = content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst.String(), bytes.NewReader(g.body), desc)
+	err := content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst.String(), bytes.NewReader(body), desc)
 	if err != nil && !errdefs.IsAlreadyExists(err) {
 		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
 	}
-	return Manifest{Descriptor: desc, Body: g.body}, nil
+	r.announceCached(registry, repo, dgst)
+	return Manifest{Descriptor: desc, Body: body}, nil
 }
 
 // sniffMediaType reads the mediaType field of a manifest, or guesses from its shape.
@@ -618,7 +669,7 @@ func sniffMediaType(body []byte) string {
 // StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
 // upstream HEAD.
 func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := r.blobArgs(ctx, registry, repository, dgst)
 	if err != nil {
 		return ocispec.Descriptor{}, "", err
 	}
@@ -627,6 +678,9 @@ func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dg
 		if info, err := r.store.Info(ctx, dgst); err == nil {
 			return ocispec.Descriptor{Digest: dgst, Size: info.Size}, Hit, nil
 		}
+	}
+	if req, ok := fromPeer(ctx); ok && !req.fill {
+		return ocispec.Descriptor{}, "", notHeldForPeer("blob " + repoKey + "@" + dgst.String())
 	}
 	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
@@ -639,14 +693,14 @@ func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dg
 	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
 }
 
-func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
+func (r *Resolver) blobArgs(ctx context.Context, registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
 	if err := checkRepository(repository); err != nil {
 		return nil, err
 	}
 	if err := checkDigest(dgst); err != nil {
 		return nil, err
 	}
-	return r.endpoints(registry)
+	return r.endpointsFor(ctx, registry)
 }
 
 // verifyFirstMax is the size up to which a blob that is not cached is fetched and verified whole
@@ -656,11 +710,16 @@ func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]
 // blobs this small the wait costs little; larger ones stream as they arrive.
 const verifyFirstMax = 1 << 20
 
-// Blob opens a blob for reading: from the cache, or by starting (or joining) the one upstream
-// fill of that blob. It returns once the size is known, before the bytes have arrived, except
-// for blobs of up to verifyFirstMax bytes, which it returns once they are cached.
+// Blob opens a blob for reading: from the cache, or by starting (or joining) the one fill of
+// that blob, from the peers (Status Peer) or the upstream. It returns once the size is known,
+// before the bytes have arrived, except for blobs of up to verifyFirstMax bytes, which it
+// returns once they are cached. A peer's request (FromPeer) is answered from the cache, or,
+// when it asks for a fill, from the upstream fill, streamed as it arrives.
+//
+// The status of a blob returned before it arrived is its fill's source then: Peer stays when
+// that peer's bytes fail verification and the fill starts over from the registry.
 func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := r.blobArgs(ctx, registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}
@@ -672,7 +731,11 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 			return b, nil
 		}
 	}
-	f, err := r.joinFill(ctx, registry, repository, dgst, eps)
+	peerReq, forPeer := fromPeer(ctx)
+	if forPeer && !peerReq.fill {
+		return nil, notHeldForPeer("blob " + repoKey + "@" + dgst.String())
+	}
+	f, err := r.joinFill(ctx, registry, repository, dgst, eps, r.peersFor(ctx, registry))
 	if err != nil {
 		return nil, err
 	}
@@ -684,17 +747,18 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	size := st.size
 	if st.fromStore || (size < 0 && st.done && st.err == nil) {
 		f.release()
-		return r.cachedBlob(ctx, dgst, Miss)
+		return r.cachedBlob(ctx, dgst, st.status())
 	}
 	if st.err != nil && size < 0 {
 		f.release()
 		return nil, notFoundIfDown(ctx, st.err, "blob "+repoKey+"@"+dgst.String())
 	}
-	if size < 0 || size <= verifyFirstMax {
+	if size < 0 || (size <= verifyFirstMax && !forPeer) {
 		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
 		// committed, then serve it from the cache. A client that gives up stops waiting (the
 		// fill goes on for the next one).
 		ended, ferr := f.wait(ctx)
+		st = f.state()
 		f.release()
 		if !ended {
 			return nil, ctx.Err()
@@ -702,17 +766,17 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		if ferr != nil {
 			return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 		}
-		return r.cachedBlob(ctx, dgst, Miss)
+		return r.cachedBlob(ctx, dgst, st.status())
 	}
 	var once sync.Once
 	return &Blob{
 		Descriptor: ocispec.Descriptor{Digest: dgst, Size: size},
-		Status:     Miss,
+		Status:     st.status(),
 		open: func(off, length int64) (io.ReadCloser, error) {
 			if off < 0 || off > size || length < 0 || off+length > size {
 				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
 			}
-			return f.reader(ctx, off, length), nil
+			return f.reader(ctx, off, length, forPeer), nil
 		},
 		close: func() error { once.Do(f.release); return nil },
 	}, nil
@@ -745,9 +809,19 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	if err := checkRepository(repository); err != nil {
 		return nil, "", err
 	}
-	eps, err := r.endpoints(registry)
+	eps, err := r.endpointsFor(ctx, registry)
 	if err != nil {
 		return nil, "", err
+	}
+	if _, ok := fromPeer(ctx); ok {
+		tags, err := r.cachedTags(ctx, registry, repository)
+		if err == nil && len(tags) == 0 {
+			err = notHeldForPeer("repository " + registry + "/" + repository)
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return tags, Hit, nil
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	tags, _, err := try(tctx, eps, "tags", func(ctx context.Context, c Client) ([]string, error) {
@@ -764,32 +838,45 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	if isDenied(err) && r.opts.OnDenied == OnDeniedRefuse {
 		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %v: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
-	refs, rerr := r.store.Refs(ctx)
+	tags, rerr := r.cachedTags(ctx, registry, repository)
 	if rerr != nil {
 		return nil, "", rerr
 	}
+	if len(tags) == 0 {
+		return nil, "", notFoundIfDown(ctx, err, "repository "+registry+"/"+repository)
+	}
+	return tags, Stale, nil
+}
+
+// cachedTags lists the repository's cached tags, sorted.
+func (r *Resolver) cachedTags(ctx context.Context, registry, repository string) ([]string, error) {
+	refs, err := r.store.Refs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var tags []string
 	prefix := registry + "/" + repository + ":"
 	for _, ref := range refs {
 		if tag, ok := strings.CutPrefix(ref.Name, prefix); ok {
 			tags = append(tags, tag)
 		}
 	}
-	if len(tags) == 0 {
-		return nil, "", notFoundIfDown(ctx, err, "repository "+registry+"/"+repository)
-	}
 	slices.Sort(tags)
-	return tags, Stale, nil
+	return tags, nil
 }
 
 // Referrers returns the referrers index of dgst, filtered by artifactType when it is not empty.
 // Referrers are not cached: with the upstream down or without the API, the index is empty.
 func (r *Resolver) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := r.blobArgs(ctx, registry, repository, dgst)
 	if err != nil {
 		return ocispec.Index{}, err
 	}
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
 	idx.SchemaVersion = 2
+	if _, ok := fromPeer(ctx); ok {
+		return idx, nil // not cached: peers get this node's cache only
+	}
 	rctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
 	body, _, err := try(rctx, eps, "referrers", func(ctx context.Context, c Client) ([]byte, error) {

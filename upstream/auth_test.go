@@ -256,7 +256,7 @@ func TestBearerAuth(t *testing.T) {
 			c := newClient(t, srv.URL, tt.opts(strings.TrimPrefix(srv.URL, "http://")))
 			ctx, logs := debugCtx(t)
 
-			desc, err := c.HeadManifest(ctx, tt.repo, f.tag)
+			desc, _, err := c.HeadManifest(ctx, tt.repo, f.tag)
 			checkErr(t, err, tt.want, tt.failure)
 			_, body, err := c.GetManifest(ctx, tt.repo, f.desc.Digest.String())
 			checkErr(t, err, tt.want, tt.failure)
@@ -319,12 +319,12 @@ func TestTokenCacheNotPoisoned(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
-		_, err := c.HeadManifest(ctx, f.repo, f.tag)
+		_, _, err := c.HeadManifest(ctx, f.repo, f.tag)
 		if !errors.Is(err, context.DeadlineExceeded) || !IsEndpointFailure(err) {
 			t.Fatalf("HeadManifest with a stuck token service = %v, want a deadline endpoint failure", err)
 		}
 		close(release)
-		if _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
+		if _, _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
 			t.Fatalf("HeadManifest after the token service answered: %v", err)
 		}
 		if n := ts.requests.Load(); n != 1 {
@@ -344,9 +344,9 @@ func TestTokenCacheNotPoisoned(t *testing.T) {
 		}
 		srv := f.serve(t, bearerAuth(ts, ts.srv.URL+"/token"))
 		c := newClient(t, srv.URL, opts)
-		_, err := c.HeadManifest(t.Context(), f.repo, f.tag)
+		_, _, err := c.HeadManifest(t.Context(), f.repo, f.tag)
 		checkErr(t, err, errdefs.ErrUnavailable, true)
-		if _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
+		if _, _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
 			t.Fatalf("HeadManifest after the token service recovered: %v", err)
 		}
 	})
@@ -356,15 +356,15 @@ func TestTokenCacheNotPoisoned(t *testing.T) {
 		ts := newTokenServer(t, testUser, testPassword)
 		srv := f.serve(t, bearerAuth(ts, ts.srv.URL+"/token"))
 		c := newClient(t, srv.URL, opts)
-		if _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
+		if _, _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
 			t.Fatal(err)
 		}
 		ts.mu.Lock()
 		clear(ts.granted) // every token issued so far is revoked; the 401s carry no error=
 		ts.mu.Unlock()
-		_, err := c.HeadManifest(t.Context(), f.repo, f.tag)
+		_, _, err := c.HeadManifest(t.Context(), f.repo, f.tag)
 		checkErr(t, err, errdefs.ErrUnauthenticated, false)
-		if _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
+		if _, _, err := c.HeadManifest(t.Context(), f.repo, f.tag); err != nil {
 			t.Fatalf("HeadManifest after a final 401 should start over with a new token: %v", err)
 		}
 	})
@@ -389,7 +389,7 @@ func TestBasicAuth(t *testing.T) {
 			srv := f.serve(t, count.wrap, basicAuth(testUser, testPassword))
 			c := newClient(t, srv.URL, tt.opts)
 			ctx, logs := debugCtx(t)
-			desc, err := c.HeadManifest(ctx, f.repo, f.tag)
+			desc, _, err := c.HeadManifest(ctx, f.repo, f.tag)
 			checkErr(t, err, tt.want, false)
 			noSecret(t, logs.String())
 			if tt.want != nil {
@@ -478,7 +478,7 @@ func TestConcurrentRequestsShareToken(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			if i%2 == 0 {
-				_, err := c.HeadManifest(t.Context(), f.repo, f.tag)
+				_, _, err := c.HeadManifest(t.Context(), f.repo, f.tag)
 				errs <- err
 				return
 			}

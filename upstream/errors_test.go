@@ -64,7 +64,7 @@ func TestErrorClassification(t *testing.T) {
 			c := newClient(t, tt.endpoint(t), opts)
 			ctx := t.Context()
 			calls := map[string]func() error{
-				"HeadManifest": func() error { _, err := c.HeadManifest(ctx, f.repo, f.tag); return err },
+				"HeadManifest": func() error { _, _, err := c.HeadManifest(ctx, f.repo, f.tag); return err },
 				"GetManifest":  func() error { _, _, err := c.GetManifest(ctx, f.repo, f.tag); return err },
 				"GetBlob": func() error {
 					rc, _, err := c.GetBlob(ctx, f.repo, f.layer)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -55,17 +56,19 @@ func (c *Client) Ping(ctx context.Context) error {
 }
 
 // HeadManifest returns the descriptor of repo's manifest or index reference (a tag or a digest)
-// with a HEAD. When the registry answers HEAD with 405, or without a Docker-Content-Digest,
-// a Content-Length or a specific Content-Type, or with a digest other than a digest reference,
-// it falls back to GetManifest (which hashes and verifies the body). For a digest reference the
-// returned digest is the reference. Errors: see the package documentation.
-func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, error) {
+// with a HEAD, and the registry's Date header of the answer (the zero time when it sent none,
+// or one that does not parse). When the registry answers HEAD with 405, or without a
+// Docker-Content-Digest, a Content-Length or a specific Content-Type, or with a digest other
+// than a digest reference, it falls back to GetManifest (which hashes and verifies the body).
+// For a digest reference the returned digest is the reference. Errors: see the package
+// documentation.
+func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, time.Time, error) {
 	if err := validateRepo(repo); err != nil {
-		return ocispec.Descriptor{}, err
+		return ocispec.Descriptor{}, time.Time{}, err
 	}
 	want, err := oci.ParseReference(reference)
 	if err != nil {
-		return ocispec.Descriptor{}, err
+		return ocispec.Descriptor{}, time.Time{}, err
 	}
 	path := "/v2/" + repo + "/manifests/" + reference
 	what := "upstream " + c.base.Host + ": HEAD " + path
@@ -74,12 +77,12 @@ func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocis
 		return c.headByGet(ctx, repo, reference, "HEAD not allowed")
 	}
 	if err != nil {
-		return ocispec.Descriptor{}, err
+		return ocispec.Descriptor{}, time.Time{}, err
 	}
 	drainClose(resp.Body)
 
 	if resp.ContentLength > MaxManifestSize {
-		return ocispec.Descriptor{}, fmt.Errorf("%s: manifest of %d bytes is too large (limit %d): %w", what, resp.ContentLength, MaxManifestSize, errdefs.ErrFailedPrecondition)
+		return ocispec.Descriptor{}, time.Time{}, fmt.Errorf("%s: manifest of %d bytes is too large (limit %d): %w", what, resp.ContentLength, MaxManifestSize, errdefs.ErrFailedPrecondition)
 	}
 	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	switch {
@@ -94,13 +97,22 @@ func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocis
 	if mt == "" {
 		return c.headByGet(ctx, repo, reference, "no specific Content-Type")
 	}
-	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: resp.ContentLength}, nil
+	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: resp.ContentLength}, responseDate(resp), nil
 }
 
-func (c *Client) headByGet(ctx context.Context, repo, reference, why string) (ocispec.Descriptor, error) {
+// responseDate is the Date header of resp, or the zero time.
+func responseDate(resp *http.Response) time.Time {
+	t, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+func (c *Client) headByGet(ctx context.Context, repo, reference, why string) (ocispec.Descriptor, time.Time, error) {
 	log.G(ctx).WithFields(log.Fields{"endpoint": c.base.Host, "repository": repo, "reference": reference, "reason": why}).Debug("manifest HEAD inconclusive, using GET")
-	desc, _, err := c.GetManifest(ctx, repo, reference)
-	return desc, err
+	desc, _, date, err := c.getManifest(ctx, repo, reference)
+	return desc, date, err
 }
 
 // GetManifest fetches repo's manifest or index reference (a tag or a digest). The body is at
@@ -109,28 +121,35 @@ func (c *Client) headByGet(ctx context.Context, repo, reference, why string) (oc
 // errdefs.ErrFailedPrecondition). The media type is the Content-Type, or the body's mediaType
 // field when the header is missing or generic. Errors: see the package documentation.
 func (c *Client) GetManifest(ctx context.Context, repo, reference string) (ocispec.Descriptor, []byte, error) {
+	desc, body, _, err := c.getManifest(ctx, repo, reference)
+	return desc, body, err
+}
+
+// getManifest is GetManifest, with the registry's Date header of the answer (see HeadManifest).
+func (c *Client) getManifest(ctx context.Context, repo, reference string) (_ ocispec.Descriptor, _ []byte, date time.Time, _ error) {
 	if err := validateRepo(repo); err != nil {
-		return ocispec.Descriptor{}, nil, err
+		return ocispec.Descriptor{}, nil, date, err
 	}
 	want, err := oci.ParseReference(reference)
 	if err != nil {
-		return ocispec.Descriptor{}, nil, err
+		return ocispec.Descriptor{}, nil, date, err
 	}
 	path := "/v2/" + repo + "/manifests/" + reference
 	what := "upstream " + c.base.Host + ": GET " + path
 	resp, err := c.send(ctx, http.MethodGet, c.url(path, nil), repo, manifestAccept...)
 	if err != nil {
-		return ocispec.Descriptor{}, nil, err
+		return ocispec.Descriptor{}, nil, date, err
 	}
+	date = responseDate(resp)
 	body, err := readAll(ctx, what, resp, MaxManifestSize)
 	if err != nil {
-		return ocispec.Descriptor{}, nil, err
+		return ocispec.Descriptor{}, nil, date, err
 	}
 
 	dgst := digest.SHA256.FromBytes(body)
 	if want != "" {
 		if got := want.Algorithm().FromBytes(body); got != want {
-			return ocispec.Descriptor{}, nil, fmt.Errorf("%s: body has digest %s: %w", what, got, errdefs.ErrFailedPrecondition)
+			return ocispec.Descriptor{}, nil, date, fmt.Errorf("%s: body has digest %s: %w", what, got, errdefs.ErrFailedPrecondition)
 		}
 		dgst = want
 	}
@@ -141,10 +160,10 @@ func (c *Client) GetManifest(ctx context.Context, repo, reference string) (ocisp
 	mt := mediaType(resp.Header.Get("Content-Type"))
 	if mt == "" {
 		if mt = bodyMediaType(body); mt == "" {
-			return ocispec.Descriptor{}, nil, fmt.Errorf("%s: cannot tell the manifest's media type (no Content-Type, no mediaType field): %w", what, errdefs.ErrFailedPrecondition)
+			return ocispec.Descriptor{}, nil, date, fmt.Errorf("%s: cannot tell the manifest's media type (no Content-Type, no mediaType field): %w", what, errdefs.ErrFailedPrecondition)
 		}
 	}
-	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: int64(len(body))}, body, nil
+	return ocispec.Descriptor{MediaType: mt, Digest: dgst, Size: int64(len(body))}, body, date, nil
 }
 
 // mediaType returns a Content-Type's media type without parameters, or "" when it is missing

@@ -78,7 +78,7 @@ func TestManifests(t *testing.T) {
 			want := tt.want()
 			ctx, _ := debugCtx(t) // keeps the mismatch warning out of the test output
 
-			desc, err := c.HeadManifest(ctx, f.repo, tt.reference())
+			desc, _, err := c.HeadManifest(ctx, f.repo, tt.reference())
 			must(t, err)
 			if !sameDesc(desc, want) {
 				t.Errorf("HeadManifest = %+v, want %+v", desc, want)
@@ -155,7 +155,7 @@ func TestManifestVerification(t *testing.T) {
 				err  error
 			)
 			if tt.head {
-				desc, err = c.HeadManifest(t.Context(), f.repo, tt.reference)
+				desc, _, err = c.HeadManifest(t.Context(), f.repo, tt.reference)
 			} else {
 				desc, _, err = c.GetManifest(t.Context(), f.repo, tt.reference)
 			}

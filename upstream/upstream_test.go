@@ -85,7 +85,7 @@ func TestInvalidInput(t *testing.T) {
 	good := digest.FromString("x")
 	ctx := t.Context()
 	call := map[string]func(repo, ref string, d digest.Digest) error{
-		"HeadManifest": func(repo, ref string, _ digest.Digest) error { _, err := c.HeadManifest(ctx, repo, ref); return err },
+		"HeadManifest": func(repo, ref string, _ digest.Digest) error { _, _, err := c.HeadManifest(ctx, repo, ref); return err },
 		"GetManifest":  func(repo, ref string, _ digest.Digest) error { _, _, err := c.GetManifest(ctx, repo, ref); return err },
 		"GetBlob": func(repo, _ string, d digest.Digest) error {
 			rc, _, err := c.GetBlob(ctx, repo, d)
@@ -179,7 +179,7 @@ func TestTLS(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c := newClient(t, srv.URL, tt.opts)
-			_, err := c.HeadManifest(t.Context(), f.repo, f.tag)
+			_, _, err := c.HeadManifest(t.Context(), f.repo, f.tag)
 			checkErr(t, err, tt.want, tt.want != nil)
 			checkErr(t, c.Ping(t.Context()), tt.want, tt.want != nil)
 		})
@@ -247,7 +247,7 @@ func TestBlackholeAndCancel(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ops := map[string]func(ctx context.Context) error{
-				"HeadManifest": func(ctx context.Context) error { _, err := c.HeadManifest(ctx, "a/b", "latest"); return err },
+				"HeadManifest": func(ctx context.Context) error { _, _, err := c.HeadManifest(ctx, "a/b", "latest"); return err },
 				"GetBlob": func(ctx context.Context) error {
 					_, _, err := c.GetBlob(ctx, "a/b", digest.FromString("x"))
 					return err

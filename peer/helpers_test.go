@@ -225,7 +225,13 @@ func (n *testNode) member() cluster.Member {
 // warm caches the blob dgst in the node, through its own resolver.
 func (n *testNode) warm(t *testing.T, dgst digest.Digest) {
 	t.Helper()
-	b, err := n.resolver.Blob(t.Context(), testRegistry, testRepo, dgst)
+	warm(t, n.resolver, dgst)
+}
+
+// warm caches the blob dgst in r.
+func warm(t *testing.T, r *resolver.Resolver, dgst digest.Digest) {
+	t.Helper()
+	b, err := r.Blob(t.Context(), testRegistry, testRepo, dgst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,6 +258,8 @@ type testCluster struct {
 	announced []cluster.Record
 	lookupErr error
 	lookups   atomic.Int64
+	// signer, when set, signs the client's requests instead of the test authenticator's token.
+	signer *cluster.Signer
 }
 
 var _ Cluster = (*testCluster)(nil)
@@ -311,19 +319,24 @@ func (c *testCluster) Announce(recs ...cluster.Record) {
 }
 
 func (c *testCluster) Client() *http.Client {
-	return &http.Client{Transport: signing{name: c.name, base: http.DefaultTransport}}
+	return &http.Client{Transport: signing{name: c.name, signer: c.signer, base: http.DefaultTransport}}
 }
 
-// signing adds the test authenticator's token to every request.
+// signing adds the test authenticator's token, or signer's, to every request.
 type signing struct {
-	name string
-	base http.RoundTripper
+	name   string
+	signer *cluster.Signer
+	base   http.RoundTripper
 }
 
 func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
-	req.Header.Set(cluster.HeaderPeer, s.name)
+	if s.signer != nil {
+		s.signer.Sign(req)
+	} else {
+		req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
+		req.Header.Set(cluster.HeaderPeer, s.name)
+	}
 	return s.base.RoundTrip(req)
 }
 

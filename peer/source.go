@@ -230,7 +230,7 @@ func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, p
 }
 
 // Tag answers a tag from its holders' records (cluster.NewestTag), leaving out peers rejected
-// lately.
+// lately; date is the newest registry Date among the records of the digest chosen.
 func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error) {
 	key := cluster.TagKey(registry, repository, tag)
 	holders, err := s.node.Lookup(ctx, key)
@@ -242,7 +242,6 @@ func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (dig
 	if !ok {
 		return "", time.Time{}, fmt.Errorf("tag %s: no peer holds it: %w", key, errdefs.ErrNotFound)
 	}
-	// The winning record's registry Date: the newest of the records naming dgst.
 	var date time.Time
 	for _, h := range holders {
 		if h.Digest == dgst && h.Date.After(date) {

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/mirror"
 )
 
 func TestBlobFromAHolder(t *testing.T) {
@@ -370,5 +371,73 @@ func TestHolderAttemptsAreBounded(t *testing.T) {
 	}
 	if asked.Load() != 2*maxAttempts {
 		t.Errorf("%d requests for a blob and a manifest, want %d each", asked.Load(), maxAttempts)
+	}
+}
+
+func TestTagFromRecords(t *testing.T) {
+	t.Parallel()
+	const (
+		d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+		d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	)
+	older := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	newer := older.Add(time.Minute)
+	key := cluster.TagKey(testRegistry, testRepo, "v1")
+	c := newTestCluster("a")
+	src := NewSource(c, SourceOptions{})
+	if _, _, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); !errdefs.IsNotFound(err) {
+		t.Errorf("a tag without records: %v, want not found", err)
+	}
+	c.mu.Lock()
+	c.holders[key] = []cluster.Holder{{Node: "b", Digest: d1, Date: older}, {Node: "c", Digest: d2, Date: newer}}
+	c.mu.Unlock()
+	if got, date, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d2 || !date.Equal(newer) {
+		t.Errorf("Tag = %s, %s, %v; want the newest record's %s, %s", got, date, err, d2, newer)
+	}
+	// A rejected peer's record does not count.
+	src.Reject("c", d2)
+	if got, date, err := src.Tag(t.Context(), testRegistry, testRepo, "v1"); err != nil || got != d1 || !date.Equal(older) {
+		t.Errorf("Tag = %s, %s, %v; want %s, %s, c being rejected", got, date, err, d1, older)
+	}
+	if st := src.Stats(); st.PeerAnswers != 2 {
+		t.Errorf("PeerAnswers = %d, want 2", st.PeerAnswers)
+	}
+}
+
+// TestWithTheClusterSigner runs a transfer with cluster.Signer's tokens on both sides: the
+// cluster key's holders get the blob, a node with another key gets 401 and reaches nothing.
+func TestWithTheClusterSigner(t *testing.T) {
+	t.Parallel()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", 64<<10)
+	secret := bytes.Repeat([]byte{7}, 32)
+	r := newTestResolver(t, up)
+	warm(t, r, img.layer)
+	backend := &countingBackend{Backend: mirror.FromResolver(r)}
+	srv := httptest.NewServer(NewHandler(cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
+	t.Cleanup(srv.Close)
+	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
+
+	c := newTestCluster("a", b)
+	c.signer = cluster.NewSigner("a", secret)
+	c.setHolders(cluster.BlobKey(img.layer), "b")
+	blob, err := NewSource(c, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+		t.Fatal("wrong bytes")
+	}
+	calls := backend.calls.Load()
+
+	other := newTestCluster("a", b)
+	other.signer = cluster.NewSigner("a", bytes.Repeat([]byte{8}, 32))
+	other.setHolders(cluster.BlobKey(img.layer), "b")
+	_, err = NewSource(other, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
+	if err == nil || errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "401") {
+		t.Errorf("OpenBlob with another cluster key: %v, want the peer's 401", err)
+	}
+	if backend.calls.Load() != calls {
+		t.Error("a request with another cluster key reached the backend")
 	}
 }

@@ -715,6 +715,9 @@ const verifyFirstMax = 1 << 20
 // before the bytes have arrived, except for blobs of up to verifyFirstMax bytes, which it
 // returns once they are cached. A peer's request (FromPeer) is answered from the cache, or,
 // when it asks for a fill, from the upstream fill, streamed as it arrives.
+//
+// The status of a blob returned before it arrived is its fill's source then: Peer stays when
+// that peer's bytes fail verification and the fill starts over from the registry.
 func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
 	eps, err := r.blobArgs(ctx, registry, repository, dgst)
 	if err != nil {

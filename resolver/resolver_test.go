@@ -48,6 +48,7 @@ type testUpstream struct {
 	gateMu   sync.Mutex
 	counts   sync.Map // "HEAD manifests" → *atomic.Int64
 	released chan struct{}
+	date     atomic.Value // time.Time: the Date header of every answer (zero: none); unset: now
 }
 
 func newTestUpstream(t *testing.T) *testUpstream {
@@ -63,6 +64,13 @@ func newTestUpstream(t *testing.T) *testUpstream {
 			}
 		}
 		u.counter(r.Method + " " + kind).Add(1)
+		if d, ok := u.date.Load().(time.Time); ok {
+			if d.IsZero() {
+				w.Header()["Date"] = nil // net/http then sends none
+			} else {
+				w.Header().Set("Date", d.UTC().Format(http.TimeFormat))
+			}
+		}
 		switch u.fault.Load().(fault) {
 		case status503:
 			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
@@ -128,6 +136,9 @@ func (u *testUpstream) counter(key string) *atomic.Int64 {
 func (u *testUpstream) count(key string) int64 { return u.counter(key).Load() }
 
 func (u *testUpstream) setFault(f fault) { u.fault.Store(f) }
+
+// setDate makes the upstream send d as the Date header of its answers; the zero time sends none.
+func (u *testUpstream) setDate(d time.Time) { u.date.Store(d) }
 
 // holdBodies makes the upstream send the first half of each blob body and hold the rest until
 // the returned channel is closed.

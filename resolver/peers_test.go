@@ -642,3 +642,51 @@ func TestDateWithoutHeader(t *testing.T) {
 		t.Fatalf("recorded date %v %v, want the time of the answer (after %v)", ref.UpstreamDate, err, start)
 	}
 }
+
+// TestCheckServedByPeers: drill's verdict names this node, the peers that hold what it lacks,
+// or nothing; it asks the peers nothing when this node is ready, and the registry nothing.
+func TestCheckServedByPeers(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 64<<10)
+	partial := up.push(t, "app", "v2", 64<<10)
+	b, bStore := newNode(t, up, nil, nil)
+	pullImage(t, b, "app", "v1", img)
+	layer, _ := layerDigest(t, partial)
+	pullImage(t, b, "app", "v2", partial, layer)
+	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}}
+	a, _ := newNode(t, up, peers, nil)
+	alone, _ := newNode(t, up, nil, nil)
+
+	before := up.totalRequests()
+	for _, tc := range []struct {
+		r        *Resolver
+		ref      string
+		servedBy string
+		peers    []string
+	}{
+		{a, testRegistry + "/app:v1", "peer b", []string{"b"}},
+		{a, testRegistry + "/app@" + mustDigest(t, img).String(), "peer b", []string{"b"}},
+		{a, testRegistry + "/app:v2", ServedByNothing, nil},
+		{a, testRegistry + "/app:never-pushed", ServedByNothing, nil},
+		{alone, testRegistry + "/app:v1", ServedByNothing, nil},
+		{b, testRegistry + "/app:v1", ServedByThisNode, nil},
+	} {
+		rd, err := tc.r.Check(ctx, tc.ref, amd64)
+		if err != nil || rd.ServedBy != tc.servedBy || !slices.Equal(rd.Peers, tc.peers) || rd.Ready != (tc.servedBy == ServedByThisNode) {
+			t.Errorf("Check(%s) = %+v %v, want served by %q %v", tc.ref, rd, err, tc.servedBy, tc.peers)
+		}
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+	if rd, _ := a.Check(ctx, testRegistry+"/app:v1", amd64); len(rd.Missing) == 0 {
+		t.Error("Check cached what it read from the peers")
+	}
+	pullImage(t, a, "app", "v1", img)
+	peers.forbid.Store(true)
+	if rd, err := a.Check(ctx, testRegistry+"/app:v1", amd64); err != nil || rd.ServedBy != ServedByThisNode {
+		t.Errorf("Check of a ready image = %+v %v", rd, err)
+	}
+}

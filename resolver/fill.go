@@ -548,7 +548,9 @@ func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blo
 		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopRead(context.DeadlineExceeded) })
 		pb, err := f.peers.OpenBlob(rctx, f.registry, f.repo, f.dgst, skip)
 		headers.Stop()
-		if err == nil && context.Cause(rctx) != nil {
+		if err == nil && pb.Body == nil {
+			err = fmt.Errorf("peer %s answered without a body", pb.Peer)
+		} else if err == nil && context.Cause(rctx) != nil {
 			pb.Body.Close()
 			err = context.Cause(rctx)
 		}

@@ -212,6 +212,14 @@ func newNode(t *testing.T, up *testUpstream, peers Peers, set func(*Options)) (*
 	})
 }
 
+// newHolder is a node named name that pulled img, app:v1, from up.
+func newHolder(t *testing.T, up *testUpstream, name string, img v1.Image) *peerNode {
+	t.Helper()
+	r, store := newNode(t, up, nil, nil)
+	pullImage(t, r, "app", "v1", img)
+	return &peerNode{name: name, r: r, store: store}
+}
+
 // imageBlobDigests returns the config's and the first layer's digests and bytes.
 func imageBlobDigests(t *testing.T, img v1.Image) (cfg digest.Digest, cfgBody []byte, layer digest.Digest, layerBody []byte) {
 	t.Helper()
@@ -254,10 +262,7 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 	ctx := t.Context()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
-
-	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}}
+	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}}
 	a, aStore := newNode(t, up, peers, nil)
 	before := up.totalRequests()
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
@@ -311,10 +316,8 @@ func TestBadPeerBytes(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
-	c, cStore := newNode(t, up, nil, nil)
-	pullImage(t, c, "app", "v1", img)
+	bad, good := newHolder(t, up, "bad", img), newHolder(t, up, "good", img)
+	bad.corrupt = true
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
 
 	// The status of a blob large enough to be returned before it arrived (the layer) is its
@@ -330,9 +333,9 @@ func TestBadPeerBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			nodes := []*peerNode{{name: "bad", r: b, store: bStore, corrupt: true}}
+			nodes := []*peerNode{bad}
 			if tc.good {
-				nodes = append(nodes, &peerNode{name: "good", r: c, store: cStore})
+				nodes = append(nodes, good)
 			}
 			peers := &testPeers{t: t, nodes: nodes}
 			a, aStore := newNode(t, up, peers, nil)
@@ -367,7 +370,7 @@ func TestBadPeerBytes(t *testing.T) {
 	t.Run("after bytes reached a client", func(t *testing.T) {
 		ctx := t.Context()
 		half := make(chan struct{})
-		peers := &testPeers{t: t, nodes: []*peerNode{{name: "bad", r: b, store: bStore, corrupt: true}}, half: half}
+		peers := &testPeers{t: t, nodes: []*peerNode{bad}, half: half}
 		a, aStore := newNode(t, up, peers, func(o *Options) { o.VerifyBeforeSend = -1 })
 		before := up.count("GET blobs")
 		blob, err := a.Blob(ctx, testRegistry, "app", layer)
@@ -407,10 +410,8 @@ func TestConcurrentClientsShareOnePeerFetch(t *testing.T) {
 	ctx := t.Context()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
 	gate := make(chan struct{})
-	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}, gate: gate}
+	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}, gate: gate}
 	a, _ := newNode(t, up, peers, nil)
 	layer, want := layerDigest(t, img)
 
@@ -651,11 +652,10 @@ func TestCheckServedByPeers(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 64<<10)
 	partial := up.push(t, "app", "v2", 64<<10)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
+	b := newHolder(t, up, "b", img)
 	layer, _ := layerDigest(t, partial)
-	pullImage(t, b, "app", "v2", partial, layer)
-	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}}
+	pullImage(t, b.r, "app", "v2", partial, layer)
+	peers := &testPeers{t: t, nodes: []*peerNode{b}}
 	a, _ := newNode(t, up, peers, nil)
 	alone, _ := newNode(t, up, nil, nil)
 
@@ -671,7 +671,7 @@ func TestCheckServedByPeers(t *testing.T) {
 		{a, testRegistry + "/app:v2", ServedByNothing, nil},
 		{a, testRegistry + "/app:never-pushed", ServedByNothing, nil},
 		{alone, testRegistry + "/app:v1", ServedByNothing, nil},
-		{b, testRegistry + "/app:v1", ServedByThisNode, nil},
+		{b.r, testRegistry + "/app:v1", ServedByThisNode, nil},
 	} {
 		rd, err := tc.r.Check(ctx, tc.ref, amd64)
 		if err != nil || rd.ServedBy != tc.servedBy || !slices.Equal(rd.Peers, tc.peers) || rd.Ready != (tc.servedBy == ServedByThisNode) {

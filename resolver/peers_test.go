@@ -484,7 +484,10 @@ func TestPeerRequests(t *testing.T) {
 	// A fill for a peer: from the registry, streamed before it verified (the default holds
 	// blobs of this size whole for this node's own clients).
 	gate := up.holdBodies()
-	blob, err := h.Blob(FromPeer(ctx, true), testRegistry, "app", layer)
+	// Bounded: a reader held until the blob verified would wait for the gate for ever.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	blob, err := h.Blob(FromPeer(fctx, true), testRegistry, "app", layer)
 	if err != nil || blob.Status != Miss {
 		t.Fatalf("fill for a peer: %v", err)
 	}

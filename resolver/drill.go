@@ -5,10 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -34,7 +39,19 @@ type Readiness struct {
 	// Partial means something missing (the tag, a manifest) hides what lies beneath it: more
 	// may be missing than is listed, and MissingBytes is a lower bound.
 	Partial bool `json:"partial"`
+	// ServedBy says who could serve the pull with every upstream down: ServedByThisNode,
+	// "peer <name>" ("peers <a>, <b>" when several hold what this node lacks) when the
+	// cluster's peers hold all that this node lacks, or ServedByNothing. Check sets it.
+	ServedBy string `json:"servedBy,omitempty"`
+	// Peers names the peers that hold what this node lacks, when they hold all of it.
+	Peers []string `json:"peers,omitempty"`
 }
+
+// What can serve an image (Readiness.ServedBy), besides "peer <name>".
+const (
+	ServedByThisNode = "this node"
+	ServedByNothing  = "nothing"
+)
 
 func (rd *Readiness) missing(item string, size int64) {
 	if size > 0 {
@@ -101,7 +118,10 @@ const maxIndexDepth = 4
 // platform with every upstream down: the tag as cached (what a stale answer would serve), the
 // index, the platform's manifest chosen from it as containerd chooses, the config and every
 // layer, each cached and linked to the repository. It sends nothing upstream, whatever the
-// state of the upstreams, so it is safe to run on a production node at any time.
+// state of the upstreams, so it is safe to run on a production node at any time. With a
+// cluster, for an image this node cannot serve alone, it asks the peers who holds what it
+// lacks (reading the tag and manifests it lacks from them, without caching them), and says in
+// Readiness.ServedBy whether the peers could serve it.
 //
 // What is missing is a Readiness, not an error. Errors: errdefs.ErrInvalidArgument for a
 // malformed reference; errdefs.ErrNotImplemented for a cached manifest of a kind containerd
@@ -118,6 +138,9 @@ func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.Mat
 		if errdefs.IsNotFound(err) {
 			rd.missing("tag "+ir.name, 0)
 			rd.Partial = true
+			if err := r.checkServedBy(ctx, ir, platform, &rd); err != nil {
+				return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
+			}
 			return rd, nil
 		}
 		if err != nil {
@@ -129,6 +152,9 @@ func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.Mat
 		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	rd.Ready = len(rd.Missing) == 0
+	if err := r.checkServedBy(ctx, ir, platform, &rd); err != nil {
+		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
+	}
 	return rd, nil
 }
 
@@ -343,4 +369,118 @@ func (r *Resolver) awaitFill(ctx context.Context, key string) error {
 		return ctx.Err()
 	}
 	return err
+}
+
+// peerCheckTimeout bounds what Check asks the peers about one image.
+const peerCheckTimeout = 10 * time.Second
+
+// checkServedBy sets rd.ServedBy: this node when it is ready, else, with a cluster, the peers
+// when they hold all this node lacks (see checkPeers), else nothing.
+func (r *Resolver) checkServedBy(ctx context.Context, ir imageRef, platform platforms.MatchComparer, rd *Readiness) error {
+	if rd.Ready {
+		rd.ServedBy = ServedByThisNode
+		return nil
+	}
+	rd.ServedBy = ServedByNothing
+	peers := r.peersFor(ctx, ir.registry)
+	if peers == nil {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, peerCheckTimeout)
+	defer cancel()
+	holders := map[string]bool{}
+	ok, err := r.checkPeers(pctx, peers, ir, platform, holders)
+	if err != nil || !ok {
+		return err
+	}
+	rd.Peers = slices.Sorted(maps.Keys(holders))
+	rd.ServedBy = "peer " + rd.Peers[0]
+	if len(rd.Peers) > 1 {
+		rd.ServedBy = "peers " + strings.Join(rd.Peers, ", ")
+	}
+	return nil
+}
+
+// checkPeers reports whether this node with its peers could serve a complete pull of ir for
+// platform with every upstream down: each thing this node lacks held by a peer (added to
+// holders). The tag and manifests it lacks it reads from the peers (verified, not cached) to
+// learn what lies beneath them; for blobs it asks who holds them.
+func (r *Resolver) checkPeers(ctx context.Context, peers Peers, ir imageRef, platform platforms.MatchComparer, holders map[string]bool) (bool, error) {
+	root := ocispec.Descriptor{Digest: ir.digest}
+	if ir.digest == "" {
+		cached, err := r.store.GetRef(ctx, ir.repoKey()+":"+ir.tag)
+		switch {
+		case err == nil:
+			root = cached.Target
+		case errdefs.IsNotFound(err):
+			dgst, _, err := peers.Tag(ctx, ir.registry, ir.repository, ir.tag)
+			if err != nil {
+				logPeerCheck(ctx, err, "tag "+ir.name)
+				return false, nil
+			}
+			root = ocispec.Descriptor{Digest: dgst}
+		default:
+			return false, err
+		}
+	}
+	return r.checkPeerManifest(ctx, peers, ir, root, platform, holders, 0)
+}
+
+// checkPeerManifest is checkManifest for checkPeers.
+func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageRef, desc ocispec.Descriptor, platform platforms.MatchComparer, holders map[string]bool, depth int) (bool, error) {
+	if checkDigest(desc.Digest) != nil {
+		return false, nil
+	}
+	m, err := r.cachedManifest(ctx, ir.repoKey(), desc)
+	if errdefs.IsNotFound(err) {
+		mediaType, body, peer, perr := peers.Manifest(ctx, ir.registry, ir.repository, desc.Digest)
+		if perr == nil && (len(body) > MaxManifestSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest) {
+			perr = fmt.Errorf("peer %s sent manifest %s with other bytes: %w", peer, desc.Digest, errdefs.ErrFailedPrecondition)
+		}
+		if perr != nil {
+			logPeerCheck(ctx, perr, "manifest "+desc.Digest.String())
+			return false, nil
+		}
+		if mediaType == "" {
+			mediaType = sniffMediaType(body)
+		}
+		m, err = Manifest{Descriptor: ocispec.Descriptor{MediaType: mediaType, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
+		holders[peer] = true
+	}
+	if err != nil {
+		return false, err
+	}
+	if images.IsIndexType(m.Descriptor.MediaType) {
+		child, ok, err := platformManifest(m, platform, depth)
+		if err != nil || !ok {
+			return false, err
+		}
+		return r.checkPeerManifest(ctx, peers, ir, child, platform, holders, depth+1)
+	}
+	blobs, err := imageBlobs(m)
+	if err != nil {
+		return false, err
+	}
+	for _, b := range blobs {
+		if ok, err := r.blobCached(ctx, ir.repoKey(), b.Digest); err != nil {
+			return false, err
+		} else if ok {
+			continue
+		}
+		hs, err := peers.Holders(ctx, b.Digest)
+		if err != nil || len(hs) == 0 {
+			if err == nil {
+				err = fmt.Errorf("no peer holds it: %w", errdefs.ErrNotFound)
+			}
+			logPeerCheck(ctx, err, b.kind+" "+b.Digest.String())
+			return false, nil
+		}
+		holders[hs[0]] = true
+	}
+	return true, nil
+}
+
+// logPeerCheck logs, at Debug, why the peers cannot serve what of an image.
+func logPeerCheck(ctx context.Context, err error, what string) {
+	log.G(ctx).WithError(err).WithField("what", what).Debug("drill: the peers cannot serve it")
 }

@@ -21,11 +21,10 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 )
 
-// fill is the one download of a blob for a repository, from the cluster's peers or the
-// upstream. It writes the bytes into a cache
-// ingest and lets any number of readers stream them from the ingest file as they arrive. It
-// runs detached from the requests that wait on it, so that a client that disconnects does not
-// stop it: the next request finds the blob cached.
+// fill is the one download of a blob for a repository, from the cluster's peers or the upstream.
+// It writes the bytes into a cache ingest and lets any number of readers stream them from the
+// ingest file as they arrive. It runs detached from the requests that wait on it, so that a
+// client that disconnects does not stop it: the next request finds the blob cached.
 //
 // Its state is its own: other code learns it through its methods (started, state, wait,
 // reader) and never takes its lock.
@@ -557,7 +556,9 @@ func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blo
 		headers := time.AfterFunc(peerOpenTimeouts*f.deps.headerTimeout, func() { stopPeer(context.DeadlineExceeded) })
 		pb, err := f.peers.OpenBlob(pctx, f.registry, f.repo, f.dgst, skip)
 		headers.Stop()
-		if err == nil && context.Cause(pctx) != nil {
+		if err == nil && pb.Body == nil {
+			err = fmt.Errorf("peer %s answered without a body", pb.Peer)
+		} else if err == nil && context.Cause(pctx) != nil {
 			pb.Body.Close()
 			err = context.Cause(pctx)
 		}

@@ -212,6 +212,14 @@ func newNode(t *testing.T, up *testUpstream, peers Peers, set func(*Options)) (*
 	})
 }
 
+// newHolder is a node named name that pulled img, app:v1, from up.
+func newHolder(t *testing.T, up *testUpstream, name string, img v1.Image) *peerNode {
+	t.Helper()
+	r, store := newNode(t, up, nil, nil)
+	pullImage(t, r, "app", "v1", img)
+	return &peerNode{name: name, r: r, store: store}
+}
+
 // imageBlobDigests returns the config's and the first layer's digests and bytes.
 func imageBlobDigests(t *testing.T, img v1.Image) (cfg digest.Digest, cfgBody []byte, layer digest.Digest, layerBody []byte) {
 	t.Helper()
@@ -254,10 +262,7 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 	ctx := t.Context()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
-
-	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}}
+	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}}
 	a, aStore := newNode(t, up, peers, nil)
 	before := up.totalRequests()
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
@@ -311,10 +316,8 @@ func TestBadPeerBytes(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
-	c, cStore := newNode(t, up, nil, nil)
-	pullImage(t, c, "app", "v1", img)
+	bad, good := newHolder(t, up, "bad", img), newHolder(t, up, "good", img)
+	bad.corrupt = true
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
 
 	// The status of a blob large enough to be returned before it arrived (the layer) is its
@@ -330,9 +333,9 @@ func TestBadPeerBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			nodes := []*peerNode{{name: "bad", r: b, store: bStore, corrupt: true}}
+			nodes := []*peerNode{bad}
 			if tc.good {
-				nodes = append(nodes, &peerNode{name: "good", r: c, store: cStore})
+				nodes = append(nodes, good)
 			}
 			peers := &testPeers{t: t, nodes: nodes}
 			a, aStore := newNode(t, up, peers, nil)
@@ -367,7 +370,7 @@ func TestBadPeerBytes(t *testing.T) {
 	t.Run("after bytes reached a client", func(t *testing.T) {
 		ctx := t.Context()
 		half := make(chan struct{})
-		peers := &testPeers{t: t, nodes: []*peerNode{{name: "bad", r: b, store: bStore, corrupt: true}}, half: half}
+		peers := &testPeers{t: t, nodes: []*peerNode{bad}, half: half}
 		a, aStore := newNode(t, up, peers, func(o *Options) { o.VerifyBeforeSend = -1 })
 		before := up.count("GET blobs")
 		blob, err := a.Blob(ctx, testRegistry, "app", layer)
@@ -407,10 +410,8 @@ func TestConcurrentClientsShareOnePeerFetch(t *testing.T) {
 	ctx := t.Context()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 2<<20)
-	b, bStore := newNode(t, up, nil, nil)
-	pullImage(t, b, "app", "v1", img)
 	gate := make(chan struct{})
-	peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}, gate: gate}
+	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}, gate: gate}
 	a, _ := newNode(t, up, peers, nil)
 	layer, want := layerDigest(t, img)
 
@@ -483,7 +484,10 @@ func TestPeerRequests(t *testing.T) {
 	// A fill for a peer: from the registry, streamed before it verified (the default holds
 	// blobs of this size whole for this node's own clients).
 	gate := up.holdBodies()
-	blob, err := h.Blob(FromPeer(ctx, true), testRegistry, "app", layer)
+	// Bounded: a reader held until the blob verified would wait for the gate for ever.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	blob, err := h.Blob(FromPeer(fctx, true), testRegistry, "app", layer)
 	if err != nil || blob.Status != Miss {
 		t.Fatalf("fill for a peer: %v", err)
 	}
@@ -640,5 +644,52 @@ func TestDateWithoutHeader(t *testing.T) {
 	ref, err := store.GetRef(t.Context(), testRegistry+"/app:v1")
 	if err != nil || ref.UpstreamDate.Before(start.Truncate(time.Second)) || ref.UpstreamDate.After(time.Now()) {
 		t.Fatalf("recorded date %v %v, want the time of the answer (after %v)", ref.UpstreamDate, err, start)
+	}
+}
+
+// TestCheckServedByPeers: drill's verdict names this node, the peers that hold what it lacks,
+// or nothing; it asks the peers nothing when this node is ready, and the registry nothing.
+func TestCheckServedByPeers(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	up := newTestUpstream(t)
+	img := up.push(t, "app", "v1", 64<<10)
+	partial := up.push(t, "app", "v2", 64<<10)
+	b := newHolder(t, up, "b", img)
+	layer, _ := layerDigest(t, partial)
+	pullImage(t, b.r, "app", "v2", partial, layer)
+	peers := &testPeers{t: t, nodes: []*peerNode{b}}
+	a, _ := newNode(t, up, peers, nil)
+	alone, _ := newNode(t, up, nil, nil)
+
+	before := up.totalRequests()
+	for _, tc := range []struct {
+		r        *Resolver
+		ref      string
+		servedBy string
+		peers    []string
+	}{
+		{a, testRegistry + "/app:v1", "peer b", []string{"b"}},
+		{a, testRegistry + "/app@" + mustDigest(t, img).String(), "peer b", []string{"b"}},
+		{a, testRegistry + "/app:v2", ServedByNothing, nil},
+		{a, testRegistry + "/app:never-pushed", ServedByNothing, nil},
+		{alone, testRegistry + "/app:v1", ServedByNothing, nil},
+		{b.r, testRegistry + "/app:v1", ServedByThisNode, nil},
+	} {
+		rd, err := tc.r.Check(ctx, tc.ref, amd64)
+		if err != nil || rd.ServedBy != tc.servedBy || !slices.Equal(rd.Peers, tc.peers) || rd.Ready != (tc.servedBy == ServedByThisNode) {
+			t.Errorf("Check(%s) = %+v %v, want served by %q %v", tc.ref, rd, err, tc.servedBy, tc.peers)
+		}
+	}
+	if n := up.totalRequests() - before; n != 0 {
+		t.Errorf("Check sent %d requests upstream, want none", n)
+	}
+	if rd, _ := a.Check(ctx, testRegistry+"/app:v1", amd64); len(rd.Missing) == 0 {
+		t.Error("Check cached what it read from the peers")
+	}
+	pullImage(t, a, "app", "v1", img)
+	peers.forbid.Store(true)
+	if rd, err := a.Check(ctx, testRegistry+"/app:v1", amd64); err != nil || rd.ServedBy != ServedByThisNode {
+		t.Errorf("Check of a ready image = %+v %v", rd, err)
 	}
 }

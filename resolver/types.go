@@ -38,7 +38,7 @@ type Manifest struct {
 type Blob struct {
 	// Descriptor has the digest and size (the media type may be empty).
 	Descriptor ocispec.Descriptor
-	// Status is Hit or Miss.
+	// Status is Hit, Miss or Peer.
 	Status CacheStatus
 
 	open  func(off, length int64) (io.ReadCloser, error)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -165,6 +166,45 @@ func TestManifestVerification(t *testing.T) {
 			}
 			if tt.wantType != "" && desc.MediaType != tt.wantType {
 				t.Errorf("media type = %q, want %q", desc.MediaType, tt.wantType)
+			}
+		})
+	}
+}
+
+// TestManifestHeadDate: HeadManifest reports the registry's Date header, also when it falls
+// back to a GET; none, or one that does not parse, is the zero time.
+func TestManifestHeadDate(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	date := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	setDate := func(v string) func(http.Handler) http.Handler {
+		return editHeaders(func(_ *http.Request, h http.Header) {
+			if v == "" {
+				h["Date"] = nil
+			} else {
+				h.Set("Date", v)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		name  string
+		wraps []func(http.Handler) http.Handler
+		want  time.Time
+	}{
+		{"HEAD", []func(http.Handler) http.Handler{setDate(date.Format(http.TimeFormat))}, date},
+		{"GET after an inconclusive HEAD", []func(http.Handler) http.Handler{
+			setDate(date.Format(http.TimeFormat)),
+			only(http.MethodHead, "manifests", editHeaders(func(_ *http.Request, h http.Header) { h.Del("Docker-Content-Digest") })),
+		}, date},
+		{"no Date", []func(http.Handler) http.Handler{setDate("")}, time.Time{}},
+		{"a Date that does not parse", []func(http.Handler) http.Handler{setDate("yesterday")}, time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, f.serve(t, tt.wraps...).URL, Options{})
+			desc, got, err := c.HeadManifest(t.Context(), f.repo, f.tag)
+			if err != nil || desc.Digest != f.desc.Digest || !got.Equal(tt.want) {
+				t.Fatalf("HeadManifest = %v, date %v, %v; want date %v", desc.Digest, got, err, tt.want)
 			}
 		})
 	}

@@ -165,6 +165,7 @@ func TestHitRatio(t *testing.T) {
 		{map[string]int64{"none": 3, "error": 2}, 0},
 		{map[string]int64{"hit": 3, "miss": 1}, 0.75},
 		{map[string]int64{"stale": 1, "revalidated": 1, "miss": 2, "error": 9}, 0.5},
+		{map[string]int64{"peer": 3, "miss": 1}, 0.75},
 	} {
 		if got := newRequestStatus(tc.answers); got.HitRatio != tc.want || got.Answers == nil {
 			t.Errorf("%v: hit ratio %v (answers %v), want %v", tc.answers, got.HitRatio, got.Answers, tc.want)

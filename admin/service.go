@@ -52,11 +52,12 @@ type CacheStatus struct {
 
 // RequestStatus is what the registry mirror answered since the daemon started.
 type RequestStatus struct {
-	// Answers counts them by result: hit, miss, stale, revalidated, error, and none (answers
-	// without a cache status, such as pings).
+	// Answers counts them by result: hit, miss, stale, revalidated, peer, error, and none
+	// (answers without a cache status, such as pings).
 	Answers map[string]int64 `json:"answers"`
 	// HitRatio is the share of the answers with content that came from the cache (hit, stale,
-	// revalidated) rather than from the upstream (miss); 0 before the first.
+	// revalidated) or a peer of the cluster (peer) rather than from the upstream (miss); 0
+	// before the first.
 	HitRatio float64 `json:"hitRatio"`
 }
 
@@ -65,7 +66,9 @@ func newRequestStatus(answers map[string]int64) RequestStatus {
 	if rs.Answers == nil {
 		rs.Answers = map[string]int64{}
 	}
-	cached := rs.Answers["hit"] + rs.Answers["stale"] + rs.Answers["revalidated"]
+	// Served without fetching the content from the registry: from this node's cache, or from
+	// a peer of the cluster.
+	cached := rs.Answers["hit"] + rs.Answers["stale"] + rs.Answers["revalidated"] + rs.Answers["peer"]
 	if total := cached + rs.Answers["miss"]; total > 0 {
 		rs.HitRatio = float64(cached) / float64(total)
 	}

@@ -88,7 +88,7 @@ func describeRequests(r admin.RequestStatus) string {
 		return "none answered yet"
 	}
 	var parts []string
-	for _, k := range []string{"hit", "miss", "revalidated", "stale"} {
+	for _, k := range []string{"hit", "miss", "revalidated", "stale", "peer"} {
 		if n := r.Answers[k]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n, k))
 		}

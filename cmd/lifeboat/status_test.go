@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +105,20 @@ func TestDescribeOutageTarget(t *testing.T) {
 		if got != want {
 			t.Errorf("target %s: %q, want %q", target, got, want)
 		}
+	}
+}
+
+// TestOutageStartTarget: a target that is not upstream, peers or all is refused before the
+// daemon is asked; a good one gets as far as the daemon.
+func TestOutageStartTarget(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, err := runCLI(t, "outage", "start", "--mode", "dns", "--target", "registry", "--admin-socket", sock)
+	if err == nil || !strings.Contains(err.Error(), `target "registry" is not "upstream", "peers" or "all"`) {
+		t.Errorf("bad target: %v", err)
+	}
+	// A good target gets as far as the daemon, which is not running.
+	_, err = runCLI(t, "outage", "start", "--mode", "dns", "--target", "peers", "--admin-socket", sock)
+	if !errors.Is(err, admin.ErrUnreachable) {
+		t.Errorf("good target: %v, want the daemon unreachable", err)
 	}
 }

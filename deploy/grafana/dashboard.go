@@ -104,6 +104,17 @@ func Dashboard() (dashboard.Dashboard, error) {
 		WithPanel(timeSeries("Fills refused and cancelled", "Requests answered 429 because every download slot stayed busy for fill_queue_timeout, and abandoned downloads cancelled past max_abandoned_fills, per node.", "",
 			query(`sum by (instance) (increase(lifeboat_fills_refused_total{`+sel+`}[$__rate_interval]))`, "{{instance}} refused"),
 			query(`sum by (instance) (increase(lifeboat_fills_cancelled_total{`+sel+`}[$__rate_interval]))`, "{{instance}} cancelled"))).
+		WithRow(dashboard.NewRowBuilder("Cluster tier (with [cluster] join set)")).
+		WithPanel(timeSeries("Members by state", "Members of the cluster each node sees, by state. A node that sees fewer alive than the others is cut off (LifeboatClusterSplit).", "",
+			query(`lifeboat_cluster_members{`+sel+`, state="alive"}`, "{{instance}} alive"),
+			query(`lifeboat_cluster_members{`+sel+`, state=~"suspect|dead"} > 0`, "{{instance}} {{state}}"))).
+		WithPanel(timeSeries("Bytes from peers vs the registry", "Blob bytes this node took from its peers, sent to them, and fetched from the registries: the peers' share is what the cluster saved the registry.", "Bps",
+			query(`sum(rate(lifeboat_peer_bytes_total{`+sel+`, direction="in"}[$__rate_interval]))`, "from peers"),
+			query(`sum(rate(lifeboat_peer_bytes_total{`+sel+`, direction="out"}[$__rate_interval]))`, "to peers"),
+			query(`sum(rate(lifeboat_upstream_fetched_bytes_total{`+sel+`}[$__rate_interval]))`, "from registries"))).
+		WithPanel(timeSeries("Lookups and their p99", "Lookups of who holds a key, by result (failed: no home answered), and the 99th percentile of their duration.", "",
+			query(`sum by (result) (rate(lifeboat_cluster_lookups_total{`+sel+`}[$__rate_interval]))`, "{{result}} /s"),
+			query(`histogram_quantile(0.99, sum by (le) (rate(lifeboat_cluster_lookup_duration_seconds_bucket{`+sel+`}[$__rate_interval])))`, "p99 seconds"))).
 		Build()
 }
 

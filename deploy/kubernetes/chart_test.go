@@ -164,6 +164,7 @@ func TestChartRenders(t *testing.T) {
 	extra := map[string]func(t *testing.T, objs []object){
 		"private-registry-values.yaml": checkPrivateRegistry,
 		"monitoring-values.yaml":       checkMonitoring,
+		"cluster-values.yaml":          checkCluster,
 	}
 	for _, valuesFile := range valuesFiles(t) {
 		name := filepath.Base(valuesFile)
@@ -269,6 +270,94 @@ func checkMonitoring(t *testing.T, objs []object) {
 	}
 }
 
+// checkCluster: the headless Service lifeboat-peers publishes every pod, ready or not, on the
+// gossip (TCP and UDP) and peer ports the container declares; the DaemonSet joins through its
+// name, names each node after the Kubernetes node and advertises the pod's IP; the key is the
+// Secret's, beside config.toml at the path [cluster] secret_file names, mode 0400; config.toml
+// carries the rest of [cluster]. The tier is on only here: no other values file has the Service.
+func checkCluster(t *testing.T, objs []object) {
+	var svc *corev1.Service
+	for _, s := range find[corev1.Service](objs) {
+		if s.Name == "lifeboat-peers" {
+			svc = s
+		}
+	}
+	if svc == nil {
+		t.Fatal("no Service lifeboat-peers")
+	}
+	ds := daemonSet(t, objs)
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone || !svc.Spec.PublishNotReadyAddresses || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(ds.Spec.Template.Labels)) {
+		t.Errorf("Service lifeboat-peers: clusterIP %q, publishNotReadyAddresses %v, selector %v; want headless, true, selecting the pods",
+			svc.Spec.ClusterIP, svc.Spec.PublishNotReadyAddresses, svc.Spec.Selector)
+	}
+	spec := ds.Spec.Template.Spec
+	c := container(t, spec.Containers, "lifeboat")
+	want := map[string]corev1.ContainerPort{
+		"gossip":     {Name: "gossip", ContainerPort: 7946, Protocol: corev1.ProtocolTCP},
+		"gossip-udp": {Name: "gossip-udp", ContainerPort: 7946, Protocol: corev1.ProtocolUDP},
+		"peer":       {Name: "peer", ContainerPort: 5102, Protocol: corev1.ProtocolTCP},
+	}
+	for _, p := range svc.Spec.Ports {
+		w, ok := want[p.Name]
+		if !ok || p.TargetPort.String() != w.Name || p.Port != w.ContainerPort || p.Protocol != w.Protocol || !slices.Contains(c.Ports, w) {
+			t.Errorf("Service port %+v is not one of the container's ports %+v", p, c.Ports)
+		}
+		delete(want, p.Name)
+	}
+	if len(want) > 0 {
+		t.Errorf("the Service lacks the ports %v", want)
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	field := func(name string) string {
+		if e, ok := env[name]; ok && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			return e.ValueFrom.FieldRef.FieldPath
+		}
+		return ""
+	}
+	if got := env["LIFEBOAT_CLUSTER_JOIN"].Value; got != "lifeboat-peers."+namespace+".svc.cluster.local:7946" {
+		t.Errorf("LIFEBOAT_CLUSTER_JOIN = %q, want the headless Service's name and gossip port", got)
+	}
+	if field("LIFEBOAT_CLUSTER_NODE_NAME") != "spec.nodeName" || field("POD_IP") != "status.podIP" || env["LIFEBOAT_CLUSTER_ADVERTISE_ADDRESS"].Value != "$(POD_IP)" {
+		t.Errorf("node name, pod IP or advertise address not from the downward API: %+v", c.Env)
+	}
+	if env["LIFEBOAT_CLUSTER_GOSSIP_ADDRESS"].Value != "[$(POD_IP)]:7946" || env["LIFEBOAT_CLUSTER_PEER_ADDRESS"].Value != "[$(POD_IP)]:5102" {
+		t.Errorf("gossip and peer addresses %+v, want the pod's IP on the ports", c.Env)
+	}
+	if spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("dnsPolicy %q: the pods must resolve the Service's name", spec.DNSPolicy)
+	}
+	cfg := checkConfigMap(t, objs)
+	if cfg.Cluster.SecretFile != "/etc/lifeboat/cluster.key" || cfg.Cluster.Replicas != 2 || !cfg.Cluster.Coalesce {
+		t.Errorf("config.toml [cluster] %+v", cfg.Cluster)
+	}
+	var keyMode int32
+	for _, v := range spec.Volumes {
+		if v.Name != "config" || v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			if src.Secret != nil && src.Secret.Name == "lifeboat-cluster-key" {
+				for _, it := range src.Secret.Items {
+					if it.Key == "cluster.key" && it.Path == "cluster.key" && it.Mode != nil {
+						keyMode = *it.Mode
+					}
+				}
+			}
+		}
+	}
+	if keyMode != 0o400 {
+		t.Errorf("the key is not the Secret's cluster.key at cluster.key with mode 0400 in the config volume (mode %o): %+v", keyMode, spec.Volumes)
+	}
+	for _, m := range c.VolumeMounts {
+		if m.Name == "config" && (m.MountPath != path.Dir(cfg.Cluster.SecretFile) || !m.ReadOnly) {
+			t.Errorf("config volume mounted at %s (read-only %v), want %s read-only", m.MountPath, m.ReadOnly, path.Dir(cfg.Cluster.SecretFile))
+		}
+	}
+}
+
 // TestChartRefuses: values the chart cannot honour stop the install with a message that says
 // why (values.schema.json, or the templates' own checks).
 func TestChartRefuses(t *testing.T) {
@@ -284,6 +373,8 @@ func TestChartRefuses(t *testing.T) {
 		{"fallback", "containerd: {fallback: never}", "fallback"},
 		{"password in values", "registries: {r.example.com: {password: s3cret}}", "registryCredentials"},
 		{"ServiceMonitor without metrics on the node IP", "serviceMonitor: {enabled: true}\nmetrics: {onNodeIP: false}", "onNodeIP"},
+		{"cluster replicas", "cluster: {enabled: true, replicas: 17}", "replicas"},
+		{"cluster misspelt key", "cluster: {enable: true}", "enable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vals, err := chartutil.ReadValues([]byte(tc.values))

@@ -42,10 +42,13 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 	port, _ := strconv.Atoi(portStr)
 	base := http.DefaultTransport.(*http.Transport).Clone()
 	base.MaxIdleConnsPerHost = 16
+	// "[10.0.0.5]:7946", as a template that cannot tell IPv4 from IPv6 writes it, is
+	// "10.0.0.5:7946" to memberlist.
+	gossipHost, gossipPort, _ := net.SplitHostPort(cc.GossipAddress)
 	lookups := metrics.NewLookups(d.reg)
 	node, err := cluster.Start(ctx, cluster.Config{
 		NodeName:         name,
-		GossipAddress:    cc.GossipAddress,
+		GossipAddress:    net.JoinHostPort(gossipHost, gossipPort),
 		AdvertiseAddress: advertise,
 		PeerPort:         port,
 		Join:             cc.Join,

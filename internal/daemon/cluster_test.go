@@ -1,17 +1,12 @@
 package daemon
 
 import (
-	"context"
 	"errors"
-	"io"
 	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -157,7 +152,7 @@ func TestLocalRecords(t *testing.T) {
 // TestListenAllClaimsThePeerAddress: with join set, the peer address is claimed with the
 // others, before anything is created; when it is taken, nothing stays claimed.
 func TestListenAllClaimsThePeerAddress(t *testing.T) {
-	cfg := testConfig(t)
+	cfg := listenConfig(t)
 	cfg.Cluster.Join = []string{"127.0.0.1:7946"}
 
 	cfg.Cluster.PeerAddress = "127.0.0.1:0"
@@ -210,56 +205,12 @@ func TestListenAllClaimsThePeerAddress(t *testing.T) {
 	undo.run()
 }
 
-// TestSingleNodeUnchanged: without join the daemon has no cluster tier: no peer listener, no
-// cluster section in status, no cluster metrics.
-func TestSingleNodeUnchanged(t *testing.T) {
-	cfg := testConfig(t)
-	ctx, cancel := context.WithCancel(t.Context())
-	d, err := New(ctx, cfg, Options{Version: "test", Grace: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	if d.Cluster != nil || d.Peers != nil || d.lns.peer != nil {
-		t.Errorf("cluster parts without join: %v %v %v", d.Cluster, d.Peers, d.lns.peer)
-	}
-	st := d.Admin.Status(ctx)
-	if st.Cluster != nil || st.Listeners["peer"] != "" || st.Listeners["gossip"] != "" {
-		t.Errorf("status without join: cluster %+v, listeners %v", st.Cluster, st.Listeners)
-	}
-	resp, err := http.Get("http://" + d.lns.metrics.Addr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "lifeboat_cache_bytes") || strings.Contains(string(body), "lifeboat_cluster_") || strings.Contains(string(body), "lifeboat_peer_") {
-		t.Errorf("metrics without join:\n%s", body)
-	}
-}
-
-// testConfig is a configuration of the test's own, as daemontest.Config makes (which this
-// package's own tests cannot import).
-func testConfig(t *testing.T) config.Config {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "lbcl") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+// listenConfig is a configuration whose addresses listenAll can claim: free ports, sockets in
+// a fresh directory.
+func listenConfig(t *testing.T) config.Config {
 	cfg := config.Default()
-	cfg.Root = filepath.Join(dir, "root")
-	cfg.Mirror.Address = "127.0.0.1:0"
-	cfg.Metrics.Address = "127.0.0.1:0"
-	cfg.Plugin.Address = filepath.Join(dir, "run", "p.sock")
-	cfg.Admin.Address = filepath.Join(dir, "run", "a.sock")
-	cfg.Log.Level = "warn"
+	dir := t.TempDir()
+	cfg.Mirror.Address, cfg.Metrics.Address = "127.0.0.1:0", ""
+	cfg.Plugin.Address, cfg.Admin.Address = filepath.Join(dir, "p.sock"), filepath.Join(dir, "a.sock")
 	return cfg
 }

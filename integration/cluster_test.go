@@ -246,19 +246,14 @@ func TestClusterTagTie(t *testing.T) {
 
 // TestClusterPeerServesWrongBytes: A holds a layer whose file was damaged on disk, so it serves
 // wrong bytes to peers. F, asking A first (the only holder: coalescing is off, so no home filled
-// a copy), rejects them, counts the rejection,
-// and gets the right bytes from elsewhere (the registry); no wrong byte is cached on F.
+// a copy), rejects them, counts the rejection, and gets the right bytes from elsewhere (the
+// registry); no wrong byte is cached on F.
 func TestClusterPeerServesWrongBytes(t *testing.T) {
 	t.Parallel()
 
-	reg := harness.StartRegistry(t)
 	const repo = "cluster/wrong"
-	img := reg.PushRandom(t, repo, "1", 2, 1<<20)
-	c := harness.StartCluster(t, 2, uncoalesced(reg))
+	reg, c, img := pulledByFirst(t, 2, repo, 2, 1<<20)
 	a, f := c.Nodes[0], c.Nodes[1]
-	pullVia(t, a, reg.Host(), repo, "1", img)
-	blobs := blobDigests(t, img)
-	waitHomed(t, c.Nodes, len(blobs)+2)
 
 	layer := harness.LayerDigests(t, img)[0]
 	corruptBlob(t, a.Root, layer)
@@ -451,19 +446,16 @@ func TestClusterSecurity(t *testing.T) {
 	})
 }
 
-// TestClusterOutageTargets (coalescing off, so that only A holds what A pulled):
-// `lifeboat outage start --target peers` sends a node to the registry instead of its peers; `--target all` leaves it only its own cache: a cached blob is served, a
-// blob only a peer holds fails cleanly with 404.
+// TestClusterOutageTargets (coalescing off, so that only A holds what A pulled): `lifeboat
+// outage start --target peers` sends a node to the registry instead of its peers; `--target
+// all` leaves it only its own cache: a cached blob is served, a blob only a peer holds fails
+// cleanly with 404.
 func TestClusterOutageTargets(t *testing.T) {
 	t.Parallel()
 
-	reg := harness.StartRegistry(t)
 	const repo = "cluster/targets"
-	img := reg.PushRandom(t, repo, "1", 2, 256<<10)
-	c := harness.StartCluster(t, 2, uncoalesced(reg))
-	a, b := c.Nodes[0], c.Nodes[1]
-	pullVia(t, a, reg.Host(), repo, "1", img)
-	waitHomed(t, c.Nodes, len(blobDigests(t, img))+2)
+	reg, c, img := pulledByFirst(t, 2, repo, 2, 256<<10)
+	b := c.Nodes[1]
 	layers := harness.LayerDigests(t, img)
 
 	if _, err := b.CLI(t, "outage", "start", "--mode", "blackhole", "--target", "peers"); err != nil {
@@ -508,6 +500,19 @@ func TestClusterOutageTargets(t *testing.T) {
 	if _, err := b.CLI(t, "outage", "stop"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pulledByFirst starts a registry holding repo:1, a random image of layers × layerSize, and a
+// cluster of n members without coalescing (only the nodes that pull a blob hold it); the first
+// member pulls the image, and the homes learn it.
+func pulledByFirst(t *testing.T, n int, repo string, layers int, layerSize int64) (*harness.Registry, *harness.Cluster, v1.Image) {
+	t.Helper()
+	reg := harness.StartRegistry(t)
+	img := reg.PushRandom(t, repo, "1", layers, layerSize)
+	c := harness.StartCluster(t, n, uncoalesced(reg))
+	pullVia(t, c.Nodes[0], reg.Host(), repo, "1", img)
+	waitHomed(t, c.Nodes, len(blobDigests(t, img))+2)
+	return reg, c, img
 }
 
 // blobURL is the URL of a blob of registry's repo at lb's mirror.

@@ -129,7 +129,10 @@ func startMember(dir, bin, upstream, ip, nodeName, keyFile, join string) (*membe
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf("root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\n[cache]\nmax_size = \"16GiB\"\n[log]\nlevel = \"warn\"\n[registry.\"docker.io\"]\nendpoints = [\"http://%s\"]\n",
+	// upstream_timeout 5 s: twenty nodes starting fills at once on a shared two-core machine
+	// can keep a registry's headers past the default 1 s, and a failed fill is not what this
+	// measures.
+	cfg := fmt.Sprintf("root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\n[cache]\nmax_size = \"16GiB\"\n[resolve]\nupstream_timeout = \"5s\"\n[log]\nlevel = \"warn\"\n[registry.\"docker.io\"]\nendpoints = [\"http://%s\"]\n",
 		filepath.Join(dir, "root"), m.mirror, filepath.Join(dir, "l.sock"), filepath.Join(dir, "a.sock"), m.metrics, upstream)
 	if keyFile != "" {
 		if m.gossip, err = addr(); err != nil {
@@ -364,7 +367,7 @@ func coalesceBench(ctx context.Context, base, bin string, reg *daemon, regAddr, 
 				go func() {
 					defer wg.Done()
 					if err := getBlobs(m.mirror, repo, blobs, ""); err != nil {
-						errs <- err
+						errs <- fmt.Errorf("%w; its log ends:\n%s", err, tail(m.Log(), 3000))
 					}
 				}()
 			}
@@ -570,6 +573,9 @@ func renderCluster(b *strings.Builder, r clusterResults) {
 		fmt.Fprintf(b, "\nThe routing layer simulated in-process (`cluster.Simulate`):\n\n%s", r.simulation)
 	}
 }
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string { return s[max(0, len(s)-n):] }
 
 // slicesMax is the largest of xs.
 func slicesMax(xs []float64) float64 {

@@ -344,7 +344,8 @@ func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
 // with half set, it sends the headers and the first half of body, then stops.
 type stuckPeer struct {
 	*httptest.Server
-	requests atomic.Int64
+	// requests counts the requests; ended those whose client went away.
+	requests, ended atomic.Int64
 }
 
 func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
@@ -361,6 +362,7 @@ func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
 		}
 		select {
 		case <-r.Context().Done():
+			p.ended.Add(1)
 		case <-release:
 		}
 	}))

@@ -260,6 +260,17 @@ func pull(t *testing.T, r *resolver.Resolver, dgst digest.Digest) ([]byte, resol
 	return data, b.Status, err
 }
 
+// newHolder returns an upstream with an image of one layer of size bytes, and node b, which
+// holds the layer.
+func newHolder(t *testing.T, size int64) (*testUpstream, testImage, *testNode) {
+	t.Helper()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", size)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+	return up, img, b
+}
+
 // testCluster is a Cluster whose index and homes the test sets, and whose client signs with the
 // test authenticator's token.
 type testCluster struct {

@@ -19,10 +19,7 @@ import (
 
 func TestResolverFillsFromAPeer(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 256<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 256<<10)
 	gets := up.blobGets.Load()
 
 	c := newTestCluster("a", b.member())
@@ -75,10 +72,7 @@ func newCorruptPeer(t *testing.T, want []byte) *corruptPeer {
 
 func TestResolverRejectsAPeersBadBytes(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 256<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 256<<10)
 	bad := newCorruptPeer(t, img.data)
 	m := cluster.Member{Name: "bad", PeerAddr: strings.TrimPrefix(bad.URL, "http://"), State: cluster.Alive}
 

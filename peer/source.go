@@ -22,8 +22,8 @@ import (
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
-// maxAttempts bounds the holders asked for one blob or manifest, so that a lookup naming many
-// stuck ones costs at most maxAttempts × HeaderTimeout before the home or the registry.
+// maxAttempts bounds the holders asked for one blob or manifest: however many a lookup names,
+// one miss makes at most this many peer requests (and one to the blob's home).
 const maxAttempts = 4
 
 // maxRejectedPeers bounds the peers a Source remembers as rejected; past it, the one whose

@@ -21,10 +21,7 @@ import (
 
 func TestBlobFromAHolder(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 256<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 256<<10)
 	upstreamGets := up.blobGets.Load()
 
 	c := newTestCluster("a", b.member())
@@ -87,10 +84,7 @@ func TestManifestFromAHolder(t *testing.T) {
 
 func TestStuckHolderIsSkipped(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	_, img, b := newHolder(t, 64<<10)
 
 	// Each case leaves one mechanism alone to skip the stuck holder: the other waits a minute.
 	tests := []struct {
@@ -202,10 +196,7 @@ func TestHolderWithout404IsSkipped(t *testing.T) {
 
 func TestRejectedAndSkippedPeersAreNotAsked(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 64<<10)
 	d := newTestNode(t, "c", up, HandlerOptions{})
 	d.warm(t, img.layer)
 

@@ -25,10 +25,12 @@ const (
 const maxIndexBody = 32 << 20
 
 // peerHeaderDelay is the peer mirror's mirror.Options.HeaderDelay: a blob answer whose first
-// byte is not there yet (a coalesced fill waiting on the registry) sends its headers after it,
-// well within the requester's DefaultHeaderTimeout, so that a live node is not taken for a
-// stopped one.
-const peerHeaderDelay = DefaultHeaderTimeout / 2
+// byte is not there yet (a coalesced fill waiting on the registry) sends its headers after it.
+// The requester waits DefaultHeaderTimeout for them, and its resolver gives all the peers
+// twice its upstream timeout (2 s by default), which the home's own wait for the registry's
+// headers (its upstream timeout) already takes most of: a quarter second is left for the
+// first byte, so that a live home is not taken for a stopped one.
+const peerHeaderDelay = 250 * time.Millisecond
 
 // NewHandler returns the peer listener's handler. Every request must carry a valid token
 // (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the

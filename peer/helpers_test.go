@@ -111,6 +111,12 @@ func (u *testUpstream) push(t *testing.T, tag string, size int64) testImage {
 // testRegistry upstream is up.
 func newTestResolver(t *testing.T, up *testUpstream) *resolver.Resolver {
 	t.Helper()
+	return newClusterResolver(t, up, nil)
+}
+
+// newClusterResolver is newTestResolver in a cluster: peers (when not nil) is its resolver.Peers.
+func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers) *resolver.Resolver {
+	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +130,7 @@ func newTestResolver(t *testing.T, up *testUpstream) *resolver.Resolver {
 		NewClient: func(registry, endpoint string) (resolver.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
+		Peers: peers,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -231,19 +238,37 @@ func (n *testNode) warm(t *testing.T, dgst digest.Digest) {
 // warm caches the blob dgst in r.
 func warm(t *testing.T, r *resolver.Resolver, dgst digest.Digest) {
 	t.Helper()
+	if _, _, err := pull(t, r, dgst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pull reads the blob dgst through r.
+func pull(t *testing.T, r *resolver.Resolver, dgst digest.Digest) ([]byte, resolver.CacheStatus, error) {
+	t.Helper()
 	b, err := r.Blob(t.Context(), testRegistry, testRepo, dgst)
 	if err != nil {
-		t.Fatal(err)
+		return nil, "", err
 	}
 	defer b.Close()
 	rc, err := b.Reader(0, b.Descriptor.Size)
 	if err != nil {
-		t.Fatal(err)
+		return nil, "", err
 	}
 	defer rc.Close()
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		t.Fatal(err)
-	}
+	data, err := io.ReadAll(rc)
+	return data, b.Status, err
+}
+
+// newHolder returns an upstream with an image of one layer of size bytes, and node b, which
+// holds the layer.
+func newHolder(t *testing.T, size int64) (*testUpstream, testImage, *testNode) {
+	t.Helper()
+	up := newTestUpstream(t)
+	img := up.push(t, "v1", size)
+	b := newTestNode(t, "b", up, HandlerOptions{})
+	b.warm(t, img.layer)
+	return up, img, b
 }
 
 // testCluster is a Cluster whose index and homes the test sets, and whose client signs with the
@@ -344,7 +369,8 @@ func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
 // with half set, it sends the headers and the first half of body, then stops.
 type stuckPeer struct {
 	*httptest.Server
-	requests atomic.Int64
+	// requests counts the requests; ended those whose client went away.
+	requests, ended atomic.Int64
 }
 
 func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
@@ -361,6 +387,7 @@ func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
 		}
 		select {
 		case <-r.Context().Done():
+			p.ended.Add(1)
 		case <-release:
 		}
 	}))

@@ -56,6 +56,10 @@ type SourceOptions struct {
 	// RejectFor is how long a peer that sent bad bytes is not asked again for any blob
 	// (default 10 min).
 	RejectFor time.Duration
+	// HedgeDelay is how long a request to one holder goes unanswered before the next holder is
+	// asked too (default 200 ms); the first to answer sends the blob or manifest, the others
+	// are ended. It keeps a stopped holder from using up the resolver's wait for the peers.
+	HedgeDelay time.Duration
 	// IdleTimeout ends a peer's body that brings no byte for this long (default 10 s), so a
 	// peer that stops mid-transfer (SIGSTOP, a cut network) fails the read instead of hanging
 	// it. The resolver's fill has its own, slower progress rule on top (64 KiB per its idle
@@ -68,6 +72,7 @@ const (
 	DefaultHeaderTimeout = 2 * time.Second
 	DefaultRejectFor     = 10 * time.Minute
 	DefaultIdleTimeout   = 10 * time.Second
+	DefaultHedgeDelay    = 200 * time.Millisecond
 )
 
 // Stats is what a Source counts, for status and metrics.
@@ -107,6 +112,9 @@ func NewSource(node Cluster, opts SourceOptions) *Source {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.HedgeDelay <= 0 {
+		opts.HedgeDelay = DefaultHedgeDelay
 	}
 	return &Source{node: node, opts: opts, bad: make(map[string]time.Time)}
 }

@@ -22,8 +22,8 @@ import (
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
-// maxAttempts bounds the holders asked for one blob or manifest, so that a lookup naming many
-// stuck ones costs at most maxAttempts × HeaderTimeout before the home or the registry.
+// maxAttempts bounds the holders asked for one blob or manifest: however many a lookup names,
+// one miss makes at most this many peer requests (and one to the blob's home).
 const maxAttempts = 4
 
 // maxRejectedPeers bounds the peers a Source remembers as rejected; past it, the one whose
@@ -49,11 +49,13 @@ func (s *Source) Stats() Stats {
 	}
 }
 
-// OpenBlob asks dgst's holders in the order the lookup names them (maxAttempts of them at
-// most), skipping those in skip and those rejected lately; the first that answers 200 with a Content-Length sends the blob. When
-// none does and Coalesce is on, the digest's first home is asked to fill it from the registry
-// (cluster.HeaderFill), unless it is this node, in skip, or failed already. A holder must send
-// its headers within HeaderTimeout and, after them, a byte at least every IdleTimeout.
+// OpenBlob asks dgst's holders, hedged (see hedge): the first the lookup names at once, the
+// next after HedgeDelay or as soon as one failed, at most maxAttempts of them, leaving out
+// those in skip and those rejected lately. The first that answers 200 with a Content-Length
+// sends the blob. When none does and Coalesce is on, the digest's first home is asked to fill
+// it from the registry (cluster.HeaderFill), unless it is this node, in skip, or failed
+// otherwise than by not holding it. Every peer must send its headers within HeaderTimeout and,
+// after them, a byte at least every IdleTimeout.
 func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst digest.Digest, skip []string) (resolver.PeerBlob, error) {
 	key := cluster.BlobKey(dgst)
 	holders, err := s.node.Lookup(ctx, key)
@@ -61,33 +63,30 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 		return resolver.PeerBlob{}, fmt.Errorf("blob %s: look up its holders: %w", dgst, err)
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
-	var failed []error
-	broken := map[string]bool{} // holders that failed otherwise than by not holding it
-	for _, h := range holders {
-		m, ok := s.askable(h.Node, skip)
-		if !ok {
-			continue
-		}
-		if len(failed) == maxAttempts {
-			break
-		}
-		b, err := s.openBlob(ctx, m, registry, path, false)
-		if err == nil {
-			s.peerAnswers.Add(1)
-			return b, nil
-		}
-		if ctx.Err() != nil {
-			return resolver.PeerBlob{}, ctx.Err()
-		}
-		if !errdefs.IsNotFound(err) {
-			broken[m.Name] = true
-		}
-		failed = append(failed, err)
+	cands := s.candidates(holders, skip)
+	winner, b, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
+			return s.openBlob(ctx, m, registry, path, false)
+		},
+		func(b resolver.PeerBlob) { b.Body.Close() })
+	if winner >= 0 {
+		s.peerAnswers.Add(1)
+		b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+		return b, nil
+	}
+	if ctx.Err() != nil {
+		return resolver.PeerBlob{}, ctx.Err()
 	}
 	if s.opts.Coalesce {
 		if homes := s.node.Homes(key); len(homes) > 0 {
 			home := homes[0]
-			if !home.Self && home.Name != s.node.Name() && !broken[home.Name] && !slices.Contains(skip, home.Name) && !s.isRejected(home.Name) {
+			// A home that failed as a holder otherwise than by not holding the blob is not
+			// asked again.
+			broken := false
+			for i, m := range cands {
+				broken = broken || m.Name == home.Name && errs[i] != nil && !errdefs.IsNotFound(errs[i])
+			}
+			if !home.Self && home.Name != s.node.Name() && !broken && !slices.Contains(skip, home.Name) && !s.isRejected(home.Name) {
 				b, err := s.openBlob(ctx, home, registry, path, true)
 				if err == nil {
 					s.coalescedFills.Add(1)
@@ -97,11 +96,37 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 				if ctx.Err() != nil {
 					return resolver.PeerBlob{}, ctx.Err()
 				}
-				failed = append(failed, err)
+				errs = append(errs, err)
 			}
 		}
 	}
-	return resolver.PeerBlob{}, noPeer("blob", dgst, failed)
+	return resolver.PeerBlob{}, noPeer("blob", dgst, errs)
+}
+
+// candidates are the members holders names that may be asked, maxAttempts at most.
+func (s *Source) candidates(holders []cluster.Holder, skip []string) []cluster.Member {
+	var cands []cluster.Member
+	for _, h := range holders {
+		if m, ok := s.askable(h.Node, skip); ok && !slices.ContainsFunc(cands, func(c cluster.Member) bool { return c.Name == m.Name }) {
+			cands = append(cands, m)
+		}
+		if len(cands) == maxAttempts {
+			break
+		}
+	}
+	return cands
+}
+
+// endsRequest is a body whose Close also ends the context it was read under.
+type endsRequest struct {
+	io.ReadCloser
+	done context.CancelFunc
+}
+
+func (b *endsRequest) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
 }
 
 // openBlob GETs the blob at path from m, through its fill when fill is set.
@@ -170,35 +195,35 @@ func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
 	return m, true
 }
 
-// Manifest fetches the manifest dgst from its holders, in order (maxAttempts of them at most),
-// the first 200 winning. The
-// body is bounded by resolver.MaxManifestSize and not verified: the resolver checks it.
+// Manifest fetches the manifest dgst from its holders, hedged as OpenBlob's, the first 200
+// winning. The body is bounded by resolver.MaxManifestSize and not verified: the resolver
+// checks it.
 func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
 	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
 	if err != nil {
 		return "", nil, "", fmt.Errorf("manifest %s: look up its holders: %w", dgst, err)
 	}
-	path := "/v2/" + repository + "/manifests/" + dgst.String()
-	var failed []error
-	for _, h := range holders {
-		m, ok := s.askable(h.Node, nil)
-		if !ok {
-			continue
-		}
-		if len(failed) == maxAttempts {
-			break
-		}
-		mediaType, body, err := s.manifestFrom(ctx, m, registry, path)
-		if err == nil {
-			s.peerAnswers.Add(1)
-			return mediaType, body, m.Name, nil
-		}
-		if ctx.Err() != nil {
-			return "", nil, "", ctx.Err()
-		}
-		failed = append(failed, err)
+	type manifest struct {
+		mediaType string
+		body      []byte
 	}
-	return "", nil, "", noPeer("manifest", dgst, failed)
+	path := "/v2/" + repository + "/manifests/" + dgst.String()
+	cands := s.candidates(holders, nil)
+	winner, m, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+		func(ctx context.Context, p cluster.Member) (manifest, error) {
+			mediaType, body, err := s.manifestFrom(ctx, p, registry, path)
+			return manifest{mediaType, body}, err
+		},
+		func(manifest) {})
+	if winner >= 0 {
+		done()
+		s.peerAnswers.Add(1)
+		return m.mediaType, m.body, cands[winner].Name, nil
+	}
+	if ctx.Err() != nil {
+		return "", nil, "", ctx.Err()
+	}
+	return "", nil, "", noPeer("manifest", dgst, errs)
 }
 
 // manifestFrom GETs the manifest at path from m.
@@ -365,9 +390,10 @@ func statusError(peer string, status int) error {
 
 // noPeer is the error when no peer sent what was asked: ErrNotFound when every peer asked
 // said it does not hold it, else ErrUnavailable, with the failures (for the resolver's log).
+// Nil errors (peers not asked) are left out.
 func noPeer(what string, dgst digest.Digest, failed []error) error {
 	for _, e := range failed {
-		if !errdefs.IsNotFound(e) {
+		if e != nil && !errdefs.IsNotFound(e) {
 			return fmt.Errorf("%s %s: no peer sent it: %v: %w", what, dgst, errors.Join(failed...), errdefs.ErrUnavailable)
 		}
 	}

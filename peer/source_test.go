@@ -21,10 +21,7 @@ import (
 
 func TestBlobFromAHolder(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 256<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 256<<10)
 	upstreamGets := up.blobGets.Load()
 
 	c := newTestCluster("a", b.member())
@@ -87,30 +84,52 @@ func TestManifestFromAHolder(t *testing.T) {
 
 func TestStuckHolderIsSkipped(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
-	stuck := newStuckPeer(t, nil, false)
+	_, img, b := newHolder(t, 64<<10)
 
-	c := newTestCluster("a", stuck.member("s"), b.member())
-	c.setHolders(cluster.BlobKey(img.layer), "s", "b")
-	src := NewSource(c, SourceOptions{HeaderTimeout: 200 * time.Millisecond})
-	// The deadline only ends the test cleanly should the stuck holder hang it.
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	// Each case leaves one mechanism alone to skip the stuck holder: the other waits a minute.
+	tests := []struct {
+		name string
+		opts SourceOptions
+	}{
+		{name: "hedged", opts: SourceOptions{HedgeDelay: 100 * time.Millisecond, HeaderTimeout: time.Minute}},
+		{name: "header timeout", opts: SourceOptions{HedgeDelay: time.Minute, HeaderTimeout: 200 * time.Millisecond}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stuck := newStuckPeer(t, nil, false)
+			c := newTestCluster("a", stuck.member("s"), b.member())
+			c.setHolders(cluster.BlobKey(img.layer), "s", "b")
+			src := NewSource(c, tt.opts)
+			// The deadline only ends the test cleanly should the stuck holder hang it.
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			blob, err := src.OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if blob.Peer != "b" {
+				t.Errorf("blob from %q, want b after the stuck holder", blob.Peer)
+			}
+			if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
+				t.Fatal("wrong bytes from b")
+			}
+			if stuck.requests.Load() != 1 {
+				t.Errorf("the stuck holder got %d requests, want 1 (it is first)", stuck.requests.Load())
+			}
+			waitFor(t, "the request to the stuck holder to end", func() bool { return stuck.ended.Load() == 1 })
+		})
+	}
+
+	// Alone, a stuck holder fails the blob within the header timeout.
+	stuck := newStuckPeer(t, nil, false)
+	c := newTestCluster("a", stuck.member("s"))
+	c.setHolders(cluster.BlobKey(img.layer), "s")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	blob, err := src.OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stuck.requests.Load() != 1 {
-		t.Errorf("the stuck holder got %d requests, want 1 (it is first)", stuck.requests.Load())
-	}
-	if blob.Peer != "b" {
-		t.Errorf("blob from %q, want b after the stuck holder", blob.Peer)
-	}
-	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
-		t.Fatal("wrong bytes from b")
+	_, err := NewSource(c, SourceOptions{HeaderTimeout: 200 * time.Millisecond}).OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
+	if !errdefs.IsUnavailable(err) || ctx.Err() != nil {
+		t.Errorf("a stuck holder alone: %v, want unavailable before the test's deadline", err)
 	}
 }
 
@@ -177,10 +196,7 @@ func TestHolderWithout404IsSkipped(t *testing.T) {
 
 func TestRejectedAndSkippedPeersAreNotAsked(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
-	b := newTestNode(t, "b", up, HandlerOptions{})
-	b.warm(t, img.layer)
+	up, img, b := newHolder(t, 64<<10)
 	d := newTestNode(t, "c", up, HandlerOptions{})
 	d.warm(t, img.layer)
 

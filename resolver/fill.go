@@ -536,24 +536,17 @@ func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
 	}
 }
 
-// peerOpenTimeouts bounds Peers.OpenBlob, in upstream timeouts. OpenBlob asks the holders one
-// after the other, each within its own header timeout (package peer: up to four holders and
-// the digest's home, 2 s each), so that a stopped holder costs one such wait before the next
-// one is asked: a bound of one header wait would give up on the peers at the first stopped
-// holder. This only guards against peers that would not bound themselves.
-const peerOpenTimeouts = 10
-
 // fetch opens the next source of the blob: the cluster's (unless the fill has no peers, or
 // tried maxPeerAttempts of them; the peers in skip failed it), then the first endpoint that
-// has it. Response headers that take longer than the upstream timeout stop rctx; the peers'
-// answer may take peerOpenTimeouts of them. The caller calls stopRead when it is done with the
-// source.
+// has it. Response headers that take longer than the upstream timeout (twice that for a peer,
+// whose answer may wait on its own fill's) stop rctx. The caller calls stopRead when it is
+// done with the source.
 func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blobSource, rctx context.Context, stopRead context.CancelCauseFunc, _ error) {
 	if f.peers != nil && len(skip) < maxPeerAttempts {
 		// The timer stops this attempt's context: its own variables, not the results, which
 		// the upstream's attempt reuses (a timer that fired as OpenBlob gave up would stop that).
 		pctx, stopPeer := context.WithCancelCause(ctx)
-		headers := time.AfterFunc(peerOpenTimeouts*f.deps.headerTimeout, func() { stopPeer(context.DeadlineExceeded) })
+		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopPeer(context.DeadlineExceeded) })
 		pb, err := f.peers.OpenBlob(pctx, f.registry, f.repo, f.dgst, skip)
 		headers.Stop()
 		if err == nil && pb.Body == nil {

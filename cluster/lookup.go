@@ -74,7 +74,7 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 		pending++
 		hedge.Reset(n.cfg.HedgeDelay)
 		if home.Self {
-			answers <- lookupAnswer{holders: n.index.Get(key, time.Now())}
+			answers <- lookupAnswer{holders: answerHolders(key, n.index.Get(key, time.Now()))}
 			return
 		}
 		go func() {

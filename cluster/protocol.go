@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -36,6 +38,12 @@ const (
 	// maxAnnouncesServed is how many announce requests a node decodes at once; the others
 	// wait for their turn.
 	maxAnnouncesServed = 4
+	// maxLookupHolders is the most holders a lookup's answer names (see answerHolders).
+	maxLookupHolders = 32
+	// maxDateAhead is how far past a home's clock a tag record's registry Date may be; a record
+	// further ahead is dropped, so that a peer cannot make its tag record win every outage
+	// resolution for good by dating it in the far future.
+	maxDateAhead = time.Hour
 )
 
 type announceRequest struct {
@@ -115,7 +123,9 @@ func (n *Node) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	dropped := n.index.Put(from, body.Records, time.Now())
+	now := time.Now()
+	recs := slices.DeleteFunc(body.Records, func(r Record) bool { return r.Date.After(now.Add(maxDateAhead)) })
+	dropped := len(body.Records) - len(recs) + n.index.Put(from, recs, now)
 	n.stats.indexDropped.Add(int64(dropped))
 	n.stats.received.Add(int64(len(body.Records)))
 	w.WriteHeader(http.StatusNoContent)
@@ -146,12 +156,32 @@ func (n *Node) serveLookup(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, fmt.Sprintf("the key is empty or longer than %d bytes", maxKeyLen), http.StatusBadRequest)
 		return
 	}
-	resp := lookupResponse{Holders: n.index.Get(key, time.Now())}
+	resp := lookupResponse{Holders: answerHolders(key, n.index.Get(key, time.Now()))}
 	if resp.Holders == nil {
 		resp.Holders = []Holder{}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// answerHolders is what a home answers about key from its records hs: all of them when they are
+// few, else maxLookupHolders of them, so that an answer stays small however many nodes hold a
+// popular key. A blob's are picked at random, which also spreads the transfers of a popular blob
+// over its holders instead of sending every node to the same first one; a tag's are those with
+// the newest registry Dates, the ones its resolution picks from.
+func answerHolders(key string, hs []Holder) []Holder {
+	if len(hs) <= maxLookupHolders {
+		if !isTagKey(key) {
+			rand.Shuffle(len(hs), func(i, j int) { hs[i], hs[j] = hs[j], hs[i] })
+		}
+		return hs
+	}
+	if isTagKey(key) {
+		slices.SortStableFunc(hs, func(a, b Holder) int { return b.Date.Compare(a.Date) })
+	} else {
+		rand.Shuffle(len(hs), func(i, j int) { hs[i], hs[j] = hs[j], hs[i] })
+	}
+	return hs[:maxLookupHolders]
 }
 
 // decode reads req's JSON body of at most limit bytes into v; on error it has answered.

@@ -1,0 +1,72 @@
+package cluster
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+func TestAnnounceDropsFarFutureDates(t *testing.T) {
+	t.Parallel()
+	a := startNode(t, "127.0.6.11", "a", nil)
+	b := startNode(t, "127.0.6.12", "b", []string{a.gossipAddr})
+	eventually(t, 10*time.Second, "a and b alive on both", allAlive(a, b))
+
+	d := digest.FromString("forged")
+	soon := time.Now().Add(time.Minute).UTC().Format(time.RFC3339)
+	far := time.Now().Add(30 * 24 * time.Hour).UTC().Format(time.RFC3339)
+	body := fmt.Sprintf(`{"records":[{"k":"r.io/app:soon","d":%q,"t":%q},{"k":"r.io/app:far","d":%q,"t":%q}]}`, d, soon, d, far)
+	req := httptest.NewRequestWithContext(WithPeer(t.Context(), "b"), http.MethodPost, PathAnnounce, strings.NewReader(body))
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusNoContent {
+		t.Fatalf("announce: %d %s", rec.Code, rec.Body)
+	}
+	if hs := a.index.Get("r.io/app:soon", time.Now()); len(hs) != 1 {
+		t.Errorf("a record dated a minute ahead (clock skew) was not kept: %v", hs)
+	}
+	if hs := a.index.Get("r.io/app:far", time.Now()); len(hs) != 0 {
+		t.Errorf("a record dated a month ahead was kept: %v", hs)
+	}
+	if got := a.Stats().IndexDropped; got != 1 {
+		t.Errorf("IndexDropped = %d, want 1", got)
+	}
+}
+
+func TestAnswerHoldersIsBounded(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var blob, tag []Holder
+	for i := range 500 {
+		blob = append(blob, Holder{Node: fmt.Sprintf("n%03d", i)})
+		tag = append(tag, Holder{Node: fmt.Sprintf("n%03d", i), Digest: digest.FromString("x"), Date: base.Add(time.Duration(i) * time.Second)})
+	}
+	firsts := map[string]bool{}
+	for range 20 {
+		hs := answerHolders("sha256:x", append([]Holder(nil), blob...))
+		if len(hs) != maxLookupHolders {
+			t.Fatalf("a blob's answer names %d holders, want %d", len(hs), maxLookupHolders)
+		}
+		firsts[hs[0].Node] = true
+	}
+	if len(firsts) < 2 {
+		t.Errorf("20 answers all named %v first: the transfers of a popular blob are not spread", firsts)
+	}
+	hs := answerHolders("r.io/app:1", append([]Holder(nil), tag...))
+	if len(hs) != maxLookupHolders {
+		t.Fatalf("a tag's answer names %d holders, want %d", len(hs), maxLookupHolders)
+	}
+	for _, h := range hs {
+		if h.Date.Before(base.Add(time.Duration(500-maxLookupHolders) * time.Second)) {
+			t.Errorf("a tag's answer kept %s dated %s, not one of the newest", h.Node, h.Date)
+		}
+	}
+	if few := answerHolders("r.io/app:1", tag[:3]); len(few) != 3 {
+		t.Errorf("an answer of 3 holders was cut to %d", len(few))
+	}
+}

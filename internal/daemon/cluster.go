@@ -72,6 +72,7 @@ func (d *Daemon) peerHandler() http.Handler {
 	regs := d.cfg.Registry
 	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), mirror.FromResolver(d.Resolver), peer.HandlerOptions{
 		Shared: func(registry string) bool { return regs[registry].Shared() },
+		Source: d.Peers, // counts the bytes served to peers
 	})
 }
 

@@ -72,7 +72,7 @@ func TestSimulateSmall(t *testing.T) {
 	t.Log("\n" + SimTable([]SimReport{rep}))
 }
 
-// TestSimulateScale runs the simulation of docs/cluster-scale.md: LIFEBOAT_SIMULATE=1.
+// TestSimulateScale runs the simulation of docs/cluster.md ("Scale"): LIFEBOAT_SIMULATE=1.
 func TestSimulateScale(t *testing.T) {
 	if os.Getenv("LIFEBOAT_SIMULATE") == "" {
 		t.Skip("set LIFEBOAT_SIMULATE=1 to simulate 1,000 and 10,000 members")

@@ -7,11 +7,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/peer"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // ClusterNode is what the admin service reports of this node's membership; *cluster.Node is
@@ -29,9 +29,6 @@ type ClusterPeers interface {
 	// Holders names the peers that hold a blob or manifest; empty when none does. An error
 	// means the cluster could not tell.
 	Holders(ctx context.Context, dgst digest.Digest) ([]string, error)
-	// Tag resolves a tag from the peers' records, with the winning record's registry Date.
-	// errdefs.ErrNotFound when no peer knows it.
-	Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error)
 }
 
 var (
@@ -151,71 +148,14 @@ func (s *Service) holders(ctx context.Context, dgsts []digest.Digest) map[digest
 	return out
 }
 
-// What can serve an image during an outage, in DrillResult.ServedBy.
-const (
-	ServedByThisNode = "this node"
-	ServedByPeer     = "peer"
-	ServedByNothing  = "nothing"
-)
-
-// servedBy fills in what could serve each image of rep during an outage: this node when it is
-// ready; else, with the cluster tier on, a peer that holds the image's manifest (the tag
-// resolved from this node's cache, or from the peers' records); else nothing.
-func (s *Service) servedBy(ctx context.Context, rep *DrillReport) {
+// servedBy completes what the resolver's Check said could serve each image of rep during an
+// outage (Readiness.ServedBy: this node, the peers that hold all it lacks, or nothing): an image
+// that could not be checked at all is served by nothing.
+func (s *Service) servedBy(rep *DrillReport) {
 	rep.Cluster = s.Peers != nil
-	var ask []digest.Digest
-	roots := make([]digest.Digest, len(rep.Results))
 	for i, r := range rep.Results {
-		switch {
-		case r.Ready:
-			rep.Results[i].ServedBy = ServedByThisNode
-			continue
-		case s.Peers == nil || r.Error != "":
-			rep.Results[i].ServedBy = ServedByNothing
-			continue
-		}
-		if roots[i] = s.rootDigest(ctx, r.Ref); roots[i] != "" {
-			ask = append(ask, roots[i])
+		if r.Error != "" || r.ServedBy == "" {
+			rep.Results[i].ServedBy = resolver.ServedByNothing
 		}
 	}
-	var held map[digest.Digest][]string
-	if len(ask) > 0 {
-		held = s.holders(ctx, ask)
-	}
-	for i, r := range rep.Results {
-		if r.ServedBy != "" {
-			continue
-		}
-		rep.Results[i].ServedBy = ServedByNothing
-		if peers := held[roots[i]]; len(peers) > 0 {
-			rep.Results[i].Peers = peers
-			rep.Results[i].ServedBy = ServedByPeer + " " + peers[0]
-		}
-	}
-}
-
-// rootDigest is the digest the normalized ref names: its own, the one this node cached for
-// its tag, or the one the peers' records give the tag; "" when none is known.
-func (s *Service) rootDigest(ctx context.Context, ref string) digest.Digest {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return ""
-	}
-	if c, ok := named.(reference.Canonical); ok {
-		return c.Digest()
-	}
-	if cached, err := s.Store.GetRef(ctx, ref); err == nil {
-		return cached.Target.Digest
-	}
-	tagged, ok := named.(reference.Tagged)
-	if !ok {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(ctx, maxHoldersWait)
-	defer cancel()
-	dgst, _, err := s.Peers.Tag(ctx, reference.Domain(named), reference.Path(named), tagged.Tag())
-	if err != nil {
-		return ""
-	}
-	return dgst
 }

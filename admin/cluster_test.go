@@ -13,6 +13,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/peer"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // fakeNode is a cluster membership of fixed members and figures.
@@ -30,10 +31,12 @@ func (fakeNode) Stats() cluster.Stats {
 	return cluster.Stats{HomedKeys: 12, IndexEntries: 30, IndexBytes: 4096, LookupsFound: 5, LookupsNotFound: 2, LookupsFailed: 1}
 }
 
-// fakePeers holds digests at named peers and knows tags, and records what it was asked.
+// fakePeers holds digests at named peers, knows tags and serves manifests, and records what it
+// was asked. It is the resolver's Peers too, for drills.
 type fakePeers struct {
-	held map[digest.Digest][]string
-	tags map[string]digest.Digest // "registry/repository:tag"
+	held      map[digest.Digest][]string
+	tags      map[string]digest.Digest // "registry/repository:tag"
+	manifests map[digest.Digest][]byte
 
 	mu    sync.Mutex
 	asked []digest.Digest
@@ -56,6 +59,21 @@ func (p *fakePeers) Tag(_ context.Context, registry, repository, tag string) (di
 	}
 	return "", time.Time{}, errdefs.ErrNotFound
 }
+
+func (p *fakePeers) OpenBlob(context.Context, string, string, digest.Digest, []string) (resolver.PeerBlob, error) {
+	return resolver.PeerBlob{}, errdefs.ErrNotFound
+}
+func (p *fakePeers) Reject(string, digest.Digest) {}
+func (p *fakePeers) Manifest(_ context.Context, _, _ string, dgst digest.Digest) (string, []byte, string, error) {
+	if b, ok := p.manifests[dgst]; ok {
+		return "", b, "node-b", nil
+	}
+	return "", nil, "", errdefs.ErrNotFound
+}
+func (p *fakePeers) Cached(string, string, digest.Digest)                         {}
+func (p *fakePeers) Revalidated(string, string, string, digest.Digest, time.Time) {}
+
+var _ resolver.Peers = (*fakePeers)(nil)
 
 func TestStatusCluster(t *testing.T) {
 	t.Parallel()
@@ -93,8 +111,9 @@ func TestImagesAndDrillNamePeers(t *testing.T) {
 	up := newDrillUpstream(t)
 	up.push(t, "app", "v1")
 	up.push(t, "app", "v2")
-	peers := &fakePeers{held: map[digest.Digest][]string{}, tags: map[string]digest.Digest{}}
-	c := newDrillService(t, up, func(s *Service) { s.Cluster, s.Peers = fakeNode{}, peers })
+	v3img := up.push(t, "app", "v3")
+	peers := &fakePeers{held: map[digest.Digest][]string{}, tags: map[string]digest.Digest{}, manifests: map[digest.Digest][]byte{}}
+	c := newDrillServiceWithPeers(t, up, peers, func(s *Service) { s.Cluster, s.Peers = fakeNode{}, peers })
 	ctx := t.Context()
 	v1, v3 := drillRegistry+"/app:v1", drillRegistry+"/app:v3"
 
@@ -108,10 +127,13 @@ func TestImagesAndDrillNamePeers(t *testing.T) {
 	}
 	d1 := imgs.Images[0].Digest
 	peers.held[d1] = []string{"node-c", "node-b"}
-	// v3 exists nowhere but in the peers' records: node-b holds its manifest.
-	d3 := digest.FromString("v3")
+	// v3 is not cached here: only the peers' records know its tag, and node-b holds all of it.
+	d3, body := v3img.manifest(t)
 	peers.tags[drillRegistry+"/app:v3"] = d3
-	peers.held[d3] = []string{"node-b"}
+	peers.manifests[d3] = body
+	for _, d := range v3img.blobs(t) {
+		peers.held[d] = []string{"node-b"}
+	}
 
 	imgs, err = c.Images(ctx, ImagesRequest{})
 	if err != nil {
@@ -132,8 +154,8 @@ func TestImagesAndDrillNamePeers(t *testing.T) {
 	if want := []string{"this node", "nothing", "peer node-b", "nothing"}; !rep.Cluster || !slices.Equal(got, want) {
 		t.Errorf("served by %q, want %q (cluster %v)", got, want, rep.Cluster)
 	}
-	if !slices.Contains(peers.asked, d3) {
-		t.Errorf("the peers were not asked who holds v3's manifest %s: %v", d3, peers.asked)
+	if !slices.Contains(peers.asked, v3img.blobs(t)[0]) {
+		t.Errorf("the peers were not asked who holds v3's blobs: %v", peers.asked)
 	}
 }
 

@@ -18,8 +18,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
@@ -54,7 +56,34 @@ func newDrillUpstream(t *testing.T) *drillUpstream {
 	return u
 }
 
-func (u *drillUpstream) push(t *testing.T, repo, tag string) {
+// pushed is an image pushed to a drillUpstream.
+type pushed struct{ v1.Image }
+
+// manifest returns the image's manifest digest and bytes.
+func (p pushed) manifest(t *testing.T) (digest.Digest, []byte) {
+	t.Helper()
+	b, err := p.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.FromBytes(b), b
+}
+
+// blobs returns the digests of the image's config and layers.
+func (p pushed) blobs(t *testing.T) []digest.Digest {
+	t.Helper()
+	m, err := p.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []digest.Digest{digest.Digest(m.Config.Digest.String())}
+	for _, l := range m.Layers {
+		out = append(out, digest.Digest(l.Digest.String()))
+	}
+	return out
+}
+
+func (u *drillUpstream) push(t *testing.T, repo, tag string) pushed {
 	t.Helper()
 	img, err := random.Image(16<<10, 2)
 	if err != nil {
@@ -67,10 +96,17 @@ func (u *drillUpstream) push(t *testing.T, repo, tag string) {
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
 	}
+	return pushed{img}
 }
 
 // newDrillService serves a Service whose registry.test is up, and returns a client of it.
 func newDrillService(t *testing.T, up *drillUpstream, setup ...func(*Service)) *Client {
+	t.Helper()
+	return newDrillServiceWithPeers(t, up, nil, setup...)
+}
+
+// newDrillServiceWithPeers is newDrillService with peers as the resolver's cluster tier.
+func newDrillServiceWithPeers(t *testing.T, up *drillUpstream, peers resolver.Peers, setup ...func(*Service)) *Client {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
@@ -83,6 +119,7 @@ func newDrillService(t *testing.T, up *drillUpstream, setup ...func(*Service)) *
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 		Health: resolver.HealthOptions{FailureThreshold: 100},
+		Peers:  peers,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -172,15 +209,14 @@ func TestDrill(t *testing.T) {
 func TestDrillReportJSON(t *testing.T) {
 	t.Parallel()
 	rep := DrillReport{Platform: "linux/amd64", Ready: 0, Total: 1, Results: []DrillResult{{
-		Readiness: resolver.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true},
+		Readiness: resolver.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true, ServedBy: resolver.ServedByNothing},
 		FixError:  "down",
-		ServedBy:  ServedByNothing,
 	}}}
 	b, err := json.Marshal(rep)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"platform":"linux/amd64","results":[{"ref":"docker.io/library/a:1","ready":false,"missing":["tag docker.io/library/a:1"],"missingBytes":0,"partial":true,"fixError":"down","servedBy":"nothing"}],"ready":0,"total":1}`
+	const want = `{"platform":"linux/amd64","results":[{"ref":"docker.io/library/a:1","ready":false,"missing":["tag docker.io/library/a:1"],"missingBytes":0,"partial":true,"servedBy":"nothing","fixError":"down"}],"ready":0,"total":1}`
 	if string(b) != want {
 		t.Errorf("drill report JSON\n got %s\nwant %s", b, want)
 	}

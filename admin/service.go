@@ -267,11 +267,6 @@ type DrillResult struct {
 	Error string `json:"error,omitempty"`
 	// FixError says why fetching what was missing failed, with Fix.
 	FixError string `json:"fixError,omitempty"`
-	// ServedBy says what could serve the image during an outage: ServedByThisNode (Ready),
-	// "peer <name>" (with the cluster tier on, a peer holds its manifest) or ServedByNothing.
-	ServedBy string `json:"servedBy"`
-	// Peers name the peers that hold the image's manifest (cluster tier only).
-	Peers []string `json:"peers,omitempty"`
 }
 
 // DrillReport answers a DrillRequest, with the results in the order of the refs.
@@ -280,7 +275,7 @@ type DrillReport struct {
 	Results  []DrillResult `json:"results"`
 	Ready    int           `json:"ready"`
 	Total    int           `json:"total"`
-	// Cluster is true when the cluster tier is on: ServedBy may then name a peer.
+	// Cluster is true when the cluster tier is on: a result's ServedBy may then name peers.
 	Cluster bool `json:"cluster,omitempty"`
 }
 
@@ -310,7 +305,7 @@ func (s *Service) Drill(ctx context.Context, req DrillRequest) (DrillReport, err
 		}
 		rep.Results = append(rep.Results, res)
 	}
-	s.servedBy(ctx, &rep)
+	s.servedBy(&rep)
 	log.G(ctx).WithFields(log.Fields{"ready": rep.Ready, "total": rep.Total, "platform": rep.Platform, "fix": req.Fix}).Info("drill")
 	return rep, nil
 }

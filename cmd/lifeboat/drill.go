@@ -243,7 +243,7 @@ func printDrill(w io.Writer, rep admin.DrillReport) error {
 	}
 	fromPeers := 0
 	for _, r := range rep.Results {
-		if strings.HasPrefix(r.ServedBy, admin.ServedByPeer+" ") {
+		if len(r.Peers) > 0 {
 			fromPeers++
 		}
 	}

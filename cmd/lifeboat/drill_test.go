@@ -103,9 +103,9 @@ func TestPrintDrillCluster(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
 	err := printDrill(&out, admin.DrillReport{Platform: "linux/amd64", Ready: 1, Total: 3, Cluster: true, Results: []admin.DrillResult{
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}}, ServedBy: admin.ServedByThisNode},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/peer:1", Missing: []string{"layer x"}}, ServedBy: "peer node-b", Peers: []string{"node-b"}},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true}, ServedBy: admin.ServedByNothing},
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}, ServedBy: resolver.ServedByThisNode}},
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/peer:1", Missing: []string{"layer x"}, ServedBy: "peer node-b", Peers: []string{"node-b"}}},
+		{Readiness: resolver.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true, ServedBy: resolver.ServedByNothing}},
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -97,6 +97,13 @@ func TestClusterColdNodeDuringOutage(t *testing.T) {
 	if in == 0 {
 		t.Error("lifeboat_peer_bytes_total{direction=\"in\"} did not move on F")
 	}
+	var out float64
+	for _, lb := range c.Nodes {
+		out += lb.MetricOrZero(t, "lifeboat_peer_bytes_total", map[string]string{"direction": "out"})
+	}
+	if out < in {
+		t.Errorf("A and B counted %v bytes out to peers, less than the %v bytes F counted in", out, in)
+	}
 }
 
 // TestClusterCoalescing: five nodes GET the same cold blobs at the same moment; the registry

@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
@@ -34,6 +39,12 @@ type coldResults struct {
 	profileTop    string
 	profileRounds int
 	profileCPU    []float64
+	// profileParts is the CPU in the profiles under each of profileFocus, and profileTotal all
+	// of it.
+	profileParts []time.Duration
+	profileTotal time.Duration
+	// shaAlone is the CPU seconds per GiB of SHA-256 alone, over rounds.
+	shaAlone []float64
 
 	links []linkResults
 }
@@ -72,6 +83,9 @@ func coldBench(ctx context.Context, scratch, tools, lifeboat string, size int64,
 		return filepath.Join(base, fmt.Sprintf("lifeboat-%d", n))
 	}
 
+	if res.shaAlone, err = sha256Alone(size, rounds); err != nil {
+		return res, err
+	}
 	var profiles []string
 	for i := range rounds {
 		maddr, err := freeAddr()
@@ -109,6 +123,16 @@ func coldBench(ctx context.Context, scratch, tools, lifeboat string, size int64,
 		return res, fmt.Errorf("go tool pprof: %v\n%s", err, top)
 	}
 	res.profileTop = string(top)
+	for _, p := range profileFocus {
+		d, _, err := pprofFocus(lifeboat, profiles, p.focus)
+		if err != nil {
+			return res, err
+		}
+		res.profileParts = append(res.profileParts, d)
+	}
+	if _, res.profileTotal, err = pprofFocus(lifeboat, profiles, ""); err != nil {
+		return res, err
+	}
 
 	for _, rate := range coldLinks {
 		lr := linkResults{rate: rate}
@@ -155,6 +179,80 @@ func coldBench(ctx context.Context, scratch, tools, lifeboat string, size int64,
 		res.links = append(res.links, lr)
 	}
 	return res, nil
+}
+
+// profileFocus names the parts of a cold fill's CPU that the report breaks out, each by a
+// regular expression for pprof's -focus.
+var profileFocus = []struct{ what, focus string }{
+	{"SHA-256 of the bytes (`sha256.block`)", `sha256\.block$`},
+	{"`read` syscalls (the upstream's body, mostly)", `^syscall\.read$`},
+	{"`write` syscalls (the ingest file)", `^syscall\.write$`},
+	{"`sendfile` syscalls (to the client)", `^syscall\.sendfile$`},
+}
+
+// pprofFocus returns the CPU of the samples of profiles whose stack has a function matching
+// focus (all of them when focus is ""), and of all the samples.
+func pprofFocus(bin string, profiles []string, focus string) (part, total time.Duration, err error) {
+	args := []string{"tool", "pprof", "-top", "-nodecount=1"}
+	if focus != "" {
+		args = append(args, "-focus="+focus)
+	}
+	out, err := exec.Command("go", append(append(args, bin), profiles...)...).CombinedOutput()
+	if err != nil {
+		return 0, 0, fmt.Errorf("go tool pprof: %v\n%s", err, out)
+	}
+	// "Total samples = 3.19s (13.28%)" and "Showing nodes accounting for 600ms, 18.81% of 3190ms total".
+	total, part = -1, -1
+	for _, line := range strings.Split(string(out), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Duration: "); ok {
+			if _, t, ok := strings.Cut(rest, "Total samples = "); ok {
+				total, err = time.ParseDuration(strings.Fields(t)[0])
+			}
+		}
+		if rest, ok := strings.CutPrefix(line, "Showing nodes accounting for "); ok {
+			part, err = time.ParseDuration(strings.TrimSuffix(strings.Fields(rest)[0], ","))
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("go tool pprof: %q: %w", line, err)
+		}
+	}
+	if total < 0 {
+		return 0, 0, fmt.Errorf("go tool pprof printed no total:\n%s", out)
+	}
+	return max(part, 0), total, nil
+}
+
+// sha256Alone hashes size bytes from memory rounds times on one locked thread, and returns
+// the thread's CPU seconds per GiB of each.
+func sha256Alone(size int64, rounds int) ([]float64, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	buf := make([]byte, 1<<20) // the size of the fill's reads and writes
+	rand.NewChaCha8([32]byte{2}).Read(buf)
+	threadCPU := func() (time.Duration, error) {
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+			return 0, err
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+	}
+	var out []float64
+	for range rounds {
+		h := sha256.New()
+		before, err := threadCPU()
+		if err != nil {
+			return nil, err
+		}
+		for n := int64(0); n < size; n += int64(len(buf)) {
+			h.Write(buf[:min(int64(len(buf)), size-n)])
+		}
+		after, err := threadCPU()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, (after-before).Seconds()/(float64(size)/(1<<30)))
+	}
+	return out, nil
 }
 
 // profileDuring writes to path a CPU profile of the lifeboat whose metrics address (with pprof)
@@ -223,6 +321,18 @@ func renderCold(b *strings.Builder, r coldResults) {
 		"the GET), one for each of %d fresh lifeboats' cold miss, merged; the fills took %s CPU-s/GiB\n"+
 		"(user and system time from /proc, GET to commit, the profiler's own cost included).\n\n```\n%s```\n",
 		profileSeconds, r.profileRounds, floatSpread(r.profileCPU, 2), trimPprofHeader(r.profileTop))
+	gib := float64(r.size) * float64(r.profileRounds) / (1 << 30)
+	fmt.Fprintf(b, "\nThe profiles' samples by what their stacks hold, per GiB filled (a sample may count under two\n"+
+		"rows). The baseline below them is SHA-256 alone: the bench process hashing the blob's size from\n"+
+		"memory on one thread, %d times, its thread's CPU time.\n\n"+
+		"| part of the cold fill | CPU-s/GiB | share of the samples |\n|---|---:|---:|\n", len(r.shaAlone))
+	for i, p := range profileFocus {
+		if i < len(r.profileParts) {
+			fmt.Fprintf(b, "| %s | %.2f | %.0f%% |\n", p.what, r.profileParts[i].Seconds()/gib, 100*r.profileParts[i].Seconds()/r.profileTotal.Seconds())
+		}
+	}
+	fmt.Fprintf(b, "| all samples | %.2f | 100%% |\n", r.profileTotal.Seconds()/gib)
+	fmt.Fprintf(b, "| baseline: SHA-256 alone, one thread of the bench | %s | – |\n", floatSpread(r.shaAlone, 2))
 	fmt.Fprintf(b, "\n### Cold miss over a paced upstream link\n\n"+
 		"Each round a fresh lifeboat's cold miss, its upstream behind the bench's forwarder sending at most\n"+
 		"the link's rate (all connections together), alternates with a GET from the upstream through a\n"+
@@ -264,6 +374,7 @@ type coldJSON struct {
 	Rounds        int            `json:"rounds"`
 	ProfileTop    string         `json:"pprof_top"`
 	ProfileCPU    float64        `json:"profiled_cold_miss_cpu_seconds_per_gib"`
+	SHA256Alone   float64        `json:"sha256_alone_cpu_seconds_per_gib"`
 	Links         []linkJSONItem `json:"paced_links"`
 	LinkRatioGoal float64        `json:"paced_ratio_goal"`
 }
@@ -278,7 +389,7 @@ type linkJSONItem struct {
 }
 
 func (r coldResults) json() coldJSON {
-	j := coldJSON{SizeBytes: r.size, Rounds: r.rounds, ProfileTop: trimPprofHeader(r.profileTop), ProfileCPU: median(r.profileCPU), LinkRatioGoal: coldLinkGoal}
+	j := coldJSON{SizeBytes: r.size, Rounds: r.rounds, ProfileTop: trimPprofHeader(r.profileTop), ProfileCPU: median(r.profileCPU), SHA256Alone: median(r.shaAlone), LinkRatioGoal: coldLinkGoal}
 	for _, l := range r.links {
 		j.Links = append(j.Links, linkJSONItem{BytesPerS: l.rate, LifeboatMiBPerS: mibps(r.size, l.lifeboat), DirectMiBPerS: mibps(r.size, l.dirs), Ratio: l.ratio(l.lifeboat),
 			StreamingMiBPerS: mibps(r.size, l.streaming), StreamingRatio: l.ratio(l.streaming)})

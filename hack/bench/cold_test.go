@@ -21,7 +21,7 @@ func TestColdLinkGoal(t *testing.T) {
 		{"half of direct", []time.Duration{4 * s, 4 * s, 1 * s}, "| 0.50 (goal not met) |"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := coldResults{size: 256 << 20, rounds: 3, profileTop: "File: lifeboat\nBuild ID: 1\nType: cpu\n", profileCPU: []float64{1, 2, 3},
+			r := coldResults{size: 256 << 20, rounds: 3, profileTop: "File: lifeboat\nBuild ID: 1\nType: cpu\n", profileCPU: []float64{1, 2, 3}, shaAlone: []float64{0.6},
 				links: []linkResults{{rate: 125_000_000, lifeboat: tc.lifeboat, streaming: tc.lifeboat, dirs: []time.Duration{2 * s, 1 * s, 3 * s}}}}
 			var b strings.Builder
 			renderCold(&b, r)

@@ -333,6 +333,9 @@ func renderCold(b *strings.Builder, r coldResults) {
 	}
 	fmt.Fprintf(b, "| all samples | %.2f | 100%% |\n", r.profileTotal.Seconds()/gib)
 	fmt.Fprintf(b, "| baseline: SHA-256 alone, one thread of the bench | %s | – |\n", floatSpread(r.shaAlone, 2))
+	fmt.Fprintf(b, "\nThe profiler's samples (%.2f CPU-s/GiB) see less than /proc charges the process for the same\n"+
+		"fills (%.2f): the profile has no samples for the difference, so no row above can say where it\n"+
+		"went.\n", r.profileTotal.Seconds()/gib, median(r.profileCPU))
 	fmt.Fprintf(b, "\n### Cold miss over a paced upstream link\n\n"+
 		"Each round a fresh lifeboat's cold miss, its upstream behind the bench's forwarder sending at most\n"+
 		"the link's rate (all connections together), alternates with a GET from the upstream through a\n"+

@@ -1,12 +1,11 @@
 package daemon_test
 
 import (
-	"context"
+	"net"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/lifeboat-dev/lifeboat/internal/daemon"
 	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
 )
 
@@ -23,20 +22,16 @@ func TestPprof(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := daemontest.Config(t)
 			cfg.Metrics.Pprof = tt.pprof
-			ctx, cancel := context.WithCancel(t.Context())
-			d, err := daemon.New(ctx, cfg, daemon.Options{Version: "test", Grace: time.Minute})
+			// A port of the test's own, to know where the profiles would be.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
 			}
-			done := make(chan error, 1)
-			go func() { done <- d.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Error(err)
-				}
-			}()
-			resp, err := http.Get("http://" + d.Admin.Status(ctx).Listeners["metrics"] + "/debug/pprof/heap")
+			cfg.Metrics.Address = ln.Addr().String()
+			ln.Close()
+			stop, _ := daemontest.Start(t, cfg, time.Minute)
+			defer stop()
+			resp, err := http.Get("http://" + cfg.Metrics.Address + "/debug/pprof/heap")
 			if err != nil {
 				t.Fatal(err)
 			}

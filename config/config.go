@@ -92,6 +92,10 @@ type Admin struct {
 type Metrics struct {
 	// Address is the host:port serving /metrics; empty disables it.
 	Address string `toml:"address"`
+	// Pprof serves Go's runtime profiles (net/http/pprof, under /debug/pprof/) on the metrics
+	// address too. Off by default: like /metrics they have no authentication, and a CPU
+	// profile costs the daemon CPU while it runs.
+	Pprof bool `toml:"pprof"`
 }
 
 // Cache sizes the cache.

@@ -508,6 +508,10 @@ func sizeName(n int64) string {
 	return fmt.Sprintf("%d MiB", n>>20)
 }
 
+// coldCPUGoal is the issue's goal for lifeboat's CPU seconds per GiB of a cold miss, GET to
+// commit.
+const coldCPUGoal = 1.5
+
 // fanOutGoal is the issue's goal for the slowest fan-out client ÷ one client alone.
 const fanOutGoal = 1.2
 
@@ -577,7 +581,8 @@ func renderAnchors(b *strings.Builder, r anchorResults) {
 	}
 	cpu := func(xs []float64) string { return floatSpread(xs, 2) + " CPU-s/GiB" }
 	for _, br := range r.blobs {
-		row(fmt.Sprintf("cold miss, %s blob: CPU of the serving process, GET to commit (lower is better)", sizeName(br.size)), cpu(br.lb.cpuCold), cpu(br.px.cpuCold), "–", median(br.lb.cpuCold)/median(br.px.cpuCold))
+		row(fmt.Sprintf("cold miss, %s blob: CPU of the serving process, GET to commit (lower is better; goal ≤ %.1f for lifeboat)", sizeName(br.size), coldCPUGoal),
+			cpu(br.lb.cpuCold)+goal(median(br.lb.cpuCold) <= coldCPUGoal), cpu(br.px.cpuCold), "–", median(br.lb.cpuCold)/median(br.px.cpuCold))
 		row(fmt.Sprintf("warm hit, %s blob: CPU of the serving process over the GET (lower is better)", sizeName(br.size)), cpu(br.lb.cpuWarm), cpu(br.px.cpuWarm), "–", median(br.lb.cpuWarm)/median(br.px.cpuWarm))
 	}
 	copies := func(xs []int64) string {
@@ -649,10 +654,21 @@ type cpuJSON struct {
 	Lifeboat float64 `json:"lifeboat"`
 	Proxy    float64 `json:"distribution_proxy"`
 	Ratio    float64 `json:"lifeboat_to_proxy_ratio"`
+	// Goal is the issue's goal for lifeboat's figure, when it has one, and GoalMet whether it
+	// was met.
+	Goal    float64 `json:"lifeboat_goal,omitempty"`
+	GoalMet *bool   `json:"lifeboat_goal_met,omitempty"`
 }
 
 func cpuByParty(lb, px []float64) cpuJSON {
 	return cpuJSON{Lifeboat: median(lb), Proxy: median(px), Ratio: median(lb) / median(px)}
+}
+
+// withGoal adds a goal that lifeboat's figure is at most.
+func (c cpuJSON) withGoal(atMost float64) cpuJSON {
+	met := c.Lifeboat <= atMost
+	c.Goal, c.GoalMet = atMost, &met
+	return c
 }
 
 // byPartyJSON is one figure for each party, in the unit its parent's name gives, and
@@ -745,7 +761,7 @@ func (r anchorResults) json() anchorsJSON {
 			WarmHit:  byParty(mibps(br.size, br.lb.warm), mibps(br.size, br.px.warm), mibps(br.size, br.direct)),
 			ColdMiss: byParty(mibps(br.size, br.lb.cold), mibps(br.size, br.px.cold), mibps(br.size, br.direct)),
 			TTFB:     byParty(median(br.lb.ttfb).Seconds(), median(br.px.ttfb).Seconds(), median(br.ttfbDir).Seconds()),
-			CPUCold:  cpuByParty(br.lb.cpuCold, br.px.cpuCold),
+			CPUCold:  cpuByParty(br.lb.cpuCold, br.px.cpuCold).withGoal(coldCPUGoal),
 			CPUWarm:  cpuByParty(br.lb.cpuWarm, br.px.cpuWarm),
 		})
 	}

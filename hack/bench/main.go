@@ -81,7 +81,7 @@ func run() error {
 	dir := flag.String("dir", "", "scratch directory, on the filesystem to measure (default: a temp dir)")
 	tools := flag.String("tools", "bin/tools", "directory of the pinned tools (make tools)")
 	clusterSize := flag.Int64("cluster-size", 256<<20, "bytes of the image a fresh cluster node fetches from a peer")
-	only := flag.String("only", "", "run only these sections, comma-separated (cache, mirror, claims, anchors, pull, cluster): "+
+	only := flag.String("only", "", "run only these sections, comma-separated (cache, mirror, claims, anchors, cold, pull, cluster): "+
 		"for trying a section; the report then holds only them, so do not write docs/benchmarks.md with it")
 	flag.Parse()
 	if *only != "" && (*out != "" || *jsonOut != "") {
@@ -131,6 +131,12 @@ func run() error {
 		rep.ran["anchors"] = true
 		if rep.anchors, err = anchorBench(ctx, scratch, tdir, bin, *size, *rounds, *largeSize, *largeRounds, *fanRounds); err != nil {
 			return fmt.Errorf("anchor benchmark: %w", err)
+		}
+	}
+	if selected("cold") {
+		rep.ran["cold"] = true
+		if rep.cold, err = coldBench(ctx, scratch, tdir, bin, *size, max(*rounds/2+1, 5)); err != nil {
+			return fmt.Errorf("cold benchmark: %w", err)
 		}
 	}
 	if selected("cluster") {

@@ -131,6 +131,19 @@ func runRegistry(dir, tools, storage, extra string) (*daemon, string, error) {
 
 // startLifeboat runs `lifeboat serve` with a fresh root and docker.io pointing at upstream.
 func startLifeboat(dir, bin, upstream string) (*daemon, string, error) {
+	return startLifeboatWith(dir, bin, upstream, lifeboatOpts{})
+}
+
+// lifeboatOpts are the settings a benchmark changes from startLifeboat's.
+type lifeboatOpts struct {
+	// metrics is the metrics address, which serves pprof too; "" turns metrics off.
+	metrics string
+	// verifyBeforeSend is [cache] verify_before_send when set.
+	verifyBeforeSend *int64
+}
+
+// startLifeboatWith is startLifeboat with opts.
+func startLifeboatWith(dir, bin, upstream string, opts lifeboatOpts) (*daemon, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
@@ -138,8 +151,12 @@ func startLifeboat(dir, bin, upstream string) (*daemon, string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, "", err
 	}
-	cfg := fmt.Sprintf("root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = \"\"\n[cache]\nmax_size = \"16GiB\"\n[log]\nlevel = \"warn\"\n[registry.\"docker.io\"]\nendpoints = [\"http://%s\"]\n",
-		filepath.Join(dir, "root"), addr, filepath.Join(dir, "l.sock"), filepath.Join(dir, "a.sock"), upstream)
+	var cacheExtra string
+	if opts.verifyBeforeSend != nil {
+		cacheExtra = fmt.Sprintf("verify_before_send = \"%d\"\n", *opts.verifyBeforeSend)
+	}
+	cfg := fmt.Sprintf("root = %q\n[mirror]\naddress = %q\n[plugin]\naddress = %q\n[admin]\naddress = %q\n[metrics]\naddress = %q\npprof = %t\n[cache]\nmax_size = \"16GiB\"\n%s[log]\nlevel = \"warn\"\n[registry.\"docker.io\"]\nendpoints = [\"http://%s\"]\n",
+		filepath.Join(dir, "root"), addr, filepath.Join(dir, "l.sock"), filepath.Join(dir, "a.sock"), opts.metrics, opts.metrics != "", cacheExtra, upstream)
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o600); err != nil {
 		return nil, "", err
 	}

@@ -21,6 +21,7 @@ type report struct {
 	cache    []result
 	mirror   mirrorResults
 	anchors  anchorResults
+	cold     coldResults
 	claims   claimResults
 	pull     *pullResults // nil when not run as root
 	cluster  *clusterResults
@@ -174,6 +175,9 @@ func (r report) markdown() string {
 	if r.ran["anchors"] {
 		renderAnchors(&b, r.anchors)
 	}
+	if r.ran["cold"] {
+		renderCold(&b, r.cold)
+	}
 	if r.ran["claims"] {
 		renderClaims(&b, r.claims)
 	}
@@ -199,6 +203,7 @@ type reportJSON struct {
 	Cache       []throughputJSON `json:"cache_throughput"`
 	Mirror      mirrorJSON       `json:"mirror"`
 	Anchors     anchorsJSON      `json:"against_distribution_proxy"`
+	Cold        *coldJSON        `json:"cold_miss,omitempty"` // absent when not run (-only)
 	Claims      claimsJSON       `json:"claims"`
 	Pull        *pullJSON        `json:"containerd_pull,omitempty"` // absent when not run as root
 	Cluster     *clusterJSON     `json:"cluster,omitempty"`
@@ -208,6 +213,10 @@ func (r report) json() reportJSON {
 	j := reportJSON{Environment: r.env, BlobSizeMiB: r.size >> 20, Rounds: r.rounds, Mirror: r.mirror.json(), Anchors: r.anchors.json(), Claims: r.claims.json()}
 	for _, c := range r.cache {
 		j.Cache = append(j.Cache, c.json())
+	}
+	if r.ran["cold"] {
+		c := r.cold.json()
+		j.Cold = &c
 	}
 	if r.pull != nil {
 		p := r.pull.json()

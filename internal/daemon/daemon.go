@@ -200,6 +200,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.lns.metrics != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
+		if d.cfg.Metrics.Pprof {
+			handlePprof(mux)
+		}
 		g.Go(func() error { return serveHTTP(gctx, "metrics", d.lns.metrics, mux, grace) })
 	}
 	if d.lns.admin != nil {

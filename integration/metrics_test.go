@@ -48,7 +48,7 @@ func TestMetrics(t *testing.T) {
 	// Cold: the tag and the blobs come from the upstream; the manifest was fetched with the tag.
 	before := m
 	pull.run(t, "miss", "hit", "miss")
-	m = scrapeMetrics(t, lb)
+	m = scrapeAnswered(t, lb, before, pull.requests())
 	m.checkAnswers(t, "cold", before, pull, "miss", "hit", "miss")
 	m.checkDelta(t, "cold", before, "lifeboat_upstream_fetched_bytes_total", ep, float64(pull.blobBytes))
 	// The cache holds the manifest and the blobs.
@@ -57,7 +57,7 @@ func TestMetrics(t *testing.T) {
 	// Warm: the upstream confirms the tag; nothing else is asked of it.
 	before = m
 	pull.run(t, "revalidated", "hit", "hit")
-	m = scrapeMetrics(t, lb)
+	m = scrapeAnswered(t, lb, before, pull.requests())
 	m.checkAnswers(t, "warm", before, pull, "revalidated", "hit", "hit")
 	m.checkDelta(t, "warm", before, "lifeboat_upstream_fetched_bytes_total", ep, 0)
 	m.checkDelta(t, "warm", before, "lifeboat_cache_bytes", nil, 0)
@@ -73,7 +73,7 @@ func TestMetrics(t *testing.T) {
 	for range 3 {
 		pull.run(t, "stale", "hit", "hit")
 	}
-	m = scrapeMetrics(t, lb)
+	m = scrapeAnswered(t, lb, before, 3*pull.requests())
 	m.checkDelta(t, "simulated outage", before, "lifeboat_mirror_requests_total", map[string]string{"route": "tag", "method": "HEAD", "result": "stale", "code": "200"}, 3)
 	m.checkDelta(t, "simulated outage", before, "lifeboat_upstream_fetched_bytes_total", ep, 0)
 	if up, _ := m.get("lifeboat_upstream_up", ep); up != 0 {
@@ -113,7 +113,7 @@ func TestMetrics(t *testing.T) {
 		pull.run(t, "stale", "hit", "hit")
 	}
 	pull.getTag(t, "stale")
-	m = scrapeMetrics(t, lb)
+	m = scrapeAnswered(t, lb, before, 2*pull.requests()+1)
 	stale := map[string]string{"route": "tag", "result": "stale"}
 	m.checkDelta(t, "registry down", before, "lifeboat_mirror_requests_total", stale, 3)
 	m.checkDelta(t, "registry down", before, "lifeboat_mirror_sent_bytes_total", stale, float64(len(pull.manifest)))
@@ -174,6 +174,9 @@ func (p *mirrorPull) run(t *testing.T, tagResult, manifestResult, blobResult str
 	}
 }
 
+// requests is how many requests run sends.
+func (p *mirrorPull) requests() int { return 2 + len(p.blobs) }
+
 // getTag is a GET of the manifest by tag.
 func (p *mirrorPull) getTag(t *testing.T, result string) {
 	t.Helper()
@@ -225,6 +228,23 @@ func scrapeMetrics(t *testing.T, lb *harness.Lifeboat) metricSet {
 		t.Fatalf("parse /metrics: %v", err)
 	}
 	return fams
+}
+
+// scrapeAnswered scrapes /metrics once the mirror counted n more answers than before. A client
+// holds a whole answer a moment before the mirror counts it (it counts an answer once its
+// handler returned), so a scrape right after the last answer can miss it.
+func scrapeAnswered(t *testing.T, lb *harness.Lifeboat, before metricSet, n int) metricSet {
+	t.Helper()
+	was, _ := before.get("lifeboat_mirror_requests_total", nil)
+	var m metricSet
+	harness.WaitFor(t, fmt.Sprintf("the mirror to count %d more answers", n), 10*time.Second, lb.Process().Exited(), func() error {
+		m = scrapeMetrics(t, lb)
+		if now, _ := m.get("lifeboat_mirror_requests_total", nil); now < was+float64(n) {
+			return fmt.Errorf("counted %v more", now-was)
+		}
+		return nil
+	})
+	return m
 }
 
 // get sums the samples of a counter or gauge whose labels include match, and says whether any

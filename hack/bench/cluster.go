@@ -193,6 +193,21 @@ func (m *member) metric(name, labels string) (float64, error) {
 	return sum, sc.Err()
 }
 
+// waitHomed waits until m's index holds at least n keys.
+func waitHomed(m *member, n int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := m.metric("lifeboat_cluster_homed_keys", "")
+		if err == nil && int(got) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s's index holds %v keys, want %d (%v)", m.name, got, n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitAlive waits until each of ms counts len(ms) members alive.
 func waitAlive(ms []*member) error {
 	deadline := time.Now().Add(60 * time.Second)
@@ -294,6 +309,11 @@ func peerVsRegistry(ctx context.Context, base, bin, regAddr, key string, ips *lo
 	if err := getBlobs(holder.mirror, repo, blobs, ""); err != nil {
 		return err
 	}
+	// The holder announces what it cached in batches: a fresh node that looked before the batch
+	// went out would find no holder and fetch from the registry.
+	if err := waitHomed(holder, len(blobs)); err != nil {
+		return err
+	}
 	fresh := 0
 	return alternate(res.rounds,
 		func() error {
@@ -306,7 +326,11 @@ func peerVsRegistry(ctx context.Context, base, bin, regAddr, key string, ips *lo
 			if err := waitAlive([]*member{holder, m}); err != nil {
 				return err
 			}
-			return timedInto(&res.fromPeer, func() error { return getBlobs(m.mirror, repo, blobs, "peer") })()
+			err = timedInto(&res.fromPeer, func() error { return getBlobs(m.mirror, repo, blobs, "peer") })()
+			if err != nil {
+				return fmt.Errorf("%w; %s's log ends:\n%s\nthe holder's log ends:\n%s", err, m.name, tail(m.Log(), 3000), tail(holder.Log(), 3000))
+			}
+			return nil
 		},
 		func() error {
 			fresh++

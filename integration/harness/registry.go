@@ -162,3 +162,17 @@ func (r *Registry) Process() *Process { return r.proc }
 func (r *Registry) BlobGets(repo, dgst string) int {
 	return strings.Count(r.proc.Log(), `"GET /v2/`+repo+`/blobs/`+dgst)
 }
+
+// BlobGetsAtLeast is BlobGets once it counts at least n, or after 10 s. The registry writes a
+// request's line once it has answered it, a moment after its client may have read the whole
+// answer, so a count taken right after a GET can miss that GET.
+func (r *Registry) BlobGetsAtLeast(repo, dgst string, n int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := r.BlobGets(repo, dgst)
+		if got >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -310,6 +310,11 @@ func TestClusterPeerDeath(t *testing.T) {
 	}
 	blobs := blobDigests(t, img)
 	waitHomed(t, c.Nodes, len(blobs)+2)
+	// Every home of the blobs R fetches knows all three holders: a home that had heard only from
+	// the holder killed below would send R nowhere else.
+	for _, d := range blobs[:3] {
+		waitHolders(t, c, homesOf(c.Nodes, d, 3), cluster.BlobKey(digest.Digest(d)), 3)
+	}
 	if err := reg.Process().Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -653,22 +658,31 @@ func waitHolders(t *testing.T, c *harness.Cluster, homes []*harness.Lifeboat, ke
 	})
 }
 
-// firstHome is the member of nodes, other than not, that ranks first for dgst's key by the
-// cluster's rendezvous hashing among nodes.
-func firstHome(t *testing.T, nodes []*harness.Lifeboat, dgst string, not *harness.Lifeboat) *harness.Lifeboat {
-	t.Helper()
+// homesOf is dgst's n homes among nodes, by the cluster's rendezvous hashing.
+func homesOf(nodes []*harness.Lifeboat, dgst string, n int) []*harness.Lifeboat {
 	byName := map[string]*harness.Lifeboat{}
 	var names []string
 	for _, lb := range nodes {
 		byName[lb.Name] = lb
 		names = append(names, lb.Name)
 	}
-	for _, name := range cluster.Rendezvous(cluster.BlobKey(digest.Digest(dgst)), names, len(names)) {
-		if name != not.Name {
-			return byName[name]
+	var homes []*harness.Lifeboat
+	for _, name := range cluster.Rendezvous(cluster.BlobKey(digest.Digest(dgst)), names, n) {
+		homes = append(homes, byName[name])
+	}
+	return homes
+}
+
+// firstHome is the member of nodes, other than not, that ranks first for dgst's key by the
+// cluster's rendezvous hashing among nodes.
+func firstHome(t *testing.T, nodes []*harness.Lifeboat, dgst string, not *harness.Lifeboat) *harness.Lifeboat {
+	t.Helper()
+	for _, lb := range homesOf(nodes, dgst, len(nodes)) {
+		if lb != not {
+			return lb
 		}
 	}
-	t.Fatalf("no home of %s among %v but %s", dgst, names, not.Name)
+	t.Fatalf("no home of %s among %d nodes but %s", dgst, len(nodes), not.Name)
 	return nil
 }
 

@@ -193,34 +193,34 @@ func (m *member) metric(name, labels string) (float64, error) {
 	return sum, sc.Err()
 }
 
-// waitHomed waits until m's index holds at least n keys.
-func waitHomed(m *member, n int) error {
-	deadline := time.Now().Add(30 * time.Second)
+// waitMetric waits up to timeout until m's metric name (its samples whose labels contain
+// labels, summed) is what ok accepts; want says what that is, for the error.
+func waitMetric(m *member, name, labels, want string, timeout time.Duration, ok func(float64) bool) error {
+	deadline := time.Now().Add(timeout)
 	for {
-		got, err := m.metric("lifeboat_cluster_homed_keys", "")
-		if err == nil && int(got) >= n {
+		got, err := m.metric(name, labels)
+		if err == nil && ok(got) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s's index holds %v keys, want %d (%v)", m.name, got, n, err)
+			return fmt.Errorf("%s: %s{%s} is %v, want %s (%v)", m.name, name, labels, got, want, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
+// waitHomed waits until m's index holds at least n keys.
+func waitHomed(m *member, n int) error {
+	return waitMetric(m, "lifeboat_cluster_homed_keys", "", fmt.Sprintf("at least %d", n), 30*time.Second,
+		func(v float64) bool { return int(v) >= n })
+}
+
 // waitAlive waits until each of ms counts len(ms) members alive.
 func waitAlive(ms []*member) error {
-	deadline := time.Now().Add(60 * time.Second)
 	for _, m := range ms {
-		for {
-			n, err := m.metric("lifeboat_cluster_members", `state="alive"`)
-			if err == nil && int(n) == len(ms) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s sees %v members alive, want %d (%v)", m.name, n, len(ms), err)
-			}
-			time.Sleep(20 * time.Millisecond)
+		if err := waitMetric(m, "lifeboat_cluster_members", `state="alive"`, strconv.Itoa(len(ms)), 60*time.Second,
+			func(v float64) bool { return int(v) == len(ms) }); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -28,6 +28,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -130,7 +131,7 @@ func putManifest(t *testing.T, up *httptest.Server, repo, reference, mediaType s
 func TestManifestHeadDoesNotReadTheManifest(t *testing.T) {
 	// Not parallel: it measures the bytes the process allocates.
 	up, res := newResolverUpstream(t)
-	size := resolver.MaxManifestSize - 64<<10
+	size := oci.MaxManifestSize - 64<<10
 	body := []byte(`{"schemaVersion":2,"mediaType":"` + ocispec.MediaTypeImageManifest + `",` +
 		`"config":{"mediaType":"` + ocispec.MediaTypeImageConfig + `","digest":"` + digest.FromString("config").String() + `","size":6},` +
 		`"layers":[],"annotations":{"pad":"`)

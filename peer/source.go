@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -196,7 +197,7 @@ func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
 }
 
 // Manifest fetches the manifest dgst from its holders, hedged as OpenBlob's, the first 200
-// winning. The body is bounded by resolver.MaxManifestSize and not verified: the resolver
+// winning. The body is bounded by oci.MaxManifestSize and not verified: the resolver
 // checks it.
 func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
 	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
@@ -236,15 +237,15 @@ func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, p
 	if resp.StatusCode != http.StatusOK {
 		return "", nil, statusError(m.Name, resp.StatusCode)
 	}
-	tooLarge := fmt.Errorf("peer %s sent a manifest larger than %d bytes: %w", m.Name, resolver.MaxManifestSize, errdefs.ErrFailedPrecondition)
-	if resp.ContentLength > resolver.MaxManifestSize {
+	tooLarge := fmt.Errorf("peer %s sent a manifest larger than %d bytes: %w", m.Name, oci.MaxManifestSize, errdefs.ErrFailedPrecondition)
+	if resp.ContentLength > oci.MaxManifestSize {
 		return "", nil, tooLarge
 	}
-	data, err := io.ReadAll(io.LimitReader(body, resolver.MaxManifestSize+1))
+	data, err := io.ReadAll(io.LimitReader(body, oci.MaxManifestSize+1))
 	if err != nil {
 		return "", nil, fmt.Errorf("peer %s: read manifest: %w", m.Name, err)
 	}
-	if len(data) > resolver.MaxManifestSize {
+	if len(data) > oci.MaxManifestSize {
 		return "", nil, tooLarge
 	}
 	mediaType, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))

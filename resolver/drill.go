@@ -434,7 +434,7 @@ func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageR
 	m, err := r.cachedManifest(ctx, ir.repoKey(), desc)
 	if errdefs.IsNotFound(err) {
 		mediaType, body, peer, perr := peers.Manifest(ctx, ir.registry, ir.repository, desc.Digest)
-		if perr == nil && (len(body) > MaxManifestSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest) {
+		if perr == nil && (len(body) > oci.MaxManifestSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest) {
 			perr = fmt.Errorf("peer %s sent manifest %s with other bytes: %w", peer, desc.Digest, errdefs.ErrFailedPrecondition)
 		}
 		if perr != nil {

@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // NormalizeRef returns the normalized name of an image reference, as the cache records refs:
@@ -127,7 +129,7 @@ func indexPlatforms(m Manifest) []string {
 
 // configPlatforms reads the platform of an image from its config, if the config is cached.
 func (r *Resolver) configPlatforms(ctx context.Context, config ocispec.Descriptor) []string {
-	b, err := r.store.Peek(ctx, config.Digest, MaxManifestSize)
+	b, err := r.store.Peek(ctx, config.Digest, oci.MaxManifestSize)
 	if err != nil {
 		return []string{}
 	}

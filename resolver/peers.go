@@ -206,7 +206,7 @@ func (r *Resolver) manifestFromPeers(ctx context.Context, peers Peers, registry,
 		if err != nil {
 			return Manifest{}, err
 		}
-		if len(body) > MaxManifestSize {
+		if len(body) > oci.MaxManifestSize {
 			return Manifest{}, fmt.Errorf("peer %s sent manifest %s of %d bytes: %w", peer, dgst, len(body), errdefs.ErrFailedPrecondition)
 		}
 		if actual := dgst.Algorithm().FromBytes(body); actual != dgst {

@@ -33,9 +33,6 @@ const (
 	PolicyCacheFirst = "cache-first"
 )
 
-// MaxManifestSize is the largest manifest accepted from upstream.
-const MaxManifestSize = 4 << 20
-
 // Options configure a Resolver.
 type Options struct {
 	// Policy is PolicyUpstreamFirst (the default) or PolicyCacheFirst.
@@ -508,7 +505,7 @@ func (r *Resolver) describeManifest(ctx context.Context, repoKey string, desc oc
 	if err != nil {
 		return Manifest{}, err
 	}
-	if d.Size > MaxManifestSize {
+	if d.Size > oci.MaxManifestSize {
 		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, d.Size, errdefs.ErrFailedPrecondition)
 	}
 	if d.MediaType == "" && desc.MediaType == "" {
@@ -539,14 +536,14 @@ func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocis
 		if err != nil {
 			return Manifest{}, err
 		}
-		if info.Size > MaxManifestSize {
+		if info.Size > oci.MaxManifestSize {
 			return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, info.Size, errdefs.ErrFailedPrecondition)
 		}
 		body, err = content.ReadBlob(ctx, r.store, ocispec.Descriptor{Digest: desc.Digest, Size: info.Size})
 		if err != nil {
 			return Manifest{}, err
 		}
-	} else if body, err = r.store.Peek(ctx, desc.Digest, MaxManifestSize); err != nil {
+	} else if body, err = r.store.Peek(ctx, desc.Digest, oci.MaxManifestSize); err != nil {
 		return Manifest{}, err
 	}
 	mt, err := r.store.MediaType(ctx, desc.Digest)
@@ -621,7 +618,7 @@ func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, regist
 	if err != nil {
 		return Manifest{}, err
 	}
-	if len(g.body) > MaxManifestSize {
+	if len(g.body) > oci.MaxManifestSize {
 		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", dgst, len(g.body), errdefs.ErrFailedPrecondition)
 	}
 	if actual := dgst.Algorithm().FromBytes(g.body); actual != dgst {

@@ -16,9 +16,6 @@ import (
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
-// MaxManifestSize is the largest manifest (or referrers index) accepted: 4 MiB, as containerd.
-const MaxManifestSize = 4 << 20
-
 // Docker's manifest media types.
 const (
 	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
@@ -81,8 +78,8 @@ func (c *Client) HeadManifest(ctx context.Context, repo, reference string) (ocis
 	}
 	drainClose(resp.Body)
 
-	if resp.ContentLength > MaxManifestSize {
-		return ocispec.Descriptor{}, time.Time{}, fmt.Errorf("%s: manifest of %d bytes is too large (limit %d): %w", what, resp.ContentLength, MaxManifestSize, errdefs.ErrFailedPrecondition)
+	if resp.ContentLength > oci.MaxManifestSize {
+		return ocispec.Descriptor{}, time.Time{}, fmt.Errorf("%s: manifest of %d bytes is too large (limit %d): %w", what, resp.ContentLength, oci.MaxManifestSize, errdefs.ErrFailedPrecondition)
 	}
 	dgst, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	switch {
@@ -116,7 +113,7 @@ func (c *Client) headByGet(ctx context.Context, repo, reference, why string) (oc
 }
 
 // GetManifest fetches repo's manifest or index reference (a tag or a digest). The body is at
-// most MaxManifestSize (larger: errdefs.ErrFailedPrecondition). The digest is the body's
+// most oci.MaxManifestSize (larger: errdefs.ErrFailedPrecondition). The digest is the body's
 // sha256, or for a digest reference the reference, verified against the body (a mismatch is
 // errdefs.ErrFailedPrecondition). The media type is the Content-Type, or the body's mediaType
 // field when the header is missing or generic. Errors: see the package documentation.
@@ -141,7 +138,7 @@ func (c *Client) getManifest(ctx context.Context, repo, reference string) (_ oci
 		return ocispec.Descriptor{}, nil, date, err
 	}
 	date = responseDate(resp)
-	body, err := readAll(ctx, what, resp, MaxManifestSize)
+	body, err := readAll(ctx, what, resp, oci.MaxManifestSize)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, date, err
 	}

@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 func TestManifests(t *testing.T) {
@@ -110,7 +112,7 @@ func sameDesc(a, b ocispec.Descriptor) bool {
 func TestManifestVerification(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	big := []byte(`{"schemaVersion":2,"mediaType":"` + ocispec.MediaTypeImageManifest + `","annotations":{"x":"` + strings.Repeat("a", MaxManifestSize) + `"}}`)
+	big := []byte(`{"schemaVersion":2,"mediaType":"` + ocispec.MediaTypeImageManifest + `","annotations":{"x":"` + strings.Repeat("a", oci.MaxManifestSize) + `"}}`)
 	f.putManifestIn(t, f.repo, "big", ocispec.MediaTypeImageManifest, big)
 	noType := []byte(`{"schemaVersion":2,"whatever":true}`)
 	f.putManifestIn(t, f.repo, "notype", "application/octet-stream", noType)

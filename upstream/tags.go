@@ -148,7 +148,7 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 	if err != nil {
 		return nil, "", err
 	}
-	body, err := readAll(ctx, what, resp, MaxManifestSize)
+	body, err := readAll(ctx, what, resp, oci.MaxManifestSize)
 	if err != nil {
 		return nil, "", err
 	}

@@ -23,3 +23,7 @@ const (
 
 // APIVersion is the value of HeaderAPIVersion.
 const APIVersion = "registry/2.0"
+
+// MaxManifestSize is the largest manifest (or referrers index, or tags list) lifeboat accepts
+// from a registry or a peer, and reads from its cache: 4 MiB, as containerd.
+const MaxManifestSize = 4 << 20

@@ -64,6 +64,8 @@ type fillDeps struct {
 	// headerTimeout bounds the wait for the upstream's response headers, fillTimeout the whole
 	// download; idleTimeout is the window of the progress rule (see minFillProgress).
 	headerTimeout, fillTimeout, idleTimeout time.Duration
+	// peerWait bounds the wait for the peers' response headers.
+	peerWait time.Duration
 	// maxBlobSize is the largest blob a fill accepts.
 	maxBlobSize int64
 	// holdWhole is the size up to which readers get no byte before the blob verified (see
@@ -538,15 +540,15 @@ func (f *fill) discard(ctx context.Context, w content.Writer, ref string) {
 
 // fetch opens the next source of the blob: the cluster's (unless the fill has no peers, or
 // tried maxPeerAttempts of them; the peers in skip failed it), then the first endpoint that
-// has it. Response headers that take longer than the upstream timeout (twice that for a peer,
-// whose answer may wait on its own fill's) stop rctx. The caller calls stopRead when it is
+// has it. Response headers that take longer than the upstream timeout (the peer wait for a
+// peer, whose answer may wait on its own fill's) stop rctx. The caller calls stopRead when it is
 // done with the source.
 func (f *fill) fetch(ctx context.Context, eps []*endpoint, skip []string) (_ blobSource, rctx context.Context, stopRead context.CancelCauseFunc, _ error) {
 	if f.peers != nil && len(skip) < maxPeerAttempts {
 		// The timer stops this attempt's context: its own variables, not the results, which
 		// the upstream's attempt reuses (a timer that fired as OpenBlob gave up would stop that).
 		pctx, stopPeer := context.WithCancelCause(ctx)
-		headers := time.AfterFunc(2*f.deps.headerTimeout, func() { stopPeer(context.DeadlineExceeded) })
+		headers := time.AfterFunc(f.deps.peerWait, func() { stopPeer(context.DeadlineExceeded) })
 		pb, err := f.peers.OpenBlob(pctx, f.registry, f.repo, f.dgst, skip)
 		headers.Stop()
 		if err == nil && pb.Body == nil {

@@ -96,6 +96,9 @@ type Options struct {
 	// that access to the repository is denied (401, 403): OnDeniedRefuse (the default) or
 	// OnDeniedServeStale. An upstream that cannot be reached always serves the cached tag stale.
 	OnDenied string
+	// PeerWait bounds a blob fill's wait for the peers' response headers (default twice
+	// UpstreamTimeout: a peer's answer may wait on its own fill from the registry).
+	PeerWait time.Duration
 	// Peers is the cluster tier (nil: a single node). Blob misses ask it before the registry,
 	// tags it answers when the registry cannot, and it is told what this node caches.
 	Peers Peers
@@ -122,6 +125,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.UpstreamTimeout <= 0 {
 		o.UpstreamTimeout = time.Second
+	}
+	if o.PeerWait <= 0 {
+		o.PeerWait = 2 * o.UpstreamTimeout
 	}
 	if o.FillTimeout <= 0 {
 		o.FillTimeout = time.Hour
@@ -220,6 +226,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	r.fillDeps = fillDeps{
 		store:         store,
 		headerTimeout: opts.UpstreamTimeout,
+		peerWait:      opts.PeerWait,
 		fillTimeout:   opts.FillTimeout,
 		idleTimeout:   opts.IdleTimeout,
 		maxBlobSize:   opts.MaxBlobSize,

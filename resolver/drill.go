@@ -160,7 +160,7 @@ func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.Mat
 
 // checkManifest checks desc, an index or a manifest, and what a pull would fetch below it.
 func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, rd *Readiness, depth int) error {
-	m, err := r.cachedManifest(ctx, repoKey, desc)
+	m, err := r.local.Manifest(ctx, repoKey, desc, Read{})
 	if errdefs.IsNotFound(err) {
 		rd.missing("manifest "+describe(desc), desc.Size)
 		rd.Partial = true
@@ -185,7 +185,7 @@ func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocisp
 		return err
 	}
 	for _, b := range blobs {
-		if ok, err := r.blobCached(ctx, repoKey, b.Digest); err != nil {
+		if ok, err := r.local.HasBlob(ctx, repoKey, b.Digest); err != nil {
 			return err
 		} else if !ok {
 			rd.missing(b.kind+" "+describe(b.Descriptor), b.Size)
@@ -257,24 +257,6 @@ func describe(d ocispec.Descriptor) string {
 	return s
 }
 
-// blobCached says whether the mirror would serve dgst under repoKey from the cache, as Blob does:
-// linked to the repository and present.
-func (r *Resolver) blobCached(ctx context.Context, repoKey string, dgst digest.Digest) (bool, error) {
-	if err := checkDigest(dgst); err != nil {
-		return false, err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, dgst)
-	if err != nil || !linked {
-		return false, err
-	}
-	if _, err := r.store.Info(ctx, dgst); errdefs.IsNotFound(err) {
-		return false, nil
-	} else if err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
 // warmConcurrency is how many blobs Warm fetches at once (containerd's default for a pull).
 const warmConcurrency = 3
 
@@ -316,10 +298,10 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 	g.SetLimit(warmConcurrency)
 	for _, b := range blobs {
 		g.Go(func() error {
-			if ok, err := r.blobCached(gctx, ir.repoKey(), b.Digest); err != nil || ok {
+			if ok, err := r.local.HasBlob(gctx, ir.repoKey(), b.Digest); err != nil || ok {
 				return err
 			}
-			if err := r.warmBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
+			if err := r.FetchBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
 				return fmt.Errorf("%s: %s %s: %w", ir.name, b.kind, b.Digest, err)
 			}
 			return nil
@@ -328,8 +310,11 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 	return g.Wait()
 }
 
-// warmBlob reads a blob through Blob to its end and waits until it is committed to the cache.
-func (r *Resolver) warmBlob(ctx context.Context, registry, repository string, dgst digest.Digest) error {
+// FetchBlob fetches a blob into the cache through the mirror's own path (Blob: one fill per
+// blob, verified before it is cached), reads it to its end and returns once it is committed.
+// Errors are Blob's; errdefs.ErrUnavailable when it was read but is not cached (the cache is
+// full).
+func (r *Resolver) FetchBlob(ctx context.Context, registry, repository string, dgst digest.Digest) error {
 	b, err := r.Blob(ctx, registry, repository, dgst)
 	if err != nil {
 		return err
@@ -348,7 +333,7 @@ func (r *Resolver) warmBlob(ctx context.Context, registry, repository string, dg
 	if err := r.awaitFill(ctx, registry+"/"+repository+"@"+dgst.String()); err != nil {
 		return err
 	}
-	if ok, err := r.blobCached(ctx, registry+"/"+repository, dgst); err != nil {
+	if ok, err := r.local.HasBlob(ctx, registry+"/"+repository, dgst); err != nil {
 		return err
 	} else if !ok {
 		return fmt.Errorf("blob %s was read but is not in the cache (is the cache full?): %w", dgst, errdefs.ErrUnavailable)
@@ -382,7 +367,7 @@ func (r *Resolver) checkServedBy(ctx context.Context, ir imageRef, platform plat
 		return nil
 	}
 	rd.ServedBy = ServedByNothing
-	peers := r.peersFor(ctx, ir.registry)
+	peers := r.PeersFor(ir.registry)
 	if peers == nil {
 		return nil
 	}
@@ -431,7 +416,7 @@ func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageR
 	if checkDigest(desc.Digest) != nil {
 		return false, nil
 	}
-	m, err := r.cachedManifest(ctx, ir.repoKey(), desc)
+	m, err := r.local.Manifest(ctx, ir.repoKey(), desc, Read{})
 	if errdefs.IsNotFound(err) {
 		mediaType, body, peer, perr := peers.Manifest(ctx, ir.registry, ir.repository, desc.Digest)
 		if perr == nil && (len(body) > oci.MaxManifestSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest) {
@@ -462,7 +447,7 @@ func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageR
 		return false, err
 	}
 	for _, b := range blobs {
-		if ok, err := r.blobCached(ctx, ir.repoKey(), b.Digest); err != nil {
+		if ok, err := r.local.HasBlob(ctx, ir.repoKey(), b.Digest); err != nil {
 			return false, err
 		} else if ok {
 			continue

@@ -95,7 +95,7 @@ func pullImage(t *testing.T, r *Resolver, repo, tag string, img v1.Image, skip .
 			t.Fatal(err)
 		}
 		waitFor(t, "the blob to be committed", func() bool {
-			ok, _ := r.blobCached(ctx, testRegistry+"/"+repo, d)
+			ok, _ := r.local.HasBlob(ctx, testRegistry+"/"+repo, d)
 			return ok
 		})
 	}

@@ -309,6 +309,18 @@ func (r *Resolver) Fills() FillStats {
 	return st
 }
 
+// Filling reports how many bytes of dgst's fill for repoKey ("docker.io/library/alpine") have
+// arrived, if one runs.
+func (r *Resolver) Filling(repoKey string, dgst digest.Digest) (written int64, ok bool) {
+	r.fillMu.Lock()
+	f := r.fills[repoKey+"@"+dgst.String()]
+	r.fillMu.Unlock()
+	if f == nil {
+		return 0, false
+	}
+	return f.state().written, true
+}
+
 // join counts a reader on the fill. Each join is undone by one release.
 func (f *fill) join() {
 	f.mu.Lock()

@@ -69,7 +69,7 @@ func (r *Resolver) Inspect(ctx context.Context, ref string, platform platforms.M
 // inspectManifest is checkManifest reading through peekManifest, noting the image's platforms
 // on the way.
 func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, sum *ImageSummary, depth int) error {
-	m, err := r.peekManifest(ctx, repoKey, desc)
+	m, err := r.local.Manifest(ctx, repoKey, desc, Read{Peek: true})
 	if errdefs.IsNotFound(err) {
 		sum.missing("manifest "+describe(desc), desc.Size)
 		sum.Partial = true
@@ -100,7 +100,7 @@ func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc oci
 		sum.Platforms = r.configPlatforms(ctx, blobs[0].Descriptor)
 	}
 	for _, b := range blobs {
-		if ok, err := r.blobCached(ctx, repoKey, b.Digest); err != nil {
+		if ok, err := r.local.HasBlob(ctx, repoKey, b.Digest); err != nil {
 			return err
 		} else if !ok {
 			sum.missing(b.kind+" "+describe(b.Descriptor), b.Size)

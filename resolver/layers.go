@@ -27,5 +27,5 @@ func (l *Layers) FetchLayer(ctx context.Context, imageRef string, desc ocispec.D
 	if err != nil {
 		return err
 	}
-	return l.r.warmBlob(ctx, ir.registry, ir.repository, desc.Digest)
+	return l.r.FetchBlob(ctx, ir.registry, ir.repository, desc.Digest)
 }

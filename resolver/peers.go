@@ -127,6 +127,15 @@ func (r *Resolver) endpointsFor(ctx context.Context, registry string) ([]*endpoi
 	return r.endpoints(registry)
 }
 
+// PeersFor returns the peers to ask for registry's content: nil without a cluster and for a
+// registry that is not shared.
+func (r *Resolver) PeersFor(registry string) Peers {
+	if r.opts.Peers == nil || !r.shared(registry) {
+		return nil
+	}
+	return r.opts.Peers
+}
+
 // peersFor returns the peers to ask for registry's content on behalf of ctx's request: none
 // without a cluster, for a registry that is not shared, and for a peer's request (which is
 // answered from this node alone, so that requests never go round the cluster).
@@ -182,7 +191,7 @@ func (r *Resolver) manifestForPeer(ctx context.Context, repoKey, reference strin
 		}
 		desc = ref.Target
 	}
-	m, err := r.usedManifest(ctx, repoKey, desc, withBody)
+	m, err := r.local.Manifest(ctx, repoKey, desc, Read{DescriptorOnly: !withBody})
 	if errdefs.IsNotFound(err) {
 		return Manifest{}, notHeldForPeer("manifest " + repoKey + "@" + desc.Digest.String())
 	}
@@ -199,7 +208,7 @@ func (r *Resolver) manifestForPeer(ctx context.Context, repoKey, reference strin
 func (r *Resolver) manifestFromPeers(ctx context.Context, peers Peers, registry, repo string, dgst digest.Digest) (Manifest, error) {
 	repoKey := registry + "/" + repo
 	return upstreamOnce(ctx, r, "peer get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
-		if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+		if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{}); err == nil {
 			return m, nil
 		}
 		mediaType, body, peer, err := peers.Manifest(ctx, registry, repo, dgst)
@@ -256,7 +265,7 @@ func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo
 			return Manifest{}, false
 		}
 	}
-	m, err := r.usedManifest(ctx, repoKey, ocispec.Descriptor{Digest: rec.dgst}, withBody)
+	m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: rec.dgst}, Read{DescriptorOnly: !withBody})
 	if err != nil {
 		if m, err = r.manifestFromPeers(ctx, peers, registry, repo, rec.dgst); err != nil {
 			log.G(ctx).WithError(err).WithField("ref", name).WithField("digest", rec.dgst).Info("the peers resolved the tag but cannot provide its manifest")

@@ -274,7 +274,7 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 		if err != nil || status != Peer || !bytes.Equal(got, c.want) {
 			t.Fatalf("blob %s: status %q, %v, right bytes %v; want the peer's bytes", c.dgst, status, err, bytes.Equal(got, c.want))
 		}
-		waitFor(t, "the blob to be committed", func() bool { ok, _ := a.blobCached(ctx, testRegistry+"/app", c.dgst); return ok })
+		waitFor(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", c.dgst); return ok })
 		if !bytes.Equal(cachedBytes(t, aStore, c.dgst), c.want) {
 			t.Fatalf("blob %s cached with other bytes", c.dgst)
 		}
@@ -349,7 +349,7 @@ func TestBadPeerBytes(t *testing.T) {
 				if err != nil || status != bl.wantStatus || !bytes.Equal(got, bl.want) {
 					t.Fatalf("blob %s: %q %v, right bytes %v; want %q and the right bytes", bl.dgst, status, err, bytes.Equal(got, bl.want), bl.wantStatus)
 				}
-				waitFor(t, "the blob to be committed", func() bool { ok, _ := a.blobCached(ctx, testRegistry+"/app", bl.dgst); return ok })
+				waitFor(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", bl.dgst); return ok })
 				if !bytes.Equal(cachedBytes(t, aStore, bl.dgst), bl.want) {
 					t.Fatalf("blob %s cached with other bytes", bl.dgst)
 				}
@@ -505,7 +505,7 @@ func TestPeerRequests(t *testing.T) {
 	if n := up.count("GET blobs"); n != 1 {
 		t.Errorf("registry blob GETs: %d, want 1", n)
 	}
-	waitFor(t, "the blob to be committed", func() bool { ok, _ := h.blobCached(ctx, testRegistry+"/app", layer); return ok })
+	waitFor(t, "the blob to be committed", func() bool { ok, _ := h.Local().HasBlob(ctx, testRegistry+"/app", layer); return ok })
 	if b, err := h.Blob(pctx, testRegistry, "app", layer); err != nil || b.Status != Hit {
 		t.Fatalf("cached blob for a peer: %v", err)
 	} else {

@@ -141,15 +141,12 @@ func (r *Resolver) Pull(ctx context.Context, plan PullPlan) error {
 // alone.
 func (r *Resolver) PullProgress(ctx context.Context, plan PullPlan) (total, blobs int64) {
 	for _, b := range plan.Blobs {
-		if ok, _ := r.blobCached(ctx, plan.repoKey, b.Digest); ok {
+		if ok, _ := r.local.HasBlob(ctx, plan.repoKey, b.Digest); ok {
 			blobs += b.Size
 			continue
 		}
-		r.fillMu.Lock()
-		f := r.fills[plan.repoKey+"@"+b.Digest.String()]
-		r.fillMu.Unlock()
-		if f != nil {
-			blobs += min(f.state().written, b.Size)
+		if written, ok := r.Filling(plan.repoKey, b.Digest); ok {
+			blobs += min(written, b.Size)
 		}
 	}
 	return plan.manifestBytes + blobs, blobs

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -168,6 +167,7 @@ func (o *Options) setDefaults() {
 // verification or is too large; anything else is an internal error.
 type Resolver struct {
 	store *cache.Store
+	local Local
 	opts  Options
 	stop  chan struct{}
 	wg    sync.WaitGroup
@@ -220,7 +220,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		return nil, err
 	}
 	r := &Resolver{
-		store: store, opts: opts, stop: make(chan struct{}), listed: listed, notShared: notShared,
+		store: store, local: Local{store}, opts: opts, stop: make(chan struct{}), listed: listed, notShared: notShared,
 		registries: map[string]*registryEndpoints{}, fills: map[string]*fill{},
 	}
 	r.fillDeps = fillDeps{
@@ -349,7 +349,7 @@ func (r *Resolver) manifest(ctx context.Context, registry, repository, reference
 // repository, else from the peers or the upstream, cached on the way.
 func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
 	repoKey := registry + "/" + repo
-	if m, err := r.usedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, withBody); err == nil {
+	if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{DescriptorOnly: !withBody}); err == nil {
 		m.Status = Hit
 		return m, nil
 	} else if !errdefs.IsNotFound(err) {
@@ -378,7 +378,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 	}
 	cached := refErr == nil
 	if cached && r.opts.Policy == PolicyCacheFirst && time.Since(ref.VerifiedAt) < r.opts.TagMaxAge {
-		if m, err := r.usedManifest(ctx, repoKey, ref.Target, withBody); err == nil {
+		if m, err := r.local.Manifest(ctx, repoKey, ref.Target, Read{DescriptorOnly: !withBody}); err == nil {
 			m.Status = Hit
 			return m, nil
 		}
@@ -391,7 +391,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 			date = time.Now()
 		}
 		if cached && ref.Target.Digest == desc.Digest {
-			if m, err := r.usedManifest(ctx, repoKey, ref.Target, withBody); err == nil {
+			if m, err := r.local.Manifest(ctx, repoKey, ref.Target, Read{DescriptorOnly: !withBody}); err == nil {
 				if err := r.store.SetRefAt(ctx, name, ref.Target, ep.client.Endpoint(), date); err != nil {
 					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 				}
@@ -443,7 +443,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 		r.revalidations.failed(ctx, name, cause, false, err)
 		return Manifest{}, fmt.Errorf("manifest %s: the registry denies access to the repository, so its cached copy is not served (on_denied = %s): %v: %w", name, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
-	m, cerr := r.usedManifest(ctx, repoKey, ref.Target, withBody)
+	m, cerr := r.local.Manifest(ctx, repoKey, ref.Target, Read{DescriptorOnly: !withBody})
 	if cerr != nil {
 		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
 	}
@@ -487,101 +487,6 @@ func notFoundIfDown(ctx context.Context, err error, what string) error {
 	return err
 }
 
-// cachedManifest reads a manifest from the cache if it is there and linked to the repository.
-// The read counts as a use of the manifest (for eviction).
-func (r *Resolver) cachedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
-	return r.linkedManifest(ctx, repoKey, desc, true)
-}
-
-// usedManifest is cachedManifest, or describeManifest when the body is not wanted.
-func (r *Resolver) usedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, withBody bool) (Manifest, error) {
-	if withBody {
-		return r.cachedManifest(ctx, repoKey, desc)
-	}
-	return r.describeManifest(ctx, repoKey, desc)
-}
-
-// describeManifest is cachedManifest without the body: the descriptor comes from the cache's
-// index, and the manifest is not read (unless the index has no media type for it, which only a
-// manifest cached by an older lifeboat may lack). It counts as a use of the manifest.
-func (r *Resolver) describeManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
-	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
-		return Manifest{}, err
-	}
-	d, err := r.store.Describe(ctx, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if d.Size > oci.MaxManifestSize {
-		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, d.Size, errdefs.ErrFailedPrecondition)
-	}
-	if d.MediaType == "" && desc.MediaType == "" {
-		// Sniffed from the body, as a GET does, so that HEAD and GET agree.
-		return r.cachedManifest(ctx, repoKey, desc)
-	}
-	if d.MediaType == "" {
-		d.MediaType = desc.MediaType
-	}
-	return Manifest{Descriptor: d}, nil
-}
-
-// peekManifest is cachedManifest without counting as a use of the manifest.
-func (r *Resolver) peekManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor) (Manifest, error) {
-	return r.linkedManifest(ctx, repoKey, desc, false)
-}
-
-// linkedManifest reads a cached manifest linked to the repository; use says whether the read
-// counts as a use of it.
-func (r *Resolver) linkedManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, use bool) (Manifest, error) {
-	if err := r.checkLinked(ctx, repoKey, desc.Digest); err != nil {
-		return Manifest{}, err
-	}
-	var body []byte
-	var err error
-	if use {
-		info, err := r.store.Info(ctx, desc.Digest)
-		if err != nil {
-			return Manifest{}, err
-		}
-		if info.Size > oci.MaxManifestSize {
-			return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", desc.Digest, info.Size, errdefs.ErrFailedPrecondition)
-		}
-		body, err = content.ReadBlob(ctx, r.store, ocispec.Descriptor{Digest: desc.Digest, Size: info.Size})
-		if err != nil {
-			return Manifest{}, err
-		}
-	} else if body, err = r.store.Peek(ctx, desc.Digest, oci.MaxManifestSize); err != nil {
-		return Manifest{}, err
-	}
-	mt, err := r.store.MediaType(ctx, desc.Digest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if mt == "" {
-		mt = desc.MediaType
-	}
-	if mt == "" {
-		mt = sniffMediaType(body)
-	}
-	return Manifest{Descriptor: ocispec.Descriptor{MediaType: mt, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
-}
-
-// checkLinked returns nil if the manifest dgst is linked to the repository (was fetched under
-// it), else ErrNotFound.
-func (r *Resolver) checkLinked(ctx context.Context, repoKey string, dgst digest.Digest) error {
-	if err := checkDigest(dgst); err != nil {
-		return err
-	}
-	linked, err := r.store.Linked(ctx, repoKey, dgst)
-	if err != nil {
-		return err
-	}
-	if !linked {
-		return fmt.Errorf("manifest %s@%s: %w", repoKey, dgst, errdefs.ErrNotFound)
-	}
-	return nil
-}
-
 // fetchManifest gets a manifest by digest from upstream, verifies it and caches it: one
 // upstream request for all the callers asking for it at once, and none when it was cached
 // meanwhile (by a request that finished just before this one asked).
@@ -604,7 +509,7 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, registry,
 		logPeerMiss(ctx, err, "manifest "+repoKey+"@"+dgst.String())
 	}
 	return upstreamOnce(ctx, r, "get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
-		if m, err := r.cachedManifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}); err == nil {
+		if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{}); err == nil {
 			return m, nil
 		}
 		return r.downloadManifest(ctx, eps, registry, repo, dgst)
@@ -649,25 +554,6 @@ func (r *Resolver) cacheManifest(ctx context.Context, registry, repo string, dgs
 	}
 	r.announceCached(registry, repo, dgst)
 	return Manifest{Descriptor: desc, Body: body}, nil
-}
-
-// sniffMediaType reads the mediaType field of a manifest, or guesses from its shape.
-func sniffMediaType(body []byte) string {
-	var m struct {
-		MediaType string            `json:"mediaType"`
-		Manifests []json.RawMessage `json:"manifests"`
-	}
-	if json.Unmarshal(body, &m) != nil {
-		return "application/octet-stream"
-	}
-	switch {
-	case m.MediaType != "":
-		return m.MediaType
-	case m.Manifests != nil:
-		return ocispec.MediaTypeImageIndex
-	default:
-		return ocispec.MediaTypeImageManifest
-	}
 }
 
 // StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
@@ -731,7 +617,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	if ok, err := r.store.Linked(ctx, repoKey, dgst); err != nil {
 		return nil, err
 	} else if ok {
-		if b, err := r.cachedBlob(ctx, dgst, Hit); err == nil {
+		if b, err := r.local.open(ctx, dgst, Hit); err == nil {
 			return b, nil
 		}
 	}
@@ -751,7 +637,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	size := st.size
 	if st.fromStore || (size < 0 && st.done && st.err == nil) {
 		f.release()
-		return r.cachedBlob(ctx, dgst, st.status())
+		return r.local.open(ctx, dgst, st.status())
 	}
 	if st.err != nil && size < 0 {
 		f.release()
@@ -770,7 +656,7 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 		if ferr != nil {
 			return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
 		}
-		return r.cachedBlob(ctx, dgst, st.status())
+		return r.local.open(ctx, dgst, st.status())
 	}
 	var once sync.Once
 	return &Blob{
@@ -786,26 +672,6 @@ func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst d
 	}, nil
 }
 
-// cachedBlob opens a cached blob.
-func (r *Resolver) cachedBlob(ctx context.Context, dgst digest.Digest, status CacheStatus) (*Blob, error) {
-	ra, err := r.store.ReaderAt(ctx, ocispec.Descriptor{Digest: dgst})
-	if err != nil {
-		return nil, err
-	}
-	size := ra.Size()
-	return &Blob{
-		Descriptor: ocispec.Descriptor{Digest: dgst, Size: size},
-		Status:     status,
-		open: func(off, length int64) (io.ReadCloser, error) {
-			if off < 0 || off > size || length < 0 || off+length > size {
-				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
-			}
-			return &sectionReader{SectionReader: io.NewSectionReader(ra, off, length), ra: ra}, nil
-		},
-		close: ra.Close,
-	}, nil
-}
-
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
 // otherwise (not when the registry denies the repository, unless Options.OnDenied says to
 // serve stale).
@@ -818,7 +684,7 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 		return nil, "", err
 	}
 	if _, ok := fromPeer(ctx); ok {
-		tags, err := r.cachedTags(ctx, registry, repository)
+		tags, err := r.local.Tags(ctx, registry, repository)
 		if err == nil && len(tags) == 0 {
 			err = notHeldForPeer("repository " + registry + "/" + repository)
 		}
@@ -842,7 +708,7 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	if isDenied(err) && r.opts.OnDenied == OnDeniedRefuse {
 		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %v: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
-	tags, rerr := r.cachedTags(ctx, registry, repository)
+	tags, rerr := r.local.Tags(ctx, registry, repository)
 	if rerr != nil {
 		return nil, "", rerr
 	}
@@ -850,23 +716,6 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 		return nil, "", notFoundIfDown(ctx, err, "repository "+registry+"/"+repository)
 	}
 	return tags, Stale, nil
-}
-
-// cachedTags lists the repository's cached tags, sorted.
-func (r *Resolver) cachedTags(ctx context.Context, registry, repository string) ([]string, error) {
-	refs, err := r.store.Refs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var tags []string
-	prefix := registry + "/" + repository + ":"
-	for _, ref := range refs {
-		if tag, ok := strings.CutPrefix(ref.Name, prefix); ok {
-			tags = append(tags, tag)
-		}
-	}
-	slices.Sort(tags)
-	return tags, nil
 }
 
 // Referrers returns the referrers index of dgst, filtered by artifactType when it is not empty.
@@ -901,24 +750,4 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 		}
 	}
 	return idx, nil
-}
-
-// sectionReader reads a range of a cached blob. It offers the whole blob's file, for sendfile,
-// when the cache has one (cache.FileBacked).
-type sectionReader struct {
-	*io.SectionReader
-	ra content.ReaderAt
-}
-
-var _ cache.FileBacked = (*sectionReader)(nil)
-
-func (s *sectionReader) Close() error { return nil }
-
-// File returns the blob's file, or nil. It is the whole blob, not the range, and it belongs to
-// the Blob: all its readers share the file's offset, so one reader at a time may use it.
-func (s *sectionReader) File() *os.File {
-	if fb, ok := s.ra.(cache.FileBacked); ok {
-		return fb.File()
-	}
-	return nil
 }

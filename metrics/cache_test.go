@@ -11,6 +11,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 type fakeStats struct{ used, budget, evicted int64 }
@@ -130,13 +131,13 @@ lifeboat_upstream_requests_total{endpoint="https://registry-1.docker.io",op="hea
 // fillingHealth is a Health that reports fills too, as *resolver.Resolver does.
 type fillingHealth struct {
 	fakeHealth
-	st resolver.FillStats
+	st fill.Stats
 }
 
-func (f fillingHealth) Fills() resolver.FillStats { return f.st }
+func (f fillingHealth) Fills() fill.Stats { return f.st }
 
 func TestFillMetrics(t *testing.T) {
-	h := fillingHealth{st: resolver.FillStats{Running: 5, Abandoned: 2, Waiting: 1, Refused: 7, Cancelled: 3}}
+	h := fillingHealth{st: fill.Stats{Running: 5, Abandoned: 2, Waiting: 1, Refused: 7, Cancelled: 3}}
 	want := `
 # HELP lifeboat_fills_abandoned Blob downloads in progress that no client reads any more.
 # TYPE lifeboat_fills_abandoned gauge

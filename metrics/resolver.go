@@ -5,6 +5,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // Health is what the upstream collector reads; *resolver.Resolver provides it.
@@ -16,7 +17,7 @@ type Health interface {
 // Fills is what the upstream collector reads of the blob fills when its Health has it too;
 // *resolver.Resolver does.
 type Fills interface {
-	Fills() resolver.FillStats
+	Fills() fill.Stats
 }
 
 type upstreamCollector struct {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // apiError is an answer in the OCI error format, with a Retry-After when it knows one.
@@ -90,7 +91,7 @@ var errorClasses = []struct {
 		"the cache has no room for this content"},
 }
 
-func isTooManyFills(err error) bool { return errors.Is(err, resolver.ErrTooManyFills) }
+func isTooManyFills(err error) bool { return errors.Is(err, fill.ErrTooManyFills) }
 
 // fromBackend classifies a Backend error for the request req. The answer carries the class's
 // sentence only: the error's own text, which may name endpoints, addresses and what dialling

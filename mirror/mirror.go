@@ -27,6 +27,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // Backend answers the mirror; FromResolver makes one of a *resolver.Resolver. The mirror only
@@ -37,7 +38,7 @@ import (
 // Errors are classified with errdefs: ErrNotFound when the thing is neither cached nor
 // obtainable from upstream; ErrInvalidArgument when the backend refuses the name, reference or
 // digest; ErrFailedPrecondition when upstream content failed verification or is too large;
-// ErrUnavailable when the backend cannot answer now, and resolver.ErrTooManyFills (429) when
+// ErrUnavailable when the backend cannot answer now, and fill.ErrTooManyFills (429) when
 // it runs as many blob downloads as it allows. An error that also has a
 // `RetryAfter() time.Duration` method (found with errors.As) adds a Retry-After header to the
 // 503 or 429. Any other error is internal: logged, and answered with a generic 500.
@@ -419,7 +420,7 @@ func (h *handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64
 			// The reader sends the rest itself: a download in progress sends each stretch
 			// that has arrived from its file, with sendfile. It stops at the range's end.
 			m, err = wt.WriteTo(w)
-			if errors.Is(err, resolver.ErrSourceFailed) {
+			if errors.Is(err, fill.ErrSourceFailed) {
 				src.err, err = err, nil
 			}
 		} else {

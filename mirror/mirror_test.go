@@ -24,6 +24,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 func TestMain(m *testing.M) {
@@ -686,7 +687,7 @@ type tooManyFills struct{}
 
 func (tooManyFills) Error() string { return "too many blob downloads in progress: all 64 are busy" }
 func (tooManyFills) Is(target error) bool {
-	return target == resolver.ErrTooManyFills || target == errdefs.ErrUnavailable
+	return target == fill.ErrTooManyFills || target == errdefs.ErrUnavailable
 }
 func (tooManyFills) RetryAfter() time.Duration { return time.Second }
 

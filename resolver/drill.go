@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // Readiness says whether lifeboat alone, with every upstream down, could serve a complete pull
@@ -330,7 +331,7 @@ func (r *Resolver) FetchBlob(ctx context.Context, registry, repository string, d
 		return err
 	}
 	// Readers finish as soon as the bytes are verified; the commit may still be running.
-	if err := r.awaitFill(ctx, registry+"/"+repository+"@"+dgst.String()); err != nil {
+	if err := r.fills.Await(ctx, fill.Key{Registry: registry, Repository: repository, Digest: dgst}); err != nil {
 		return err
 	}
 	if ok, err := r.local.HasBlob(ctx, registry+"/"+repository, dgst); err != nil {
@@ -339,21 +340,6 @@ func (r *Resolver) FetchBlob(ctx context.Context, registry, repository string, d
 		return fmt.Errorf("blob %s was read but is not in the cache (is the cache full?): %w", dgst, errdefs.ErrUnavailable)
 	}
 	return nil
-}
-
-// awaitFill waits until the fill of key, if one is running, has ended, and returns its error.
-func (r *Resolver) awaitFill(ctx context.Context, key string) error {
-	r.fillMu.Lock()
-	f, ok := r.fills[key]
-	r.fillMu.Unlock()
-	if !ok {
-		return nil // ended: its result is in the cache, or not
-	}
-	ended, err := f.wait(ctx)
-	if !ended {
-		return ctx.Err()
-	}
-	return err
 }
 
 // peerCheckTimeout bounds what Check asks the peers about one image.

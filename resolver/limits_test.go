@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
@@ -177,7 +178,7 @@ func (u *heldUpstream) end(d string) chan struct{} {
 func blobDigest(i int) digest.Digest { return digest.FromString(fmt.Sprintf("blob %d", i)) }
 
 // TestFillLimit: past MaxFills running fills, a request for another blob waits for a slot up to
-// the queue timeout, and is then refused with ErrTooManyFills (Unavailable, with a Retry-After);
+// the queue timeout, and is then refused with fill.ErrTooManyFills (Unavailable, with a Retry-After);
 // the refusal is counted. A request for a blob being filled joins its fill, whatever the limit,
 // and a waiting request gets the slot a fill frees.
 func TestFillLimit(t *testing.T) {
@@ -196,8 +197,8 @@ func TestFillLimit(t *testing.T) {
 	_, err := r.Blob(ctx, testRegistry, "app", blobDigest(2))
 	waited := time.Since(start)
 	var ra interface{ RetryAfter() time.Duration }
-	if !errors.Is(err, ErrTooManyFills) || !errdefs.IsUnavailable(err) || !errors.As(err, &ra) {
-		t.Fatalf("a third fill past a limit of 2: %v; want ErrTooManyFills, unavailable, with a RetryAfter", err)
+	if !errors.Is(err, fill.ErrTooManyFills) || !errdefs.IsUnavailable(err) || !errors.As(err, &ra) {
+		t.Fatalf("a third fill past a limit of 2: %v; want fill.ErrTooManyFills, unavailable, with a RetryAfter", err)
 	}
 	t.Logf("refused after %s: %v", waited.Round(time.Millisecond), err)
 	if waited < 2*time.Second {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
@@ -122,11 +123,7 @@ func TestMisbehavingUpstreams(t *testing.T) {
 					t.Fatal("the fill did not close the upstream connection")
 				}
 			}
-			waitFor(t, "the fill to end", func() bool {
-				r.fillMu.Lock()
-				defer r.fillMu.Unlock()
-				return len(r.fills) == 0
-			})
+			waitFor(t, "the fill to end", func() bool { return r.Fills().Running == 0 })
 			if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 				t.Fatalf("unverified bytes were cached: %v", err)
 			}
@@ -146,7 +143,7 @@ func TestProgressFloor(t *testing.T) {
 	t.Parallel()
 	var opts Options
 	opts.setDefaults()
-	floor := float64(minFillProgress) / opts.IdleTimeout.Seconds() // bytes/s
+	floor := float64(fill.MinProgress) / opts.IdleTimeout.Seconds() // bytes/s
 	if slowloris := 20.0; floor < 10*slowloris {
 		t.Errorf("the floor, %.0f B/s, is too close to a %.0f B/s slowloris", floor, slowloris)
 	}
@@ -156,7 +153,7 @@ func TestProgressFloor(t *testing.T) {
 	if opts.IdleTimeout >= opts.FillTimeout/10 {
 		t.Errorf("idle timeout %s: a stall is not cut off long before the fill timeout %s", opts.IdleTimeout, opts.FillTimeout)
 	}
-	err := &stallError{got: 600, need: minFillProgress, window: opts.IdleTimeout}
+	err := &fill.StallError{Got: 600, Need: fill.MinProgress, Window: opts.IdleTimeout}
 	if want := "upstream stalled: it sent 600 bytes in 30s, less than the minimum of 65536 bytes in every 30s (2185 bytes/s)"; err.Error() != want {
 		t.Errorf("the daemon's stall error: %q, want %q", err, want)
 	}

@@ -20,7 +20,7 @@ const Peer CacheStatus = "peer"
 
 // Peers is the cluster tier as the resolver uses it (package peer implements it over package
 // cluster). The resolver never calls it for a registry whose content is not shared
-// (Options.NotShared), nor while it answers a request that came from a peer (see FromPeer).
+// (Options.NotShared), nor while it answers a request that came from a peer (see PeerView).
 //
 // Errors: errdefs.ErrNotFound when no peer can provide the thing (the resolver then goes to the
 // registry itself); anything else is a failure of the peers, which the resolver treats the same
@@ -63,26 +63,6 @@ type PeerBlob struct {
 	ViaHome bool
 }
 
-// FromPeer marks ctx as a request from a peer of the cluster: the resolver answers it from this
-// node's cache only (never asking its own peers, so requests cannot loop), refuses registries
-// that are not shared, and, for a blob it does not hold, fills it from the registry only when
-// fill is true (the digest's home coalescing a fill for the cluster); such a fill streams to the
-// peer as it arrives, with only its last byte held back until it verified, since the peer
-// verifies the bytes itself.
-func FromPeer(ctx context.Context, fill bool) context.Context {
-	return context.WithValue(ctx, fromPeerKey{}, peerRequest{fill: fill})
-}
-
-type fromPeerKey struct{}
-
-type peerRequest struct{ fill bool }
-
-// fromPeer reports whether ctx is a peer's request, and whether it may fill.
-func fromPeer(ctx context.Context) (req peerRequest, ok bool) {
-	req, ok = ctx.Value(fromPeerKey{}).(peerRequest)
-	return req, ok
-}
-
 // notSharedRegistries normalizes Options.NotShared.
 func notSharedRegistries(names []string) (map[string]bool, error) {
 	out := map[string]bool{}
@@ -96,54 +76,13 @@ func notSharedRegistries(names []string) (map[string]bool, error) {
 	return out, nil
 }
 
-// notSharedError refuses a peer's request for a registry whose content is not shared.
-// errors.Is(err, ErrNotMirrored) and errdefs.IsNotFound(err) both hold: to peers the registry
-// is not mirrored.
-type notSharedError struct{ registry string }
-
-func (e notSharedError) Error() string {
-	return "registry " + e.registry + " is not shared with peers by this lifeboat"
-}
-
-func (e notSharedError) Is(target error) bool {
-	return target == ErrNotMirrored || target == errdefs.ErrNotFound
-}
-
-// notHeldForPeer is the error of a peer's request for what this node does not hold: it asks
-// nothing of anyone for a peer (but a blob fill the peer asked for).
-func notHeldForPeer(what string) error {
-	return fmt.Errorf("%s is not cached on this node: %w", what, errdefs.ErrNotFound)
-}
-
 // shared reports whether registry's content may cross nodes.
 func (r *Resolver) shared(registry string) bool { return !r.notShared[registry] }
-
-// endpointsFor is endpoints for a request: a peer's request for a registry that is not shared
-// is refused first.
-func (r *Resolver) endpointsFor(ctx context.Context, registry string) ([]*endpoint, error) {
-	if _, ok := fromPeer(ctx); ok && !r.shared(registry) {
-		return nil, notSharedError{registry}
-	}
-	return r.endpoints(registry)
-}
 
 // PeersFor returns the peers to ask for registry's content: nil without a cluster and for a
 // registry that is not shared.
 func (r *Resolver) PeersFor(registry string) Peers {
 	if r.opts.Peers == nil || !r.shared(registry) {
-		return nil
-	}
-	return r.opts.Peers
-}
-
-// peersFor returns the peers to ask for registry's content on behalf of ctx's request: none
-// without a cluster, for a registry that is not shared, and for a peer's request (which is
-// answered from this node alone, so that requests never go round the cluster).
-func (r *Resolver) peersFor(ctx context.Context, registry string) Peers {
-	if r.opts.Peers == nil || !r.shared(registry) {
-		return nil
-	}
-	if _, ok := fromPeer(ctx); ok {
 		return nil
 	}
 	return r.opts.Peers
@@ -174,32 +113,6 @@ func logPeerMiss(ctx context.Context, err error, what string) {
 		return
 	}
 	entry.Info("the peers failed to provide it: asking the upstream")
-}
-
-// manifestForPeer answers a peer's manifest request from the cache alone: a digest linked to
-// the repository, or a tag as this node cached it (peers resolve tags through the cluster's
-// index, not through this API).
-func (r *Resolver) manifestForPeer(ctx context.Context, repoKey, reference string, dgst digest.Digest, withBody bool) (Manifest, error) {
-	desc := ocispec.Descriptor{Digest: dgst}
-	if dgst == "" {
-		ref, err := r.store.GetRef(ctx, repoKey+":"+reference)
-		if errdefs.IsNotFound(err) {
-			return Manifest{}, notHeldForPeer("tag " + repoKey + ":" + reference)
-		}
-		if err != nil {
-			return Manifest{}, err
-		}
-		desc = ref.Target
-	}
-	m, err := r.local.Manifest(ctx, repoKey, desc, Read{DescriptorOnly: !withBody})
-	if errdefs.IsNotFound(err) {
-		return Manifest{}, notHeldForPeer("manifest " + repoKey + "@" + desc.Digest.String())
-	}
-	if err != nil {
-		return Manifest{}, err
-	}
-	m.Status = Hit
-	return m, nil
 }
 
 // manifestFromPeers gets a manifest by digest from a peer, verifies it and caches it, linked
@@ -278,12 +191,4 @@ func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo
 	log.G(ctx).WithField("ref", name).WithField("digest", rec.dgst).WithField("date", rec.date).Info("the registry cannot answer: tag resolved from the peers' newest record")
 	m.Status = Peer
 	return m, true
-}
-
-// status is the cache status of what the fill serves: Peer when its bytes came from a peer.
-func (st fillState) status() CacheStatus {
-	if st.source != "" {
-		return Peer
-	}
-	return Miss
 }

@@ -29,7 +29,7 @@ type peerNode struct {
 	corrupt bool // sends every blob with one byte flipped
 }
 
-// testPeers is Peers over peer nodes, asked as package peer asks them: with FromPeer requests,
+// testPeers is Peers over peer nodes, asked as package peer asks them: with requests to their PeerView,
 // so that the bytes really come from another cache.
 type testPeers struct {
 	t     *testing.T
@@ -63,7 +63,7 @@ func (p *testPeers) OpenBlob(ctx context.Context, registry, repository string, d
 		if slices.Contains(skip, n.name) {
 			continue
 		}
-		b, err := n.r.Blob(FromPeer(ctx, false), registry, repository, dgst)
+		b, err := n.r.ForPeers().Blob(ctx, registry, repository, dgst)
 		if errdefs.IsNotFound(err) {
 			continue
 		}
@@ -106,7 +106,7 @@ func (p *testPeers) Reject(peer string, dgst digest.Digest) {
 func (p *testPeers) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
 	p.asked("Manifest")
 	for _, n := range p.nodes {
-		m, err := n.r.Manifest(FromPeer(ctx, false), registry, repository, dgst.String())
+		m, err := n.r.ForPeers().Manifest(ctx, registry, repository, dgst.String())
 		if errdefs.IsNotFound(err) {
 			continue
 		}
@@ -304,7 +304,7 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 		b.Close()
 	}
 	// Another repository of the registry: the link is per repository, as from the registry.
-	if _, err := a.Blob(FromPeer(ctx, false), testRegistry, "other", layer); !errdefs.IsNotFound(err) {
+	if _, err := a.ForPeers().Blob(ctx, testRegistry, "other", layer); !errdefs.IsNotFound(err) {
 		t.Errorf("blob of another repository asked by a peer: %v, want not found", err)
 	}
 }
@@ -458,23 +458,23 @@ func TestPeerRequests(t *testing.T) {
 	peers := &testPeers{t: t}
 	h, _ := newNode(t, up, peers, nil)
 	peers.forbid.Store(true)
-	pctx := FromPeer(ctx, false)
+	pv := h.ForPeers()
 	layer, want := layerDigest(t, img)
 	manifest := mustDigest(t, img).String()
 
 	before := up.totalRequests()
-	if _, err := h.Blob(pctx, testRegistry, "app", layer); !errdefs.IsNotFound(err) {
+	if _, err := pv.Blob(ctx, testRegistry, "app", layer); !errdefs.IsNotFound(err) {
 		t.Errorf("uncached blob for a peer: %v, want not found", err)
 	}
-	if _, _, err := h.StatBlob(pctx, testRegistry, "app", layer); !errdefs.IsNotFound(err) {
+	if _, _, err := pv.StatBlob(ctx, testRegistry, "app", layer); !errdefs.IsNotFound(err) {
 		t.Errorf("uncached blob stat for a peer: %v, want not found", err)
 	}
 	for _, ref := range []string{manifest, "v1"} {
-		if _, err := h.Manifest(pctx, testRegistry, "app", ref); !errdefs.IsNotFound(err) {
+		if _, err := pv.Manifest(ctx, testRegistry, "app", ref); !errdefs.IsNotFound(err) {
 			t.Errorf("uncached manifest %s for a peer: %v, want not found", ref, err)
 		}
 	}
-	if _, _, err := h.Tags(pctx, testRegistry, "app"); !errdefs.IsNotFound(err) {
+	if _, _, err := pv.Tags(ctx, testRegistry, "app"); !errdefs.IsNotFound(err) {
 		t.Errorf("tags for a peer: %v, want not found", err)
 	}
 	if n := up.totalRequests() - before; n != 0 {
@@ -487,7 +487,7 @@ func TestPeerRequests(t *testing.T) {
 	// Bounded: a reader held until the blob verified would wait for the gate for ever.
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	blob, err := h.Blob(FromPeer(fctx, true), testRegistry, "app", layer)
+	blob, err := h.ForPeers().Coalescing().Blob(fctx, testRegistry, "app", layer)
 	if err != nil || blob.Status != Miss {
 		t.Fatalf("fill for a peer: %v", err)
 	}
@@ -506,7 +506,7 @@ func TestPeerRequests(t *testing.T) {
 		t.Errorf("registry blob GETs: %d, want 1", n)
 	}
 	waitFor(t, "the blob to be committed", func() bool { ok, _ := h.Local().HasBlob(ctx, testRegistry+"/app", layer); return ok })
-	if b, err := h.Blob(pctx, testRegistry, "app", layer); err != nil || b.Status != Hit {
+	if b, err := pv.Blob(ctx, testRegistry, "app", layer); err != nil || b.Status != Hit {
 		t.Fatalf("cached blob for a peer: %v", err)
 	} else {
 		b.Close()
@@ -535,10 +535,10 @@ func TestNotSharedRegistry(t *testing.T) {
 		t.Fatalf("uncached tag in an outage: %v", err)
 	}
 	layer, _ := layerDigest(t, img)
-	pctx := FromPeer(ctx, true)
-	_, berr := a.Blob(pctx, testRegistry, "app", layer)
-	_, merr := a.Manifest(pctx, testRegistry, "app", "v1")
-	_, _, terr := a.Tags(pctx, testRegistry, "app")
+	pv := a.ForPeers().Coalescing()
+	_, berr := pv.Blob(ctx, testRegistry, "app", layer)
+	_, merr := pv.Manifest(ctx, testRegistry, "app", "v1")
+	_, _, terr := pv.Tags(ctx, testRegistry, "app")
 	for _, err := range []error{berr, merr, terr} {
 		if !errors.Is(err, ErrNotMirrored) || !errdefs.IsNotFound(err) {
 			t.Errorf("a peer's request for a registry not shared: %v, want not mirrored", err)

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +22,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // Policies for tags.
@@ -182,11 +183,7 @@ type Resolver struct {
 	registries map[string]*registryEndpoints // in use
 	closed     bool                          // under regMu
 
-	fillDeps  fillDeps // what the fills get
-	fillSlots fillSlots
-	fillMu    sync.Mutex
-	fills     map[string]*fill // the fills a request may join
-	cancelled atomic.Int64     // abandoned fills cancelled past MaxAbandonedFills
+	fills *fill.Engine
 
 	// manifestFlights merges concurrent upstream requests for one manifest (see upstreamOnce).
 	manifestFlights singleflight.Group
@@ -221,21 +218,18 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	}
 	r := &Resolver{
 		store: store, local: Local{store}, opts: opts, stop: make(chan struct{}), listed: listed, notShared: notShared,
-		registries: map[string]*registryEndpoints{}, fills: map[string]*fill{},
+		registries: map[string]*registryEndpoints{},
 	}
-	r.fillDeps = fillDeps{
-		store:         store,
-		headerTimeout: opts.UpstreamTimeout,
-		peerWait:      opts.PeerWait,
-		fillTimeout:   opts.FillTimeout,
-		idleTimeout:   opts.IdleTimeout,
-		maxBlobSize:   opts.MaxBlobSize,
-		holdWhole:     opts.VerifyBeforeSend,
-		mismatches:    &r.digestMismatches,
-		abandoned:     r.limitAbandoned,
-		cached:        r.announceCached,
-	}
-	r.fillSlots = fillSlots{slots: make(chan struct{}, opts.MaxFills), wait: opts.FillQueueTimeout}
+	r.fills = fill.New(store, fill.Options{
+		FillTimeout:  opts.FillTimeout,
+		IdleTimeout:  opts.IdleTimeout,
+		MaxBlobSize:  opts.MaxBlobSize,
+		HoldWhole:    opts.VerifyBeforeSend,
+		MaxFills:     opts.MaxFills,
+		QueueTimeout: opts.FillQueueTimeout,
+		MaxAbandoned: opts.MaxAbandonedFills,
+		Committed:    r.announceCached,
+	})
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for registry, urls := range listed {
 		if len(urls) == 0 {
@@ -255,7 +249,6 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 // by a crash is garbage; ingests of other writers (containerd, through the content plugin) are
 // theirs to resume or abort.
 const (
-	fillRefPrefix     = "lifeboat-fill/"
 	manifestRefPrefix = "lifeboat-manifest/"
 )
 
@@ -267,7 +260,7 @@ func (r *Resolver) abortLeftovers(ctx context.Context) error {
 	}
 	var n int
 	for _, st := range sts {
-		if !strings.HasPrefix(st.Ref, fillRefPrefix) && !strings.HasPrefix(st.Ref, manifestRefPrefix) {
+		if !strings.HasPrefix(st.Ref, fill.RefPrefix) && !strings.HasPrefix(st.Ref, manifestRefPrefix) {
 			continue
 		}
 		if err := r.store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
@@ -289,6 +282,7 @@ func (r *Resolver) Close() error {
 	r.regMu.Unlock()
 	close(r.stop)
 	r.cancel()
+	r.fills.Close()
 	r.wg.Wait()
 	return nil
 }
@@ -328,16 +322,13 @@ func (r *Resolver) manifest(ctx context.Context, registry, repository, reference
 	if err := checkRepository(repository); err != nil {
 		return Manifest{}, err
 	}
-	eps, err := r.endpointsFor(ctx, registry)
+	eps, err := r.endpoints(registry)
 	if err != nil {
 		return Manifest{}, err
 	}
 	dgst, err := oci.ParseReference(reference)
 	if err != nil {
 		return Manifest{}, err
-	}
-	if _, ok := fromPeer(ctx); ok {
-		return r.manifestForPeer(ctx, registry+"/"+repository, reference, dgst, withBody)
 	}
 	if dgst != "" {
 		return r.manifestByDigest(ctx, eps, registry, repository, dgst, withBody)
@@ -357,7 +348,7 @@ func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, regist
 	}
 	m, err := r.fetchManifest(ctx, eps, registry, repo, dgst)
 	if err != nil {
-		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+repoKey+"@"+dgst.String())
+		return Manifest{}, notFoundIfDown(err, "manifest "+repoKey+"@"+dgst.String())
 	}
 	if m.Status == "" {
 		m.Status = Miss
@@ -407,7 +398,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 				err = ferr // upstream failed, or denied, between HEAD and GET: see below
 				break
 			}
-			return Manifest{}, notFoundIfDown(ctx, ferr, "manifest "+name)
+			return Manifest{}, notFoundIfDown(ferr, "manifest "+name)
 		}
 		if err := r.store.SetRefAt(ctx, name, m.Descriptor, ep.client.Endpoint(), date); err != nil {
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
@@ -428,7 +419,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 		return Manifest{}, ctx.Err()
 	}
 	cause := causeOf(err)
-	if peers := r.peersFor(ctx, registry); peers != nil && (cause == CauseUnreachable || cause == CauseOther) {
+	if peers := r.PeersFor(registry); peers != nil && (cause == CauseUnreachable || cause == CauseOther) {
 		if m, ok := r.tagFromPeers(ctx, peers, registry, repo, tag, ref, cached, withBody); ok {
 			if cached {
 				r.revalidations.failed(ctx, name, cause, true, err)
@@ -437,15 +428,15 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 		}
 	}
 	if !cached {
-		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
+		return Manifest{}, notFoundIfDown(err, "manifest "+name)
 	}
 	if cause == CauseDenied && r.opts.OnDenied == OnDeniedRefuse {
 		r.revalidations.failed(ctx, name, cause, false, err)
-		return Manifest{}, fmt.Errorf("manifest %s: the registry denies access to the repository, so its cached copy is not served (on_denied = %s): %v: %w", name, OnDeniedRefuse, err, errdefs.ErrNotFound)
+		return Manifest{}, fmt.Errorf("manifest %s: the registry denies access to the repository, so its cached copy is not served (on_denied = %s): %w: %w", name, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
 	m, cerr := r.local.Manifest(ctx, repoKey, ref.Target, Read{DescriptorOnly: !withBody})
 	if cerr != nil {
-		return Manifest{}, notFoundIfDown(ctx, err, "manifest "+name)
+		return Manifest{}, notFoundIfDown(err, "manifest "+name)
 	}
 	r.revalidations.failed(ctx, name, cause, true, err)
 	m.Status = Stale
@@ -471,18 +462,19 @@ func (r *Resolver) headTag(ctx context.Context, eps []*endpoint, repo, name, tag
 	return h.desc, h.ep, h.date, err
 }
 
-// notFoundIfDown turns "upstream unreachable" into not found: what the mirror cannot serve is
-// a 404, so that containerd moves on to its next host at once.
-func notFoundIfDown(ctx context.Context, err error, what string) error {
+// ErrNotCached marks the not-found error of what is neither cached nor obtainable because the
+// upstream cannot provide it (it is down, too slow, or denies access): errdefs.IsNotFound holds
+// too. During an outage these are the requests lifeboat could not save.
+var ErrNotCached = errors.New("not cached, and the upstream cannot provide it")
+
+// notFoundIfDown turns "upstream unreachable" into not found (ErrNotCached): what the mirror
+// cannot serve is a 404, so that containerd moves on to its next host at once.
+func notFoundIfDown(err error, what string) error {
 	if errdefs.IsResourceExhausted(err) {
-		err = fmt.Errorf("%s cannot be cached: %w", what, err)
-		log.G(ctx).WithError(err).Warn("cannot serve")
-		return err
+		return fmt.Errorf("%s cannot be cached: %w", what, err)
 	}
 	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
-		err = fmt.Errorf("%s is not cached and the upstream cannot provide it (%s): %w", what, errmsg.Sentence(err), errdefs.ErrNotFound)
-		log.G(ctx).Info(err.Error())
-		return err
+		return fmt.Errorf("%s: %w (%s): %w", what, ErrNotCached, errmsg.Sentence(err), errdefs.ErrNotFound)
 	}
 	return err
 }
@@ -498,7 +490,7 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, registry,
 		return Manifest{}, err
 	}
 	repoKey := registry + "/" + repo
-	if peers := r.peersFor(ctx, registry); peers != nil {
+	if peers := r.PeersFor(registry); peers != nil {
 		m, err := r.manifestFromPeers(ctx, peers, registry, repo, dgst)
 		if err == nil {
 			return m, nil
@@ -556,122 +548,6 @@ func (r *Resolver) cacheManifest(ctx context.Context, registry, repo string, dgs
 	return Manifest{Descriptor: desc, Body: body}, nil
 }
 
-// StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
-// upstream HEAD.
-func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
-	eps, err := r.blobArgs(ctx, registry, repository, dgst)
-	if err != nil {
-		return ocispec.Descriptor{}, "", err
-	}
-	repoKey := registry + "/" + repository
-	if ok, _ := r.store.Linked(ctx, repoKey, dgst); ok {
-		if info, err := r.store.Info(ctx, dgst); err == nil {
-			return ocispec.Descriptor{Digest: dgst, Size: info.Size}, Hit, nil
-		}
-	}
-	if req, ok := fromPeer(ctx); ok && !req.fill {
-		return ocispec.Descriptor{}, "", notHeldForPeer("blob " + repoKey + "@" + dgst.String())
-	}
-	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	defer cancel()
-	size, _, err := try(hctx, eps, "head-blob", func(ctx context.Context, c Client) (int64, error) {
-		return c.HeadBlob(ctx, repository, dgst)
-	})
-	if err != nil {
-		return ocispec.Descriptor{}, "", notFoundIfDown(ctx, err, "blob "+repoKey+"@"+dgst.String())
-	}
-	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
-}
-
-func (r *Resolver) blobArgs(ctx context.Context, registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
-	if err := checkRepository(repository); err != nil {
-		return nil, err
-	}
-	if err := checkDigest(dgst); err != nil {
-		return nil, err
-	}
-	return r.endpointsFor(ctx, registry)
-}
-
-// verifyFirstMax is the size up to which a blob that is not cached is fetched and verified whole
-// before its first byte is sent. A client then never holds unverified bytes of image configs
-// and small layers: containerd keeps a download that fails verification and, on the next
-// pull, commits it again without fetching, so bytes that were sent cannot be taken back. For
-// blobs this small the wait costs little; larger ones stream as they arrive.
-const verifyFirstMax = 1 << 20
-
-// Blob opens a blob for reading: from the cache, or by starting (or joining) the one fill of
-// that blob, from the peers (Status Peer) or the upstream. It returns once the size is known,
-// before the bytes have arrived, except for blobs of up to verifyFirstMax bytes, which it
-// returns once they are cached. A peer's request (FromPeer) is answered from the cache, or,
-// when it asks for a fill, from the upstream fill, streamed as it arrives.
-//
-// The status of a blob returned before it arrived is its fill's source then: Peer stays when
-// that peer's bytes fail verification and the fill starts over from the registry.
-func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
-	eps, err := r.blobArgs(ctx, registry, repository, dgst)
-	if err != nil {
-		return nil, err
-	}
-	repoKey := registry + "/" + repository
-	if ok, err := r.store.Linked(ctx, repoKey, dgst); err != nil {
-		return nil, err
-	} else if ok {
-		if b, err := r.local.open(ctx, dgst, Hit); err == nil {
-			return b, nil
-		}
-	}
-	peerReq, forPeer := fromPeer(ctx)
-	if forPeer && !peerReq.fill {
-		return nil, notHeldForPeer("blob " + repoKey + "@" + dgst.String())
-	}
-	f, err := r.joinFill(ctx, registry, repository, dgst, eps, r.peersFor(ctx, registry))
-	if err != nil {
-		return nil, err
-	}
-	if err := f.started(ctx); err != nil {
-		f.release()
-		return nil, err
-	}
-	st := f.state()
-	size := st.size
-	if st.fromStore || (size < 0 && st.done && st.err == nil) {
-		f.release()
-		return r.local.open(ctx, dgst, st.status())
-	}
-	if st.err != nil && size < 0 {
-		f.release()
-		return nil, notFoundIfDown(ctx, st.err, "blob "+repoKey+"@"+dgst.String())
-	}
-	if size < 0 || (size <= verifyFirstMax && !forPeer) {
-		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
-		// committed, then serve it from the cache. A client that gives up stops waiting (the
-		// fill goes on for the next one).
-		ended, ferr := f.wait(ctx)
-		st = f.state()
-		f.release()
-		if !ended {
-			return nil, ctx.Err()
-		}
-		if ferr != nil {
-			return nil, notFoundIfDown(ctx, ferr, "blob "+repoKey+"@"+dgst.String())
-		}
-		return r.local.open(ctx, dgst, st.status())
-	}
-	var once sync.Once
-	return &Blob{
-		Descriptor: ocispec.Descriptor{Digest: dgst, Size: size},
-		Status:     st.status(),
-		open: func(off, length int64) (io.ReadCloser, error) {
-			if off < 0 || off > size || length < 0 || off+length > size {
-				return nil, fmt.Errorf("range %d+%d of a %d-byte blob: %w", off, length, size, errdefs.ErrInvalidArgument)
-			}
-			return f.reader(ctx, off, length, forPeer), nil
-		},
-		close: func() error { once.Do(f.release); return nil },
-	}, nil
-}
-
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
 // otherwise (not when the registry denies the repository, unless Options.OnDenied says to
 // serve stale).
@@ -679,19 +555,9 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	if err := checkRepository(repository); err != nil {
 		return nil, "", err
 	}
-	eps, err := r.endpointsFor(ctx, registry)
+	eps, err := r.endpoints(registry)
 	if err != nil {
 		return nil, "", err
-	}
-	if _, ok := fromPeer(ctx); ok {
-		tags, err := r.local.Tags(ctx, registry, repository)
-		if err == nil && len(tags) == 0 {
-			err = notHeldForPeer("repository " + registry + "/" + repository)
-		}
-		if err != nil {
-			return nil, "", err
-		}
-		return tags, Hit, nil
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	tags, _, err := try(tctx, eps, "tags", func(ctx context.Context, c Client) ([]string, error) {
@@ -706,30 +572,33 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 		return nil, "", fmt.Errorf("repository %s/%s: %w", registry, repository, errdefs.ErrNotFound)
 	}
 	if isDenied(err) && r.opts.OnDenied == OnDeniedRefuse {
-		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %v: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
+		return nil, "", fmt.Errorf("repository %s/%s: the registry denies access to it, so its cached tags are not listed (on_denied = %s): %w: %w", registry, repository, OnDeniedRefuse, err, errdefs.ErrNotFound)
 	}
 	tags, rerr := r.local.Tags(ctx, registry, repository)
 	if rerr != nil {
 		return nil, "", rerr
 	}
 	if len(tags) == 0 {
-		return nil, "", notFoundIfDown(ctx, err, "repository "+registry+"/"+repository)
+		return nil, "", notFoundIfDown(err, "repository "+registry+"/"+repository)
 	}
 	return tags, Stale, nil
+}
+
+// emptyIndex is an index with no manifest.
+func emptyIndex() ocispec.Index {
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
+	idx.SchemaVersion = 2
+	return idx
 }
 
 // Referrers returns the referrers index of dgst, filtered by artifactType when it is not empty.
 // Referrers are not cached: with the upstream down or without the API, the index is empty.
 func (r *Resolver) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
-	eps, err := r.blobArgs(ctx, registry, repository, dgst)
+	eps, err := r.blobArgs(registry, repository, dgst)
 	if err != nil {
 		return ocispec.Index{}, err
 	}
-	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
-	idx.SchemaVersion = 2
-	if _, ok := fromPeer(ctx); ok {
-		return idx, nil // not cached: peers get this node's cache only
-	}
+	idx := emptyIndex()
 	rctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
 	body, _, err := try(rctx, eps, "referrers", func(ctx context.Context, c Client) ([]byte, error) {

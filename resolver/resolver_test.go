@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
@@ -614,66 +615,14 @@ func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 	}
 }
 
-// TestWriteToEndsWithSourceFailure has a download that fails verification written to a client,
-// as the mirror does: the client gets ErrSourceFailed, so the mirror can tell the upstream's
-// fault from the client's and abort the answer.
-func TestWriteToEndsWithSourceFailure(t *testing.T) {
-	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 2*verifyFirstMax) // large enough to stream
-	dgst, want := layerDigest(t, img)
-	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
-	up.setFault(corrupt)
-	gate := up.holdBodies() // the fill cannot end before the client has joined it
-
-	b, err := r.Blob(t.Context(), testRegistry, "app", dgst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	rc, err := b.Reader(0, b.Descriptor.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A second client takes the way WriteTo falls back to without /proc.
-	rc2, err := b.Reader(0, b.Descriptor.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf2 bytes.Buffer
-	fallback := make(chan error, 1)
-	go func() {
-		_, err := rc2.(*fillReader).copyTo(&buf2)
-		fallback <- err
-	}()
-	close(gate)
-	var buf bytes.Buffer
-	n, err := rc.(io.WriterTo).WriteTo(&buf)
-	if !errors.Is(err, ErrSourceFailed) {
-		t.Fatalf("WriteTo of a corrupt download: %d bytes, %v; want ErrSourceFailed", n, err)
-	}
-	if n != int64(buf.Len()) || n > int64(len(want)) {
-		t.Errorf("WriteTo reported %d bytes and wrote %d of a %d-byte blob", n, buf.Len(), len(want))
-	}
-	if err := <-fallback; !errors.Is(err, ErrSourceFailed) {
-		t.Errorf("the buffered copy of a corrupt download: %v; want ErrSourceFailed", err)
-	}
-	if !bytes.Equal(buf.Bytes(), buf2.Bytes()) {
-		t.Errorf("WriteTo and its buffered fallback wrote different bytes (%d and %d)", buf.Len(), buf2.Len())
-	}
-	if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
-		t.Errorf("the corrupt blob was cached: %v", err)
-	}
-}
-
-// TestSmallBlobsAreVerifiedBeforeSending: a blob of up to verifyFirstMax bytes that fails
+// TestSmallBlobsAreVerifiedBeforeSending: a blob of up to fill.SmallBlob bytes that fails
 // verification gives its client an error before any byte, so that no client holds bytes of it
 // that lifeboat would not cache; a larger one is streamed as it arrives.
 func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
-	small := up.push(t, "small", "v1", verifyFirstMax/2) // random layers: tar and gzip add a little
-	large := up.push(t, "large", "v1", 2*verifyFirstMax)
+	small := up.push(t, "small", "v1", fill.SmallBlob/2) // random layers: tar and gzip add a little
+	large := up.push(t, "large", "v1", 2*fill.SmallBlob)
 	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 	up.setFault(corrupt)
 
@@ -702,7 +651,7 @@ func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", verifyFirstMax/2)
+	img := up.push(t, "app", "v1", fill.SmallBlob/2)
 	dgst, want := layerDigest(t, img)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	gate := up.holdBodies() // the upstream sends half and waits
@@ -883,7 +832,7 @@ func TestInterruptedDownloadsAreRemovedAtStart(t *testing.T) {
 	}
 	defer store.Close()
 	// What a crash mid-fill leaves, next to an ingest containerd owns.
-	for _, ref := range []string{fillRefPrefix + "registry.test/app@sha256:abc", manifestRefPrefix + "x", "default/1/layer-sha256:def"} {
+	for _, ref := range []string{fill.RefPrefix + "registry.test/app@sha256:abc", manifestRefPrefix + "x", "default/1/layer-sha256:def"} {
 		w, err := store.Writer(ctx, content.WithRef(ref))
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,249 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/resolver/fill"
+)
+
+// StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
+// upstream HEAD.
+func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
+	eps, err := r.blobArgs(registry, repository, dgst)
+	if err != nil {
+		return ocispec.Descriptor{}, "", err
+	}
+	if desc, err := r.local.StatBlob(ctx, registry+"/"+repository, dgst); err == nil {
+		return desc, Hit, nil
+	}
+	return r.headBlob(ctx, eps, registry, repository, dgst)
+}
+
+// headBlob asks the registry for a blob's size.
+func (r *Resolver) headBlob(ctx context.Context, eps []*endpoint, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
+	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
+	defer cancel()
+	size, _, err := try(hctx, eps, "head-blob", func(ctx context.Context, c Client) (int64, error) {
+		return c.HeadBlob(ctx, repository, dgst)
+	})
+	if err != nil {
+		return ocispec.Descriptor{}, "", notFoundIfDown(err, "blob "+registry+"/"+repository+"@"+dgst.String())
+	}
+	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
+}
+
+// blobArgs checks a blob request's names and returns the registry's endpoints.
+func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
+	if err := checkRepository(repository); err != nil {
+		return nil, err
+	}
+	if err := checkDigest(dgst); err != nil {
+		return nil, err
+	}
+	return r.endpoints(registry)
+}
+
+// Blob opens a blob for reading: from the cache, or by starting (or joining) the one fill of
+// that blob, from the peers (Status Peer) or the upstream. It returns once the size is known,
+// before the bytes have arrived, except for blobs of up to fill.SmallBlob bytes, which it
+// returns once they are cached.
+//
+// The status of a blob returned before it arrived is its fill's source then: Peer stays when
+// that peer's bytes fail verification and the fill starts over from the registry.
+func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
+	eps, err := r.blobArgs(registry, repository, dgst)
+	if err != nil {
+		return nil, err
+	}
+	if b, err := r.local.Blob(ctx, registry+"/"+repository, dgst); err == nil {
+		return b, nil
+	}
+	key := fill.Key{Registry: registry, Repository: repository, Digest: dgst}
+	return r.fillBlob(ctx, key, r.blobSources(key, eps, r.PeersFor(registry)), false)
+}
+
+// maxPeerAttempts is how many times a fill asks the peers, one after the other as long as no
+// byte of the last one reached a reader, before it goes to the registry.
+const maxPeerAttempts = 3
+
+// blobSources are where a fill of key gets its bytes: the peers, when there are (each attempt
+// leaving out the peers that failed the ones before), then the registry's endpoints.
+func (r *Resolver) blobSources(key fill.Key, eps []*endpoint, peers Peers) []fill.Source {
+	up := registrySource{eps: eps, key: key, wait: r.opts.UpstreamTimeout, mismatches: &r.digestMismatches}
+	if peers == nil {
+		return []fill.Source{up}
+	}
+	a := &peerAttempts{peers: peers, key: key, wait: r.opts.PeerWait}
+	srcs := make([]fill.Source, 0, maxPeerAttempts+1)
+	for range maxPeerAttempts {
+		srcs = append(srcs, a)
+	}
+	return append(srcs, up)
+}
+
+// fillBlob joins key's fill, starting it over sources, and opens the blob from it (see Blob).
+// A peer's reader (forPeer) streams a blob of any size as it arrives: the peer verifies it.
+func (r *Resolver) fillBlob(ctx context.Context, key fill.Key, sources []fill.Source, forPeer bool) (*Blob, error) {
+	what := "blob " + key.String()
+	f, err := r.fills.Join(ctx, key, sources)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Started(ctx); err != nil {
+		f.Release()
+		return nil, err
+	}
+	st := f.State()
+	size := st.Size
+	if st.FromStore || (size < 0 && st.Done && st.Err == nil) {
+		f.Release()
+		return r.local.open(ctx, key.Digest, statusOf(st))
+	}
+	if st.Err != nil && size < 0 {
+		f.Release()
+		return nil, notFoundIfDown(st.Err, what)
+	}
+	if size < 0 || (size <= fill.SmallBlob && !forPeer) {
+		// No Content-Length upstream, or a small blob: wait for the whole blob, verified and
+		// committed, then serve it from the cache. A client that gives up stops waiting (the
+		// fill goes on for the next one).
+		ended, ferr := f.Wait(ctx)
+		st = f.State()
+		f.Release()
+		if !ended {
+			return nil, ctx.Err()
+		}
+		if ferr != nil {
+			return nil, notFoundIfDown(ferr, what)
+		}
+		return r.local.open(ctx, key.Digest, statusOf(st))
+	}
+	var once sync.Once
+	return &Blob{
+		Descriptor: ocispec.Descriptor{Digest: key.Digest, Size: size},
+		Status:     statusOf(st),
+		open: func(off, length int64) (io.ReadCloser, error) {
+			if err := checkRange(off, length, size); err != nil {
+				return nil, err
+			}
+			return f.Reader(ctx, off, length, forPeer), nil
+		},
+		close: func() error { once.Do(f.Release); return nil },
+	}, nil
+}
+
+// statusOf is the cache status of what a fill serves: Peer when its bytes came from a peer.
+func statusOf(st fill.State) CacheStatus {
+	if st.Peer != "" {
+		return Peer
+	}
+	return Miss
+}
+
+// Fills reports what the blob fills are doing.
+func (r *Resolver) Fills() fill.Stats { return r.fills.Stats() }
+
+// Filling reports how many bytes of dgst's fill for repoKey ("docker.io/library/alpine") have
+// arrived, if one runs.
+func (r *Resolver) Filling(repoKey string, dgst digest.Digest) (written int64, ok bool) {
+	return r.fills.Progress(keyOf(repoKey, dgst))
+}
+
+// keyOf is the fill key of dgst for repoKey ("docker.io/library/alpine").
+func keyOf(repoKey string, dgst digest.Digest) fill.Key {
+	registry, repository, _ := strings.Cut(repoKey, "/")
+	return fill.Key{Registry: registry, Repository: repository, Digest: dgst}
+}
+
+// registrySource is a blob from a registry: the first of its endpoints that answers, within
+// the upstream timeout.
+type registrySource struct {
+	eps        []*endpoint
+	key        fill.Key
+	wait       time.Duration
+	mismatches *atomic.Int64
+}
+
+func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
+	hctx, stop := context.WithCancelCause(ctx)
+	headers := time.AfterFunc(s.wait, func() { stop(context.DeadlineExceeded) })
+	defer headers.Stop()
+	type got struct {
+		body io.ReadCloser
+		size int64
+	}
+	g, ep, err := try(hctx, s.eps, "get-blob", func(ctx context.Context, c Client) (got, error) {
+		body, size, err := c.GetBlob(ctx, s.key.Repository, s.key.Digest)
+		return got{body, size}, err
+	})
+	if err != nil {
+		stop(nil)
+		return fill.Body{}, err
+	}
+	start := time.Now()
+	return fill.Body{
+		ReadCloser: g.body, Size: g.size, From: "upstream " + ep.client.Endpoint(),
+		Done: func(n int64, err error) {
+			ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(start), Bytes: n})
+			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) {
+				s.mismatches.Add(1)
+			}
+		},
+	}, nil
+}
+
+// peerAttempts is a blob from the cluster (Peers.OpenBlob), asked again after a peer's bytes
+// failed, without that peer, and not again once the peers had nothing. A fill opens its
+// sources one at a time, so it needs no lock.
+type peerAttempts struct {
+	peers  Peers
+	key    fill.Key
+	wait   time.Duration
+	skip   []string // the peers whose bytes failed this fill
+	gaveUp bool     // the peers had nothing to give
+}
+
+func (a *peerAttempts) Open(ctx context.Context) (fill.Body, error) {
+	if a.gaveUp {
+		return fill.Body{}, fmt.Errorf("no other peer can provide blob %s: %w", a.key.Digest, errdefs.ErrNotFound)
+	}
+	// The timer stops this attempt's context, in which the body is read.
+	pctx, stop := context.WithCancelCause(ctx)
+	headers := time.AfterFunc(a.wait, func() { stop(context.DeadlineExceeded) })
+	pb, err := a.peers.OpenBlob(pctx, a.key.Registry, a.key.Repository, a.key.Digest, a.skip)
+	headers.Stop()
+	if err == nil && pb.Body == nil {
+		err = fmt.Errorf("peer %s answered without a body", pb.Peer)
+	} else if err == nil && context.Cause(pctx) != nil {
+		pb.Body.Close()
+		err = context.Cause(pctx)
+	}
+	if err != nil {
+		stop(nil)
+		a.gaveUp = true
+		return fill.Body{}, fmt.Errorf("the peers: %w", err)
+	}
+	return fill.Body{
+		ReadCloser: pb.Body, Size: pb.Size, From: "peer " + pb.Peer, Peer: pb.Peer,
+		Done: func(_ int64, err error) {
+			if err == nil {
+				return
+			}
+			a.skip = append(a.skip, pb.Peer)
+			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) {
+				a.peers.Reject(pb.Peer, a.key.Digest)
+			}
+		},
+	}, nil
+}

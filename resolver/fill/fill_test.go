@@ -1,0 +1,181 @@
+package fill
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+)
+
+// gatedSource serves body, holding it after its first half until gate is closed.
+type gatedSource struct {
+	body []byte
+	gate chan struct{}
+	from string
+}
+
+func (s gatedSource) Open(ctx context.Context) (Body, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		half := len(s.body) / 2
+		pw.Write(s.body[:half])
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+		}
+		pw.Write(s.body[half:])
+		pw.Close()
+	}()
+	return Body{ReadCloser: pr, Size: int64(len(s.body)), From: s.from}, nil
+}
+
+// missingSource has nothing.
+type missingSource struct{}
+
+func (missingSource) Open(context.Context) (Body, error) {
+	return Body{}, errdefs.ErrNotFound
+}
+
+func newEngine(t *testing.T) (*Engine, *cache.Store) {
+	t.Helper()
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := New(store, Options{
+		FillTimeout: time.Minute, IdleTimeout: 10 * time.Second, MaxBlobSize: 1 << 30,
+		HoldWhole: -1, MaxFills: 4, QueueTimeout: time.Second, MaxAbandoned: 4,
+	})
+	t.Cleanup(e.Close)
+	return e, store
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestWriteToEndsWithSourceFailure has a download that fails verification written to two
+// clients, as the mirror does, one with WriteTo (sendfile from the ingest) and one through the
+// buffered way WriteTo falls back to without /proc: both get ErrSourceFailed, so the mirror can
+// tell the source's fault from the client's and abort the answer, and both wrote the same bytes,
+// none of them complete.
+func TestWriteToEndsWithSourceFailure(t *testing.T) {
+	t.Parallel()
+	e, store := newEngine(t)
+	want := randomBytes(t, 2*SmallBlob)
+	corrupt := bytes.Clone(want)
+	corrupt[len(corrupt)-1] ^= 1
+	src := gatedSource{body: corrupt, gate: make(chan struct{}), from: "upstream test"}
+	key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(want)}
+
+	f, err := e.Join(t.Context(), key, []Source{missingSource{}, src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Release()
+	if err := f.Started(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rc := f.Reader(t.Context(), 0, int64(len(want)), false)
+	rc2 := f.Reader(t.Context(), 0, int64(len(want)), false)
+	var buf2 bytes.Buffer
+	fallback := make(chan error, 1)
+	go func() {
+		_, err := rc2.(*reader).copyTo(&buf2)
+		fallback <- err
+	}()
+	close(src.gate)
+	var buf bytes.Buffer
+	n, err := rc.(io.WriterTo).WriteTo(&buf)
+	if !errors.Is(err, ErrSourceFailed) {
+		t.Fatalf("WriteTo of a corrupt download: %d bytes, %v; want ErrSourceFailed", n, err)
+	}
+	if n != int64(buf.Len()) || n >= int64(len(want)) {
+		t.Errorf("WriteTo reported %d bytes and wrote %d of a %d-byte blob", n, buf.Len(), len(want))
+	}
+	if err := <-fallback; !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("the buffered copy of a corrupt download: %v; want ErrSourceFailed", err)
+	}
+	if !bytes.Equal(buf.Bytes(), buf2.Bytes()) {
+		t.Errorf("WriteTo and its buffered fallback wrote different bytes (%d and %d)", buf.Len(), buf2.Len())
+	}
+	var mm *MismatchError
+	if _, err := f.Wait(t.Context()); !errors.As(err, &mm) || !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("the fill's error: %v; want a MismatchError", err)
+	}
+	if _, err := store.Info(t.Context(), key.Digest); !errdefs.IsNotFound(err) {
+		t.Errorf("the corrupt blob was cached: %v", err)
+	}
+}
+
+// TestSourcesInOrder: a fill passes over a source without the blob, and over one whose bytes
+// fail before any reached a reader, to the next, whose bytes it caches; each body is told how
+// its transfer ended.
+func TestSourcesInOrder(t *testing.T) {
+	t.Parallel()
+	e, store := newEngine(t)
+	want := randomBytes(t, 64<<10)
+	bad := bytes.Clone(want)
+	bad[0] ^= 1
+	var outcomes []error
+	done := func(_ int64, err error) { outcomes = append(outcomes, err) }
+	key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(want)}
+	f, err := e.Join(t.Context(), key, []Source{
+		missingSource{},
+		bodySource{body: bad, peer: "b", done: done},
+		bodySource{body: want, done: done},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Release()
+	if ended, err := f.Wait(t.Context()); !ended || err != nil {
+		t.Fatalf("fill: %v", err)
+	}
+	if st := f.State(); st.Peer != "" {
+		t.Errorf("the fill names peer %q as its source; the bytes came from the last source", st.Peer)
+	}
+	var mm *MismatchError
+	if len(outcomes) != 2 || !errors.As(outcomes[0], &mm) || outcomes[1] != nil {
+		t.Errorf("outcomes told to the bodies: %v; want a mismatch, then nil", outcomes)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(mustReaderAt(t, store, key.Digest), 0, int64(len(want))))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("cached bytes: %v, equal %v", err, bytes.Equal(got, want))
+	}
+}
+
+// bodySource serves body at once.
+type bodySource struct {
+	body []byte
+	peer string
+	done func(int64, error)
+}
+
+func (s bodySource) Open(context.Context) (Body, error) {
+	return Body{ReadCloser: io.NopCloser(bytes.NewReader(s.body)), Size: int64(len(s.body)), From: "test", Peer: s.peer, Done: s.done}, nil
+}
+
+func mustReaderAt(t *testing.T, store *cache.Store, dgst digest.Digest) io.ReaderAt {
+	t.Helper()
+	ra, err := store.ReaderAt(t.Context(), ocispec.Descriptor{Digest: dgst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ra.Close() })
+	return ra
+}

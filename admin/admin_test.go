@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/hosts"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
@@ -38,7 +39,7 @@ func newService(t *testing.T, beforeStart ...func(root string)) (*Service, *Clie
 		fn(store.Root())
 	}
 	sim := outage.New()
-	res, err := resolver.New(store, resolver.Options{NewClient: func(string, string) (resolver.Client, error) {
+	res, err := resolver.New(ctx, store, resolver.Options{NewClient: func(string, string) (endpoints.Client, error) {
 		return nil, errdefs.ErrNotImplemented
 	}})
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -112,13 +113,13 @@ func newDrillServiceWithPeers(t *testing.T, up *drillUpstream, peers resolver.Pe
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		UpstreamTimeout: 3 * time.Second,
 		Endpoints:       map[string][]string{drillRegistry: {up.URL}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
-		Health: resolver.HealthOptions{FailureThreshold: 100},
+		Health: endpoints.Health{FailureThreshold: 100},
 		Peers:  peers,
 	})
 	if err != nil {

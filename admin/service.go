@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/platforms"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/hosts"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -26,13 +27,13 @@ import (
 
 // Status is what `lifeboat status` shows.
 type Status struct {
-	Version   string                    `json:"version"`
-	StartedAt time.Time                 `json:"startedAt"`
-	Uptime    string                    `json:"uptime"`
-	Root      string                    `json:"root"`
-	Cache     CacheStatus               `json:"cache"`
-	Requests  RequestStatus             `json:"requests"`
-	Endpoints []resolver.EndpointStatus `json:"endpoints"`
+	Version   string             `json:"version"`
+	StartedAt time.Time          `json:"startedAt"`
+	Uptime    string             `json:"uptime"`
+	Root      string             `json:"root"`
+	Cache     CacheStatus        `json:"cache"`
+	Requests  RequestStatus      `json:"requests"`
+	Endpoints []endpoints.Status `json:"endpoints"`
 	// FailedRevalidations are the tags whose last revalidation failed, newest first, with why
 	// (the registry unreachable, or access denied, or the tag gone) and whether the cached tag
 	// was served stale or refused.
@@ -180,7 +181,7 @@ func (s *Service) Status(ctx context.Context) Status {
 
 // endpoints is the health of the upstream endpoints in use, and of the configured ones not
 // used yet: those count as up since the daemon started, as the resolver counts a new one.
-func (s *Service) endpoints() []resolver.EndpointStatus {
+func (s *Service) endpoints() []endpoints.Status {
 	eps := s.Resolver.Endpoints()
 	used := map[string]bool{}
 	for _, e := range eps {
@@ -191,12 +192,12 @@ func (s *Service) endpoints() []resolver.EndpointStatus {
 			continue
 		}
 		for _, u := range urls {
-			eps = append(eps, resolver.EndpointStatus{Registry: registry, Endpoint: u, Up: true, Since: s.StartedAt})
+			eps = append(eps, endpoints.Status{Registry: registry, Endpoint: u, Up: true, Since: s.StartedAt})
 		}
 	}
-	slices.SortStableFunc(eps, func(a, b resolver.EndpointStatus) int { return strings.Compare(a.Registry, b.Registry) })
+	slices.SortStableFunc(eps, func(a, b endpoints.Status) int { return strings.Compare(a.Registry, b.Registry) })
 	if eps == nil {
-		eps = []resolver.EndpointStatus{}
+		eps = []endpoints.Status{}
 	}
 	return eps
 }

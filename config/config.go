@@ -65,7 +65,7 @@ type Mirror struct {
 	Registries []string `toml:"registries"`
 	// AnyRegistry mirrors every registry a request names, listed or not: lifeboat then
 	// contacts whatever host a client of the mirror names (at most
-	// resolver.DefaultMaxOtherRegistries unlisted ones are kept at a time).
+	// endpoints.DefaultMaxOtherRegistries unlisted ones are kept at a time).
 	AnyRegistry bool `toml:"any_registry"`
 }
 

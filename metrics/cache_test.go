@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -37,10 +38,10 @@ lifeboat_cache_evicted_blobs_total 9
 	}
 }
 
-type fakeHealth []resolver.EndpointStatus
+type fakeHealth []endpoints.Status
 
-func (f fakeHealth) Endpoints() []resolver.EndpointStatus { return f }
-func (f fakeHealth) DigestMismatches() int64              { return 2 }
+func (f fakeHealth) Endpoints() []endpoints.Status { return f }
+func (f fakeHealth) DigestMismatches() int64       { return 2 }
 
 type fakeSim outage.Status
 
@@ -97,7 +98,7 @@ lifeboat_mirror_requests_total{code="404",method="HEAD",result="error",route="ma
 func TestUpstreamMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	u := NewUpstream(reg)
-	base := resolver.UpstreamRequest{Registry: "docker.io", Endpoint: "https://registry-1.docker.io"}
+	base := endpoints.Request{Registry: "docker.io", Endpoint: "https://registry-1.docker.io"}
 	for _, r := range []struct {
 		op  string
 		err error

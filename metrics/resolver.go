@@ -3,14 +3,14 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/outage"
-	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
 // Health is what the upstream collector reads; *resolver.Resolver provides it.
 type Health interface {
-	Endpoints() []resolver.EndpointStatus
+	Endpoints() []endpoints.Status
 	DigestMismatches() int64
 }
 

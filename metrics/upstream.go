@@ -5,9 +5,8 @@ import (
 	"errors"
 
 	"github.com/containerd/errdefs"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // Upstream counts lifeboat's requests to upstream registries. Pass its Observe as
@@ -40,7 +39,7 @@ func NewUpstream(reg prometheus.Registerer) *Upstream {
 }
 
 // Observe records one upstream request.
-func (u *Upstream) Observe(r resolver.UpstreamRequest) {
+func (u *Upstream) Observe(r endpoints.Request) {
 	u.requests.WithLabelValues(r.Registry, r.Endpoint, r.Op, upstreamResult(r.Err)).Inc()
 	u.duration.WithLabelValues(r.Registry, r.Endpoint, r.Op).Observe(r.Duration.Seconds())
 	if r.Bytes > 0 {

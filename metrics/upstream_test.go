@@ -4,10 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // TestUpstreamForget: the series of a forgotten endpoint go, those of the others stay.
@@ -16,8 +15,8 @@ func TestUpstreamForget(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	u := NewUpstream(reg)
 	for _, ep := range []string{"https://a.test", "https://b.test"} {
-		u.Observe(resolver.UpstreamRequest{Registry: ep[8:], Endpoint: ep, Op: "tags", Duration: time.Millisecond})
-		u.Observe(resolver.UpstreamRequest{Registry: ep[8:], Endpoint: ep, Op: "blob-body", Bytes: 10})
+		u.Observe(endpoints.Request{Registry: ep[8:], Endpoint: ep, Op: "tags", Duration: time.Millisecond})
+		u.Observe(endpoints.Request{Registry: ep[8:], Endpoint: ep, Op: "blob-body", Bytes: 10})
 	}
 	count := func() int {
 		n, err := testutil.GatherAndCount(reg)

@@ -9,8 +9,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
-	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
@@ -49,7 +49,7 @@ func (b byRoute) code(k oci.Kind) oci.ErrorCode {
 
 // errorClasses translates Backend errors into HTTP answers; the first class that matches wins,
 // and an error no class matches is an internal error (500 UNKNOWN, details only in the log).
-// A registry the backend does not mirror (resolver.ErrNotMirrored) is a 404 NAME_UNKNOWN
+// A registry the backend does not mirror (endpoints.ErrNotMirrored) is a 404 NAME_UNKNOWN
 // saying so, before these classes.
 //
 // The rule behind the statuses: containerd moves on to its next hosts.toml host on a 404 and on
@@ -98,7 +98,7 @@ func isTooManyFills(err error) bool { return errors.Is(err, fill.ErrTooManyFills
 // them gave, goes to the log. What it says of a simulated outage is kept, as drills need it
 // ("...: lifeboat simulated outage: blackhole").
 func fromBackend(err error, req request) *apiError {
-	if errors.Is(err, resolver.ErrNotMirrored) {
+	if errors.Is(err, endpoints.ErrNotMirrored) {
 		return newAPIError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+req.Registry+" is not mirrored by this lifeboat")
 	}
 	for _, c := range errorClasses {

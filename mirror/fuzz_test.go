@@ -131,9 +131,9 @@ func newMirroredOnly(f *testing.F, registries ...string) (http.Handler, *atomic.
 	for _, reg := range registries {
 		endpoints[reg] = []string{"https://" + reg + ".mem.test"}
 	}
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		Endpoints: endpoints,
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			c := &emptyUpstream{endpoint: endpoint}
 			if !slices.Contains(registries, registry) {
 				c.contact = contact

@@ -28,6 +28,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -50,11 +51,11 @@ func newResolver(t *testing.T, endpoint string) *resolver.Resolver {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		// Generous: megabytes of manifests under the race detector, with parallel packages.
 		UpstreamTimeout: 10 * time.Second,
 		Endpoints:       map[string][]string{"docker.io": {endpoint}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 	})

@@ -20,6 +20,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -171,10 +172,10 @@ func newDaemonResolver(t *testing.T, url string) *resolver.Resolver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := resolver.New(store, resolver.Options{
+	r, err := resolver.New(ctx, store, resolver.Options{
 		IdleTimeout: time.Second,
 		Endpoints:   map[string][]string{"registry.test": {url}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/mirror"
@@ -46,14 +47,14 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	t.Cleanup(func() { store.Close() })
 	reg := prometheus.NewRegistry()
 	upMetrics := metrics.NewUpstream(reg)
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		// docker.io is served by a live registry; down.test by a closed port.
 		Endpoints: map[string][]string{"docker.io": {up.URL}, "down.test": {"http://" + closed[0]}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 		ObserveUpstream: upMetrics.Observe,
-		Health:          resolver.HealthOptions{FailureThreshold: 1, ProbeInterval: time.Millisecond},
+		Health:          endpoints.Health{FailureThreshold: 1, ProbeInterval: time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)

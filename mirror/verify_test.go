@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -113,11 +114,11 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		UpstreamTimeout:  10 * time.Second, // generous: tests run in parallel under -race
 		VerifyBeforeSend: verifyBeforeSend,
 		Endpoints:        map[string][]string{"registry.test": {up.URL}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 	})

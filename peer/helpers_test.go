@@ -24,6 +24,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -121,13 +122,13 @@ func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := resolver.New(store, resolver.Options{
+	r, err := resolver.New(ctx, store, resolver.Options{
 		UpstreamTimeout:  3 * time.Second, // generous: tests run in parallel under -race on 2 cores
 		IdleTimeout:      5 * time.Second,
 		FillTimeout:      time.Minute,
 		VerifyBeforeSend: -1,
 		Endpoints:        map[string][]string{testRegistry: {up.URL}},
-		NewClient: func(registry, endpoint string) (resolver.Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 		Peers: peers,

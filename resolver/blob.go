@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
@@ -31,10 +32,10 @@ func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dg
 }
 
 // headBlob asks the registry for a blob's size.
-func (r *Resolver) headBlob(ctx context.Context, eps []*endpoint, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
+func (r *Resolver) headBlob(ctx context.Context, eps []*endpoints.Endpoint, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
 	hctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
-	size, _, err := try(hctx, eps, "head-blob", func(ctx context.Context, c Client) (int64, error) {
+	size, _, err := endpoints.Try(hctx, eps, "head-blob", func(ctx context.Context, c endpoints.Client) (int64, error) {
 		return c.HeadBlob(ctx, repository, dgst)
 	})
 	if err != nil {
@@ -44,14 +45,14 @@ func (r *Resolver) headBlob(ctx context.Context, eps []*endpoint, registry, repo
 }
 
 // blobArgs checks a blob request's names and returns the registry's endpoints.
-func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
+func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoints.Endpoint, error) {
 	if err := checkRepository(repository); err != nil {
 		return nil, err
 	}
 	if err := checkDigest(dgst); err != nil {
 		return nil, err
 	}
-	return r.endpoints(registry)
+	return r.upstreams.Get(registry)
 }
 
 // Blob opens a blob for reading: from the cache, or by starting (or joining) the one fill of
@@ -79,7 +80,7 @@ const maxPeerAttempts = 3
 
 // blobSources are where a fill of key gets its bytes: the peers, when there are (each attempt
 // leaving out the peers that failed the ones before), then the registry's endpoints.
-func (r *Resolver) blobSources(key fill.Key, eps []*endpoint, peers Peers) []fill.Source {
+func (r *Resolver) blobSources(key fill.Key, eps []*endpoints.Endpoint, peers Peers) []fill.Source {
 	up := registrySource{eps: eps, key: key, wait: r.opts.UpstreamTimeout, mismatches: &r.digestMismatches}
 	if peers == nil {
 		return []fill.Source{up}
@@ -169,7 +170,7 @@ func keyOf(repoKey string, dgst digest.Digest) fill.Key {
 // registrySource is a blob from a registry: the first of its endpoints that answers, within
 // the upstream timeout.
 type registrySource struct {
-	eps        []*endpoint
+	eps        []*endpoints.Endpoint
 	key        fill.Key
 	wait       time.Duration
 	mismatches *atomic.Int64
@@ -183,7 +184,7 @@ func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
 		body io.ReadCloser
 		size int64
 	}
-	g, ep, err := try(hctx, s.eps, "get-blob", func(ctx context.Context, c Client) (got, error) {
+	g, ep, err := endpoints.Try(hctx, s.eps, "get-blob", func(ctx context.Context, c endpoints.Client) (got, error) {
 		body, size, err := c.GetBlob(ctx, s.key.Repository, s.key.Digest)
 		return got{body, size}, err
 	})
@@ -193,9 +194,9 @@ func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
 	}
 	start := time.Now()
 	return fill.Body{
-		ReadCloser: g.body, Size: g.size, From: "upstream " + ep.client.Endpoint(),
+		ReadCloser: g.body, Size: g.size, From: "upstream " + ep.Name(),
 		Done: func(n int64, err error) {
-			ep.report(UpstreamRequest{Op: "blob-body", Duration: time.Since(start), Bytes: n})
+			ep.Report(endpoints.Request{Op: "blob-body", Duration: time.Since(start), Bytes: n})
 			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) {
 				s.mismatches.Add(1)
 			}

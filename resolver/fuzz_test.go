@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // FuzzParseImageRef: any string either is refused or normalizes to a reference that parses
@@ -140,9 +141,9 @@ func FuzzPlanPull(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer store.Close()
-		r, err := New(store, Options{
+		r, err := New(t.Context(), store, Options{
 			Endpoints: map[string][]string{testRegistry: {"https://mem.test"}},
-			NewClient: func(string, string) (Client, error) { return up, nil },
+			NewClient: func(string, string) (endpoints.Client, error) { return up, nil },
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -221,7 +222,7 @@ func FuzzPlanPull(f *testing.F) {
 	})
 }
 
-// memUpstream is FuzzPlanPull's upstream: a Client over documents held in memory.
+// memUpstream is FuzzPlanPull's upstream: a endpoints.Client over documents held in memory.
 type memUpstream struct {
 	final    [][]byte                 // the documents, with their references filled in
 	docs     map[digest.Digest][]byte // by true digest
@@ -230,7 +231,7 @@ type memUpstream struct {
 	requests atomic.Int64
 }
 
-var _ Client = (*memUpstream)(nil)
+var _ endpoints.Client = (*memUpstream)(nil)
 
 func newMemUpstream(input []byte) *memUpstream {
 	tmpl := bytes.SplitN(input, []byte("\n--\n"), 8)

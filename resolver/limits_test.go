@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -39,10 +40,10 @@ func newLimitedResolver(t *testing.T, url, root string, maxSize int64, opts Opti
 		opts.VerifyBeforeSend = -1 // streamed: abandoned fills have readers that got bytes
 	}
 	opts.Endpoints = map[string][]string{testRegistry: {url}}
-	opts.NewClient = func(registry, endpoint string) (Client, error) {
+	opts.NewClient = func(registry, endpoint string) (endpoints.Client, error) {
 		return upstream.New(registry, endpoint, upstream.Options{})
 	}
-	r, err := New(store, opts)
+	r, err := New(t.Context(), store, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
@@ -105,14 +106,14 @@ func newManifestResolver(t *testing.T, url string, set func(*Options)) (*Resolve
 	opts := Options{
 		UpstreamTimeout: 10 * time.Second, // not what any case here depends on
 		Endpoints:       map[string][]string{testRegistry: {url}},
-		NewClient: func(registry, endpoint string) (Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 	}
 	if set != nil {
 		set(&opts)
 	}
-	r, err := New(store, opts)
+	r, err := New(t.Context(), store, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

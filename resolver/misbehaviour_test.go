@@ -25,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -219,8 +220,8 @@ func TestExtraBytesAfterTheBody(t *testing.T) {
 	}
 }
 
-// TestClientSizeGuard: a Client whose bodies run past the size it reported (net/http never
-// does; another Client might) fails the fill instead of caching the longer body.
+// TestClientSizeGuard: a endpoints.Client whose bodies run past the size it reported (net/http never
+// does; another endpoints.Client might) fails the fill instead of caching the longer body.
 func TestClientSizeGuard(t *testing.T) {
 	t.Parallel()
 	blob := make([]byte, 4<<10)
@@ -230,10 +231,10 @@ func TestClientSizeGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(store, Options{
+	r, err := New(t.Context(), store, Options{
 		IdleTimeout: time.Second,
 		Endpoints:   map[string][]string{testRegistry: {"https://short.test"}},
-		NewClient:   func(string, string) (Client, error) { return shortSizeClient{blob: blob}, nil },
+		NewClient:   func(string, string) (endpoints.Client, error) { return shortSizeClient{blob: blob}, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -250,8 +251,8 @@ func TestClientSizeGuard(t *testing.T) {
 
 // shortSizeClient serves blob, and reports it 1000 bytes shorter than it is.
 type shortSizeClient struct {
-	Client // nil: only GetBlob is called
-	blob   []byte
+	endpoints.Client // nil: only GetBlob is called
+	blob             []byte
 }
 
 func (c shortSizeClient) Endpoint() string { return "https://short.test" }
@@ -357,11 +358,11 @@ func newBareResolver(t *testing.T, url string) (*Resolver, *cache.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(store, Options{
+	r, err := New(t.Context(), store, Options{
 		UpstreamTimeout: 10 * time.Second,
 		IdleTimeout:     time.Second,
 		Endpoints:       map[string][]string{testRegistry: {url}},
-		NewClient: func(registry, endpoint string) (Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 	})

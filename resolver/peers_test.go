@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // peerNode is another lifeboat of the cluster, in process: a real resolver over its own cache.
@@ -540,7 +541,7 @@ func TestNotSharedRegistry(t *testing.T) {
 	_, merr := pv.Manifest(ctx, testRegistry, "app", "v1")
 	_, _, terr := pv.Tags(ctx, testRegistry, "app")
 	for _, err := range []error{berr, merr, terr} {
-		if !errors.Is(err, ErrNotMirrored) || !errdefs.IsNotFound(err) {
+		if !errors.Is(err, endpoints.ErrNotMirrored) || !errdefs.IsNotFound(err) {
 			t.Errorf("a peer's request for a registry not shared: %v, want not mirrored", err)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
@@ -36,7 +37,7 @@ func (r *Resolver) ForPeers() PeerView { return PeerView{r: r} }
 func (v PeerView) Coalescing() PeerView { return PeerView{r: v.r, coalesce: true} }
 
 // notSharedError refuses a peer's request for a registry whose content is not shared.
-// errors.Is(err, ErrNotMirrored) and errdefs.IsNotFound(err) both hold: to peers the registry
+// errors.Is(err, endpoints.ErrNotMirrored) and errdefs.IsNotFound(err) both hold: to peers the registry
 // is not mirrored.
 type notSharedError struct{ registry string }
 
@@ -45,19 +46,19 @@ func (e notSharedError) Error() string {
 }
 
 func (e notSharedError) Is(target error) bool {
-	return target == ErrNotMirrored || target == errdefs.ErrNotFound
+	return target == endpoints.ErrNotMirrored || target == errdefs.ErrNotFound
 }
 
 // endpoints refuses a registry that is not shared, then one that is not mirrored; it returns
 // the registry's endpoints (for a coalesced fill).
-func (v PeerView) endpoints(registry, repository string) ([]*endpoint, error) {
+func (v PeerView) endpoints(registry, repository string) ([]*endpoints.Endpoint, error) {
 	if !v.r.shared(registry) {
 		return nil, notSharedError{registry}
 	}
 	if err := checkRepository(repository); err != nil {
 		return nil, err
 	}
-	return v.r.endpoints(registry)
+	return v.r.upstreams.Get(registry)
 }
 
 // notHeld is the error of a peer's request for what this node does not hold.
@@ -140,7 +141,7 @@ func (v PeerView) Blob(ctx context.Context, registry, repository string, dgst di
 	return v.r.fillBlob(ctx, key, v.r.blobSources(key, eps, nil), true)
 }
 
-func (v PeerView) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoint, error) {
+func (v PeerView) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoints.Endpoint, error) {
 	eps, err := v.endpoints(registry, repository)
 	if err != nil {
 		return nil, err

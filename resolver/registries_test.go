@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -47,16 +48,16 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 	}
 	t.Cleanup(func() { store.Close() })
 	var clients, observed atomic.Int64
-	r, err := New(store, Options{
+	r, err := New(t.Context(), store, Options{
 		Endpoints:       map[string][]string{testRegistry: {"http://" + target}},
 		Registries:      []string{"ghcr.io"},
 		UpstreamTimeout: 2 * time.Second,
-		NewClient: func(registry, endpoint string) (Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			clients.Add(1)
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
-		ObserveUpstream: func(UpstreamRequest) { observed.Add(1) },
-		Health:          HealthOptions{FailureThreshold: 1, ProbeInterval: time.Millisecond},
+		ObserveUpstream: func(endpoints.Request) { observed.Add(1) },
+		Health:          endpoints.Health{FailureThreshold: 1, ProbeInterval: time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +88,8 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 		for _, reg := range []string{"127.0.0.1:" + port, "localhost:" + port, fmt.Sprintf("unlisted-%d.test", i), "quay.io"} {
 			for name, call := range calls {
 				err := call(reg)
-				if !errors.Is(err, ErrNotMirrored) || !errdefs.IsNotFound(err) {
-					t.Fatalf("%s of %s: %v, want ErrNotMirrored", name, reg, err)
+				if !errors.Is(err, endpoints.ErrNotMirrored) || !errdefs.IsNotFound(err) {
+					t.Fatalf("%s of %s: %v, want endpoints.ErrNotMirrored", name, reg, err)
 				}
 				if want := "registry " + reg + " is not mirrored by this lifeboat"; err.Error() != want {
 					t.Fatalf("%s of %s: %q, want %q", name, reg, err, want)
@@ -111,7 +112,7 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 	waitGoroutines(t, "after the refused requests", baseline)
 
 	// The listed ones are mirrored: the configured endpoint (the counting listener) is dialled.
-	if _, err := r.Manifest(ctx, testRegistry, "x", "latest"); errors.Is(err, ErrNotMirrored) {
+	if _, err := r.Manifest(ctx, testRegistry, "x", "latest"); errors.Is(err, endpoints.ErrNotMirrored) {
 		t.Fatalf("a listed registry refused: %v", err)
 	}
 	if accepts.Load() == 0 {
@@ -126,25 +127,25 @@ func TestListedRegistryNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	newClient := func(string, string) (Client, error) { return &downClient{endpoint: "https://x"}, nil }
+	newClient := func(string, string) (endpoints.Client, error) { return &downClient{endpoint: "https://x"}, nil }
 	for _, bad := range []Options{
 		{Registries: []string{"../../x"}},
 		{Registries: []string{""}},
 		{Endpoints: map[string][]string{"a b": {"https://x"}}},
 	} {
 		bad.NewClient = newClient
-		if _, err := New(store, bad); !errdefs.IsInvalidArgument(err) {
+		if _, err := New(t.Context(), store, bad); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("New(%+v): %v, want an invalid argument", bad, err)
 		}
 	}
 	// Names are taken in any spelling NormalizeHost accepts.
-	r, err := New(store, Options{Registries: []string{"GHCR.io", "index.docker.io"}, NewClient: newClient})
+	r, err := New(t.Context(), store, Options{Registries: []string{"GHCR.io", "index.docker.io"}, NewClient: newClient})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	for _, reg := range []string{"ghcr.io", "docker.io"} {
-		if _, _, err := r.Tags(t.Context(), reg, "x"); errors.Is(err, ErrNotMirrored) {
+		if _, _, err := r.Tags(t.Context(), reg, "x"); errors.Is(err, endpoints.ErrNotMirrored) {
 			t.Errorf("%s: %v", reg, err)
 		}
 	}
@@ -183,8 +184,9 @@ func (c *downClient) Referrers(context.Context, string, digest.Digest, string) (
 func (c *downClient) CloseIdleConnections() { c.idleClose.Add(1) }
 
 // TestAnyRegistryIsBounded mirrors any registry: the unlisted ones in use are capped (the least
-// recently used forgotten: status, metrics, probe and idle connections), and a down one left
-// idle is forgotten by its own probe, which ends. A listed registry is kept whatever happens.
+// recently used forgotten: status, metrics, probe and idle connections). A listed registry is
+// kept whatever happens. (endpoints' TestIdleRegistriesForgotten: a down one left idle is
+// forgotten by its own probe, which ends.)
 // Not parallel: it counts the process's goroutines.
 func TestAnyRegistryIsBounded(t *testing.T) {
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
@@ -196,12 +198,12 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 	clients := map[string]*downClient{}
 	forgotten := map[string]bool{}
 	const maxOthers = 3
-	r, err := New(store, Options{
+	r, err := New(t.Context(), store, Options{
 		Registries:         []string{testRegistry},
 		AnyRegistry:        true,
 		MaxOtherRegistries: maxOthers,
 		OtherRegistryIdle:  time.Hour, // no forgetting for idleness in the first part
-		NewClient: func(registry, endpoint string) (Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			c := &downClient{endpoint: endpoint}
@@ -213,7 +215,7 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 			defer mu.Unlock()
 			forgotten[registry+" "+endpoint] = true
 		},
-		Health: HealthOptions{FailureThreshold: 1, ProbeInterval: time.Millisecond, ProbeMaxInterval: 2 * time.Millisecond},
+		Health: endpoints.Health{FailureThreshold: 1, ProbeInterval: time.Millisecond, ProbeMaxInterval: 2 * time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +237,7 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 	}
 	const others = 20
 	for i := range others {
-		if _, _, err := r.Tags(ctx, fmt.Sprintf("other-%02d.test", i), "x"); !errdefs.IsNotFound(err) || errors.Is(err, ErrNotMirrored) {
+		if _, _, err := r.Tags(ctx, fmt.Sprintf("other-%02d.test", i), "x"); !errdefs.IsNotFound(err) || errors.Is(err, endpoints.ErrNotMirrored) {
 			t.Fatalf("tags of other-%02d.test: %v", i, err)
 		}
 		if regs := registriesInUse(); len(regs) > maxOthers+1 || !slices.Contains(regs, testRegistry) {
@@ -272,18 +274,5 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 	waitFor(t, "the listed registry's probe to ping again", func() bool { return clients[testRegistry].pings.Load() > listedPings+5 })
 	if n := forgottenClient.pings.Load(); n != pings {
 		t.Errorf("a forgotten endpoint was pinged %d more times", n-pings)
-	}
-
-	// Idle: the unlisted registries left unasked are forgotten by their probes, which end; the
-	// listed one stays, probing.
-	r.regMu.Lock()
-	r.opts.OtherRegistryIdle = time.Millisecond
-	r.regMu.Unlock()
-	waitFor(t, "idle registries to be forgotten", func() bool { return slices.Equal(registriesInUse(), []string{testRegistry}) })
-	waitGoroutines(t, "probes of idle registries", baseline+1)
-	mu.Lock()
-	defer mu.Unlock()
-	if len(forgotten) != others {
-		t.Errorf("%d registries forgotten, want %d", len(forgotten), others)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
@@ -50,13 +50,13 @@ type Options struct {
 	// mirrored.
 	Endpoints map[string][]string
 	// Registries are mirrored too, with oci.DefaultEndpoints unless Endpoints lists theirs. A
-	// registry in neither is refused with ErrNotMirrored before any upstream is contacted
+	// registry in neither is refused with endpoints.ErrNotMirrored before any upstream is contacted
 	// (the daemon's default list is config.DefaultRegistries).
 	Registries []string
 	// AnyRegistry mirrors every registry a request names, listed or not, with
 	// oci.DefaultEndpoints for those not listed. At most MaxOtherRegistries unlisted registries
-	// (default DefaultMaxOtherRegistries) are kept at once, the least recently used forgotten
-	// first; one unasked for OtherRegistryIdle (default DefaultOtherRegistryIdle) is forgotten
+	// (default endpoints.DefaultMaxOtherRegistries) are kept at once, the least recently used forgotten
+	// first; one unasked for OtherRegistryIdle (default endpoints.DefaultOtherRegistryIdle) is forgotten
 	// by the probe of its down endpoints, which then ends.
 	AnyRegistry        bool
 	MaxOtherRegistries int
@@ -65,11 +65,11 @@ type Options struct {
 	// forgets, so that what the metrics keep by registry and endpoint can go too.
 	ForgetUpstream func(registry, endpoint string)
 	// NewClient makes the client of one endpoint of a registry.
-	NewClient func(registry, endpoint string) (Client, error)
+	NewClient func(registry, endpoint string) (endpoints.Client, error)
 	// Health tunes the circuit breakers.
-	Health HealthOptions
+	Health endpoints.Health
 	// ObserveUpstream, when set, is called after every upstream request (for metrics).
-	ObserveUpstream func(UpstreamRequest)
+	ObserveUpstream func(endpoints.Request)
 	// MaxBlobSize is the largest blob a fill accepts (default DefaultMaxBlobSize): a larger
 	// Content-Length is refused before a byte is written, and a body without one is cut off
 	// once it passes the limit. Either is errdefs.ErrResourceExhausted, and nothing is cached.
@@ -150,40 +150,27 @@ func (o *Options) setDefaults() {
 	if o.MaxAbandonedFills <= 0 {
 		o.MaxAbandonedFills = DefaultMaxAbandonedFills
 	}
-	if o.MaxOtherRegistries <= 0 {
-		o.MaxOtherRegistries = DefaultMaxOtherRegistries
-	}
-	if o.OtherRegistryIdle <= 0 {
-		o.OtherRegistryIdle = DefaultOtherRegistryIdle
-	}
-	o.Health.setDefaults()
 }
 
 // Resolver answers the registry mirror and the CLI. It is safe for concurrent use.
 //
 // Errors: errdefs.ErrNotFound when the thing is neither cached nor obtainable from upstream
 // (including every upstream being down, and a registry it does not mirror, which is also
-// ErrNotMirrored); errdefs.ErrInvalidArgument for malformed names,
+// endpoints.ErrNotMirrored); errdefs.ErrInvalidArgument for malformed names,
 // references or digests; errdefs.ErrFailedPrecondition when upstream content fails
 // verification or is too large; anything else is an internal error.
 type Resolver struct {
 	store *cache.Store
 	local Local
 	opts  Options
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	// ctx is the parent of the fills, which outlive the requests that start them; Close
-	// cancels it.
+	// ctx is the parent of the upstream requests merged by upstreamOnce, which outlive the
+	// requests that start them; Close cancels it.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	listed     map[string][]string // the registries mirrored, with their endpoint URLs
-	notShared  map[string]bool     // registries whose content never crosses nodes
-	regMu      sync.Mutex
-	registries map[string]*registryEndpoints // in use
-	closed     bool                          // under regMu
-
-	fills *fill.Engine
+	upstreams *endpoints.Table
+	notShared map[string]bool // registries whose content never crosses nodes
+	fills     *fill.Engine
 
 	// manifestFlights merges concurrent upstream requests for one manifest (see upstreamOnce).
 	manifestFlights singleflight.Group
@@ -192,8 +179,9 @@ type Resolver struct {
 	digestMismatches atomic.Int64
 }
 
-// New returns a Resolver over store. Close it to stop its background work.
-func New(store *cache.Store, opts Options) (*Resolver, error) {
+// New returns a Resolver over store, having removed the downloads a previous run left
+// unfinished. Close it to stop its background work.
+func New(ctx context.Context, store *cache.Store, opts Options) (*Resolver, error) {
 	opts.setDefaults()
 	switch opts.Policy {
 	case PolicyUpstreamFirst, PolicyCacheFirst:
@@ -205,21 +193,28 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 	default:
 		return nil, fmt.Errorf("on_denied %q: %w", opts.OnDenied, errdefs.ErrInvalidArgument)
 	}
-	if opts.NewClient == nil {
-		return nil, fmt.Errorf("resolver needs a client factory: %w", errdefs.ErrInvalidArgument)
-	}
-	listed, err := listRegistries(opts)
-	if err != nil {
-		return nil, err
-	}
 	notShared, err := notSharedRegistries(opts.NotShared)
 	if err != nil {
 		return nil, err
 	}
-	r := &Resolver{
-		store: store, local: Local{store}, opts: opts, stop: make(chan struct{}), listed: listed, notShared: notShared,
-		registries: map[string]*registryEndpoints{},
+	if err := abortLeftovers(ctx, store); err != nil {
+		return nil, err
 	}
+	upstreams, err := endpoints.New(endpoints.Options{
+		Endpoints:          opts.Endpoints,
+		Registries:         opts.Registries,
+		AnyRegistry:        opts.AnyRegistry,
+		MaxOtherRegistries: opts.MaxOtherRegistries,
+		OtherRegistryIdle:  opts.OtherRegistryIdle,
+		Forget:             opts.ForgetUpstream,
+		NewClient:          opts.NewClient,
+		Health:             opts.Health,
+		Observe:            opts.ObserveUpstream,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &Resolver{store: store, local: Local{store}, opts: opts, upstreams: upstreams, notShared: notShared}
 	r.fills = fill.New(store, fill.Options{
 		FillTimeout:  opts.FillTimeout,
 		IdleTimeout:  opts.IdleTimeout,
@@ -230,18 +225,7 @@ func New(store *cache.Store, opts Options) (*Resolver, error) {
 		MaxAbandoned: opts.MaxAbandonedFills,
 		Committed:    r.announceCached,
 	})
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	for registry, urls := range listed {
-		if len(urls) == 0 {
-			continue // a registry with the default endpoints: created on first use
-		}
-		if _, err := r.endpoints(registry); err != nil {
-			return nil, err
-		}
-	}
-	if err := r.abortLeftovers(context.Background()); err != nil {
-		return nil, err
-	}
+	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return r, nil
 }
 
@@ -253,8 +237,8 @@ const (
 )
 
 // abortLeftovers removes the ingests of fills and manifest writes a crash interrupted.
-func (r *Resolver) abortLeftovers(ctx context.Context) error {
-	sts, err := r.store.ListStatuses(ctx)
+func abortLeftovers(ctx context.Context, store *cache.Store) error {
+	sts, err := store.ListStatuses(ctx)
 	if err != nil {
 		return fmt.Errorf("list ingests: %w", err)
 	}
@@ -263,7 +247,7 @@ func (r *Resolver) abortLeftovers(ctx context.Context) error {
 		if !strings.HasPrefix(st.Ref, fill.RefPrefix) && !strings.HasPrefix(st.Ref, manifestRefPrefix) {
 			continue
 		}
-		if err := r.store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+		if err := store.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("remove interrupted ingest %q: %w", st.Ref, err)
 		}
 		n++
@@ -277,15 +261,18 @@ func (r *Resolver) abortLeftovers(ctx context.Context) error {
 // Close stops the health probes, cancels the blob fills in progress (their ingests are
 // removed; nothing partial is cached) and waits for them to end.
 func (r *Resolver) Close() error {
-	r.regMu.Lock()
-	r.closed = true
-	r.regMu.Unlock()
-	close(r.stop)
+	r.upstreams.Close()
 	r.cancel()
 	r.fills.Close()
-	r.wg.Wait()
 	return nil
 }
+
+// Endpoints reports the health of every upstream endpoint in use.
+func (r *Resolver) Endpoints() []endpoints.Status { return r.upstreams.Statuses() }
+
+// ProbeNow makes every down endpoint probe its upstream at once, as when a simulated outage
+// ends, instead of at the next step of its backoff.
+func (r *Resolver) ProbeNow() { r.upstreams.ProbeNow() }
 
 // DigestMismatches counts upstream blobs that failed verification and were not cached.
 func (r *Resolver) DigestMismatches() int64 { return r.digestMismatches.Load() }
@@ -322,7 +309,7 @@ func (r *Resolver) manifest(ctx context.Context, registry, repository, reference
 	if err := checkRepository(repository); err != nil {
 		return Manifest{}, err
 	}
-	eps, err := r.endpoints(registry)
+	eps, err := r.upstreams.Get(registry)
 	if err != nil {
 		return Manifest{}, err
 	}
@@ -338,7 +325,7 @@ func (r *Resolver) manifest(ctx context.Context, registry, repository, reference
 
 // manifestByDigest serves an immutable manifest: from the cache when present under the
 // repository, else from the peers or the upstream, cached on the way.
-func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
+func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoints.Endpoint, registry, repo string, dgst digest.Digest, withBody bool) (Manifest, error) {
 	repoKey := registry + "/" + repo
 	if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{DescriptorOnly: !withBody}); err == nil {
 		m.Status = Hit
@@ -360,7 +347,7 @@ func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoint, regist
 // when the upstream cannot be reached, and refuse (by default: Options.OnDenied) when it
 // answers that the repository is denied. When the upstream cannot be reached the peers'
 // records may answer instead (see tagFromPeers).
-func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry, repo, tag string, withBody bool) (Manifest, error) {
+func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoints.Endpoint, registry, repo, tag string, withBody bool) (Manifest, error) {
 	repoKey := registry + "/" + repo
 	name := repoKey + ":" + tag
 	ref, refErr := r.store.GetRef(ctx, name)
@@ -383,7 +370,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 		}
 		if cached && ref.Target.Digest == desc.Digest {
 			if m, err := r.local.Manifest(ctx, repoKey, ref.Target, Read{DescriptorOnly: !withBody}); err == nil {
-				if err := r.store.SetRefAt(ctx, name, ref.Target, ep.client.Endpoint(), date); err != nil {
+				if err := r.store.SetRefAt(ctx, name, ref.Target, ep.Name(), date); err != nil {
 					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 				}
 				r.revalidations.succeeded(name)
@@ -394,13 +381,13 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 		}
 		m, ferr := r.fetchManifest(ctx, eps, registry, repo, desc.Digest)
 		if ferr != nil {
-			if cached && (isEndpointFailure(ferr) || isDenied(ferr)) {
+			if cached && (endpoints.IsFailure(ferr) || isDenied(ferr)) {
 				err = ferr // upstream failed, or denied, between HEAD and GET: see below
 				break
 			}
 			return Manifest{}, notFoundIfDown(ferr, "manifest "+name)
 		}
-		if err := r.store.SetRefAt(ctx, name, m.Descriptor, ep.client.Endpoint(), date); err != nil {
+		if err := r.store.SetRefAt(ctx, name, m.Descriptor, ep.Name(), date); err != nil {
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
 		}
 		r.revalidations.succeeded(name)
@@ -445,14 +432,14 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoint, registry,
 
 // headTag asks the upstream for the tag's descriptor: one request for all the callers asking at
 // once. date is the registry's Date header of the answer (zero when it sent none).
-func (r *Resolver) headTag(ctx context.Context, eps []*endpoint, repo, name, tag string) (_ ocispec.Descriptor, _ *endpoint, date time.Time, _ error) {
+func (r *Resolver) headTag(ctx context.Context, eps []*endpoints.Endpoint, repo, name, tag string) (_ ocispec.Descriptor, _ *endpoints.Endpoint, date time.Time, _ error) {
 	type head struct {
 		desc ocispec.Descriptor
 		date time.Time
-		ep   *endpoint
+		ep   *endpoints.Endpoint
 	}
 	h, err := upstreamOnce(ctx, r, "head "+name, func(ctx context.Context) (head, error) {
-		h, ep, err := try(ctx, eps, "head-manifest", func(ctx context.Context, c Client) (head, error) {
+		h, ep, err := endpoints.Try(ctx, eps, "head-manifest", func(ctx context.Context, c endpoints.Client) (head, error) {
 			desc, date, err := c.HeadManifest(ctx, repo, tag)
 			return head{desc: desc, date: date}, err
 		})
@@ -473,7 +460,7 @@ func notFoundIfDown(err error, what string) error {
 	if errdefs.IsResourceExhausted(err) {
 		return fmt.Errorf("%s cannot be cached: %w", what, err)
 	}
-	if isEndpointFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
+	if endpoints.IsFailure(err) || errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
 		return fmt.Errorf("%s: %w (%s): %w", what, ErrNotCached, errmsg.Sentence(err), errdefs.ErrNotFound)
 	}
 	return err
@@ -485,7 +472,7 @@ func notFoundIfDown(err error, what string) error {
 //
 // The peers, when the registry is shared, are asked first: a manifest they provide has the
 // status Peer.
-func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
+func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoints.Endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
 	if err := checkDigest(dgst); err != nil {
 		return Manifest{}, err
 	}
@@ -510,12 +497,12 @@ func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoint, registry,
 
 // downloadManifest gets a manifest by digest from upstream, verifies it with its digest's own
 // algorithm (sha256 or sha512) and caches it.
-func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
+func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoints.Endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
 	type got struct {
 		desc ocispec.Descriptor
 		body []byte
 	}
-	g, _, err := try(ctx, eps, "get-manifest", func(ctx context.Context, c Client) (got, error) {
+	g, _, err := endpoints.Try(ctx, eps, "get-manifest", func(ctx context.Context, c endpoints.Client) (got, error) {
 		desc, body, err := c.GetManifest(ctx, repo, dgst.String())
 		return got{desc, body}, err
 	})
@@ -555,12 +542,12 @@ func (r *Resolver) Tags(ctx context.Context, registry, repository string) ([]str
 	if err := checkRepository(repository); err != nil {
 		return nil, "", err
 	}
-	eps, err := r.endpoints(registry)
+	eps, err := r.upstreams.Get(registry)
 	if err != nil {
 		return nil, "", err
 	}
 	tctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
-	tags, _, err := try(tctx, eps, "tags", func(ctx context.Context, c Client) ([]string, error) {
+	tags, _, err := endpoints.Try(tctx, eps, "tags", func(ctx context.Context, c endpoints.Client) ([]string, error) {
 		return c.Tags(ctx, repository)
 	})
 	cancel()
@@ -601,7 +588,7 @@ func (r *Resolver) Referrers(ctx context.Context, registry, repository string, d
 	idx := emptyIndex()
 	rctx, cancel := context.WithTimeout(ctx, r.opts.UpstreamTimeout)
 	defer cancel()
-	body, _, err := try(rctx, eps, "referrers", func(ctx context.Context, c Client) ([]byte, error) {
+	body, _, err := endpoints.Try(rctx, eps, "referrers", func(ctx context.Context, c endpoints.Client) ([]byte, error) {
 		b, _, err := c.Referrers(ctx, repository, dgst, artifactType)
 		return b, err
 	})

@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -179,16 +180,16 @@ func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolv
 }
 
 // testHealth is the circuit breaker of the test resolvers: quick to open and to probe.
-var testHealth = HealthOptions{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}
+var testHealth = endpoints.Health{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}
 
 // newTestResolverWithHealth is newTestResolver with the circuit breaker tuned by health.
-func newTestResolverWithHealth(t *testing.T, policy string, health HealthOptions, ups ...*testUpstream) (*Resolver, *cache.Store) {
+func newTestResolverWithHealth(t *testing.T, policy string, health endpoints.Health, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
 	return newTestResolverAt(t, t.TempDir(), policy, health, ups...)
 }
 
 // newTestResolverAt is newTestResolver over the cache at root, with the circuit breaker health.
-func newTestResolverAt(t *testing.T, root, policy string, health HealthOptions, ups ...*testUpstream) (*Resolver, *cache.Store) {
+func newTestResolverAt(t *testing.T, root, policy string, health endpoints.Health, ups ...*testUpstream) (*Resolver, *cache.Store) {
 	t.Helper()
 	store, err := cache.Open(t.Context(), root, cache.Options{MaxSize: 1 << 34})
 	if err != nil {
@@ -198,7 +199,7 @@ func newTestResolverAt(t *testing.T, root, policy string, health HealthOptions, 
 	for _, u := range ups {
 		urls = append(urls, u.URL)
 	}
-	r, err := New(store, Options{
+	r, err := New(t.Context(), store, Options{
 		Policy:          policy,
 		TagMaxAge:       time.Hour,
 		UpstreamTimeout: 3 * time.Second, // generous: tests run in parallel under -race on 2 cores
@@ -209,7 +210,7 @@ func newTestResolverAt(t *testing.T, root, policy string, health HealthOptions, 
 		// which holds blobs of their size whole.
 		VerifyBeforeSend: -1,
 		Endpoints:        map[string][]string{testRegistry: urls},
-		NewClient: func(registry, endpoint string) (Client, error) {
+		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
 		Health: health,
@@ -383,7 +384,7 @@ func TestBreakerDefaultThreshold(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	up.push(t, "app", "v1", 512)
-	r, _ := newTestResolverWithHealth(t, PolicyUpstreamFirst, HealthOptions{}, up)
+	r, _ := newTestResolverWithHealth(t, PolicyUpstreamFirst, endpoints.Health{}, up)
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 		t.Fatal(err)
@@ -396,33 +397,6 @@ func TestBreakerDefaultThreshold(t *testing.T) {
 		if eps := r.Endpoints(); eps[0].Up != (i < 3) {
 			t.Fatalf("after %d consecutive failures the endpoint is %+v, want Up=%v", i, eps[0], i < 3)
 		}
-	}
-}
-
-// TestTimeoutWhileOthersAreAnswered: a timeout while the endpoint answers other requests is a
-// slow (loaded) registry, not a gone one: it counts like any failure, and only a timeout with
-// no answer at all meanwhile marks the endpoint down at once.
-func TestTimeoutWhileOthersAreAnswered(t *testing.T) {
-	t.Parallel()
-	up := newTestUpstream(t)
-	c, err := upstream.New(testRegistry, up.URL, upstream.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	t.Cleanup(func() { close(stop) })
-	e := newEndpoint(testRegistry, c, HealthOptions{FailureThreshold: 3}, stop)
-	timedOut := context.DeadlineExceeded
-
-	sent := time.Now()
-	e.observe(t.Context(), time.Now(), nil) // another request, sent later, is answered
-	e.observe(t.Context(), sent, timedOut)
-	if !e.usable() {
-		t.Fatal("a timeout while other requests were answered marked the endpoint down")
-	}
-	e.observe(t.Context(), time.Now(), timedOut) // nothing answered since it was sent
-	if e.usable() {
-		t.Fatal("a timeout with no answer at all meanwhile left the endpoint up")
 	}
 }
 
@@ -840,7 +814,7 @@ func TestInterruptedDownloadsAreRemovedAtStart(t *testing.T) {
 		w.Write([]byte("partial"))
 		w.Close()
 	}
-	r, err := New(store, Options{NewClient: func(string, string) (Client, error) { return nil, errdefs.ErrNotImplemented }})
+	r, err := New(t.Context(), store, Options{NewClient: func(string, string) (endpoints.Client, error) { return nil, errdefs.ErrNotImplemented }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // What a tag revalidation does when the registry denies access to the repository
@@ -70,7 +71,7 @@ type revalidations struct {
 // causeOf classifies an error of a tag revalidation.
 func causeOf(err error) string {
 	switch {
-	case isEndpointFailure(err):
+	case endpoints.IsFailure(err):
 		return CauseUnreachable
 	case isDenied(err):
 		return CauseDenied
@@ -84,7 +85,7 @@ func causeOf(err error) string {
 // denied: 401 (after the credentials, if any, were tried) or 403. A token service that cannot
 // be reached is an endpoint failure instead (see upstream's authError).
 func isDenied(err error) bool {
-	return !isEndpointFailure(err) && (errdefs.IsPermissionDenied(err) || errdefs.IsUnauthorized(err))
+	return !endpoints.IsFailure(err) && (errdefs.IsPermissionDenied(err) || errdefs.IsUnauthorized(err))
 }
 
 // failed records a failed revalidation of the tag name, and logs it: at Warn when the registry

@@ -10,6 +10,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -25,10 +26,10 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (*Daemon, error)
 	if err != nil {
 		return nil, err
 	}
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		Registries:  cfg.MirroredRegistries(),
 		AnyRegistry: cfg.Mirror.AnyRegistry,
-		NewClient: func(registry, _ string) (resolver.Client, error) {
+		NewClient: func(registry, _ string) (endpoints.Client, error) {
 			return nil, fmt.Errorf("%s: the daemon is not running, nothing is fetched: %w", registry, errdefs.ErrUnavailable)
 		},
 	})

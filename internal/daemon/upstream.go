@@ -6,6 +6,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/outage"
@@ -18,7 +19,7 @@ import (
 // of the endpoints the resolver forgets (for metrics).
 // peers is the cluster tier, nil for a single node.
 func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers) (*resolver.Resolver, error) {
-	var observe func(resolver.UpstreamRequest)
+	var observe func(endpoints.Request)
 	var forget func(registry, endpoint string)
 	if um != nil {
 		observe, forget = um.Observe, um.Forget
@@ -29,7 +30,7 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 			endpoints[host] = r.Endpoints
 		}
 	}
-	newClient := func(registry, endpoint string) (resolver.Client, error) {
+	newClient := func(registry, endpoint string) (endpoints.Client, error) {
 		rc := cfg.Registry[registry]
 		opts := upstream.Options{
 			Username: rc.Username, Password: rc.Password, DockerConfig: cfg.Auth.DockerConfig,
@@ -44,7 +45,7 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		opts.Transport = sim.Wrap(registry, base)
 		return upstream.New(registry, endpoint, opts)
 	}
-	res, err := resolver.New(store, resolver.Options{
+	res, err := resolver.New(ctx, store, resolver.Options{
 		Policy:          cfg.Resolve.Policy,
 		TagMaxAge:       time.Duration(cfg.Resolve.TagMaxAge),
 		UpstreamTimeout: time.Duration(cfg.Resolve.UpstreamTimeout),

@@ -1,4 +1,4 @@
-package resolver
+package endpoints
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Client is what the resolver needs of one upstream endpoint; *upstream.Client provides it.
+// Client is what lifeboat needs of one upstream endpoint; *upstream.Client provides it.
 // Errors follow errdefs: ErrNotFound when the registry says the thing does not exist,
 // ErrUnavailable (or a context deadline) when the endpoint failed.
 type Client interface {
@@ -31,8 +31,8 @@ type Client interface {
 	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error)
 }
 
-// UpstreamRequest is one request to an upstream endpoint, for metrics.
-type UpstreamRequest struct {
+// Request is one request to an upstream endpoint, for metrics.
+type Request struct {
 	Registry, Endpoint string
 	// Op is "head-manifest", "get-manifest", "get-blob" (until the headers), "blob-body" (the
 	// body of a blob fill, with Bytes), "head-blob", "tags" or "referrers".
@@ -42,9 +42,9 @@ type UpstreamRequest struct {
 	Err      error
 }
 
-// report passes a finished request to the resolver's observer, if any, unless the endpoint is
+// report passes a finished request to the table's observer, if any, unless the endpoint is
 // forgotten (its metrics are gone, and stay gone).
-func (e *endpoint) report(r UpstreamRequest) {
+func (e *Endpoint) Report(r Request) {
 	if e.onRequest == nil || e.forgotten() {
 		return
 	}
@@ -52,14 +52,14 @@ func (e *endpoint) report(r UpstreamRequest) {
 	e.onRequest(r)
 }
 
-// isEndpointFailure tells failures of the endpoint (it is down, slow, or erroring) from answers
+// IsFailure tells failures of the endpoint (it is down, slow, or erroring) from answers
 // (not found, denied) and from the caller giving up.
-func isEndpointFailure(err error) bool {
+func IsFailure(err error) bool {
 	return err != nil && (errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded))
 }
 
-// HealthOptions tune the circuit breaker of each endpoint.
-type HealthOptions struct {
+// Health tune the circuit breaker of each endpoint.
+type Health struct {
 	// FailureThreshold is how many consecutive failures mark an endpoint down. A request that
 	// waits out its deadline while the endpoint answers nothing else marks it down at once.
 	FailureThreshold int
@@ -70,7 +70,7 @@ type HealthOptions struct {
 	ProbeTimeout time.Duration
 }
 
-func (o *HealthOptions) setDefaults() {
+func (o *Health) setDefaults() {
 	if o.FailureThreshold <= 0 {
 		o.FailureThreshold = 3
 	}
@@ -85,8 +85,8 @@ func (o *HealthOptions) setDefaults() {
 	}
 }
 
-// EndpointStatus is an endpoint's health as shown by `lifeboat status` and the metrics.
-type EndpointStatus struct {
+// Status is an endpoint's health as shown by `lifeboat status` and the metrics.
+type Status struct {
 	Registry  string    `json:"registry"`
 	Endpoint  string    `json:"endpoint"`
 	Up        bool      `json:"up"`
@@ -95,18 +95,18 @@ type EndpointStatus struct {
 	Failures  int       `json:"consecutiveFailures"`
 }
 
-// endpoint is one upstream endpoint with its circuit breaker: after FailureThreshold
+// Endpoint is one upstream endpoint with its circuit breaker: after FailureThreshold
 // consecutive failures, or one request that waited out its deadline while the endpoint
 // answered nothing at all, it is down and no request waits on it; a background probe (GET /v2/,
 // exponential backoff) brings it back up.
-type endpoint struct {
+type Endpoint struct {
 	registry  string
 	client    Client
-	opts      HealthOptions
+	opts      Health
 	stop      <-chan struct{}
 	wake      chan struct{} // probes at once rather than at the next backoff step
-	onRequest func(UpstreamRequest)
-	// gone is closed when the resolver forgets the endpoint's registry; nil for a registry it
+	onRequest func(Request)
+	// gone is closed when the table forgets the endpoint's registry; nil for a registry it
 	// keeps. expire, when not nil, is asked before each probe whether the registry has been
 	// forgotten for being idle: the probe then ends.
 	gone   <-chan struct{}
@@ -121,19 +121,19 @@ type endpoint struct {
 	probing    bool
 }
 
-func newEndpoint(registry string, c Client, opts HealthOptions, stop <-chan struct{}) *endpoint {
-	return &endpoint{registry: registry, client: c, opts: opts, stop: stop, wake: make(chan struct{}, 1), up: true, since: time.Now()}
+func newEndpoint(registry string, c Client, opts Health, stop <-chan struct{}) *Endpoint {
+	return &Endpoint{registry: registry, client: c, opts: opts, stop: stop, wake: make(chan struct{}, 1), up: true, since: time.Now()}
 }
 
-func (e *endpoint) usable() bool {
+func (e *Endpoint) usable() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.up
 }
 
 // observe records the outcome of a request to the endpoint, sent at start.
-func (e *endpoint) observe(ctx context.Context, start time.Time, err error) {
-	if err != nil && !isEndpointFailure(err) {
+func (e *Endpoint) observe(ctx context.Context, start time.Time, err error) {
+	if err != nil && !IsFailure(err) {
 		err = nil // an answer, such as not found: the endpoint works
 	}
 	e.mu.Lock()
@@ -166,7 +166,7 @@ func (e *endpoint) observe(ctx context.Context, start time.Time, err error) {
 }
 
 // probe pings the endpoint with exponential backoff until it answers, then marks it up.
-func (e *endpoint) probe() {
+func (e *Endpoint) probe() {
 	ctx := context.Background()
 	wait := e.opts.ProbeInterval
 	select {
@@ -210,8 +210,8 @@ func (e *endpoint) probe() {
 	}
 }
 
-// forgotten says whether the resolver has forgotten the endpoint's registry.
-func (e *endpoint) forgotten() bool {
+// forgotten says whether the table has forgotten the endpoint's registry.
+func (e *Endpoint) forgotten() bool {
 	select {
 	case <-e.gone:
 		return true
@@ -221,16 +221,19 @@ func (e *endpoint) forgotten() bool {
 }
 
 // endProbe records that the probe ended without the endpoint coming back.
-func (e *endpoint) endProbe() {
+func (e *Endpoint) endProbe() {
 	e.mu.Lock()
 	e.probing = false
 	e.mu.Unlock()
 }
 
-func (e *endpoint) status() EndpointStatus {
+// Name is the endpoint's URL.
+func (e *Endpoint) Name() string { return e.client.Endpoint() }
+
+func (e *Endpoint) status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return EndpointStatus{
+	return Status{
 		Registry: e.registry, Endpoint: e.client.Endpoint(), Up: e.up, Since: e.since,
 		LastError: e.lastErr, Failures: e.failures,
 	}
@@ -239,10 +242,12 @@ func (e *endpoint) status() EndpointStatus {
 // errAllDown is returned when no endpoint of a registry is usable.
 var errAllDown = errors.New("every upstream endpoint is down")
 
-// try calls fn on each usable endpoint in order until one answers (succeeds, or fails with
-// something other than an endpoint failure). It returns the last error otherwise, wrapped as
-// ErrUnavailable when no endpoint was usable at all.
-func try[T any](ctx context.Context, eps []*endpoint, op string, fn func(context.Context, Client) (T, error)) (T, *endpoint, error) {
+// Try calls fn on each usable endpoint of eps in order until one answers (succeeds, or fails
+// with something other than an endpoint failure), and returns its answer and which endpoint it
+// was. It returns the last error otherwise, wrapped as ErrUnavailable when no endpoint was usable
+// at all. A failure within ctx's deadline counts against the endpoint's breaker; ctx cancelled
+// by the caller does not.
+func Try[T any](ctx context.Context, eps []*Endpoint, op string, fn func(context.Context, Client) (T, error)) (T, *Endpoint, error) {
 	var zero T
 	var lastErr error
 	for _, ep := range eps {
@@ -251,7 +256,7 @@ func try[T any](ctx context.Context, eps []*endpoint, op string, fn func(context
 		}
 		start := time.Now()
 		v, err := fn(ctx, ep.client)
-		ep.report(UpstreamRequest{Op: op, Duration: time.Since(start), Err: err})
+		ep.Report(Request{Op: op, Duration: time.Since(start), Err: err})
 		if err != nil && ctx.Err() != nil {
 			cause := context.Cause(ctx)
 			if errors.Is(cause, context.Canceled) {
@@ -262,7 +267,7 @@ func try[T any](ctx context.Context, eps []*endpoint, op string, fn func(context
 			}
 		}
 		ep.observe(ctx, start, err)
-		if err == nil || !isEndpointFailure(err) {
+		if err == nil || !IsFailure(err) {
 			return v, ep, err
 		}
 		lastErr = err

@@ -182,7 +182,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
-	x.ans.Route = routeName(req)
+	x.ans.Route = req.Route()
 	if e != nil {
 		x.reject(e)
 		return

@@ -25,15 +25,6 @@ func parseRequest(escapedPath, rawQuery, defaultRegistry string) (request, *apiE
 	return req, nil
 }
 
-// routeName names a request for metrics and logs: its kind, with a manifest requested by tag
-// (a tag resolution) told apart as "tag".
-func routeName(r request) string {
-	if r.Kind == oci.KindManifest && r.Digest == "" && r.Reference != "" {
-		return "tag"
-	}
-	return r.Kind.String()
-}
-
 // byteRange is a satisfiable single range of a blob.
 type byteRange struct {
 	off, length int64

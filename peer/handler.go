@@ -95,7 +95,7 @@ func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 		if e == nil && p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
 			writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
 			h.observe(mirror.Answer{
-				Method: r.Method, Route: routeName(p), Registry: p.Registry, Repository: p.Repository,
+				Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository,
 				Status: http.StatusNotFound, Duration: time.Since(start),
 			})
 			return
@@ -103,14 +103,6 @@ func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
 	h.api.ServeHTTP(w, r.WithContext(ctx))
-}
-
-// routeName names a request as mirror.Answer.Route does.
-func routeName(p oci.Path) string {
-	if p.Kind == oci.KindManifest && p.Digest == "" {
-		return "tag"
-	}
-	return p.Kind.String()
 }
 
 // writeError sends e in the distribution spec's error format (no body for a HEAD).

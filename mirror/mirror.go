@@ -192,7 +192,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch req.Kind {
 	case oci.KindPing:
 		x.ans.Status = http.StatusOK
-		writeBody(w, r, http.StatusOK, "application/json", []byte("{}"))
+		oci.WriteBody(w, r, http.StatusOK, "application/json", []byte("{}"))
 	case oci.KindManifest:
 		h.manifest(x)
 	case oci.KindBlob:
@@ -286,7 +286,7 @@ func (h *handler) manifest(x *exchange) {
 		return
 	}
 	x.ans.Bytes = int64(len(m.Body))
-	writeBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
+	oci.WriteBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
 }
 
 func (h *handler) statBlob(x *exchange) {
@@ -594,5 +594,5 @@ func (x *exchange) sendJSON(contentType string, body []byte) {
 	if x.r.Method == http.MethodGet {
 		x.ans.Bytes = int64(len(body))
 	}
-	writeBody(x.w, x.r, http.StatusOK, contentType, body)
+	oci.WriteBody(x.w, x.r, http.StatusOK, contentType, body)
 }

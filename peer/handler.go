@@ -2,7 +2,6 @@ package peer
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -68,7 +67,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.G(r.Context()).WithError(err).WithField("remote", r.RemoteAddr).Debug("peer request refused")
 		// Close the connection: its sender has nothing to say to this node.
 		w.Header().Set("Connection", "close")
-		writeError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
+		oci.WriteError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
 		return
 	}
 	// What the index reads is the name the token proved, whatever the sender wrote.
@@ -81,7 +80,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v2" || strings.HasPrefix(path, apiPrefix):
 		h.serveAPI(w, r)
 	default:
-		writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeUnsupported, "not an endpoint of the peer listener"))
+		oci.WriteError(w, r, oci.NewError(http.StatusNotFound, oci.CodeUnsupported, "not an endpoint of the peer listener"))
 	}
 }
 
@@ -93,7 +92,7 @@ func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 		// The mirror parses the path again and answers its errors; this only finds the registry.
 		p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
 		if e == nil && p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
-			writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
+			oci.WriteError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
 			h.observe(mirror.Answer{
 				Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository,
 				Status: http.StatusNotFound, Duration: time.Since(start),
@@ -103,17 +102,4 @@ func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
 	h.api.ServeHTTP(w, r.WithContext(ctx))
-}
-
-// writeError sends e in the distribution spec's error format (no body for a HEAD).
-func writeError(w http.ResponseWriter, r *http.Request, e *oci.Error) {
-	body := e.Body()
-	hdr := w.Header()
-	hdr.Set(oci.HeaderAPIVersion, oci.APIVersion)
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(e.Status)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
 }

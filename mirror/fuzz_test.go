@@ -146,7 +146,7 @@ func newMirroredOnly(f *testing.F, registries ...string) (http.Handler, *atomic.
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { res.Close() })
-	return New(FromResolver(res), Options{}), contact
+	return New(res, Options{}), contact
 }
 
 // emptyUpstream is an upstream registry that holds nothing. Each request adds to contact, when

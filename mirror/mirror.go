@@ -29,7 +29,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
-// Backend answers the mirror; FromResolver makes one of a *resolver.Resolver. The mirror only
+// Backend answers the mirror; *resolver.Resolver is the one the daemon serves. The mirror only
 // calls it with arguments that passed their grammar: a registry host in lower case, a valid
 // repository name (docker.io one-component names already prefixed with library/), a valid tag
 // or digest (sha256 or sha512), and an artifactType that is a media type or empty.
@@ -46,8 +46,12 @@ type Backend interface {
 	Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error)
 	// StatBlob reports a blob's descriptor (digest and size) without transferring it.
 	StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error)
-	// Blob opens a blob for reading once its size is known. The caller closes it.
-	Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error)
+	// Blob opens a blob for reading once its size is known; its Status is sent as
+	// X-Lifeboat-Cache. The caller closes it. A Backend other than the resolver makes one with
+	// resolver.NewBlob. The handler sends with sendfile a reader that is an *os.File
+	// (positioned at off), or a cache.FileBacked (whose file is the whole blob), or an
+	// io.WriterTo that does so itself.
+	Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error)
 	// Tags lists the repository's tags, sorted.
 	Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error)
 	// Referrers returns the referrers index of dgst, filtered by artifactType when it is not
@@ -56,7 +60,7 @@ type Backend interface {
 }
 
 // ManifestStatter is a Backend that can answer a manifest HEAD without the manifest's body
-// (FromResolver's does: a cached manifest is described from the cache's index, not read).
+// (*resolver.Resolver is one: a cached manifest is described from the cache's index, not read).
 // A HEAD to a Backend without it gets Manifest's answer without the body.
 type ManifestStatter interface {
 	// StatManifest resolves reference as Manifest does, with the same errors, and returns the
@@ -64,21 +68,10 @@ type ManifestStatter interface {
 	StatManifest(ctx context.Context, registry, repository, reference string) (ocispec.Descriptor, resolver.CacheStatus, error)
 }
 
-// Blob is an open blob.
-type Blob interface {
-	// Descriptor has the blob's digest and size.
-	Descriptor() ocispec.Descriptor
-	// Status says where the blob comes from; it is sent as X-Lifeboat-Cache.
-	Status() resolver.CacheStatus
-	// Reader returns the bytes [off, off+length). When they cannot all be delivered (the
-	// upstream broke, the content failed verification) the reader returns an error before the
-	// last byte; it never ends cleanly with fewer bytes. The handler sends with sendfile a
-	// reader that is an *os.File (positioned at off), or a cache.FileBacked (whose file is the
-	// whole blob), or an io.WriterTo that does so itself.
-	Reader(off, length int64) (io.ReadCloser, error)
-	// Close releases the blob.
-	Close() error
-}
+var (
+	_ Backend         = (*resolver.Resolver)(nil)
+	_ ManifestStatter = (*resolver.Resolver)(nil)
+)
 
 // Options configure the handler. The zero value is ready to use.
 type Options struct {
@@ -310,7 +303,7 @@ func (h *handler) blob(x *exchange) {
 		return
 	}
 	defer b.Close()
-	desc, status := b.Descriptor(), b.Status()
+	desc, status := b.Descriptor, b.Status
 	rng, partial, ok := x.blobRange(desc, status)
 	if !ok {
 		return

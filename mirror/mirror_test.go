@@ -828,22 +828,18 @@ func TestSourceFailingAtOnceGetsAnErrorAnswer(t *testing.T) {
 	}
 }
 
-// shortBlob ends cleanly before its size: a backend bug the handler must not pass on as a
-// complete answer.
-type shortBlob struct{ *memBlob }
-
-func (b shortBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	return io.NopCloser(bytes.NewReader(make([]byte, length/2))), nil
-}
-
+// shortBackend's blobs end cleanly before their size: a backend bug the handler must not pass
+// on as a complete answer.
 type shortBackend struct{ *memBackend }
 
-func (b shortBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.memBackend.Blob(ctx, registry, repository, dgst)
+func (b shortBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	m, err := b.open(registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}
-	return shortBlob{blob.(*memBlob)}, nil
+	return m.blob(func(off, length int64) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(make([]byte, length/2))), nil
+	}), nil
 }
 
 func TestShortSourceAborts(t *testing.T) {
@@ -898,17 +894,23 @@ type fileBackend struct {
 	dir string
 }
 
-type fileBlob struct {
-	*memBlob
-	path string
+func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	return b.fileBlob(registry, repository, dgst, func(f *os.File, off int64) (io.ReadCloser, error) {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	})
 }
 
-func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.memBackend.Blob(ctx, registry, repository, dgst)
+// fileBlob opens a blob whose bytes are written to a file of their own; its reader from off is
+// reader over the file, opened anew for each.
+func (b fileBackend) fileBlob(registry, repository string, dgst digest.Digest, reader func(f *os.File, off int64) (io.ReadCloser, error)) (*resolver.Blob, error) {
+	m, err := b.open(registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}
-	m := blob.(*memBlob)
 	f, err := os.CreateTemp(b.dir, "blob")
 	if err != nil {
 		return nil, err
@@ -917,45 +919,27 @@ func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst
 	if _, err := f.Write(m.data); err != nil {
 		return nil, err
 	}
-	return fileBlob{m, f.Name()}, nil
-}
-
-func (b fileBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	f, err := os.Open(b.path)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	path := f.Name()
+	return m.blob(func(off, length int64) (io.ReadCloser, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		return reader(f, off)
+	}), nil
 }
 
 // fileBackedBackend is a fileBackend whose readers offer the whole blob's file
 // (cache.FileBacked), as the resolver's readers of cached blobs do.
 type fileBackedBackend struct{ fileBackend }
 
-// fileBackedBlob is a fileBlob with readers that offer its file.
-type fileBackedBlob struct{ fileBlob }
-
 // wholeFileReader offers the whole blob's file, and fails every Read: only the file delivers.
 type wholeFileReader struct{ f *os.File }
 
-func (b fileBackedBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.fileBackend.Blob(ctx, registry, repository, dgst)
-	if err != nil {
-		return nil, err
-	}
-	return fileBackedBlob{blob.(fileBlob)}, nil
-}
-
-func (b fileBackedBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	f, err := os.Open(b.path)
-	if err != nil {
-		return nil, err
-	}
-	return wholeFileReader{f}, nil
+func (b fileBackedBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	return b.fileBlob(registry, repository, dgst, func(f *os.File, _ int64) (io.ReadCloser, error) {
+		return wholeFileReader{f}, nil
+	})
 }
 
 var _ cache.FileBacked = wholeFileReader{}

@@ -60,7 +60,7 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	}
 	t.Cleanup(func() { res.Close() })
 	reg.MustRegister(metrics.NewUpstreamCollector(res))
-	h := mirror.New(mirror.FromResolver(res), mirror.Options{})
+	h := mirror.New(res, mirror.Options{})
 
 	get := func(target string) (int, string) {
 		w := httptest.NewRecorder()

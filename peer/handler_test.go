@@ -54,7 +54,7 @@ func newDirectHandler(t *testing.T, opts HandlerOptions) (http.Handler, *countin
 	t.Helper()
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 1024)
-	backend := &countingBackend{Backend: mirror.FromResolver(newTestResolver(t, up))}
+	backend := &countingBackend{Backend: newTestResolver(t, up)}
 	index := &recordingIndex{}
 	return NewHandler(testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
 }

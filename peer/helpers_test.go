@@ -171,7 +171,7 @@ func (b *countingBackend) StatBlob(ctx context.Context, registry, repository str
 	return b.Backend.StatBlob(ctx, registry, repository, dgst)
 }
 
-func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (mirror.Blob, error) {
+func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
 	b.calls.Add(1)
 	b.blobs.Add(1)
 	return b.Backend.Blob(ctx, registry, repository, dgst)
@@ -205,7 +205,7 @@ type testNode struct {
 func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions) *testNode {
 	t.Helper()
 	n := &testNode{name: nodeName, resolver: newTestResolver(t, up)}
-	n.backend = &countingBackend{Backend: mirror.FromResolver(n.resolver)}
+	n.backend = &countingBackend{Backend: n.resolver}
 	n.source = NewSource(&testCluster{name: nodeName}, SourceOptions{})
 	opts.Source = n.source
 	index := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -195,7 +195,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	grace := d.opts.Grace
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return serveHTTP(gctx, "registry mirror", d.lns.mirror, mirror.New(mirror.FromResolver(d.Resolver), mirror.Options{Observe: d.answers.Observe}), grace)
+		return serveHTTP(gctx, "registry mirror", d.lns.mirror, mirror.New(d.Resolver, mirror.Options{Observe: d.answers.Observe}), grace)
 	})
 	if d.lns.metrics != nil {
 		mux := http.NewServeMux()

@@ -139,7 +139,7 @@ func TestManifestHeadDoesNotReadTheManifest(t *testing.T) {
 	body = append(body, `"}}`...)
 	dgst := digest.FromBytes(body)
 	putManifest(t, up, "library/app", "big", ocispec.MediaTypeImageManifest, body)
-	h := New(res, Options{})
+	h := newHandler(t, res, Options{})
 
 	serve := func(method, reference string) *httptest.ResponseRecorder {
 		req := httptest.NewRequestWithContext(t.Context(), method, "/v2/library/app/manifests/"+reference, nil)

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -118,31 +119,32 @@ type Answer struct {
 // copyBufferSize is the buffer of a blob copy that cannot use sendfile.
 const copyBufferSize = 256 << 10
 
-// New returns the mirror's HTTP handler. It panics if opts.DefaultRegistry is not a registry
-// host (a wiring mistake, not a runtime condition).
-func New(b Backend, opts Options) http.Handler {
+// New returns the mirror's HTTP handler over b. It refuses an opts.DefaultRegistry that is not
+// a registry host (errdefs.ErrInvalidArgument).
+func New(b Backend, opts Options) (*Handler, error) {
 	def := opts.DefaultRegistry
 	if def == "" {
 		def = "docker.io"
 	}
 	reg, ok := oci.NormalizeHost(def)
 	if !ok {
-		panic(fmt.Sprintf("mirror: invalid default registry %q", opts.DefaultRegistry))
+		return nil, fmt.Errorf("mirror: default registry %q is not a registry host: %w", opts.DefaultRegistry, errdefs.ErrInvalidArgument)
 	}
 	delay := opts.HeaderDelay
 	if delay <= 0 {
 		delay = DefaultHeaderDelay
 	}
-	return &handler{
+	return &Handler{
 		backend:         b,
 		defaultRegistry: reg,
 		observe:         opts.Observe,
 		headerDelay:     delay,
 		buffers:         sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }},
-	}
+	}, nil
 }
 
-type handler struct {
+// Handler is the mirror's HTTP handler: the pull side of the distribution API over a Backend.
+type Handler struct {
 	backend         Backend
 	defaultRegistry string
 	observe         func(Answer)
@@ -158,7 +160,7 @@ type exchange struct {
 	ans Answer
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
 	defer func() {
@@ -243,7 +245,7 @@ func (x *exchange) setCache(s resolver.CacheStatus) {
 	}
 }
 
-func (h *handler) manifest(x *exchange) {
+func (h *Handler) manifest(x *exchange) {
 	var m resolver.Manifest
 	var err error
 	if s, ok := h.backend.(ManifestStatter); ok && x.r.Method == http.MethodHead {
@@ -282,7 +284,7 @@ func (h *handler) manifest(x *exchange) {
 	oci.WriteBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
 }
 
-func (h *handler) statBlob(x *exchange) {
+func (h *Handler) statBlob(x *exchange) {
 	desc, status, err := h.backend.StatBlob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
@@ -296,7 +298,7 @@ func (h *handler) statBlob(x *exchange) {
 	x.w.WriteHeader(x.ans.Status)
 }
 
-func (h *handler) blob(x *exchange) {
+func (h *Handler) blob(x *exchange) {
 	b, err := h.backend.Blob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
@@ -379,7 +381,7 @@ func (h *handler) blob(x *exchange) {
 // still gets a clean error answer, and containerd moves on, rather than an aborted 200;
 // started=false says it did not. sourceFailed says a failure, if any, was rc's: an error, or an
 // end before length bytes.
-func (h *handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
+func (h *Handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
 	bufp := h.buffers.Get().(*[]byte)
 	defer h.buffers.Put(bufp)
 	buf := *bufp
@@ -505,7 +507,7 @@ func (s *readSide) Read(p []byte) (int, error) {
 // writerOnly is a writer without the ReadFrom of the writer it wraps.
 type writerOnly struct{ io.Writer }
 
-func (h *handler) tags(x *exchange) {
+func (h *Handler) tags(x *exchange) {
 	tags, status, err := h.backend.Tags(x.r.Context(), x.req.Registry, x.req.Repository)
 	if err != nil {
 		x.fail(err)
@@ -559,7 +561,7 @@ func (x *exchange) nextTagsLink(last string) string {
 	return b.String()
 }
 
-func (h *handler) referrers(x *exchange) {
+func (h *Handler) referrers(x *exchange) {
 	idx, err := h.backend.Referrers(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest, x.req.ArtifactType)
 	if err != nil {
 		x.fail(err)

@@ -35,9 +35,19 @@ func TestMain(m *testing.M) {
 // newServer serves New(b, opts) over real HTTP for the length of the test.
 func newServer(t *testing.T, b Backend, opts Options) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(New(b, opts))
+	srv := httptest.NewServer(newHandler(t, b, opts))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// newHandler returns New(b, opts), failing tb if New refuses opts.
+func newHandler(tb testing.TB, b Backend, opts Options) *Handler {
+	tb.Helper()
+	h, err := New(b, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
 }
 
 // do sends method target (a path and query, sent as written) and returns the answer and its body.
@@ -271,12 +281,10 @@ func TestRegistrySelection(t *testing.T) {
 
 func TestNewRejectsBadDefaultRegistry(t *testing.T) {
 	t.Parallel()
-	defer func() {
-		if recover() == nil {
-			t.Error("New accepted an invalid default registry")
-		}
-	}()
-	New(newMemBackend(), Options{DefaultRegistry: "not a host"})
+	h, err := New(newMemBackend(), Options{DefaultRegistry: "not a host"})
+	if h != nil || !errdefs.IsInvalidArgument(err) {
+		t.Errorf("New with an invalid default registry = %v, %v; want no handler and an invalid-argument error", h, err)
+	}
 }
 
 func TestBlob(t *testing.T) {

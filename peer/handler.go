@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -38,8 +39,9 @@ const peerHeaderDelay = 250 * time.Millisecond
 // (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
 // node's cache (or its fill) and never forwarded to other peers.
 //
-// Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set.
-func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+// Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set. An error
+// is mirror.New's.
+func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) (http.Handler, error) {
 	observe, src := opts.Observe, opts.Source
 	h := &handler{auth: auth, index: index, shared: opts.Shared, observe: func(a mirror.Answer) {
 		if src != nil {
@@ -49,8 +51,12 @@ func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, 
 			observe(a)
 		}
 	}}
-	h.api = mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
-	return h
+	api, err := mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
+	if err != nil {
+		return nil, fmt.Errorf("peer listener: %w", err)
+	}
+	h.api = api
+	return h, nil
 }
 
 type handler struct {

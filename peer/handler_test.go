@@ -56,7 +56,7 @@ func newDirectHandler(t *testing.T, opts HandlerOptions) (http.Handler, *countin
 	img := up.push(t, "v1", 1024)
 	backend := &countingBackend{Backend: newTestResolver(t, up)}
 	index := &recordingIndex{}
-	return NewHandler(testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
+	return newHandler(t, testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
 }
 
 func TestUnauthenticatedRequestsDoNothing(t *testing.T) {

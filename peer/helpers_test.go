@@ -187,6 +187,16 @@ func (b *countingBackend) Referrers(ctx context.Context, registry, repository st
 	return b.Backend.Referrers(ctx, registry, repository, dgst, artifactType)
 }
 
+// newHandler returns NewHandler(auth, index, backend, opts), failing t if it refuses them.
+func newHandler(t *testing.T, auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+	t.Helper()
+	h, err := NewHandler(auth, index, backend, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 // testNode is another lifeboat as its peers see it: the real peer handler over a real resolver
 // and cache, on a loopback listener.
 type testNode struct {
@@ -211,7 +221,7 @@ func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOp
 	index := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no index here", http.StatusNotFound)
 	})
-	h := NewHandler(testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
+	h := newHandler(t, testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
 	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v2/") {
 			n.requests.Add(1)

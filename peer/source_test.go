@@ -429,7 +429,7 @@ func TestWithTheClusterSigner(t *testing.T) {
 	r := newTestResolver(t, up)
 	warm(t, r, img.layer)
 	backend := &countingBackend{Backend: r}
-	srv := httptest.NewServer(NewHandler(cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
+	srv := httptest.NewServer(newHandler(t, cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
 	t.Cleanup(srv.Close)
 	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
 

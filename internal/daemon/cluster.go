@@ -67,7 +67,7 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 
 // peerHandler is the peer listener's handler: the cluster's index requests, and the OCI pull
 // API over the resolver as the mirror serves it, for the registries that are shared.
-func (d *Daemon) peerHandler() http.Handler {
+func (d *Daemon) peerHandler() (http.Handler, error) {
 	regs := d.cfg.Registry
 	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), d.Resolver, peer.HandlerOptions{
 		Shared: func(registry string) bool { return regs[registry].Shared() },

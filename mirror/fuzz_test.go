@@ -107,7 +107,7 @@ func FuzzHandler(f *testing.F) {
 		if n := contact.Load(); n != 0 {
 			t.Fatalf("%s %q: %d contacts with registries that are not mirrored", method, target, n)
 		}
-		req, perr := parseRequest(u.EscapedPath(), u.RawQuery, "docker.io")
+		req, perr := oci.ParsePath(u.EscapedPath(), u.RawQuery, "docker.io")
 		if perr != nil || req.Kind == oci.KindPing || req.Registry == "docker.io" || req.Registry == "ghcr.io" {
 			return
 		}

@@ -154,44 +154,85 @@ type Handler struct {
 
 // exchange is one request being answered.
 type exchange struct {
-	w   http.ResponseWriter
-	r   *http.Request
-	req request
-	ans Answer
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	req   request
+	ans   Answer
 }
 
+// ServeHTTP parses and validates a request (oci.ParsePath, with Options.DefaultRegistry), then
+// answers it as Serve does. A method other than GET or HEAD gets 405 and a request the parse
+// refuses its 4xx, each observed with the route known by then.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
-	defer func() {
-		// Runs on the abort panic too, so an aborted transfer is observed.
-		x.ans.Duration = time.Since(start)
-		if h.observe != nil {
-			h.observe(x.ans)
-		}
-	}()
-	w.Header().Set(oci.HeaderAPIVersion, oci.APIVersion)
-
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		x.reject(newAPIError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "lifeboat is a pull-only mirror: "+r.Method+" is not supported"))
+	x := h.begin(w, r)
+	defer h.end(x)
+	if x.refusedMethod() {
 		return
 	}
-	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
+	req, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
 	x.ans.Route = req.Route()
 	if e != nil {
-		x.reject(e)
+		x.reject(&apiError{Error: *e})
 		return
 	}
+	h.answer(x, req)
+}
+
+// Serve answers a GET or HEAD request for p, a path oci.ParsePath accepted, for a caller that
+// parsed the request itself (the peer listener). The answer and the Observe call are
+// ServeHTTP's for the same request; p's registry is used as it is (Options.DefaultRegistry is
+// only for ServeHTTP's parse). A method other than GET or HEAD gets 405.
+func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, p oci.Path) {
+	x := h.begin(w, r)
+	defer h.end(x)
+	if x.refusedMethod() {
+		return
+	}
+	x.ans.Route = p.Route()
+	h.answer(x, p)
+}
+
+// begin starts the answer to r. Every answer carries the API version.
+func (h *Handler) begin(w http.ResponseWriter, r *http.Request) *exchange {
+	x := &exchange{w: w, r: r, start: time.Now(), ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
+	w.Header().Set(oci.HeaderAPIVersion, oci.APIVersion)
+	return x
+}
+
+// end observes x's answer. Deferred, it runs on the abort panic too, so an aborted transfer is
+// observed.
+func (h *Handler) end(x *exchange) {
+	x.ans.Duration = time.Since(x.start)
+	if h.observe != nil {
+		h.observe(x.ans)
+	}
+}
+
+// refusedMethod answers 405 to a request whose method is not GET or HEAD, and says whether it
+// did.
+func (x *exchange) refusedMethod() bool {
+	if x.r.Method == http.MethodGet || x.r.Method == http.MethodHead {
+		return false
+	}
+	x.reject(newAPIError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "lifeboat is a pull-only mirror: "+x.r.Method+" is not supported"))
+	return true
+}
+
+// answer answers x for req, a parsed and validated request, with a tags page of at most
+// maxTagsPage.
+func (h *Handler) answer(x *exchange, req request) {
+	req.N = min(req.N, maxTagsPage)
 	x.req = req
 	x.ans.Registry, x.ans.Repository = req.Registry, req.Repository
 	switch req.Kind {
 	case oci.KindPing:
 		x.ans.Status = http.StatusOK
-		oci.WriteBody(w, r, http.StatusOK, "application/json", []byte("{}"))
+		oci.WriteBody(x.w, x.r, http.StatusOK, "application/json", []byte("{}"))
 	case oci.KindManifest:
 		h.manifest(x)
 	case oci.KindBlob:
-		if r.Method == http.MethodHead {
+		if x.r.Method == http.MethodHead {
 			h.statBlob(x)
 		} else {
 			h.blob(x)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,6 +24,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -284,6 +286,71 @@ func TestNewRejectsBadDefaultRegistry(t *testing.T) {
 	h, err := New(newMemBackend(), Options{DefaultRegistry: "not a host"})
 	if h != nil || !errdefs.IsInvalidArgument(err) {
 		t.Errorf("New with an invalid default registry = %v, %v; want no handler and an invalid-argument error", h, err)
+	}
+}
+
+// TestServe answers requests that their caller parsed as ServeHTTP answers them unparsed: the
+// same status, headers and body, and the same observed answer.
+func TestServe(t *testing.T) {
+	t.Parallel()
+	b := newMemBackend()
+	img := b.addImage("ghcr.io", "org/app", "v1", 5000)
+	b.addReferrer("ghcr.io", "org/app", img.manifest, "application/spdx+json")
+	r := b.repo("ghcr.io", "org/app")
+	for i := range maxTagsPage {
+		r.tags[fmt.Sprintf("t%06d", i)] = img.index.Digest
+	}
+	var answers []Answer // the handler observes before its ServeHTTP or Serve returns
+	h := newHandler(t, b, Options{Observe: func(a Answer) { answers = append(answers, a) }})
+	layer := "/v2/ghcr.io/org/app/blobs/" + img.layer.Digest.String()
+	for _, tc := range []struct {
+		name, method, target, rangeHdr string
+	}{
+		{"ping", http.MethodGet, "/v2/", ""},
+		{"tag", http.MethodHead, "/v2/org/app/manifests/v1?ns=ghcr.io", ""},
+		{"manifest by digest", http.MethodGet, "/v2/ghcr.io/org/app/manifests/" + img.manifest.Digest.String(), ""},
+		{"blob range", http.MethodGet, layer, "bytes=100-199"},
+		{"blob head", http.MethodHead, layer, ""},
+		{"range not satisfiable", http.MethodGet, layer, "bytes=9999-"},
+		{"tags page capped", http.MethodGet, "/v2/ghcr.io/org/app/tags/list?n=999999999", ""},
+		{"referrers filtered", http.MethodGet, "/v2/ghcr.io/org/app/referrers/" + img.manifest.Digest.String() + "?artifactType=application/spdx%2Bjson", ""},
+		{"unknown tag", http.MethodGet, "/v2/ghcr.io/org/app/manifests/v2", ""},
+		{"unknown repository", http.MethodHead, "/v2/ghcr.io/org/other/blobs/" + img.layer.Digest.String(), ""},
+		{"delete", http.MethodDelete, "/v2/ghcr.io/org/app/manifests/v1", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			serve := func(serve func(http.ResponseWriter, *http.Request)) (*http.Response, []byte, Answer) {
+				t.Helper()
+				req := httptest.NewRequestWithContext(t.Context(), tc.method, tc.target, nil)
+				if tc.rangeHdr != "" {
+					req.Header.Set("Range", tc.rangeHdr)
+				}
+				w := httptest.NewRecorder()
+				answers = nil
+				serve(w, req)
+				if len(answers) != 1 {
+					t.Fatalf("%d answers observed, want 1", len(answers))
+				}
+				a := answers[0]
+				a.Duration = 0
+				return w.Result(), w.Body.Bytes(), a
+			}
+			want, wantBody, wantAnswer := serve(h.ServeHTTP)
+			got, gotBody, gotAnswer := serve(func(w http.ResponseWriter, r *http.Request) {
+				p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
+				if e != nil {
+					t.Fatalf("ParsePath refused %s: %v", tc.target, e)
+				}
+				h.Serve(w, r, p)
+			})
+			if got.StatusCode != want.StatusCode || !maps.EqualFunc(got.Header, want.Header, slices.Equal) || !bytes.Equal(gotBody, wantBody) {
+				t.Errorf("Serve answered %d %v (%d bytes), ServeHTTP %d %v (%d bytes)",
+					got.StatusCode, got.Header, len(gotBody), want.StatusCode, want.Header, len(wantBody))
+			}
+			if gotAnswer != wantAnswer {
+				t.Errorf("Serve observed %+v, ServeHTTP %+v", gotAnswer, wantAnswer)
+			}
+		})
 	}
 }
 

@@ -62,7 +62,7 @@ func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, 
 type handler struct {
 	auth    Authenticator
 	index   http.Handler
-	api     http.Handler
+	api     *mirror.Handler
 	shared  func(registry string) bool
 	observe func(mirror.Answer)
 }
@@ -90,22 +90,34 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveAPI answers a peer's pull request from this node's resolver. The mirror refuses
-// methods other than GET and HEAD (405) and malformed requests.
+// serveAPI answers a peer's pull request from this node's resolver. It parses the request
+// once: a malformed one is refused as the mirror refuses it, a registry that is not shared gets
+// 404, and the rest is the mirror's to answer (Serve). A method other than GET or HEAD gets
+// the mirror's 405.
 func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
-		// The mirror parses the path again and answers its errors; this only finds the registry.
-		p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
-		if e == nil && p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
-			oci.WriteError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
-			h.observe(mirror.Answer{
-				Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository,
-				Status: http.StatusNotFound, Duration: time.Since(start),
-			})
-			return
-		}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h.api.ServeHTTP(w, r)
+		return
+	}
+	p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
+	if e != nil {
+		// As the mirror observes a refused request: it names no registry.
+		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route()}, start)
+		return
+	}
+	if p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
+		e := oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers")
+		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository}, start)
+		return
 	}
 	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
-	h.api.ServeHTTP(w, r.WithContext(ctx))
+	h.api.Serve(w, r.WithContext(ctx), p)
+}
+
+// refuse answers e, and observes a with e's status.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, e *oci.Error, a mirror.Answer, start time.Time) {
+	oci.WriteError(w, r, e)
+	a.Status, a.Duration = e.Status, time.Since(start)
+	h.observe(a)
 }

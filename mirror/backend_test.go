@@ -164,7 +164,16 @@ func (b *memBackend) StatBlob(ctx context.Context, registry, repository string, 
 	return ocispec.Descriptor{Digest: dgst, Size: int64(len(data))}, r.cacheStatus(), nil
 }
 
-func (b *memBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
+func (b *memBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	m, err := b.open(registry, repository, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return m.blob(m.Reader), nil
+}
+
+// open opens a blob as Blob does, with access to its bytes.
+func (b *memBackend) open(registry, repository string, dgst digest.Digest) (*memBlob, error) {
 	r, data, err := b.blob(registry, repository, dgst)
 	if err != nil {
 		return nil, err
@@ -247,11 +256,10 @@ type memBlob struct {
 	invalid *atomic.Int64 // the backend's count of refused calls
 }
 
-func (b *memBlob) Descriptor() ocispec.Descriptor {
-	return ocispec.Descriptor{Digest: b.dgst, Size: int64(len(b.data))}
+// blob is b as the Backend returns it, read with open (b.Reader, or a test's own).
+func (b *memBlob) blob(open func(off, length int64) (io.ReadCloser, error)) *resolver.Blob {
+	return resolver.NewBlob(ocispec.Descriptor{Digest: b.dgst, Size: int64(len(b.data))}, b.status, open, b.Close)
 }
-
-func (b *memBlob) Status() resolver.CacheStatus { return b.status }
 
 func (b *memBlob) Reader(off, length int64) (io.ReadCloser, error) {
 	if b.closed.Load() {
@@ -294,9 +302,10 @@ func (b errBackend) StatBlob(context.Context, string, string, digest.Digest) (oc
 	return ocispec.Descriptor{}, "", b.err
 }
 
-func (b errBackend) Blob(_ context.Context, _, _ string, dgst digest.Digest) (Blob, error) {
+func (b errBackend) Blob(_ context.Context, _, _ string, dgst digest.Digest) (*resolver.Blob, error) {
 	if b.openBlobs {
-		return failingBlob{desc: ocispec.Descriptor{Digest: dgst, Size: b.size}, err: b.err}, nil
+		fail := func(int64, int64) (io.ReadCloser, error) { return nil, b.err }
+		return resolver.NewBlob(ocispec.Descriptor{Digest: dgst, Size: b.size}, resolver.Miss, fail, nil), nil
 	}
 	return nil, b.err
 }
@@ -308,16 +317,6 @@ func (b errBackend) Tags(context.Context, string, string) ([]string, resolver.Ca
 func (b errBackend) Referrers(context.Context, string, string, digest.Digest, string) (ocispec.Index, error) {
 	return ocispec.Index{}, b.err
 }
-
-type failingBlob struct {
-	desc ocispec.Descriptor
-	err  error
-}
-
-func (b failingBlob) Descriptor() ocispec.Descriptor             { return b.desc }
-func (b failingBlob) Status() resolver.CacheStatus               { return resolver.Miss }
-func (b failingBlob) Reader(int64, int64) (io.ReadCloser, error) { return nil, b.err }
-func (b failingBlob) Close() error                               { return nil }
 
 // testImage is an image stored in a memBackend.
 type testImage struct {

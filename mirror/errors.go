@@ -117,7 +117,8 @@ func fromBackend(err error, req request) *apiError {
 	return newAPIError(http.StatusInternalServerError, oci.CodeUnknown, "internal error")
 }
 
-// write sends e in the OCI error format. A HEAD answer has the same headers and no body.
+// write sends e in the OCI error format (oci.WriteError), with Retry-After when e knows when
+// to come back and Allow on a 405. A HEAD answer has the same headers and no body.
 func (e *apiError) write(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	if e.retryAfter > 0 {
@@ -126,16 +127,5 @@ func (e *apiError) write(w http.ResponseWriter, r *http.Request) {
 	if e.Status == http.StatusMethodNotAllowed {
 		h.Set("Allow", "GET, HEAD")
 	}
-	writeBody(w, r, e.Status, "application/json", e.Body())
-}
-
-// writeBody sends a complete small body with its length; a HEAD answer gets the headers only.
-func writeBody(w http.ResponseWriter, r *http.Request, status int, contentType string, body []byte) {
-	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
+	oci.WriteError(w, r, &e.Error)
 }

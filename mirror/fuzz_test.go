@@ -74,7 +74,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add("/v2/library/alpine/blobs/"+img.layer.Digest.String(), "bytes=10-20", false)
 	f.Add("/v2/alpine/manifests/"+img.manifest.Digest.String(), "", true)
 	f.Add("/v2/alpine/referrers/"+img.manifest.Digest.String()+"?artifactType=application/spdx%2Bjson", "", false)
-	h := New(b, Options{})
+	h := newHandler(f, b, Options{})
 
 	f.Fuzz(func(t *testing.T, target, rangeHdr string, head bool) {
 		u, err := url.ParseRequestURI(target)
@@ -107,7 +107,7 @@ func FuzzHandler(f *testing.F) {
 		if n := contact.Load(); n != 0 {
 			t.Fatalf("%s %q: %d contacts with registries that are not mirrored", method, target, n)
 		}
-		req, perr := parseRequest(u.EscapedPath(), u.RawQuery, "docker.io")
+		req, perr := oci.ParsePath(u.EscapedPath(), u.RawQuery, "docker.io")
 		if perr != nil || req.Kind == oci.KindPing || req.Registry == "docker.io" || req.Registry == "ghcr.io" {
 			return
 		}
@@ -146,7 +146,7 @@ func newMirroredOnly(f *testing.F, registries ...string) (http.Handler, *atomic.
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { res.Close() })
-	return New(FromResolver(res), Options{}), contact
+	return newHandler(f, res, Options{}), contact
 }
 
 // emptyUpstream is an upstream registry that holds nothing. Each request adds to contact, when

@@ -140,7 +140,7 @@ func TestManifestHeadDoesNotReadTheManifest(t *testing.T) {
 	body = append(body, `"}}`...)
 	dgst := digest.FromBytes(body)
 	putManifest(t, up, "library/app", "big", ocispec.MediaTypeImageManifest, body)
-	h := New(FromResolver(res), Options{})
+	h := newHandler(t, res, Options{})
 
 	serve := func(method, reference string) *httptest.ResponseRecorder {
 		req := httptest.NewRequestWithContext(t.Context(), method, "/v2/library/app/manifests/"+reference, nil)
@@ -201,7 +201,7 @@ func TestPullBySHA512Digest(t *testing.T) {
 	dgst := digest.NewDigestFromBytes(digest.SHA512, sum[:])
 	putManifest(t, up, "library/app", dgst.String(), string(mt), raw)
 
-	srv := newServer(t, FromResolver(res), Options{})
+	srv := newServer(t, res, Options{})
 	for _, pass := range []string{"from the upstream", "from the cache"} {
 		desc, cs := pullWithContainerd(t, hostsOf(t, srv), "docker.io/library/app@"+dgst.String())
 		if desc.Digest != dgst || desc.Size != int64(len(raw)) {

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -30,7 +31,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
 
-// Backend answers the mirror; FromResolver makes one of a *resolver.Resolver. The mirror only
+// Backend answers the mirror; *resolver.Resolver is the one the daemon serves. The mirror only
 // calls it with arguments that passed their grammar: a registry host in lower case, a valid
 // repository name (docker.io one-component names already prefixed with library/), a valid tag
 // or digest (sha256 or sha512), and an artifactType that is a media type or empty.
@@ -47,8 +48,12 @@ type Backend interface {
 	Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error)
 	// StatBlob reports a blob's descriptor (digest and size) without transferring it.
 	StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error)
-	// Blob opens a blob for reading once its size is known. The caller closes it.
-	Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error)
+	// Blob opens a blob for reading once its size is known; its Status is sent as
+	// X-Lifeboat-Cache. The caller closes it. A Backend other than the resolver makes one with
+	// resolver.NewBlob. The handler sends with sendfile a reader that is an *os.File
+	// (positioned at off), or a cache.FileBacked (whose file is the whole blob), or an
+	// io.WriterTo that does so itself.
+	Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error)
 	// Tags lists the repository's tags, sorted.
 	Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error)
 	// Referrers returns the referrers index of dgst, filtered by artifactType when it is not
@@ -57,7 +62,7 @@ type Backend interface {
 }
 
 // ManifestStatter is a Backend that can answer a manifest HEAD without the manifest's body
-// (FromResolver's does: a cached manifest is described from the cache's index, not read).
+// (*resolver.Resolver is one: a cached manifest is described from the cache's index, not read).
 // A HEAD to a Backend without it gets Manifest's answer without the body.
 type ManifestStatter interface {
 	// StatManifest resolves reference as Manifest does, with the same errors, and returns the
@@ -65,21 +70,10 @@ type ManifestStatter interface {
 	StatManifest(ctx context.Context, registry, repository, reference string) (ocispec.Descriptor, resolver.CacheStatus, error)
 }
 
-// Blob is an open blob.
-type Blob interface {
-	// Descriptor has the blob's digest and size.
-	Descriptor() ocispec.Descriptor
-	// Status says where the blob comes from; it is sent as X-Lifeboat-Cache.
-	Status() resolver.CacheStatus
-	// Reader returns the bytes [off, off+length). When they cannot all be delivered (the
-	// upstream broke, the content failed verification) the reader returns an error before the
-	// last byte; it never ends cleanly with fewer bytes. The handler sends with sendfile a
-	// reader that is an *os.File (positioned at off), or a cache.FileBacked (whose file is the
-	// whole blob), or an io.WriterTo that does so itself.
-	Reader(off, length int64) (io.ReadCloser, error)
-	// Close releases the blob.
-	Close() error
-}
+var (
+	_ Backend         = (*resolver.Resolver)(nil)
+	_ ManifestStatter = (*resolver.Resolver)(nil)
+)
 
 // Options configure the handler. The zero value is ready to use.
 type Options struct {
@@ -126,31 +120,32 @@ type Answer struct {
 // copyBufferSize is the buffer of a blob copy that cannot use sendfile.
 const copyBufferSize = 256 << 10
 
-// New returns the mirror's HTTP handler. It panics if opts.DefaultRegistry is not a registry
-// host (a wiring mistake, not a runtime condition).
-func New(b Backend, opts Options) http.Handler {
+// New returns the mirror's HTTP handler over b. It refuses an opts.DefaultRegistry that is not
+// a registry host (errdefs.ErrInvalidArgument).
+func New(b Backend, opts Options) (*Handler, error) {
 	def := opts.DefaultRegistry
 	if def == "" {
 		def = "docker.io"
 	}
 	reg, ok := oci.NormalizeHost(def)
 	if !ok {
-		panic(fmt.Sprintf("mirror: invalid default registry %q", opts.DefaultRegistry))
+		return nil, fmt.Errorf("mirror: default registry %q is not a registry host: %w", opts.DefaultRegistry, errdefs.ErrInvalidArgument)
 	}
 	delay := opts.HeaderDelay
 	if delay <= 0 {
 		delay = DefaultHeaderDelay
 	}
-	return &handler{
+	return &Handler{
 		backend:         b,
 		defaultRegistry: reg,
 		observe:         opts.Observe,
 		headerDelay:     delay,
 		buffers:         sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }},
-	}
+	}, nil
 }
 
-type handler struct {
+// Handler is the mirror's HTTP handler: the pull side of the distribution API over a Backend.
+type Handler struct {
 	backend         Backend
 	defaultRegistry string
 	observe         func(Answer)
@@ -160,44 +155,85 @@ type handler struct {
 
 // exchange is one request being answered.
 type exchange struct {
-	w   http.ResponseWriter
-	r   *http.Request
-	req request
-	ans Answer
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	req   request
+	ans   Answer
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	x := &exchange{w: w, r: r, ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
-	defer func() {
-		// Runs on the abort panic too, so an aborted transfer is observed.
-		x.ans.Duration = time.Since(start)
-		if h.observe != nil {
-			h.observe(x.ans)
-		}
-	}()
-	w.Header().Set(oci.HeaderAPIVersion, oci.APIVersion)
-
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		x.reject(newAPIError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "lifeboat is a pull-only mirror: "+r.Method+" is not supported"))
+// ServeHTTP parses and validates a request (oci.ParsePath, with Options.DefaultRegistry), then
+// answers it as Serve does. A method other than GET or HEAD gets 405 and a request the parse
+// refuses its 4xx, each observed with the route known by then.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := h.begin(w, r)
+	defer h.end(x)
+	if x.refusedMethod() {
 		return
 	}
-	req, e := parseRequest(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
-	x.ans.Route = routeName(req)
+	req, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, h.defaultRegistry)
+	x.ans.Route = req.Route()
 	if e != nil {
-		x.reject(e)
+		x.reject(&apiError{Error: *e})
 		return
 	}
+	h.answer(x, req)
+}
+
+// Serve answers a GET or HEAD request for p, a path oci.ParsePath accepted, for a caller that
+// parsed the request itself (the peer listener). The answer and the Observe call are
+// ServeHTTP's for the same request; p's registry is used as it is (Options.DefaultRegistry is
+// only for ServeHTTP's parse). A method other than GET or HEAD gets 405.
+func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, p oci.Path) {
+	x := h.begin(w, r)
+	defer h.end(x)
+	if x.refusedMethod() {
+		return
+	}
+	x.ans.Route = p.Route()
+	h.answer(x, p)
+}
+
+// begin starts the answer to r. Every answer carries the API version.
+func (h *Handler) begin(w http.ResponseWriter, r *http.Request) *exchange {
+	x := &exchange{w: w, r: r, start: time.Now(), ans: Answer{Method: r.Method, Route: oci.KindUnknown.String()}}
+	w.Header().Set(oci.HeaderAPIVersion, oci.APIVersion)
+	return x
+}
+
+// end observes x's answer. Deferred, it runs on the abort panic too, so an aborted transfer is
+// observed.
+func (h *Handler) end(x *exchange) {
+	x.ans.Duration = time.Since(x.start)
+	if h.observe != nil {
+		h.observe(x.ans)
+	}
+}
+
+// refusedMethod answers 405 to a request whose method is not GET or HEAD, and says whether it
+// did.
+func (x *exchange) refusedMethod() bool {
+	if x.r.Method == http.MethodGet || x.r.Method == http.MethodHead {
+		return false
+	}
+	x.reject(newAPIError(http.StatusMethodNotAllowed, oci.CodeUnsupported, "lifeboat is a pull-only mirror: "+x.r.Method+" is not supported"))
+	return true
+}
+
+// answer answers x for req, a parsed and validated request, with a tags page of at most
+// maxTagsPage.
+func (h *Handler) answer(x *exchange, req request) {
+	req.N = min(req.N, maxTagsPage)
 	x.req = req
 	x.ans.Registry, x.ans.Repository = req.Registry, req.Repository
 	switch req.Kind {
 	case oci.KindPing:
 		x.ans.Status = http.StatusOK
-		writeBody(w, r, http.StatusOK, "application/json", []byte("{}"))
+		oci.WriteBody(x.w, x.r, http.StatusOK, "application/json", []byte("{}"))
 	case oci.KindManifest:
 		h.manifest(x)
 	case oci.KindBlob:
-		if r.Method == http.MethodHead {
+		if x.r.Method == http.MethodHead {
 			h.statBlob(x)
 		} else {
 			h.blob(x)
@@ -251,7 +287,7 @@ func (x *exchange) setCache(s resolver.CacheStatus) {
 	}
 }
 
-func (h *handler) manifest(x *exchange) {
+func (h *Handler) manifest(x *exchange) {
 	var m resolver.Manifest
 	var err error
 	if s, ok := h.backend.(ManifestStatter); ok && x.r.Method == http.MethodHead {
@@ -287,10 +323,10 @@ func (h *handler) manifest(x *exchange) {
 		return
 	}
 	x.ans.Bytes = int64(len(m.Body))
-	writeBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
+	oci.WriteBody(x.w, x.r, http.StatusOK, mediaType, m.Body)
 }
 
-func (h *handler) statBlob(x *exchange) {
+func (h *Handler) statBlob(x *exchange) {
 	desc, status, err := h.backend.StatBlob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
@@ -304,14 +340,14 @@ func (h *handler) statBlob(x *exchange) {
 	x.w.WriteHeader(x.ans.Status)
 }
 
-func (h *handler) blob(x *exchange) {
+func (h *Handler) blob(x *exchange) {
 	b, err := h.backend.Blob(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest)
 	if err != nil {
 		x.fail(err)
 		return
 	}
 	defer b.Close()
-	desc, status := b.Descriptor(), b.Status()
+	desc, status := b.Descriptor, b.Status
 	rng, partial, ok := x.blobRange(desc, status)
 	if !ok {
 		return
@@ -387,7 +423,7 @@ func (h *handler) blob(x *exchange) {
 // still gets a clean error answer, and containerd moves on, rather than an aborted 200;
 // started=false says it did not. sourceFailed says a failure, if any, was rc's: an error, or an
 // end before length bytes.
-func (h *handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
+func (h *Handler) copyBuffered(w http.ResponseWriter, rc io.Reader, length int64, start func()) (n int64, sourceFailed, started bool, err error) {
 	bufp := h.buffers.Get().(*[]byte)
 	defer h.buffers.Put(bufp)
 	buf := *bufp
@@ -513,7 +549,7 @@ func (s *readSide) Read(p []byte) (int, error) {
 // writerOnly is a writer without the ReadFrom of the writer it wraps.
 type writerOnly struct{ io.Writer }
 
-func (h *handler) tags(x *exchange) {
+func (h *Handler) tags(x *exchange) {
 	tags, status, err := h.backend.Tags(x.r.Context(), x.req.Registry, x.req.Repository)
 	if err != nil {
 		x.fail(err)
@@ -567,7 +603,7 @@ func (x *exchange) nextTagsLink(last string) string {
 	return b.String()
 }
 
-func (h *handler) referrers(x *exchange) {
+func (h *Handler) referrers(x *exchange) {
 	idx, err := h.backend.Referrers(x.r.Context(), x.req.Registry, x.req.Repository, x.req.Digest, x.req.ArtifactType)
 	if err != nil {
 		x.fail(err)
@@ -595,5 +631,5 @@ func (x *exchange) sendJSON(contentType string, body []byte) {
 	if x.r.Method == http.MethodGet {
 		x.ans.Bytes = int64(len(body))
 	}
-	writeBody(x.w, x.r, http.StatusOK, contentType, body)
+	oci.WriteBody(x.w, x.r, http.StatusOK, contentType, body)
 }

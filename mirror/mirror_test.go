@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,6 +24,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 )
@@ -36,9 +38,19 @@ func TestMain(m *testing.M) {
 // newServer serves New(b, opts) over real HTTP for the length of the test.
 func newServer(t *testing.T, b Backend, opts Options) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(New(b, opts))
+	srv := httptest.NewServer(newHandler(t, b, opts))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// newHandler returns New(b, opts), failing tb if New refuses opts.
+func newHandler(tb testing.TB, b Backend, opts Options) *Handler {
+	tb.Helper()
+	h, err := New(b, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
 }
 
 // do sends method target (a path and query, sent as written) and returns the answer and its body.
@@ -272,12 +284,75 @@ func TestRegistrySelection(t *testing.T) {
 
 func TestNewRejectsBadDefaultRegistry(t *testing.T) {
 	t.Parallel()
-	defer func() {
-		if recover() == nil {
-			t.Error("New accepted an invalid default registry")
-		}
-	}()
-	New(newMemBackend(), Options{DefaultRegistry: "not a host"})
+	h, err := New(newMemBackend(), Options{DefaultRegistry: "not a host"})
+	if h != nil || !errdefs.IsInvalidArgument(err) {
+		t.Errorf("New with an invalid default registry = %v, %v; want no handler and an invalid-argument error", h, err)
+	}
+}
+
+// TestServe answers requests that their caller parsed as ServeHTTP answers them unparsed: the
+// same status, headers and body, and the same observed answer.
+func TestServe(t *testing.T) {
+	t.Parallel()
+	b := newMemBackend()
+	img := b.addImage("ghcr.io", "org/app", "v1", 5000)
+	b.addReferrer("ghcr.io", "org/app", img.manifest, "application/spdx+json")
+	r := b.repo("ghcr.io", "org/app")
+	for i := range maxTagsPage {
+		r.tags[fmt.Sprintf("t%06d", i)] = img.index.Digest
+	}
+	var answers []Answer // the handler observes before its ServeHTTP or Serve returns
+	h := newHandler(t, b, Options{Observe: func(a Answer) { answers = append(answers, a) }})
+	layer := "/v2/ghcr.io/org/app/blobs/" + img.layer.Digest.String()
+	for _, tc := range []struct {
+		name, method, target, rangeHdr string
+	}{
+		{"ping", http.MethodGet, "/v2/", ""},
+		{"tag", http.MethodHead, "/v2/org/app/manifests/v1?ns=ghcr.io", ""},
+		{"manifest by digest", http.MethodGet, "/v2/ghcr.io/org/app/manifests/" + img.manifest.Digest.String(), ""},
+		{"blob range", http.MethodGet, layer, "bytes=100-199"},
+		{"blob head", http.MethodHead, layer, ""},
+		{"range not satisfiable", http.MethodGet, layer, "bytes=9999-"},
+		{"tags page capped", http.MethodGet, "/v2/ghcr.io/org/app/tags/list?n=999999999", ""},
+		{"referrers filtered", http.MethodGet, "/v2/ghcr.io/org/app/referrers/" + img.manifest.Digest.String() + "?artifactType=application/spdx%2Bjson", ""},
+		{"unknown tag", http.MethodGet, "/v2/ghcr.io/org/app/manifests/v2", ""},
+		{"unknown repository", http.MethodHead, "/v2/ghcr.io/org/other/blobs/" + img.layer.Digest.String(), ""},
+		{"delete", http.MethodDelete, "/v2/ghcr.io/org/app/manifests/v1", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			serve := func(serve func(http.ResponseWriter, *http.Request)) (*http.Response, []byte, Answer) {
+				t.Helper()
+				req := httptest.NewRequestWithContext(t.Context(), tc.method, tc.target, nil)
+				if tc.rangeHdr != "" {
+					req.Header.Set("Range", tc.rangeHdr)
+				}
+				w := httptest.NewRecorder()
+				answers = nil
+				serve(w, req)
+				if len(answers) != 1 {
+					t.Fatalf("%d answers observed, want 1", len(answers))
+				}
+				a := answers[0]
+				a.Duration = 0
+				return w.Result(), w.Body.Bytes(), a
+			}
+			want, wantBody, wantAnswer := serve(h.ServeHTTP)
+			got, gotBody, gotAnswer := serve(func(w http.ResponseWriter, r *http.Request) {
+				p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
+				if e != nil {
+					t.Fatalf("ParsePath refused %s: %v", tc.target, e)
+				}
+				h.Serve(w, r, p)
+			})
+			if got.StatusCode != want.StatusCode || !maps.EqualFunc(got.Header, want.Header, slices.Equal) || !bytes.Equal(gotBody, wantBody) {
+				t.Errorf("Serve answered %d %v (%d bytes), ServeHTTP %d %v (%d bytes)",
+					got.StatusCode, got.Header, len(gotBody), want.StatusCode, want.Header, len(wantBody))
+			}
+			if gotAnswer != wantAnswer {
+				t.Errorf("Serve observed %+v, ServeHTTP %+v", gotAnswer, wantAnswer)
+			}
+		})
+	}
 }
 
 func TestBlob(t *testing.T) {
@@ -829,22 +904,18 @@ func TestSourceFailingAtOnceGetsAnErrorAnswer(t *testing.T) {
 	}
 }
 
-// shortBlob ends cleanly before its size: a backend bug the handler must not pass on as a
-// complete answer.
-type shortBlob struct{ *memBlob }
-
-func (b shortBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	return io.NopCloser(bytes.NewReader(make([]byte, length/2))), nil
-}
-
+// shortBackend's blobs end cleanly before their size: a backend bug the handler must not pass
+// on as a complete answer.
 type shortBackend struct{ *memBackend }
 
-func (b shortBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.memBackend.Blob(ctx, registry, repository, dgst)
+func (b shortBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	m, err := b.open(registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}
-	return shortBlob{blob.(*memBlob)}, nil
+	return m.blob(func(off, length int64) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(make([]byte, length/2))), nil
+	}), nil
 }
 
 func TestShortSourceAborts(t *testing.T) {
@@ -899,17 +970,23 @@ type fileBackend struct {
 	dir string
 }
 
-type fileBlob struct {
-	*memBlob
-	path string
+func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	return b.fileBlob(registry, repository, dgst, func(f *os.File, off int64) (io.ReadCloser, error) {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	})
 }
 
-func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.memBackend.Blob(ctx, registry, repository, dgst)
+// fileBlob opens a blob whose bytes are written to a file of their own; its reader from off is
+// reader over the file, opened anew for each.
+func (b fileBackend) fileBlob(registry, repository string, dgst digest.Digest, reader func(f *os.File, off int64) (io.ReadCloser, error)) (*resolver.Blob, error) {
+	m, err := b.open(registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}
-	m := blob.(*memBlob)
 	f, err := os.CreateTemp(b.dir, "blob")
 	if err != nil {
 		return nil, err
@@ -918,45 +995,27 @@ func (b fileBackend) Blob(ctx context.Context, registry, repository string, dgst
 	if _, err := f.Write(m.data); err != nil {
 		return nil, err
 	}
-	return fileBlob{m, f.Name()}, nil
-}
-
-func (b fileBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	f, err := os.Open(b.path)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	path := f.Name()
+	return m.blob(func(off, length int64) (io.ReadCloser, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		return reader(f, off)
+	}), nil
 }
 
 // fileBackedBackend is a fileBackend whose readers offer the whole blob's file
 // (cache.FileBacked), as the resolver's readers of cached blobs do.
 type fileBackedBackend struct{ fileBackend }
 
-// fileBackedBlob is a fileBlob with readers that offer its file.
-type fileBackedBlob struct{ fileBlob }
-
 // wholeFileReader offers the whole blob's file, and fails every Read: only the file delivers.
 type wholeFileReader struct{ f *os.File }
 
-func (b fileBackedBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (Blob, error) {
-	blob, err := b.fileBackend.Blob(ctx, registry, repository, dgst)
-	if err != nil {
-		return nil, err
-	}
-	return fileBackedBlob{blob.(fileBlob)}, nil
-}
-
-func (b fileBackedBlob) Reader(off, length int64) (io.ReadCloser, error) {
-	f, err := os.Open(b.path)
-	if err != nil {
-		return nil, err
-	}
-	return wholeFileReader{f}, nil
+func (b fileBackedBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	return b.fileBlob(registry, repository, dgst, func(f *os.File, _ int64) (io.ReadCloser, error) {
+		return wholeFileReader{f}, nil
+	})
 }
 
 var _ cache.FileBacked = wholeFileReader{}

@@ -97,7 +97,7 @@ func TestMisbehavingUpstreamsAnswer(t *testing.T) {
 				url = up.URL
 			}
 			hook := new(logtest.Hook)
-			srv := httptest.NewServer(withLog(hook, New(FromResolver(newDaemonResolver(t, url)), Options{})))
+			srv := httptest.NewServer(withLog(hook, newHandler(t, newDaemonResolver(t, url), Options{})))
 			t.Cleanup(srv.Close)
 
 			target := "/v2/registry.test/app/blobs/" + digest.FromBytes(tc.blob).String()

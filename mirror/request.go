@@ -14,26 +14,6 @@ const maxTagsPage = 10000
 // its grammar: the Backend is never called with a malformed name, reference or digest.
 type request = oci.Path
 
-// parseRequest parses a GET or HEAD request's escaped path and raw query (oci.ParsePath), and
-// bounds the tags page size to maxTagsPage.
-func parseRequest(escapedPath, rawQuery, defaultRegistry string) (request, *apiError) {
-	req, e := oci.ParsePath(escapedPath, rawQuery, defaultRegistry)
-	req.N = min(req.N, maxTagsPage)
-	if e != nil {
-		return req, &apiError{Error: *e}
-	}
-	return req, nil
-}
-
-// routeName names a request for metrics and logs: its kind, with a manifest requested by tag
-// (a tag resolution) told apart as "tag".
-func routeName(r request) string {
-	if r.Kind == oci.KindManifest && r.Digest == "" && r.Reference != "" {
-		return "tag"
-	}
-	return r.Kind.String()
-}
-
 // byteRange is a satisfiable single range of a blob.
 type byteRange struct {
 	off, length int64

@@ -61,7 +61,10 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	}
 	t.Cleanup(func() { res.Close() })
 	reg.MustRegister(metrics.NewUpstreamCollector(res))
-	h := mirror.New(mirror.FromResolver(res), mirror.Options{})
+	h, err := mirror.New(res, mirror.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	get := func(target string) (int, string) {
 		w := httptest.NewRecorder()

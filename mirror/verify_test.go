@@ -127,7 +127,7 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	}
 	t.Cleanup(func() { res.Close(); store.Close() })
 	// A short header delay: a held blob's answer starts without its first byte at once.
-	srv := newServer(t, FromResolver(res), Options{HeaderDelay: 20 * time.Millisecond})
+	srv := newServer(t, res, Options{HeaderDelay: 20 * time.Millisecond})
 	target := srv.URL + "/v2/app/blobs/" + dgst.String() + "?ns=registry.test"
 
 	corruptNext.Store(true)

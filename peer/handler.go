@@ -1,8 +1,8 @@
 package peer
 
 import (
+	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -39,8 +39,9 @@ const peerHeaderDelay = 250 * time.Millisecond
 // (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
 // node's cache (or its fill) and never forwarded to other peers.
 //
-// Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set.
-func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+// Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set. An error
+// is mirror.New's.
+func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) (http.Handler, error) {
 	observe, src := opts.Observe, opts.Source
 	h := &handler{auth: auth, index: index, shared: opts.Shared, observe: func(a mirror.Answer) {
 		if src != nil {
@@ -50,14 +51,18 @@ func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, 
 			observe(a)
 		}
 	}}
-	h.api = mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
-	return h
+	api, err := mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
+	if err != nil {
+		return nil, fmt.Errorf("peer listener: %w", err)
+	}
+	h.api = api
+	return h, nil
 }
 
 type handler struct {
 	auth    Authenticator
 	index   http.Handler
-	api     http.Handler
+	api     *mirror.Handler
 	shared  func(registry string) bool
 	observe func(mirror.Answer)
 }
@@ -68,7 +73,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.G(r.Context()).WithError(err).WithField("remote", r.RemoteAddr).Debug("peer request refused")
 		// Close the connection: its sender has nothing to say to this node.
 		w.Header().Set("Connection", "close")
-		writeError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
+		oci.WriteError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
 		return
 	}
 	// What the index reads is the name the token proved, whatever the sender wrote.
@@ -81,47 +86,38 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v2" || strings.HasPrefix(path, apiPrefix):
 		h.serveAPI(w, r)
 	default:
-		writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeUnsupported, "not an endpoint of the peer listener"))
+		oci.WriteError(w, r, oci.NewError(http.StatusNotFound, oci.CodeUnsupported, "not an endpoint of the peer listener"))
 	}
 }
 
-// serveAPI answers a peer's pull request from this node's resolver. The mirror refuses
-// methods other than GET and HEAD (405) and malformed requests.
+// serveAPI answers a peer's pull request from this node's resolver. It parses the request
+// once: a malformed one is refused as the mirror refuses it, a registry that is not shared gets
+// 404, and the rest is the mirror's to answer (Serve). A method other than GET or HEAD gets
+// the mirror's 405.
 func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
-		// The mirror parses the path again and answers its errors; this only finds the registry.
-		p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
-		if e == nil && p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
-			writeError(w, r, oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers"))
-			h.observe(mirror.Answer{
-				Method: r.Method, Route: routeName(p), Registry: p.Registry, Repository: p.Repository,
-				Status: http.StatusNotFound, Duration: time.Since(start),
-			})
-			return
-		}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h.api.ServeHTTP(w, r)
+		return
+	}
+	p, e := oci.ParsePath(r.URL.EscapedPath(), r.URL.RawQuery, oci.DockerHub)
+	if e != nil {
+		// As the mirror observes a refused request: it names no registry.
+		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route()}, start)
+		return
+	}
+	if p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
+		e := oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers")
+		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository}, start)
+		return
 	}
 	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
-	h.api.ServeHTTP(w, r.WithContext(ctx))
+	h.api.Serve(w, r.WithContext(ctx), p)
 }
 
-// routeName names a request as mirror.Answer.Route does.
-func routeName(p oci.Path) string {
-	if p.Kind == oci.KindManifest && p.Digest == "" {
-		return "tag"
-	}
-	return p.Kind.String()
-}
-
-// writeError sends e in the distribution spec's error format (no body for a HEAD).
-func writeError(w http.ResponseWriter, r *http.Request, e *oci.Error) {
-	body := e.Body()
-	hdr := w.Header()
-	hdr.Set(oci.HeaderAPIVersion, oci.APIVersion)
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(e.Status)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
+// refuse answers e, and observes a with e's status.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, e *oci.Error, a mirror.Answer, start time.Time) {
+	oci.WriteError(w, r, e)
+	a.Status, a.Duration = e.Status, time.Since(start)
+	h.observe(a)
 }

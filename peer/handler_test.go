@@ -1,10 +1,13 @@
 package peer
 
 import (
+	"bytes"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,9 +57,9 @@ func newDirectHandler(t *testing.T, opts HandlerOptions) (http.Handler, *countin
 	t.Helper()
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 1024)
-	backend := &countingBackend{Backend: mirror.FromResolver(newTestResolver(t, up))}
+	backend := &countingBackend{Backend: newTestResolver(t, up)}
 	index := &recordingIndex{}
-	return NewHandler(testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
+	return newHandler(t, testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
 }
 
 func TestUnauthenticatedRequestsDoNothing(t *testing.T) {
@@ -155,6 +158,59 @@ func TestPeersOnlyPull(t *testing.T) {
 	}
 	if backend.calls.Load() != 0 || index.calls.Load() != 0 {
 		t.Errorf("refused requests reached the backend %d times, the index %d times", backend.calls.Load(), index.calls.Load())
+	}
+}
+
+// TestMalformedRequestsAnsweredAsTheMirror: the handler parses a /v2/ request once, and
+// refuses a malformed one as the mirror does (the same status, headers, body and observed
+// answer), without a call to the backend.
+func TestMalformedRequestsAnsweredAsTheMirror(t *testing.T) {
+	t.Parallel()
+	var observed []mirror.Answer // observed before the handler returns
+	observe := func(a mirror.Answer) { observed = append(observed, a) }
+	h, backend, _, _ := newDirectHandler(t, HandlerOptions{Observe: observe})
+	m, err := mirror.New(backend, mirror.Options{Observe: observe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, method, target string }{
+		{"bad name", http.MethodGet, "/v2/Team/app/manifests/v1?ns=" + testRegistry},
+		{"bad tag", http.MethodHead, "/v2/" + testRepo + "/manifests/-v1?ns=" + testRegistry},
+		{"blob by tag", http.MethodGet, "/v2/" + testRepo + "/blobs/latest?ns=" + testRegistry},
+		{"bad ns", http.MethodGet, "/v2/" + testRepo + "/manifests/v1?ns=not%20a%20host"},
+		{"catalog", http.MethodGet, "/v2/_catalog"},
+		{"upload", http.MethodGet, "/v2/" + testRepo + "/blobs/uploads/1?ns=" + testRegistry},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			serve := func(h http.Handler) (*http.Response, []byte, mirror.Answer) {
+				t.Helper()
+				req := httptest.NewRequest(tc.method, tc.target, nil)
+				req.Header.Set(cluster.HeaderAuthorization, authScheme+"b")
+				w := httptest.NewRecorder()
+				observed = nil
+				h.ServeHTTP(w, req)
+				if len(observed) != 1 {
+					t.Fatalf("%d answers observed, want 1", len(observed))
+				}
+				a := observed[0]
+				a.Duration = 0
+				return w.Result(), w.Body.Bytes(), a
+			}
+			got, gotBody, gotAnswer := serve(h)
+			want, wantBody, wantAnswer := serve(m)
+			if want.StatusCode/100 != 4 {
+				t.Fatalf("the mirror answered %d, want a refusal", want.StatusCode)
+			}
+			if got.StatusCode != want.StatusCode || !maps.EqualFunc(got.Header, want.Header, slices.Equal) || !bytes.Equal(gotBody, wantBody) {
+				t.Errorf("answered %d %v %s, the mirror %d %v %s", got.StatusCode, got.Header, gotBody, want.StatusCode, want.Header, wantBody)
+			}
+			if gotAnswer != wantAnswer {
+				t.Errorf("observed %+v, the mirror %+v", gotAnswer, wantAnswer)
+			}
+		})
+	}
+	if n := backend.calls.Load(); n != 0 {
+		t.Errorf("malformed requests reached the backend %d times", n)
 	}
 }
 

@@ -172,7 +172,7 @@ func (b *countingBackend) StatBlob(ctx context.Context, registry, repository str
 	return b.Backend.StatBlob(ctx, registry, repository, dgst)
 }
 
-func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (mirror.Blob, error) {
+func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
 	b.calls.Add(1)
 	b.blobs.Add(1)
 	return b.Backend.Blob(ctx, registry, repository, dgst)
@@ -186,6 +186,16 @@ func (b *countingBackend) Tags(ctx context.Context, registry, repository string)
 func (b *countingBackend) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
 	b.calls.Add(1)
 	return b.Backend.Referrers(ctx, registry, repository, dgst, artifactType)
+}
+
+// newHandler returns NewHandler(auth, index, backend, opts), failing t if it refuses them.
+func newHandler(t *testing.T, auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+	t.Helper()
+	h, err := NewHandler(auth, index, backend, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // testNode is another lifeboat as its peers see it: the real peer handler over a real resolver
@@ -206,13 +216,13 @@ type testNode struct {
 func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions) *testNode {
 	t.Helper()
 	n := &testNode{name: nodeName, resolver: newTestResolver(t, up)}
-	n.backend = &countingBackend{Backend: mirror.FromResolver(n.resolver)}
+	n.backend = &countingBackend{Backend: n.resolver}
 	n.source = NewSource(&testCluster{name: nodeName}, SourceOptions{})
 	opts.Source = n.source
 	index := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no index here", http.StatusNotFound)
 	})
-	h := NewHandler(testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
+	h := newHandler(t, testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
 	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v2/") {
 			n.requests.Add(1)

@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
-	"github.com/lifeboat-dev/lifeboat/mirror"
 )
 
 func TestBlobFromAHolder(t *testing.T) {
@@ -429,8 +428,8 @@ func TestWithTheClusterSigner(t *testing.T) {
 	secret := bytes.Repeat([]byte{7}, 32)
 	r := newTestResolver(t, up)
 	warm(t, r, img.layer)
-	backend := &countingBackend{Backend: mirror.FromResolver(r)}
-	srv := httptest.NewServer(NewHandler(cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
+	backend := &countingBackend{Backend: r}
+	srv := httptest.NewServer(newHandler(t, cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
 	t.Cleanup(srv.Close)
 	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
 

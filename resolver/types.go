@@ -45,6 +45,13 @@ type Blob struct {
 	close func() error
 }
 
+// NewBlob returns an open blob of desc and status whose Reader is open and whose Close is
+// close (nil: nothing to release), for a mirror.Backend other than the Resolver. open keeps
+// Reader's contract: the bytes [off, off+length), or an error before the last byte.
+func NewBlob(desc ocispec.Descriptor, status CacheStatus, open func(off, length int64) (io.ReadCloser, error), close func() error) *Blob {
+	return &Blob{Descriptor: desc, Status: status, open: open, close: close}
+}
+
 // Reader returns the blob's bytes [off, off+length). For a fill in progress it streams the bytes
 // as they arrive from upstream; if the upstream breaks or the content fails verification, the
 // reader returns an error before its last byte, and the caller must not present what it read as

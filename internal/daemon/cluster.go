@@ -17,7 +17,6 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
-	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/peer"
 )
 
@@ -68,9 +67,9 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 
 // peerHandler is the peer listener's handler: the cluster's index requests, and the OCI pull
 // API over the resolver as the mirror serves it, for the registries that are shared.
-func (d *Daemon) peerHandler() http.Handler {
+func (d *Daemon) peerHandler() (http.Handler, error) {
 	regs := d.cfg.Registry
-	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), mirror.FromResolver(d.Resolver), peer.HandlerOptions{
+	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), d.Resolver, peer.HandlerOptions{
 		Shared: func(registry string) bool { return regs[registry].Shared() },
 		Source: d.Peers, // counts the bytes served to peers
 	})

@@ -60,6 +60,10 @@ type Daemon struct {
 	reg     *prometheus.Registry
 	answers *metrics.Mirror
 	left    bool // leaveCluster ran
+
+	// mirrorAPI and peerAPI are the handlers of the mirror and of the peer listener (nil
+	// without a cluster), built by New.
+	mirrorAPI, peerAPI http.Handler
 }
 
 // New claims every address of cfg, opens the cache in cfg.Root and builds the daemon over it,
@@ -146,6 +150,14 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 	}
 	d.answers = metrics.NewMirror(d.reg)
 	d.Admin.Answers = d.answers.Answers
+	if d.mirrorAPI, err = mirror.New(d.Resolver, mirror.Options{Observe: d.answers.Observe}); err != nil {
+		return nil, err
+	}
+	if d.Cluster != nil {
+		if d.peerAPI, err = d.peerHandler(); err != nil {
+			return nil, err
+		}
+	}
 	// Run owns the listeners and the parts now, and the root is the cache's.
 	undo = nil
 	return d, nil
@@ -194,9 +206,7 @@ func (d *Daemon) MirrorAddr() string { return d.lns.mirror.Addr().String() }
 func (d *Daemon) Run(ctx context.Context) error {
 	grace := d.opts.Grace
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return serveHTTP(gctx, "registry mirror", d.lns.mirror, mirror.New(mirror.FromResolver(d.Resolver), mirror.Options{Observe: d.answers.Observe}), grace)
-	})
+	g.Go(func() error { return serveHTTP(gctx, "registry mirror", d.lns.mirror, d.mirrorAPI, grace) })
 	if d.lns.metrics != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
@@ -212,7 +222,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		g.Go(func() error { return d.plugins.run(gctx, d.lns.plugin, grace) })
 	}
 	if d.Cluster != nil {
-		g.Go(func() error { return serveHTTP(gctx, "cluster peer listener", d.lns.peer, d.peerHandler(), grace) })
+		g.Go(func() error { return serveHTTP(gctx, "cluster peer listener", d.lns.peer, d.peerAPI, grace) })
 	}
 	log.G(ctx).Info("lifeboat is running")
 	if !d.opts.MirrorOnly {

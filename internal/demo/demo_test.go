@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -41,6 +42,34 @@ func TestCheckStep(t *testing.T) {
 				if !strings.Contains(got[i], p) {
 					t.Errorf("problem %q, want it to say %q", got[i], p)
 				}
+			}
+		})
+	}
+}
+
+// TestRequestKind classifies the requests of a pull as the report counts them.
+func TestRequestKind(t *testing.T) {
+	t.Parallel()
+	dgst := "sha256:" + strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name, target, want string
+	}{
+		{"tag", "/v2/library/busybox/manifests/1.36?ns=docker.io", "tag"},
+		{"manifest by digest", "/v2/library/busybox/manifests/" + dgst + "?ns=docker.io", "manifest"},
+		{"blob", "/v2/library/busybox/blobs/" + dgst + "?ns=docker.io", "blob"},
+		{"ping", "/v2/", "other"},
+		{"tags", "/v2/library/busybox/tags/list", "other"},
+		{"referrers", "/v2/library/busybox/referrers/" + dgst, "other"},
+		{"not the API", "/healthz", "other"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			u, err := url.Parse("http://mirror.test" + tc.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := requestKind(u); got != tc.want {
+				t.Errorf("requestKind(%s) = %q, want %q", tc.target, got, tc.want)
 			}
 		})
 	}

@@ -131,7 +131,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	r.mu.Lock()
-	r.answers = append(r.answers, recorded{kind: requestKind(req.URL.Path), status: resp.StatusCode, cache: resp.Header.Get(oci.HeaderCache)})
+	r.answers = append(r.answers, recorded{kind: requestKind(req.URL), status: resp.StatusCode, cache: resp.Header.Get(oci.HeaderCache)})
 	r.mu.Unlock()
 	resp.Body = &countingBody{ReadCloser: resp.Body, n: &r.bytes}
 	return resp, nil
@@ -157,17 +157,13 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// requestKind classifies a registry API path: "tag", "manifest" (by digest), "blob", or "other".
-func requestKind(path string) string {
-	_, kind, ref, _ := oci.SplitPath(strings.Split(strings.Trim(path, "/"), "/"))
-	switch kind {
-	case oci.KindBlob:
-		return "blob"
-	case oci.KindManifest:
-		if _, err := oci.ParseDigest(ref); err == nil {
-			return "manifest"
-		}
-		return "tag"
+// requestKind classifies a registry API request by its route (oci.Path.Route): "tag",
+// "manifest" (by digest), "blob", or "other".
+func requestKind(u *url.URL) string {
+	p, _ := oci.ParsePath(u.EscapedPath(), u.RawQuery, oci.DockerHub)
+	switch route := p.Route(); route {
+	case "tag", "manifest", "blob":
+		return route
 	}
 	return "other"
 }

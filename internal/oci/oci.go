@@ -1,8 +1,9 @@
 // Package oci is lifeboat's vocabulary of the OCI distribution API, written once: repository
 // names, tags and digests; registry hosts (their grammar, the docker.io aliases, the endpoint
 // containerd uses when nothing configures one); the /v2/ paths of the pull API and how a
-// mirror request names its registry; the error codes of the distribution spec and their
-// body; and the header names lifeboat sends and reads.
+// mirror request names its registry and what route it takes; the error codes of the
+// distribution spec, their body and the writer of an error answer; and the header names
+// lifeboat sends and reads.
 //
 // The grammars are distribution/reference's (the one containerd and docker use), held to the
 // OCI image spec where it is stricter: digests are sha256 or sha512 only.

@@ -112,6 +112,17 @@ type Path struct {
 	ArtifactType string
 }
 
+// Route names the request for metrics, logs and reports: its kind ("ping", "manifest",
+// "blob", "tags", "referrers", "unknown"), with a manifest requested by tag (a tag
+// resolution) told apart as "tag". A Path that ParsePath refused keeps the kind it had found,
+// without its reference: a refused manifest request is "manifest", whatever it named.
+func (p Path) Route() string {
+	if p.Kind == KindManifest && p.Digest == "" && p.Reference != "" {
+		return "tag"
+	}
+	return p.Kind.String()
+}
+
 // ParsePath parses a GET or HEAD request's escaped path and raw query. A request that names no
 // registry gets defaultRegistry (normalized by the caller). Every refusal is an *Error with a
 // 4xx status.

@@ -200,3 +200,36 @@ func TestKindString(t *testing.T) {
 		t.Error("an out-of-range kind is not unknown")
 	}
 }
+
+// Route tells a manifest by tag from one by digest, from what ParsePath made of the request.
+func TestPathRoute(t *testing.T) {
+	t.Parallel()
+	dgst := "sha256:" + strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name, target, want string
+	}{
+		{"ping", "/v2/", "ping"},
+		{"manifest by tag", "/v2/library/alpine/manifests/3.20", "tag"},
+		{"manifest by tag with ns", "/v2/org/app/manifests/v1?ns=ghcr.io", "tag"},
+		{"manifest by digest", "/v2/library/alpine/manifests/" + dgst, "manifest"},
+		{"blob", "/v2/library/alpine/blobs/" + dgst, "blob"},
+		{"tags", "/v2/library/alpine/tags/list", "tags"},
+		{"referrers", "/v2/library/alpine/referrers/" + dgst, "referrers"},
+		{"refused tag", "/v2/library/alpine/manifests/-latest", "manifest"},
+		{"refused digest", "/v2/library/alpine/manifests/sha256:abc", "manifest"},
+		{"refused name of a tag", "/v2/Library/alpine/manifests/latest", "manifest"},
+		{"refused blob", "/v2/library/alpine/blobs/latest", "blob"},
+		{"upload", "/v2/library/alpine/blobs/uploads/8f1c", "unknown"},
+		{"catalog", "/v2/_catalog", "unknown"},
+		{"not the API", "/v1/library/alpine/manifests/latest", "unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path, query, _ := strings.Cut(tc.target, "?")
+			p, _ := ParsePath(path, query, DockerHub)
+			if got := p.Route(); got != tc.want {
+				t.Errorf("Route() of %s = %q, want %q", tc.target, got, tc.want)
+			}
+		})
+	}
+}

@@ -39,7 +39,7 @@ func newService(t *testing.T, beforeStart ...func(root string)) (*Service, *Clie
 		fn(store.Root())
 	}
 	sim := outage.New()
-	res, err := resolver.New(ctx, store, resolver.Options{NewClient: func(string, string) (endpoints.Client, error) {
+	res, err := resolver.New(t.Context(), store, resolver.Options{NewClient: func(string, string) (endpoints.Client, error) {
 		return nil, errdefs.ErrNotImplemented
 	}})
 	if err != nil {

@@ -113,7 +113,7 @@ func newDrillServiceWithPeers(t *testing.T, up *drillUpstream, peers resolver.Pe
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := resolver.New(ctx, store, resolver.Options{
+	res, err := resolver.New(t.Context(), store, resolver.Options{
 		UpstreamTimeout: 3 * time.Second,
 		Endpoints:       map[string][]string{drillRegistry: {up.URL}},
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {

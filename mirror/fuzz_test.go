@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/internal/oci/ocitest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -127,12 +128,12 @@ func newMirroredOnly(f *testing.F, registries ...string) (http.Handler, *atomic.
 	}
 	f.Cleanup(func() { store.Close() })
 	contact := &atomic.Int64{}
-	endpoints := map[string][]string{}
+	urls := map[string][]string{}
 	for _, reg := range registries {
-		endpoints[reg] = []string{"https://" + reg + ".mem.test"}
+		urls[reg] = []string{"https://" + reg + ".mem.test"}
 	}
-	res, err := resolver.New(ctx, store, resolver.Options{
-		Endpoints: endpoints,
+	res, err := resolver.New(context.Background(), store, resolver.Options{
+		Endpoints: urls,
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			c := &emptyUpstream{endpoint: endpoint}
 			if !slices.Contains(registries, registry) {

@@ -51,7 +51,7 @@ func newResolver(t *testing.T, endpoint string) *resolver.Resolver {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	res, err := resolver.New(ctx, store, resolver.Options{
+	res, err := resolver.New(t.Context(), store, resolver.Options{
 		// Generous: megabytes of manifests under the race detector, with parallel packages.
 		UpstreamTimeout: 10 * time.Second,
 		Endpoints:       map[string][]string{"docker.io": {endpoint}},

@@ -172,7 +172,7 @@ func newDaemonResolver(t *testing.T, url string) *resolver.Resolver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := resolver.New(ctx, store, resolver.Options{
+	r, err := resolver.New(t.Context(), store, resolver.Options{
 		IdleTimeout: time.Second,
 		Endpoints:   map[string][]string{"registry.test": {url}},
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {

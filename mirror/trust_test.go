@@ -47,7 +47,7 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	t.Cleanup(func() { store.Close() })
 	reg := prometheus.NewRegistry()
 	upMetrics := metrics.NewUpstream(reg)
-	res, err := resolver.New(ctx, store, resolver.Options{
+	res, err := resolver.New(t.Context(), store, resolver.Options{
 		// docker.io is served by a live registry; down.test by a closed port.
 		Endpoints: map[string][]string{"docker.io": {up.URL}, "down.test": {"http://" + closed[0]}},
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {

@@ -114,7 +114,7 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := resolver.New(ctx, store, resolver.Options{
+	res, err := resolver.New(t.Context(), store, resolver.Options{
 		UpstreamTimeout:  10 * time.Second, // generous: tests run in parallel under -race
 		VerifyBeforeSend: verifyBeforeSend,
 		Endpoints:        map[string][]string{"registry.test": {up.URL}},

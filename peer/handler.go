@@ -11,7 +11,6 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/mirror"
-	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // Paths of the peer listener.
@@ -35,15 +34,16 @@ const peerHeaderDelay = 250 * time.Millisecond
 // NewHandler returns the peer listener's handler. Every request must carry a valid token
 // (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
 // cluster node's handler), with cluster.HeaderPeer set to the node name the token proved;
-// /v2/ is the OCI pull API over backend, with the request marked as a peer's
-// (resolver.FromPeer; cluster.HeaderFill asks for a coalesced fill), so it is answered from this
-// node's cache (or its fill) and never forwarded to other peers.
+// /v2/ is the OCI pull API over local, this node's cache as it serves its peers
+// (resolver.PeerView), or, for a request with cluster.HeaderFill, over coalescing, which fills
+// a blob this node does not hold from the registry (PeerView.Coalescing). Neither forwards a
+// request to other peers.
 //
 // Bytes of /v2/ answers are counted in opts.Source's Stats.BytesOut when it is set. An error
 // is mirror.New's.
-func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) (http.Handler, error) {
+func NewHandler(auth Authenticator, index http.Handler, local, coalescing mirror.Backend, opts HandlerOptions) (http.Handler, error) {
 	observe, src := opts.Observe, opts.Source
-	h := &handler{auth: auth, index: index, shared: opts.Shared, observe: func(a mirror.Answer) {
+	h := &handler{auth: auth, index: index, observe: func(a mirror.Answer) {
 		if src != nil {
 			src.bytesOut.Add(a.Bytes)
 		}
@@ -51,19 +51,22 @@ func NewHandler(auth Authenticator, index http.Handler, backend mirror.Backend, 
 			observe(a)
 		}
 	}}
-	api, err := mirror.New(backend, mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe})
-	if err != nil {
+	var err error
+	mopts := mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe}
+	if h.api, err = mirror.New(local, mopts); err != nil {
 		return nil, fmt.Errorf("peer listener: %w", err)
 	}
-	h.api = api
+	if h.fill, err = mirror.New(coalescing, mopts); err != nil {
+		return nil, fmt.Errorf("peer listener: %w", err)
+	}
 	return h, nil
 }
 
 type handler struct {
 	auth    Authenticator
 	index   http.Handler
-	api     *mirror.Handler
-	shared  func(registry string) bool
+	api     *mirror.Handler // this node's cache
+	fill    *mirror.Handler // and coalesced fills
 	observe func(mirror.Answer)
 }
 
@@ -91,9 +94,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveAPI answers a peer's pull request from this node's resolver. It parses the request
-// once: a malformed one is refused as the mirror refuses it, a registry that is not shared gets
-// 404, and the rest is the mirror's to answer (Serve). A method other than GET or HEAD gets
-// the mirror's 405.
+// once: a malformed one is refused as the mirror refuses it, and the rest is the mirror's to
+// answer (Serve), over the coalescing backend when the request asks for a fill. A method
+// other than GET or HEAD gets the mirror's 405.
 func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -106,13 +109,11 @@ func (h *handler) serveAPI(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route()}, start)
 		return
 	}
-	if p.Kind != oci.KindPing && h.shared != nil && !h.shared(p.Registry) {
-		e := oci.NewError(http.StatusNotFound, oci.CodeNameUnknown, "registry "+p.Registry+" is not shared with peers")
-		h.refuse(w, r, e, mirror.Answer{Method: r.Method, Route: p.Route(), Registry: p.Registry, Repository: p.Repository}, start)
+	if r.Header.Get(cluster.HeaderFill) == "1" {
+		h.fill.Serve(w, r, p)
 		return
 	}
-	ctx := resolver.FromPeer(r.Context(), r.Header.Get(cluster.HeaderFill) == "1")
-	h.api.Serve(w, r.WithContext(ctx), p)
+	h.api.Serve(w, r, p)
 }
 
 // refuse answers e, and observes a with e's status.

@@ -57,7 +57,7 @@ func newDirectHandler(t *testing.T, opts HandlerOptions) (http.Handler, *countin
 	t.Helper()
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 1024)
-	backend := &countingBackend{Backend: newTestResolver(t, up)}
+	backend := newCountingBackend(newTestResolver(t, up))
 	index := &recordingIndex{}
 	return newHandler(t, testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
 }
@@ -169,7 +169,7 @@ func TestMalformedRequestsAnsweredAsTheMirror(t *testing.T) {
 	var observed []mirror.Answer // observed before the handler returns
 	observe := func(a mirror.Answer) { observed = append(observed, a) }
 	h, backend, _, _ := newDirectHandler(t, HandlerOptions{Observe: observe})
-	m, err := mirror.New(backend, mirror.Options{Observe: observe})
+	m, err := mirror.New(backend.local(), mirror.Options{Observe: observe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,6 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "v1", 64<<10)
-	shared := func(registry string) bool { return registry != testRegistry }
 	var answers []mirror.Answer
 	var mu sync.Mutex
 	observe := func(a mirror.Answer) {
@@ -226,9 +225,9 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 		defer mu.Unlock()
 		answers = append(answers, a)
 	}
-	b := newTestNode(t, "b", up, HandlerOptions{Shared: shared, Observe: observe})
+	b := newTestNode(t, "b", up, HandlerOptions{Observe: observe}, testRegistry)
 	b.warm(t, img.layer)
-	calls := b.backend.calls.Load()
+	before := up.blobGets.Load()
 
 	// Straight to the handler: 404 NAME_UNKNOWN.
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, b.srv.URL+"/v2/"+testRepo+"/blobs/"+img.layer.String()+"?ns="+testRegistry, nil)
@@ -277,7 +276,7 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	if _, err := NewSource(c, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil); !errdefs.IsNotFound(err) {
 		t.Errorf("OpenBlob: %v, want not found", err)
 	}
-	if n := b.backend.calls.Load() - calls; n != 0 {
-		t.Errorf("requests for a registry not shared reached the backend %d times", n)
+	if n := up.blobGets.Load() - before; n != 0 {
+		t.Errorf("requests for a registry not shared made %d blob GETs upstream", n)
 	}
 }

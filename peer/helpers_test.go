@@ -115,14 +115,15 @@ func newTestResolver(t *testing.T, up *testUpstream) *resolver.Resolver {
 	return newClusterResolver(t, up, nil)
 }
 
-// newClusterResolver is newTestResolver in a cluster: peers (when not nil) is its resolver.Peers.
-func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers) *resolver.Resolver {
+// newClusterResolver is newTestResolver in a cluster: peers (when not nil) is its resolver.Peers;
+// notShared are its registries not shared with peers.
+func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers, notShared ...string) *resolver.Resolver {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := resolver.New(ctx, store, resolver.Options{
+	r, err := resolver.New(t.Context(), store, resolver.Options{
 		UpstreamTimeout:  3 * time.Second, // generous: tests run in parallel under -race on 2 cores
 		IdleTimeout:      5 * time.Second,
 		FillTimeout:      time.Minute,
@@ -131,7 +132,8 @@ func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers) *r
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			return upstream.New(registry, endpoint, upstream.Options{})
 		},
-		Peers: peers,
+		Peers:     peers,
+		NotShared: notShared,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -156,42 +158,61 @@ func (a testAuth) Verify(req *http.Request) (string, error) {
 	return "", fmt.Errorf("no valid token: %w", errdefs.ErrUnauthenticated)
 }
 
-// countingBackend is a mirror.Backend that counts the calls that reach it.
+// countingBackend counts the calls that reach the backends of a peer handler: a resolver's
+// PeerView, and its coalescing view.
 type countingBackend struct {
-	mirror.Backend
+	view         resolver.PeerView
 	calls, blobs atomic.Int64
 }
 
-func (b *countingBackend) Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error) {
-	b.calls.Add(1)
+func newCountingBackend(r *resolver.Resolver) *countingBackend {
+	return &countingBackend{view: r.ForPeers()}
+}
+
+// local is the view of this node's cache, counted.
+func (c *countingBackend) local() mirror.Backend { return &counted{Backend: c.view, c: c} }
+
+// coalescing is the view that fills, counted.
+func (c *countingBackend) coalescing() mirror.Backend {
+	return &counted{Backend: c.view.Coalescing(), c: c}
+}
+
+// counted is a mirror.Backend that counts the calls that reach it in c.
+type counted struct {
+	mirror.Backend
+	c *countingBackend
+}
+
+func (b *counted) Manifest(ctx context.Context, registry, repository, reference string) (resolver.Manifest, error) {
+	b.c.calls.Add(1)
 	return b.Backend.Manifest(ctx, registry, repository, reference)
 }
 
-func (b *countingBackend) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error) {
-	b.calls.Add(1)
+func (b *counted) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, resolver.CacheStatus, error) {
+	b.c.calls.Add(1)
 	return b.Backend.StatBlob(ctx, registry, repository, dgst)
 }
 
-func (b *countingBackend) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
-	b.calls.Add(1)
-	b.blobs.Add(1)
+func (b *counted) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*resolver.Blob, error) {
+	b.c.calls.Add(1)
+	b.c.blobs.Add(1)
 	return b.Backend.Blob(ctx, registry, repository, dgst)
 }
 
-func (b *countingBackend) Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error) {
-	b.calls.Add(1)
+func (b *counted) Tags(ctx context.Context, registry, repository string) ([]string, resolver.CacheStatus, error) {
+	b.c.calls.Add(1)
 	return b.Backend.Tags(ctx, registry, repository)
 }
 
-func (b *countingBackend) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
-	b.calls.Add(1)
+func (b *counted) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
+	b.c.calls.Add(1)
 	return b.Backend.Referrers(ctx, registry, repository, dgst, artifactType)
 }
 
-// newHandler returns NewHandler(auth, index, backend, opts), failing t if it refuses them.
-func newHandler(t *testing.T, auth Authenticator, index http.Handler, backend mirror.Backend, opts HandlerOptions) http.Handler {
+// newHandler returns NewHandler over backend's views, failing t if it refuses them.
+func newHandler(t *testing.T, auth Authenticator, index http.Handler, backend *countingBackend, opts HandlerOptions) http.Handler {
 	t.Helper()
-	h, err := NewHandler(auth, index, backend, opts)
+	h, err := NewHandler(auth, index, backend.local(), backend.coalescing(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +234,10 @@ type testNode struct {
 }
 
 // newTestNode starts a node whose registry upstream is up, with opts (Source is set here).
-func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions) *testNode {
+func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions, notShared ...string) *testNode {
 	t.Helper()
-	n := &testNode{name: nodeName, resolver: newTestResolver(t, up)}
-	n.backend = &countingBackend{Backend: n.resolver}
+	n := &testNode{name: nodeName, resolver: newClusterResolver(t, up, nil, notShared...)}
+	n.backend = newCountingBackend(n.resolver)
 	n.source = NewSource(&testCluster{name: nodeName}, SourceOptions{})
 	opts.Source = n.source
 	index := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

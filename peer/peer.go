@@ -20,8 +20,6 @@ import (
 type HandlerOptions struct {
 	// Observe, when set, is called once for every /v2/ request answered (as the mirror's).
 	Observe func(mirror.Answer)
-	// Shared reports whether a registry's content may be served to peers (nil: all are).
-	Shared func(registry string) bool
 	// Source, when set, counts the blob and manifest bytes the handler sends to peers in its
 	// Stats.BytesOut: the daemon passes this node's Source, so one Stats has both directions.
 	Source *Source

@@ -428,7 +428,7 @@ func TestWithTheClusterSigner(t *testing.T) {
 	secret := bytes.Repeat([]byte{7}, 32)
 	r := newTestResolver(t, up)
 	warm(t, r, img.layer)
-	backend := &countingBackend{Backend: r}
+	backend := newCountingBackend(r)
 	srv := httptest.NewServer(newHandler(t, cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
 	t.Cleanup(srv.Close)
 	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}

@@ -66,11 +66,11 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 }
 
 // peerHandler is the peer listener's handler: the cluster's index requests, and the OCI pull
-// API over the resolver as the mirror serves it, for the registries that are shared.
+// API over what the resolver serves its peers (the registries that are shared, from the cache,
+// and the coalesced fills of the blobs this node is the home of).
 func (d *Daemon) peerHandler() (http.Handler, error) {
-	regs := d.cfg.Registry
-	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), d.Resolver, peer.HandlerOptions{
-		Shared: func(registry string) bool { return regs[registry].Shared() },
+	view := d.Resolver.ForPeers()
+	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), view, view.Coalescing(), peer.HandlerOptions{
 		Source: d.Peers, // counts the bytes served to peers
 	})
 }

@@ -186,7 +186,7 @@ func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error 
 		d.Cluster, d.Peers, peers = node, source, source
 	}
 	upstreamMetrics := metrics.NewUpstream(d.reg)
-	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers)
+	res, err := newResolver(ctx, store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers)
 	if err != nil {
 		return err
 	}

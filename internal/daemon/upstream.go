@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -18,16 +19,16 @@ import (
 // version in its User-Agent. um, when not nil, sees every upstream request and drops the series
 // of the endpoints the resolver forgets (for metrics).
 // peers is the cluster tier, nil for a single node.
-func newResolver(store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers) (*resolver.Resolver, error) {
+func newResolver(ctx context.Context, store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers) (*resolver.Resolver, error) {
 	var observe func(endpoints.Request)
 	var forget func(registry, endpoint string)
 	if um != nil {
 		observe, forget = um.Observe, um.Forget
 	}
-	endpoints := map[string][]string{}
+	urls := map[string][]string{}
 	for host, r := range cfg.Registry {
 		if len(r.Endpoints) > 0 {
-			endpoints[host] = r.Endpoints
+			urls[host] = r.Endpoints
 		}
 	}
 	newClient := func(registry, endpoint string) (endpoints.Client, error) {
@@ -49,7 +50,7 @@ func newResolver(store *cache.Store, cfg config.Config, version string, sim *out
 		Policy:          cfg.Resolve.Policy,
 		TagMaxAge:       time.Duration(cfg.Resolve.TagMaxAge),
 		UpstreamTimeout: time.Duration(cfg.Resolve.UpstreamTimeout),
-		Endpoints:       endpoints,
+		Endpoints:       urls,
 		NewClient:       newClient,
 		ObserveUpstream: observe,
 		ForgetUpstream:  forget,

@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/hedge"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -50,7 +51,7 @@ func (s *Source) Stats() Stats {
 	}
 }
 
-// OpenBlob asks dgst's holders, hedged (see hedge): the first the lookup names at once, the
+// OpenBlob asks dgst's holders, hedged (hedge.First): the first the lookup names at once, the
 // next after HedgeDelay or as soon as one failed, at most maxAttempts of them, leaving out
 // those in skip and those rejected lately. The first that answers 200 with a Content-Length
 // sends the blob. When none does and Coalesce is on, the digest's first home is asked to fill
@@ -65,7 +66,7 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
 	cands := s.candidates(holders, skip)
-	winner, b, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+	winner, b, done, errs := hedge.First(ctx, cands, s.opts.HedgeDelay,
 		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
 			return s.openBlob(ctx, m, registry, path, false)
 		},
@@ -210,12 +211,11 @@ func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst
 	}
 	path := "/v2/" + repository + "/manifests/" + dgst.String()
 	cands := s.candidates(holders, nil)
-	winner, m, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+	winner, m, done, errs := hedge.First(ctx, cands, s.opts.HedgeDelay,
 		func(ctx context.Context, p cluster.Member) (manifest, error) {
 			mediaType, body, err := s.manifestFrom(ctx, p, registry, path)
 			return manifest{mediaType, body}, err
-		},
-		func(manifest) {})
+		}, nil)
 	if winner >= 0 {
 		done()
 		s.peerAnswers.Add(1)

@@ -164,9 +164,11 @@ func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error 
 	}
 	undo.add(func() { d.closeStore(ctx) })
 	d.Store = store
+	// The waits on peers, the resolver's included, all come from one budget.
+	budget := peer.NewBudget(time.Duration(d.cfg.Resolve.UpstreamTimeout))
 	var peers resolver.Peers // a nil *peer.Source would not be a nil Peers
 	if d.lns != nil && d.lns.peer != nil {
-		node, source, err := d.startCluster(ctx, secret, d.lns.peer)
+		node, source, err := d.startCluster(ctx, secret, d.lns.peer, budget)
 		if err != nil {
 			return err
 		}
@@ -174,7 +176,7 @@ func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error 
 		d.Cluster, d.Peers, peers = node, source, source
 	}
 	upstreamMetrics := metrics.NewUpstream(d.reg)
-	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers)
+	res, err := newResolver(store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers, budget.PeerWait)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@
 // them from each other with the OCI pull API (package peer), over the same authenticated peer
 // listener that carries this package's index requests.
 //
-// It imports nothing of lifeboat's but internal/oci.
+// It imports nothing of lifeboat's but internal/hedge.
 package cluster
 
 import (

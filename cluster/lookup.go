@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/lifeboat-dev/lifeboat/internal/hedge"
 )
 
 // maxLookupResponse bounds a home's answer to a lookup.
@@ -47,11 +49,6 @@ func (n *Node) Lookup(ctx context.Context, key string) ([]Holder, error) {
 	return hs, err
 }
 
-type lookupAnswer struct {
-	holders []Holder
-	err     error
-}
-
 func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	if key == "" || len(key) > maxKeyLen {
 		return nil, nil // such a key is never announced
@@ -61,59 +58,41 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	defer cancel()
 
-	answers := make(chan lookupAnswer, len(homes))
-	hedge := time.NewTimer(n.cfg.HedgeDelay)
-	defer hedge.Stop()
-	asked, pending, answered := 0, 0, 0
-	askNext := func() {
-		if asked == len(homes) {
-			return
-		}
-		home := homes[asked]
-		asked++
-		pending++
-		hedge.Reset(n.cfg.HedgeDelay)
-		if home.Self {
-			answers <- lookupAnswer{holders: answerHolders(key, n.index.Get(key, time.Now()))}
-			return
-		}
-		go func() {
-			hs, err := n.ask(ctx, home, key)
-			answers <- lookupAnswer{holders: hs, err: err}
-		}()
-	}
-
 	tag := isTagKey(key)
+	var found []Holder  // the first holders a blob's home named
 	var merged []Holder // a tag's records from every home that answered
 	var errs []error
-	askNext()
-	for pending > 0 {
-		select {
-		case a := <-answers:
-			pending--
-			if a.err != nil {
-				errs = append(errs, a.err)
-			} else {
-				answered++
-				hs := n.holders(a.holders, alive)
-				if len(hs) > 0 && !tag {
-					return hs, nil
-				}
-				merged = mergeHolders(merged, hs)
+	answered := 0
+	winner, done := hedge.Run(ctx, homes, n.cfg.HedgeDelay,
+		func(ctx context.Context, home Member) ([]Holder, error) {
+			if home.Self {
+				return answerHolders(key, n.index.Get(key, time.Now())), nil
 			}
-			askNext()
-		case <-hedge.C:
-			askNext()
-		case <-ctx.Done():
-			if answered > 0 {
-				return merged, nil
+			return n.ask(ctx, home, key)
+		},
+		func(_ int, hs []Holder, err error) bool {
+			if err != nil {
+				errs = append(errs, err)
+				return false
 			}
-			errs = append(errs, context.Cause(ctx))
-			return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
-		}
-	}
-	if answered > 0 || len(homes) == 0 {
+			answered++
+			hs = n.holders(hs, alive)
+			if len(hs) > 0 && !tag {
+				found = hs
+				return true
+			}
+			merged = mergeHolders(merged, hs)
+			return false
+		}, nil)
+	done()
+	switch {
+	case winner >= 0:
+		return found, nil
+	case answered > 0 || len(homes) == 0:
 		return merged, nil
+	}
+	if len(errs) < len(homes) { // every answer was an error, and some did not come in time
+		errs = append(errs, context.Cause(ctx))
 	}
 	return nil, fmt.Errorf("lookup %s: no home answered: %w: %w", key, errors.Join(errs...), errdefs.ErrUnavailable)
 }

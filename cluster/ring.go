@@ -17,17 +17,31 @@ import (
 // or looks up; a weight costs a few ns here against about 200 ns for SHA-256. A cryptographic
 // hash would buy nothing: member names are public within the cluster, so whoever can choose
 // keys can aim them at a node under any unkeyed hash. Hashing the two fixed-size hashes rather
-// than the two strings lets a caller hash each name once for many keys (see rank). Every node of
-// a cluster must use the same function; TestRendezvousGolden pins it.
+// than the two strings lets a caller hash each name once for many keys (see Ranking). Every node
+// of a cluster must use the same function; TestRendezvousGolden pins it.
 func Rendezvous(key string, names []string, n int) []string {
-	if n <= 0 || len(names) == 0 {
-		return nil
-	}
+	return NewRanking(names).Top(key, n)
+}
+
+// Ranking is a list of names hashed once, to rank them for many keys as Rendezvous does (the
+// cluster simulation ranks thousands of members for each of its keys).
+type Ranking struct{ names []hashedName }
+
+// NewRanking hashes names for Top.
+func NewRanking(names []string) Ranking {
 	hs := make([]hashedName, len(names))
 	for i, name := range names {
 		hs[i] = hashName(name)
 	}
-	top := rank(xxhash.Sum64String(key), hs, n)
+	return Ranking{names: hs}
+}
+
+// Top is Rendezvous(key, names, n) for the names r was made of.
+func (r Ranking) Top(key string, n int) []string {
+	if n <= 0 || len(r.names) == 0 {
+		return nil
+	}
+	top := rank(xxhash.Sum64String(key), r.names, n)
 	out := make([]string, len(top))
 	for i, w := range top {
 		out[i] = w.name

@@ -23,14 +23,6 @@ const (
 // own, tighter limits: a guard, so that no request can make this node read without end.
 const maxIndexBody = 32 << 20
 
-// peerHeaderDelay is the peer mirror's mirror.Options.HeaderDelay: a blob answer whose first
-// byte is not there yet (a coalesced fill waiting on the registry) sends its headers after it.
-// The requester waits DefaultHeaderTimeout for them, and its resolver gives all the peers
-// twice its upstream timeout (2 s by default), which the home's own wait for the registry's
-// headers (its upstream timeout) already takes most of: a quarter second is left for the
-// first byte, so that a live home is not taken for a stopped one.
-const peerHeaderDelay = 250 * time.Millisecond
-
 // NewHandler returns the peer listener's handler. Every request must carry a valid token
 // (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
 // cluster node's handler), with cluster.HeaderPeer set to the node name the token proved;
@@ -52,7 +44,7 @@ func NewHandler(auth Authenticator, index http.Handler, local, coalescing mirror
 		}
 	}}
 	var err error
-	mopts := mirror.Options{HeaderDelay: peerHeaderDelay, Observe: h.observe}
+	mopts := mirror.Options{HeaderDelay: opts.Budget.withDefaults().HeaderDelay, Observe: h.observe}
 	if h.api, err = mirror.New(local, mopts); err != nil {
 		return nil, fmt.Errorf("peer listener: %w", err)
 	}

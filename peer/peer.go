@@ -20,6 +20,10 @@ import (
 type HandlerOptions struct {
 	// Observe, when set, is called once for every /v2/ request answered (as the mirror's).
 	Observe func(mirror.Answer)
+	// Budget's HeaderDelay is how long a blob answer waits for its first byte (a coalesced
+	// fill waiting on the registry) before its headers go without it; zero fields are those of
+	// NewBudget's default.
+	Budget Budget
 	// Source, when set, counts the blob and manifest bytes the handler sends to peers in its
 	// Stats.BytesOut: the daemon passes this node's Source, so one Stats has both directions.
 	Source *Source
@@ -48,30 +52,20 @@ type SourceOptions struct {
 	// Coalesce sends a blob that no peer holds through its first home's fill (default on in
 	// the daemon: [cluster] coalesce).
 	Coalesce bool
-	// HeaderTimeout bounds the wait for a peer's response headers (default 2 s); a holder that
-	// does not answer in time is skipped for the next.
-	HeaderTimeout time.Duration
+	// Budget times the requests to peers: HeaderTimeout bounds the wait for a peer's response
+	// headers (a holder that does not answer in time is skipped for the next), HedgeDelay is
+	// how long a request to one holder goes unanswered before the next holder is asked too
+	// (the first to answer sends the blob or manifest, the others are ended), IdleTimeout ends
+	// a peer's body that brings no byte for that long. Zero fields: NewBudget's at the default
+	// upstream timeout (the daemon passes NewBudget of [resolve] upstream_timeout).
+	Budget Budget
 	// RejectFor is how long a peer that sent bad bytes is not asked again for any blob
 	// (default 10 min).
 	RejectFor time.Duration
-	// HedgeDelay is how long a request to one holder goes unanswered before the next holder is
-	// asked too (default 200 ms); the first to answer sends the blob or manifest, the others
-	// are ended. It keeps a stopped holder from using up the resolver's wait for the peers.
-	HedgeDelay time.Duration
-	// IdleTimeout ends a peer's body that brings no byte for this long (default 10 s), so a
-	// peer that stops mid-transfer (SIGSTOP, a cut network) fails the read instead of hanging
-	// it. The resolver's fill has its own, slower progress rule on top (64 KiB per its idle
-	// timeout), which catches a peer that trickles.
-	IdleTimeout time.Duration
 }
 
-// Defaults of SourceOptions.
-const (
-	DefaultHeaderTimeout = 2 * time.Second
-	DefaultRejectFor     = 10 * time.Minute
-	DefaultIdleTimeout   = 10 * time.Second
-	DefaultHedgeDelay    = 200 * time.Millisecond
-)
+// DefaultRejectFor is SourceOptions.RejectFor's default.
+const DefaultRejectFor = 10 * time.Minute
 
 // Stats is what a Source counts, for status and metrics.
 type Stats struct {
@@ -102,17 +96,9 @@ var _ resolver.Peers = (*Source)(nil)
 
 // NewSource returns the resolver's view of the cluster through node.
 func NewSource(node Cluster, opts SourceOptions) *Source {
-	if opts.HeaderTimeout <= 0 {
-		opts.HeaderTimeout = DefaultHeaderTimeout
-	}
+	opts.Budget = opts.Budget.withDefaults()
 	if opts.RejectFor <= 0 {
 		opts.RejectFor = DefaultRejectFor
-	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.HedgeDelay <= 0 {
-		opts.HedgeDelay = DefaultHedgeDelay
 	}
 	return &Source{node: node, opts: opts, bad: make(map[string]time.Time)}
 }

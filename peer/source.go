@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/hedge"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -50,13 +51,13 @@ func (s *Source) Stats() Stats {
 	}
 }
 
-// OpenBlob asks dgst's holders, hedged (see hedge): the first the lookup names at once, the
-// next after HedgeDelay or as soon as one failed, at most maxAttempts of them, leaving out
+// OpenBlob asks dgst's holders, hedged (hedge.First): the first the lookup names at once, the
+// next after Budget.HedgeDelay or as soon as one failed, at most maxAttempts of them, leaving out
 // those in skip and those rejected lately. The first that answers 200 with a Content-Length
 // sends the blob. When none does and Coalesce is on, the digest's first home is asked to fill
 // it from the registry (cluster.HeaderFill), unless it is this node, in skip, or failed
-// otherwise than by not holding it. Every peer must send its headers within HeaderTimeout and,
-// after them, a byte at least every IdleTimeout.
+// otherwise than by not holding it. Every peer must send its headers within Budget.HeaderTimeout
+// and, after them, a byte at least every Budget.IdleTimeout.
 func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst digest.Digest, skip []string) (resolver.PeerBlob, error) {
 	key := cluster.BlobKey(dgst)
 	holders, err := s.node.Lookup(ctx, key)
@@ -65,7 +66,7 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
 	cands := s.candidates(holders, skip)
-	winner, b, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+	winner, b, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay,
 		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
 			return s.openBlob(ctx, m, registry, path, false)
 		},
@@ -210,12 +211,11 @@ func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst
 	}
 	path := "/v2/" + repository + "/manifests/" + dgst.String()
 	cands := s.candidates(holders, nil)
-	winner, m, done, errs := hedge(ctx, cands, s.opts.HedgeDelay,
+	winner, m, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay,
 		func(ctx context.Context, p cluster.Member) (manifest, error) {
 			mediaType, body, err := s.manifestFrom(ctx, p, registry, path)
 			return manifest{mediaType, body}, err
-		},
-		func(manifest) {})
+		}, nil)
 	if winner >= 0 {
 		done()
 		s.peerAnswers.Add(1)
@@ -302,8 +302,8 @@ func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Diges
 }
 
 // get sends GET path?ns=registry to m with the cluster's signing client. The response's
-// headers must arrive within HeaderTimeout; its body (which the caller closes) fails a read that
-// waits IdleTimeout for a byte, and counts the bytes in.
+// headers must arrive within Budget.HeaderTimeout; its body (which the caller closes) fails a
+// read that waits Budget.IdleTimeout for a byte, and counts the bytes in.
 func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept string) (*http.Response, io.ReadCloser, error) {
 	u := url.URL{Scheme: "http", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
 	rctx, stop := context.WithCancelCause(ctx)
@@ -318,7 +318,7 @@ func (s *Source) get(ctx context.Context, m cluster.Member, registry, path strin
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	timeout := s.opts.HeaderTimeout
+	timeout := s.opts.Budget.HeaderTimeout
 	slow := time.AfterFunc(timeout, func() {
 		stop(fmt.Errorf("peer %s sent no answer within %s: %w", m.Name, timeout, errdefs.ErrUnavailable))
 	})
@@ -336,7 +336,7 @@ func (s *Source) get(ctx context.Context, m cluster.Member, registry, path strin
 		}
 		return nil, nil, fmt.Errorf("peer %s: %w", m.Name, err)
 	}
-	return resp, newPeerBody(rctx, stop, resp.Body, m.Name, s.opts.IdleTimeout, &s.bytesIn), nil
+	return resp, newPeerBody(rctx, stop, resp.Body, m.Name, s.opts.Budget.IdleTimeout, &s.bytesIn), nil
 }
 
 // peerBody is a peer's response body: a read that waits idle for a byte fails (ending the

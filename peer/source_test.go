@@ -90,8 +90,8 @@ func TestStuckHolderIsSkipped(t *testing.T) {
 		name string
 		opts SourceOptions
 	}{
-		{name: "hedged", opts: SourceOptions{HedgeDelay: 100 * time.Millisecond, HeaderTimeout: time.Minute}},
-		{name: "header timeout", opts: SourceOptions{HedgeDelay: time.Minute, HeaderTimeout: 200 * time.Millisecond}},
+		{name: "hedged", opts: SourceOptions{Budget: Budget{HedgeDelay: 100 * time.Millisecond, HeaderTimeout: time.Minute}}},
+		{name: "header timeout", opts: SourceOptions{Budget: Budget{HedgeDelay: time.Minute, HeaderTimeout: 200 * time.Millisecond}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,7 +126,7 @@ func TestStuckHolderIsSkipped(t *testing.T) {
 	c.setHolders(cluster.BlobKey(img.layer), "s")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	_, err := NewSource(c, SourceOptions{HeaderTimeout: 200 * time.Millisecond}).OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
+	_, err := NewSource(c, SourceOptions{Budget: Budget{HeaderTimeout: 200 * time.Millisecond}}).OpenBlob(ctx, testRegistry, testRepo, img.layer, nil)
 	if !errdefs.IsUnavailable(err) || ctx.Err() != nil {
 		t.Errorf("a stuck holder alone: %v, want unavailable before the test's deadline", err)
 	}
@@ -139,7 +139,7 @@ func TestBodyThatStopsFailsTheRead(t *testing.T) {
 	c := newTestCluster("a", stuck.member("s"))
 	const dgst = "sha256:0000000000000000000000000000000000000000000000000000000000000001"
 	c.setHolders(cluster.BlobKey(dgst), "s")
-	src := NewSource(c, SourceOptions{IdleTimeout: 200 * time.Millisecond})
+	src := NewSource(c, SourceOptions{Budget: Budget{IdleTimeout: 200 * time.Millisecond}})
 	// The deadline only ends the test cleanly should the stopped body hang it.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()

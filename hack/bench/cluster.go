@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/clustersim"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
@@ -51,7 +52,7 @@ type clusterResults struct {
 	getsCluster, getsAlone       []float64
 	wallCluster, wallAlone       []time.Duration
 
-	simulation string // cluster.Simulate's table, as it renders it
+	simulation string // clustersim.Simulate's table, as it renders it
 }
 
 // clusterBench runs the cluster sections; rounds alternate every comparison's parties.
@@ -563,17 +564,17 @@ func freeGossip(ip string) (string, error) {
 	return "", fmt.Errorf("no free TCP and UDP port on %s", ip)
 }
 
-// simulate renders the routing simulation (cluster.Simulate, its defaults: 10,000 images,
+// simulate renders the routing simulation (clustersim.Simulate, its defaults: 10,000 images,
 // 200 per member, one pull a second cluster-wide) for 1,000 and 10,000 members.
 func simulate() string {
-	var reps []cluster.SimReport
+	var reps []clustersim.Report
 	for _, members := range []int{1000, 10_000} {
-		reps = append(reps, cluster.Simulate(cluster.SimOptions{Members: members, Seed: 1}))
+		reps = append(reps, clustersim.Simulate(clustersim.Options{Members: members, Seed: 1}))
 	}
 	o := reps[0].Options
 	return fmt.Sprintf("%d images (%d layers each, %d from one of %d base images), %d per member drawn by popularity (Zipf %.1f), "+
 		"%d replicas, one pull a second cluster-wide, announcements batched every %s and refreshed every %s:\n\n%s",
-		o.Images, o.LayersPerImage, o.BaseLayers, o.Bases, o.ImagesPerNode, o.Zipf, o.Replicas, o.AnnounceInterval, o.RefreshInterval, cluster.SimTable(reps))
+		o.Images, o.LayersPerImage, o.BaseLayers, o.Bases, o.ImagesPerNode, o.Zipf, o.Replicas, o.AnnounceInterval, o.RefreshInterval, clustersim.Table(reps))
 }
 
 func renderCluster(b *strings.Builder, r clusterResults) {
@@ -594,7 +595,7 @@ func renderCluster(b *strings.Builder, r clusterResults) {
 		"p50 %s, p99 %s (goal p99 ≤ 20 ms%s).\n",
 		r.lookupMembers, r.lookupCount, durSpread(r.lookupP50), durSpread(r.lookupP99), goal(p99 <= 20*time.Millisecond))
 	if r.simulation != "" {
-		fmt.Fprintf(b, "\nThe routing layer simulated in-process (`cluster.Simulate`):\n\n%s", r.simulation)
+		fmt.Fprintf(b, "\nThe routing layer simulated in-process (`clustersim.Simulate`):\n\n%s", r.simulation)
 	}
 }
 

@@ -22,8 +22,9 @@ import (
 
 // startCluster joins the cluster [cluster] names, with this node's peer listener at peerLn,
 // its traffic to peers through the outage simulator, and its records read from store. It
-// returns the membership and the resolver's view of it.
-func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Listener) (*cluster.Node, *peer.Source, error) {
+// returns the membership and the resolver's view of it, which times its requests to peers by
+// budget.
+func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Listener, budget peer.Budget) (*cluster.Node, *peer.Source, error) {
 	cc := d.cfg.Cluster
 	name := cc.NodeName
 	if name == "" {
@@ -62,7 +63,7 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 	}
 	log.G(ctx).WithFields(log.Fields{"node": name, "gossip": cc.GossipAddress, "advertise": advertise, "peer_port": port, "join": cc.Join}).
 		Info("cluster tier on")
-	return node, peer.NewSource(node, peer.SourceOptions{Coalesce: cc.Coalesce}), nil
+	return node, peer.NewSource(node, peer.SourceOptions{Coalesce: cc.Coalesce, Budget: budget}), nil
 }
 
 // peerHandler is the peer listener's handler: the cluster's index requests, and the OCI pull
@@ -72,6 +73,7 @@ func (d *Daemon) peerHandler() (http.Handler, error) {
 	view := d.Resolver.ForPeers()
 	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), view, view.Coalescing(), peer.HandlerOptions{
 		Source: d.Peers, // counts the bytes served to peers
+		Budget: d.budget,
 	})
 }
 

@@ -64,6 +64,8 @@ type Daemon struct {
 	// mirrorAPI and peerAPI are the handlers of the mirror and of the peer listener (nil
 	// without a cluster), built by New.
 	mirrorAPI, peerAPI http.Handler
+	// budget is the waits on peers, the resolver's included, from [resolve] upstream_timeout.
+	budget peer.Budget
 }
 
 // New claims every address of cfg, opens the cache in cfg.Root and builds the daemon over it,
@@ -176,9 +178,12 @@ func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error 
 	}
 	undo.add(func() { d.closeStore(ctx) })
 	d.Store = store
+	// The waits on peers, the resolver's included, all come from one budget.
+	d.budget = peer.NewBudget(time.Duration(d.cfg.Resolve.UpstreamTimeout))
+	budget := d.budget
 	var peers resolver.Peers // a nil *peer.Source would not be a nil Peers
 	if d.lns != nil && d.lns.peer != nil {
-		node, source, err := d.startCluster(ctx, secret, d.lns.peer)
+		node, source, err := d.startCluster(ctx, secret, d.lns.peer, budget)
 		if err != nil {
 			return err
 		}
@@ -186,7 +191,7 @@ func (d *Daemon) open(ctx context.Context, undo *undoList, secret []byte) error 
 		d.Cluster, d.Peers, peers = node, source, source
 	}
 	upstreamMetrics := metrics.NewUpstream(d.reg)
-	res, err := newResolver(ctx, store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers)
+	res, err := newResolver(ctx, store, d.cfg, d.opts.Version, d.Outage, upstreamMetrics, peers, budget.PeerWait)
 	if err != nil {
 		return err
 	}

@@ -18,8 +18,9 @@ import (
 // newResolver builds the resolver with one upstream client per configured endpoint, sending
 // version in its User-Agent. um, when not nil, sees every upstream request and drops the series
 // of the endpoints the resolver forgets (for metrics).
-// peers is the cluster tier, nil for a single node.
-func newResolver(ctx context.Context, store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers) (*resolver.Resolver, error) {
+// peers is the cluster tier, nil for a single node; peerWait bounds a fill's wait for them
+// (peer.Budget's PeerWait).
+func newResolver(ctx context.Context, store *cache.Store, cfg config.Config, version string, sim *outage.Simulator, um *metrics.Upstream, peers resolver.Peers, peerWait time.Duration) (*resolver.Resolver, error) {
 	var observe func(endpoints.Request)
 	var forget func(registry, endpoint string)
 	if um != nil {
@@ -58,6 +59,7 @@ func newResolver(ctx context.Context, store *cache.Store, cfg config.Config, ver
 		AnyRegistry:     cfg.Mirror.AnyRegistry,
 		OnDenied:        cfg.Resolve.OnDenied,
 		Peers:           peers,
+		PeerWait:        peerWait,
 		NotShared:       cfg.NotShared(),
 
 		MaxBlobSize:       int64(cfg.Cache.MaxBlobSize),

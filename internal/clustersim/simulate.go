@@ -1,4 +1,8 @@
-package cluster
+// Package clustersim simulates the routing layer of a cluster in process, for the figures of
+// docs/cluster.md ("Scale") and the bench (hack/bench): it homes keys with the nodes' own
+// ranking (cluster.Ranking), feeds real cluster.Indexes, and counts the announcements. It
+// sends nothing, and no lifeboat runs it.
+package clustersim
 
 import (
 	"encoding/binary"
@@ -10,16 +14,18 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
 )
 
-// SimOptions describes a simulated cluster for Simulate: its members, the images they hold,
+// Options describes a simulated cluster for Simulate: its members, the images they hold,
 // and the rates that drive announcements. Zero fields get the defaults named beside them.
 //
 // The catalogue is Images images, each a tag, a manifest, a config and LayersPerImage layers,
 // BaseLayers of which are those of one of Bases base images (so base layers are shared by
 // many images). Each member holds ImagesPerNode distinct images drawn from a Zipf
 // distribution (exponent Zipf) over the catalogue, and so for every key of them a record.
-type SimOptions struct {
+type Options struct {
 	Members  int // required
 	Replicas int // 3
 
@@ -41,7 +47,7 @@ type SimOptions struct {
 	Seed        uint64
 }
 
-func (o *SimOptions) defaults() {
+func (o *Options) defaults() {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -82,9 +88,9 @@ func spread[T int | int64 | float64](vs []T) Spread {
 	return Spread{Min: float64(s[0]), Median: float64(s[len(s)/2]), Max: float64(s[len(s)-1])}
 }
 
-// SimReport is what Simulate found.
-type SimReport struct {
-	Options SimOptions // with defaults filled in
+// Report is what Simulate found.
+type Report struct {
+	Options Options // with defaults filled in
 	// Keys is how many distinct keys some member holds; Records how many (member, key) pairs.
 	Keys, Records int
 	// HoldersPerKey is how many members hold a key.
@@ -115,40 +121,42 @@ type SimReport struct {
 }
 
 // Simulate runs the routing layer of a cluster in process: it homes every key with
-// Rendezvous' ranking over opts.Members virtual members, feeds a sample of homes' Indexes with
-// the records homed on them, counts the announce batches of pulls and full refreshes, and
-// counts the keys that move when a member leaves and when one joins. It sends nothing.
-func Simulate(opts SimOptions) SimReport {
+// cluster.Rendezvous' ranking over opts.Members virtual members, feeds a sample of homes'
+// Indexes with the records homed on them, counts the announce batches of pulls and full
+// refreshes, and counts the keys that move when a member leaves and when one joins. It sends
+// nothing.
+func Simulate(opts Options) Report {
 	start := time.Now()
 	opts.defaults()
-	rep := SimReport{Options: opts}
+	rep := Report{Options: opts}
 	if opts.Members <= 0 {
 		return rep
 	}
 	r := rand.New(rand.NewPCG(opts.Seed, 0x11feb0a7))
 	n := opts.Members
 
-	members := make([]hashedName, n)
+	members := make([]string, n)
 	memberIndex := make(map[string]int32, n)
 	for i := range members {
-		members[i] = hashName(fmt.Sprintf("node-%05d", i))
-		memberIndex[members[i].name] = int32(i)
+		members[i] = fmt.Sprintf("node-%05d", i)
+		memberIndex[members[i]] = int32(i)
 	}
+	ranking := cluster.NewRanking(members)
 
 	// The catalogue's keys, numbered: each image's tag, manifest, config and own layers, then
 	// the bases' layers.
 	ownLayers := opts.LayersPerImage - opts.BaseLayers
 	perImage := 3 + ownLayers
 	baseKey0 := opts.Images * perImage
-	keys := make([]Record, baseKey0+opts.Bases*opts.BaseLayers)
+	keys := make([]cluster.Record, baseKey0+opts.Bases*opts.BaseLayers)
 	var b [9]byte
 	for k := range keys {
 		binary.BigEndian.PutUint64(b[1:], uint64(k)+opts.Seed<<40)
-		keys[k] = Record{Key: BlobKey(digest.FromBytes(b[:]))}
+		keys[k] = cluster.Record{Key: cluster.BlobKey(digest.FromBytes(b[:]))}
 		if k < baseKey0 && k%perImage == 0 {
 			img := k / perImage
-			keys[k] = Record{
-				Key:    TagKey("registry.example.com", fmt.Sprintf("team-%d/app-%d", img%97, img), "v1.2.3"),
+			keys[k] = cluster.Record{
+				Key:    cluster.TagKey("registry.example.com", fmt.Sprintf("team-%d/app-%d", img%97, img), "v1.2.3"),
 				Digest: digest.FromBytes(b[:]),
 				Date:   time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
 			}
@@ -193,10 +201,9 @@ func Simulate(opts SimOptions) SimReport {
 		}
 	}
 
-	// Home every held key, keeping the lowest-ranked home's weight for the join.
+	// Home every held key, keeping the lowest-ranked home for the join.
 	homes := make([][]int32, len(keys))
-	last := make([]weighted, len(keys))
-	keyHash := make([]uint64, len(keys))
+	last := make([]string, len(keys))
 	var holderCounts []int
 	for k := range keys {
 		if holders[k] == 0 {
@@ -205,10 +212,9 @@ func Simulate(opts SimOptions) SimReport {
 		rep.Keys++
 		rep.Records += int(holders[k])
 		holderCounts = append(holderCounts, int(holders[k]))
-		keyHash[k] = hashName(keys[k].Key).hash
-		top := rank(keyHash[k], members, opts.Replicas)
-		for _, w := range top {
-			homes[k] = append(homes[k], memberIndex[w.name])
+		top := ranking.Top(keys[k].Key, opts.Replicas)
+		for _, name := range top {
+			homes[k] = append(homes[k], memberIndex[name])
 		}
 		last[k] = top[len(top)-1]
 	}
@@ -229,11 +235,11 @@ func Simulate(opts SimOptions) SimReport {
 	for _, h := range r.Perm(n)[:min(n, opts.IndexSample)] {
 		sample[int32(h)] = len(sample)
 	}
-	indexes := make([]*Index, len(sample))
+	indexes := make([]*cluster.Index, len(sample))
 	for i := range indexes {
-		indexes[i] = NewIndex(len(keys), 3*opts.RefreshInterval)
+		indexes[i] = cluster.NewIndex(len(keys), 3*opts.RefreshInterval)
 	}
-	pending := make([][]Record, len(sample))
+	pending := make([][]cluster.Record, len(sample))
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 
 	// Full refresh: one batch per member per distinct home of its records.
@@ -266,7 +272,7 @@ func Simulate(opts SimOptions) SimReport {
 		}
 		for slot, recs := range pending {
 			if len(recs) > 0 {
-				indexes[slot].Put(members[m].name, recs, now)
+				indexes[slot].Put(members[m], recs, now)
 				pending[slot] = recs[:0]
 			}
 		}
@@ -286,9 +292,8 @@ func Simulate(opts SimOptions) SimReport {
 		seen := map[int32]bool{}
 		imageKeys(int(imageZipf.Uint64()), func(k int) {
 			if holders[k] == 0 { // held by nobody yet: home it now
-				keyHash[k] = hashName(keys[k].Key).hash
-				for _, w := range rank(keyHash[k], members, opts.Replicas) {
-					homes[k] = append(homes[k], memberIndex[w.name])
+				for _, name := range ranking.Top(keys[k].Key, opts.Replicas) {
+					homes[k] = append(homes[k], memberIndex[name])
 				}
 				holders[k] = -1
 				js, _ := json.Marshal(keys[k])
@@ -326,7 +331,7 @@ func Simulate(opts SimOptions) SimReport {
 	// One member leaves: the keys it was a home of move, and only those; one joins: it takes
 	// the keys it outranks the lowest home of.
 	leaver := int32(r.IntN(n))
-	joiner := hashName("node-joining")
+	const joiner = "node-joining"
 	for k, hs := range homes {
 		if holders[k] <= 0 {
 			continue
@@ -335,7 +340,7 @@ func Simulate(opts SimOptions) SimReport {
 			rep.LeaveKeysMoved++
 			rep.LeaveRecordsMoved += int(holders[k])
 		}
-		if len(hs) < opts.Replicas || (weighted{name: joiner.name, weight: weight(keyHash[k], joiner)}).before(last[k]) {
+		if len(hs) < opts.Replicas || cluster.Rendezvous(keys[k].Key, []string{last[k], joiner}, 1)[0] == joiner {
 			rep.JoinKeysMoved++
 			rep.JoinRecordsMoved += int(holders[k])
 		}
@@ -344,10 +349,10 @@ func Simulate(opts SimOptions) SimReport {
 	return rep
 }
 
-// SimTable renders reports as a Markdown table, one column per report.
-func SimTable(reps []SimReport) string {
+// Table renders reports as a Markdown table, one column per report.
+func Table(reps []Report) string {
 	var sb strings.Builder
-	row := func(name string, f func(SimReport) string) {
+	row := func(name string, f func(Report) string) {
 		sb.WriteString("| " + name + " |")
 		for _, rep := range reps {
 			sb.WriteString(" " + f(rep) + " |")
@@ -380,29 +385,29 @@ func SimTable(reps []SimReport) string {
 	pct := func(part, whole int) string {
 		return fmt.Sprintf("%d (%.2f%%)", part, 100*float64(part)/float64(max(whole, 1)))
 	}
-	row("members", func(r SimReport) string { return fmt.Sprint(r.Options.Members) })
+	row("members", func(r Report) string { return fmt.Sprint(r.Options.Members) })
 	sb.WriteString("|---|")
 	for range reps {
 		sb.WriteString("---|")
 	}
 	sb.WriteString("\n")
-	row("keys held in the cluster", func(r SimReport) string { return fmt.Sprint(r.Keys) })
-	row("records (member, key)", func(r SimReport) string { return fmt.Sprint(r.Records) })
-	row("holders per key, min / median / max", func(r SimReport) string { return sp(r.HoldersPerKey, num) })
-	row("keys per home, min / median / max", func(r SimReport) string { return sp(r.KeysPerHome, num) })
-	row("records per home, min / median / max", func(r SimReport) string { return sp(r.RecordsPerHome, num) })
-	row("index memory per home (Index.Size), min / median / max", func(r SimReport) string { return sp(r.IndexBytesPerHome, bytes) })
-	row("announce batches per pull", func(r SimReport) string { return num(r.MessagesPerPull) })
-	row("batches per full refresh, per member, min / median / max", func(r SimReport) string { return sp(r.RefreshMessages, num) })
-	row("announce messages/s sent per member", func(r SimReport) string { return num(r.MessagesPerSec) })
-	row("announce messages/s received per home, min / median / max", func(r SimReport) string { return sp(r.ReceivedMessagesPerSec, num) })
-	row("announce records/s per member", func(r SimReport) string { return num(r.RecordsPerSec) })
-	row("announce bytes/s per member (JSON)", func(r SimReport) string { return bytes(r.BytesPerSec) + "/s" })
-	row("lookups/s per member (before hedging)", func(r SimReport) string { return fmt.Sprintf("%.2g", r.LookupsPerSec) })
-	row("keys moved when one member leaves", func(r SimReport) string { return pct(r.LeaveKeysMoved, r.Keys) })
-	row("records re-announced after a leave", func(r SimReport) string { return pct(r.LeaveRecordsMoved, r.Records) })
-	row("keys moved when one member joins", func(r SimReport) string { return pct(r.JoinKeysMoved, r.Keys) })
-	row("records re-announced after a join", func(r SimReport) string { return pct(r.JoinRecordsMoved, r.Records) })
-	row("simulation time", func(r SimReport) string { return r.Elapsed.Round(100 * time.Millisecond).String() })
+	row("keys held in the cluster", func(r Report) string { return fmt.Sprint(r.Keys) })
+	row("records (member, key)", func(r Report) string { return fmt.Sprint(r.Records) })
+	row("holders per key, min / median / max", func(r Report) string { return sp(r.HoldersPerKey, num) })
+	row("keys per home, min / median / max", func(r Report) string { return sp(r.KeysPerHome, num) })
+	row("records per home, min / median / max", func(r Report) string { return sp(r.RecordsPerHome, num) })
+	row("index memory per home (Index.Size), min / median / max", func(r Report) string { return sp(r.IndexBytesPerHome, bytes) })
+	row("announce batches per pull", func(r Report) string { return num(r.MessagesPerPull) })
+	row("batches per full refresh, per member, min / median / max", func(r Report) string { return sp(r.RefreshMessages, num) })
+	row("announce messages/s sent per member", func(r Report) string { return num(r.MessagesPerSec) })
+	row("announce messages/s received per home, min / median / max", func(r Report) string { return sp(r.ReceivedMessagesPerSec, num) })
+	row("announce records/s per member", func(r Report) string { return num(r.RecordsPerSec) })
+	row("announce bytes/s per member (JSON)", func(r Report) string { return bytes(r.BytesPerSec) + "/s" })
+	row("lookups/s per member (before hedging)", func(r Report) string { return fmt.Sprintf("%.2g", r.LookupsPerSec) })
+	row("keys moved when one member leaves", func(r Report) string { return pct(r.LeaveKeysMoved, r.Keys) })
+	row("records re-announced after a leave", func(r Report) string { return pct(r.LeaveRecordsMoved, r.Records) })
+	row("keys moved when one member joins", func(r Report) string { return pct(r.JoinKeysMoved, r.Keys) })
+	row("records re-announced after a join", func(r Report) string { return pct(r.JoinRecordsMoved, r.Records) })
+	row("simulation time", func(r Report) string { return r.Elapsed.Round(100 * time.Millisecond).String() })
 	return sb.String()
 }

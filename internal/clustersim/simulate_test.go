@@ -1,15 +1,20 @@
-package cluster
+package clustersim
 
 import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/cluster"
 )
 
 // TestSimulateSmall checks the simulation's invariants on a small cluster.
 func TestSimulateSmall(t *testing.T) {
 	t.Parallel()
-	opts := SimOptions{Members: 50, Images: 2000, Bases: 20, ImagesPerNode: 100, IndexSample: 50, Seed: 1}
+	opts := Options{Members: 50, Images: 2000, Bases: 20, ImagesPerNode: 100, IndexSample: 50, Seed: 1}
 	rep := Simulate(opts)
 	o := rep.Options
 	if o.Replicas != 3 || o.LayersPerImage != 6 {
@@ -31,7 +36,7 @@ func TestSimulateSmall(t *testing.T) {
 	}
 	// Every home got a real index here (IndexSample = Members): its records are the ones homed
 	// on it, so the index memory spans what Size says of the smallest and largest.
-	perRecordMin := float64(indexBytesPerRecord)
+	perRecordMin := indexBytesPerRecord()
 	if rep.IndexBytesPerHome.Min < rep.RecordsPerHome.Min*perRecordMin || rep.IndexBytesPerHome.Max < rep.RecordsPerHome.Max*perRecordMin {
 		t.Fatalf("index bytes %+v for records per home %+v", rep.IndexBytesPerHome, rep.RecordsPerHome)
 	}
@@ -69,7 +74,19 @@ func TestSimulateSmall(t *testing.T) {
 	if fmt.Sprint(again) != fmt.Sprint(rep) {
 		t.Fatalf("not deterministic:\n%+v\n%+v", rep, again)
 	}
-	t.Log("\n" + SimTable([]SimReport{rep}))
+	t.Log("\n" + Table([]Report{rep}))
+}
+
+// indexBytesPerRecord is what Index.Size counts for one more record of a key it holds.
+func indexBytesPerRecord() float64 {
+	x := cluster.NewIndex(1, 0)
+	recs := []cluster.Record{{Key: cluster.BlobKey(digest.FromString("a layer"))}}
+	now := time.Now()
+	x.Put("node-a", recs, now)
+	_, _, one := x.Size()
+	x.Put("node-b", recs, now)
+	_, _, two := x.Size()
+	return float64(two - one)
 }
 
 // TestSimulateScale runs the simulation of docs/cluster.md ("Scale"): LIFEBOAT_SIMULATE=1.
@@ -77,9 +94,9 @@ func TestSimulateScale(t *testing.T) {
 	if os.Getenv("LIFEBOAT_SIMULATE") == "" {
 		t.Skip("set LIFEBOAT_SIMULATE=1 to simulate 1,000 and 10,000 members")
 	}
-	var reps []SimReport
+	var reps []Report
 	for _, members := range []int{100, 1000, 10_000} {
-		reps = append(reps, Simulate(SimOptions{Members: members, Seed: 1}))
+		reps = append(reps, Simulate(Options{Members: members, Seed: 1}))
 	}
-	fmt.Println(SimTable(reps))
+	fmt.Println(Table(reps))
 }

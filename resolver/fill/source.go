@@ -47,7 +47,7 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("%s sent %d bytes of %s with digest %s, not the requested one", e.From, e.N, e.Want, e.Actual)
+	return fmt.Sprintf("%s sent %d bytes with digest %s, not the requested one", e.From, e.N, e.Actual)
 }
 
 func (e *MismatchError) Unwrap() error { return errdefs.ErrFailedPrecondition }

@@ -251,8 +251,9 @@ func (x *exchange) reject(e *apiError) {
 	e.write(x.w, x.r)
 }
 
-// fail answers a request whose Backend call failed. The error's text goes to the log only: it
-// may name upstream endpoints or paths on disk.
+// fail answers a request whose Backend call failed, and logs it (the one place a request's
+// error is logged). The error's text goes to the log only: it may name upstream endpoints or
+// paths on disk.
 func (x *exchange) fail(err error) {
 	e := fromBackend(err, x.req)
 	detail := map[string]string{"name": x.req.Name}
@@ -273,6 +274,9 @@ func (x *exchange) fail(err error) {
 		entry.Debug("mirror request ended by the client")
 	case e.Status >= 500:
 		entry.Warn("mirror request failed")
+	case errors.Is(err, resolver.ErrNotCached):
+		// What lifeboat could not save during an outage: an operator's first question.
+		entry.Info("mirror request not served: not cached, and the upstream cannot provide it")
 	default:
 		entry.Debug("mirror request refused")
 	}

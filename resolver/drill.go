@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/internal/size"
 )
 
 // Readiness says whether lifeboat alone, with every upstream down, could serve a complete pull
@@ -53,27 +54,12 @@ const (
 	ServedByNothing  = "nothing"
 )
 
-func (rd *Readiness) missing(item string, size int64) {
-	if size > 0 {
-		item += " (" + FormatSize(size) + ")"
+func (rd *Readiness) missing(item string, n int64) {
+	if n > 0 {
+		item += " (" + size.Format(n) + ")"
 	}
 	rd.Missing = append(rd.Missing, item)
-	rd.MissingBytes += max(size, 0)
-}
-
-// FormatSize prints n bytes as "352 B", "8.2 KiB", "3.1 MiB": the one size format of the
-// resolver's messages and the CLI.
-func FormatSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	rd.MissingBytes += max(n, 0)
 }
 
 // imageRef is a parsed, normalized image reference.

@@ -14,16 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
-)
 
-func TestFormatSize(t *testing.T) {
-	t.Parallel()
-	for n, want := range map[int64]string{0: "0 B", 352: "352 B", 8397: "8.2 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := FormatSize(n); got != want {
-			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
+	"github.com/lifeboat-dev/lifeboat/internal/size"
+)
 
 func TestParseImageRef(t *testing.T) {
 	t.Parallel()
@@ -161,7 +154,7 @@ func TestCheckNamesTheMissingLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "layer " + never.digest.String() + " (" + FormatSize(never.size) + ")"
+	want := "layer " + never.digest.String() + " (" + size.Format(never.size) + ")"
 	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.size || rd.Partial {
 		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.size)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"sort"
@@ -296,52 +295,6 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 	return g.Wait()
 }
 
-// FetchBlob fetches a blob into the cache through the mirror's own path (Blob: one fill per
-// blob, verified before it is cached), reads it to its end and returns once it is committed.
-// Errors are Blob's; errdefs.ErrUnavailable when it was read but is not cached (the cache is
-// full).
-func (r *Resolver) FetchBlob(ctx context.Context, registry, repository string, dgst digest.Digest) error {
-	b, err := r.Blob(ctx, registry, repository, dgst)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	rc, err := b.Reader(0, b.Descriptor.Size)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(io.Discard, rc)
-	rc.Close()
-	if err != nil {
-		return err
-	}
-	// Readers finish as soon as the bytes are verified; the commit may still be running.
-	if err := r.awaitFill(ctx, registry+"/"+repository+"@"+dgst.String()); err != nil {
-		return err
-	}
-	if ok, err := r.local.HasBlob(ctx, registry+"/"+repository, dgst); err != nil {
-		return err
-	} else if !ok {
-		return fmt.Errorf("blob %s was read but is not in the cache (is the cache full?): %w", dgst, errdefs.ErrUnavailable)
-	}
-	return nil
-}
-
-// awaitFill waits until the fill of key, if one is running, has ended, and returns its error.
-func (r *Resolver) awaitFill(ctx context.Context, key string) error {
-	r.fillMu.Lock()
-	f, ok := r.fills[key]
-	r.fillMu.Unlock()
-	if !ok {
-		return nil // ended: its result is in the cache, or not
-	}
-	ended, err := f.wait(ctx)
-	if !ended {
-		return ctx.Err()
-	}
-	return err
-}
-
 // peerCheckTimeout bounds what Check asks the peers about one image.
 const peerCheckTimeout = 10 * time.Second
 
@@ -404,18 +357,12 @@ func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageR
 	}
 	m, err := r.local.Manifest(ctx, ir.repoKey(), desc, Read{})
 	if errdefs.IsNotFound(err) {
-		mediaType, body, peer, perr := peers.Manifest(ctx, ir.registry, ir.repository, desc.Digest)
-		if perr == nil && (len(body) > oci.MaxManifestSize || desc.Digest.Algorithm().FromBytes(body) != desc.Digest) {
-			perr = fmt.Errorf("peer %s sent manifest %s with other bytes: %w", peer, desc.Digest, errdefs.ErrFailedPrecondition)
-		}
+		pm, peer, perr := PeerManifest(ctx, peers, ir.registry, ir.repository, desc.Digest)
 		if perr != nil {
 			logPeerCheck(ctx, perr, "manifest "+desc.Digest.String())
 			return false, nil
 		}
-		if mediaType == "" {
-			mediaType = sniffMediaType(body)
-		}
-		m, err = Manifest{Descriptor: ocispec.Descriptor{MediaType: mediaType, Digest: desc.Digest, Size: int64(len(body))}, Body: body}, nil
+		m, err = pm, nil
 		holders[peer] = true
 	}
 	if err != nil {

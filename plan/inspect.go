@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"context"
@@ -13,15 +13,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
-
-// NormalizeRef returns the normalized name of an image reference, as the cache records refs:
-// "alpine" is "docker.io/library/alpine:latest". A malformed reference gives
-// errdefs.ErrInvalidArgument.
-func NormalizeRef(ref string) (string, error) {
-	ir, err := parseImageRef(ref)
-	return ir.name, err
-}
 
 // ImageSummary describes a cached image from the cache alone.
 type ImageSummary struct {
@@ -39,7 +32,7 @@ type ImageSummary struct {
 // complete for platform, with the same verdict as Check. Unlike Check it reads manifests without
 // counting as a use of them, so that listing the cache does not change what eviction removes
 // first. It sends nothing upstream. Errors are Check's.
-func (r *Resolver) Inspect(ctx context.Context, ref string, platform platforms.MatchComparer) (ImageSummary, error) {
+func (p *Planner) Inspect(ctx context.Context, ref string, platform platforms.MatchComparer) (ImageSummary, error) {
 	ir, err := parseImageRef(ref)
 	if err != nil {
 		return ImageSummary{}, err
@@ -47,7 +40,7 @@ func (r *Resolver) Inspect(ctx context.Context, ref string, platform platforms.M
 	sum := ImageSummary{Readiness: Readiness{Ref: ir.name, Missing: []string{}}, Platforms: []string{}}
 	root := ocispec.Descriptor{Digest: ir.digest}
 	if ir.digest == "" {
-		cached, err := r.store.GetRef(ctx, ir.repoKey()+":"+ir.tag)
+		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
 		if errdefs.IsNotFound(err) {
 			sum.missing("tag "+ir.name, 0)
 			sum.Partial = true
@@ -59,7 +52,7 @@ func (r *Resolver) Inspect(ctx context.Context, ref string, platform platforms.M
 		root = cached.Target
 	}
 	sum.Digest = root.Digest
-	if err := r.inspectManifest(ctx, ir.repoKey(), root, platform, &sum, 0); err != nil {
+	if err := p.inspectManifest(ctx, ir.repoKey(), root, platform, &sum, 0); err != nil {
 		return ImageSummary{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	sum.Ready = len(sum.Missing) == 0
@@ -68,8 +61,8 @@ func (r *Resolver) Inspect(ctx context.Context, ref string, platform platforms.M
 
 // inspectManifest is checkManifest reading through peekManifest, noting the image's platforms
 // on the way.
-func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, sum *ImageSummary, depth int) error {
-	m, err := r.local.Manifest(ctx, repoKey, desc, Read{Peek: true})
+func (p *Planner) inspectManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, sum *ImageSummary, depth int) error {
+	m, err := p.r.Local().Manifest(ctx, repoKey, desc, resolver.Read{Peek: true})
 	if errdefs.IsNotFound(err) {
 		sum.missing("manifest "+describe(desc), desc.Size)
 		sum.Partial = true
@@ -90,17 +83,17 @@ func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc oci
 			sum.Missing = append(sum.Missing, "platform: index "+m.Descriptor.Digest.String()+" has no manifest for it")
 			return nil
 		}
-		return r.inspectManifest(ctx, repoKey, child, platform, sum, depth+1)
+		return p.inspectManifest(ctx, repoKey, child, platform, sum, depth+1)
 	}
 	blobs, err := imageBlobs(m)
 	if err != nil {
 		return err
 	}
 	if depth == 0 {
-		sum.Platforms = r.configPlatforms(ctx, blobs[0].Descriptor)
+		sum.Platforms = p.configPlatforms(ctx, blobs[0].Descriptor)
 	}
 	for _, b := range blobs {
-		if ok, err := r.local.HasBlob(ctx, repoKey, b.Digest); err != nil {
+		if ok, err := p.r.Local().HasBlob(ctx, repoKey, b.Digest); err != nil {
 			return err
 		} else if !ok {
 			sum.missing(b.kind+" "+describe(b.Descriptor), b.Size)
@@ -110,7 +103,7 @@ func (r *Resolver) inspectManifest(ctx context.Context, repoKey string, desc oci
 }
 
 // indexPlatforms lists the platforms of index m's manifests, in index order, each once.
-func indexPlatforms(m Manifest) []string {
+func indexPlatforms(m resolver.Manifest) []string {
 	out := []string{}
 	var idx ocispec.Index
 	if json.Unmarshal(m.Body, &idx) != nil {
@@ -128,8 +121,8 @@ func indexPlatforms(m Manifest) []string {
 }
 
 // configPlatforms reads the platform of an image from its config, if the config is cached.
-func (r *Resolver) configPlatforms(ctx context.Context, config ocispec.Descriptor) []string {
-	b, err := r.store.Peek(ctx, config.Digest, oci.MaxManifestSize)
+func (p *Planner) configPlatforms(ctx context.Context, config ocispec.Descriptor) []string {
+	b, err := p.store.Peek(ctx, config.Digest, oci.MaxManifestSize)
 	if err != nil {
 		return []string{}
 	}

@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // PullPlan is what a pull of an image fetches.
@@ -33,23 +35,19 @@ type PullPlan struct {
 // revalidated and its index and manifests are cached), and returns what the pull needs: the
 // manifest for platform, or with all every manifest of the index, and their blobs. Errors are
 // those of Manifest; errdefs.ErrNotFound also when an index has no manifest for platform.
-func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.MatchComparer, all bool) (PullPlan, error) {
+func (p *Planner) PlanPull(ctx context.Context, ref string, platform platforms.MatchComparer, all bool) (PullPlan, error) {
 	ir, err := parseImageRef(ref)
 	if err != nil {
 		return PullPlan{}, err
 	}
-	reference := ir.tag
-	if ir.digest != "" {
-		reference = ir.digest.String()
-	}
-	m, err := r.Manifest(ctx, ir.registry, ir.repository, reference)
+	m, err := p.r.Manifest(ctx, ir.registry, ir.repository, ir.reference())
 	if err != nil {
 		return PullPlan{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	plan := PullPlan{Ref: ir.name, Digest: m.Descriptor.Digest, repoKey: ir.repoKey()}
 	seen := map[digest.Digest]bool{}
-	var walk func(m Manifest, depth int) error
-	walk = func(m Manifest, depth int) error {
+	var walk func(m resolver.Manifest, depth int) error
+	walk = func(m resolver.Manifest, depth int) error {
 		if seen[m.Descriptor.Digest] {
 			return nil
 		}
@@ -95,7 +93,7 @@ func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.
 			children = []ocispec.Descriptor{child}
 		}
 		for _, c := range children {
-			cm, err := r.childManifest(ctx, ir, m.Descriptor.Digest, c)
+			cm, err := p.childManifest(ctx, ir, m.Descriptor.Digest, c)
 			if err != nil {
 				return err
 			}
@@ -114,22 +112,22 @@ func (r *Resolver) PlanPull(ctx context.Context, ref string, platform platforms.
 // childManifest resolves c, a manifest that index names. Only by digest: an entry whose "digest"
 // is not one (say "latest") must not resolve as a tag, which would put content the index never
 // named into the pull.
-func (r *Resolver) childManifest(ctx context.Context, ir imageRef, index digest.Digest, c ocispec.Descriptor) (Manifest, error) {
+func (p *Planner) childManifest(ctx context.Context, ir imageRef, index digest.Digest, c ocispec.Descriptor) (resolver.Manifest, error) {
 	if err := checkDigest(c.Digest); err != nil {
-		return Manifest{}, fmt.Errorf("index %s names a manifest by an %w", index, err)
+		return resolver.Manifest{}, fmt.Errorf("index %s names a manifest by an %w", index, err)
 	}
-	m, err := r.Manifest(ctx, ir.registry, ir.repository, c.Digest.String())
+	m, err := p.r.Manifest(ctx, ir.registry, ir.repository, c.Digest.String())
 	if err != nil {
-		return Manifest{}, fmt.Errorf("manifest %s: %w", describe(c), err)
+		return resolver.Manifest{}, fmt.Errorf("manifest %s: %w", describe(c), err)
 	}
 	return m, nil
 }
 
 // Pull fetches into the cache what plan's manifests need and the cache lacks, with Warm, and
 // returns once all of it is committed. Errors are Warm's.
-func (r *Resolver) Pull(ctx context.Context, plan PullPlan) error {
+func (p *Planner) Pull(ctx context.Context, plan PullPlan) error {
 	for _, m := range plan.Manifests {
-		if err := r.Warm(ctx, plan.repoKey+"@"+m.Digest.String(), platforms.All); err != nil {
+		if err := p.Warm(ctx, plan.repoKey+"@"+m.Digest.String(), platforms.All); err != nil {
 			return err
 		}
 	}
@@ -139,13 +137,13 @@ func (r *Resolver) Pull(ctx context.Context, plan PullPlan) error {
 // PullProgress says how far a pull of plan got: the bytes of the plan in the cache, counting
 // the blobs being downloaded by how much of them arrived, and those of its configs and layers
 // alone.
-func (r *Resolver) PullProgress(ctx context.Context, plan PullPlan) (total, blobs int64) {
+func (p *Planner) PullProgress(ctx context.Context, plan PullPlan) (total, blobs int64) {
 	for _, b := range plan.Blobs {
-		if ok, _ := r.local.HasBlob(ctx, plan.repoKey, b.Digest); ok {
+		if ok, _ := p.r.Local().HasBlob(ctx, plan.repoKey, b.Digest); ok {
 			blobs += b.Size
 			continue
 		}
-		if written, ok := r.Filling(plan.repoKey, b.Digest); ok {
+		if written, ok := p.r.Filling(plan.repoKey, b.Digest); ok {
 			blobs += min(written, b.Size)
 		}
 	}

@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"context"
@@ -14,13 +14,11 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
-	"github.com/distribution/reference"
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/internal/size"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // Readiness says whether lifeboat alone, with every upstream down, could serve a complete pull
@@ -61,41 +59,6 @@ func (rd *Readiness) missing(item string, n int64) {
 	rd.MissingBytes += max(n, 0)
 }
 
-// imageRef is a parsed, normalized image reference.
-type imageRef struct {
-	name       string // normalized, as given to Readiness.Ref
-	registry   string // "docker.io"
-	repository string // "library/alpine"
-	tag        string // empty for digest references
-	digest     digest.Digest
-}
-
-func (ir imageRef) repoKey() string { return ir.registry + "/" + ir.repository }
-
-// parseImageRef normalizes ref as containerd and docker do: "alpine" is
-// "docker.io/library/alpine:latest". A reference with a digest is pulled by its digest (a tag
-// beside it is ignored, as containerd does).
-func parseImageRef(ref string) (imageRef, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return imageRef{}, fmt.Errorf("image reference %q: %v: %w", ref, err, errdefs.ErrInvalidArgument)
-	}
-	named = reference.TagNameOnly(named)
-	ir := imageRef{name: named.String(), registry: reference.Domain(named), repository: reference.Path(named)}
-	if c, ok := named.(reference.Canonical); ok {
-		ir.digest = c.Digest()
-	} else if t, ok := named.(reference.Tagged); ok {
-		ir.tag = t.Tag()
-	}
-	if err := checkRepository(ir.repository); err != nil {
-		return imageRef{}, err
-	}
-	if !oci.ValidHost(ir.registry) {
-		return imageRef{}, fmt.Errorf("invalid registry name %q: %w", ir.registry, errdefs.ErrInvalidArgument)
-	}
-	return ir, nil
-}
-
 // maxIndexDepth bounds indexes nested in indexes.
 const maxIndexDepth = 4
 
@@ -111,7 +74,7 @@ const maxIndexDepth = 4
 // What is missing is a Readiness, not an error. Errors: errdefs.ErrInvalidArgument for a
 // malformed reference; errdefs.ErrNotImplemented for a cached manifest of a kind containerd
 // cannot pull either; anything else is an internal error.
-func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.MatchComparer) (Readiness, error) {
+func (p *Planner) Check(ctx context.Context, ref string, platform platforms.MatchComparer) (Readiness, error) {
 	ir, err := parseImageRef(ref)
 	if err != nil {
 		return Readiness{}, err
@@ -119,11 +82,11 @@ func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.Mat
 	rd := Readiness{Ref: ir.name, Missing: []string{}}
 	root := ocispec.Descriptor{Digest: ir.digest}
 	if ir.digest == "" {
-		cached, err := r.store.GetRef(ctx, ir.repoKey()+":"+ir.tag)
+		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
 		if errdefs.IsNotFound(err) {
 			rd.missing("tag "+ir.name, 0)
 			rd.Partial = true
-			if err := r.checkServedBy(ctx, ir, platform, &rd); err != nil {
+			if err := p.checkServedBy(ctx, ir, platform, &rd); err != nil {
 				return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
 			}
 			return rd, nil
@@ -133,19 +96,19 @@ func (r *Resolver) Check(ctx context.Context, ref string, platform platforms.Mat
 		}
 		root = cached.Target
 	}
-	if err := r.checkManifest(ctx, ir.repoKey(), root, platform, &rd, 0); err != nil {
+	if err := p.checkManifest(ctx, ir.repoKey(), root, platform, &rd, 0); err != nil {
 		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	rd.Ready = len(rd.Missing) == 0
-	if err := r.checkServedBy(ctx, ir, platform, &rd); err != nil {
+	if err := p.checkServedBy(ctx, ir, platform, &rd); err != nil {
 		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	return rd, nil
 }
 
 // checkManifest checks desc, an index or a manifest, and what a pull would fetch below it.
-func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, rd *Readiness, depth int) error {
-	m, err := r.local.Manifest(ctx, repoKey, desc, Read{})
+func (p *Planner) checkManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, rd *Readiness, depth int) error {
+	m, err := p.r.Local().Manifest(ctx, repoKey, desc, resolver.Read{})
 	if errdefs.IsNotFound(err) {
 		rd.missing("manifest "+describe(desc), desc.Size)
 		rd.Partial = true
@@ -163,14 +126,14 @@ func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocisp
 			rd.Missing = append(rd.Missing, "platform: index "+m.Descriptor.Digest.String()+" has no manifest for it")
 			return nil
 		}
-		return r.checkManifest(ctx, repoKey, child, platform, rd, depth+1)
+		return p.checkManifest(ctx, repoKey, child, platform, rd, depth+1)
 	}
 	blobs, err := imageBlobs(m)
 	if err != nil {
 		return err
 	}
 	for _, b := range blobs {
-		if ok, err := r.local.HasBlob(ctx, repoKey, b.Digest); err != nil {
+		if ok, err := p.r.Local().HasBlob(ctx, repoKey, b.Digest); err != nil {
 			return err
 		} else if !ok {
 			rd.missing(b.kind+" "+describe(b.Descriptor), b.Size)
@@ -182,7 +145,7 @@ func (r *Resolver) checkManifest(ctx context.Context, repoKey string, desc ocisp
 // platformManifest chooses the manifest a containerd pull of index m for platform fetches, as
 // containerd's images.FilterPlatforms and images.LimitManifests do: the best match, entries
 // without a platform last. ok is false if nothing matches.
-func platformManifest(m Manifest, platform platforms.MatchComparer, depth int) (_ ocispec.Descriptor, ok bool, _ error) {
+func platformManifest(m resolver.Manifest, platform platforms.MatchComparer, depth int) (_ ocispec.Descriptor, ok bool, _ error) {
 	if depth >= maxIndexDepth {
 		return ocispec.Descriptor{}, false, fmt.Errorf("index %s: indexes nested more than %d deep: %w", m.Descriptor.Digest, maxIndexDepth, errdefs.ErrNotImplemented)
 	}
@@ -218,7 +181,7 @@ type blob struct {
 }
 
 // imageBlobs lists the config and layers of image manifest m, which a pull fetches.
-func imageBlobs(m Manifest) ([]blob, error) {
+func imageBlobs(m resolver.Manifest) ([]blob, error) {
 	if !images.IsManifestType(m.Descriptor.MediaType) {
 		return nil, fmt.Errorf("manifest %s has media type %q, which containerd does not pull: %w", m.Descriptor.Digest, m.Descriptor.MediaType, errdefs.ErrNotImplemented)
 	}
@@ -250,16 +213,12 @@ const warmConcurrency = 3
 // platform's manifest, then the config and the layers, each read to its end. It returns once
 // all of it is committed, so that Check finds it. Errors are those of Manifest and Blob:
 // errdefs.ErrNotFound when something is neither cached nor obtainable from upstream.
-func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.MatchComparer) error {
+func (p *Planner) Warm(ctx context.Context, ref string, platform platforms.MatchComparer) error {
 	ir, err := parseImageRef(ref)
 	if err != nil {
 		return err
 	}
-	reference := ir.tag
-	if ir.digest != "" {
-		reference = ir.digest.String()
-	}
-	m, err := r.Manifest(ctx, ir.registry, ir.repository, reference)
+	m, err := p.r.Manifest(ctx, ir.registry, ir.repository, ir.reference())
 	if err != nil {
 		return fmt.Errorf("%s: %w", ir.name, err)
 	}
@@ -271,7 +230,7 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 		if !ok {
 			return fmt.Errorf("%s: index %s has no manifest for the platform: %w", ir.name, m.Descriptor.Digest, errdefs.ErrNotFound)
 		}
-		if m, err = r.childManifest(ctx, ir, m.Descriptor.Digest, child); err != nil {
+		if m, err = p.childManifest(ctx, ir, m.Descriptor.Digest, child); err != nil {
 			return fmt.Errorf("%s: %w", ir.name, err)
 		}
 	}
@@ -283,10 +242,10 @@ func (r *Resolver) Warm(ctx context.Context, ref string, platform platforms.Matc
 	g.SetLimit(warmConcurrency)
 	for _, b := range blobs {
 		g.Go(func() error {
-			if ok, err := r.local.HasBlob(gctx, ir.repoKey(), b.Digest); err != nil || ok {
+			if ok, err := p.r.Local().HasBlob(gctx, ir.repoKey(), b.Digest); err != nil || ok {
 				return err
 			}
-			if err := r.FetchBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
+			if err := p.r.FetchBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
 				return fmt.Errorf("%s: %s %s: %w", ir.name, b.kind, b.Digest, err)
 			}
 			return nil
@@ -300,20 +259,20 @@ const peerCheckTimeout = 10 * time.Second
 
 // checkServedBy sets rd.ServedBy: this node when it is ready, else, with a cluster, the peers
 // when they hold all this node lacks (see checkPeers), else nothing.
-func (r *Resolver) checkServedBy(ctx context.Context, ir imageRef, platform platforms.MatchComparer, rd *Readiness) error {
+func (p *Planner) checkServedBy(ctx context.Context, ir imageRef, platform platforms.MatchComparer, rd *Readiness) error {
 	if rd.Ready {
 		rd.ServedBy = ServedByThisNode
 		return nil
 	}
 	rd.ServedBy = ServedByNothing
-	peers := r.PeersFor(ir.registry)
+	peers := p.r.PeersFor(ir.registry)
 	if peers == nil {
 		return nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, peerCheckTimeout)
 	defer cancel()
 	holders := map[string]bool{}
-	ok, err := r.checkPeers(pctx, peers, ir, platform, holders)
+	ok, err := p.checkPeers(pctx, peers, ir, platform, holders)
 	if err != nil || !ok {
 		return err
 	}
@@ -329,10 +288,10 @@ func (r *Resolver) checkServedBy(ctx context.Context, ir imageRef, platform plat
 // platform with every upstream down: each thing this node lacks held by a peer (added to
 // holders). The tag and manifests it lacks it reads from the peers (verified, not cached) to
 // learn what lies beneath them; for blobs it asks who holds them.
-func (r *Resolver) checkPeers(ctx context.Context, peers Peers, ir imageRef, platform platforms.MatchComparer, holders map[string]bool) (bool, error) {
+func (p *Planner) checkPeers(ctx context.Context, peers resolver.Peers, ir imageRef, platform platforms.MatchComparer, holders map[string]bool) (bool, error) {
 	root := ocispec.Descriptor{Digest: ir.digest}
 	if ir.digest == "" {
-		cached, err := r.store.GetRef(ctx, ir.repoKey()+":"+ir.tag)
+		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
 		switch {
 		case err == nil:
 			root = cached.Target
@@ -347,17 +306,17 @@ func (r *Resolver) checkPeers(ctx context.Context, peers Peers, ir imageRef, pla
 			return false, err
 		}
 	}
-	return r.checkPeerManifest(ctx, peers, ir, root, platform, holders, 0)
+	return p.checkPeerManifest(ctx, peers, ir, root, platform, holders, 0)
 }
 
 // checkPeerManifest is checkManifest for checkPeers.
-func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageRef, desc ocispec.Descriptor, platform platforms.MatchComparer, holders map[string]bool, depth int) (bool, error) {
+func (p *Planner) checkPeerManifest(ctx context.Context, peers resolver.Peers, ir imageRef, desc ocispec.Descriptor, platform platforms.MatchComparer, holders map[string]bool, depth int) (bool, error) {
 	if checkDigest(desc.Digest) != nil {
 		return false, nil
 	}
-	m, err := r.local.Manifest(ctx, ir.repoKey(), desc, Read{})
+	m, err := p.r.Local().Manifest(ctx, ir.repoKey(), desc, resolver.Read{})
 	if errdefs.IsNotFound(err) {
-		pm, peer, perr := PeerManifest(ctx, peers, ir.registry, ir.repository, desc.Digest)
+		pm, peer, perr := resolver.PeerManifest(ctx, peers, ir.registry, ir.repository, desc.Digest)
 		if perr != nil {
 			logPeerCheck(ctx, perr, "manifest "+desc.Digest.String())
 			return false, nil
@@ -373,14 +332,14 @@ func (r *Resolver) checkPeerManifest(ctx context.Context, peers Peers, ir imageR
 		if err != nil || !ok {
 			return false, err
 		}
-		return r.checkPeerManifest(ctx, peers, ir, child, platform, holders, depth+1)
+		return p.checkPeerManifest(ctx, peers, ir, child, platform, holders, depth+1)
 	}
 	blobs, err := imageBlobs(m)
 	if err != nil {
 		return false, err
 	}
 	for _, b := range blobs {
-		if ok, err := r.local.HasBlob(ctx, ir.repoKey(), b.Digest); err != nil {
+		if ok, err := p.r.Local().HasBlob(ctx, ir.repoKey(), b.Digest); err != nil {
 			return false, err
 		} else if ok {
 			continue

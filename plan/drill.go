@@ -2,20 +2,17 @@ package plan
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/lifeboat-dev/lifeboat/internal/size"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -59,9 +56,6 @@ func (rd *Readiness) missing(item string, n int64) {
 	rd.MissingBytes += max(n, 0)
 }
 
-// maxIndexDepth bounds indexes nested in indexes.
-const maxIndexDepth = 4
-
 // Check decides, from the cache alone, whether lifeboat could serve a complete pull of ref for
 // platform with every upstream down: the tag as cached (what a stale answer would serve), the
 // index, the platform's manifest chosen from it as containerd chooses, the config and every
@@ -80,24 +74,18 @@ func (p *Planner) Check(ctx context.Context, ref string, platform platforms.Matc
 		return Readiness{}, err
 	}
 	rd := Readiness{Ref: ir.name, Missing: []string{}}
-	root := ocispec.Descriptor{Digest: ir.digest}
-	if ir.digest == "" {
-		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
-		if errdefs.IsNotFound(err) {
-			rd.missing("tag "+ir.name, 0)
-			rd.Partial = true
-			if err := p.checkServedBy(ctx, ir, platform, &rd); err != nil {
-				return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
-			}
-			return rd, nil
-		}
-		if err != nil {
-			return Readiness{}, err
-		}
-		root = cached.Target
+	root, ok, err := p.cachedRoot(ctx, ir)
+	if err != nil {
+		return Readiness{}, err
 	}
-	if err := p.checkManifest(ctx, ir.repoKey(), root, platform, &rd, 0); err != nil {
-		return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
+	if ok {
+		acc := lacks{local: p.r.Local(), repoKey: ir.repoKey(), rd: &rd}
+		w := walk{read: p.cached(ir.repoKey(), resolver.Read{}), children: platformChild(platform), acc: acc}
+		if err := w.from(ctx, root); err != nil {
+			return Readiness{}, fmt.Errorf("%s: %w", ir.name, err)
+		}
+	} else {
+		rd.missingTag(ir)
 	}
 	rd.Ready = len(rd.Missing) == 0
 	if err := p.checkServedBy(ctx, ir, platform, &rd); err != nil {
@@ -106,152 +94,56 @@ func (p *Planner) Check(ctx context.Context, ref string, platform platforms.Matc
 	return rd, nil
 }
 
-// checkManifest checks desc, an index or a manifest, and what a pull would fetch below it.
-func (p *Planner) checkManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, rd *Readiness, depth int) error {
-	m, err := p.r.Local().Manifest(ctx, repoKey, desc, resolver.Read{})
+// cachedRoot is what ir names in this node's cache: its digest, or the target of its tag as
+// cached. ok is false when the tag is not cached.
+func (p *Planner) cachedRoot(ctx context.Context, ir imageRef) (_ ocispec.Descriptor, ok bool, _ error) {
+	if ir.digest != "" {
+		return ocispec.Descriptor{Digest: ir.digest}, true, nil
+	}
+	cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
 	if errdefs.IsNotFound(err) {
-		rd.missing("manifest "+describe(desc), desc.Size)
-		rd.Partial = true
-		return nil
+		return ocispec.Descriptor{}, false, nil
 	}
 	if err != nil {
-		return err
+		return ocispec.Descriptor{}, false, err
 	}
-	if images.IsIndexType(m.Descriptor.MediaType) {
-		child, ok, err := platformManifest(m, platform, depth)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			rd.Missing = append(rd.Missing, "platform: index "+m.Descriptor.Digest.String()+" has no manifest for it")
-			return nil
-		}
-		return p.checkManifest(ctx, repoKey, child, platform, rd, depth+1)
-	}
-	blobs, err := imageBlobs(m)
-	if err != nil {
-		return err
-	}
-	for _, b := range blobs {
-		if ok, err := p.r.Local().HasBlob(ctx, repoKey, b.Digest); err != nil {
-			return err
-		} else if !ok {
-			rd.missing(b.kind+" "+describe(b.Descriptor), b.Size)
-		}
-	}
+	return cached.Target, true, nil
+}
+
+// missingTag notes that ir's tag is not cached, which hides all that lies beneath it.
+func (rd *Readiness) missingTag(ir imageRef) {
+	rd.missing("tag "+ir.name, 0)
+	rd.Partial = true
+}
+
+// lacks is the accumulator of a walk that notes in rd what a pull from repository repoKey would
+// lack from this node's cache: manifests that are not cached, an index without the platform's
+// manifest, and configs and layers that are not cached.
+type lacks struct {
+	local   resolver.Local
+	repoKey string
+	rd      *Readiness
+}
+
+func (a lacks) unread(desc ocispec.Descriptor) {
+	a.rd.missing("manifest "+describe(desc), desc.Size)
+	a.rd.Partial = true
+}
+
+func (a lacks) noPlatform(index resolver.Manifest) error {
+	a.rd.Missing = append(a.rd.Missing, "platform: index "+index.Descriptor.Digest.String()+" has no manifest for it")
 	return nil
 }
 
-// platformManifest chooses the manifest a containerd pull of index m for platform fetches, as
-// containerd's images.FilterPlatforms and images.LimitManifests do: the best match, entries
-// without a platform last. ok is false if nothing matches.
-func platformManifest(m resolver.Manifest, platform platforms.MatchComparer, depth int) (_ ocispec.Descriptor, ok bool, _ error) {
-	if depth >= maxIndexDepth {
-		return ocispec.Descriptor{}, false, fmt.Errorf("index %s: indexes nested more than %d deep: %w", m.Descriptor.Digest, maxIndexDepth, errdefs.ErrNotImplemented)
-	}
-	var idx ocispec.Index
-	if err := json.Unmarshal(m.Body, &idx); err != nil {
-		return ocispec.Descriptor{}, false, fmt.Errorf("cached index %s: %v: %w", m.Descriptor.Digest, err, errdefs.ErrDataLoss)
-	}
-	var descs []ocispec.Descriptor
-	for _, d := range idx.Manifests {
-		if d.Platform == nil || platform.Match(*d.Platform) {
-			descs = append(descs, d)
-		}
-	}
-	if len(descs) == 0 {
-		return ocispec.Descriptor{}, false, nil
-	}
-	sort.SliceStable(descs, func(i, j int) bool {
-		if descs[i].Platform == nil {
-			return false
-		}
-		if descs[j].Platform == nil {
-			return true
-		}
-		return platform.Less(*descs[i].Platform, *descs[j].Platform)
-	})
-	return descs[0], true, nil
-}
-
-// blob is a blob an image manifest refers to: its config or one of its layers.
-type blob struct {
-	kind string // "config" or "layer"
-	ocispec.Descriptor
-}
-
-// imageBlobs lists the config and layers of image manifest m, which a pull fetches.
-func imageBlobs(m resolver.Manifest) ([]blob, error) {
-	if !images.IsManifestType(m.Descriptor.MediaType) {
-		return nil, fmt.Errorf("manifest %s has media type %q, which containerd does not pull: %w", m.Descriptor.Digest, m.Descriptor.MediaType, errdefs.ErrNotImplemented)
-	}
-	var man ocispec.Manifest
-	if err := json.Unmarshal(m.Body, &man); err != nil {
-		return nil, fmt.Errorf("cached manifest %s: %v: %w", m.Descriptor.Digest, err, errdefs.ErrDataLoss)
-	}
-	blobs := []blob{{"config", man.Config}}
-	for _, l := range man.Layers {
-		blobs = append(blobs, blob{"layer", l})
-	}
-	return blobs, nil
-}
-
-// describe names a descriptor for a Readiness: "sha256:...", "sha256:... for linux/arm64".
-func describe(d ocispec.Descriptor) string {
-	s := d.Digest.String()
-	if d.Platform != nil {
-		s += " for " + platforms.FormatAll(*d.Platform)
-	}
-	return s
-}
-
-// warmConcurrency is how many blobs Warm fetches at once (containerd's default for a pull).
-const warmConcurrency = 3
-
-// Warm fetches into the cache whatever a pull of ref for platform needs and the cache lacks,
-// through the same paths as the mirror: the tag (revalidated as usual), the index, the
-// platform's manifest, then the config and the layers, each read to its end. It returns once
-// all of it is committed, so that Check finds it. Errors are those of Manifest and Blob:
-// errdefs.ErrNotFound when something is neither cached nor obtainable from upstream.
-func (p *Planner) Warm(ctx context.Context, ref string, platform platforms.MatchComparer) error {
-	ir, err := parseImageRef(ref)
-	if err != nil {
-		return err
-	}
-	m, err := p.r.Manifest(ctx, ir.registry, ir.repository, ir.reference())
-	if err != nil {
-		return fmt.Errorf("%s: %w", ir.name, err)
-	}
-	for depth := 0; images.IsIndexType(m.Descriptor.MediaType); depth++ {
-		child, ok, err := platformManifest(m, platform, depth)
-		if err != nil {
-			return fmt.Errorf("%s: %w", ir.name, err)
-		}
-		if !ok {
-			return fmt.Errorf("%s: index %s has no manifest for the platform: %w", ir.name, m.Descriptor.Digest, errdefs.ErrNotFound)
-		}
-		if m, err = p.childManifest(ctx, ir, m.Descriptor.Digest, child); err != nil {
-			return fmt.Errorf("%s: %w", ir.name, err)
-		}
-	}
-	blobs, err := imageBlobs(m)
-	if err != nil {
-		return fmt.Errorf("%s: %w", ir.name, err)
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(warmConcurrency)
+func (a lacks) manifest(ctx context.Context, _ resolver.Manifest, _ int, blobs []blob) (bool, error) {
 	for _, b := range blobs {
-		g.Go(func() error {
-			if ok, err := p.r.Local().HasBlob(gctx, ir.repoKey(), b.Digest); err != nil || ok {
-				return err
-			}
-			if err := p.r.FetchBlob(gctx, ir.registry, ir.repository, b.Digest); err != nil {
-				return fmt.Errorf("%s: %s %s: %w", ir.name, b.kind, b.Digest, err)
-			}
-			return nil
-		})
+		if ok, err := a.local.HasBlob(ctx, a.repoKey, b.Digest); err != nil {
+			return false, err
+		} else if !ok {
+			a.rd.missing(b.kind+" "+describe(b.Descriptor), b.Size)
+		}
 	}
-	return g.Wait()
+	return true, nil
 }
 
 // peerCheckTimeout bounds what Check asks the peers about one image.
@@ -289,70 +181,81 @@ func (p *Planner) checkServedBy(ctx context.Context, ir imageRef, platform platf
 // holders). The tag and manifests it lacks it reads from the peers (verified, not cached) to
 // learn what lies beneath them; for blobs it asks who holds them.
 func (p *Planner) checkPeers(ctx context.Context, peers resolver.Peers, ir imageRef, platform platforms.MatchComparer, holders map[string]bool) (bool, error) {
-	root := ocispec.Descriptor{Digest: ir.digest}
-	if ir.digest == "" {
-		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
-		switch {
-		case err == nil:
-			root = cached.Target
-		case errdefs.IsNotFound(err):
-			dgst, _, err := peers.Tag(ctx, ir.registry, ir.repository, ir.tag)
-			if err != nil {
-				logPeerCheck(ctx, err, "tag "+ir.name)
-				return false, nil
-			}
-			root = ocispec.Descriptor{Digest: dgst}
-		default:
-			return false, err
-		}
+	root, ok, err := p.cachedRoot(ctx, ir)
+	if err != nil {
+		return false, err
 	}
-	return p.checkPeerManifest(ctx, peers, ir, root, platform, holders, 0)
-}
-
-// checkPeerManifest is checkManifest for checkPeers.
-func (p *Planner) checkPeerManifest(ctx context.Context, peers resolver.Peers, ir imageRef, desc ocispec.Descriptor, platform platforms.MatchComparer, holders map[string]bool, depth int) (bool, error) {
-	if checkDigest(desc.Digest) != nil {
-		return false, nil
-	}
-	m, err := p.r.Local().Manifest(ctx, ir.repoKey(), desc, resolver.Read{})
-	if errdefs.IsNotFound(err) {
-		pm, peer, perr := resolver.PeerManifest(ctx, peers, ir.registry, ir.repository, desc.Digest)
-		if perr != nil {
-			logPeerCheck(ctx, perr, "manifest "+desc.Digest.String())
+	if !ok {
+		dgst, _, err := peers.Tag(ctx, ir.registry, ir.repository, ir.tag)
+		if err != nil {
+			logPeerCheck(ctx, err, "tag "+ir.name)
 			return false, nil
 		}
-		m, err = pm, nil
-		holders[peer] = true
+		root = ocispec.Descriptor{Digest: dgst}
 	}
-	if err != nil {
+	acc := &peerHolders{local: p.r.Local(), peers: peers, ir: ir, holders: holders, served: true}
+	w := walk{read: acc.read, children: platformChild(platform), acc: acc}
+	if err := w.from(ctx, root); err != nil {
 		return false, err
 	}
-	if images.IsIndexType(m.Descriptor.MediaType) {
-		child, ok, err := platformManifest(m, platform, depth)
-		if err != nil || !ok {
-			return false, err
-		}
-		return p.checkPeerManifest(ctx, peers, ir, child, platform, holders, depth+1)
+	return acc.served, nil
+}
+
+// peerHolders is the accumulator, and the reader, of a walk that notes who holds what this
+// node lacks of ir: manifests it reads from the cache or else from a peer, blobs it asks the
+// peers about. served turns false at the first thing no peer can serve.
+type peerHolders struct {
+	local   resolver.Local
+	peers   resolver.Peers
+	ir      imageRef
+	holders map[string]bool
+	served  bool
+}
+
+func (a *peerHolders) read(ctx context.Context, _ digest.Digest, desc ocispec.Descriptor) (resolver.Manifest, bool, error) {
+	if checkDigest(desc.Digest) != nil {
+		return resolver.Manifest{}, false, nil
 	}
-	blobs, err := imageBlobs(m)
+	m, err := a.local.Manifest(ctx, a.ir.repoKey(), desc, resolver.Read{})
+	if err == nil {
+		return m, true, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return resolver.Manifest{}, false, err
+	}
+	m, peer, err := resolver.PeerManifest(ctx, a.peers, a.ir.registry, a.ir.repository, desc.Digest)
 	if err != nil {
-		return false, err
+		logPeerCheck(ctx, err, "manifest "+desc.Digest.String())
+		return resolver.Manifest{}, false, nil
 	}
+	a.holders[peer] = true
+	return m, true, nil
+}
+
+func (a *peerHolders) unread(ocispec.Descriptor) { a.served = false }
+
+func (a *peerHolders) noPlatform(resolver.Manifest) error {
+	a.served = false
+	return nil
+}
+
+func (a *peerHolders) manifest(ctx context.Context, _ resolver.Manifest, _ int, blobs []blob) (bool, error) {
 	for _, b := range blobs {
-		if ok, err := p.r.Local().HasBlob(ctx, ir.repoKey(), b.Digest); err != nil {
+		if ok, err := a.local.HasBlob(ctx, a.ir.repoKey(), b.Digest); err != nil {
 			return false, err
 		} else if ok {
 			continue
 		}
-		hs, err := peers.Holders(ctx, b.Digest)
+		hs, err := a.peers.Holders(ctx, b.Digest)
 		if err != nil || len(hs) == 0 {
 			if err == nil {
 				err = fmt.Errorf("no peer holds it: %w", errdefs.ErrNotFound)
 			}
 			logPeerCheck(ctx, err, b.kind+" "+b.Digest.String())
+			a.served = false
 			return false, nil
 		}
-		holders[hs[0]] = true
+		a.holders[hs[0]] = true
 	}
 	return true, nil
 }

@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -38,68 +37,41 @@ func (p *Planner) Inspect(ctx context.Context, ref string, platform platforms.Ma
 		return ImageSummary{}, err
 	}
 	sum := ImageSummary{Readiness: Readiness{Ref: ir.name, Missing: []string{}}, Platforms: []string{}}
-	root := ocispec.Descriptor{Digest: ir.digest}
-	if ir.digest == "" {
-		cached, err := p.r.Local().Tag(ctx, ir.repoKey()+":"+ir.tag)
-		if errdefs.IsNotFound(err) {
-			sum.missing("tag "+ir.name, 0)
-			sum.Partial = true
-			return sum, nil
-		}
-		if err != nil {
-			return ImageSummary{}, err
-		}
-		root = cached.Target
+	root, ok, err := p.cachedRoot(ctx, ir)
+	if err != nil {
+		return ImageSummary{}, err
+	}
+	if !ok {
+		sum.missingTag(ir)
+		return sum, nil
 	}
 	sum.Digest = root.Digest
-	if err := p.inspectManifest(ctx, ir.repoKey(), root, platform, &sum, 0); err != nil {
+	acc := summary{lacks: lacks{local: p.r.Local(), repoKey: ir.repoKey(), rd: &sum.Readiness}, p: p, sum: &sum}
+	w := walk{read: p.cached(ir.repoKey(), resolver.Read{Peek: true}), children: platformChild(platform), acc: acc}
+	if err := w.from(ctx, root); err != nil {
 		return ImageSummary{}, fmt.Errorf("%s: %w", ir.name, err)
 	}
 	sum.Ready = len(sum.Missing) == 0
 	return sum, nil
 }
 
-// inspectManifest is checkManifest reading through peekManifest, noting the image's platforms
-// on the way.
-func (p *Planner) inspectManifest(ctx context.Context, repoKey string, desc ocispec.Descriptor, platform platforms.MatchComparer, sum *ImageSummary, depth int) error {
-	m, err := p.r.Local().Manifest(ctx, repoKey, desc, resolver.Read{Peek: true})
-	if errdefs.IsNotFound(err) {
-		sum.missing("manifest "+describe(desc), desc.Size)
-		sum.Partial = true
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if images.IsIndexType(m.Descriptor.MediaType) {
-		if depth == 0 {
-			sum.Platforms = indexPlatforms(m)
-		}
-		child, ok, err := platformManifest(m, platform, depth)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			sum.Missing = append(sum.Missing, "platform: index "+m.Descriptor.Digest.String()+" has no manifest for it")
-			return nil
-		}
-		return p.inspectManifest(ctx, repoKey, child, platform, sum, depth+1)
-	}
-	blobs, err := imageBlobs(m)
-	if err != nil {
-		return err
-	}
+// summary is lacks noting, on the way, the image's platforms from its root: an index's, or
+// those in a lone manifest's config.
+type summary struct {
+	lacks
+	p   *Planner
+	sum *ImageSummary
+}
+
+func (a summary) manifest(ctx context.Context, m resolver.Manifest, depth int, blobs []blob) (bool, error) {
 	if depth == 0 {
-		sum.Platforms = p.configPlatforms(ctx, blobs[0].Descriptor)
-	}
-	for _, b := range blobs {
-		if ok, err := p.r.Local().HasBlob(ctx, repoKey, b.Digest); err != nil {
-			return err
-		} else if !ok {
-			sum.missing(b.kind+" "+describe(b.Descriptor), b.Size)
+		if images.IsIndexType(m.Descriptor.MediaType) {
+			a.sum.Platforms = indexPlatforms(m)
+		} else {
+			a.sum.Platforms = a.p.configPlatforms(ctx, blobs[0].Descriptor)
 		}
 	}
-	return nil
+	return a.lacks.manifest(ctx, m, depth, blobs)
 }
 
 // indexPlatforms lists the platforms of index m's manifests, in index order, each once.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/peer"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/plan"
 )
 
 // ClusterNode is what the admin service reports of this node's membership; *cluster.Node is
@@ -148,14 +148,14 @@ func (s *Service) holders(ctx context.Context, dgsts []digest.Digest) map[digest
 	return out
 }
 
-// servedBy completes what the resolver's Check said could serve each image of rep during an
+// servedBy completes what the planner's Check said could serve each image of rep during an
 // outage (Readiness.ServedBy: this node, the peers that hold all it lacks, or nothing): an image
 // that could not be checked at all is served by nothing.
 func (s *Service) servedBy(rep *DrillReport) {
 	rep.Cluster = s.Peers != nil
 	for i, r := range rep.Results {
 		if r.Error != "" || r.ServedBy == "" {
-			rep.Results[i].ServedBy = resolver.ServedByNothing
+			rep.Results[i].ServedBy = plan.ServedByNothing
 		}
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
+	"github.com/lifeboat-dev/lifeboat/plan"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -210,7 +211,7 @@ func TestDrill(t *testing.T) {
 func TestDrillReportJSON(t *testing.T) {
 	t.Parallel()
 	rep := DrillReport{Platform: "linux/amd64", Ready: 0, Total: 1, Results: []DrillResult{{
-		Readiness: resolver.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true, ServedBy: resolver.ServedByNothing},
+		Readiness: plan.Readiness{Ref: "docker.io/library/a:1", Missing: []string{"tag docker.io/library/a:1"}, Partial: true, ServedBy: plan.ServedByNothing},
 		FixError:  "down",
 	}}}
 	b, err := json.Marshal(rep)

@@ -15,7 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/plan"
 )
 
 // ImagesRequest asks for the cached images.
@@ -127,7 +127,7 @@ func (s *Service) Images(ctx context.Context, req ImagesRequest) (ImagesReport, 
 			Ref: u.Name, Digest: u.Target.Digest, Platforms: []string{}, Size: u.Size,
 			LastUsed: u.LastUsed, Pinned: u.Pinned, Missing: []string{},
 		}
-		sum, err := s.Resolver.Inspect(ctx, u.Name, platform)
+		sum, err := s.plans().Inspect(ctx, u.Name, platform)
 		switch {
 		case ctx.Err() != nil:
 			return ImagesReport{}, ctx.Err()
@@ -156,7 +156,7 @@ func (s *Service) Images(ctx context.Context, req ImagesRequest) (ImagesReport, 
 // cachedRef normalizes the request's ref and returns it as cached. An uncached ref gives
 // ErrNotFound; a malformed one ErrInvalidArgument.
 func (s *Service) cachedRef(ctx context.Context, req RefRequest) (cache.Ref, error) {
-	name, err := resolver.NormalizeRef(req.Ref)
+	name, err := plan.NormalizeRef(req.Ref)
 	if err != nil {
 		return cache.Ref{}, err
 	}

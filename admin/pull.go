@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/plan"
 )
 
 // PullRequest asks the daemon to fetch images into the cache.
@@ -156,18 +156,19 @@ func (s *Service) pullOne(ctx context.Context, ref string, platform platforms.Ma
 		log.G(ctx).WithError(err).WithField("ref", res.Ref).Warn("pull failed")
 		return res
 	}
-	name, err := resolver.NormalizeRef(ref)
+	name, err := plan.NormalizeRef(ref)
 	if err != nil {
 		return fail(err)
 	}
 	res.Ref = name
 	progress(PullProgress{Ref: name, State: PullResolving})
-	plan, err := s.Resolver.PlanPull(ctx, name, platform, all)
+	plans := s.plans()
+	plan, err := plans.PlanPull(ctx, name, platform, all)
 	if err != nil {
 		return fail(err)
 	}
 	res.Digest, res.Bytes = plan.Digest.String(), plan.Size
-	done, blobsBefore := s.Resolver.PullProgress(ctx, plan)
+	done, blobsBefore := plans.PullProgress(ctx, plan)
 	res.CachedBytes = blobsBefore
 	progress(PullProgress{Ref: name, State: PullPulling, Bytes: done, Total: plan.Size})
 
@@ -181,15 +182,15 @@ func (s *Service) pullOne(ctx context.Context, ref string, platform platforms.Ma
 			case <-stop:
 				return
 			case <-t.C:
-				done, _ := s.Resolver.PullProgress(ctx, plan)
+				done, _ := plans.PullProgress(ctx, plan)
 				progress(PullProgress{Ref: name, State: PullPulling, Bytes: done, Total: plan.Size})
 			}
 		}
 	})
-	err = s.Resolver.Pull(ctx, plan)
+	err = plans.Pull(ctx, plan)
 	close(stop)
 	ticker.Wait()
-	done, blobsAfter := s.Resolver.PullProgress(ctx, plan)
+	done, blobsAfter := plans.PullProgress(ctx, plan)
 	res.FetchedBytes = max(blobsAfter-blobsBefore, 0)
 	if err != nil {
 		return fail(err)

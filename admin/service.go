@@ -22,6 +22,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/hosts"
 	"github.com/lifeboat-dev/lifeboat/outage"
+	"github.com/lifeboat-dev/lifeboat/plan"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -117,6 +118,9 @@ type Service struct {
 
 	hostsMu sync.Mutex // one hosts.toml switch or restore at a time
 }
+
+// plans are the image plans (drill, warm, pull, inspect) over the service's resolver and cache.
+func (s *Service) plans() *plan.Planner { return plan.New(s.Resolver, s.Store) }
 
 func (s *Service) answers() map[string]int64 {
 	if s.Answers == nil {
@@ -262,7 +266,7 @@ type DrillRequest struct {
 
 // DrillResult is the readiness of one image.
 type DrillResult struct {
-	resolver.Readiness
+	plan.Readiness
 	// Error says why the image could not be checked at all (a malformed reference); it is then
 	// not ready.
 	Error string `json:"error,omitempty"`
@@ -314,18 +318,18 @@ func (s *Service) Drill(ctx context.Context, req DrillRequest) (DrillReport, err
 // drillOne checks one image and, with fix, warms and checks it again if it is not ready. Only
 // the end of ctx is an error: what goes wrong with one image is in its result.
 func (s *Service) drillOne(ctx context.Context, ref string, platform platforms.MatchComparer, fix bool) (DrillResult, error) {
-	rd, err := s.Resolver.Check(ctx, ref, platform)
+	rd, err := s.plans().Check(ctx, ref, platform)
 	if err != nil {
 		if ctx.Err() != nil {
 			return DrillResult{}, ctx.Err()
 		}
-		return DrillResult{Readiness: resolver.Readiness{Ref: ref, Missing: []string{}}, Error: err.Error()}, nil
+		return DrillResult{Readiness: plan.Readiness{Ref: ref, Missing: []string{}}, Error: err.Error()}, nil
 	}
 	res := DrillResult{Readiness: rd}
 	if rd.Ready || !fix {
 		return res, nil
 	}
-	if err := s.Resolver.Warm(ctx, ref, platform); err != nil {
+	if err := s.plans().Warm(ctx, ref, platform); err != nil {
 		if ctx.Err() != nil {
 			return DrillResult{}, ctx.Err()
 		}
@@ -333,7 +337,7 @@ func (s *Service) drillOne(ctx context.Context, ref string, platform platforms.M
 		res.FixError = err.Error()
 	}
 	// Even a failed warm may have fetched part of it: report the state now.
-	if rd, err = s.Resolver.Check(ctx, ref, platform); err != nil {
+	if rd, err = s.plans().Check(ctx, ref, platform); err != nil {
 		return DrillResult{}, err
 	}
 	res.Readiness = rd

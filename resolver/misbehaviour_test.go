@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,10 +18,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
@@ -259,91 +255,6 @@ func (c shortSizeClient) Endpoint() string { return "https://short.test" }
 
 func (c shortSizeClient) GetBlob(context.Context, string, digest.Digest) (io.ReadCloser, int64, error) {
 	return io.NopCloser(bytes.NewReader(c.blob)), int64(len(c.blob) - 1000), nil
-}
-
-// TestMisbehavingManifests serves manifest graphs that never end: an index whose child, when
-// asked for, is the index itself again (a manifest that references itself), and indexes
-// nested deeper than any real image. Planning a pull of either must end at once with an
-// error that says why, and nothing that did not verify may be cached.
-func TestMisbehavingManifests(t *testing.T) {
-	t.Parallel()
-	index := func(child ocispec.Descriptor) []byte {
-		b, err := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{child}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	manifests := map[string][]byte{} // by tag or digest, as the upstream answers them
-
-	// "self": the index names a child that the upstream answers with the index's own bytes.
-	claimed := digest.FromString("the child the index names")
-	self := index(ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: claimed, Size: 1 << 10})
-	manifests["self"] = self
-	manifests[digest.FromBytes(self).String()] = self
-	manifests[claimed.String()] = self
-
-	// "deep": indexes nested twice as deep as lifeboat follows, each by its true digest.
-	child := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("a manifest never reached"), Size: 2}
-	for range 2 * maxIndexDepth {
-		b := index(child)
-		child = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(b), Size: int64(len(b))}
-		manifests[child.Digest.String()] = b
-	}
-	manifests["deep"] = manifests[child.Digest.String()]
-
-	requests := 0
-	var mu sync.Mutex
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		requests++
-		mu.Unlock()
-		ref, ok := strings.CutPrefix(r.URL.Path, "/v2/app/manifests/")
-		body, found := manifests[ref]
-		if !ok || !found {
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
-		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		if strings.HasPrefix(ref, "sha256:") {
-			w.Header().Set("Docker-Content-Digest", ref) // what a lying registry claims
-		} else {
-			w.Header().Set("Docker-Content-Digest", digest.FromBytes(body).String())
-		}
-		if r.Method == http.MethodGet {
-			w.Write(body)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	r, store := newBareResolver(t, srv.URL)
-
-	for _, tc := range []struct{ tag, want string }{
-		{"self", "body has digest " + digest.FromBytes(self).String()},
-		{"deep", fmt.Sprintf("nested more than %d deep", maxIndexDepth)},
-	} {
-		for _, all := range []bool{false, true} {
-			mu.Lock()
-			requests = 0
-			mu.Unlock()
-			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-			_, err := r.PlanPull(ctx, testRegistry+"/app:"+tc.tag, platforms.All, all)
-			cancel()
-			mu.Lock()
-			n := requests
-			mu.Unlock()
-			t.Logf("pull plan of %s (all platforms: %v) after %d upstream requests: %v", tc.tag, all, n, err)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("pull plan of %s: %v, want an error naming %q", tc.tag, err, tc.want)
-			}
-			if n > 4*maxIndexDepth {
-				t.Errorf("pull plan of %s sent %d upstream requests: the walk is not bounded", tc.tag, n)
-			}
-		}
-	}
-	if _, err := store.Info(t.Context(), claimed); !errdefs.IsNotFound(err) {
-		t.Errorf("the index served for its child was cached as the child: %v", err)
-	}
 }
 
 // newBareResolver is a resolver on a fresh cache with one endpoint, url, and the daemon's

@@ -124,17 +124,11 @@ func (r *Resolver) manifestFromPeers(ctx context.Context, peers Peers, registry,
 		if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{}); err == nil {
 			return m, nil
 		}
-		mediaType, body, peer, err := peers.Manifest(ctx, registry, repo, dgst)
+		pm, _, err := PeerManifest(ctx, peers, registry, repo, dgst)
 		if err != nil {
 			return Manifest{}, err
 		}
-		if len(body) > oci.MaxManifestSize {
-			return Manifest{}, fmt.Errorf("peer %s sent manifest %s of %d bytes: %w", peer, dgst, len(body), errdefs.ErrFailedPrecondition)
-		}
-		if actual := dgst.Algorithm().FromBytes(body); actual != dgst {
-			return Manifest{}, fmt.Errorf("peer %s sent manifest %s with digest %s: %w", peer, dgst, actual, errdefs.ErrFailedPrecondition)
-		}
-		m, err := r.cacheManifest(ctx, registry, repo, dgst, mediaType, body)
+		m, err := r.cacheManifest(ctx, registry, repo, dgst, pm.Descriptor.MediaType, pm.Body)
 		m.Status = Peer
 		return m, err
 	})

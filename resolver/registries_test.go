@@ -79,10 +79,6 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 		"Blob":      func(reg string) error { _, err := r.Blob(ctx, reg, "x", dgst); return err },
 		"Tags":      func(reg string) error { _, _, err := r.Tags(ctx, reg, "x"); return err },
 		"Referrers": func(reg string) error { _, err := r.Referrers(ctx, reg, "x", dgst, ""); return err },
-		"Remotes.Resolve": func(reg string) error {
-			_, _, err := r.Remotes().Resolve(ctx, reg+"/x:latest")
-			return err
-		},
 	}
 	for i := range 50 {
 		for _, reg := range []string{"127.0.0.1:" + port, "localhost:" + port, fmt.Sprintf("unlisted-%d.test", i), "quay.io"} {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/config"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/internal/size"
 )
 
 // clientFlags are the flags every command that talks to the daemon has.
@@ -108,4 +108,4 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func humanBytes(n int64) string { return resolver.FormatSize(n) }
+func humanBytes(n int64) string { return size.Format(n) }

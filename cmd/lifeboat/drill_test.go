@@ -14,7 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/plan"
 )
 
 func TestPullableNames(t *testing.T) {
@@ -67,12 +67,12 @@ func TestPrintDrill(t *testing.T) {
 	layer := digest.FromString("layer")
 	var out bytes.Buffer
 	err := printDrill(&out, admin.DrillReport{Platform: "linux/amd64", Ready: 1, Total: 4, Results: []admin.DrillResult{
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}}},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/some:1", Missing: []string{
+		{Readiness: plan.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}}},
+		{Readiness: plan.Readiness{Ref: "docker.io/library/some:1", Missing: []string{
 			"layer " + layer.String() + " (3.0 MiB)", "config " + layer.String(), "layer x",
 		}, MissingBytes: 3 << 20}},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true}, FixError: "upstream down"},
-		{Readiness: resolver.Readiness{Ref: "Bad Ref", Missing: []string{}}, Error: "invalid reference"},
+		{Readiness: plan.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true}, FixError: "upstream down"},
+		{Readiness: plan.Readiness{Ref: "Bad Ref", Missing: []string{}}, Error: "invalid reference"},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -103,9 +103,9 @@ func TestPrintDrillCluster(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
 	err := printDrill(&out, admin.DrillReport{Platform: "linux/amd64", Ready: 1, Total: 3, Cluster: true, Results: []admin.DrillResult{
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}, ServedBy: resolver.ServedByThisNode}},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/peer:1", Missing: []string{"layer x"}, ServedBy: "peer node-b", Peers: []string{"node-b"}}},
-		{Readiness: resolver.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true, ServedBy: resolver.ServedByNothing}},
+		{Readiness: plan.Readiness{Ref: "docker.io/library/ok:1", Ready: true, Missing: []string{}, ServedBy: plan.ServedByThisNode}},
+		{Readiness: plan.Readiness{Ref: "docker.io/library/peer:1", Missing: []string{"layer x"}, ServedBy: "peer node-b", Peers: []string{"node-b"}}},
+		{Readiness: plan.Readiness{Ref: "docker.io/library/none:1", Missing: []string{"tag docker.io/library/none:1"}, Partial: true, ServedBy: plan.ServedByNothing}},
 	}})
 	if err != nil {
 		t.Fatal(err)

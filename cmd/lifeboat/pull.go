@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
-	"github.com/lifeboat-dev/lifeboat/resolver"
+	"github.com/lifeboat-dev/lifeboat/plan"
 )
 
 // pullFlags are the flags of pull and warm.
@@ -146,7 +146,7 @@ func runPull(cmd *cobra.Command, f *pullFlags, refs []string, from string) error
 func normalizeRefs(refs []string) ([]string, error) {
 	var names []string
 	for _, ref := range refs {
-		name, err := resolver.NormalizeRef(ref)
+		name, err := plan.NormalizeRef(ref)
 		if err != nil {
 			return nil, fmt.Errorf("%q is not an image reference such as alpine:3.20 or ghcr.io/org/app:v1", ref)
 		}

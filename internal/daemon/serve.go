@@ -15,6 +15,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
+	"github.com/lifeboat-dev/lifeboat/plan"
 	pcontent "github.com/lifeboat-dev/lifeboat/plugin/content"
 	psnapshot "github.com/lifeboat-dev/lifeboat/plugin/snapshot"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -70,7 +71,7 @@ func newPluginServer(cfg config.Config, store *cache.Store, res *resolver.Resolv
 	if err != nil {
 		return nil, err
 	}
-	sn, err := psnapshot.New(filepath.Join(cfg.Root, "snapshots"), res.Layers())
+	sn, err := psnapshot.New(filepath.Join(cfg.Root, "snapshots"), plan.New(res, store).Layers())
 	if err != nil {
 		return nil, fmt.Errorf("cannot start the snapshotter: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/lifeboat-dev/lifeboat/internal/size"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -17,7 +18,7 @@ func (d *tour) describeSetup() {
 	tw := tabwriter.NewWriter(d.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "  registry\tan OCI registry (go-containerregistry, in memory) on %s, standing in for %s\n", r.Upstream, r.Registry)
 	img := r.Images[0]
-	fmt.Fprintf(tw, "  images\t%s: %d random layers, %s, %s\n", img.Ref, img.Layers, resolver.FormatSize(img.Size), shortDigest(img.Digest))
+	fmt.Fprintf(tw, "  images\t%s: %d random layers, %s, %s\n", img.Ref, img.Layers, size.Format(img.Size), shortDigest(img.Digest))
 	fmt.Fprintf(tw, "  \t%s: pushed to the registry too, never pulled before the outage\n", r.Images[1].Ref)
 	fmt.Fprintf(tw, "  lifeboat\tcache, resolver and registry mirror on %s, wired as `lifeboat serve` wires them, root %s\n", r.Mirror, filepath.Join(r.Root, "root"))
 	fmt.Fprintf(tw, "  \tupstream_timeout = %s (default 1s): how long a tag check may wait on the registry before the cache answers\n", r.UpstreamTimeout)
@@ -30,7 +31,7 @@ func (d *tour) describeSetup() {
 func (d *tour) describeStep(s Step) {
 	var what string
 	if s.Pulled {
-		what = fmt.Sprintf("pulled %s in %s", resolver.FormatSize(s.Bytes), humanTime(s.took))
+		what = fmt.Sprintf("pulled %s in %s", size.Format(s.Bytes), humanTime(s.took))
 	} else {
 		what = fmt.Sprintf("failed in %s", humanTime(s.took))
 		if s.Expect == "fail" {
@@ -51,7 +52,7 @@ func (d *tour) summarize(took time.Duration) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STEP\tRESULT\tTIME\tREACHED THE REGISTRY\tLIFEBOAT ANSWERED")
 	for _, s := range d.rep.Steps {
-		result := "pulled " + resolver.FormatSize(s.Bytes)
+		result := "pulled " + size.Format(s.Bytes)
 		if !s.Pulled {
 			result = "failed"
 		}
@@ -174,14 +175,14 @@ func describeUpstream(s Step) string {
 	case s.Upstream.Bytes == 0:
 		return fmt.Sprintf("the registry got %s and sent no content", plural(s.Upstream.Requests, "request"))
 	}
-	return fmt.Sprintf("the registry got %s and sent %s", plural(s.Upstream.Requests, "request"), resolver.FormatSize(s.Upstream.Bytes))
+	return fmt.Sprintf("the registry got %s and sent %s", plural(s.Upstream.Requests, "request"), size.Format(s.Upstream.Bytes))
 }
 
 func upstreamCell(t Traffic) string {
 	if t.Requests == 0 {
 		return "nothing"
 	}
-	return fmt.Sprintf("%s, %s", plural(t.Requests, "request"), resolver.FormatSize(t.Bytes))
+	return fmt.Sprintf("%s, %s", plural(t.Requests, "request"), size.Format(t.Bytes))
 }
 
 func plural(n int64, what string) string {

@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"bytes"
@@ -18,9 +18,9 @@ func TestLayers(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 4096)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
-	l := r.Layers()
+	l := p.Layers()
 
 	layers, err := img.Layers()
 	if err != nil {

@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"bytes"
@@ -10,17 +10,19 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
-// Remotes is a containerd remotes.Resolver backed by this resolver, for pulling in process
+// Remotes is a containerd remotes.Resolver backed by the resolver, for pulling in process
 // (the CLI, tools built on lifeboat) with the same cache-first, stale-on-outage logic the
 // mirror applies. It pulls only: Pusher answers ErrNotImplemented.
-type Remotes struct{ r *Resolver }
+type Remotes struct{ r *resolver.Resolver }
 
 var _ remotes.Resolver = (*Remotes)(nil)
 
 // Remotes returns the resolver as a containerd remotes.Resolver.
-func (r *Resolver) Remotes() *Remotes { return &Remotes{r: r} }
+func (p *Planner) Remotes() *Remotes { return &Remotes{r: p.r} }
 
 // Resolve resolves ref ("docker.io/library/alpine:3.20", "alpine", or with a digest) to its
 // normalized name and the descriptor of its index or manifest.
@@ -29,11 +31,7 @@ func (rr *Remotes) Resolve(ctx context.Context, ref string) (string, ocispec.Des
 	if err != nil {
 		return "", ocispec.Descriptor{}, err
 	}
-	reference := ir.tag
-	if ir.digest != "" {
-		reference = ir.digest.String()
-	}
-	m, err := rr.r.Manifest(ctx, ir.registry, ir.repository, reference)
+	m, err := rr.r.Manifest(ctx, ir.registry, ir.repository, ir.reference())
 	if err != nil {
 		return "", ocispec.Descriptor{}, err
 	}
@@ -75,7 +73,7 @@ func (rr *Remotes) Pusher(ctx context.Context, ref string) (remotes.Pusher, erro
 // blobReadCloser closes the blob with its reader.
 type blobReadCloser struct {
 	io.ReadCloser
-	blob *Blob
+	blob *resolver.Blob
 }
 
 func (b *blobReadCloser) Close() error {

@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"slices"
@@ -14,16 +14,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
-)
 
-func TestFormatSize(t *testing.T) {
-	t.Parallel()
-	for n, want := range map[int64]string{0: "0 B", 352: "352 B", 8397: "8.2 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := FormatSize(n); got != want {
-			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
-		}
-	}
-}
+	"github.com/lifeboat-dev/lifeboat/internal/size"
+	"github.com/lifeboat-dev/lifeboat/resolver"
+)
 
 func TestParseImageRef(t *testing.T) {
 	t.Parallel()
@@ -57,20 +51,10 @@ func TestParseImageRef(t *testing.T) {
 	}
 }
 
-// totalRequests counts every request the upstream received, of any kind.
-func (u *testUpstream) totalRequests() int64 {
-	var n int64
-	u.counts.Range(func(_, v any) bool {
-		n += v.(interface{ Load() int64 }).Load()
-		return true
-	})
-	return n
-}
-
 // pullImage fetches what a containerd pull of repo:tag fetches through the mirror's paths when
 // the index (if any) and platform are already known: the tag, the manifest by digest, then the
 // blobs, waiting until each is committed. skip leaves those blobs out.
-func pullImage(t *testing.T, r *Resolver, repo, tag string, img v1.Image, skip ...digest.Digest) {
+func pullImage(t *testing.T, r *resolver.Resolver, repo, tag string, img v1.Image, skip ...digest.Digest) {
 	t.Helper()
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, repo, tag); err != nil {
@@ -95,7 +79,7 @@ func pullImage(t *testing.T, r *Resolver, repo, tag string, img v1.Image, skip .
 			t.Fatal(err)
 		}
 		waitFor(t, "the blob to be committed", func() bool {
-			ok, _ := r.local.HasBlob(ctx, testRegistry+"/"+repo, d)
+			ok, _ := r.Local().HasBlob(ctx, testRegistry+"/"+repo, d)
 			return ok
 		})
 	}
@@ -128,12 +112,12 @@ func TestCheckFullyCachedImage(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 64<<10)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
-	pullImage(t, r, "app", "v1", img)
+	p, _ := newTestPlanner(t, up)
+	pullImage(t, p.r, "app", "v1", img)
 
 	before := up.totalRequests()
 	for _, ref := range []string{testRegistry + "/app:v1", testRegistry + "/app@" + mustDigest(t, img).String()} {
-		rd, err := r.Check(t.Context(), ref, amd64)
+		rd, err := p.Check(t.Context(), ref, amd64)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,18 +134,18 @@ func TestCheckNamesTheMissingLayer(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	img := up.push(t, "app", "v1", 300<<10)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, _ := newTestPlanner(t, up)
 	layers := imageLayers(t, img)
 	never := layers[1]
-	pullImage(t, r, "app", "v1", img, never.digest)
+	pullImage(t, p.r, "app", "v1", img, never.digest)
 
 	up.setFault(hang) // whatever Check does, it must not wait on an upstream
 	before := up.totalRequests()
-	rd, err := r.Check(t.Context(), testRegistry+"/app:v1", amd64)
+	rd, err := p.Check(t.Context(), testRegistry+"/app:v1", amd64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "layer " + never.digest.String() + " (" + FormatSize(never.size) + ")"
+	want := "layer " + never.digest.String() + " (" + size.Format(never.size) + ")"
 	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.size || rd.Partial {
 		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.size)
 	}
@@ -174,9 +158,9 @@ func TestCheckUncachedTag(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	up.push(t, "app", "v1", 1024)
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, _ := newTestPlanner(t, up)
 	before := up.totalRequests()
-	rd, err := r.Check(t.Context(), testRegistry+"/app:v1", amd64)
+	rd, err := p.Check(t.Context(), testRegistry+"/app:v1", amd64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +170,7 @@ func TestCheckUncachedTag(t *testing.T) {
 	if n := up.totalRequests() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
-	if _, err := r.Check(t.Context(), "Bad Ref", amd64); !errdefs.IsInvalidArgument(err) {
+	if _, err := p.Check(t.Context(), "Bad Ref", amd64); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("Check of a malformed reference: %v, want invalid argument", err)
 	}
 }
@@ -222,16 +206,16 @@ func TestCheckMultiPlatform(t *testing.T) {
 	t.Parallel()
 	up := newTestUpstream(t)
 	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, _ := newTestPlanner(t, up)
 	// What containerd on an amd64 node fetches: the index by tag, then the amd64 image.
-	pullImage(t, r, "multi", "v1", imgs["linux/amd64"])
+	pullImage(t, p.r, "multi", "v1", imgs["linux/amd64"])
 
 	before := up.totalRequests()
-	rd, err := r.Check(t.Context(), testRegistry+"/multi:v1", amd64)
+	rd, err := p.Check(t.Context(), testRegistry+"/multi:v1", amd64)
 	if err != nil || !rd.Ready {
 		t.Fatalf("Check for linux/amd64 = %+v %v, want ready", rd, err)
 	}
-	rd, err = r.Check(t.Context(), testRegistry+"/multi:v1", arm64)
+	rd, err = p.Check(t.Context(), testRegistry+"/multi:v1", arm64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +224,7 @@ func TestCheckMultiPlatform(t *testing.T) {
 		!strings.HasPrefix(rd.Missing[0], "manifest "+armDigest.String()+" for linux/arm64 (") || rd.MissingBytes <= 0 {
 		t.Fatalf("Check for linux/arm64 = %+v, want the arm64 manifest missing", rd)
 	}
-	rd, err = r.Check(t.Context(), testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")))
+	rd, err = p.Check(t.Context(), testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")))
 	if err != nil || rd.Ready || len(rd.Missing) != 1 || !strings.HasPrefix(rd.Missing[0], "platform:") {
 		t.Fatalf("Check for a platform the index lacks = %+v %v", rd, err)
 	}
@@ -255,10 +239,10 @@ func TestWarmMakesReady(t *testing.T) {
 	img := up.push(t, "app", "v1", 128<<10)
 	byDigest := up.push(t, "app", "v2", 1024)
 	up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
 	// Partly cached: one layer missing.
-	pullImage(t, r, "app", "v1", img, imageLayers(t, img)[0].digest)
+	pullImage(t, p.r, "app", "v1", img, imageLayers(t, img)[0].digest)
 
 	for _, tc := range []struct {
 		ref      string
@@ -268,14 +252,14 @@ func TestWarmMakesReady(t *testing.T) {
 		{testRegistry + "/multi:v1", arm64},
 		{testRegistry + "/app@" + mustDigest(t, byDigest).String(), arm64}, // a digest names one image, whatever the platform
 	} {
-		if rd, err := r.Check(ctx, tc.ref, tc.platform); err != nil || rd.Ready {
+		if rd, err := p.Check(ctx, tc.ref, tc.platform); err != nil || rd.Ready {
 			t.Fatalf("before Warm: Check(%s) = %+v %v, want not ready", tc.ref, rd, err)
 		}
 		gets := up.count("GET blobs")
-		if err := r.Warm(ctx, tc.ref, tc.platform); err != nil {
+		if err := p.Warm(ctx, tc.ref, tc.platform); err != nil {
 			t.Fatalf("Warm(%s): %v", tc.ref, err)
 		}
-		rd, err := r.Check(ctx, tc.ref, tc.platform)
+		rd, err := p.Check(ctx, tc.ref, tc.platform)
 		if err != nil || !rd.Ready {
 			t.Fatalf("after Warm: Check(%s) = %+v %v, want ready", tc.ref, rd, err)
 		}
@@ -284,16 +268,16 @@ func TestWarmMakesReady(t *testing.T) {
 		}
 	}
 	// The arm64 image only: amd64 is still missing.
-	if rd, err := r.Check(ctx, testRegistry+"/multi:v1", amd64); err != nil || rd.Ready {
+	if rd, err := p.Check(ctx, testRegistry+"/multi:v1", amd64); err != nil || rd.Ready {
 		t.Errorf("Warm for arm64 made amd64 ready: %+v %v", rd, err)
 	}
 
 	// With the upstream down, Warm fails and says so; what was cached stays ready.
 	up.setFault(status503)
-	if err := r.Warm(ctx, testRegistry+"/multi:v1", amd64); !errdefs.IsNotFound(err) {
+	if err := p.Warm(ctx, testRegistry+"/multi:v1", amd64); !errdefs.IsNotFound(err) {
 		t.Errorf("Warm with the upstream down: %v, want not found", err)
 	}
-	if rd, err := r.Check(ctx, testRegistry+"/app:v1", amd64); err != nil || !rd.Ready {
+	if rd, err := p.Check(ctx, testRegistry+"/app:v1", amd64); err != nil || !rd.Ready {
 		t.Errorf("after a failed Warm: %+v %v", rd, err)
 	}
 }

@@ -1,22 +1,28 @@
-package resolver
+package plan
 
 import (
 	"context"
 
 	"github.com/containerd/containerd/v2/core/content"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // Layers gives the snapshotter the layer blobs it applies: from the cache, or fetched from the
 // image's upstream while it is reachable.
-type Layers struct{ r *Resolver }
+type Layers struct {
+	r     *resolver.Resolver
+	store *cache.Store
+}
 
-// Layers returns the resolver's layer source for the snapshotter.
-func (r *Resolver) Layers() *Layers { return &Layers{r: r} }
+// Layers returns the layer source for the snapshotter.
+func (p *Planner) Layers() *Layers { return &Layers{r: p.r, store: p.store} }
 
 // ReaderAt opens a cached layer. If it is not cached, ErrNotFound is returned.
 func (l *Layers) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	return l.r.store.ReaderAt(ctx, desc)
+	return l.store.ReaderAt(ctx, desc)
 }
 
 // FetchLayer fetches a layer of imageRef ("docker.io/library/alpine:3.20") into the cache

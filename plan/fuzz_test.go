@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"bytes"
@@ -20,8 +20,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // FuzzParseImageRef: any string either is refused or normalizes to a reference that parses
@@ -43,7 +44,7 @@ func FuzzParseImageRef(f *testing.F) {
 		if again != ir {
 			t.Fatalf("%q: %+v, then %+v", s, ir, again)
 		}
-		if err := checkRepository(ir.repository); err != nil {
+		if !oci.ValidRepository(ir.repository) {
 			t.Fatalf("%q gave an invalid repository %q", s, ir.repository)
 		}
 	})
@@ -64,7 +65,7 @@ func FuzzPlatformManifest(f *testing.F) {
 			p = platforms.MustParse("linux/amd64")
 		}
 		matcher := platforms.Only(p)
-		m := Manifest{Descriptor: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body)}, Body: body}
+		m := resolver.Manifest{Descriptor: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(body)}, Body: body}
 		d := int(depth) % (2 * maxIndexDepth)
 		child, ok, err := platformManifest(m, matcher, d)
 		if d >= maxIndexDepth {
@@ -136,21 +137,11 @@ func FuzzPlanPull(f *testing.F) {
 			return
 		}
 		up := newMemUpstream(input)
-		store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close()
-		r, err := New(t.Context(), store, Options{
-			Endpoints: map[string][]string{testRegistry: {"https://mem.test"}},
-			NewClient: func(string, string) (endpoints.Client, error) { return up, nil },
+		p, store := newPlanner(t, "https://mem.test", func(o *resolver.Options) {
+			o.NewClient = func(string, string) (endpoints.Client, error) { return up, nil }
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
 		ctx := t.Context()
-		plan, err := r.PlanPull(ctx, testRegistry+"/app:"+planFuzzTag, platforms.Only(platforms.MustParse("linux/amd64")), all)
+		plan, err := p.PlanPull(ctx, testRegistry+"/app:"+planFuzzTag, platforms.Only(platforms.MustParse("linux/amd64")), all)
 
 		// Bounded: the tag, each document at most once, and the request that failed.
 		if n := up.requests.Load(); n > int64(len(up.docs))+2 {
@@ -197,7 +188,7 @@ func FuzzPlanPull(f *testing.F) {
 				t.Errorf("manifest %s planned twice", m.Digest)
 			}
 			manifests[m.Digest] = true
-			bs, err := imageBlobs(Manifest{Descriptor: m, Body: body})
+			bs, err := imageBlobs(resolver.Manifest{Descriptor: m, Body: body})
 			if err != nil {
 				t.Fatalf("planned manifest %s: %v", m.Digest, err)
 			}

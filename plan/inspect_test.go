@@ -1,4 +1,4 @@
-package resolver
+package plan
 
 import (
 	"maps"
@@ -12,7 +12,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/opencontainers/go-digest"
 )
 
 func TestNormalizeRef(t *testing.T) {
@@ -44,11 +43,11 @@ func TestInspectAgreesWithCheck(t *testing.T) {
 	holed := up.pushForPlatform(t, "holed", "v1", "linux/arm64/v8", 16<<10)
 	up.push(t, "never", "v1", 1024)
 	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
-	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
+	p, store := newTestPlanner(t, up)
 	ctx := t.Context()
-	pullImage(t, r, "full", "v1", full)
-	pullImage(t, r, "holed", "v1", holed, imageLayers(t, holed)[1].digest)
-	pullImage(t, r, "multi", "v1", imgs["linux/amd64"])
+	pullImage(t, p.r, "full", "v1", full)
+	pullImage(t, p.r, "holed", "v1", holed, imageLayers(t, holed)[1].digest)
+	pullImage(t, p.r, "multi", "v1", imgs["linux/amd64"])
 
 	usages := func() map[string]string {
 		us, err := store.RefUsages(ctx)
@@ -77,11 +76,11 @@ func TestInspectAgreesWithCheck(t *testing.T) {
 		{"by digest", testRegistry + "/full@" + mustDigest(t, full).String(), amd64, true, []string{"linux/amd64"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sum, err := r.Inspect(ctx, tc.ref, tc.platform)
+			sum, err := p.Inspect(ctx, tc.ref, tc.platform)
 			if err != nil {
 				t.Fatal(err)
 			}
-			rd, err := r.Check(ctx, tc.ref, tc.platform)
+			rd, err := p.Check(ctx, tc.ref, tc.platform)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,14 +96,14 @@ func TestInspectAgreesWithCheck(t *testing.T) {
 	// Check reads manifests as a pull does, which moves an image's last use; Inspect must not.
 	before := usages()
 	for _, ref := range []string{"/full:v1", "/holed:v1", "/multi:v1"} {
-		if _, err := r.Inspect(ctx, testRegistry+ref, amd64); err != nil {
+		if _, err := p.Inspect(ctx, testRegistry+ref, amd64); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if after := usages(); !maps.Equal(after, before) {
 		t.Errorf("Inspect moved last uses:\n before %v\n after  %v", before, after)
 	}
-	if sum, err := r.Inspect(ctx, testRegistry+"/full:v1", amd64); err != nil || sum.Digest != mustDigest(t, full) {
+	if sum, err := p.Inspect(ctx, testRegistry+"/full:v1", amd64); err != nil || sum.Digest != mustDigest(t, full) {
 		t.Errorf("Inspect digest = %s, %v; want %s", sum.Digest, err, mustDigest(t, full))
 	}
 }
@@ -137,72 +136,4 @@ func (u *testUpstream) pushForPlatform(t *testing.T, repo, tag, platform string,
 		t.Fatal(err)
 	}
 	return img
-}
-
-func TestPlanPullAndPull(t *testing.T) {
-	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
-	idx, imgs := up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
-	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
-	ctx := t.Context()
-
-	plan, err := r.PlanPull(ctx, testRegistry+"/app:v1", amd64, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if plan.Ref != testRegistry+"/app:v1" || plan.Digest != mustDigest(t, img) || len(plan.Manifests) != 1 || len(plan.Blobs) != 3 {
-		t.Fatalf("plan = %+v, want one manifest, a config and two layers", plan)
-	}
-	total, blobs := r.PullProgress(ctx, plan)
-	if blobs != 0 || total != plan.manifestBytes || plan.Size <= total {
-		t.Fatalf("before the pull: progress %d (blobs %d) of %d", total, blobs, plan.Size)
-	}
-	gets := up.count("GET blobs")
-	if err := r.Pull(ctx, plan); err != nil {
-		t.Fatal(err)
-	}
-	if total, _ := r.PullProgress(ctx, plan); total != plan.Size {
-		t.Errorf("after the pull: progress %d of %d", total, plan.Size)
-	}
-	if n := up.count("GET blobs") - gets; n != 3 {
-		t.Errorf("the pull fetched %d blobs, want 3", n)
-	}
-	// Again: nothing is fetched.
-	gets = up.count("GET blobs")
-	if err := r.Pull(ctx, plan); err != nil || up.count("GET blobs") != gets {
-		t.Errorf("a second pull: %v, %d blobs fetched", err, up.count("GET blobs")-gets)
-	}
-
-	// Every platform of an index.
-	plan, err = r.PlanPull(ctx, testRegistry+"/multi:v1", amd64, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idxDigest, err := idx.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if plan.Digest != digest.Digest(idxDigest.String()) || len(plan.Manifests) != 2 || len(plan.Blobs) != 6 {
-		t.Fatalf("plan of every platform = %+v", plan)
-	}
-	if err := r.Pull(ctx, plan); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []platforms.MatchComparer{amd64, arm64} {
-		if rd, err := r.Check(ctx, testRegistry+"/multi:v1", p); err != nil || !rd.Ready {
-			t.Errorf("after a pull of every platform: %+v %v", rd, err)
-		}
-	}
-	// One platform of it.
-	plan, err = r.PlanPull(ctx, testRegistry+"/multi:v1", arm64, false)
-	if err != nil || len(plan.Manifests) != 1 || plan.Manifests[0].Digest != mustDigest(t, imgs["linux/arm64"]) {
-		t.Errorf("plan for arm64 = %+v, %v", plan, err)
-	}
-	if _, err := r.PlanPull(ctx, testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")), false); !errdefs.IsNotFound(err) {
-		t.Errorf("plan for a platform the index lacks: %v, want not found", err)
-	}
-	if _, err := r.PlanPull(ctx, testRegistry+"/absent:v1", amd64, false); !errdefs.IsNotFound(err) {
-		t.Errorf("plan for an absent tag: %v, want not found", err)
-	}
 }

@@ -21,7 +21,7 @@ import (
 // StatBlob reports a blob's descriptor without transferring it: from the cache, or with an
 // upstream HEAD.
 func (r *Resolver) StatBlob(ctx context.Context, registry, repository string, dgst digest.Digest) (ocispec.Descriptor, CacheStatus, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := blobArgs(r.upstreams, registry, repository, dgst)
 	if err != nil {
 		return ocispec.Descriptor{}, "", err
 	}
@@ -44,15 +44,15 @@ func (r *Resolver) headBlob(ctx context.Context, eps []*endpoints.Endpoint, regi
 	return ocispec.Descriptor{Digest: dgst, Size: size}, Miss, nil
 }
 
-// blobArgs checks a blob request's names and returns the registry's endpoints.
-func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]*endpoints.Endpoint, error) {
+// blobArgs checks a blob request's names and returns the registry's endpoints in t.
+func blobArgs(t *endpoints.Table, registry, repository string, dgst digest.Digest) ([]*endpoints.Endpoint, error) {
 	if err := checkRepository(repository); err != nil {
 		return nil, err
 	}
 	if err := checkDigest(dgst); err != nil {
 		return nil, err
 	}
-	return r.upstreams.Get(registry)
+	return t.Get(registry)
 }
 
 // Blob opens a blob for reading: from the cache, or by starting (or joining) the one fill of
@@ -63,7 +63,7 @@ func (r *Resolver) blobArgs(registry, repository string, dgst digest.Digest) ([]
 // The status of a blob returned before it arrived is its fill's source then: Peer stays when
 // that peer's bytes fail verification and the fill starts over from the registry.
 func (r *Resolver) Blob(ctx context.Context, registry, repository string, dgst digest.Digest) (*Blob, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := blobArgs(r.upstreams, registry, repository, dgst)
 	if err != nil {
 		return nil, err
 	}

@@ -63,46 +63,57 @@ type PeerBlob struct {
 	ViaHome bool
 }
 
-// notSharedRegistries normalizes Options.NotShared.
-func notSharedRegistries(names []string) (map[string]bool, error) {
-	out := map[string]bool{}
-	for _, name := range names {
+// peering is the resolver's policy towards its cluster: which registries' content may cross
+// nodes, whom to ask for it, and what to tell them. The zero value is a single node.
+type peering struct {
+	peers     Peers           // nil: a single node
+	notShared map[string]bool // registries whose content never crosses nodes
+}
+
+// newPeering normalizes Options.NotShared.
+func newPeering(peers Peers, notShared []string) (peering, error) {
+	p := peering{peers: peers, notShared: map[string]bool{}}
+	for _, name := range notShared {
 		reg, ok := oci.NormalizeHost(name)
 		if !ok {
-			return nil, fmt.Errorf("invalid registry name %q in the registries not shared with peers: %w", name, errdefs.ErrInvalidArgument)
+			return peering{}, fmt.Errorf("invalid registry name %q in the registries not shared with peers: %w", name, errdefs.ErrInvalidArgument)
 		}
-		out[reg] = true
+		p.notShared[reg] = true
 	}
-	return out, nil
+	return p, nil
 }
 
 // shared reports whether registry's content may cross nodes.
-func (r *Resolver) shared(registry string) bool { return !r.notShared[registry] }
+func (p *peering) shared(registry string) bool { return !p.notShared[registry] }
+
+// of returns the peers to ask for registry's content: nil without a cluster and for a
+// registry that is not shared.
+func (p *peering) of(registry string) Peers {
+	if p.peers == nil || !p.shared(registry) {
+		return nil
+	}
+	return p.peers
+}
+
+// cached tells the cluster this node now holds dgst for the repository (never for a registry
+// that is not shared). Peers queues it: it does not block.
+func (p *peering) cached(registry, repo string, dgst digest.Digest) {
+	if peers := p.of(registry); peers != nil {
+		peers.Cached(registry, repo, dgst)
+	}
+}
+
+// revalidated tells the cluster the registry resolved the tag to dgst at date (its Date
+// header).
+func (p *peering) revalidated(registry, repo, tag string, dgst digest.Digest, date time.Time) {
+	if peers := p.of(registry); peers != nil {
+		peers.Revalidated(registry, repo, tag, dgst, date)
+	}
+}
 
 // PeersFor returns the peers to ask for registry's content: nil without a cluster and for a
 // registry that is not shared.
-func (r *Resolver) PeersFor(registry string) Peers {
-	if r.opts.Peers == nil || !r.shared(registry) {
-		return nil
-	}
-	return r.opts.Peers
-}
-
-// announceCached tells the cluster this node now holds dgst for the repository (never for a
-// registry that is not shared). Peers queues it: it does not block.
-func (r *Resolver) announceCached(registry, repo string, dgst digest.Digest) {
-	if r.opts.Peers != nil && r.shared(registry) {
-		r.opts.Peers.Cached(registry, repo, dgst)
-	}
-}
-
-// announceRevalidated tells the cluster the registry resolved the tag to dgst at date (its Date
-// header).
-func (r *Resolver) announceRevalidated(registry, repo, tag string, dgst digest.Digest, date time.Time) {
-	if r.opts.Peers != nil && r.shared(registry) {
-		r.opts.Peers.Revalidated(registry, repo, tag, dgst, date)
-	}
-}
+func (r *Resolver) PeersFor(registry string) Peers { return r.peering.of(registry) }
 
 // logPeerMiss logs why the peers could not provide what: at Debug when none has it, at Info
 // when they failed.
@@ -113,25 +124,6 @@ func logPeerMiss(ctx context.Context, err error, what string) {
 		return
 	}
 	entry.Info("the peers failed to provide it: asking the upstream")
-}
-
-// manifestFromPeers gets a manifest by digest from a peer, verifies it and caches it, linked
-// to the repository: one request for all the callers asking at once, bounded by the upstream
-// timeout. Its status is Peer.
-func (r *Resolver) manifestFromPeers(ctx context.Context, peers Peers, registry, repo string, dgst digest.Digest) (Manifest, error) {
-	repoKey := registry + "/" + repo
-	return upstreamOnce(ctx, r, "peer get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
-		if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{}); err == nil {
-			return m, nil
-		}
-		pm, _, err := PeerManifest(ctx, peers, registry, repo, dgst)
-		if err != nil {
-			return Manifest{}, err
-		}
-		m, err := r.cacheManifest(ctx, registry, repo, dgst, pm.Descriptor.MediaType, pm.Body)
-		m.Status = Peer
-		return m, err
-	})
 }
 
 // tagFromPeers answers a tag the registry cannot answer (it is down, slow, or erroring) from
@@ -147,7 +139,7 @@ func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo
 		dgst digest.Digest
 		date time.Time
 	}
-	rec, err := upstreamOnce(ctx, r, "peer tag "+name, func(ctx context.Context) (record, error) {
+	rec, err := upstreamOnce(ctx, &r.flights, "peer tag "+name, func(ctx context.Context) (record, error) {
 		dgst, date, err := peers.Tag(ctx, registry, repo, tag)
 		return record{dgst, date}, err
 	})
@@ -174,7 +166,7 @@ func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo
 	}
 	m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: rec.dgst}, Read{DescriptorOnly: !withBody})
 	if err != nil {
-		if m, err = r.manifestFromPeers(ctx, peers, registry, repo, rec.dgst); err != nil {
+		if m, err = r.manifests.fromPeers(ctx, peers, registry, repo, rec.dgst); err != nil {
 			log.G(ctx).WithError(err).WithField("ref", name).WithField("digest", rec.dgst).Info("the peers resolved the tag but cannot provide its manifest")
 			return Manifest{}, false
 		}

@@ -52,7 +52,7 @@ func (e notSharedError) Is(target error) bool {
 // endpoints refuses a registry that is not shared, then one that is not mirrored; it returns
 // the registry's endpoints (for a coalesced fill).
 func (v PeerView) endpoints(registry, repository string) ([]*endpoints.Endpoint, error) {
-	if !v.r.shared(registry) {
+	if !v.r.peering.shared(registry) {
 		return nil, notSharedError{registry}
 	}
 	if err := checkRepository(repository); err != nil {

@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,12 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
@@ -168,13 +165,12 @@ type Resolver struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	upstreams *endpoints.Table
-	notShared map[string]bool // registries whose content never crosses nodes
-	fills     *fill.Engine
-
-	// manifestFlights merges concurrent upstream requests for one manifest (see upstreamOnce).
-	manifestFlights singleflight.Group
-	revalidations   revalidations
+	upstreams     *endpoints.Table
+	peering       peering
+	fills         *fill.Engine
+	manifests     manifestFetcher
+	flights       flights // see upstreamOnce
+	revalidations revalidations
 
 	digestMismatches atomic.Int64
 }
@@ -193,7 +189,7 @@ func New(ctx context.Context, store *cache.Store, opts Options) (*Resolver, erro
 	default:
 		return nil, fmt.Errorf("on_denied %q: %w", opts.OnDenied, errdefs.ErrInvalidArgument)
 	}
-	notShared, err := notSharedRegistries(opts.NotShared)
+	peering, err := newPeering(opts.Peers, opts.NotShared)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +210,7 @@ func New(ctx context.Context, store *cache.Store, opts Options) (*Resolver, erro
 	if err != nil {
 		return nil, err
 	}
-	r := &Resolver{store: store, local: Local{store}, opts: opts, upstreams: upstreams, notShared: notShared}
+	r := &Resolver{store: store, local: Local{store}, opts: opts, upstreams: upstreams, peering: peering}
 	r.fills = fill.New(store, fill.Options{
 		FillTimeout:  opts.FillTimeout,
 		IdleTimeout:  opts.IdleTimeout,
@@ -223,9 +219,11 @@ func New(ctx context.Context, store *cache.Store, opts Options) (*Resolver, erro
 		MaxFills:     opts.MaxFills,
 		QueueTimeout: opts.FillQueueTimeout,
 		MaxAbandoned: opts.MaxAbandonedFills,
-		Committed:    r.announceCached,
+		Committed:    r.peering.cached,
 	})
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	r.flights = flights{ctx: r.ctx, timeout: opts.UpstreamTimeout}
+	r.manifests = manifestFetcher{local: r.local, cache: store, flights: &r.flights, peering: &r.peering, mismatches: &r.digestMismatches}
 	return r, nil
 }
 
@@ -333,7 +331,7 @@ func (r *Resolver) manifestByDigest(ctx context.Context, eps []*endpoints.Endpoi
 	} else if !errdefs.IsNotFound(err) {
 		return Manifest{}, err
 	}
-	m, err := r.fetchManifest(ctx, eps, registry, repo, dgst)
+	m, err := r.manifests.fetch(ctx, eps, registry, repo, dgst)
 	if err != nil {
 		return Manifest{}, notFoundIfDown(err, "manifest "+repoKey+"@"+dgst.String())
 	}
@@ -374,12 +372,12 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoints.Endpoint,
 					log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 				}
 				r.revalidations.succeeded(name)
-				r.announceRevalidated(registry, repo, tag, desc.Digest, date)
+				r.peering.revalidated(registry, repo, tag, desc.Digest, date)
 				m.Status = Revalidated
 				return m, nil
 			}
 		}
-		m, ferr := r.fetchManifest(ctx, eps, registry, repo, desc.Digest)
+		m, ferr := r.manifests.fetch(ctx, eps, registry, repo, desc.Digest)
 		if ferr != nil {
 			if cached && (endpoints.IsFailure(ferr) || isDenied(ferr)) {
 				err = ferr // upstream failed, or denied, between HEAD and GET: see below
@@ -391,7 +389,7 @@ func (r *Resolver) manifestByTag(ctx context.Context, eps []*endpoints.Endpoint,
 			return Manifest{}, fmt.Errorf("record tag %s: %w", name, err)
 		}
 		r.revalidations.succeeded(name)
-		r.announceRevalidated(registry, repo, tag, m.Descriptor.Digest, date)
+		r.peering.revalidated(registry, repo, tag, m.Descriptor.Digest, date)
 		m.Status = Revalidated
 		if !cached {
 			m.Status = Miss
@@ -438,7 +436,7 @@ func (r *Resolver) headTag(ctx context.Context, eps []*endpoints.Endpoint, repo,
 		date time.Time
 		ep   *endpoints.Endpoint
 	}
-	h, err := upstreamOnce(ctx, r, "head "+name, func(ctx context.Context) (head, error) {
+	h, err := upstreamOnce(ctx, &r.flights, "head "+name, func(ctx context.Context) (head, error) {
 		h, ep, err := endpoints.Try(ctx, eps, "head-manifest", func(ctx context.Context, c endpoints.Client) (head, error) {
 			desc, date, err := c.HeadManifest(ctx, repo, tag)
 			return head{desc: desc, date: date}, err
@@ -464,75 +462,6 @@ func notFoundIfDown(err error, what string) error {
 		return fmt.Errorf("%s: %w (%s): %w", what, ErrNotCached, errmsg.Sentence(err), errdefs.ErrNotFound)
 	}
 	return err
-}
-
-// fetchManifest gets a manifest by digest from upstream, verifies it and caches it: one
-// upstream request for all the callers asking for it at once, and none when it was cached
-// meanwhile (by a request that finished just before this one asked).
-//
-// The peers, when the registry is shared, are asked first: a manifest they provide has the
-// status Peer.
-func (r *Resolver) fetchManifest(ctx context.Context, eps []*endpoints.Endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
-	if err := checkDigest(dgst); err != nil {
-		return Manifest{}, err
-	}
-	repoKey := registry + "/" + repo
-	if peers := r.PeersFor(registry); peers != nil {
-		m, err := r.manifestFromPeers(ctx, peers, registry, repo, dgst)
-		if err == nil {
-			return m, nil
-		}
-		if ctx.Err() != nil {
-			return Manifest{}, ctx.Err()
-		}
-		logPeerMiss(ctx, err, "manifest "+repoKey+"@"+dgst.String())
-	}
-	return upstreamOnce(ctx, r, "get "+repoKey+"@"+dgst.String(), func(ctx context.Context) (Manifest, error) {
-		if m, err := r.local.Manifest(ctx, repoKey, ocispec.Descriptor{Digest: dgst}, Read{}); err == nil {
-			return m, nil
-		}
-		return r.downloadManifest(ctx, eps, registry, repo, dgst)
-	})
-}
-
-// downloadManifest gets a manifest by digest from upstream, verifies it with its digest's own
-// algorithm (sha256 or sha512) and caches it.
-func (r *Resolver) downloadManifest(ctx context.Context, eps []*endpoints.Endpoint, registry, repo string, dgst digest.Digest) (Manifest, error) {
-	type got struct {
-		desc ocispec.Descriptor
-		body []byte
-	}
-	g, _, err := endpoints.Try(ctx, eps, "get-manifest", func(ctx context.Context, c endpoints.Client) (got, error) {
-		desc, body, err := c.GetManifest(ctx, repo, dgst.String())
-		return got{desc, body}, err
-	})
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(g.body) > oci.MaxManifestSize {
-		return Manifest{}, fmt.Errorf("manifest %s is %d bytes: %w", dgst, len(g.body), errdefs.ErrFailedPrecondition)
-	}
-	if actual := dgst.Algorithm().FromBytes(g.body); actual != dgst {
-		r.digestMismatches.Add(1)
-		return Manifest{}, fmt.Errorf("upstream manifest %s has digest %s: %w", dgst, actual, errdefs.ErrFailedPrecondition)
-	}
-	return r.cacheManifest(ctx, registry, repo, dgst, g.desc.MediaType, g.body)
-}
-
-// cacheManifest caches a manifest whose body verified against dgst, linked to the repository,
-// and tells the cluster.
-func (r *Resolver) cacheManifest(ctx context.Context, registry, repo string, dgst digest.Digest, mediaType string, body []byte) (Manifest, error) {
-	repoKey := registry + "/" + repo
-	desc := ocispec.Descriptor{MediaType: mediaType, Digest: dgst, Size: int64(len(body))}
-	if desc.MediaType == "" {
-		desc.MediaType = sniffMediaType(body)
-	}
-	err := content.WriteBlob(ctx, r.store.LinkingTo(repoKey), manifestRefPrefix+repoKey+"@"+dgst.String(), bytes.NewReader(body), desc)
-	if err != nil && !errdefs.IsAlreadyExists(err) {
-		return Manifest{}, fmt.Errorf("cache manifest %s: %w", dgst, err)
-	}
-	r.announceCached(registry, repo, dgst)
-	return Manifest{Descriptor: desc, Body: body}, nil
 }
 
 // Tags lists repository's tags, sorted: upstream's list when reachable, the cached tags
@@ -581,7 +510,7 @@ func emptyIndex() ocispec.Index {
 // Referrers returns the referrers index of dgst, filtered by artifactType when it is not empty.
 // Referrers are not cached: with the upstream down or without the API, the index is empty.
 func (r *Resolver) Referrers(ctx context.Context, registry, repository string, dgst digest.Digest, artifactType string) (ocispec.Index, error) {
-	eps, err := r.blobArgs(registry, repository, dgst)
+	eps, err := blobArgs(r.upstreams, registry, repository, dgst)
 	if err != nil {
 		return ocispec.Index{}, err
 	}

@@ -5,8 +5,9 @@ import (
 	"errors"
 
 	"github.com/containerd/errdefs"
-	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // Upstream counts lifeboat's requests to upstream registries. Pass its Observe as

@@ -4,9 +4,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // TestUpstreamForget: the series of a forgotten endpoint go, those of the others stay.

@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // copyBufferSize is the buffer of a blob copy that cannot use sendfile.

@@ -8,10 +8,11 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/lifeboat-dev/lifeboat/cache"
-	"github.com/lifeboat-dev/lifeboat/internal/oci"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/oci"
 )
 
 // Peer: served from another lifeboat of the cluster (a blob, a manifest, or a tag resolved from

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 

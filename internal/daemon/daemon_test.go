@@ -16,20 +16,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lifeboat-dev/lifeboat/internal/daemon"
-	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
-
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/internal/daemon"
+	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
-	"github.com/opencontainers/go-digest"
 )
 
 // blockingUpstream is a registry whose blob downloads, once block is set, wait until release

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/internal/daemon"
 )

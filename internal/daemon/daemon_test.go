@@ -24,11 +24,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/lifeboat-dev/lifeboat/internal/daemon"
-	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/internal/daemon"
+	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
 )
 

@@ -231,3 +231,34 @@ func (r report) json() reportJSON {
 
 // mib is n bytes in MiB, for the JSON report.
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func fmtSec(d time.Duration) string { return fmt.Sprintf("%.0f s", d.Seconds()) }
+
+func mibps(size int64, ds []time.Duration) float64 {
+	return float64(size) / median(ds).Seconds() / (1 << 20)
+}
+
+// sizeName is n bytes rounded down to whole MiB, or GiB when that is a whole number of them.
+func sizeName(n int64) string {
+	if m := n >> 20; m >= 1024 && m%1024 == 0 {
+		return fmt.Sprintf("%d GiB", m>>10)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+// goal marks a figure that has a goal with whether this run met it.
+func goal(met bool) string {
+	if met {
+		return " (goal met)"
+	}
+	return " (goal not met)"
+}
+
+// linkName names a link rate in bytes/s as bits per second.
+func linkName(bytesPerSec int64) string {
+	bits := bytesPerSec * 8
+	if bits%1_000_000_000 == 0 {
+		return fmt.Sprintf("%d Gbit/s", bits/1_000_000_000)
+	}
+	return fmt.Sprintf("%d Mbit/s", bits/1_000_000)
+}

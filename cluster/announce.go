@@ -37,15 +37,6 @@ func (n *Node) Announce(recs ...Record) {
 	}
 }
 
-// scheduleRehome asks refreshLoop to announce this node's records to the homes they gained
-// since its last pass.
-func (n *Node) scheduleRehome() {
-	select {
-	case n.rehome <- struct{}{}:
-	default:
-	}
-}
-
 // announceLoop sends the queued records to their homes every AnnounceInterval.
 func (n *Node) announceLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.AnnounceInterval)
@@ -60,7 +51,7 @@ func (n *Node) announceLoop(ctx context.Context) {
 		if queued == 0 {
 			continue
 		}
-		b := n.newBatcher(ctx, n.alive())
+		b := n.newBatcher(ctx, n.view.alive())
 		for range queued {
 			b.add(<-n.queue)
 		}
@@ -82,7 +73,7 @@ func (n *Node) refreshLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.rehome:
+		case <-n.view.changes():
 			if rehome == nil {
 				rehome = time.After(n.cfg.rehomeDelay)
 			}
@@ -101,7 +92,7 @@ func (n *Node) refreshLoop(ctx context.Context) {
 // with prev (the generation of the last pass), only to the homes each record did not have in
 // prev, or that restarted since. It returns the generation it announced to.
 func (n *Node) pass(ctx context.Context, prev generation) generation {
-	alive, cur := n.generation()
+	alive, cur := n.view.generation()
 	if n.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
 		return cur
 	}

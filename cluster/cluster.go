@@ -149,9 +149,8 @@ type Node struct {
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
 
-	view   *view       // the members as memberlist's events told them
-	queue  chan Record // Announce's records, waiting for the next batch
-	rehome chan struct{}
+	view  *view       // the members as memberlist's events told them
+	queue chan Record // Announce's records, waiting for the next batch
 	// announceSlots bounds the announce requests served at once.
 	announceSlots chan struct{}
 

@@ -53,7 +53,7 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	if key == "" || len(key) > maxKeyLen {
 		return nil, nil // such a key is never announced
 	}
-	alive := n.alive()
+	alive := n.view.alive()
 	homes := n.homes(key, alive, names(alive))
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	defer cancel()

@@ -137,7 +137,12 @@ func (*metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 // outside, so Suspect is never reported. The event methods are called with memberlist's lock
 // held, so they only record and signal.
 type view struct {
-	n *Node
+	self string // this node's name
+	log  *log.Entry
+	// gone is told the name of a member that died or left, with memberlist's lock held.
+	gone func(name string)
+	// changed signals, coalesced, that the members changed; one reader takes the signals.
+	changed chan struct{}
 
 	mu      sync.Mutex
 	members map[string]viewMember
@@ -151,23 +156,23 @@ type viewMember struct {
 	since   time.Time // of the last change of state
 }
 
-func newView(n *Node) *view {
-	return &view{n: n, members: map[string]viewMember{}}
+func newView(self string, log *log.Entry, gone func(name string)) *view {
+	return &view{self: self, log: log, gone: gone, changed: make(chan struct{}, 1), members: map[string]viewMember{}}
 }
 
 func (v *view) NotifyJoin(node *memberlist.Node) {
 	v.set(node, Alive)
-	v.n.log.WithField("member", node.Name).WithField("address", node.Address()).Info("cluster: member joined")
-	v.n.scheduleRehome()
+	v.log.WithField("member", node.Name).WithField("address", node.Address()).Info("cluster: member joined")
+	v.signal()
 }
 
 func (v *view) NotifyUpdate(node *memberlist.Node) {
 	v.set(node, Alive)
-	v.n.scheduleRehome()
+	v.signal()
 }
 
-// NotifyLeave is called when a member is declared dead or leaves: the records it announced go
-// from this node's index at once, and the keys it was a home of move to others.
+// NotifyLeave is called when a member is declared dead or leaves: gone drops the records it
+// announced from this node's index at once, and the keys it was a home of move to others.
 func (v *view) NotifyLeave(node *memberlist.Node) {
 	// node.State says nothing here: memberlist keeps the state beside the Node it passes.
 	v.mu.Lock()
@@ -177,10 +182,23 @@ func (v *view) NotifyLeave(node *memberlist.Node) {
 	}
 	v.mu.Unlock()
 	v.set(node, state)
-	v.n.index.DropNode(node.Name)
-	v.n.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
-	v.n.scheduleRehome()
+	v.gone(node.Name)
+	v.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
+	v.signal()
 }
+
+// signal tells the reader of changes that the members changed, unless it has yet to take an
+// earlier signal.
+func (v *view) signal() {
+	select {
+	case v.changed <- struct{}{}:
+	default:
+	}
+}
+
+// changes signals that the members changed since it last did; several changes before the
+// reader takes the signal make one.
+func (v *view) changes() <-chan struct{} { return v.changed }
 
 // set records node's state and its peer address from its metadata, and forgets members that
 // departed long ago.
@@ -192,11 +210,11 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	if !ok || !bytes.Equal(m.meta, node.Meta) {
 		var md meta
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
-			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
+			v.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
 		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
 	}
-	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
+	m.Name, m.Self = node.Name, node.Name == v.self
 	if m.State != state {
 		m.State, m.since = state, now
 	}
@@ -219,21 +237,29 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	}
 }
 
-// Members lists the members memberlist knows, this node included, sorted by name.
-func (n *Node) Members() []Member {
-	n.view.mu.Lock()
-	ms := make([]Member, 0, len(n.view.members))
-	for _, m := range n.view.members {
+// list lists the members, this node included, sorted by name.
+func (v *view) list() []Member {
+	v.mu.Lock()
+	ms := make([]Member, 0, len(v.members))
+	for _, m := range v.members {
 		ms = append(ms, m.Member)
 	}
-	n.view.mu.Unlock()
+	v.mu.Unlock()
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return ms
 }
 
+// member returns the alive member called name.
+func (v *view) member(name string) (Member, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m, ok := v.members[name]
+	return m.Member, ok && m.State == Alive
+}
+
 // alive returns the alive members, this node included, by name.
-func (n *Node) alive() map[string]Member {
-	alive, _ := n.generation()
+func (v *view) alive() map[string]Member {
+	alive, _ := v.generation()
 	return alive
 }
 
@@ -241,12 +267,12 @@ func (n *Node) alive() map[string]Member {
 type generation map[string]string
 
 // generation returns the alive members, this node included, by name, and their generation.
-func (n *Node) generation() (map[string]Member, generation) {
-	n.view.mu.Lock()
-	defer n.view.mu.Unlock()
-	alive := make(map[string]Member, len(n.view.members))
-	gen := make(generation, len(n.view.members))
-	for name, m := range n.view.members {
+func (v *view) generation() (map[string]Member, generation) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	alive := make(map[string]Member, len(v.members))
+	gen := make(generation, len(v.members))
+	for name, m := range v.members {
 		if m.State == Alive {
 			alive[name], gen[name] = m.Member, m.boot
 		}
@@ -254,18 +280,16 @@ func (n *Node) generation() (map[string]Member, generation) {
 	return alive, gen
 }
 
+// Members lists the members memberlist knows, this node included, sorted by name.
+func (n *Node) Members() []Member { return n.view.list() }
+
 // Member returns the alive member called name.
-func (n *Node) Member(name string) (Member, bool) {
-	n.view.mu.Lock()
-	defer n.view.mu.Unlock()
-	m, ok := n.view.members[name]
-	return m.Member, ok && m.State == Alive
-}
+func (n *Node) Member(name string) (Member, bool) { return n.view.member(name) }
 
 // Homes returns key's home nodes: the Replicas alive members (this one included) with the
 // highest rendezvous weight for key, highest first.
 func (n *Node) Homes(key string) []Member {
-	alive := n.alive()
+	alive := n.view.alive()
 	return n.homes(key, alive, names(alive))
 }
 
@@ -297,7 +321,7 @@ func (n *Node) joinLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.RejoinInterval)
 	defer t.Stop()
 	for {
-		if len(n.alive()) <= 1 {
+		if len(n.view.alive()) <= 1 {
 			n.join(ctx)
 		}
 		select {
@@ -341,7 +365,7 @@ func (n *Node) join(ctx context.Context) {
 		l.WithError(err).WithField("retry", n.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
 		return
 	}
-	if len(n.alive()) <= 1 {
+	if len(n.view.alive()) <= 1 {
 		// Only this node answered (its own address under another name, say).
 		l.Debug("cluster: no other node to join yet")
 		return

@@ -133,10 +133,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		signer:        NewSigner(cfg.NodeName, cfg.Secret),
 		index:         NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL),
 		queue:         make(chan Record, announceQueue),
-		rehome:        make(chan struct{}, 1),
 		announceSlots: make(chan struct{}, maxAnnouncesServed),
 	}
-	n.view = newView(n)
+	n.view = newView(cfg.NodeName, n.log, n.index.DropNode)
 	base := cfg.Transport
 	if base == nil {
 		n.ownTransport = defaultTransport()

@@ -136,21 +136,19 @@ type Stats struct {
 
 // Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
 type Node struct {
-	cfg Config
-	log *log.Entry
-	ml  *memberlist.Memberlist
-	// gossipAddr is the address the others gossip with this node at.
-	gossipAddr string
-	meta       meta // this node's metadata, as Start made it
-	delegate   metaDelegate
-	signer     *Signer
-	index      *Index
-	client     *http.Client
+	cfg    Config
+	log    *log.Entry
+	signer *Signer
+	index  *Index
+	client *http.Client
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
 
-	view  *view       // the members as memberlist's events told them
-	queue chan Record // Announce's records, waiting for the next batch
+	// membership runs memberlist, which tells view its events; the node reads the members
+	// from view.
+	membership *membership
+	view       *view
+	queue      chan Record // Announce's records, waiting for the next batch
 	// announceSlots bounds the announce requests served at once.
 	announceSlots chan struct{}
 

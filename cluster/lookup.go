@@ -54,7 +54,7 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 		return nil, nil // such a key is never announced
 	}
 	alive := n.view.alive()
-	homes := n.homes(key, alive, names(alive))
+	homes := homesAmong(key, alive, n.cfg.Replicas)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	defer cancel()
 

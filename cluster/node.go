@@ -45,7 +45,6 @@ type counters struct {
 	announceDropped, indexDropped                atomic.Int64
 	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
 	announced, received                          atomic.Int64
-	joinAttempts                                 atomic.Int64
 }
 
 // withDefaults returns cfg with its zero fields set to their defaults, or an error naming what
@@ -145,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 	// The node's background work ends with Close, not with the context Start was given.
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	n.ml, err = n.startMemberlist()
+	n.membership, err = startMembership(cfg, n.log, n.view)
 	if err != nil {
 		n.cancel()
 		if n.ownTransport != nil {
@@ -153,7 +152,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		return nil, err
 	}
-	n.goBackground(n.joinLoop)
+	n.goBackground(n.membership.joinLoop)
 	n.goBackground(n.announceLoop)
 	n.goBackground(n.refreshLoop)
 	return n, nil
@@ -193,12 +192,8 @@ func (t *signingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
-		n.leaving()
-		if err := n.ml.Leave(leaveTimeout); err != nil {
-			n.log.WithError(err).Warn("cluster: leave message may not have reached the others")
-		}
-		n.closeErr = n.ml.Shutdown()
-		n.wg.Wait() // after Shutdown, which ends a join under way
+		n.closeErr = n.membership.leave()
+		n.wg.Wait() // after the leave, which ends a join under way
 		if n.ownTransport != nil {
 			n.ownTransport.CloseIdleConnections()
 		}

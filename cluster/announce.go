@@ -21,8 +21,6 @@ const (
 	maxBatchBytes = maxAnnounceBody * 3 / 4
 	// announceSends is how many announce requests one batcher has in flight.
 	announceSends = 4
-	// maxExpireEvery is the longest the index waits between sweeps of its expired records.
-	maxExpireEvery = time.Minute
 )
 
 // Announce queues records for their homes; they go out within AnnounceInterval. It never
@@ -61,12 +59,10 @@ func (n *Node) announceLoop(ctx context.Context) {
 
 // refreshLoop announces everything this node holds (Config.Local) at once and every
 // RefreshInterval, and, a little after a membership change, what the homes that changed are
-// missing; it also sweeps the index's expired records.
+// missing.
 func (n *Node) refreshLoop(ctx context.Context) {
 	refresh := time.NewTicker(n.cfg.RefreshInterval)
 	defer refresh.Stop()
-	expire := time.NewTicker(min(n.cfg.HolderTTL/2, maxExpireEvery))
-	defer expire.Stop()
 	var rehome <-chan time.Time
 	prev := n.pass(ctx, nil)
 	for {
@@ -82,8 +78,6 @@ func (n *Node) refreshLoop(ctx context.Context) {
 			prev = n.pass(ctx, prev)
 		case <-refresh.C:
 			prev = n.pass(ctx, nil)
-		case <-expire.C:
-			n.index.Expire(time.Now())
 		}
 	}
 }
@@ -197,8 +191,7 @@ func (b *batcher) flush() {
 // announce request. A failed request is dropped: the next full refresh repairs it.
 func (n *Node) sendBatch(ctx context.Context, home Member, recs []Record) {
 	if home.Self {
-		dropped := n.index.Put(n.cfg.NodeName, recs, time.Now())
-		n.stats.indexDropped.Add(int64(dropped))
+		n.home.put(n.cfg.NodeName, recs, time.Now())
 		n.stats.announced.Add(int64(len(recs)))
 		return
 	}

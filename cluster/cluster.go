@@ -139,7 +139,6 @@ type Node struct {
 	cfg    Config
 	log    *log.Entry
 	signer *Signer
-	index  *Index
 	client *http.Client
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
@@ -148,9 +147,8 @@ type Node struct {
 	// from view.
 	membership *membership
 	view       *view
+	home       *home       // this node as a home of keys, and its index
 	queue      chan Record // Announce's records, waiting for the next batch
-	// announceSlots bounds the announce requests served at once.
-	announceSlots chan struct{}
 
 	stats counters
 

@@ -66,7 +66,7 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	winner, done := hedge.Run(ctx, homes, n.cfg.HedgeDelay,
 		func(ctx context.Context, home Member) ([]Holder, error) {
 			if home.Self {
-				return answerHolders(key, n.index.Get(key, time.Now())), nil
+				return n.home.answer(key), nil
 			}
 			return n.ask(ctx, home, key)
 		},

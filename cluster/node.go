@@ -42,9 +42,8 @@ const (
 
 // counters are what Stats reports that the node counts itself.
 type counters struct {
-	announceDropped, indexDropped                atomic.Int64
+	announceDropped, announced                   atomic.Int64
 	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
-	announced, received                          atomic.Int64
 }
 
 // withDefaults returns cfg with its zero fields set to their defaults, or an error naming what
@@ -127,14 +126,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:           cfg,
-		log:           log.G(ctx).WithField("node", cfg.NodeName),
-		signer:        NewSigner(cfg.NodeName, cfg.Secret),
-		index:         NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL),
-		queue:         make(chan Record, announceQueue),
-		announceSlots: make(chan struct{}, maxAnnouncesServed),
+		cfg:    cfg,
+		log:    log.G(ctx).WithField("node", cfg.NodeName),
+		signer: NewSigner(cfg.NodeName, cfg.Secret),
+		queue:  make(chan Record, announceQueue),
 	}
-	n.view = newView(cfg.NodeName, n.log, n.index.DropNode)
+	index := NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL)
+	n.view = newView(cfg.NodeName, n.log, index.DropNode)
+	n.home = newHome(index, cfg.HolderTTL, n.view)
 	base := cfg.Transport
 	if base == nil {
 		n.ownTransport = defaultTransport()
@@ -155,6 +154,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.goBackground(n.membership.joinLoop)
 	n.goBackground(n.announceLoop)
 	n.goBackground(n.refreshLoop)
+	n.goBackground(n.home.expireLoop)
 	return n, nil
 }
 
@@ -215,17 +215,15 @@ func (n *Node) Signer() *Signer { return n.signer }
 func (n *Node) Stats() Stats {
 	s := Stats{
 		Members:          map[MemberState]int{},
-		IndexDropped:     n.stats.indexDropped.Load(),
 		LookupsFound:     n.stats.lookupsFound.Load(),
 		LookupsNotFound:  n.stats.lookupsNotFound.Load(),
 		LookupsFailed:    n.stats.lookupsFailed.Load(),
 		AnnouncedRecords: n.stats.announced.Load(),
-		ReceivedRecords:  n.stats.received.Load(),
 		AnnounceDropped:  n.stats.announceDropped.Load(),
 	}
 	for _, m := range n.Members() {
 		s.Members[m.State]++
 	}
-	s.HomedKeys, s.IndexEntries, s.IndexBytes = n.index.Size()
+	n.home.report(&s)
 	return s
 }

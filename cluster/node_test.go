@@ -38,7 +38,9 @@ type testNode struct {
 	*Node
 	// gossipAddr is the address the others gossip with this node at.
 	gossipAddr string
-	srv        *httptest.Server
+	// index is the node's index of the keys it is a home of.
+	index *Index
+	srv   *httptest.Server
 	// hangLookups, when set, makes the peer listener hold every lookup until the test ends.
 	hangLookups atomic.Bool
 	hung        atomic.Int64
@@ -119,6 +121,7 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 	t.Cleanup(func() { _ = n.Close() })
 	tn.Node = n
 	tn.gossipAddr = n.membership.gossipAddr
+	tn.index = n.home.index
 	ready.Store(n)
 	return tn
 }

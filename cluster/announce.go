@@ -9,9 +9,11 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/containerd/log"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,19 +27,46 @@ const (
 
 // Announce queues records for their homes; they go out within AnnounceInterval. It never
 // blocks: past a bounded queue, records wait for the next full refresh.
-func (n *Node) Announce(recs ...Record) {
+func (n *Node) Announce(recs ...Record) { n.announcer.announce(recs) }
+
+// announcer sends this node's records to their homes: what Announce queues, in batches every
+// AnnounceInterval, and everything Config.Local lists, every RefreshInterval and a little
+// after a membership change.
+type announcer struct {
+	cfg    Config
+	log    *log.Entry
+	view   *view // the alive members, whose changes it waits for
+	home   *home // this node, when it is a record's home
+	client *http.Client
+	queue  chan Record // Announce's records, waiting for the next batch
+	// dropped counts the records the queue had no room for, sent those given to their homes.
+	dropped, sent atomic.Int64
+}
+
+func newAnnouncer(cfg Config, log *log.Entry, view *view, home *home, client *http.Client) *announcer {
+	return &announcer{cfg: cfg, log: log, view: view, home: home, client: client,
+		queue: make(chan Record, announceQueue)}
+}
+
+func (a *announcer) announce(recs []Record) {
 	for _, r := range recs {
 		select {
-		case n.queue <- r:
+		case a.queue <- r:
 		default:
-			n.stats.announceDropped.Add(1)
+			a.dropped.Add(1)
 		}
 	}
 }
 
+// report adds what the announcer counts to s.
+func (a *announcer) report(s *Stats) {
+	s.AnnouncedRecords = a.sent.Load()
+	s.AnnounceDropped = a.dropped.Load()
+}
+
 // announceLoop sends the queued records to their homes every AnnounceInterval.
-func (n *Node) announceLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.AnnounceInterval)
+func (a *announcer) announceLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.AnnounceInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -45,13 +74,13 @@ func (n *Node) announceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		queued := len(n.queue)
+		queued := len(a.queue)
 		if queued == 0 {
 			continue
 		}
-		b := n.newBatcher(ctx, n.view.alive())
+		b := a.newBatcher(ctx, a.view.alive())
 		for range queued {
-			b.add(<-n.queue)
+			b.add(<-a.queue)
 		}
 		b.flush()
 	}
@@ -60,24 +89,24 @@ func (n *Node) announceLoop(ctx context.Context) {
 // refreshLoop announces everything this node holds (Config.Local) at once and every
 // RefreshInterval, and, a little after a membership change, what the homes that changed are
 // missing.
-func (n *Node) refreshLoop(ctx context.Context) {
-	refresh := time.NewTicker(n.cfg.RefreshInterval)
+func (a *announcer) refreshLoop(ctx context.Context) {
+	refresh := time.NewTicker(a.cfg.RefreshInterval)
 	defer refresh.Stop()
 	var rehome <-chan time.Time
-	prev := n.pass(ctx, nil)
+	prev := a.pass(ctx, nil)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.view.changes():
+		case <-a.view.changes():
 			if rehome == nil {
-				rehome = time.After(n.cfg.rehomeDelay)
+				rehome = time.After(a.cfg.rehomeDelay)
 			}
 		case <-rehome:
 			rehome = nil
-			prev = n.pass(ctx, prev)
+			prev = a.pass(ctx, prev)
 		case <-refresh.C:
-			prev = n.pass(ctx, nil)
+			prev = a.pass(ctx, nil)
 		}
 	}
 }
@@ -85,21 +114,21 @@ func (n *Node) refreshLoop(ctx context.Context) {
 // pass announces this node's records (Config.Local) to their homes among the alive members;
 // with prev (the generation of the last pass), only to the homes each record did not have in
 // prev, or that restarted since. It returns the generation it announced to.
-func (n *Node) pass(ctx context.Context, prev generation) generation {
-	alive, cur := n.view.generation()
-	if n.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
+func (a *announcer) pass(ctx context.Context, prev generation) generation {
+	alive, cur := a.view.generation()
+	if a.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
 		return cur
 	}
-	b := n.newBatcher(ctx, alive)
+	b := a.newBatcher(ctx, alive)
 	if prev != nil {
 		b.prev, b.prevNames, b.cur = prev, hashNames(slices.Collect(maps.Keys(prev))), cur
 	}
-	err := n.cfg.Local(ctx, func(r Record) bool {
+	err := a.cfg.Local(ctx, func(r Record) bool {
 		b.add(r)
 		return ctx.Err() == nil
 	})
 	b.flush()
-	l := n.log.WithField("records", b.added).WithField("members", len(cur))
+	l := a.log.WithField("records", b.added).WithField("members", len(cur))
 	if err != nil && ctx.Err() == nil {
 		l.WithError(err).Warn("cluster: cannot list this node's records to announce them")
 		return cur
@@ -122,7 +151,7 @@ func hashNames(names []string) []hashedName {
 
 // batcher groups records by home and sends each home a batch when it is full and at flush.
 type batcher struct {
-	n     *Node
+	a     *announcer
 	ctx   context.Context
 	alive map[string]Member
 	names []hashedName
@@ -137,8 +166,8 @@ type batcher struct {
 	added     int
 }
 
-func (n *Node) newBatcher(ctx context.Context, alive map[string]Member) *batcher {
-	b := &batcher{n: n, ctx: ctx, alive: alive, names: hashNames(slices.Collect(maps.Keys(alive))),
+func (a *announcer) newBatcher(ctx context.Context, alive map[string]Member) *batcher {
+	b := &batcher{a: a, ctx: ctx, alive: alive, names: hashNames(slices.Collect(maps.Keys(alive))),
 		batches: map[string][]Record{}, bytes: map[string]int{}}
 	b.sends.SetLimit(announceSends)
 	return b
@@ -151,9 +180,9 @@ func (b *batcher) add(r Record) {
 	kh := xxhash.Sum64String(r.Key)
 	var old []weighted
 	if b.prev != nil {
-		old = rank(kh, b.prevNames, b.n.cfg.Replicas)
+		old = rank(kh, b.prevNames, b.a.cfg.Replicas)
 	}
-	for _, h := range rank(kh, b.names, b.n.cfg.Replicas) {
+	for _, h := range rank(kh, b.names, b.a.cfg.Replicas) {
 		if b.prev != nil && b.prev[h.name] == b.cur[h.name] &&
 			slices.ContainsFunc(old, func(o weighted) bool { return o.name == h.name }) {
 			continue
@@ -174,7 +203,7 @@ func (b *batcher) send(h string) {
 	delete(b.bytes, h)
 	m := b.alive[h]
 	b.sends.Go(func() error {
-		b.n.sendBatch(b.ctx, m, recs)
+		b.a.sendBatch(b.ctx, m, recs)
 		return nil
 	})
 }
@@ -189,23 +218,23 @@ func (b *batcher) flush() {
 
 // sendBatch gives home recs: into this node's own index when it is the home, else in one
 // announce request. A failed request is dropped: the next full refresh repairs it.
-func (n *Node) sendBatch(ctx context.Context, home Member, recs []Record) {
+func (a *announcer) sendBatch(ctx context.Context, home Member, recs []Record) {
 	if home.Self {
-		n.home.put(n.cfg.NodeName, recs, time.Now())
-		n.stats.announced.Add(int64(len(recs)))
+		a.home.put(a.cfg.NodeName, recs, time.Now())
+		a.sent.Add(int64(len(recs)))
 		return
 	}
-	if err := n.postAnnounce(ctx, home, recs); err != nil {
+	if err := a.postAnnounce(ctx, home, recs); err != nil {
 		if ctx.Err() == nil {
-			n.log.WithError(err).WithField("home", home.Name).WithField("records", len(recs)).
+			a.log.WithError(err).WithField("home", home.Name).WithField("records", len(recs)).
 				Warn("cluster: cannot announce records to their home; the next refresh will")
 		}
 		return
 	}
-	n.stats.announced.Add(int64(len(recs)))
+	a.sent.Add(int64(len(recs)))
 }
 
-func (n *Node) postAnnounce(ctx context.Context, home Member, recs []Record) error {
+func (a *announcer) postAnnounce(ctx context.Context, home Member, recs []Record) error {
 	body, err := json.Marshal(announceRequest{Records: recs})
 	if err != nil {
 		return err
@@ -217,7 +246,7 @@ func (n *Node) postAnnounce(ctx context.Context, home Member, recs []Record) err
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.client.Do(req)
+	resp, err := a.client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -143,14 +143,15 @@ type Node struct {
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
 
-	// membership runs memberlist, which tells view its events; the node reads the members
-	// from view.
+	// The parts the node wires together: membership runs memberlist, which tells view its
+	// events; home is this node as a home of keys; announcer sends this node's records to
+	// theirs. They all read the members from view.
 	membership *membership
 	view       *view
-	home       *home       // this node as a home of keys, and its index
-	queue      chan Record // Announce's records, waiting for the next batch
+	home       *home
+	announcer  *announcer
 
-	stats counters
+	stats counters // of the lookups this node makes
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -40,9 +40,8 @@ const (
 	dialTimeout = time.Second
 )
 
-// counters are what Stats reports that the node counts itself.
+// counters are the outcomes of this node's lookups, for Stats.
 type counters struct {
-	announceDropped, announced                   atomic.Int64
 	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
 }
 
@@ -129,7 +128,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg:    cfg,
 		log:    log.G(ctx).WithField("node", cfg.NodeName),
 		signer: NewSigner(cfg.NodeName, cfg.Secret),
-		queue:  make(chan Record, announceQueue),
 	}
 	index := NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL)
 	n.view = newView(cfg.NodeName, n.log, index.DropNode)
@@ -140,6 +138,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		base = n.ownTransport
 	}
 	n.client = &http.Client{Transport: &signingTransport{signer: n.signer, base: base}}
+	n.announcer = newAnnouncer(cfg, n.log, n.view, n.home, n.client)
 
 	// The node's background work ends with Close, not with the context Start was given.
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -152,8 +151,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.goBackground(n.membership.joinLoop)
-	n.goBackground(n.announceLoop)
-	n.goBackground(n.refreshLoop)
+	n.goBackground(n.announcer.announceLoop)
+	n.goBackground(n.announcer.refreshLoop)
 	n.goBackground(n.home.expireLoop)
 	return n, nil
 }
@@ -214,16 +213,15 @@ func (n *Node) Signer() *Signer { return n.signer }
 // Stats reports what the node counts.
 func (n *Node) Stats() Stats {
 	s := Stats{
-		Members:          map[MemberState]int{},
-		LookupsFound:     n.stats.lookupsFound.Load(),
-		LookupsNotFound:  n.stats.lookupsNotFound.Load(),
-		LookupsFailed:    n.stats.lookupsFailed.Load(),
-		AnnouncedRecords: n.stats.announced.Load(),
-		AnnounceDropped:  n.stats.announceDropped.Load(),
+		Members:         map[MemberState]int{},
+		LookupsFound:    n.stats.lookupsFound.Load(),
+		LookupsNotFound: n.stats.lookupsNotFound.Load(),
+		LookupsFailed:   n.stats.lookupsFailed.Load(),
 	}
 	for _, m := range n.Members() {
 		s.Members[m.State]++
 	}
 	n.home.report(&s)
+	n.announcer.report(&s)
 	return s
 }

@@ -66,24 +66,20 @@ func (a *announcer) report(s *Stats) {
 
 // announceLoop sends the queued records to their homes every AnnounceInterval.
 func (a *announcer) announceLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.AnnounceInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		queued := len(a.queue)
-		if queued == 0 {
-			continue
-		}
-		b := a.newBatcher(ctx, a.view.alive())
-		for range queued {
-			b.add(<-a.queue)
-		}
-		b.flush()
+	every(ctx, a.cfg.AnnounceInterval, func() { a.sendQueued(ctx) })
+}
+
+// sendQueued sends the records queued so far to their homes.
+func (a *announcer) sendQueued(ctx context.Context) {
+	queued := len(a.queue)
+	if queued == 0 {
+		return
 	}
+	b := a.newBatcher(ctx, a.view.alive())
+	for range queued {
+		b.add(<-a.queue)
+	}
+	b.flush()
 }
 
 // refreshLoop announces everything this node holds (Config.Local) at once and every

@@ -53,16 +53,7 @@ func (h *home) report(s *Stats) {
 // expireLoop sweeps the index's expired records every half their lifetime, and at least every
 // maxExpireEvery.
 func (h *home) expireLoop(ctx context.Context) {
-	t := time.NewTicker(h.expireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			h.index.Expire(time.Now())
-		}
-	}
+	every(ctx, h.expireEvery, func() { h.index.Expire(time.Now()) })
 }
 
 // Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).

@@ -165,6 +165,20 @@ func (n *Node) goBackground(f func(context.Context)) {
 	}()
 }
 
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
 // defaultTransport is http.DefaultTransport's settings with a short dial timeout: a peer on
 // the same network answers a dial within a second or is as good as down.
 func defaultTransport() *http.Transport {

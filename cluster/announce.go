@@ -9,9 +9,11 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/containerd/log"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -21,78 +23,86 @@ const (
 	maxBatchBytes = maxAnnounceBody * 3 / 4
 	// announceSends is how many announce requests one batcher has in flight.
 	announceSends = 4
-	// maxExpireEvery is the longest the index waits between sweeps of its expired records.
-	maxExpireEvery = time.Minute
 )
 
 // Announce queues records for their homes; they go out within AnnounceInterval. It never
 // blocks: past a bounded queue, records wait for the next full refresh.
-func (n *Node) Announce(recs ...Record) {
+func (n *Node) Announce(recs ...Record) { n.announcer.announce(recs) }
+
+// announcer sends this node's records to their homes: what Announce queues, in batches every
+// AnnounceInterval, and everything Config.Local lists, every RefreshInterval and a little
+// after a membership change.
+type announcer struct {
+	cfg    Config
+	log    *log.Entry
+	view   *view // the alive members, whose changes it waits for
+	home   *home // this node, when it is a record's home
+	client *http.Client
+	queue  chan Record // Announce's records, waiting for the next batch
+	// dropped counts the records the queue had no room for, sent those given to their homes.
+	dropped, sent atomic.Int64
+}
+
+func newAnnouncer(cfg Config, log *log.Entry, view *view, home *home, client *http.Client) *announcer {
+	return &announcer{cfg: cfg, log: log, view: view, home: home, client: client,
+		queue: make(chan Record, announceQueue)}
+}
+
+func (a *announcer) announce(recs []Record) {
 	for _, r := range recs {
 		select {
-		case n.queue <- r:
+		case a.queue <- r:
 		default:
-			n.stats.announceDropped.Add(1)
+			a.dropped.Add(1)
 		}
 	}
 }
 
-// scheduleRehome asks refreshLoop to announce this node's records to the homes they gained
-// since its last pass.
-func (n *Node) scheduleRehome() {
-	select {
-	case n.rehome <- struct{}{}:
-	default:
-	}
+// report adds what the announcer counts to s.
+func (a *announcer) report(s *Stats) {
+	s.AnnouncedRecords = a.sent.Load()
+	s.AnnounceDropped = a.dropped.Load()
 }
 
 // announceLoop sends the queued records to their homes every AnnounceInterval.
-func (n *Node) announceLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.AnnounceInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		queued := len(n.queue)
-		if queued == 0 {
-			continue
-		}
-		b := n.newBatcher(ctx, n.alive())
-		for range queued {
-			b.add(<-n.queue)
-		}
-		b.flush()
+func (a *announcer) announceLoop(ctx context.Context) {
+	every(ctx, a.cfg.AnnounceInterval, func() { a.sendQueued(ctx) })
+}
+
+// sendQueued sends the records queued so far to their homes.
+func (a *announcer) sendQueued(ctx context.Context) {
+	queued := len(a.queue)
+	if queued == 0 {
+		return
 	}
+	b := a.newBatcher(ctx, a.view.alive())
+	for range queued {
+		b.add(<-a.queue)
+	}
+	b.flush()
 }
 
 // refreshLoop announces everything this node holds (Config.Local) at once and every
 // RefreshInterval, and, a little after a membership change, what the homes that changed are
-// missing; it also sweeps the index's expired records.
-func (n *Node) refreshLoop(ctx context.Context) {
-	refresh := time.NewTicker(n.cfg.RefreshInterval)
+// missing.
+func (a *announcer) refreshLoop(ctx context.Context) {
+	refresh := time.NewTicker(a.cfg.RefreshInterval)
 	defer refresh.Stop()
-	expire := time.NewTicker(min(n.cfg.HolderTTL/2, maxExpireEvery))
-	defer expire.Stop()
 	var rehome <-chan time.Time
-	prev := n.pass(ctx, nil)
+	prev := a.pass(ctx, nil)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.rehome:
+		case <-a.view.changes():
 			if rehome == nil {
-				rehome = time.After(n.cfg.rehomeDelay)
+				rehome = time.After(a.cfg.rehomeDelay)
 			}
 		case <-rehome:
 			rehome = nil
-			prev = n.pass(ctx, prev)
+			prev = a.pass(ctx, prev)
 		case <-refresh.C:
-			prev = n.pass(ctx, nil)
-		case <-expire.C:
-			n.index.Expire(time.Now())
+			prev = a.pass(ctx, nil)
 		}
 	}
 }
@@ -100,21 +110,21 @@ func (n *Node) refreshLoop(ctx context.Context) {
 // pass announces this node's records (Config.Local) to their homes among the alive members;
 // with prev (the generation of the last pass), only to the homes each record did not have in
 // prev, or that restarted since. It returns the generation it announced to.
-func (n *Node) pass(ctx context.Context, prev generation) generation {
-	alive, cur := n.generation()
-	if n.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
+func (a *announcer) pass(ctx context.Context, prev generation) generation {
+	alive, cur := a.view.generation()
+	if a.cfg.Local == nil || (prev != nil && maps.Equal(prev, cur)) {
 		return cur
 	}
-	b := n.newBatcher(ctx, alive)
+	b := a.newBatcher(ctx, alive)
 	if prev != nil {
 		b.prev, b.prevNames, b.cur = prev, hashNames(slices.Collect(maps.Keys(prev))), cur
 	}
-	err := n.cfg.Local(ctx, func(r Record) bool {
+	err := a.cfg.Local(ctx, func(r Record) bool {
 		b.add(r)
 		return ctx.Err() == nil
 	})
 	b.flush()
-	l := n.log.WithField("records", b.added).WithField("members", len(cur))
+	l := a.log.WithField("records", b.added).WithField("members", len(cur))
 	if err != nil && ctx.Err() == nil {
 		l.WithError(err).Warn("cluster: cannot list this node's records to announce them")
 		return cur
@@ -137,7 +147,7 @@ func hashNames(names []string) []hashedName {
 
 // batcher groups records by home and sends each home a batch when it is full and at flush.
 type batcher struct {
-	n     *Node
+	a     *announcer
 	ctx   context.Context
 	alive map[string]Member
 	names []hashedName
@@ -152,8 +162,8 @@ type batcher struct {
 	added     int
 }
 
-func (n *Node) newBatcher(ctx context.Context, alive map[string]Member) *batcher {
-	b := &batcher{n: n, ctx: ctx, alive: alive, names: hashNames(slices.Collect(maps.Keys(alive))),
+func (a *announcer) newBatcher(ctx context.Context, alive map[string]Member) *batcher {
+	b := &batcher{a: a, ctx: ctx, alive: alive, names: hashNames(slices.Collect(maps.Keys(alive))),
 		batches: map[string][]Record{}, bytes: map[string]int{}}
 	b.sends.SetLimit(announceSends)
 	return b
@@ -166,9 +176,9 @@ func (b *batcher) add(r Record) {
 	kh := xxhash.Sum64String(r.Key)
 	var old []weighted
 	if b.prev != nil {
-		old = rank(kh, b.prevNames, b.n.cfg.Replicas)
+		old = rank(kh, b.prevNames, b.a.cfg.Replicas)
 	}
-	for _, h := range rank(kh, b.names, b.n.cfg.Replicas) {
+	for _, h := range rank(kh, b.names, b.a.cfg.Replicas) {
 		if b.prev != nil && b.prev[h.name] == b.cur[h.name] &&
 			slices.ContainsFunc(old, func(o weighted) bool { return o.name == h.name }) {
 			continue
@@ -189,7 +199,7 @@ func (b *batcher) send(h string) {
 	delete(b.bytes, h)
 	m := b.alive[h]
 	b.sends.Go(func() error {
-		b.n.sendBatch(b.ctx, m, recs)
+		b.a.sendBatch(b.ctx, m, recs)
 		return nil
 	})
 }
@@ -204,24 +214,23 @@ func (b *batcher) flush() {
 
 // sendBatch gives home recs: into this node's own index when it is the home, else in one
 // announce request. A failed request is dropped: the next full refresh repairs it.
-func (n *Node) sendBatch(ctx context.Context, home Member, recs []Record) {
+func (a *announcer) sendBatch(ctx context.Context, home Member, recs []Record) {
 	if home.Self {
-		dropped := n.index.Put(n.cfg.NodeName, recs, time.Now())
-		n.stats.indexDropped.Add(int64(dropped))
-		n.stats.announced.Add(int64(len(recs)))
+		a.home.put(a.cfg.NodeName, recs, time.Now())
+		a.sent.Add(int64(len(recs)))
 		return
 	}
-	if err := n.postAnnounce(ctx, home, recs); err != nil {
+	if err := a.postAnnounce(ctx, home, recs); err != nil {
 		if ctx.Err() == nil {
-			n.log.WithError(err).WithField("home", home.Name).WithField("records", len(recs)).
+			a.log.WithError(err).WithField("home", home.Name).WithField("records", len(recs)).
 				Warn("cluster: cannot announce records to their home; the next refresh will")
 		}
 		return
 	}
-	n.stats.announced.Add(int64(len(recs)))
+	a.sent.Add(int64(len(recs)))
 }
 
-func (n *Node) postAnnounce(ctx context.Context, home Member, recs []Record) error {
+func (a *announcer) postAnnounce(ctx context.Context, home Member, recs []Record) error {
 	body, err := json.Marshal(announceRequest{Records: recs})
 	if err != nil {
 		return err
@@ -233,7 +242,7 @@ func (n *Node) postAnnounce(ctx context.Context, home Member, recs []Record) err
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.client.Do(req)
+	resp, err := a.client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -136,26 +136,22 @@ type Stats struct {
 
 // Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
 type Node struct {
-	cfg Config
-	log *log.Entry
-	ml  *memberlist.Memberlist
-	// gossipAddr is the address the others gossip with this node at.
-	gossipAddr string
-	meta       meta // this node's metadata, as Start made it
-	delegate   metaDelegate
-	signer     *Signer
-	index      *Index
-	client     *http.Client
+	cfg    Config
+	log    *log.Entry
+	signer *Signer
+	client *http.Client
 	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
 	ownTransport *http.Transport
 
-	view   *view       // the members as memberlist's events told them
-	queue  chan Record // Announce's records, waiting for the next batch
-	rehome chan struct{}
-	// announceSlots bounds the announce requests served at once.
-	announceSlots chan struct{}
+	// The parts the node wires together: membership runs memberlist, which tells view its
+	// events; home is this node as a home of keys; announcer sends this node's records to
+	// theirs. They all read the members from view.
+	membership *membership
+	view       *view
+	home       *home
+	announcer  *announcer
 
-	stats counters
+	stats counters // of the lookups this node makes
 
 	ctx       context.Context
 	cancel    context.CancelFunc

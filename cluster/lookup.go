@@ -53,8 +53,8 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	if key == "" || len(key) > maxKeyLen {
 		return nil, nil // such a key is never announced
 	}
-	alive := n.alive()
-	homes := n.homes(key, alive, names(alive))
+	alive := n.view.alive()
+	homes := homesAmong(key, alive, n.cfg.Replicas)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	defer cancel()
 
@@ -66,7 +66,7 @@ func (n *Node) lookup(ctx context.Context, key string) ([]Holder, error) {
 	winner, done := hedge.Run(ctx, homes, n.cfg.HedgeDelay,
 		func(ctx context.Context, home Member) ([]Holder, error) {
 			if home.Self {
-				return answerHolders(key, n.index.Get(key, time.Now())), nil
+				return n.home.answer(key), nil
 			}
 			return n.ask(ctx, home, key)
 		},

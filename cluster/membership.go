@@ -45,50 +45,67 @@ type meta struct {
 	Leaving bool `json:"leaving,omitempty"`
 }
 
-// startMemberlist creates this node's memberlist; it joins nobody yet (joinLoop does).
-func (n *Node) startMemberlist() (*memberlist.Memberlist, error) {
-	host, port, err := splitHostPort(n.cfg.GossipAddress)
+// membership is this node's memberlist: its metadata, the join loop that finds the others,
+// and the leave. The view it feeds memberlist's events is where the members are read.
+type membership struct {
+	cfg  Config
+	log  *log.Entry
+	view *view
+	ml   *memberlist.Memberlist
+	// gossipAddr is the address the others gossip with this node at.
+	gossipAddr string
+	meta       meta // this node's metadata, as startMembership made it
+	delegate   metaDelegate
+	// joinAttempts counts the joins asked of memberlist.
+	joinAttempts atomic.Int64
+}
+
+// startMembership creates this node's memberlist, which tells view its events; it joins
+// nobody yet (joinLoop does).
+func startMembership(cfg Config, log *log.Entry, view *view) (*membership, error) {
+	m := &membership{cfg: cfg, log: log, view: view}
+	host, port, err := splitHostPort(cfg.GossipAddress)
 	if err != nil {
 		return nil, err
 	}
 	boot := make([]byte, 8)
 	_, _ = rand.Read(boot)
-	n.meta = meta{Peer: n.peerAddr(), Boot: hex.EncodeToString(boot)}
-	if err := n.setMeta(n.meta); err != nil {
+	m.meta = meta{Peer: m.peerAddr(), Boot: hex.EncodeToString(boot)}
+	if err := m.setMeta(m.meta); err != nil {
 		return nil, err
 	}
 	mc := memberlist.DefaultLANConfig()
-	mc.Name = n.cfg.NodeName
+	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
-	mc.AdvertiseAddr, mc.AdvertisePort = n.cfg.AdvertiseAddress, port
-	mc.SecretKey = gossipKey(n.cfg.Secret)
-	mc.Label = n.cfg.Label
+	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddress, port
+	mc.SecretKey = gossipKey(cfg.Secret)
+	mc.Label = cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	// A node replaced under its name at another address may take the name over once the old
 	// one has been dead this long.
 	mc.DeadNodeReclaimTime = deadNodeReclaim
-	mc.Delegate = &n.delegate
-	mc.Events = n.view
-	mc.Logger = stdlog.New(&logWriter{log: n.log}, "", 0)
-	if n.cfg.tuneMemberlist != nil {
-		n.cfg.tuneMemberlist(mc)
+	mc.Delegate = &m.delegate
+	mc.Events = view
+	mc.Logger = stdlog.New(&logWriter{log: log}, "", 0)
+	if cfg.tuneMemberlist != nil {
+		cfg.tuneMemberlist(mc)
 	}
-	ml, err := memberlist.Create(mc)
+	m.ml, err = memberlist.Create(mc)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: gossip on %s: %w", n.cfg.GossipAddress, err)
+		return nil, fmt.Errorf("cluster: gossip on %s: %w", cfg.GossipAddress, err)
 	}
 	// With port 0, Create chose one and wrote it into mc.
-	n.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
-	return ml, nil
+	m.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
+	return m, nil
 }
 
 // peerAddr is this node's peer listener as the others reach it.
-func (n *Node) peerAddr() string {
-	return net.JoinHostPort(n.cfg.AdvertiseAddress, strconv.Itoa(n.cfg.PeerPort))
+func (m *membership) peerAddr() string {
+	return net.JoinHostPort(m.cfg.AdvertiseAddress, strconv.Itoa(m.cfg.PeerPort))
 }
 
 // setMeta makes md this node's metadata, for memberlist to send with its next alive message.
-func (n *Node) setMeta(md meta) error {
+func (m *membership) setMeta(md meta) error {
 	b, err := json.Marshal(md)
 	if err != nil {
 		return err
@@ -96,19 +113,29 @@ func (n *Node) setMeta(md meta) error {
 	if len(b) > memberlist.MetaMaxSize {
 		return fmt.Errorf("cluster: peer address %q is too long: %w", md.Peer, errdefs.ErrInvalidArgument)
 	}
-	n.delegate.meta.Store(&b)
+	m.delegate.meta.Store(&b)
 	return nil
 }
 
+// leave tells the others that this node leaves (within a few seconds) and stops memberlist,
+// which ends a join under way.
+func (m *membership) leave() error {
+	m.leaving()
+	if err := m.ml.Leave(leaveTimeout); err != nil {
+		m.log.WithError(err).Warn("cluster: leave message may not have reached the others")
+	}
+	return m.ml.Shutdown()
+}
+
 // leaving tells the others, in the metadata, that this node is about to leave.
-func (n *Node) leaving() {
-	md := n.meta
+func (m *membership) leaving() {
+	md := m.meta
 	md.Leaving = true
-	if n.setMeta(md) != nil {
+	if m.setMeta(md) != nil {
 		return
 	}
-	if err := n.ml.UpdateNode(leaveTimeout); err != nil {
-		n.log.WithError(err).Debug("cluster: the others may count this node dead rather than left")
+	if err := m.ml.UpdateNode(leaveTimeout); err != nil {
+		m.log.WithError(err).Debug("cluster: the others may count this node dead rather than left")
 	}
 }
 
@@ -137,7 +164,12 @@ func (*metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
 // outside, so Suspect is never reported. The event methods are called with memberlist's lock
 // held, so they only record and signal.
 type view struct {
-	n *Node
+	self string // this node's name
+	log  *log.Entry
+	// gone is told the name of a member that died or left, with memberlist's lock held.
+	gone func(name string)
+	// changed signals, coalesced, that the members changed; one reader takes the signals.
+	changed chan struct{}
 
 	mu      sync.Mutex
 	members map[string]viewMember
@@ -151,23 +183,23 @@ type viewMember struct {
 	since   time.Time // of the last change of state
 }
 
-func newView(n *Node) *view {
-	return &view{n: n, members: map[string]viewMember{}}
+func newView(self string, log *log.Entry, gone func(name string)) *view {
+	return &view{self: self, log: log, gone: gone, changed: make(chan struct{}, 1), members: map[string]viewMember{}}
 }
 
 func (v *view) NotifyJoin(node *memberlist.Node) {
 	v.set(node, Alive)
-	v.n.log.WithField("member", node.Name).WithField("address", node.Address()).Info("cluster: member joined")
-	v.n.scheduleRehome()
+	v.log.WithField("member", node.Name).WithField("address", node.Address()).Info("cluster: member joined")
+	v.signal()
 }
 
 func (v *view) NotifyUpdate(node *memberlist.Node) {
 	v.set(node, Alive)
-	v.n.scheduleRehome()
+	v.signal()
 }
 
-// NotifyLeave is called when a member is declared dead or leaves: the records it announced go
-// from this node's index at once, and the keys it was a home of move to others.
+// NotifyLeave is called when a member is declared dead or leaves: gone drops the records it
+// announced from this node's index at once, and the keys it was a home of move to others.
 func (v *view) NotifyLeave(node *memberlist.Node) {
 	// node.State says nothing here: memberlist keeps the state beside the Node it passes.
 	v.mu.Lock()
@@ -177,10 +209,23 @@ func (v *view) NotifyLeave(node *memberlist.Node) {
 	}
 	v.mu.Unlock()
 	v.set(node, state)
-	v.n.index.DropNode(node.Name)
-	v.n.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
-	v.n.scheduleRehome()
+	v.gone(node.Name)
+	v.log.WithField("member", node.Name).WithField("state", state).Warn("cluster: member gone")
+	v.signal()
 }
+
+// signal tells the reader of changes that the members changed, unless it has yet to take an
+// earlier signal.
+func (v *view) signal() {
+	select {
+	case v.changed <- struct{}{}:
+	default:
+	}
+}
+
+// changes signals that the members changed since it last did; several changes before the
+// reader takes the signal make one.
+func (v *view) changes() <-chan struct{} { return v.changed }
 
 // set records node's state and its peer address from its metadata, and forgets members that
 // departed long ago.
@@ -192,11 +237,11 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	if !ok || !bytes.Equal(m.meta, node.Meta) {
 		var md meta
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
-			v.n.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
+			v.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
 		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
 	}
-	m.Name, m.Self = node.Name, node.Name == v.n.cfg.NodeName
+	m.Name, m.Self = node.Name, node.Name == v.self
 	if m.State != state {
 		m.State, m.since = state, now
 	}
@@ -219,21 +264,29 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	}
 }
 
-// Members lists the members memberlist knows, this node included, sorted by name.
-func (n *Node) Members() []Member {
-	n.view.mu.Lock()
-	ms := make([]Member, 0, len(n.view.members))
-	for _, m := range n.view.members {
+// list lists the members, this node included, sorted by name.
+func (v *view) list() []Member {
+	v.mu.Lock()
+	ms := make([]Member, 0, len(v.members))
+	for _, m := range v.members {
 		ms = append(ms, m.Member)
 	}
-	n.view.mu.Unlock()
+	v.mu.Unlock()
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return ms
 }
 
+// member returns the alive member called name.
+func (v *view) member(name string) (Member, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m, ok := v.members[name]
+	return m.Member, ok && m.State == Alive
+}
+
 // alive returns the alive members, this node included, by name.
-func (n *Node) alive() map[string]Member {
-	alive, _ := n.generation()
+func (v *view) alive() map[string]Member {
+	alive, _ := v.generation()
 	return alive
 }
 
@@ -241,12 +294,12 @@ func (n *Node) alive() map[string]Member {
 type generation map[string]string
 
 // generation returns the alive members, this node included, by name, and their generation.
-func (n *Node) generation() (map[string]Member, generation) {
-	n.view.mu.Lock()
-	defer n.view.mu.Unlock()
-	alive := make(map[string]Member, len(n.view.members))
-	gen := make(generation, len(n.view.members))
-	for name, m := range n.view.members {
+func (v *view) generation() (map[string]Member, generation) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	alive := make(map[string]Member, len(v.members))
+	gen := make(generation, len(v.members))
+	for name, m := range v.members {
 		if m.State == Alive {
 			alive[name], gen[name] = m.Member, m.boot
 		}
@@ -254,24 +307,21 @@ func (n *Node) generation() (map[string]Member, generation) {
 	return alive, gen
 }
 
+// Members lists the members memberlist knows, this node included, sorted by name.
+func (n *Node) Members() []Member { return n.view.list() }
+
 // Member returns the alive member called name.
-func (n *Node) Member(name string) (Member, bool) {
-	n.view.mu.Lock()
-	defer n.view.mu.Unlock()
-	m, ok := n.view.members[name]
-	return m.Member, ok && m.State == Alive
-}
+func (n *Node) Member(name string) (Member, bool) { return n.view.member(name) }
 
 // Homes returns key's home nodes: the Replicas alive members (this one included) with the
 // highest rendezvous weight for key, highest first.
 func (n *Node) Homes(key string) []Member {
-	alive := n.alive()
-	return n.homes(key, alive, names(alive))
+	return homesAmong(key, n.view.alive(), n.cfg.Replicas)
 }
 
-// homes is Homes among alive, whose names are names.
-func (n *Node) homes(key string, alive map[string]Member, names []string) []Member {
-	hs := Rendezvous(key, names, n.cfg.Replicas)
+// homesAmong is Homes among alive, with replicas homes.
+func homesAmong(key string, alive map[string]Member, replicas int) []Member {
+	hs := Rendezvous(key, names(alive), replicas)
 	ms := make([]Member, len(hs))
 	for i, h := range hs {
 		ms[i] = alive[h]
@@ -290,15 +340,15 @@ func names(ms map[string]Member) []string {
 
 // joinLoop joins Config.Join at once, and again every RejoinInterval while this node knows
 // no other member alive.
-func (n *Node) joinLoop(ctx context.Context) {
-	if len(n.cfg.Join) == 0 {
+func (m *membership) joinLoop(ctx context.Context) {
+	if len(m.cfg.Join) == 0 {
 		return
 	}
-	t := time.NewTicker(n.cfg.RejoinInterval)
+	t := time.NewTicker(m.cfg.RejoinInterval)
 	defer t.Stop()
 	for {
-		if len(n.alive()) <= 1 {
-			n.join(ctx)
+		if len(m.view.alive()) <= 1 {
+			m.join(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -309,39 +359,39 @@ func (n *Node) joinLoop(ctx context.Context) {
 }
 
 // join resolves Config.Join (names again every time) and asks memberlist to join them.
-func (n *Node) join(ctx context.Context) {
+func (m *membership) join(ctx context.Context) {
 	var addrs []string
-	for _, j := range n.cfg.Join {
+	for _, j := range m.cfg.Join {
 		host, port, _ := splitHostPort(j) // checked by withDefaults
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 		ips, err := net.DefaultResolver.LookupIPAddr(rctx, host)
 		cancel()
 		if err != nil {
-			n.log.WithError(err).WithField("join", j).Warn("cluster: cannot resolve a join address")
+			m.log.WithError(err).WithField("join", j).Warn("cluster: cannot resolve a join address")
 			continue
 		}
 		for _, ip := range ips {
 			a := net.JoinHostPort(ip.IP.String(), strconv.Itoa(port))
-			if a != n.gossipAddr && !slices.Contains(addrs, a) {
+			if a != m.gossipAddr && !slices.Contains(addrs, a) {
 				addrs = append(addrs, a)
 			}
 		}
 	}
 	if len(addrs) == 0 {
-		n.log.WithField("join", n.cfg.Join).Debug("cluster: no other node to join yet")
+		m.log.WithField("join", m.cfg.Join).Debug("cluster: no other node to join yet")
 		return
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	l := n.log.WithField("addresses", addrs)
-	n.stats.joinAttempts.Add(1)
-	contacted, err := n.ml.Join(addrs)
+	l := m.log.WithField("addresses", addrs)
+	m.joinAttempts.Add(1)
+	contacted, err := m.ml.Join(addrs)
 	if err != nil {
-		l.WithError(err).WithField("retry", n.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
+		l.WithError(err).WithField("retry", m.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
 		return
 	}
-	if len(n.alive()) <= 1 {
+	if len(m.view.alive()) <= 1 {
 		// Only this node answered (its own address under another name, say).
 		l.Debug("cluster: no other node to join yet")
 		return

@@ -40,12 +40,9 @@ const (
 	dialTimeout = time.Second
 )
 
-// counters are what Stats reports that the node counts itself.
+// counters are the outcomes of this node's lookups, for Stats.
 type counters struct {
-	announceDropped, indexDropped                atomic.Int64
 	lookupsFound, lookupsNotFound, lookupsFailed atomic.Int64
-	announced, received                          atomic.Int64
-	joinAttempts                                 atomic.Int64
 }
 
 // withDefaults returns cfg with its zero fields set to their defaults, or an error naming what
@@ -128,25 +125,24 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:           cfg,
-		log:           log.G(ctx).WithField("node", cfg.NodeName),
-		signer:        NewSigner(cfg.NodeName, cfg.Secret),
-		index:         NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL),
-		queue:         make(chan Record, announceQueue),
-		rehome:        make(chan struct{}, 1),
-		announceSlots: make(chan struct{}, maxAnnouncesServed),
+		cfg:    cfg,
+		log:    log.G(ctx).WithField("node", cfg.NodeName),
+		signer: NewSigner(cfg.NodeName, cfg.Secret),
 	}
-	n.view = newView(n)
+	index := NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL)
+	n.view = newView(cfg.NodeName, n.log, index.DropNode)
+	n.home = newHome(index, cfg.HolderTTL, n.view)
 	base := cfg.Transport
 	if base == nil {
 		n.ownTransport = defaultTransport()
 		base = n.ownTransport
 	}
 	n.client = &http.Client{Transport: &signingTransport{signer: n.signer, base: base}}
+	n.announcer = newAnnouncer(cfg, n.log, n.view, n.home, n.client)
 
 	// The node's background work ends with Close, not with the context Start was given.
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	n.ml, err = n.startMemberlist()
+	n.membership, err = startMembership(cfg, n.log, n.view)
 	if err != nil {
 		n.cancel()
 		if n.ownTransport != nil {
@@ -154,9 +150,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		return nil, err
 	}
-	n.goBackground(n.joinLoop)
-	n.goBackground(n.announceLoop)
-	n.goBackground(n.refreshLoop)
+	n.goBackground(n.membership.joinLoop)
+	n.goBackground(n.announcer.announceLoop)
+	n.goBackground(n.announcer.refreshLoop)
+	n.goBackground(n.home.expireLoop)
 	return n, nil
 }
 
@@ -166,6 +163,20 @@ func (n *Node) goBackground(f func(context.Context)) {
 		defer n.wg.Done()
 		f(n.ctx)
 	}()
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
 }
 
 // defaultTransport is http.DefaultTransport's settings with a short dial timeout: a peer on
@@ -194,12 +205,8 @@ func (t *signingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.cancel()
-		n.leaving()
-		if err := n.ml.Leave(leaveTimeout); err != nil {
-			n.log.WithError(err).Warn("cluster: leave message may not have reached the others")
-		}
-		n.closeErr = n.ml.Shutdown()
-		n.wg.Wait() // after Shutdown, which ends a join under way
+		n.closeErr = n.membership.leave()
+		n.wg.Wait() // after the leave, which ends a join under way
 		if n.ownTransport != nil {
 			n.ownTransport.CloseIdleConnections()
 		}
@@ -220,18 +227,15 @@ func (n *Node) Signer() *Signer { return n.signer }
 // Stats reports what the node counts.
 func (n *Node) Stats() Stats {
 	s := Stats{
-		Members:          map[MemberState]int{},
-		IndexDropped:     n.stats.indexDropped.Load(),
-		LookupsFound:     n.stats.lookupsFound.Load(),
-		LookupsNotFound:  n.stats.lookupsNotFound.Load(),
-		LookupsFailed:    n.stats.lookupsFailed.Load(),
-		AnnouncedRecords: n.stats.announced.Load(),
-		ReceivedRecords:  n.stats.received.Load(),
-		AnnounceDropped:  n.stats.announceDropped.Load(),
+		Members:         map[MemberState]int{},
+		LookupsFound:    n.stats.lookupsFound.Load(),
+		LookupsNotFound: n.stats.lookupsNotFound.Load(),
+		LookupsFailed:   n.stats.lookupsFailed.Load(),
 	}
 	for _, m := range n.Members() {
 		s.Members[m.State]++
 	}
-	s.HomedKeys, s.IndexEntries, s.IndexBytes = n.index.Size()
+	n.home.report(&s)
+	n.announcer.report(&s)
 	return s
 }

@@ -36,7 +36,11 @@ func fastMemberlist(mc *memberlist.Config) {
 // that serves Node.Handler behind Signer.Verify, as the daemon's peer listener does.
 type testNode struct {
 	*Node
-	srv *httptest.Server
+	// gossipAddr is the address the others gossip with this node at.
+	gossipAddr string
+	// index is the node's index of the keys it is a home of.
+	index *Index
+	srv   *httptest.Server
 	// hangLookups, when set, makes the peer listener hold every lookup until the test ends.
 	hangLookups atomic.Bool
 	hung        atomic.Int64
@@ -116,6 +120,8 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 	}
 	t.Cleanup(func() { _ = n.Close() })
 	tn.Node = n
+	tn.gossipAddr = n.membership.gossipAddr
+	tn.index = n.home.index
 	ready.Store(n)
 	return tn
 }
@@ -124,7 +130,7 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 func (n *testNode) kill() {
 	n.closeOnce.Do(func() {
 		n.cancel()
-		_ = n.ml.Shutdown()
+		_ = n.membership.ml.Shutdown()
 		n.wg.Wait()
 	})
 	n.srv.CloseClientConnections()
@@ -394,7 +400,7 @@ func TestWrongSecretCannotJoin(t *testing.T) {
 	a := startNode(t, "127.0.5.1", "a", nil)
 	wrong := []byte("fedcba9876543210fedcba9876543210")
 	w := startNode(t, "127.0.5.9", "w", []string{a.gossipAddr}, func(c *Config) { c.Secret = wrong })
-	eventually(t, 10*time.Second, "w tried to join a few times", func() bool { return w.stats.joinAttempts.Load() >= 3 })
+	eventually(t, 10*time.Second, "w tried to join a few times", func() bool { return w.membership.joinAttempts.Load() >= 3 })
 	b := startNode(t, "127.0.5.2", "b", []string{a.gossipAddr})
 	eventually(t, 10*time.Second, "a and b alive on both", allAlive(a, b))
 	for _, n := range []*testNode{a, b} {
@@ -539,7 +545,7 @@ func TestJoinRetriesUntilSomeoneAnswers(t *testing.T) {
 	t.Parallel()
 	port := freePort(t, "127.0.0.1")
 	b := startNode(t, "127.0.9.2", "b", []string{"localhost:" + strconv.Itoa(port)})
-	eventually(t, 10*time.Second, "b tried to join twice", func() bool { return b.stats.joinAttempts.Load() >= 2 })
+	eventually(t, 10*time.Second, "b tried to join twice", func() bool { return b.membership.joinAttempts.Load() >= 2 })
 	if got := states(b); got != "b=alive" {
 		t.Fatalf("b sees %s before anyone answered", got)
 	}

@@ -84,53 +84,6 @@ func sender(req *http.Request) string {
 	return req.Header.Get(HeaderPeer)
 }
 
-// Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
-// The caller authenticates requests first (Signer.Verify). The sender of an announce is the
-// node WithPeer put in the request's context, else the one its HeaderPeer names (Verify refuses
-// a request whose HeaderPeer is not the node its token signs); only alive members other than
-// this node may announce.
-func (n *Node) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PathAnnounce, n.serveAnnounce)
-	mux.HandleFunc("POST "+PathLookup, n.serveLookup)
-	mux.HandleFunc("GET "+PathLookup, n.serveLookup)
-	return mux
-}
-
-func (n *Node) serveAnnounce(w http.ResponseWriter, req *http.Request) {
-	from := sender(req)
-	if m, ok := n.Member(from); !ok || m.Self {
-		http.Error(w, fmt.Sprintf("%q is not an alive member of this node's cluster", from), http.StatusForbidden)
-		return
-	}
-	select {
-	case n.announceSlots <- struct{}{}:
-		defer func() { <-n.announceSlots }()
-	case <-req.Context().Done():
-		return
-	}
-	var body announceRequest
-	if err := decode(w, req, maxAnnounceBody, &body); err != nil {
-		return
-	}
-	if len(body.Records) > maxAnnounceRecords {
-		http.Error(w, fmt.Sprintf("more than %d records", maxAnnounceRecords), http.StatusRequestEntityTooLarge)
-		return
-	}
-	for _, r := range body.Records {
-		if err := validRecord(r); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-	}
-	now := time.Now()
-	recs := slices.DeleteFunc(body.Records, func(r Record) bool { return r.Date.After(now.Add(maxDateAhead)) })
-	dropped := len(body.Records) - len(recs) + n.index.Put(from, recs, now)
-	n.stats.indexDropped.Add(int64(dropped))
-	n.stats.received.Add(int64(len(body.Records)))
-	w.WriteHeader(http.StatusNoContent)
-}
-
 func validRecord(r Record) error {
 	if r.Key == "" || len(r.Key) > maxKeyLen {
 		return fmt.Errorf("a record's key is empty or longer than %d bytes", maxKeyLen)
@@ -141,27 +94,6 @@ func validRecord(r Record) error {
 		}
 	}
 	return nil
-}
-
-func (n *Node) serveLookup(w http.ResponseWriter, req *http.Request) {
-	key := req.URL.Query().Get("key")
-	if req.Method == http.MethodPost {
-		var body lookupRequest
-		if err := decode(w, req, maxLookupBody, &body); err != nil {
-			return
-		}
-		key = body.Key
-	}
-	if key == "" || len(key) > maxKeyLen {
-		http.Error(w, fmt.Sprintf("the key is empty or longer than %d bytes", maxKeyLen), http.StatusBadRequest)
-		return
-	}
-	resp := lookupResponse{Holders: answerHolders(key, n.index.Get(key, time.Now()))}
-	if resp.Holders == nil {
-		resp.Holders = []Holder{}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(resp)
 }
 
 // answerHolders is what a home answers about key from its records hs: all of them when they are

@@ -9,6 +9,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // TestManifestServedOfflineAfterACrashAtItsCommit caches a manifest the way fetchManifest does
@@ -17,10 +18,10 @@ import (
 // serves the manifest for its repository from the cache, and still not for another repository.
 func TestManifestServedOfflineAfterACrashAtItsCommit(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 512)
-	body := mustManifest(t, img)
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: mustDigest(t, img), Size: int64(len(body))}
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 512)
+	body := registrytest.RawManifest(t, img)
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: registrytest.Digest(t, img), Size: int64(len(body))}
 	repoKey := testRegistry + "/app"
 	root := t.TempDir()
 	ctx := t.Context()
@@ -37,7 +38,7 @@ func TestManifestServedOfflineAfterACrashAtItsCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	up.setFault(status503)
+	up.SetFault(registrytest.Status503)
 	r, _ := newTestResolverAt(t, root, PolicyUpstreamFirst, testHealth, up)
 	m, err := r.Manifest(ctx, testRegistry, "app", desc.Digest.String())
 	if err != nil || m.Status != Hit || !bytes.Equal(m.Body, body) {

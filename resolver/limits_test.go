@@ -22,6 +22,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -119,11 +120,11 @@ func TestFillsAreBoundedInSize(t *testing.T) {
 			if _, err := r.store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 				t.Errorf("the blob was cached: %v", err)
 			}
-			waitFor(t, "the ingest to be removed", func() bool { return ingests(root) == 0 })
+			registrytest.Wait(t, "the ingest to be removed", func() bool { return ingests(root) == 0 })
 			// The upstream stops sending when the fill cuts it off: less than half the body (TCP
 			// buffers on loopback take a few MiB past the cut, hence bodies of 40 MiB: an 8 MiB
 			// one was seen to get exactly its half out).
-			waitFor(t, "the upstream to stop sending", func() bool { return r.Fills().Running == 0 })
+			registrytest.Wait(t, "the upstream to stop sending", func() bool { return r.Fills().Running == 0 })
 			if n := sent.Load(); n >= int64(tc.size)/2 {
 				t.Errorf("the upstream sent %d of %d bytes: the body was not cut off", n, tc.size)
 			}
@@ -223,7 +224,7 @@ func TestFillLimit(t *testing.T) {
 		}
 		got <- err
 	}()
-	waitFor(t, "a request to wait for a slot", func() bool { return r.Fills().Waiting == 1 })
+	registrytest.Wait(t, "a request to wait for a slot", func() bool { return r.Fills().Waiting == 1 })
 	close(up.end(blobDigest(1).String()))
 	if err := <-got; err != nil {
 		t.Fatalf("a request that waited for a fill to end: %v", err)
@@ -259,24 +260,24 @@ func TestAbandonedFillsAreCancelled(t *testing.T) {
 	for i := range limit {
 		abandon(i)
 	}
-	waitFor(t, "the fills at the limit to settle", func() bool { return r.Fills().Abandoned == limit && up.conns.Load() == limit })
+	registrytest.Wait(t, "the fills at the limit to settle", func() bool { return r.Fills().Abandoned == limit && up.conns.Load() == limit })
 	baseG, baseFD := runtime.NumGoroutine(), openFiles(t)
 
 	const more = 20
 	for i := range more {
 		abandon(limit + i)
 	}
-	waitFor(t, "the excess fills to be cancelled", func() bool {
+	registrytest.Wait(t, "the excess fills to be cancelled", func() bool {
 		st := r.Fills()
 		return st.Running == limit && st.Abandoned == limit && st.Cancelled == more
 	})
-	waitFor(t, "the upstream answers of cancelled fills to end", func() bool { return up.conns.Load() == limit })
-	waitFor(t, "their ingests to be removed", func() bool { return ingests(root) == limit })
+	registrytest.Wait(t, "the upstream answers of cancelled fills to end", func() bool { return up.conns.Load() == limit })
+	registrytest.Wait(t, "their ingests to be removed", func() bool { return ingests(root) == limit })
 	// Margins: the test's own goroutines and the HTTP client's idle connections may differ by a
 	// few.
 	const margin = 4
 	var g, fd int
-	waitFor(t, "goroutines and open files to come back to the baseline", func() bool {
+	registrytest.Wait(t, "goroutines and open files to come back to the baseline", func() bool {
 		g, fd = runtime.NumGoroutine(), openFiles(t)
 		return g <= baseG+margin && fd <= baseFD+margin
 	})

@@ -26,6 +26,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
@@ -182,7 +183,7 @@ func TestManifestFetchOutlivesTheClientThatStartedIt(t *testing.T) {
 		_, err := r.Manifest(first, testRegistry, "app", dgst.String())
 		firstErr <- err
 	}()
-	waitFor(t, "the upstream GET", func() bool { return up.gets.Load() == 1 })
+	registrytest.Wait(t, "the upstream GET", func() bool { return up.gets.Load() == 1 })
 	second := make(chan error, 1)
 	go func() {
 		m, err := r.Manifest(t.Context(), testRegistry, "app", dgst.String())
@@ -416,7 +417,7 @@ func TestDeniedRevalidation(t *testing.T) {
 			up.answer.Store(func(http.ResponseWriter, *http.Request) bool { return false })
 			tokenStatus.Store(0)
 			r.ProbeNow() // the failures may have opened the circuit breaker
-			waitFor(t, "the endpoint up", func() bool { return r.Endpoints()[0].Up })
+			registrytest.Wait(t, "the endpoint up", func() bool { return r.Endpoints()[0].Up })
 			if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
 				t.Fatalf("with the registry answering again: %s %v", m.Status, err)
 			}

@@ -23,6 +23,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -120,7 +121,7 @@ func TestMisbehavingUpstreams(t *testing.T) {
 					t.Fatal("the fill did not close the upstream connection")
 				}
 			}
-			waitFor(t, "the fill to end", func() bool { return r.Fills().Running == 0 })
+			registrytest.Wait(t, "the fill to end", func() bool { return r.Fills().Running == 0 })
 			if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 				t.Fatalf("unverified bytes were cached: %v", err)
 			}
@@ -192,7 +193,7 @@ func TestSlowSteadyUpstreamPasses(t *testing.T) {
 	if err != nil || !bytes.Equal(got, blob) {
 		t.Fatalf("a slow, steady upstream: %v (%d of %d bytes)", err, len(got), len(blob))
 	}
-	waitFor(t, "the blob to be cached", func() bool { _, err := store.Info(t.Context(), dgst); return err == nil })
+	registrytest.Wait(t, "the blob to be cached", func() bool { _, err := store.Info(t.Context(), dgst); return err == nil })
 }
 
 // TestExtraBytesAfterTheBody: bytes an upstream sends past a correct Content-Length are not

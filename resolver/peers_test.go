@@ -20,6 +20,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // peerNode is another lifeboat of the cluster, in process: a real resolver over its own cache.
@@ -199,7 +200,7 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 }
 
 // newNode is a resolver of the cluster over a fresh cache, registry.test at up, with peers.
-func newNode(t *testing.T, up *testUpstream, peers Peers, set func(*Options)) (*Resolver, *cache.Store) {
+func newNode(t *testing.T, up *registrytest.Upstream, peers Peers, set func(*Options)) (*Resolver, *cache.Store) {
 	t.Helper()
 	return newManifestResolver(t, up.URL, func(o *Options) {
 		o.UpstreamTimeout = 3 * time.Second
@@ -214,7 +215,7 @@ func newNode(t *testing.T, up *testUpstream, peers Peers, set func(*Options)) (*
 }
 
 // newHolder is a node named name that pulled img, app:v1, from up.
-func newHolder(t *testing.T, up *testUpstream, name string, img v1.Image) *peerNode {
+func newHolder(t *testing.T, up *registrytest.Upstream, name string, img v1.Image) *peerNode {
 	t.Helper()
 	r, store := newNode(t, up, nil, nil)
 	pullImage(t, r, "app", "v1", img)
@@ -232,7 +233,7 @@ func imageBlobDigests(t *testing.T, img v1.Image) (cfg digest.Digest, cfgBody []
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, layerBody = layerDigest(t, img)
+	layer, layerBody = registrytest.Layer(t, img, 0)
 	return digest.Digest(name.String()), raw, layer, layerBody
 }
 
@@ -261,11 +262,11 @@ func cachedBytes(t *testing.T, store *cache.Store, dgst digest.Digest) []byte {
 func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 2<<20)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 2<<20)
 	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}}
 	a, aStore := newNode(t, up, peers, nil)
-	before := up.totalRequests()
+	before := up.Total()
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
 	for _, c := range []struct {
 		dgst digest.Digest
@@ -275,26 +276,26 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 		if err != nil || status != Peer || !bytes.Equal(got, c.want) {
 			t.Fatalf("blob %s: status %q, %v, right bytes %v; want the peer's bytes", c.dgst, status, err, bytes.Equal(got, c.want))
 		}
-		waitFor(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", c.dgst); return ok })
+		registrytest.Wait(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", c.dgst); return ok })
 		if !bytes.Equal(cachedBytes(t, aStore, c.dgst), c.want) {
 			t.Fatalf("blob %s cached with other bytes", c.dgst)
 		}
 	}
-	m, err := a.Manifest(ctx, testRegistry, "app", mustDigest(t, img).String())
-	if err != nil || m.Status != Peer || !bytes.Equal(m.Body, mustManifest(t, img)) {
+	m, err := a.Manifest(ctx, testRegistry, "app", registrytest.Digest(t, img).String())
+	if err != nil || m.Status != Peer || !bytes.Equal(m.Body, registrytest.RawManifest(t, img)) {
 		t.Fatalf("manifest by digest: %s %v, want the peer's", m.Status, err)
 	}
-	if m, err := a.Manifest(ctx, testRegistry, "app", mustDigest(t, img).String()); err != nil || m.Status != Hit {
+	if m, err := a.Manifest(ctx, testRegistry, "app", registrytest.Digest(t, img).String()); err != nil || m.Status != Hit {
 		t.Fatalf("manifest from a peer, asked again: %s %v, want a hit", m.Status, err)
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("the registry got %d requests for what a peer holds, want 0", n)
 	}
 	_, _, rejected, cached, _ := peers.calls()
 	if len(rejected) != 0 {
 		t.Errorf("good bytes rejected: %v", rejected)
 	}
-	for _, d := range []digest.Digest{cfg, layer, mustDigest(t, img)} {
+	for _, d := range []digest.Digest{cfg, layer, registrytest.Digest(t, img)} {
 		if !slices.Contains(cached, testRegistry+"/app@"+d.String()) {
 			t.Errorf("the cluster was not told this node cached %s (told %v)", d, cached)
 		}
@@ -315,8 +316,8 @@ func TestBlobsAndManifestsFromAPeer(t *testing.T) {
 // that already streamed to a client fails, as an upstream's that does not verify.
 func TestBadPeerBytes(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 2<<20)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 2<<20)
 	bad, good := newHolder(t, up, "bad", img), newHolder(t, up, "good", img)
 	bad.corrupt = true
 	cfg, cfgBody, layer, layerBody := imageBlobDigests(t, img)
@@ -340,7 +341,7 @@ func TestBadPeerBytes(t *testing.T) {
 			}
 			peers := &testPeers{t: t, nodes: nodes}
 			a, aStore := newNode(t, up, peers, nil)
-			before := up.count("GET blobs")
+			before := up.Count("GET blobs")
 			for _, bl := range []struct {
 				dgst       digest.Digest
 				want       []byte
@@ -350,12 +351,12 @@ func TestBadPeerBytes(t *testing.T) {
 				if err != nil || status != bl.wantStatus || !bytes.Equal(got, bl.want) {
 					t.Fatalf("blob %s: %q %v, right bytes %v; want %q and the right bytes", bl.dgst, status, err, bytes.Equal(got, bl.want), bl.wantStatus)
 				}
-				waitFor(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", bl.dgst); return ok })
+				registrytest.Wait(t, "the blob to be committed", func() bool { ok, _ := a.Local().HasBlob(ctx, testRegistry+"/app", bl.dgst); return ok })
 				if !bytes.Equal(cachedBytes(t, aStore, bl.dgst), bl.want) {
 					t.Fatalf("blob %s cached with other bytes", bl.dgst)
 				}
 			}
-			if n := up.count("GET blobs") - before; n != tc.wantGETs {
+			if n := up.Count("GET blobs") - before; n != tc.wantGETs {
 				t.Errorf("registry blob GETs: %d, want %d", n, tc.wantGETs)
 			}
 			_, _, rejected, _, _ := peers.calls()
@@ -373,7 +374,7 @@ func TestBadPeerBytes(t *testing.T) {
 		half := make(chan struct{})
 		peers := &testPeers{t: t, nodes: []*peerNode{bad}, half: half}
 		a, aStore := newNode(t, up, peers, func(o *Options) { o.VerifyBeforeSend = -1 })
-		before := up.count("GET blobs")
+		before := up.Count("GET blobs")
 		blob, err := a.Blob(ctx, testRegistry, "app", layer)
 		if err != nil || blob.Status != Peer {
 			t.Fatalf("blob from a peer: %v", err)
@@ -398,7 +399,7 @@ func TestBadPeerBytes(t *testing.T) {
 		if _, _, rejected, _, _ := peers.calls(); !slices.Equal(rejected, []string{"bad " + layer.String()}) {
 			t.Errorf("rejected %v", rejected)
 		}
-		if n := up.count("GET blobs") - before; n != 0 {
+		if n := up.Count("GET blobs") - before; n != 0 {
 			t.Errorf("the fill went on from the registry after bytes reached a client (%d GETs)", n)
 		}
 	})
@@ -409,12 +410,12 @@ func TestBadPeerBytes(t *testing.T) {
 func TestConcurrentClientsShareOnePeerFetch(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 2<<20)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 2<<20)
 	gate := make(chan struct{})
 	peers := &testPeers{t: t, nodes: []*peerNode{newHolder(t, up, "b", img)}, gate: gate}
 	a, _ := newNode(t, up, peers, nil)
-	layer, want := layerDigest(t, img)
+	layer, want := registrytest.Layer(t, img, 0)
 
 	const clients = 5
 	var opened sync.WaitGroup
@@ -454,16 +455,16 @@ func TestConcurrentClientsShareOnePeerFetch(t *testing.T) {
 func TestPeerRequests(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 2<<20)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 2<<20)
 	peers := &testPeers{t: t}
 	h, _ := newNode(t, up, peers, nil)
 	peers.forbid.Store(true)
 	pv := h.ForPeers()
-	layer, want := layerDigest(t, img)
-	manifest := mustDigest(t, img).String()
+	layer, want := registrytest.Layer(t, img, 0)
+	manifest := registrytest.Digest(t, img).String()
 
-	before := up.totalRequests()
+	before := up.Total()
 	if _, err := pv.Blob(ctx, testRegistry, "app", layer); !errdefs.IsNotFound(err) {
 		t.Errorf("uncached blob for a peer: %v, want not found", err)
 	}
@@ -478,13 +479,13 @@ func TestPeerRequests(t *testing.T) {
 	if _, _, err := pv.Tags(ctx, testRegistry, "app"); !errdefs.IsNotFound(err) {
 		t.Errorf("tags for a peer: %v, want not found", err)
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Fatalf("a peer's requests without fill reached the registry %d times", n)
 	}
 
 	// A fill for a peer: from the registry, streamed before it verified (the default holds
 	// blobs of this size whole for this node's own clients).
-	gate := up.holdBodies()
+	gate := up.HoldBodies()
 	// Bounded: a reader held until the blob verified would wait for the gate for ever.
 	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -503,10 +504,10 @@ func TestPeerRequests(t *testing.T) {
 	if err != nil || !bytes.Equal(append(first, rest...), want) {
 		t.Fatalf("fill for a peer: %v, right bytes %v", err, bytes.Equal(append(first, rest...), want))
 	}
-	if n := up.count("GET blobs"); n != 1 {
+	if n := up.Count("GET blobs"); n != 1 {
 		t.Errorf("registry blob GETs: %d, want 1", n)
 	}
-	waitFor(t, "the blob to be committed", func() bool { ok, _ := h.Local().HasBlob(ctx, testRegistry+"/app", layer); return ok })
+	registrytest.Wait(t, "the blob to be committed", func() bool { ok, _ := h.Local().HasBlob(ctx, testRegistry+"/app", layer); return ok })
 	if b, err := pv.Blob(ctx, testRegistry, "app", layer); err != nil || b.Status != Hit {
 		t.Fatalf("cached blob for a peer: %v", err)
 	} else {
@@ -522,20 +523,20 @@ func TestPeerRequests(t *testing.T) {
 func TestNotSharedRegistry(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 64<<10)
 	peers := &testPeers{t: t}
 	peers.forbidAll.Store(true)
 	a, _ := newNode(t, up, peers, func(o *Options) { o.NotShared = []string{testRegistry} })
 	pullImage(t, a, "app", "v1", img)
-	up.setFault(status503)
+	up.SetFault(registrytest.Status503)
 	if m, err := a.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
 		t.Fatalf("tag in an outage: %s %v, want stale without asking peers", m.Status, err)
 	}
 	if _, err := a.Manifest(ctx, testRegistry, "app", "never-pushed"); !errdefs.IsNotFound(err) {
 		t.Fatalf("uncached tag in an outage: %v", err)
 	}
-	layer, _ := layerDigest(t, img)
+	layer, _ := registrytest.Layer(t, img, 0)
 	pv := a.ForPeers().Coalescing()
 	_, berr := pv.Blob(ctx, testRegistry, "app", layer)
 	_, merr := pv.Manifest(ctx, testRegistry, "app", "v1")
@@ -565,13 +566,13 @@ func TestTagFromPeersInAnOutage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := t.Context()
-			up := newTestUpstream(t)
-			old := up.push(t, "app", "v1", 1024)
+			up := registrytest.NewUpstream(t)
+			old := up.Push(t, "app", "v1", 1024)
 			b, bStore := newNode(t, up, nil, nil)
 			peers := &testPeers{t: t, nodes: []*peerNode{{name: "b", r: b, store: bStore}}}
 			a, aStore := newNode(t, up, peers, nil)
 
-			up.setDate(tc.ownDate)
+			up.SetDate(tc.ownDate)
 			if m, err := a.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Miss {
 				t.Fatalf("first resolution: %s %v", m.Status, err)
 			}
@@ -580,38 +581,38 @@ func TestTagFromPeersInAnOutage(t *testing.T) {
 				t.Fatalf("recorded date %v %v, want the registry's %v", ref.UpstreamDate, err, tc.ownDate)
 			}
 			_, _, _, _, revalidated := peers.calls()
-			if want := fmt.Sprintf("%s/app:v1@%s %s", testRegistry, mustDigest(t, old), tc.ownDate.Format(time.RFC3339)); !slices.Contains(revalidated, want) {
+			if want := fmt.Sprintf("%s/app:v1@%s %s", testRegistry, registrytest.Digest(t, old), tc.ownDate.Format(time.RFC3339)); !slices.Contains(revalidated, want) {
 				t.Errorf("the cluster was told %v, want %s", revalidated, want)
 			}
-			newer := up.push(t, "app", "v1", 1024)
-			up.setDate(tc.bDate)
+			newer := up.Push(t, "app", "v1", 1024)
+			up.SetDate(tc.bDate)
 			if _, err := b.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 				t.Fatal(err)
 			}
 
-			up.setFault(status503)
+			up.SetFault(registrytest.Status503)
 			want, wantStatus := old, Stale
 			if tc.wantNew {
 				want, wantStatus = newer, Peer
 			}
 			m, err := a.Manifest(ctx, testRegistry, "app", "v1")
-			if err != nil || m.Status != wantStatus || m.Descriptor.Digest != mustDigest(t, want) || !bytes.Equal(m.Body, mustManifest(t, want)) {
-				t.Fatalf("tag in an outage: %s %s %v, want %s %s", m.Descriptor.Digest, m.Status, err, mustDigest(t, want), wantStatus)
+			if err != nil || m.Status != wantStatus || m.Descriptor.Digest != registrytest.Digest(t, want) || !bytes.Equal(m.Body, registrytest.RawManifest(t, want)) {
+				t.Fatalf("tag in an outage: %s %s %v, want %s %s", m.Descriptor.Digest, m.Status, err, registrytest.Digest(t, want), wantStatus)
 			}
 
 			// A fresh node has no record: the peers' answers.
 			f, _ := newNode(t, up, peers, nil)
 			m, err = f.Manifest(ctx, testRegistry, "app", "v1")
-			if err != nil || m.Status != Peer || m.Descriptor.Digest != mustDigest(t, newer) {
-				t.Fatalf("fresh node in an outage: %s %s %v, want %s from the peers", m.Descriptor.Digest, m.Status, err, mustDigest(t, newer))
+			if err != nil || m.Status != Peer || m.Descriptor.Digest != registrytest.Digest(t, newer) {
+				t.Fatalf("fresh node in an outage: %s %s %v, want %s from the peers", m.Descriptor.Digest, m.Status, err, registrytest.Digest(t, newer))
 			}
-			if m, err := f.Manifest(ctx, testRegistry, "app", mustDigest(t, newer).String()); err != nil || m.Status != Hit {
+			if m, err := f.Manifest(ctx, testRegistry, "app", registrytest.Digest(t, newer).String()); err != nil || m.Status != Hit {
 				t.Fatalf("the manifest the peers resolved, by digest: %s %v, want a hit", m.Status, err)
 			}
 
 			// The registry answers 404: its word, the peers are not asked.
-			up.setFault(healthy)
-			waitFor(t, "the endpoint to be up again", func() bool {
+			up.SetFault(registrytest.Healthy)
+			registrytest.Wait(t, "the endpoint to be up again", func() bool {
 				for _, e := range f.Endpoints() {
 					if !e.Up {
 						return false
@@ -634,9 +635,9 @@ func TestTagFromPeersInAnOutage(t *testing.T) {
 // recorded instead.
 func TestDateWithoutHeader(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 1024)
-	up.setDate(time.Time{})
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 1024)
+	up.SetDate(time.Time{})
 	a, store := newNode(t, up, nil, nil)
 	start := time.Now()
 	if _, err := a.Manifest(t.Context(), testRegistry, "app", "v1"); err != nil {

@@ -1,10 +1,8 @@
 package resolver
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"slices"
@@ -15,26 +13,13 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
-
-// waitGoroutines waits until no more goroutines run than want.
-func waitGoroutines(t *testing.T, what string, want int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > want {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%s: %d goroutines, want at most %d:\n%s", what, runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // TestUnlistedRegistriesAreRefused names registries the resolver does not mirror, through every
 // call that takes one: each is refused as not mirrored, and nothing is dialled, created,
@@ -105,7 +90,7 @@ func TestUnlistedRegistriesAreRefused(t *testing.T) {
 	if after := r.Endpoints(); !slices.Equal(after, before) {
 		t.Errorf("endpoints in use changed from %+v to %+v", before, after)
 	}
-	waitGoroutines(t, "after the refused requests", baseline)
+	registrytest.WaitGoroutines(t, "after the refused requests", baseline)
 
 	// The listed ones are mirrored: the configured endpoint (the counting listener) is dialled.
 	if _, err := r.Manifest(ctx, testRegistry, "x", "latest"); errors.Is(err, endpoints.ErrNotMirrored) {
@@ -123,7 +108,7 @@ func TestListedRegistryNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	newClient := func(string, string) (endpoints.Client, error) { return &downClient{endpoint: "https://x"}, nil }
+	newClient := func(string, string) (endpoints.Client, error) { return registrytest.NewDownClient("https://x"), nil }
 	for _, bad := range []Options{
 		{Registries: []string{"../../x"}},
 		{Registries: []string{""}},
@@ -147,38 +132,6 @@ func TestListedRegistryNames(t *testing.T) {
 	}
 }
 
-// downClient is an endpoint that is always down: every request and every probe fails.
-type downClient struct {
-	endpoint  string
-	pings     atomic.Int64
-	idleClose atomic.Int64
-}
-
-var errDown = fmt.Errorf("connection refused: %w", errdefs.ErrUnavailable)
-
-func (c *downClient) Endpoint() string { return c.endpoint }
-func (c *downClient) Ping(context.Context) error {
-	c.pings.Add(1)
-	return errDown
-}
-func (c *downClient) HeadManifest(context.Context, string, string) (ocispec.Descriptor, time.Time, error) {
-	return ocispec.Descriptor{}, time.Time{}, errDown
-}
-func (c *downClient) GetManifest(context.Context, string, string) (ocispec.Descriptor, []byte, error) {
-	return ocispec.Descriptor{}, nil, errDown
-}
-func (c *downClient) GetBlob(context.Context, string, digest.Digest) (io.ReadCloser, int64, error) {
-	return nil, 0, errDown
-}
-func (c *downClient) HeadBlob(context.Context, string, digest.Digest) (int64, error) {
-	return 0, errDown
-}
-func (c *downClient) Tags(context.Context, string) ([]string, error) { return nil, errDown }
-func (c *downClient) Referrers(context.Context, string, digest.Digest, string) ([]byte, string, error) {
-	return nil, "", errDown
-}
-func (c *downClient) CloseIdleConnections() { c.idleClose.Add(1) }
-
 // TestAnyRegistryIsBounded mirrors any registry: the unlisted ones in use are capped (the least
 // recently used forgotten: status, metrics, probe and idle connections). A listed registry is
 // kept whatever happens. (endpoints' TestIdleRegistriesForgotten: a down one left idle is
@@ -191,7 +144,7 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { store.Close() })
 	var mu sync.Mutex
-	clients := map[string]*downClient{}
+	clients := map[string]*registrytest.DownClient{}
 	forgotten := map[string]bool{}
 	const maxOthers = 3
 	r, err := New(t.Context(), store, Options{
@@ -202,7 +155,7 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 		NewClient: func(registry, endpoint string) (endpoints.Client, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			c := &downClient{endpoint: endpoint}
+			c := registrytest.NewDownClient(endpoint)
 			clients[registry] = c
 			return c, nil
 		},
@@ -250,7 +203,7 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 		if !forgotten[reg+" https://"+reg] {
 			t.Errorf("%s was not forgotten by the metrics", reg)
 		}
-		if clients[reg].idleClose.Load() == 0 {
+		if clients[reg].IdleCloses.Load() == 0 {
 			t.Errorf("%s's idle connections were not closed", reg)
 		}
 	}
@@ -259,16 +212,16 @@ func TestAnyRegistryIsBounded(t *testing.T) {
 	}
 	mu.Unlock()
 	// One probe for the listed registry and one for each unlisted one kept.
-	waitGoroutines(t, "probes of forgotten registries", baseline+maxOthers+1)
+	registrytest.WaitGoroutines(t, "probes of forgotten registries", baseline+maxOthers+1)
 
 	// The probes of the forgotten endpoints stopped: their pings no longer grow.
 	mu.Lock()
 	forgottenClient := clients["other-00.test"]
 	mu.Unlock()
-	pings := forgottenClient.pings.Load()
-	listedPings := clients[testRegistry].pings.Load()
-	waitFor(t, "the listed registry's probe to ping again", func() bool { return clients[testRegistry].pings.Load() > listedPings+5 })
-	if n := forgottenClient.pings.Load(); n != pings {
+	pings := forgottenClient.Pings.Load()
+	listedPings := clients[testRegistry].Pings.Load()
+	registrytest.Wait(t, "the listed registry's probe to ping again", func() bool { return clients[testRegistry].Pings.Load() > listedPings+5 })
+	if n := forgottenClient.Pings.Load(); n != pings {
 		t.Errorf("a forgotten endpoint was pinged %d more times", n-pings)
 	}
 }

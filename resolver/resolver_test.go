@@ -5,176 +5,26 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver/fill"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
-// fault is what the test upstream does instead of answering normally.
-type fault string
-
-const (
-	healthy   fault = ""
-	status503 fault = "503"
-	status429 fault = "429"
-	hang      fault = "hang"     // accept and never answer until the client gives up
-	corrupt   fault = "corrupt"  // blob bodies with one byte flipped, same length
-	truncate  fault = "truncate" // blob bodies cut in half, then the connection dropped
-)
-
-// testUpstream is a real registry (go-containerregistry's) behind httptest, wrapped to count
-// requests by kind and to fail on demand.
-type testUpstream struct {
-	*httptest.Server
-	fault    atomic.Value  // fault
-	gate     chan struct{} // when not nil, blob bodies stop half way until it is closed
-	gateMu   sync.Mutex
-	counts   sync.Map // "HEAD manifests" → *atomic.Int64
-	released chan struct{}
-	date     atomic.Value // time.Time: the Date header of every answer (zero: none); unset: now
-}
-
-func newTestUpstream(t *testing.T) *testUpstream {
-	t.Helper()
-	u := &testUpstream{released: make(chan struct{})}
-	u.fault.Store(healthy)
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		kind := "ping"
-		for _, k := range []string{"manifests", "blobs", "tags", "referrers"} {
-			if strings.Contains(r.URL.Path, "/"+k+"/") {
-				kind = k
-			}
-		}
-		u.counter(r.Method + " " + kind).Add(1)
-		if d, ok := u.date.Load().(time.Time); ok {
-			if d.IsZero() {
-				w.Header()["Date"] = nil // net/http then sends none
-			} else {
-				w.Header().Set("Date", d.UTC().Format(http.TimeFormat))
-			}
-		}
-		switch u.fault.Load().(fault) {
-		case status503:
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
-		case status429:
-			w.Header().Set("Retry-After", "30")
-			http.Error(w, "slow down", http.StatusTooManyRequests)
-			return
-		case hang:
-			select {
-			case <-r.Context().Done():
-			case <-u.released:
-			}
-			return
-		}
-		if kind != "blobs" || r.Method != http.MethodGet {
-			reg.ServeHTTP(w, r)
-			return
-		}
-		rec := httptest.NewRecorder()
-		reg.ServeHTTP(rec, r)
-		body := rec.Body.Bytes()
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		switch u.fault.Load().(fault) {
-		case corrupt:
-			body = bytes.Clone(body)
-			body[len(body)/2] ^= 0xff
-		case truncate:
-			w.Write(body[:len(body)/2])
-			w.(http.Flusher).Flush()
-			panic(http.ErrAbortHandler)
-		}
-		u.gateMu.Lock()
-		gate := u.gate
-		u.gateMu.Unlock()
-		if gate != nil {
-			w.Write(body[:len(body)/2])
-			w.(http.Flusher).Flush()
-			select {
-			case <-gate:
-			case <-r.Context().Done():
-				return
-			}
-			body = body[len(body)/2:]
-		}
-		w.Write(body)
-	}))
-	t.Cleanup(func() {
-		close(u.released)
-		u.Close()
-	})
-	return u
-}
-
-func (u *testUpstream) counter(key string) *atomic.Int64 {
-	c, _ := u.counts.LoadOrStore(key, new(atomic.Int64))
-	return c.(*atomic.Int64)
-}
-
-func (u *testUpstream) count(key string) int64 { return u.counter(key).Load() }
-
-func (u *testUpstream) setFault(f fault) { u.fault.Store(f) }
-
-// setDate makes the upstream send d as the Date header of its answers; the zero time sends none.
-func (u *testUpstream) setDate(d time.Time) { u.date.Store(d) }
-
-// holdBodies makes the upstream send the first half of each blob body and hold the rest until
-// the returned channel is closed.
-func (u *testUpstream) holdBodies() chan struct{} {
-	gate := make(chan struct{})
-	u.gateMu.Lock()
-	u.gate = gate
-	u.gateMu.Unlock()
-	return gate
-}
-
-func (u *testUpstream) host() string { return strings.TrimPrefix(u.URL, "http://") }
-
-// push writes a random image to repo:tag and returns it.
-func (u *testUpstream) push(t *testing.T, repo, tag string, layerSize int64) v1.Image {
-	t.Helper()
-	img, err := random.Image(layerSize, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
 const testRegistry = "registry.test"
 
 // newTestResolver returns a Resolver whose registry.test upstream is the given servers, in order.
-func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolver, *cache.Store) {
+func newTestResolver(t *testing.T, policy string, ups ...*registrytest.Upstream) (*Resolver, *cache.Store) {
 	t.Helper()
 	return newTestResolverAt(t, t.TempDir(), policy, testHealth, ups...)
 }
@@ -183,13 +33,13 @@ func newTestResolver(t *testing.T, policy string, ups ...*testUpstream) (*Resolv
 var testHealth = endpoints.Health{FailureThreshold: 2, ProbeInterval: 20 * time.Millisecond, ProbeMaxInterval: 50 * time.Millisecond}
 
 // newTestResolverWithHealth is newTestResolver with the circuit breaker tuned by health.
-func newTestResolverWithHealth(t *testing.T, policy string, health endpoints.Health, ups ...*testUpstream) (*Resolver, *cache.Store) {
+func newTestResolverWithHealth(t *testing.T, policy string, health endpoints.Health, ups ...*registrytest.Upstream) (*Resolver, *cache.Store) {
 	t.Helper()
 	return newTestResolverAt(t, t.TempDir(), policy, health, ups...)
 }
 
 // newTestResolverAt is newTestResolver over the cache at root, with the circuit breaker health.
-func newTestResolverAt(t *testing.T, root, policy string, health endpoints.Health, ups ...*testUpstream) (*Resolver, *cache.Store) {
+func newTestResolverAt(t *testing.T, root, policy string, health endpoints.Health, ups ...*registrytest.Upstream) (*Resolver, *cache.Store) {
 	t.Helper()
 	store, err := cache.Open(t.Context(), root, cache.Options{MaxSize: 1 << 34})
 	if err != nil {
@@ -225,23 +75,14 @@ func newTestResolverAt(t *testing.T, root, policy string, health endpoints.Healt
 	return r, store
 }
 
-func mustDigest(t *testing.T, img v1.Image) digest.Digest {
-	t.Helper()
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return digest.Digest(d.String())
-}
-
 func TestTagStatuses(t *testing.T) {
 	t.Parallel()
-	for _, f := range []fault{status503, status429, hang} {
+	for _, f := range []registrytest.Fault{registrytest.Status503, registrytest.Status429, registrytest.Hang} {
 		t.Run("stale on "+string(f), func(t *testing.T) {
 			t.Parallel()
-			up := newTestUpstream(t)
-			img := up.push(t, "app", "v1", 1024)
-			want := mustDigest(t, img)
+			up := registrytest.NewUpstream(t)
+			img := up.Push(t, "app", "v1", 1024)
+			want := registrytest.Digest(t, img)
 			r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 			ctx := t.Context()
 
@@ -249,21 +90,21 @@ func TestTagStatuses(t *testing.T) {
 			if err != nil || m.Status != Miss || m.Descriptor.Digest != want {
 				t.Fatalf("first resolution: %+v %v, want a miss of %s", m.Descriptor, err, want)
 			}
-			gets := up.count("GET manifests")
+			gets := up.Count("GET manifests")
 			m, err = r.Manifest(ctx, testRegistry, "app", "v1")
 			if err != nil || m.Status != Revalidated || m.Descriptor.Digest != want {
 				t.Fatalf("second resolution: %+v %s %v, want revalidated", m.Descriptor, m.Status, err)
 			}
-			if up.count("GET manifests") != gets {
+			if up.Count("GET manifests") != gets {
 				t.Error("revalidating an unchanged tag downloaded the manifest again")
 			}
 
-			up.setFault(f)
+			up.SetFault(f)
 			m, err = r.Manifest(ctx, testRegistry, "app", "v1")
 			if err != nil || m.Status != Stale || m.Descriptor.Digest != want {
 				t.Fatalf("with the upstream failing (%s): %+v %s %v, want stale", f, m.Descriptor, m.Status, err)
 			}
-			if !bytes.Equal(m.Body, mustManifest(t, img)) {
+			if !bytes.Equal(m.Body, registrytest.RawManifest(t, img)) {
 				t.Error("stale manifest body differs from the upstream's")
 			}
 			// Never cached: not found, promptly, so containerd moves on.
@@ -275,50 +116,41 @@ func TestTagStatuses(t *testing.T) {
 	}
 }
 
-func mustManifest(t *testing.T, img v1.Image) []byte {
-	t.Helper()
-	b, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestTagMovesUpstream(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "latest", 512)
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "latest", 512)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, "app", "latest"); err != nil {
 		t.Fatal(err)
 	}
-	newer := up.push(t, "app", "latest", 512)
+	newer := up.Push(t, "app", "latest", 512)
 	m, err := r.Manifest(ctx, testRegistry, "app", "latest")
-	if err != nil || m.Status != Revalidated || m.Descriptor.Digest != mustDigest(t, newer) {
+	if err != nil || m.Status != Revalidated || m.Descriptor.Digest != registrytest.Digest(t, newer) {
 		t.Fatalf("after the tag moved upstream: %+v %s %v", m.Descriptor, m.Status, err)
 	}
 	ref, err := store.GetRef(ctx, testRegistry+"/app:latest")
-	if err != nil || ref.Target.Digest != mustDigest(t, newer) {
+	if err != nil || ref.Target.Digest != registrytest.Digest(t, newer) {
 		t.Fatalf("cached ref %+v %v does not follow the tag", ref.Target, err)
 	}
 }
 
 func TestCacheFirstPolicy(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 512)
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 512)
 	r, _ := newTestResolver(t, PolicyCacheFirst, up)
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	heads := up.count("HEAD manifests")
+	heads := up.Count("HEAD manifests")
 	m, err := r.Manifest(ctx, testRegistry, "app", "v1")
 	if err != nil || m.Status != Hit {
 		t.Fatalf("within tag_max_age: %s %v, want hit", m.Status, err)
 	}
-	if up.count("HEAD manifests") != heads {
+	if up.Count("HEAD manifests") != heads {
 		t.Error("cache-first asked upstream about a tag it trusts")
 	}
 }
@@ -330,22 +162,22 @@ func TestCacheFirstPolicy(t *testing.T) {
 func TestBreakerOpensAndCloses(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		fault    fault
+		fault    registrytest.Fault
 		failures int
 	}{
-		{status503, 2},
-		{hang, 1},
+		{registrytest.Status503, 2},
+		{registrytest.Hang, 1},
 	} {
 		t.Run(string(tc.fault), func(t *testing.T) {
 			t.Parallel()
-			up := newTestUpstream(t)
-			up.push(t, "app", "v1", 512)
+			up := registrytest.NewUpstream(t)
+			up.Push(t, "app", "v1", 512)
 			r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 			ctx := t.Context()
 			if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 				t.Fatal(err)
 			}
-			up.setFault(tc.fault)
+			up.SetFault(tc.fault)
 			for i := range tc.failures {
 				if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
 					t.Fatalf("%s %v", m.Status, err)
@@ -357,18 +189,18 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 			if eps := r.Endpoints(); len(eps) != 1 || eps[0].Up {
 				t.Fatalf("after %d failures the endpoint is %+v, want down", tc.failures, eps)
 			}
-			heads := up.count("HEAD manifests")
+			heads := up.Count("HEAD manifests")
 			for range 5 {
 				if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
 					t.Fatalf("with the breaker open: %s %v, want stale", m.Status, err)
 				}
 			}
-			if got := up.count("HEAD manifests"); got != heads {
+			if got := up.Count("HEAD manifests"); got != heads {
 				t.Errorf("%d tag requests reached a down endpoint", got-heads)
 			}
-			up.setFault(healthy)
-			waitFor(t, "the probe to mark the endpoint up", func() bool { return r.Endpoints()[0].Up })
-			if up.count("GET ping") == 0 {
+			up.SetFault(registrytest.Healthy)
+			registrytest.Wait(t, "the probe to mark the endpoint up", func() bool { return r.Endpoints()[0].Up })
+			if up.Count("GET ping") == 0 {
 				t.Error("the endpoint came back without a probe")
 			}
 			if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
@@ -382,14 +214,14 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 // consecutive failures"): two quick failures leave the endpoint up, the third marks it down.
 func TestBreakerDefaultThreshold(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 512)
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 512)
 	r, _ := newTestResolverWithHealth(t, PolicyUpstreamFirst, endpoints.Health{}, up)
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	up.setFault(status503)
+	up.SetFault(registrytest.Status503)
 	for i := 1; i <= 3; i++ {
 		if m, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Stale {
 			t.Fatalf("failure %d: %s %v, want stale", i, m.Status, err)
@@ -402,44 +234,22 @@ func TestBreakerDefaultThreshold(t *testing.T) {
 
 func TestEndpointFailover(t *testing.T) {
 	t.Parallel()
-	broken, good := newTestUpstream(t), newTestUpstream(t)
-	broken.setFault(status503)
-	img := good.push(t, "app", "v1", 512)
+	broken, good := registrytest.NewUpstream(t), registrytest.NewUpstream(t)
+	broken.SetFault(registrytest.Status503)
+	img := good.Push(t, "app", "v1", 512)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, broken, good)
 	ctx := t.Context()
 	m, err := r.Manifest(ctx, testRegistry, "app", "v1")
-	if err != nil || m.Descriptor.Digest != mustDigest(t, img) {
+	if err != nil || m.Descriptor.Digest != registrytest.Digest(t, img) {
 		t.Fatalf("%+v %v", m.Descriptor, err)
 	}
 	ref, _ := store.GetRef(ctx, testRegistry+"/app:v1")
 	if ref.Endpoint != good.URL {
 		t.Errorf("answer recorded from %q, want the second endpoint %q", ref.Endpoint, good.URL)
 	}
-	if broken.count("HEAD manifests") == 0 {
+	if broken.Count("HEAD manifests") == 0 {
 		t.Error("the first endpoint was never tried")
 	}
-}
-
-func layerDigest(t *testing.T, img v1.Image) (digest.Digest, []byte) {
-	t.Helper()
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := layers[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := layers[0].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return digest.Digest(d.String()), b
 }
 
 func readBlob(ctx context.Context, r *Resolver, repo string, dgst digest.Digest) ([]byte, CacheStatus, error) {
@@ -459,9 +269,9 @@ func readBlob(ctx context.Context, r *Resolver, repo string, dgst digest.Digest)
 
 func TestBlobMissThenHit(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 1<<20)
-	dgst, want := layerDigest(t, img)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 1<<20)
+	dgst, want := registrytest.Layer(t, img, 0)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 	got, status, err := readBlob(ctx, r, "app", dgst)
@@ -469,13 +279,13 @@ func TestBlobMissThenHit(t *testing.T) {
 		t.Fatalf("cold read: %s %v, equal=%v", status, err, bytes.Equal(got, want))
 	}
 	// Readers finish once the bytes are verified; the commit (fsync) may still be running.
-	waitFor(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
-	up.setFault(hang) // a hit must not touch the upstream at all
+	registrytest.Wait(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
+	up.SetFault(registrytest.Hang) // a hit must not touch the upstream at all
 	got, status, err = readBlob(ctx, r, "app", dgst)
 	if err != nil || status != Hit || !bytes.Equal(got, want) {
 		t.Fatalf("warm read: %s %v", status, err)
 	}
-	if n := up.count("GET blobs"); n != 1 {
+	if n := up.Count("GET blobs"); n != 1 {
 		t.Errorf("%d upstream blob downloads, want 1", n)
 	}
 	// Served only under the repository it was fetched for.
@@ -486,10 +296,10 @@ func TestBlobMissThenHit(t *testing.T) {
 
 func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 4<<20)
-	dgst, want := layerDigest(t, img)
-	gate := up.holdBodies()
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 4<<20)
+	dgst, want := registrytest.Layer(t, img, 0)
+	gate := up.HoldBodies()
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 
@@ -554,21 +364,21 @@ func TestOneUpstreamFetchForConcurrentClients(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := up.count("GET blobs"); n != 1 {
+	if n := up.Count("GET blobs"); n != 1 {
 		t.Errorf("%d upstream downloads for %d concurrent clients, want exactly 1", n, clients)
 	}
 }
 
 func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 	t.Parallel()
-	for _, f := range []fault{corrupt, truncate} {
+	for _, f := range []registrytest.Fault{registrytest.Corrupt, registrytest.Truncate} {
 		t.Run(string(f), func(t *testing.T) {
 			t.Parallel()
-			up := newTestUpstream(t)
-			img := up.push(t, "app", "v1", 256<<10)
-			dgst, _ := layerDigest(t, img)
+			up := registrytest.NewUpstream(t)
+			img := up.Push(t, "app", "v1", 256<<10)
+			dgst, _ := registrytest.Layer(t, img, 0)
 			r, store := newTestResolver(t, PolicyUpstreamFirst, up)
-			up.setFault(f)
+			up.SetFault(f)
 			_, _, err := readBlob(t.Context(), r, "app", dgst)
 			if err == nil {
 				t.Fatal("a client read a bad upstream blob to a clean end")
@@ -576,12 +386,12 @@ func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 			if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 				t.Fatalf("bad upstream bytes were cached: %v", err)
 			}
-			if f == corrupt && r.DigestMismatches() != 1 {
+			if f == registrytest.Corrupt && r.DigestMismatches() != 1 {
 				t.Errorf("digest mismatches counted: %d, want 1", r.DigestMismatches())
 			}
 			// Once the upstream is fixed, the blob is fetched and served correctly.
-			up.setFault(healthy)
-			waitFor(t, "the endpoint to be usable", func() bool { return r.Endpoints()[0].Up })
+			up.SetFault(registrytest.Healthy)
+			registrytest.Wait(t, "the endpoint to be usable", func() bool { return r.Endpoints()[0].Up })
 			if _, _, err := readBlob(t.Context(), r, "app", dgst); err != nil {
 				t.Fatalf("after the upstream recovered: %v", err)
 			}
@@ -594,13 +404,13 @@ func TestBadUpstreamBytesAreNeverCached(t *testing.T) {
 // that lifeboat would not cache; a larger one is streamed as it arrives.
 func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	small := up.push(t, "small", "v1", fill.SmallBlob/2) // random layers: tar and gzip add a little
-	large := up.push(t, "large", "v1", 2*fill.SmallBlob)
+	up := registrytest.NewUpstream(t)
+	small := up.Push(t, "small", "v1", fill.SmallBlob/2) // random layers: tar and gzip add a little
+	large := up.Push(t, "large", "v1", 2*fill.SmallBlob)
 	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
-	up.setFault(corrupt)
+	up.SetFault(registrytest.Corrupt)
 
-	dgst, _ := layerDigest(t, small)
+	dgst, _ := registrytest.Layer(t, small, 0)
 	if b, err := r.Blob(t.Context(), testRegistry, "small", dgst); err == nil {
 		b.Close()
 		t.Fatal("a small corrupt blob was handed to its client before verification")
@@ -608,7 +418,7 @@ func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 		t.Errorf("a small corrupt blob: %v, want a failed precondition (digest mismatch)", err)
 	}
 
-	dgst, _ = layerDigest(t, large)
+	dgst, _ = registrytest.Layer(t, large, 0)
 	b, err := r.Blob(t.Context(), testRegistry, "large", dgst)
 	if err != nil {
 		t.Fatalf("a large blob was not streamed: %v", err)
@@ -624,11 +434,11 @@ func TestSmallBlobsAreVerifiedBeforeSending(t *testing.T) {
 // waiting when it gives up, and the fill goes on to cache the blob for the next client.
 func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", fill.SmallBlob/2)
-	dgst, want := layerDigest(t, img)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", fill.SmallBlob/2)
+	dgst, want := registrytest.Layer(t, img, 0)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
-	gate := up.holdBodies() // the upstream sends half and waits
+	gate := up.HoldBodies() // the upstream sends half and waits
 
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -636,7 +446,7 @@ func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 		_, err := r.Blob(ctx, testRegistry, "app", dgst)
 		done <- err
 	}()
-	waitFor(t, "the fill to start", func() bool { return up.count("GET blobs") == 1 })
+	registrytest.Wait(t, "the fill to start", func() bool { return up.Count("GET blobs") == 1 })
 	cancel()
 	select {
 	case err := <-done:
@@ -647,7 +457,7 @@ func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 		t.Fatal("a client that gave up still waits for the fill")
 	}
 	close(gate)
-	waitFor(t, "the fill to cache the blob", func() bool {
+	registrytest.Wait(t, "the fill to cache the blob", func() bool {
 		_, err := store.Info(t.Context(), dgst)
 		return err == nil
 	})
@@ -658,10 +468,10 @@ func TestSmallBlobWaitEndsWithTheClient(t *testing.T) {
 
 func TestFillSurvivesClientDisconnect(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 1<<20)
-	dgst, want := layerDigest(t, img)
-	gate := up.holdBodies()
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 1<<20)
+	dgst, want := registrytest.Layer(t, img, 0)
+	gate := up.HoldBodies()
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -678,7 +488,7 @@ func TestFillSurvivesClientDisconnect(t *testing.T) {
 	b.Close()
 	cancel()
 	close(gate)
-	waitFor(t, "the fill to complete without its client", func() bool {
+	registrytest.Wait(t, "the fill to complete without its client", func() bool {
 		_, err := store.Info(t.Context(), dgst)
 		return err == nil
 	})
@@ -690,15 +500,15 @@ func TestFillSurvivesClientDisconnect(t *testing.T) {
 
 func TestDigestReferencesServedOffline(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 512)
-	want := mustDigest(t, img)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 512)
+	want := registrytest.Digest(t, img)
 	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 	if _, err := r.Manifest(ctx, testRegistry, "app", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	up.setFault(hang)
+	up.SetFault(registrytest.Hang)
 	m, err := r.Manifest(ctx, testRegistry, "app", want.String())
 	if err != nil || m.Status != Hit || m.Descriptor.Digest != want {
 		t.Fatalf("digest reference offline: %+v %s %v, want hit", m.Descriptor, m.Status, err)
@@ -710,9 +520,9 @@ func TestDigestReferencesServedOffline(t *testing.T) {
 
 func TestTagsList(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
+	up := registrytest.NewUpstream(t)
 	for _, tag := range []string{"b", "a", "c"} {
-		up.push(t, "app", tag, 256)
+		up.Push(t, "app", tag, 256)
 	}
 	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
@@ -723,7 +533,7 @@ func TestTagsList(t *testing.T) {
 	if _, err := r.Manifest(ctx, testRegistry, "app", "b"); err != nil {
 		t.Fatal(err)
 	}
-	up.setFault(status503)
+	up.SetFault(registrytest.Status503)
 	tags, status, err = r.Tags(ctx, testRegistry, "app")
 	if err != nil || status != Stale || strings.Join(tags, ",") != "b" {
 		t.Fatalf("cached tags with the upstream down: %v %s %v, want [b] stale", tags, status, err)
@@ -732,7 +542,7 @@ func TestTagsList(t *testing.T) {
 
 func TestInvalidArguments(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
+	up := registrytest.NewUpstream(t)
 	r, _ := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 	for _, tc := range []struct{ name, registry, repo, ref string }{
@@ -746,34 +556,22 @@ func TestInvalidArguments(t *testing.T) {
 			t.Errorf("%s: %v, want invalid argument", tc.name, err)
 		}
 	}
-	if up.count("HEAD manifests")+up.count("GET manifests") != 0 {
+	if up.Count("HEAD manifests")+up.Count("GET manifests") != 0 {
 		t.Error("invalid requests reached the upstream")
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
 func TestCachedBlobOffersItsFile(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
-	dgst, want := layerDigest(t, img)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 64<<10)
+	dgst, want := registrytest.Layer(t, img, 0)
 	r, store := newTestResolver(t, PolicyUpstreamFirst, up)
 	ctx := t.Context()
 	if _, _, err := readBlob(ctx, r, "app", dgst); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
+	registrytest.Wait(t, "the fill to be committed", func() bool { _, err := store.Info(ctx, dgst); return err == nil })
 	b, err := r.Blob(ctx, testRegistry, "app", dgst)
 	if err != nil || b.Status != Hit {
 		t.Fatalf("%v %v", b, err)

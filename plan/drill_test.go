@@ -7,14 +7,10 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/internal/size"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -60,47 +56,21 @@ func pullImage(t *testing.T, r *resolver.Resolver, repo, tag string, img v1.Imag
 	if _, err := r.Manifest(ctx, testRegistry, repo, tag); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Manifest(ctx, testRegistry, repo, mustDigest(t, img).String()); err != nil {
+	if _, err := r.Manifest(ctx, testRegistry, repo, registrytest.Digest(t, img).String()); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := img.ConfigName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs := []digest.Digest{digest.Digest(cfg.String())}
-	for _, d := range imageLayers(t, img) {
-		blobs = append(blobs, d.digest)
-	}
-	for _, d := range blobs {
+	for _, d := range registrytest.Blobs(t, img) {
 		if slices.Contains(skip, d) {
 			continue
 		}
 		if _, _, err := readBlob(ctx, r, repo, d); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the blob to be committed", func() bool {
+		registrytest.Wait(t, "the blob to be committed", func() bool {
 			ok, _ := r.Local().HasBlob(ctx, testRegistry+"/"+repo, d)
 			return ok
 		})
 	}
-}
-
-type layerInfo struct {
-	digest digest.Digest
-	size   int64
-}
-
-func imageLayers(t *testing.T, img v1.Image) []layerInfo {
-	t.Helper()
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []layerInfo
-	for _, l := range m.Layers {
-		out = append(out, layerInfo{digest.Digest(l.Digest.String()), l.Size})
-	}
-	return out
 }
 
 var (
@@ -110,13 +80,13 @@ var (
 
 func TestCheckFullyCachedImage(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 64<<10)
 	p, _ := newTestPlanner(t, up)
 	pullImage(t, p.r, "app", "v1", img)
 
-	before := up.totalRequests()
-	for _, ref := range []string{testRegistry + "/app:v1", testRegistry + "/app@" + mustDigest(t, img).String()} {
+	before := up.Total()
+	for _, ref := range []string{testRegistry + "/app:v1", testRegistry + "/app@" + registrytest.Digest(t, img).String()} {
 		rd, err := p.Check(t.Context(), ref, amd64)
 		if err != nil {
 			t.Fatal(err)
@@ -125,41 +95,41 @@ func TestCheckFullyCachedImage(t *testing.T) {
 			t.Errorf("Check(%s) = %+v, want ready", ref, rd)
 		}
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
 }
 
 func TestCheckNamesTheMissingLayer(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 300<<10)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 300<<10)
 	p, _ := newTestPlanner(t, up)
-	layers := imageLayers(t, img)
+	layers := registrytest.Layers(t, img)
 	never := layers[1]
-	pullImage(t, p.r, "app", "v1", img, never.digest)
+	pullImage(t, p.r, "app", "v1", img, never.Digest)
 
-	up.setFault(hang) // whatever Check does, it must not wait on an upstream
-	before := up.totalRequests()
+	up.SetFault(registrytest.Hang) // whatever Check does, it must not wait on an upstream
+	before := up.Total()
 	rd, err := p.Check(t.Context(), testRegistry+"/app:v1", amd64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "layer " + never.digest.String() + " (" + size.Format(never.size) + ")"
-	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.size || rd.Partial {
-		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.size)
+	want := "layer " + never.Digest.String() + " (" + size.Format(never.Size) + ")"
+	if rd.Ready || len(rd.Missing) != 1 || rd.Missing[0] != want || rd.MissingBytes != never.Size || rd.Partial {
+		t.Fatalf("Check = %+v, want not ready, missing only %q of %d bytes", rd, want, never.Size)
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
 }
 
 func TestCheckUncachedTag(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	up.push(t, "app", "v1", 1024)
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 1024)
 	p, _ := newTestPlanner(t, up)
-	before := up.totalRequests()
+	before := up.Total()
 	rd, err := p.Check(t.Context(), testRegistry+"/app:v1", amd64)
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +137,7 @@ func TestCheckUncachedTag(t *testing.T) {
 	if rd.Ready || !rd.Partial || len(rd.Missing) != 1 || rd.Missing[0] != "tag "+testRegistry+"/app:v1" {
 		t.Fatalf("Check of a tag never pulled = %+v", rd)
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
 	if _, err := p.Check(t.Context(), "Bad Ref", amd64); !errdefs.IsInvalidArgument(err) {
@@ -175,42 +145,15 @@ func TestCheckUncachedTag(t *testing.T) {
 	}
 }
 
-// pushIndex writes an index of random images, one per platform, to repo:tag.
-func (u *testUpstream) pushIndex(t *testing.T, repo, tag string, plats ...string) (v1.ImageIndex, map[string]v1.Image) {
-	t.Helper()
-	var idx v1.ImageIndex = empty.Index
-	imgs := map[string]v1.Image{}
-	for _, p := range plats {
-		img, err := random.Image(32<<10, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pl, err := v1.ParsePlatform(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		imgs[p] = img
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: pl}})
-	}
-	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(ref, idx); err != nil {
-		t.Fatal(err)
-	}
-	return idx, imgs
-}
-
 func TestCheckMultiPlatform(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
+	up := registrytest.NewUpstream(t)
+	_, imgs := up.PushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
 	p, _ := newTestPlanner(t, up)
 	// What containerd on an amd64 node fetches: the index by tag, then the amd64 image.
 	pullImage(t, p.r, "multi", "v1", imgs["linux/amd64"])
 
-	before := up.totalRequests()
+	before := up.Total()
 	rd, err := p.Check(t.Context(), testRegistry+"/multi:v1", amd64)
 	if err != nil || !rd.Ready {
 		t.Fatalf("Check for linux/amd64 = %+v %v, want ready", rd, err)
@@ -219,7 +162,7 @@ func TestCheckMultiPlatform(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	armDigest := mustDigest(t, imgs["linux/arm64"])
+	armDigest := registrytest.Digest(t, imgs["linux/arm64"])
 	if rd.Ready || !rd.Partial || len(rd.Missing) != 1 ||
 		!strings.HasPrefix(rd.Missing[0], "manifest "+armDigest.String()+" for linux/arm64 (") || rd.MissingBytes <= 0 {
 		t.Fatalf("Check for linux/arm64 = %+v, want the arm64 manifest missing", rd)
@@ -228,21 +171,21 @@ func TestCheckMultiPlatform(t *testing.T) {
 	if err != nil || rd.Ready || len(rd.Missing) != 1 || !strings.HasPrefix(rd.Missing[0], "platform:") {
 		t.Fatalf("Check for a platform the index lacks = %+v %v", rd, err)
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
 }
 
 func TestWarmMakesReady(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 128<<10)
-	byDigest := up.push(t, "app", "v2", 1024)
-	up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 128<<10)
+	byDigest := up.Push(t, "app", "v2", 1024)
+	up.PushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
 	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
 	// Partly cached: one layer missing.
-	pullImage(t, p.r, "app", "v1", img, imageLayers(t, img)[0].digest)
+	pullImage(t, p.r, "app", "v1", img, registrytest.Layers(t, img)[0].Digest)
 
 	for _, tc := range []struct {
 		ref      string
@@ -250,12 +193,12 @@ func TestWarmMakesReady(t *testing.T) {
 	}{
 		{testRegistry + "/app:v1", amd64},
 		{testRegistry + "/multi:v1", arm64},
-		{testRegistry + "/app@" + mustDigest(t, byDigest).String(), arm64}, // a digest names one image, whatever the platform
+		{testRegistry + "/app@" + registrytest.Digest(t, byDigest).String(), arm64}, // a digest names one image, whatever the platform
 	} {
 		if rd, err := p.Check(ctx, tc.ref, tc.platform); err != nil || rd.Ready {
 			t.Fatalf("before Warm: Check(%s) = %+v %v, want not ready", tc.ref, rd, err)
 		}
-		gets := up.count("GET blobs")
+		gets := up.Count("GET blobs")
 		if err := p.Warm(ctx, tc.ref, tc.platform); err != nil {
 			t.Fatalf("Warm(%s): %v", tc.ref, err)
 		}
@@ -263,8 +206,8 @@ func TestWarmMakesReady(t *testing.T) {
 		if err != nil || !rd.Ready {
 			t.Fatalf("after Warm: Check(%s) = %+v %v, want ready", tc.ref, rd, err)
 		}
-		if tc.ref == testRegistry+"/app:v1" && up.count("GET blobs")-gets != 1 {
-			t.Errorf("Warm downloaded %d blobs, want only the missing one", up.count("GET blobs")-gets)
+		if tc.ref == testRegistry+"/app:v1" && up.Count("GET blobs")-gets != 1 {
+			t.Errorf("Warm downloaded %d blobs, want only the missing one", up.Count("GET blobs")-gets)
 		}
 	}
 	// The arm64 image only: amd64 is still missing.
@@ -273,7 +216,7 @@ func TestWarmMakesReady(t *testing.T) {
 	}
 
 	// With the upstream down, Warm fails and says so; what was cached stays ready.
-	up.setFault(status503)
+	up.SetFault(registrytest.Status503)
 	if err := p.Warm(ctx, testRegistry+"/multi:v1", amd64); !errdefs.IsNotFound(err) {
 		t.Errorf("Warm with the upstream down: %v, want not found", err)
 	}

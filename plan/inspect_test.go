@@ -7,11 +7,10 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 func TestNormalizeRef(t *testing.T) {
@@ -38,15 +37,15 @@ func TestNormalizeRef(t *testing.T) {
 // the image.
 func TestInspectAgreesWithCheck(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	full := up.pushForPlatform(t, "full", "v1", "linux/amd64", 16<<10)
-	holed := up.pushForPlatform(t, "holed", "v1", "linux/arm64/v8", 16<<10)
-	up.push(t, "never", "v1", 1024)
-	_, imgs := up.pushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
+	up := registrytest.NewUpstream(t)
+	full := pushForPlatform(t, up, "full", "v1", "linux/amd64", 16<<10)
+	holed := pushForPlatform(t, up, "holed", "v1", "linux/arm64/v8", 16<<10)
+	up.Push(t, "never", "v1", 1024)
+	_, imgs := up.PushIndex(t, "multi", "v1", "linux/arm64", "linux/amd64")
 	p, store := newTestPlanner(t, up)
 	ctx := t.Context()
 	pullImage(t, p.r, "full", "v1", full)
-	pullImage(t, p.r, "holed", "v1", holed, imageLayers(t, holed)[1].digest)
+	pullImage(t, p.r, "holed", "v1", holed, registrytest.Layers(t, holed)[1].Digest)
 	pullImage(t, p.r, "multi", "v1", imgs["linux/amd64"])
 
 	usages := func() map[string]string {
@@ -73,7 +72,7 @@ func TestInspectAgreesWithCheck(t *testing.T) {
 		{"index, cached platform", testRegistry + "/multi:v1", amd64, true, []string{"linux/arm64", "linux/amd64"}},
 		{"index, platform not cached", testRegistry + "/multi:v1", arm64, false, []string{"linux/arm64", "linux/amd64"}},
 		{"index without the platform", testRegistry + "/multi:v1", windows, false, []string{"linux/arm64", "linux/amd64"}},
-		{"by digest", testRegistry + "/full@" + mustDigest(t, full).String(), amd64, true, []string{"linux/amd64"}},
+		{"by digest", testRegistry + "/full@" + registrytest.Digest(t, full).String(), amd64, true, []string{"linux/amd64"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sum, err := p.Inspect(ctx, tc.ref, tc.platform)
@@ -103,18 +102,15 @@ func TestInspectAgreesWithCheck(t *testing.T) {
 	if after := usages(); !maps.Equal(after, before) {
 		t.Errorf("Inspect moved last uses:\n before %v\n after  %v", before, after)
 	}
-	if sum, err := p.Inspect(ctx, testRegistry+"/full:v1", amd64); err != nil || sum.Digest != mustDigest(t, full) {
-		t.Errorf("Inspect digest = %s, %v; want %s", sum.Digest, err, mustDigest(t, full))
+	if sum, err := p.Inspect(ctx, testRegistry+"/full:v1", amd64); err != nil || sum.Digest != registrytest.Digest(t, full) {
+		t.Errorf("Inspect digest = %s, %v; want %s", sum.Digest, err, registrytest.Digest(t, full))
 	}
 }
 
-// pushForPlatform writes a random image whose config names its platform to repo:tag.
-func (u *testUpstream) pushForPlatform(t *testing.T, repo, tag, platform string, layerSize int64) v1.Image {
+// pushForPlatform writes a random image whose config names its platform to repo:tag of up.
+func pushForPlatform(t *testing.T, up *registrytest.Upstream, repo, tag, platform string, layerSize int64) v1.Image {
 	t.Helper()
-	img, err := random.Image(layerSize, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := registrytest.RandomImage(t, layerSize, 2)
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -128,12 +124,6 @@ func (u *testUpstream) pushForPlatform(t *testing.T, repo, tag, platform string,
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := name.ParseReference(u.host()+"/"+repo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	registrytest.Write(t, up.URL, repo, tag, img)
 	return img
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // TestLayers is the snapshotter's view of the resolver: ReaderAt finds only what is cached,
@@ -16,8 +18,8 @@ import (
 // reads its bytes, and a layer the upstream cannot provide stays not found.
 func TestLayers(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 4096)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 4096)
 	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
 	l := p.Layers()
@@ -44,7 +46,7 @@ func TestLayers(t *testing.T) {
 			t.Fatalf("FetchLayer: %v", err)
 		}
 	}
-	if n := up.count("GET blobs"); n != 1 {
+	if n := up.Count("GET blobs"); n != 1 {
 		t.Errorf("two FetchLayer calls sent %d blob GETs upstream, want 1", n)
 	}
 	ra, err := l.ReaderAt(ctx, desc)

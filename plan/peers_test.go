@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -124,7 +125,7 @@ func (b *peerBody) Close() error {
 
 // newNode is a planner of a node of the cluster over a fresh cache, registry.test at up, with
 // peers.
-func newNode(t *testing.T, up *testUpstream, peers resolver.Peers) (*Planner, *cache.Store) {
+func newNode(t *testing.T, up *registrytest.Upstream, peers resolver.Peers) (*Planner, *cache.Store) {
 	t.Helper()
 	return newPlanner(t, up.URL, func(o *resolver.Options) {
 		o.UpstreamTimeout = 3 * time.Second
@@ -136,7 +137,7 @@ func newNode(t *testing.T, up *testUpstream, peers resolver.Peers) (*Planner, *c
 }
 
 // newHolder is a node named name that pulled img, app:v1, from up.
-func newHolder(t *testing.T, up *testUpstream, name string, img v1.Image) *peerNode {
+func newHolder(t *testing.T, up *registrytest.Upstream, name string, img v1.Image) *peerNode {
 	t.Helper()
 	p, store := newNode(t, up, nil)
 	pullImage(t, p.r, "app", "v1", img)
@@ -148,17 +149,17 @@ func newHolder(t *testing.T, up *testUpstream, name string, img v1.Image) *peerN
 func TestCheckServedByPeers(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
-	partial := up.push(t, "app", "v2", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 64<<10)
+	partial := up.Push(t, "app", "v2", 64<<10)
 	b := newHolder(t, up, "b", img)
-	layer := imageLayers(t, partial)[0].digest
+	layer := registrytest.Layers(t, partial)[0].Digest
 	pullImage(t, b.p.r, "app", "v2", partial, layer)
 	peers := &testPeers{t: t, nodes: []*peerNode{b}}
 	a, _ := newNode(t, up, peers)
 	alone, _ := newNode(t, up, nil)
 
-	before := up.totalRequests()
+	before := up.Total()
 	for _, tc := range []struct {
 		p        *Planner
 		ref      string
@@ -166,7 +167,7 @@ func TestCheckServedByPeers(t *testing.T) {
 		peers    []string
 	}{
 		{a, testRegistry + "/app:v1", "peer b", []string{"b"}},
-		{a, testRegistry + "/app@" + mustDigest(t, img).String(), "peer b", []string{"b"}},
+		{a, testRegistry + "/app@" + registrytest.Digest(t, img).String(), "peer b", []string{"b"}},
 		{a, testRegistry + "/app:v2", ServedByNothing, nil},
 		{a, testRegistry + "/app:never-pushed", ServedByNothing, nil},
 		{alone, testRegistry + "/app:v1", ServedByNothing, nil},
@@ -177,7 +178,7 @@ func TestCheckServedByPeers(t *testing.T) {
 			t.Errorf("Check(%s) = %+v %v, want served by %q %v", tc.ref, rd, err, tc.servedBy, tc.peers)
 		}
 	}
-	if n := up.totalRequests() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Errorf("Check sent %d requests upstream, want none", n)
 	}
 	if rd, _ := a.Check(ctx, testRegistry+"/app:v1", amd64); len(rd.Missing) == 0 {

@@ -18,14 +18,15 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 func TestPlanPullAndPull(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 64<<10)
-	idx, imgs := up.pushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 64<<10)
+	idx, imgs := up.PushIndex(t, "multi", "v1", "linux/amd64", "linux/arm64")
 	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
 
@@ -33,27 +34,27 @@ func TestPlanPullAndPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Ref != testRegistry+"/app:v1" || plan.Digest != mustDigest(t, img) || len(plan.Manifests) != 1 || len(plan.Blobs) != 3 {
+	if plan.Ref != testRegistry+"/app:v1" || plan.Digest != registrytest.Digest(t, img) || len(plan.Manifests) != 1 || len(plan.Blobs) != 3 {
 		t.Fatalf("plan = %+v, want one manifest, a config and two layers", plan)
 	}
 	total, blobs := p.PullProgress(ctx, plan)
 	if blobs != 0 || total != plan.manifestBytes || plan.Size <= total {
 		t.Fatalf("before the pull: progress %d (blobs %d) of %d", total, blobs, plan.Size)
 	}
-	gets := up.count("GET blobs")
+	gets := up.Count("GET blobs")
 	if err := p.Pull(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
 	if total, _ := p.PullProgress(ctx, plan); total != plan.Size {
 		t.Errorf("after the pull: progress %d of %d", total, plan.Size)
 	}
-	if n := up.count("GET blobs") - gets; n != 3 {
+	if n := up.Count("GET blobs") - gets; n != 3 {
 		t.Errorf("the pull fetched %d blobs, want 3", n)
 	}
 	// Again: nothing is fetched.
-	gets = up.count("GET blobs")
-	if err := p.Pull(ctx, plan); err != nil || up.count("GET blobs") != gets {
-		t.Errorf("a second pull: %v, %d blobs fetched", err, up.count("GET blobs")-gets)
+	gets = up.Count("GET blobs")
+	if err := p.Pull(ctx, plan); err != nil || up.Count("GET blobs") != gets {
+		t.Errorf("a second pull: %v, %d blobs fetched", err, up.Count("GET blobs")-gets)
 	}
 
 	// Every platform of an index.
@@ -78,7 +79,7 @@ func TestPlanPullAndPull(t *testing.T) {
 	}
 	// One platform of it.
 	plan, err = p.PlanPull(ctx, testRegistry+"/multi:v1", arm64, false)
-	if err != nil || len(plan.Manifests) != 1 || plan.Manifests[0].Digest != mustDigest(t, imgs["linux/arm64"]) {
+	if err != nil || len(plan.Manifests) != 1 || plan.Manifests[0].Digest != registrytest.Digest(t, imgs["linux/arm64"]) {
 		t.Errorf("plan for arm64 = %+v, %v", plan, err)
 	}
 	if _, err := p.PlanPull(ctx, testRegistry+"/multi:v1", platforms.Only(platforms.MustParse("windows/amd64")), false); !errdefs.IsNotFound(err) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -26,8 +27,8 @@ import (
 // handlers through the Remotes adapter, and again with the upstream hanging.
 func TestRemotesPullsWithContainerdsOwnHandlers(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "app", "v1", 4096)
+	up := registrytest.NewUpstream(t)
+	img := up.Push(t, "app", "v1", 4096)
 	p, _ := newTestPlanner(t, up)
 	ctx := t.Context()
 	rr := p.Remotes()
@@ -36,7 +37,7 @@ func TestRemotesPullsWithContainerdsOwnHandlers(t *testing.T) {
 	pull := func() {
 		t.Helper()
 		name, desc, err := rr.Resolve(ctx, ref)
-		if err != nil || name != ref || desc.Digest != mustDigest(t, img) {
+		if err != nil || name != ref || desc.Digest != registrytest.Digest(t, img) {
 			t.Fatalf("Resolve: %q %+v %v", name, desc, err)
 		}
 		fetcher, err := rr.Fetcher(ctx, name)
@@ -60,7 +61,7 @@ func TestRemotesPullsWithContainerdsOwnHandlers(t *testing.T) {
 		}
 	}
 	pull()
-	up.setFault(hang)
+	up.SetFault(registrytest.Hang)
 	pull() // stale tag, cached blobs
 	if _, err := rr.Pusher(ctx, ref); !errdefs.IsNotImplemented(err) {
 		t.Errorf("Pusher: %v, want not implemented", err)
@@ -113,18 +114,5 @@ func TestRemotesRefusesUnlistedRegistries(t *testing.T) {
 	if after := p.r.Endpoints(); !slices.Equal(after, before) {
 		t.Errorf("endpoints in use changed from %+v to %+v", before, after)
 	}
-	waitGoroutines(t, "after the refused requests", baseline)
-}
-
-// waitGoroutines waits until no more goroutines run than want.
-func waitGoroutines(t *testing.T, what string, want int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > want {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%s: %d goroutines, want at most %d:\n%s", what, runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	registrytest.WaitGoroutines(t, "after the refused requests", baseline)
 }

@@ -2,49 +2,16 @@ package endpoints
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
-
-// downClient is an endpoint that is always down: every request and every probe fails.
-type downClient struct {
-	endpoint string
-	pings    atomic.Int64
-}
-
-var errDown = fmt.Errorf("connection refused: %w", errdefs.ErrUnavailable)
-
-func (c *downClient) Endpoint() string { return c.endpoint }
-func (c *downClient) Ping(context.Context) error {
-	c.pings.Add(1)
-	return errDown
-}
-func (c *downClient) HeadManifest(context.Context, string, string) (ocispec.Descriptor, time.Time, error) {
-	return ocispec.Descriptor{}, time.Time{}, errDown
-}
-func (c *downClient) GetManifest(context.Context, string, string) (ocispec.Descriptor, []byte, error) {
-	return ocispec.Descriptor{}, nil, errDown
-}
-func (c *downClient) GetBlob(context.Context, string, digest.Digest) (io.ReadCloser, int64, error) {
-	return nil, 0, errDown
-}
-func (c *downClient) HeadBlob(context.Context, string, digest.Digest) (int64, error) {
-	return 0, errDown
-}
-func (c *downClient) Tags(context.Context, string) ([]string, error) { return nil, errDown }
-func (c *downClient) Referrers(context.Context, string, digest.Digest, string) ([]byte, string, error) {
-	return nil, "", errDown
-}
 
 // TestTimeoutWhileOthersAreAnswered: a timeout while the endpoint answers other requests is a
 // slow (loaded) registry, not a gone one: it counts like any failure, and only a timeout with
@@ -53,7 +20,7 @@ func TestTimeoutWhileOthersAreAnswered(t *testing.T) {
 	t.Parallel()
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	e := newEndpoint("registry.test", &downClient{endpoint: "https://registry.test"}, Health{FailureThreshold: 3}, stop)
+	e := newEndpoint("registry.test", registrytest.NewDownClient("https://registry.test"), Health{FailureThreshold: 3}, stop)
 	timedOut := context.DeadlineExceeded
 
 	sent := time.Now()
@@ -73,7 +40,7 @@ func TestTimeoutWhileOthersAreAnswered(t *testing.T) {
 // parallel: it counts the process's goroutines.
 func TestIdleRegistriesForgotten(t *testing.T) {
 	var mu sync.Mutex
-	clients := map[string]*downClient{}
+	clients := map[string]*registrytest.DownClient{}
 	forgotten := map[string]bool{}
 	tb, err := New(Options{
 		Registries:        []string{"listed.test"},
@@ -82,7 +49,7 @@ func TestIdleRegistriesForgotten(t *testing.T) {
 		NewClient: func(registry, endpoint string) (Client, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			c := &downClient{endpoint: endpoint}
+			c := registrytest.NewDownClient(endpoint)
 			clients[registry] = c
 			return c, nil
 		},
@@ -122,30 +89,13 @@ func TestIdleRegistriesForgotten(t *testing.T) {
 	tb.mu.Lock()
 	tb.opts.OtherRegistryIdle = time.Millisecond
 	tb.mu.Unlock()
-	waitFor(t, "idle registries to be forgotten", func() bool { return slices.Equal(inUse(), []string{"listed.test"}) })
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > baseline+1 { // the listed registry's probe
-		if time.Now().After(deadline) {
-			t.Fatalf("the probes of idle registries did not end: %d goroutines, want at most %d", runtime.NumGoroutine(), baseline+1)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	listedPings := clients["listed.test"].pings.Load()
-	waitFor(t, "the listed registry's probe to ping again", func() bool { return clients["listed.test"].pings.Load() > listedPings+5 })
+	registrytest.Wait(t, "idle registries to be forgotten", func() bool { return slices.Equal(inUse(), []string{"listed.test"}) })
+	registrytest.WaitGoroutines(t, "probes of idle registries", baseline+1) // the listed registry's probe
+	listedPings := clients["listed.test"].Pings.Load()
+	registrytest.Wait(t, "the listed registry's probe to ping again", func() bool { return clients["listed.test"].Pings.Load() > listedPings+5 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(forgotten) != others || forgotten["listed.test"] {
 		t.Errorf("forgotten: %v, want the %d unlisted registries", forgotten, others)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 )
 
@@ -55,8 +56,8 @@ func (x *recordingIndex) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // its counting backend and index.
 func newDirectHandler(t *testing.T, opts HandlerOptions) (http.Handler, *countingBackend, *recordingIndex, testImage) {
 	t.Helper()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 1024)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 1024)
 	backend := newCountingBackend(newTestResolver(t, up))
 	index := &recordingIndex{}
 	return newHandler(t, testAuth{nodes: []string{"b"}}, index, backend, opts), backend, index, img
@@ -216,8 +217,8 @@ func TestMalformedRequestsAnsweredAsTheMirror(t *testing.T) {
 
 func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 64<<10)
 	var answers []mirror.Answer
 	var mu sync.Mutex
 	observe := func(a mirror.Answer) {
@@ -227,7 +228,7 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	}
 	b := newTestNode(t, "b", up, HandlerOptions{Observe: observe}, testRegistry)
 	b.warm(t, img.layer)
-	before := up.blobGets.Load()
+	before := up.Count("GET blobs")
 
 	// Straight to the handler: 404 NAME_UNKNOWN.
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, b.srv.URL+"/v2/"+testRepo+"/blobs/"+img.layer.String()+"?ns="+testRegistry, nil)
@@ -276,7 +277,7 @@ func TestNotSharedRegistryIsNotServed(t *testing.T) {
 	if _, err := NewSource(c, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil); !errdefs.IsNotFound(err) {
 		t.Errorf("OpenBlob: %v, want not found", err)
 	}
-	if n := up.blobGets.Load() - before; n != 0 {
+	if n := up.Count("GET blobs") - before; n != 0 {
 		t.Errorf("requests for a registry not shared made %d blob GETs upstream", n)
 	}
 }

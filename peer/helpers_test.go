@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,17 +13,14 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
@@ -37,26 +33,6 @@ const (
 	authScheme = "Test "
 )
 
-// testUpstream is a real registry (go-containerregistry's) behind httptest, counting blob GETs.
-type testUpstream struct {
-	*httptest.Server
-	blobGets atomic.Int64
-}
-
-func newTestUpstream(t *testing.T) *testUpstream {
-	t.Helper()
-	u := &testUpstream{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-			u.blobGets.Add(1)
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
 // testImage is an image pushed to a test upstream.
 type testImage struct {
 	img      v1.Image
@@ -66,58 +42,25 @@ type testImage struct {
 	raw      []byte // the manifest's bytes
 }
 
-// push writes a random image of one layer of size bytes to testRepo:tag.
-func (u *testUpstream) push(t *testing.T, tag string, size int64) testImage {
+// push writes a random image of one layer of size bytes to testRepo:tag of up.
+func push(t *testing.T, up *registrytest.Upstream, tag string, size int64) testImage {
 	t.Helper()
-	img, err := random.Image(size, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+testRepo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ld, err := layers[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := layers[0].Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := img.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testImage{img: img, layer: digest.Digest(ld.String()), data: data, manifest: digest.Digest(md.String()), raw: raw}
+	img := registrytest.RandomImage(t, size, 1)
+	registrytest.Write(t, up.URL, testRepo, tag, img)
+	layer, data := registrytest.Layer(t, img, 0)
+	return testImage{img: img, layer: layer, data: data, manifest: registrytest.Digest(t, img), raw: registrytest.RawManifest(t, img)}
 }
 
 // newTestResolver returns a resolver over a real cache in a temporary directory whose
 // testRegistry upstream is up.
-func newTestResolver(t *testing.T, up *testUpstream) *resolver.Resolver {
+func newTestResolver(t *testing.T, up *registrytest.Upstream) *resolver.Resolver {
 	t.Helper()
 	return newClusterResolver(t, up, nil)
 }
 
 // newClusterResolver is newTestResolver in a cluster: peers (when not nil) is its resolver.Peers;
 // notShared are its registries not shared with peers.
-func newClusterResolver(t *testing.T, up *testUpstream, peers resolver.Peers, notShared ...string) *resolver.Resolver {
+func newClusterResolver(t *testing.T, up *registrytest.Upstream, peers resolver.Peers, notShared ...string) *resolver.Resolver {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
@@ -234,7 +177,7 @@ type testNode struct {
 }
 
 // newTestNode starts a node whose registry upstream is up, with opts (Source is set here).
-func newTestNode(t *testing.T, nodeName string, up *testUpstream, opts HandlerOptions, notShared ...string) *testNode {
+func newTestNode(t *testing.T, nodeName string, up *registrytest.Upstream, opts HandlerOptions, notShared ...string) *testNode {
 	t.Helper()
 	n := &testNode{name: nodeName, resolver: newClusterResolver(t, up, nil, notShared...)}
 	n.backend = newCountingBackend(n.resolver)
@@ -294,10 +237,10 @@ func pull(t *testing.T, r *resolver.Resolver, dgst digest.Digest) ([]byte, resol
 
 // newHolder returns an upstream with an image of one layer of size bytes, and node b, which
 // holds the layer.
-func newHolder(t *testing.T, size int64) (*testUpstream, testImage, *testNode) {
+func newHolder(t *testing.T, size int64) (*registrytest.Upstream, testImage, *testNode) {
 	t.Helper()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", size)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", size)
 	b := newTestNode(t, "b", up, HandlerOptions{})
 	b.warm(t, img.layer)
 	return up, img, b
@@ -443,16 +386,4 @@ func readBlob(t *testing.T, b resolver.PeerBlob) []byte {
 		t.Fatal(err)
 	}
 	return data
-}
-
-// waitFor polls cond until it holds, failing the test after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

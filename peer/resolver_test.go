@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -20,7 +21,7 @@ import (
 func TestResolverFillsFromAPeer(t *testing.T) {
 	t.Parallel()
 	up, img, b := newHolder(t, 256<<10)
-	gets := up.blobGets.Load()
+	gets := up.Count("GET blobs")
 
 	c := newTestCluster("a", b.member())
 	c.setHolders(cluster.BlobKey(img.layer), "b")
@@ -33,14 +34,14 @@ func TestResolverFillsFromAPeer(t *testing.T) {
 	if !bytes.Equal(data, img.data) || status != resolver.Peer {
 		t.Errorf("%d bytes with status %q, want the layer's %d from a peer", len(data), status, len(img.data))
 	}
-	if n := up.blobGets.Load() - gets; n != 0 {
+	if n := up.Count("GET blobs") - gets; n != 0 {
 		t.Errorf("%d blob GETs at the registry, want none", n)
 	}
 	if st := src.Stats(); st.BytesIn != int64(len(img.data)) {
 		t.Errorf("BytesIn = %d, want %d", st.BytesIn, len(img.data))
 	}
 	// Now cached here, and announced.
-	waitFor(t, "the blob to be announced", func() bool {
+	registrytest.Wait(t, "the blob to be announced", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return slices.Contains(c.announced, cluster.Record{Key: cluster.BlobKey(img.layer)})
@@ -97,10 +98,10 @@ func TestResolverRejectsAPeersBadBytes(t *testing.T) {
 
 func TestConcurrentPullsFillOnceThroughTheHome(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 1<<20)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 1<<20)
 	home := newTestNode(t, "h", up, HandlerOptions{})
-	gets := up.blobGets.Load()
+	gets := up.Count("GET blobs")
 
 	names := []string{"a", "b", "c"}
 	nodes := len(names)
@@ -128,7 +129,7 @@ func TestConcurrentPullsFillOnceThroughTheHome(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if n := up.blobGets.Load() - gets; n != 1 {
+	if n := up.Count("GET blobs") - gets; n != 1 {
 		t.Errorf("%d blob GETs at the registry for %d nodes, want 1 (the home's)", n, nodes)
 	}
 	for i, src := range sources {

@@ -16,12 +16,13 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 func TestBlobFromAHolder(t *testing.T) {
 	t.Parallel()
 	up, img, b := newHolder(t, 256<<10)
-	upstreamGets := up.blobGets.Load()
+	upstreamGets := up.Count("GET blobs")
 
 	c := newTestCluster("a", b.member())
 	c.setHolders(cluster.BlobKey(img.layer), "b")
@@ -36,20 +37,20 @@ func TestBlobFromAHolder(t *testing.T) {
 	if got := readBlob(t, blob); !bytes.Equal(got, img.data) {
 		t.Fatalf("got %d bytes that differ from the layer's %d", len(got), len(img.data))
 	}
-	if n := up.blobGets.Load() - upstreamGets; n != 0 {
+	if n := up.Count("GET blobs") - upstreamGets; n != 0 {
 		t.Errorf("b served the blob with %d upstream GETs, want none (from its cache)", n)
 	}
 	st := src.Stats()
 	if st.BytesIn != int64(len(img.data)) || st.PeerAnswers != 1 || st.CoalescedFills != 0 {
 		t.Errorf("requester's stats %+v, want BytesIn %d, one peer answer, no coalesced fill", st, len(img.data))
 	}
-	waitFor(t, "b to count the bytes it sent", func() bool { return b.source.Stats().BytesOut == int64(len(img.data)) })
+	registrytest.Wait(t, "b to count the bytes it sent", func() bool { return b.source.Stats().BytesOut == int64(len(img.data)) })
 }
 
 func TestManifestFromAHolder(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 1024)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 1024)
 	b := newTestNode(t, "b", up, HandlerOptions{})
 	if _, err := b.resolver.Manifest(t.Context(), testRegistry, testRepo, "v1"); err != nil {
 		t.Fatal(err)
@@ -116,7 +117,7 @@ func TestStuckHolderIsSkipped(t *testing.T) {
 			if stuck.requests.Load() != 1 {
 				t.Errorf("the stuck holder got %d requests, want 1 (it is first)", stuck.requests.Load())
 			}
-			waitFor(t, "the request to the stuck holder to end", func() bool { return stuck.ended.Load() == 1 })
+			registrytest.Wait(t, "the request to the stuck holder to end", func() bool { return stuck.ended.Load() == 1 })
 		})
 	}
 
@@ -162,10 +163,10 @@ func TestBodyThatStopsFailsTheRead(t *testing.T) {
 
 func TestHolderWithout404IsSkipped(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 64<<10)
 	// e's registry does not have the image: it answers 404.
-	e := newTestNode(t, "c", newTestUpstream(t), HandlerOptions{})
+	e := newTestNode(t, "c", registrytest.NewUpstream(t), HandlerOptions{})
 	b := newTestNode(t, "b", up, HandlerOptions{})
 	b.warm(t, img.layer)
 
@@ -240,7 +241,7 @@ func TestRejectedAndSkippedPeersAreNotAsked(t *testing.T) {
 	// The penalty ends.
 	short := NewSource(c, SourceOptions{RejectFor: time.Millisecond})
 	short.Reject("b", img.layer)
-	waitFor(t, "the penalty to end", func() bool { return !short.isRejected("b") })
+	registrytest.Wait(t, "the penalty to end", func() bool { return !short.isRejected("b") })
 	blob, err = short.OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -267,8 +268,8 @@ func TestRejectedPeersAreBounded(t *testing.T) {
 
 func TestCoalescedFillThroughTheHome(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 256<<10)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 256<<10)
 	home := newTestNode(t, "h", up, HandlerOptions{})
 	key := cluster.BlobKey(img.layer)
 
@@ -423,8 +424,8 @@ func TestTagFromRecords(t *testing.T) {
 // cluster key's holders get the blob, a node with another key gets 401 and reaches nothing.
 func TestWithTheClusterSigner(t *testing.T) {
 	t.Parallel()
-	up := newTestUpstream(t)
-	img := up.push(t, "v1", 64<<10)
+	up := registrytest.NewUpstream(t)
+	img := push(t, up, "v1", 64<<10)
 	secret := bytes.Repeat([]byte{7}, 32)
 	r := newTestResolver(t, up)
 	warm(t, r, img.layer)

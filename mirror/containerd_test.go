@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	stdlog "log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -17,11 +16,9 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // hostsOf is a containerd hosts configuration listing servers in order, as hosts.toml does.
@@ -156,20 +153,8 @@ func TestContainerdPull(t *testing.T) {
 // cannot serve is pulled from the upstream.
 func TestContainerdMovesOn(t *testing.T) {
 	t.Parallel()
-	upstream := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
-	t.Cleanup(upstream.Close)
-	u, _ := url.Parse(upstream.URL)
-	ref, err := name.ParseReference(u.Host + "/library/busybox:1.36")
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := random.Image(1024, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	upstream := registrytest.NewUpstream(t)
+	img := upstream.Push(t, "library/busybox", "1.36", 1024)
 	want, err := img.Digest()
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +178,7 @@ func TestContainerdMovesOn(t *testing.T) {
 			var log answerLog
 			mirror := newServer(t, errBackend{err: tc.err}, Options{Observe: log.observe})
 
-			resolver := docker.NewResolver(docker.ResolverOptions{Hosts: hostsOf(t, mirror, upstream)})
+			resolver := docker.NewResolver(docker.ResolverOptions{Hosts: hostsOf(t, mirror, upstream.Server)})
 			name, desc, err := resolver.Resolve(ctx, "docker.io/library/busybox:1.36")
 			if err != nil {
 				t.Fatalf("containerd did not move on to the upstream: %v", err)

@@ -3,8 +3,6 @@ package mirror
 import (
 	"bytes"
 	"crypto/sha512"
-	"io"
-	stdlog "log"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -19,27 +17,22 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/plugins/content/local"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/oci"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
 
 // newResolverUpstream returns a go-containerregistry registry behind httptest, and a resolver
 // that mirrors docker.io from it.
-func newResolverUpstream(t *testing.T) (*httptest.Server, *resolver.Resolver) {
+func newResolverUpstream(t *testing.T) (*registrytest.Upstream, *resolver.Resolver) {
 	t.Helper()
-	up := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
-	t.Cleanup(up.Close)
+	up := registrytest.NewUpstream(t)
 	return up, newResolver(t, up.URL)
 }
 
@@ -64,23 +57,6 @@ func newResolver(t *testing.T, endpoint string) *resolver.Resolver {
 	}
 	t.Cleanup(func() { res.Close() })
 	return res
-}
-
-// pushImage writes a random image of two layers to up as repoTag ("library/app:v1").
-func pushImage(t *testing.T, up *httptest.Server, repoTag string, layerSize int64) v1.Image {
-	t.Helper()
-	ref, err := name.ParseReference(strings.TrimPrefix(up.URL, "http://") + "/" + repoTag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := random.Image(layerSize, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	return img
 }
 
 // pullWithContainerd resolves ref with containerd's own resolver through hosts, and fetches the
@@ -109,7 +85,7 @@ func pullWithContainerd(t *testing.T, hosts docker.RegistryHosts, ref string) (o
 
 // putManifest stores body in the upstream's repo under reference, a tag or a digest of any
 // algorithm.
-func putManifest(t *testing.T, up *httptest.Server, repo, reference, mediaType string, body []byte) {
+func putManifest(t *testing.T, up *registrytest.Upstream, repo, reference, mediaType string, body []byte) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPut, up.URL+"/v2/"+repo+"/manifests/"+reference, bytes.NewReader(body))
 	if err != nil {
@@ -188,7 +164,7 @@ func TestManifestHeadDoesNotReadTheManifest(t *testing.T) {
 func TestPullBySHA512Digest(t *testing.T) {
 	t.Parallel()
 	up, res := newResolverUpstream(t)
-	img := pushImage(t, up, "library/app:v1", 64<<10)
+	img := up.Push(t, "library/app", "v1", 64<<10)
 	raw, err := img.RawManifest()
 	if err != nil {
 		t.Fatal(err)

@@ -4,25 +4,20 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	stdlog "log"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strconv"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
@@ -32,7 +27,7 @@ func TestResolverPull(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	up, res := newResolverUpstream(t)
-	img := pushImage(t, up, "library/busybox:1.36", 256<<10)
+	img := up.Push(t, "library/busybox", "1.36", 256<<10)
 
 	var log answerLog
 	srv := newServer(t, res, Options{Observe: log.observe})
@@ -97,22 +92,11 @@ func TestResolverPull(t *testing.T) {
 // tag list, and the referrers of a manifest, each answered from a real upstream registry.
 func TestResolverStatTagsReferrers(t *testing.T) {
 	t.Parallel()
-	up := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0)), registry.WithReferrersSupport(true)))
-	t.Cleanup(up.Close)
-	host := mustURL(t, up.URL).Host
-	img, err := random.Image(4096, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	up := registrytest.NewUpstream(t, registry.WithReferrersSupport(true))
+	img := registrytest.RandomImage(t, 4096, 1)
 	write := func(tag string, img v1.Image) v1.Hash {
 		t.Helper()
-		ref, err := name.ParseReference(host + "/library/app:" + tag)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Write(ref, img); err != nil {
-			t.Fatal(err)
-		}
+		registrytest.Write(t, up.URL, "library/app", tag, img)
 		d, err := img.Digest()
 		if err != nil {
 			t.Fatal(err)
@@ -126,10 +110,7 @@ func TestResolverStatTagsReferrers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sbom, err := random.Image(64, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sbom := registrytest.RandomImage(t, 64, 1)
 	sbom = mutate.Subject(mutate.ConfigMediaType(sbom, "application/vnd.example.sbom"), *desc).(v1.Image)
 	sbomDigest := write("sbom", sbom)
 
@@ -173,13 +154,4 @@ func TestResolverStatTagsReferrers(t *testing.T) {
 	if err := json.Unmarshal(body, &idx); resp.StatusCode != http.StatusOK || err != nil || len(idx.Manifests) != 0 {
 		t.Errorf("referrers of the referrer: %s %v, want an empty index: %s", resp.Status, err, body)
 	}
-}
-
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }

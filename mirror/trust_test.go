@@ -3,8 +3,6 @@ package mirror_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,13 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
 	"github.com/lifeboat-dev/lifeboat/internal/rawhttp"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/mirror"
 	"github.com/lifeboat-dev/lifeboat/resolver"
@@ -38,8 +36,7 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	target, accepts := rawhttp.Closer(t)
 	closed := closedPorts(t, 5)
 
-	up := httptest.NewServer(registry.New(registry.Logger(stdlog.New(io.Discard, "", 0))))
-	t.Cleanup(up.Close)
+	up := registrytest.NewUpstream(t)
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
@@ -122,13 +119,7 @@ func TestUnmirroredRegistriesAreNotContacted(t *testing.T) {
 	if after := upstreamSeries(t, reg); !slices.Equal(after, seriesBefore) {
 		t.Errorf("upstream metric series changed:\nbefore %v\nafter  %v", seriesBefore, after)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines after the requests, %d before", runtime.NumGoroutine(), baseline)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	registrytest.WaitGoroutines(t, "after the requests", baseline)
 
 	// A configured registry that is down: the answer says not found, and nothing of why.
 	for _, target := range []string{"/v2/down.test/x/manifests/latest", "/v2/x/blobs/" + dgst + "?ns=down.test", "/v2/down.test/x/tags/list"} {

@@ -17,14 +17,11 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 	"github.com/lifeboat-dev/lifeboat/upstream"
 )
@@ -91,22 +88,9 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	}))
 	t.Cleanup(up.Close)
 
-	img, err := random.Image(8<<20, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(up.URL, "http://")+"/app:1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
-	dgst := digest.Digest(ld.String())
-	lrc, _ := layers[0].Compressed()
-	want, _ := io.ReadAll(lrc)
+	img := registrytest.RandomImage(t, 8<<20, 1)
+	registrytest.Write(t, up.URL, "app", "1", img)
+	dgst, want := registrytest.Layer(t, img, 0)
 	size := int64(len(want))
 
 	root := t.TempDir()
@@ -186,7 +170,7 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	if _, err := store.Info(t.Context(), dgst); !errdefs.IsNotFound(err) {
 		t.Errorf("the damaged blob is cached: %v", err)
 	}
-	waitForCondition(t, "the failed download's ingest to be removed", func() bool {
+	registrytest.Wait(t, "the failed download's ingest to be removed", func() bool {
 		ents, _ := os.ReadDir(filepath.Join(root, "ingest"))
 		return len(ents) == 0
 	})
@@ -198,17 +182,5 @@ func testUnverifiedBlob(t *testing.T, verifyBeforeSend int64) {
 	}
 	if n := blobGets.Load(); n != 2 {
 		t.Errorf("%d upstream blob GETs, want 2 (the damaged one, then the good one)", n)
-	}
-}
-
-// waitForCondition polls cond until it holds, failing the test after a generous deadline.
-func waitForCondition(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

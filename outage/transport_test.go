@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // upstream is a real HTTP server that counts the requests it receives. It answers every
@@ -178,7 +180,7 @@ func TestBlackholeReleasedOnStop(t *testing.T) {
 		resp, err := do(t.Context(), c, http.MethodGet, u.url(manifestPath))
 		done <- result{resp, err}
 	}()
-	waitFor(t, "the request to be held", func() bool { return s.Status().Affected == 1 })
+	registrytest.Wait(t, "the request to be held", func() bool { return s.Status().Affected == 1 })
 	select {
 	case r := <-done:
 		t.Fatalf("blackholed request returned %v, %v", r.resp, r.err)
@@ -198,18 +200,6 @@ func TestBlackholeReleasedOnStop(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("request still held 10s after the outage stopped")
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/peer"
 	"github.com/lifeboat-dev/lifeboat/resolver"
 )
@@ -77,7 +78,7 @@ var _ resolver.Peers = (*fakePeers)(nil)
 
 func TestStatusCluster(t *testing.T) {
 	t.Parallel()
-	up := newDrillUpstream(t)
+	up := registrytest.NewUpstream(t)
 	c := newDrillService(t, up, func(s *Service) { s.Cluster, s.Peers = fakeNode{}, &fakePeers{} })
 	st, err := c.Status(t.Context())
 	if err != nil {
@@ -108,10 +109,10 @@ func TestStatusCluster(t *testing.T) {
 
 func TestImagesAndDrillNamePeers(t *testing.T) {
 	t.Parallel()
-	up := newDrillUpstream(t)
-	up.push(t, "app", "v1")
-	up.push(t, "app", "v2")
-	v3img := up.push(t, "app", "v3")
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 16<<10)
+	up.Push(t, "app", "v2", 16<<10)
+	v3img := up.Push(t, "app", "v3", 16<<10)
 	peers := &fakePeers{held: map[digest.Digest][]string{}, tags: map[string]digest.Digest{}, manifests: map[digest.Digest][]byte{}}
 	c := newDrillServiceWithPeers(t, up, peers, func(s *Service) { s.Cluster, s.Peers = fakeNode{}, peers })
 	ctx := t.Context()
@@ -128,10 +129,10 @@ func TestImagesAndDrillNamePeers(t *testing.T) {
 	d1 := imgs.Images[0].Digest
 	peers.held[d1] = []string{"node-c", "node-b"}
 	// v3 is not cached here: only the peers' records know its tag, and node-b holds all of it.
-	d3, body := v3img.manifest(t)
+	d3, body := registrytest.Digest(t, v3img), registrytest.RawManifest(t, v3img)
 	peers.tags[drillRegistry+"/app:v3"] = d3
 	peers.manifests[d3] = body
-	for _, d := range v3img.blobs(t) {
+	for _, d := range registrytest.Blobs(t, v3img) {
 		peers.held[d] = []string{"node-b"}
 	}
 
@@ -154,7 +155,7 @@ func TestImagesAndDrillNamePeers(t *testing.T) {
 	if want := []string{"this node", "nothing", "peer node-b", "nothing"}; !rep.Cluster || !slices.Equal(got, want) {
 		t.Errorf("served by %q, want %q (cluster %v)", got, want, rep.Cluster)
 	}
-	if !slices.Contains(peers.asked, v3img.blobs(t)[0]) {
+	if !slices.Contains(peers.asked, registrytest.Blobs(t, v3img)[0]) {
 		t.Errorf("the peers were not asked who holds v3's blobs: %v", peers.asked)
 	}
 }

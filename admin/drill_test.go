@@ -3,28 +3,17 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/endpoints"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 	"github.com/lifeboat-dev/lifeboat/internal/serving"
 	"github.com/lifeboat-dev/lifeboat/outage"
 	"github.com/lifeboat-dev/lifeboat/plan"
@@ -34,81 +23,14 @@ import (
 
 const drillRegistry = "registry.test"
 
-// drillUpstream is an in-process registry that counts the requests it gets and can be switched
-// off (every request answered 503).
-type drillUpstream struct {
-	*httptest.Server
-	requests atomic.Int64
-	down     atomic.Bool
-}
-
-func newDrillUpstream(t *testing.T) *drillUpstream {
-	t.Helper()
-	u := &drillUpstream{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.requests.Add(1)
-		if u.down.Load() {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-// pushed is an image pushed to a drillUpstream.
-type pushed struct{ v1.Image }
-
-// manifest returns the image's manifest digest and bytes.
-func (p pushed) manifest(t *testing.T) (digest.Digest, []byte) {
-	t.Helper()
-	b, err := p.RawManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return digest.FromBytes(b), b
-}
-
-// blobs returns the digests of the image's config and layers.
-func (p pushed) blobs(t *testing.T) []digest.Digest {
-	t.Helper()
-	m, err := p.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := []digest.Digest{digest.Digest(m.Config.Digest.String())}
-	for _, l := range m.Layers {
-		out = append(out, digest.Digest(l.Digest.String()))
-	}
-	return out
-}
-
-func (u *drillUpstream) push(t *testing.T, repo, tag string) pushed {
-	t.Helper()
-	img, err := random.Image(16<<10, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+repo+":"+tag, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
-	return pushed{img}
-}
-
 // newDrillService serves a Service whose registry.test is up, and returns a client of it.
-func newDrillService(t *testing.T, up *drillUpstream, setup ...func(*Service)) *Client {
+func newDrillService(t *testing.T, up *registrytest.Upstream, setup ...func(*Service)) *Client {
 	t.Helper()
 	return newDrillServiceWithPeers(t, up, nil, setup...)
 }
 
 // newDrillServiceWithPeers is newDrillService with peers as the resolver's cluster tier.
-func newDrillServiceWithPeers(t *testing.T, up *drillUpstream, peers resolver.Peers, setup ...func(*Service)) *Client {
+func newDrillServiceWithPeers(t *testing.T, up *registrytest.Upstream, peers resolver.Peers, setup ...func(*Service)) *Client {
 	t.Helper()
 	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: 1 << 30})
 	if err != nil {
@@ -153,14 +75,14 @@ func newDrillServiceWithPeers(t *testing.T, up *drillUpstream, peers resolver.Pe
 
 func TestDrill(t *testing.T) {
 	t.Parallel()
-	up := newDrillUpstream(t)
-	up.push(t, "app", "v1")
-	up.push(t, "app", "v2")
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 16<<10)
+	up.Push(t, "app", "v2", 16<<10)
 	c := newDrillService(t, up)
 	ctx := t.Context()
 	refs := []string{drillRegistry + "/app:v1", "Not A Ref", drillRegistry + "/app:v2"}
 
-	before := up.requests.Load()
+	before := up.Total()
 	rep, err := c.Drill(ctx, DrillRequest{Refs: refs, Platform: "linux/arm64"})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +101,7 @@ func TestDrill(t *testing.T) {
 	if _, err := c.Drill(ctx, DrillRequest{Refs: refs}); err != nil {
 		t.Fatal(err)
 	}
-	if n := up.requests.Load() - before; n != 0 {
+	if n := up.Total() - before; n != 0 {
 		t.Fatalf("a drill without --fix sent %d requests upstream", n)
 	}
 
@@ -193,7 +115,7 @@ func TestDrill(t *testing.T) {
 	}
 
 	// With the upstream down, the fixed image is still ready and the other cannot be fixed.
-	up.down.Store(true)
+	up.SetFault(registrytest.Status503)
 	rep, err = c.Drill(ctx, DrillRequest{Refs: refs, Fix: true})
 	if err != nil {
 		t.Fatal(err)

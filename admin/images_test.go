@@ -12,13 +12,14 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cache"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 func TestImagesPinRemove(t *testing.T) {
 	t.Parallel()
-	up := newDrillUpstream(t)
-	up.push(t, "app", "v1")
-	up.push(t, "app", "v2")
+	up := registrytest.NewUpstream(t)
+	up.Push(t, "app", "v1", 16<<10)
+	up.Push(t, "app", "v2", 16<<10)
 	c := newDrillService(t, up)
 	ctx := t.Context()
 	v1, v2 := drillRegistry+"/app:v1", drillRegistry+"/app:v2"
@@ -148,7 +149,7 @@ func TestImagesPinRemove(t *testing.T) {
 	}
 
 	// With the upstream down, a pull fails and says so; what is cached stays listed complete.
-	up.down.Store(true)
+	up.SetFault(registrytest.Status503)
 	pulled, err = c.Pull(ctx, PullRequest{Refs: []string{drillRegistry + "/app:v3"}}, nil)
 	if err != nil || pulled.Failed != 1 || pulled.Results[0].Error == "" {
 		t.Errorf("pull with the upstream down: %+v %v", pulled, err)

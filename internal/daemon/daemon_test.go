@@ -17,11 +17,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
@@ -30,6 +27,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/internal/daemon"
 	"github.com/lifeboat-dev/lifeboat/internal/daemon/daemontest"
 	"github.com/lifeboat-dev/lifeboat/internal/errmsg"
+	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
 )
 
 // blockingUpstream is a registry whose blob downloads, once block is set, wait until release
@@ -67,17 +65,8 @@ func newBlockingUpstream(t *testing.T) *blockingUpstream {
 		u.Close()
 	})
 	u.host = strings.TrimPrefix(u.URL, "http://")
-	img, err := random.Image(64<<10, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := name.ParseReference(u.host+"/app:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	img := registrytest.RandomImage(t, 64<<10, 1)
+	registrytest.Write(t, u.URL, "app", "v1", img)
 	m, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)

@@ -351,7 +351,7 @@ func (s *Store) children(dgst digest.Digest, mediaType string, size int64) ([]oc
 	if !isIndex && !isManifest && !unknown || size > maxManifestSize {
 		return nil, nil
 	}
-	p, err := s.blobPath(dgst)
+	p, err := s.files.blobPath(dgst)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -40,18 +39,18 @@ func (s *Store) LastRecovery() RecoveryReport { return s.recovery }
 // Ingests that have both are kept for their writers to resume.
 func (s *Store) recover(ctx context.Context) error {
 	var rep RecoveryReport
-	files, bad, err := s.blobFiles()
+	files, bad, err := s.files.blobFiles()
 	if err != nil {
 		return err
 	}
 	for _, p := range bad {
-		if err := s.quarantine(p); err != nil {
+		if err := s.files.quarantine(p); err != nil {
 			return err
 		}
 		rep.Quarantined = append(rep.Quarantined, p)
 	}
 	ingestFiles := map[string]bool{}
-	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	entries, err := os.ReadDir(s.files.ingestDir())
 	if err != nil {
 		return err
 	}
@@ -114,7 +113,7 @@ func (s *Store) recover(ctx context.Context) error {
 		return err
 	}
 	for name := range ingestFiles {
-		if err := os.Remove(filepath.Join(s.root, "ingest", name)); err != nil && !os.IsNotExist(err) {
+		if err := os.Remove(filepath.Join(s.files.ingestDir(), name)); err != nil && !os.IsNotExist(err) {
 			return err
 		}
 		rep.OrphanIngests++
@@ -145,50 +144,18 @@ func (s *Store) recover(ctx context.Context) error {
 	return nil
 }
 
-// blobFiles maps every blob file under blobs/ to its path, and lists separately the paths that
-// are not named <alg>/<hex> with a valid digest.
-func (s *Store) blobFiles() (files map[digest.Digest]string, bad []string, err error) {
-	files = map[digest.Digest]string{}
-	root := filepath.Join(s.root, "blobs")
-	algs, err := os.ReadDir(root)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, alg := range algs {
-		dir := filepath.Join(root, alg.Name())
-		if !alg.IsDir() {
-			bad = append(bad, dir)
-			continue
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, e := range entries {
-			p := filepath.Join(dir, e.Name())
-			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), e.Name())
-			if e.IsDir() || d.Validate() != nil {
-				bad = append(bad, p)
-				continue
-			}
-			files[d] = p
-		}
-	}
-	return files, bad, nil
-}
-
 // reindex verifies an unindexed blob file and indexes it, or quarantines it if its bytes do not
 // match its name. The entries of the ingests it was being committed from, if any, give its
 // media type and the repositories its commit was to link it to, which are linked in the same
 // transaction. It reports whether the blob was kept, and how many links it restored.
 func (s *Store) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, linked int, err error) {
-	p, _ := s.blobPath(dgst)
+	p, _ := s.files.blobPath(dgst)
 	got, err := digestFile(p, dgst.Algorithm())
 	if err != nil {
 		return false, 0, err
 	}
 	if got != dgst {
-		return false, 0, s.quarantine(p)
+		return false, 0, s.files.quarantine(p)
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
@@ -212,30 +179,6 @@ func (s *Store) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, lin
 		return putBlob(tx, dgst, rec)
 	})
 	return err == nil, linked, err
-}
-
-// quarantine moves a file out of blobs/ so it is never served, keeping it for inspection.
-func (s *Store) quarantine(path string) error {
-	rel, err := filepath.Rel(filepath.Join(s.root, "blobs"), path)
-	if err != nil {
-		return err
-	}
-	name := fmt.Sprintf("%s-%d", filepath.ToSlash(rel), time.Now().UnixNano())
-	dst := filepath.Join(s.root, "quarantine", filepathSafe(name))
-	if err := os.Rename(path, dst); err != nil {
-		return fmt.Errorf("quarantine %s: %w", path, err)
-	}
-	return nil
-}
-
-func filepathSafe(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '/' {
-			b[i] = '-'
-		}
-	}
-	return string(b)
 }
 
 // VerifyReport says what Verify found.
@@ -274,7 +217,7 @@ func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		p, err := s.blobPath(d)
+		p, err := s.files.blobPath(d)
 		if err != nil {
 			return rep, err
 		}
@@ -301,8 +244,8 @@ func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 		return rep, nil
 	}
 	for _, d := range rep.Corrupt {
-		p, _ := s.blobPath(d)
-		if err := s.quarantine(p); err != nil && !os.IsNotExist(err) {
+		p, _ := s.files.blobPath(d)
+		if err := s.files.quarantine(p); err != nil && !os.IsNotExist(err) {
 			return rep, err
 		}
 	}

@@ -74,9 +74,9 @@ func (o *Options) setDefaults() {
 
 // Store is the cache. All methods are safe for concurrent use.
 type Store struct {
-	root string
-	db   *bolt.DB
-	opts Options
+	files layout
+	db    *bolt.DB
+	opts  Options
 
 	mu         sync.Mutex
 	budget     int64
@@ -116,10 +116,9 @@ type blobRecord struct {
 // fails with ErrUnavailable after Options.OpenTimeout.
 func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	opts.setDefaults()
-	for _, dir := range []string{root, filepath.Join(root, "blobs"), filepath.Join(root, "ingest"), filepath.Join(root, "quarantine")} {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("cache root: %w", err)
-		}
+	files := layout{root: root}
+	if err := files.create(); err != nil {
+		return nil, err
 	}
 	db, err := bolt.Open(filepath.Join(root, "index.db"), 0o600, &bolt.Options{
 		Timeout:        opts.OpenTimeout,
@@ -133,7 +132,7 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open cache index: %w", err)
 	}
 	s := &Store{
-		root:       root,
+		files:      files,
 		db:         db,
 		opts:       opts,
 		activeRefs: map[string]*writer{},
@@ -193,8 +192,8 @@ func (s *Store) loadBudget() (int64, error) {
 			return nil
 		}
 		var st unix.Statfs_t
-		if err := unix.Statfs(s.root, &st); err != nil {
-			return fmt.Errorf("measure free space of %s: %w", s.root, err)
+		if err := unix.Statfs(s.files.root, &st); err != nil {
+			return fmt.Errorf("measure free space of %s: %w", s.files.root, err)
 		}
 		budget = int64(float64(st.Bavail) * float64(st.Bsize) * DefaultBudgetShare)
 		return meta.Put(keyBudget, encodeUint(uint64(budget)))
@@ -214,14 +213,7 @@ func (s *Store) Close() error {
 }
 
 // Root is the directory the cache lives in.
-func (s *Store) Root() string { return s.root }
-
-func (s *Store) blobPath(dgst digest.Digest) (string, error) {
-	if err := dgst.Validate(); err != nil {
-		return "", fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
-	}
-	return filepath.Join(s.root, "blobs", dgst.Algorithm().String(), dgst.Encoded()), nil
-}
+func (s *Store) Root() string { return s.files.root }
 
 func getBlob(tx *bolt.Tx, dgst digest.Digest) (blobRecord, bool, error) {
 	var rec blobRecord
@@ -451,7 +443,7 @@ func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []dig
 		if !ok {
 			continue
 		}
-		p, err := s.blobPath(dgst)
+		p, err := s.files.blobPath(dgst)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -483,7 +475,7 @@ func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, free
 // ReaderAt opens the blob for reading. If it is not cached, ErrNotFound is returned. The blob
 // cannot be evicted while the reader is open.
 func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	p, err := s.blobPath(desc.Digest)
+	p, err := s.files.blobPath(desc.Digest)
 	if err != nil {
 		return nil, err
 	}
@@ -634,7 +626,7 @@ func (s *Store) CheckRoom(size int64) error {
 		return fmt.Errorf("a blob of %d bytes is larger than the cache budget of %d bytes: %w", size, budget, errdefs.ErrResourceExhausted)
 	}
 	var st unix.Statfs_t
-	if err := unix.Statfs(s.root, &st); err == nil {
+	if err := unix.Statfs(s.files.root, &st); err == nil {
 		if free := int64(st.Bavail) * int64(st.Bsize); size > free {
 			return fmt.Errorf("a blob of %d bytes does not fit in the %d bytes free on the cache's filesystem: %w", size, free, errdefs.ErrResourceExhausted)
 		}

@@ -71,7 +71,7 @@ func (s *Store) Peek(ctx context.Context, dgst digest.Digest, limit int64) ([]by
 	if evicting {
 		return nil, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
-	p, err := s.blobPath(dgst)
+	p, err := s.files.blobPath(dgst)
 	if err != nil {
 		return nil, err
 	}

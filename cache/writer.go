@@ -31,12 +31,6 @@ type ingestRecord struct {
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 
-// ingestPath is where the bytes of the ingest named ref are written. The name is a digest of
-// the ref so that any ref, however long or strange, maps to one fixed-length file in ingest/.
-func (s *Store) ingestPath(ref string) string {
-	return filepath.Join(s.root, "ingest", digest.FromString(ref).Encoded())
-}
-
 func getIngest(tx *bolt.Tx, ref string) (ingestRecord, bool, error) {
 	var rec ingestRecord
 	v := tx.Bucket(bucketIngests).Get([]byte(ref))
@@ -142,7 +136,7 @@ func (s *Store) openWriter(ctx context.Context, ref, link string, total int64, e
 	if expected != "" && expected.Algorithm().Available() {
 		alg = expected.Algorithm()
 	}
-	w := &writer{s: s, ref: ref, link: link, path: s.ingestPath(ref), expected: expected, digester: alg.Digester()}
+	w := &writer{s: s, ref: ref, link: link, path: s.files.ingestPath(ref), expected: expected, digester: alg.Digester()}
 
 	var rec ingestRecord
 	var found bool
@@ -403,7 +397,7 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest,
 // transaction so two writers of the same content cannot both add it. With a link, the same
 // transaction links the blob to that repository, whether it was added now or cached already.
 func (s *Store) commitIngest(ctx context.Context, ref, link, ingest string, dgst digest.Digest, size int64, mediaType string, labels map[string]string) error {
-	target, err := s.blobPath(dgst)
+	target, err := s.files.blobPath(dgst)
 	if err != nil {
 		return err
 	}
@@ -501,7 +495,7 @@ func (s *Store) Status(ctx context.Context, ref string) (content.Status, error) 
 
 func (s *Store) statusOf(ref string, rec ingestRecord) content.Status {
 	st := content.Status{Ref: ref, Total: rec.Total, Expected: rec.Expected, StartedAt: rec.StartedAt, UpdatedAt: rec.UpdatedAt}
-	if fi, err := os.Stat(s.ingestPath(ref)); err == nil {
+	if fi, err := os.Stat(s.files.ingestPath(ref)); err == nil {
 		st.Offset = fi.Size()
 	}
 	return st
@@ -562,7 +556,7 @@ func adaptStatus(st content.Status) filters.Adaptor {
 // over.
 func (s *Store) Abort(ctx context.Context, ref string) error {
 	var found bool
-	rmErr := os.Remove(s.ingestPath(ref))
+	rmErr := os.Remove(s.files.ingestPath(ref))
 	if rmErr == nil {
 		found = true
 	} else if !os.IsNotExist(rmErr) {
@@ -602,7 +596,7 @@ func noSpace(err error) error {
 // can be streamed to readers while it is being written. The file stays readable after the
 // ingest is committed or aborted. If there is no such ingest, ErrNotFound is returned.
 func (s *Store) OpenIngest(ref string) (*os.File, error) {
-	f, err := os.Open(s.ingestPath(ref))
+	f, err := os.Open(s.files.ingestPath(ref))
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("ingest %q: %w", ref, errdefs.ErrNotFound)
 	}

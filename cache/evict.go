@@ -32,17 +32,6 @@ type EvictionPlan struct {
 	Bytes int64 `json:"bytes"`
 }
 
-func (s *Store) overHighLocked() bool {
-	return s.budget > 0 && float64(s.used) > s.opts.HighWatermark*float64(s.budget)
-}
-
-func (s *Store) kickEvictor() {
-	select {
-	case s.evictKick <- struct{}{}:
-	default:
-	}
-}
-
 // Evictions is the number of blobs the evictor removed since Open.
 func (s *Store) Evictions() int64 {
 	s.mu.Lock()
@@ -55,29 +44,29 @@ func (s *Store) evictLoop(ctx context.Context) {
 	t := time.NewTicker(evictInterval)
 	defer t.Stop()
 	for {
+		if over, target := s.space.overHigh(); over {
+			s.evictDownTo(ctx, target)
+		}
 		select {
 		case <-s.stop:
 			return
-		case <-s.evictKick:
+		case <-s.space.pastHigh:
 		case <-t.C:
 		}
-		s.mu.Lock()
-		over := s.overHighLocked()
-		target := int64(s.opts.LowWatermark * float64(s.budget))
-		s.mu.Unlock()
-		if !over {
-			continue
-		}
-		plan, err := s.Evict(ctx, target, false)
-		if err != nil {
-			log.G(ctx).WithError(err).Warn("cache eviction failed")
-			continue
-		}
-		used, budget := s.Usage()
-		log.G(ctx).WithField("refs", len(plan.Refs)).WithField("blobs", len(plan.Blobs)).
-			WithField("freed", plan.Bytes).WithField("used", used).WithField("budget", budget).
-			Info("evicted least recently used images")
 	}
+}
+
+// evictDownTo runs one pass of the evictor and logs what it did.
+func (s *Store) evictDownTo(ctx context.Context, target int64) {
+	plan, err := s.Evict(ctx, target, false)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cache eviction failed")
+		return
+	}
+	used, budget := s.space.usage()
+	log.G(ctx).WithField("refs", len(plan.Refs)).WithField("blobs", len(plan.Blobs)).
+		WithField("freed", plan.Bytes).WithField("used", used).WithField("budget", budget).
+		Info("evicted least recently used images")
 }
 
 // evictUnit is what eviction removes together: an image ref with what it reaches, or one blob
@@ -117,8 +106,8 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 		}
 	}
 
+	used, _ := s.space.usage()
 	s.mu.Lock()
-	used := s.used
 	for d := range s.readers {
 		protected[d] = true
 	}

@@ -26,7 +26,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
-	"golang.org/x/sys/unix"
 )
 
 var _ content.Store = (*Store)(nil)
@@ -78,16 +77,15 @@ type Store struct {
 	db    *bolt.DB
 	opts  Options
 
+	space *space
+
 	mu         sync.Mutex
-	budget     int64
-	used       int64                       // bytes of indexed blobs
 	activeRefs map[string]*writer          // ingest refs with an open Writer
 	writing    map[digest.Digest]int       // expected digests of open Writers
 	readers    map[digest.Digest]int       // open readers per blob
 	evicting   map[digest.Digest]struct{}  // blobs being removed by the evictor
 	accessed   map[digest.Digest]time.Time // last access times not yet flushed
 	evictions  int64                       // blobs removed by the evictor since Open
-	evictKick  chan struct{}               // wakes the evictor
 	stop       chan struct{}               // closed by Close
 	wg         sync.WaitGroup              // background goroutines
 	closeOnce  sync.Once
@@ -140,7 +138,6 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		readers:    map[digest.Digest]int{},
 		evicting:   map[digest.Digest]struct{}{},
 		accessed:   map[digest.Digest]time.Time{},
-		evictKick:  make(chan struct{}, 1),
 		stop:       make(chan struct{}),
 	}
 	if err := s.init(ctx); err != nil {
@@ -150,7 +147,6 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	s.wg.Add(2)
 	go s.evictLoop(ctx)
 	go s.flushLoop(ctx)
-	s.kickEvictor()
 	return s, nil
 }
 
@@ -161,44 +157,12 @@ func (s *Store) init(ctx context.Context) error {
 	if err := s.recover(ctx); err != nil {
 		return fmt.Errorf("cache recovery: %w", err)
 	}
-	budget, err := s.loadBudget()
+	sp, err := loadSpace(s.db, s.files.root, s.opts)
 	if err != nil {
 		return err
 	}
-	s.budget = budget
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(_, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			s.used += rec.Size
-			return nil
-		})
-	})
-}
-
-// loadBudget returns the configured budget, or the one fixed at first start, fixing it now if
-// this is the first start.
-func (s *Store) loadBudget() (int64, error) {
-	if s.opts.MaxSize > 0 {
-		return s.opts.MaxSize, nil
-	}
-	var budget int64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if b := meta.Get(keyBudget); len(b) == 8 {
-			budget = int64(decodeUint(b))
-			return nil
-		}
-		var st unix.Statfs_t
-		if err := unix.Statfs(s.files.root, &st); err != nil {
-			return fmt.Errorf("measure free space of %s: %w", s.files.root, err)
-		}
-		budget = int64(float64(st.Bavail) * float64(st.Bsize) * DefaultBudgetShare)
-		return meta.Put(keyBudget, encodeUint(uint64(budget)))
-	})
-	return budget, err
+	s.space = sp
+	return nil
 }
 
 // Close stops the background work, writes pending access times and closes the index.
@@ -461,8 +425,8 @@ func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []dig
 
 // forgetRemoved updates the in-memory accounting for blobs removeBlobsTx removed.
 func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, freed int64) {
+	s.space.free(freed)
 	s.mu.Lock()
-	s.used -= freed
 	for _, dgst := range removed {
 		delete(s.accessed, dgst)
 	}
@@ -554,11 +518,7 @@ func (r *reader) Close() error {
 }
 
 // Usage reports the bytes of cached blobs and the size budget.
-func (s *Store) Usage() (used, budget int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.used, s.budget
-}
+func (s *Store) Usage() (used, budget int64) { return s.space.usage() }
 
 // flushLoop writes batched access times to the index every AccessFlushInterval.
 func (s *Store) flushLoop(ctx context.Context) {
@@ -618,18 +578,4 @@ func (s *Store) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
 // CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
 // and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with
 // a sentence saying which.
-func (s *Store) CheckRoom(size int64) error {
-	s.mu.Lock()
-	budget := s.budget
-	s.mu.Unlock()
-	if budget > 0 && size > budget {
-		return fmt.Errorf("a blob of %d bytes is larger than the cache budget of %d bytes: %w", size, budget, errdefs.ErrResourceExhausted)
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.files.root, &st); err == nil {
-		if free := int64(st.Bavail) * int64(st.Bsize); size > free {
-			return fmt.Errorf("a blob of %d bytes does not fit in the %d bytes free on the cache's filesystem: %w", size, free, errdefs.ErrResourceExhausted)
-		}
-	}
-	return nil
-}
+func (s *Store) CheckRoom(size int64) error { return s.space.checkRoom(size) }

@@ -442,13 +442,7 @@ func (s *Store) commitIngest(ctx context.Context, ref, link, ingest string, dgst
 		}
 		return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrAlreadyExists)
 	}
-	s.mu.Lock()
-	s.used += size
-	over := s.overHighLocked()
-	s.mu.Unlock()
-	if over {
-		s.kickEvictor()
-	}
+	s.space.add(size)
 	return nil
 }
 

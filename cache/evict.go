@@ -107,32 +107,31 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	}
 
 	used, _ := s.space.usage()
-	s.mu.Lock()
-	for d := range s.readers {
+	for _, d := range s.uses.reading() {
 		protected[d] = true
 	}
+	s.mu.Lock()
 	for d := range s.writing {
 		protected[d] = true
 	}
+	s.mu.Unlock()
+	lastAccess := s.uses.lastAccess(blobs)
 	var units []evictUnit
 	for _, ref := range refs {
 		if ref.Pinned {
 			continue
 		}
 		last := ref.VerifiedAt
-		if rec, ok := blobs[ref.Target.Digest]; ok {
-			if at := s.lastAccessLocked(ref.Target.Digest, rec); at.After(last) {
-				last = at
-			}
+		if at, ok := lastAccess[ref.Target.Digest]; ok && at.After(last) {
+			last = at
 		}
 		units = append(units, evictUnit{ref: ref.Name, blobs: reach[ref.Name], lastUsed: last})
 	}
-	for d, rec := range blobs {
+	for d := range blobs {
 		if holders[d] == 0 {
-			units = append(units, evictUnit{blobs: []digest.Digest{d}, lastUsed: s.lastAccessLocked(d, rec)})
+			units = append(units, evictUnit{blobs: []digest.Digest{d}, lastUsed: lastAccess[d]})
 		}
 	}
-	s.mu.Unlock()
 
 	sort.SliceStable(units, func(i, j int) bool { return units[i].lastUsed.Before(units[j].lastUsed) })
 	for _, u := range units {
@@ -183,13 +182,12 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 	}
 	var done EvictionPlan
 	var doomed []digest.Digest
-	defer func() {
+	defer func() { s.uses.unclaim(doomed) }()
+	writing := func(d digest.Digest) bool {
 		s.mu.Lock()
-		for _, d := range doomed {
-			delete(s.evicting, d)
-		}
-		s.mu.Unlock()
-	}()
+		defer s.mu.Unlock()
+		return s.writing[d] > 0
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		refs := tx.Bucket(bucketRefs)
 		kept := map[string]bool{}
@@ -244,16 +242,7 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 				candidates[d] = rec
 			}
 		}
-		s.mu.Lock()
-		for _, d := range plan.Blobs {
-			rec, ok := candidates[d]
-			if !ok || s.readers[d] > 0 || s.writing[d] > 0 || s.lastAccessLocked(d, rec).After(planned) {
-				continue
-			}
-			s.evicting[d] = struct{}{}
-			doomed = append(doomed, d)
-		}
-		s.mu.Unlock()
+		doomed = s.uses.claim(plan.Blobs, candidates, planned, writing)
 		done.Blobs, done.Bytes, err = s.removeBlobsTx(tx, doomed)
 		return err
 	})

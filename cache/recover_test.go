@@ -313,7 +313,7 @@ func TestAccessTimesAreBatched(t *testing.T) {
 	if got := stats.TxStats.GetWrite(); got != writes {
 		t.Fatalf("100 reads made %d index page writes, want none before the flush", got-writes)
 	}
-	if err := s.flushAccess(); err != nil {
+	if err := s.uses.flush(); err != nil {
 		t.Fatal(err)
 	}
 	var rec blobRecord

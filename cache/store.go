@@ -78,16 +78,14 @@ type Store struct {
 	opts  Options
 
 	space *space
+	uses  *uses
 
 	mu         sync.Mutex
-	activeRefs map[string]*writer          // ingest refs with an open Writer
-	writing    map[digest.Digest]int       // expected digests of open Writers
-	readers    map[digest.Digest]int       // open readers per blob
-	evicting   map[digest.Digest]struct{}  // blobs being removed by the evictor
-	accessed   map[digest.Digest]time.Time // last access times not yet flushed
-	evictions  int64                       // blobs removed by the evictor since Open
-	stop       chan struct{}               // closed by Close
-	wg         sync.WaitGroup              // background goroutines
+	activeRefs map[string]*writer    // ingest refs with an open Writer
+	writing    map[digest.Digest]int // expected digests of open Writers
+	evictions  int64                 // blobs removed by the evictor since Open
+	stop       chan struct{}         // closed by Close
+	wg         sync.WaitGroup        // background goroutines
 	closeOnce  sync.Once
 	closeErr   error
 	verifyLock sync.Mutex // one Verify at a time
@@ -135,9 +133,7 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		opts:       opts,
 		activeRefs: map[string]*writer{},
 		writing:    map[digest.Digest]int{},
-		readers:    map[digest.Digest]int{},
-		evicting:   map[digest.Digest]struct{}{},
-		accessed:   map[digest.Digest]time.Time{},
+		uses:       newUses(db),
 		stop:       make(chan struct{}),
 	}
 	if err := s.init(ctx); err != nil {
@@ -146,7 +142,10 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	}
 	s.wg.Add(2)
 	go s.evictLoop(ctx)
-	go s.flushLoop(ctx)
+	go func() {
+		defer s.wg.Done()
+		s.uses.flushLoop(ctx, opts.AccessFlushInterval, s.stop)
+	}()
 	return s, nil
 }
 
@@ -171,7 +170,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.wg.Wait()
-		s.closeErr = errors.Join(s.flushAccess(), s.db.Close())
+		s.closeErr = errors.Join(s.uses.flush(), s.db.Close())
 	})
 	return s.closeErr
 }
@@ -266,12 +265,9 @@ func (s *Store) Describe(ctx context.Context, dgst digest.Digest) (ocispec.Descr
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.evicting[dgst]; ok {
+	if !s.uses.touch(dgst) {
 		return ocispec.Descriptor{}, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
-	s.accessed[dgst] = time.Now()
 	return ocispec.Descriptor{MediaType: rec.MediaType, Digest: dgst, Size: rec.Size}, nil
 }
 
@@ -426,11 +422,7 @@ func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []dig
 // forgetRemoved updates the in-memory accounting for blobs removeBlobsTx removed.
 func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, freed int64) {
 	s.space.free(freed)
-	s.mu.Lock()
-	for _, dgst := range removed {
-		delete(s.accessed, dgst)
-	}
-	s.mu.Unlock()
+	s.uses.forget(removed)
 	if len(removed) > 0 {
 		log.G(ctx).WithField("blobs", len(removed)).WithField("bytes", freed).Debug("removed blobs")
 	}
@@ -443,36 +435,23 @@ func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	if _, ok := s.evicting[desc.Digest]; ok {
-		s.mu.Unlock()
+	if !s.uses.open(desc.Digest) {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
 	}
-	s.readers[desc.Digest]++
-	s.accessed[desc.Digest] = time.Now()
-	s.mu.Unlock()
 
 	f, err := os.Open(p)
 	if err == nil {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
-			return &reader{f: f, size: fi.Size(), release: func() { s.releaseReader(desc.Digest) }}, nil
+			return &reader{f: f, size: fi.Size(), release: func() { s.uses.close(desc.Digest) }}, nil
 		}
 		f.Close()
 	}
-	s.releaseReader(desc.Digest)
+	s.uses.close(desc.Digest)
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
 	}
 	return nil, fmt.Errorf("open blob %s: %w", desc.Digest, err)
-}
-
-func (s *Store) releaseReader(dgst digest.Digest) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.readers[dgst]--; s.readers[dgst] <= 0 {
-		delete(s.readers, dgst)
-	}
 }
 
 // FileBacked is a blob reader whose bytes are an open file's, so that they can be sent with
@@ -519,61 +498,6 @@ func (r *reader) Close() error {
 
 // Usage reports the bytes of cached blobs and the size budget.
 func (s *Store) Usage() (used, budget int64) { return s.space.usage() }
-
-// flushLoop writes batched access times to the index every AccessFlushInterval.
-func (s *Store) flushLoop(ctx context.Context) {
-	defer s.wg.Done()
-	t := time.NewTicker(s.opts.AccessFlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			if err := s.flushAccess(); err != nil {
-				log.G(ctx).WithError(err).Warn("cannot record blob access times")
-			}
-		}
-	}
-}
-
-// flushAccess writes the access times gathered since the last flush in one transaction.
-func (s *Store) flushAccess() error {
-	s.mu.Lock()
-	pending := s.accessed
-	s.accessed = map[digest.Digest]time.Time{}
-	s.mu.Unlock()
-	if len(pending) == 0 {
-		return nil
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for dgst, at := range pending {
-			rec, ok, err := getBlob(tx, dgst)
-			if err != nil || !ok {
-				continue // removed since: nothing to record
-			}
-			if at.After(rec.AccessedAt) {
-				rec.AccessedAt = at
-				if err := putBlob(tx, dgst, rec); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-}
-
-// lastAccess is the blob's latest access, counting reads not yet flushed. Callers hold s.mu.
-func (s *Store) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
-	at := rec.AccessedAt
-	if rec.CreatedAt.After(at) {
-		at = rec.CreatedAt
-	}
-	if m, ok := s.accessed[dgst]; ok && m.After(at) {
-		at = m
-	}
-	return at
-}
 
 // CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
 // and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with

@@ -42,13 +42,10 @@ func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
 		}
 		out = append(out, u)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	lastAccess := s.uses.lastAccess(blobs)
 	for i, u := range out {
-		if rec, ok := blobs[u.Target.Digest]; ok {
-			if at := s.lastAccessLocked(u.Target.Digest, rec); at.After(u.LastUsed) {
-				out[i].LastUsed = at
-			}
+		if at, ok := lastAccess[u.Target.Digest]; ok && at.After(u.LastUsed) {
+			out[i].LastUsed = at
 		}
 	}
 	return out, nil
@@ -65,10 +62,7 @@ func (s *Store) Peek(ctx context.Context, dgst digest.Digest, limit int64) ([]by
 	if info.Size > limit {
 		return nil, fmt.Errorf("blob %s is %d bytes, more than %d: %w", dgst, info.Size, limit, errdefs.ErrFailedPrecondition)
 	}
-	s.mu.Lock()
-	_, evicting := s.evicting[dgst]
-	s.mu.Unlock()
-	if evicting {
+	if s.uses.isEvicting(dgst) {
 		return nil, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
 	p, err := s.files.blobPath(dgst)

@@ -110,11 +110,9 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	for _, d := range s.uses.reading() {
 		protected[d] = true
 	}
-	s.mu.Lock()
-	for d := range s.writing {
+	for _, d := range s.ingests.expected() {
 		protected[d] = true
 	}
-	s.mu.Unlock()
 	lastAccess := s.uses.lastAccess(blobs)
 	var units []evictUnit
 	for _, ref := range refs {
@@ -183,11 +181,6 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 	var done EvictionPlan
 	var doomed []digest.Digest
 	defer func() { s.uses.unclaim(doomed) }()
-	writing := func(d digest.Digest) bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.writing[d] > 0
-	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		refs := tx.Bucket(bucketRefs)
 		kept := map[string]bool{}
@@ -242,7 +235,7 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 				candidates[d] = rec
 			}
 		}
-		doomed = s.uses.claim(plan.Blobs, candidates, planned, writing)
+		doomed = s.uses.claim(plan.Blobs, candidates, planned, s.ingests.isWriting)
 		done.Blobs, done.Bytes, err = s.removeBlobsTx(tx, doomed)
 		return err
 	})

@@ -77,15 +77,14 @@ type Store struct {
 	db    *bolt.DB
 	opts  Options
 
-	space *space
-	uses  *uses
+	space   *space
+	uses    *uses
+	ingests *ingests
 
 	mu         sync.Mutex
-	activeRefs map[string]*writer    // ingest refs with an open Writer
-	writing    map[digest.Digest]int // expected digests of open Writers
-	evictions  int64                 // blobs removed by the evictor since Open
-	stop       chan struct{}         // closed by Close
-	wg         sync.WaitGroup        // background goroutines
+	evictions  int64          // blobs removed by the evictor since Open
+	stop       chan struct{}  // closed by Close
+	wg         sync.WaitGroup // background goroutines
 	closeOnce  sync.Once
 	closeErr   error
 	verifyLock sync.Mutex // one Verify at a time
@@ -128,13 +127,11 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open cache index: %w", err)
 	}
 	s := &Store{
-		files:      files,
-		db:         db,
-		opts:       opts,
-		activeRefs: map[string]*writer{},
-		writing:    map[digest.Digest]int{},
-		uses:       newUses(db),
-		stop:       make(chan struct{}),
+		files: files,
+		db:    db,
+		opts:  opts,
+		uses:  newUses(db),
+		stop:  make(chan struct{}),
 	}
 	if err := s.init(ctx); err != nil {
 		db.Close()
@@ -161,6 +158,7 @@ func (s *Store) init(ctx context.Context) error {
 		return err
 	}
 	s.space = sp
+	s.ingests = newIngests(s.db, s.files, sp)
 	return nil
 }
 

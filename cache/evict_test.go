@@ -285,7 +285,7 @@ func TestEvictionRechecksItsPlan(t *testing.T) {
 			img := putImage(t, s, "registry.test/app:1", randomBytes(60, 16<<10), randomBytes(61, 16<<10))
 			lone := writeBlob(t, s, "", randomBytes(62, 1000))
 			var planned EvictionPlan
-			s.afterPlan = func(p EvictionPlan) {
+			s.evict.afterPlan = func(p EvictionPlan) {
 				planned = p
 				if err := tc.meanwhile(t, s, img, lone); err != nil {
 					t.Error(err)

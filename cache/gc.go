@@ -9,5 +9,5 @@ func (s *Store) EvictTarget() int64 { return s.space.evictTarget() }
 // GC runs one eviction pass now, down to EvictTarget, as the evictor does on its own once usage
 // passes the high watermark. With dryRun nothing is removed and the plan says what would be.
 func (s *Store) GC(ctx context.Context, dryRun bool) (EvictionPlan, error) {
-	return s.Evict(ctx, s.EvictTarget(), dryRun)
+	return s.evict.evict(ctx, s.space.evictTarget(), dryRun)
 }

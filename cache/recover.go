@@ -249,7 +249,7 @@ func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 			return rep, err
 		}
 	}
-	if _, err := s.removeBlobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := s.remove.blobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
 		return rep, err
 	}
 	return rep, nil

@@ -21,7 +21,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -80,19 +79,15 @@ type Store struct {
 	space   *space
 	uses    *uses
 	ingests *ingests
+	remove  remover
+	evict   *evictor
 
-	mu         sync.Mutex
-	evictions  int64          // blobs removed by the evictor since Open
 	stop       chan struct{}  // closed by Close
 	wg         sync.WaitGroup // background goroutines
 	closeOnce  sync.Once
 	closeErr   error
 	verifyLock sync.Mutex // one Verify at a time
 	recovery   RecoveryReport
-
-	// afterPlan, when set (by tests, before the Store is used), runs in each eviction pass
-	// between making its plan and applying it.
-	afterPlan func(EvictionPlan)
 }
 
 // blobRecord is the index entry of one blob.
@@ -138,7 +133,10 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.wg.Add(2)
-	go s.evictLoop(ctx)
+	go func() {
+		defer s.wg.Done()
+		s.evict.loop(ctx, s.stop)
+	}()
 	go func() {
 		defer s.wg.Done()
 		s.uses.flushLoop(ctx, opts.AccessFlushInterval, s.stop)
@@ -159,6 +157,8 @@ func (s *Store) init(ctx context.Context) error {
 	}
 	s.space = sp
 	s.ingests = newIngests(s.db, s.files, sp)
+	s.remove = remover{db: s.db, files: s.files, space: sp, uses: s.uses}
+	s.evict = &evictor{db: s.db, files: s.files, space: sp, uses: s.uses, ingests: s.ingests, remove: s.remove}
 	return nil
 }
 
@@ -362,7 +362,7 @@ func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) err
 // Delete removes the blob. If it is not cached, ErrNotFound is returned. Readers already open
 // keep reading the removed bytes until they close.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
-	removed, err := s.removeBlobs(ctx, []digest.Digest{dgst})
+	removed, err := s.remove.blobs(ctx, []digest.Digest{dgst})
 	if err != nil {
 		return err
 	}
@@ -370,60 +370,6 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 		return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
 	return nil
-}
-
-// removeBlobs removes those of dgsts that are cached (see removeBlobsTx) and returns how many.
-func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest) (int, error) {
-	var removed []digest.Digest
-	var freed int64
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		removed, freed, err = s.removeBlobsTx(tx, dgsts)
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	s.forgetRemoved(ctx, removed, freed)
-	return len(removed), nil
-}
-
-// removeBlobsTx deletes the files of those of dgsts that are indexed in tx, then their index
-// entries and repository links, and returns them with their total size. The files go first so
-// that a crash before tx commits leaves index entries without files, which recovery drops,
-// rather than unindexed files it would index again. Once tx commits, call forgetRemoved.
-func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []digest.Digest, freed int64, err error) {
-	blobs := tx.Bucket(bucketBlobs)
-	for _, dgst := range dgsts {
-		rec, ok, err := getBlob(tx, dgst)
-		if err != nil {
-			return nil, 0, err
-		}
-		if !ok {
-			continue
-		}
-		p, err := s.files.blobPath(dgst)
-		if err != nil {
-			return nil, 0, err
-		}
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-			return nil, 0, fmt.Errorf("remove blob %s: %w", dgst, err)
-		}
-		if err := blobs.Delete([]byte(dgst)); err != nil {
-			return nil, 0, fmt.Errorf("remove blob %s from index: %w", dgst, err)
-		}
-		removed = append(removed, dgst)
-		freed += rec.Size
-	}
-	return removed, freed, unlinkAll(tx, removed)
-}
-
-// forgetRemoved updates the in-memory accounting for blobs removeBlobsTx removed.
-func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, freed int64) {
-	s.space.free(freed)
-	s.uses.forget(removed)
-	if len(removed) > 0 {
-		log.G(ctx).WithField("blobs", len(removed)).WithField("bytes", freed).Debug("removed blobs")
-	}
 }
 
 // ReaderAt opens the blob for reading. If it is not cached, ErrNotFound is returned. The blob

@@ -25,8 +25,11 @@ type RefUsage struct {
 
 // RefUsages lists every cached ref with what it holds, in name order. Listing is not a use: no
 // access time changes, so it does not change what eviction removes first.
-func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
-	blobs, refs, err := s.snapshotIndex()
+func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) { return s.evict.refUsages(ctx) }
+
+// refUsages is Store.RefUsages.
+func (e *evictor) refUsages(ctx context.Context) ([]RefUsage, error) {
+	blobs, refs, err := e.snapshotIndex()
 	if err != nil {
 		return nil, err
 	}
@@ -36,13 +39,13 @@ func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
 			return nil, err
 		}
 		u := RefUsage{Ref: ref, LastUsed: ref.VerifiedAt}
-		for _, d := range s.reachable(ctx, ref.Target, inMap(blobs)) {
+		for _, d := range e.reachable(ctx, ref.Target, inMap(blobs)) {
 			u.Size += blobs[d].Size
 			u.Blobs++
 		}
 		out = append(out, u)
 	}
-	lastAccess := s.uses.lastAccess(blobs)
+	lastAccess := e.uses.lastAccess(blobs)
 	for i, u := range out {
 		if at, ok := lastAccess[u.Target.Digest]; ok && at.After(u.LastUsed) {
 			out[i].LastUsed = at

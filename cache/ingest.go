@@ -25,7 +25,7 @@ type ingestRecord struct {
 	Expected  digest.Digest `json:"expected,omitempty"`
 	MediaType string        `json:"mediaType,omitempty"`
 	// Link is the repository the blob is linked to at commit (see LinkingTo). With Expected, it
-	// tells recovery what a commit cut short by a crash was for (see recover).
+	// tells recovery what a commit cut short by a crash was for (see recovery.run).
 	Link      string    `json:"link,omitempty"`
 	StartedAt time.Time `json:"startedAt"`
 	UpdatedAt time.Time `json:"updatedAt"`

@@ -72,22 +72,21 @@ func (o *Options) setDefaults() {
 
 // Store is the cache. All methods are safe for concurrent use.
 type Store struct {
-	files layout
-	db    *bolt.DB
-	opts  Options
+	files     layout
+	db        *bolt.DB
+	recovered RecoveryReport // what Open repaired
 
 	space   *space
 	uses    *uses
 	ingests *ingests
 	remove  remover
 	evict   *evictor
+	verify  *verifier
 
-	stop       chan struct{}  // closed by Close
-	wg         sync.WaitGroup // background goroutines
-	closeOnce  sync.Once
-	closeErr   error
-	verifyLock sync.Mutex // one Verify at a time
-	recovery   RecoveryReport
+	stop      chan struct{}  // closed by Close
+	wg        sync.WaitGroup // background goroutines
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // blobRecord is the index entry of one blob.
@@ -101,7 +100,7 @@ type blobRecord struct {
 }
 
 // Open opens (creating if needed) the cache rooted at root, repairs what a crash may have left
-// (see recover), and starts the background evictor and access-time flusher. The root is locked
+// (see recovery.run), and starts the background evictor and access-time flusher. The root is locked
 // for the lifetime of the Store: a second Open of the same root, from this or another process,
 // fails with ErrUnavailable after Options.OpenTimeout.
 func Open(ctx context.Context, root string, opts Options) (*Store, error) {
@@ -121,14 +120,8 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open cache index: %w", err)
 	}
-	s := &Store{
-		files: files,
-		db:    db,
-		opts:  opts,
-		uses:  newUses(db),
-		stop:  make(chan struct{}),
-	}
-	if err := s.init(ctx); err != nil {
+	s, err := open(ctx, db, files, opts)
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -144,22 +137,35 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) init(ctx context.Context) error {
-	if err := migrate(s.db); err != nil {
-		return err
+// open brings the index to the current schema, repairs what a crash left, and builds the
+// Store's parts on it.
+func open(ctx context.Context, db *bolt.DB, files layout, opts Options) (*Store, error) {
+	if err := migrate(db); err != nil {
+		return nil, err
 	}
-	if err := s.recover(ctx); err != nil {
-		return fmt.Errorf("cache recovery: %w", err)
-	}
-	sp, err := loadSpace(s.db, s.files.root, s.opts)
+	recovered, err := recovery{db: db, files: files}.run(ctx)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
-	s.space = sp
-	s.ingests = newIngests(s.db, s.files, sp)
-	s.remove = remover{db: s.db, files: s.files, space: sp, uses: s.uses}
-	s.evict = &evictor{db: s.db, files: s.files, space: sp, uses: s.uses, ingests: s.ingests, remove: s.remove}
-	return nil
+	sp, err := loadSpace(db, files.root, opts)
+	if err != nil {
+		return nil, err
+	}
+	uses := newUses(db)
+	ingests := newIngests(db, files, sp)
+	remove := remover{db: db, files: files, space: sp, uses: uses}
+	return &Store{
+		files:     files,
+		db:        db,
+		recovered: recovered,
+		space:     sp,
+		uses:      uses,
+		ingests:   ingests,
+		remove:    remove,
+		evict:     &evictor{db: db, files: files, space: sp, uses: uses, ingests: ingests, remove: remove},
+		verify:    &verifier{db: db, files: files, remove: remove},
+		stop:      make(chan struct{}),
+	}, nil
 }
 
 // Close stops the background work, writes pending access times and closes the index.

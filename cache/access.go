@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,11 +80,7 @@ func (u *uses) isEvicting(dgst digest.Digest) bool {
 func (u *uses) reading() []digest.Digest {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	out := make([]digest.Digest, 0, len(u.readers))
-	for d := range u.readers {
-		out = append(out, d)
-	}
-	return out
+	return slices.Collect(maps.Keys(u.readers))
 }
 
 // lastAccess is the latest access of each of blobs, counting reads not yet flushed.
@@ -111,7 +109,8 @@ func (u *uses) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
 
 // claim marks for removal those of dgsts that have a record in recs, are not open for reading,
 // are not being written (as writing says) and were not used after since, and returns them: from
-// now on they cannot be opened. The caller removes them and then calls unclaim.
+// now on they cannot be opened. The caller removes them and then calls unclaim. writing runs
+// with u.mu held, so that a blob is checked and claimed at one instant; it must not call uses.
 func (u *uses) claim(dgsts []digest.Digest, recs map[digest.Digest]blobRecord, since time.Time, writing func(digest.Digest) bool) []digest.Digest {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -75,7 +75,7 @@ func (e *evictor) loop(ctx context.Context, stop <-chan struct{}) {
 		select {
 		case <-stop:
 			return
-		case <-e.space.pastHigh:
+		case <-e.space.pastHigh():
 		case <-t.C:
 		}
 	}

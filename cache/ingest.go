@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -338,11 +340,7 @@ func (in *ingests) isWriting(dgst digest.Digest) bool {
 func (in *ingests) expected() []digest.Digest {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	out := make([]digest.Digest, 0, len(in.writing))
-	for d := range in.writing {
-		out = append(out, d)
-	}
-	return out
+	return slices.Collect(maps.Keys(in.writing))
 }
 
 // status is Store.Status.

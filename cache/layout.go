@@ -11,11 +11,12 @@ import (
 )
 
 // layout is where the cache's files live under its root (see the schema comment in schema.go):
-// blobs/<alg>/<hex>, ingest/<sha256 of ingest ref> and quarantine/.
+// index.db, blobs/<alg>/<hex>, ingest/<sha256 of ingest ref> and quarantine/.
 type layout struct {
 	root string
 }
 
+func (l layout) indexPath() string     { return filepath.Join(l.root, "index.db") }
 func (l layout) blobsDir() string      { return filepath.Join(l.root, "blobs") }
 func (l layout) ingestDir() string     { return filepath.Join(l.root, "ingest") }
 func (l layout) quarantineDir() string { return filepath.Join(l.root, "quarantine") }

@@ -215,12 +215,12 @@ type verifier struct {
 }
 
 // verify is Store.Verify.
-func (v *verifier) verify(ctx context.Context, repair bool) (VerifyReport, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+func (vr *verifier) verify(ctx context.Context, repair bool) (VerifyReport, error) {
+	vr.mu.Lock()
+	defer vr.mu.Unlock()
 	rep := VerifyReport{Repaired: repair}
 	var dgsts []digest.Digest
-	if err := v.db.View(func(tx *bolt.Tx) error {
+	if err := vr.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			var rec blobRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -237,7 +237,7 @@ func (v *verifier) verify(ctx context.Context, repair bool) (VerifyReport, error
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		p, err := v.files.blobPath(d)
+		p, err := vr.files.blobPath(d)
 		if err != nil {
 			return rep, err
 		}
@@ -264,12 +264,12 @@ func (v *verifier) verify(ctx context.Context, repair bool) (VerifyReport, error
 		return rep, nil
 	}
 	for _, d := range rep.Corrupt {
-		p, _ := v.files.blobPath(d)
-		if err := v.files.quarantine(p); err != nil && !os.IsNotExist(err) {
+		p, _ := vr.files.blobPath(d)
+		if err := vr.files.quarantine(p); err != nil && !os.IsNotExist(err) {
 			return rep, err
 		}
 	}
-	if _, err := v.remove.blobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := vr.remove.blobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
 		return rep, err
 	}
 	return rep, nil

@@ -10,14 +10,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Usage reports the bytes of cached blobs and the size budget.
+func (s *Store) Usage() (used, budget int64) { return s.space.usage() }
+
+// CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
+// and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with
+// a sentence saying which.
+func (s *Store) CheckRoom(size int64) error { return s.space.checkRoom(size) }
+
 // space is the cache's size accounting: the bytes of indexed blobs against the budget, and the
 // watermarks between which the evictor keeps them.
 type space struct {
-	root      string  // the cache root, whose filesystem's free space checkRoom measures
-	high, low float64 // Options.HighWatermark and LowWatermark
-	// pastHigh is signalled, without blocking, whenever a blob is added while usage is over the
-	// high watermark: it wakes the evictor.
-	pastHigh chan struct{}
+	root      string        // the cache root, whose filesystem's free space checkRoom measures
+	high, low float64       // Options.HighWatermark and LowWatermark
+	wake      chan struct{} // see pastHigh
 
 	mu     sync.Mutex
 	budget int64
@@ -27,7 +33,7 @@ type space struct {
 // loadSpace reads the budget (fixing it now if this is the first start and none is configured)
 // and adds up the indexed blobs.
 func loadSpace(db *bolt.DB, root string, opts Options) (*space, error) {
-	sp := &space{root: root, high: opts.HighWatermark, low: opts.LowWatermark, pastHigh: make(chan struct{}, 1)}
+	sp := &space{root: root, high: opts.HighWatermark, low: opts.LowWatermark, wake: make(chan struct{}, 1)}
 	budget, err := loadBudget(db, root, opts.MaxSize)
 	if err != nil {
 		return nil, err
@@ -84,11 +90,15 @@ func (sp *space) add(n int64) {
 	sp.mu.Unlock()
 	if over {
 		select {
-		case sp.pastHigh <- struct{}{}:
+		case sp.wake <- struct{}{}:
 		default:
 		}
 	}
 }
+
+// pastHigh is signalled, without blocking, whenever a blob is added while usage is over the
+// high watermark: it wakes the evictor.
+func (sp *space) pastHigh() <-chan struct{} { return sp.wake }
 
 // free counts n bytes of blobs just removed.
 func (sp *space) free(n int64) {

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +70,11 @@ func (o *Options) setDefaults() {
 }
 
 // Store is the cache. All methods are safe for concurrent use.
+//
+// Store itself answers for cached blobs (reads, labels, removal) and for refs, links and pins,
+// from the index. The rest it hands to parts that keep their own state: ingests (writes in
+// progress), space (the budget), uses (open readers, access times, blobs being evicted), the
+// evictor, the verifier and, at Open, recovery.
 type Store struct {
 	files     layout
 	db        *bolt.DB
@@ -100,16 +104,16 @@ type blobRecord struct {
 }
 
 // Open opens (creating if needed) the cache rooted at root, repairs what a crash may have left
-// (see recovery.run), and starts the background evictor and access-time flusher. The root is locked
-// for the lifetime of the Store: a second Open of the same root, from this or another process,
-// fails with ErrUnavailable after Options.OpenTimeout.
+// (see recovery.run), and starts the background evictor and access-time flusher. The root is
+// locked for the lifetime of the Store: a second Open of the same root, from this or another
+// process, fails with ErrUnavailable after Options.OpenTimeout.
 func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	opts.setDefaults()
 	files := layout{root: root}
 	if err := files.create(); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(root, "index.db"), 0o600, &bolt.Options{
+	db, err := bolt.Open(files.indexPath(), 0o600, &bolt.Options{
 		Timeout:        opts.OpenTimeout,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
@@ -445,11 +449,3 @@ func (r *reader) Close() error {
 	r.once.Do(r.release)
 	return err
 }
-
-// Usage reports the bytes of cached blobs and the size budget.
-func (s *Store) Usage() (used, budget int64) { return s.space.usage() }
-
-// CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
-// and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with
-// a sentence saying which.
-func (s *Store) CheckRoom(size int64) error { return s.space.checkRoom(size) }

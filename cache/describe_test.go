@@ -22,17 +22,17 @@ func TestDescribe(t *testing.T) {
 	if err := content.WriteBlob(ctx, s, "describe", bytes.NewReader(body), want); err != nil {
 		t.Fatal(err)
 	}
-	s.mu.Lock()
-	delete(s.accessed, want.Digest)
-	s.mu.Unlock()
+	s.uses.mu.Lock()
+	delete(s.uses.accessed, want.Digest)
+	s.uses.mu.Unlock()
 
 	got, err := s.Describe(ctx, want.Digest)
 	if err != nil || got.Digest != want.Digest || got.Size != want.Size || got.MediaType != want.MediaType {
 		t.Fatalf("Describe = %+v, %v; want %+v", got, err, want)
 	}
-	s.mu.Lock()
-	_, used := s.accessed[want.Digest]
-	s.mu.Unlock()
+	s.uses.mu.Lock()
+	_, used := s.uses.accessed[want.Digest]
+	s.uses.mu.Unlock()
 	if !used {
 		t.Error("Describe did not count as a use of the blob")
 	}
@@ -52,13 +52,13 @@ func TestDescribe(t *testing.T) {
 		})
 	}
 
-	s.mu.Lock()
-	s.evicting[want.Digest] = struct{}{}
-	s.mu.Unlock()
+	s.uses.mu.Lock()
+	s.uses.evicting[want.Digest] = struct{}{}
+	s.uses.mu.Unlock()
 	if _, err := s.Describe(ctx, want.Digest); !errdefs.IsNotFound(err) {
 		t.Errorf("Describe of a blob being evicted = %v, want not found", err)
 	}
-	s.mu.Lock()
-	delete(s.evicting, want.Digest)
-	s.mu.Unlock()
+	s.uses.mu.Lock()
+	delete(s.uses.evicting, want.Digest)
+	s.uses.mu.Unlock()
 }

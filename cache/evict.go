@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
@@ -32,52 +33,68 @@ type EvictionPlan struct {
 	Bytes int64 `json:"bytes"`
 }
 
-func (s *Store) overHighLocked() bool {
-	return s.budget > 0 && float64(s.used) > s.opts.HighWatermark*float64(s.budget)
-}
-
-func (s *Store) kickEvictor() {
-	select {
-	case s.evictKick <- struct{}{}:
-	default:
-	}
+// Evict removes least recently used images until the cached bytes are at most target. An image
+// is a ref with the blobs reachable from it (index → manifests → config and layers); a blob is
+// removed only when no kept ref reaches it. Blobs no ref reaches are evicted on their own last
+// use. Pinned refs, what they reach, and blobs open for reading or being written are kept, and
+// so is whatever is used again while the pass runs (see evictor.apply).
+// With dryRun, nothing is removed and the plan says what would be.
+func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionPlan, error) {
+	return s.evict.evict(ctx, target, dryRun)
 }
 
 // Evictions is the number of blobs the evictor removed since Open.
-func (s *Store) Evictions() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.evictions
+func (s *Store) Evictions() int64 { return s.evict.removed() }
+
+// evictor removes least recently used images to keep the cache within its budget: on its own
+// once usage passes the high watermark (see loop), and when asked (Store.Evict and GC).
+type evictor struct {
+	db      *bolt.DB
+	files   layout
+	space   *space
+	uses    *uses
+	ingests *ingests
+	remove  remover
+
+	evictions atomic.Int64 // blobs removed since Open
+
+	// afterPlan, when set (by tests, before the Store is used), runs in each eviction pass
+	// between making its plan and applying it.
+	afterPlan func(EvictionPlan)
 }
 
-func (s *Store) evictLoop(ctx context.Context) {
-	defer s.wg.Done()
+// loop runs an eviction pass whenever usage is over the high watermark: at start, when a
+// commit takes it there, and every evictInterval, until stop is closed.
+func (e *evictor) loop(ctx context.Context, stop <-chan struct{}) {
 	t := time.NewTicker(evictInterval)
 	defer t.Stop()
 	for {
+		if over, target := e.space.overHigh(); over {
+			e.evictDownTo(ctx, target)
+		}
 		select {
-		case <-s.stop:
+		case <-stop:
 			return
-		case <-s.evictKick:
+		case <-e.space.pastHigh():
 		case <-t.C:
 		}
-		s.mu.Lock()
-		over := s.overHighLocked()
-		target := int64(s.opts.LowWatermark * float64(s.budget))
-		s.mu.Unlock()
-		if !over {
-			continue
-		}
-		plan, err := s.Evict(ctx, target, false)
-		if err != nil {
-			log.G(ctx).WithError(err).Warn("cache eviction failed")
-			continue
-		}
-		used, budget := s.Usage()
-		log.G(ctx).WithField("refs", len(plan.Refs)).WithField("blobs", len(plan.Blobs)).
-			WithField("freed", plan.Bytes).WithField("used", used).WithField("budget", budget).
-			Info("evicted least recently used images")
 	}
+}
+
+// removed is the number of blobs the evictor removed since Open.
+func (e *evictor) removed() int64 { return e.evictions.Load() }
+
+// evictDownTo runs one pass of the evictor and logs what it did.
+func (e *evictor) evictDownTo(ctx context.Context, target int64) {
+	plan, err := e.evict(ctx, target, false)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cache eviction failed")
+		return
+	}
+	used, budget := e.space.usage()
+	log.G(ctx).WithField("refs", len(plan.Refs)).WithField("blobs", len(plan.Blobs)).
+		WithField("freed", plan.Bytes).WithField("used", used).WithField("budget", budget).
+		Info("evicted least recently used images")
 }
 
 // evictUnit is what eviction removes together: an image ref with what it reaches, or one blob
@@ -88,16 +105,11 @@ type evictUnit struct {
 	lastUsed time.Time
 }
 
-// Evict removes least recently used images until the cached bytes are at most target. An image
-// is a ref with the blobs reachable from it (index → manifests → config and layers); a blob is
-// removed only when no kept ref reaches it. Blobs no ref reaches are evicted on their own last
-// use. Pinned refs, what they reach, and blobs open for reading or being written are kept, and
-// so is whatever is used again while the pass runs (see applyEviction).
-// With dryRun, nothing is removed and the plan says what would be.
-func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionPlan, error) {
+// evict is Store.Evict.
+func (e *evictor) evict(ctx context.Context, target int64, dryRun bool) (EvictionPlan, error) {
 	var plan EvictionPlan
 	planned := time.Now()
-	blobs, refs, err := s.snapshotIndex()
+	blobs, refs, err := e.snapshotIndex()
 	if err != nil {
 		return plan, err
 	}
@@ -107,7 +119,7 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	holders := map[digest.Digest]int{}
 	protected := map[digest.Digest]bool{}
 	for _, ref := range refs {
-		r := s.reachable(ctx, ref.Target, inMap(blobs))
+		r := e.reachable(ctx, ref.Target, inMap(blobs))
 		reach[ref.Name] = r
 		for _, d := range r {
 			holders[d]++
@@ -117,33 +129,30 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 		}
 	}
 
-	s.mu.Lock()
-	used := s.used
-	for d := range s.readers {
+	used, _ := e.space.usage()
+	for _, d := range e.uses.reading() {
 		protected[d] = true
 	}
-	for d := range s.writing {
+	for _, d := range e.ingests.expected() {
 		protected[d] = true
 	}
+	lastAccess := e.uses.lastAccess(blobs)
 	var units []evictUnit
 	for _, ref := range refs {
 		if ref.Pinned {
 			continue
 		}
 		last := ref.VerifiedAt
-		if rec, ok := blobs[ref.Target.Digest]; ok {
-			if at := s.lastAccessLocked(ref.Target.Digest, rec); at.After(last) {
-				last = at
-			}
+		if at, ok := lastAccess[ref.Target.Digest]; ok && at.After(last) {
+			last = at
 		}
 		units = append(units, evictUnit{ref: ref.Name, blobs: reach[ref.Name], lastUsed: last})
 	}
-	for d, rec := range blobs {
+	for d := range blobs {
 		if holders[d] == 0 {
-			units = append(units, evictUnit{blobs: []digest.Digest{d}, lastUsed: s.lastAccessLocked(d, rec)})
+			units = append(units, evictUnit{blobs: []digest.Digest{d}, lastUsed: lastAccess[d]})
 		}
 	}
-	s.mu.Unlock()
 
 	sort.SliceStable(units, func(i, j int) bool { return units[i].lastUsed.Before(units[j].lastUsed) })
 	for _, u := range units {
@@ -170,13 +179,13 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 	if dryRun || (len(plan.Refs) == 0 && len(plan.Blobs) == 0) {
 		return plan, nil
 	}
-	if s.afterPlan != nil {
-		s.afterPlan(plan)
+	if e.afterPlan != nil {
+		e.afterPlan(plan)
 	}
-	return s.applyEviction(ctx, plan, planned, refs)
+	return e.apply(ctx, plan, planned, refs)
 }
 
-// applyEviction removes what the plan names, planned at that time from the refs of snapshot,
+// apply removes what the plan names, planned at that time from the refs of snapshot,
 // except what was used again since. It decides and removes in one index transaction, which bbolt
 // serialises with every other index write, so that nothing recorded before it is missed and
 // nothing recorded after it can name a blob it is removing. It keeps:
@@ -187,21 +196,15 @@ func (s *Store) Evict(ctx context.Context, target int64, dryRun bool) (EvictionP
 // The blob files are removed inside the transaction, before it commits: a crash in between
 // leaves index entries without files, which recovery drops. A ReaderAt that arrives during the
 // removal finds the blob gone.
-func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned time.Time, snapshot []Ref) (EvictionPlan, error) {
+func (e *evictor) apply(ctx context.Context, plan EvictionPlan, planned time.Time, snapshot []Ref) (EvictionPlan, error) {
 	before := make(map[string]Ref, len(snapshot))
 	for _, ref := range snapshot {
 		before[ref.Name] = ref
 	}
 	var done EvictionPlan
 	var doomed []digest.Digest
-	defer func() {
-		s.mu.Lock()
-		for _, d := range doomed {
-			delete(s.evicting, d)
-		}
-		s.mu.Unlock()
-	}()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	defer func() { e.uses.unclaim(doomed) }()
+	err := e.db.Update(func(tx *bolt.Tx) error {
 		refs := tx.Bucket(bucketRefs)
 		kept := map[string]bool{}
 		for _, name := range plan.Refs {
@@ -237,7 +240,7 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 			if old, ok := before[ref.Name]; ok && !kept[ref.Name] && old.Target.Digest == ref.Target.Digest {
 				return nil
 			}
-			for _, d := range s.reachable(ctx, ref.Target, inIndex) {
+			for _, d := range e.reachable(ctx, ref.Target, inIndex) {
 				held[d] = true
 			}
 			return nil
@@ -255,26 +258,15 @@ func (s *Store) applyEviction(ctx context.Context, plan EvictionPlan, planned ti
 				candidates[d] = rec
 			}
 		}
-		s.mu.Lock()
-		for _, d := range plan.Blobs {
-			rec, ok := candidates[d]
-			if !ok || s.readers[d] > 0 || s.writing[d] > 0 || s.lastAccessLocked(d, rec).After(planned) {
-				continue
-			}
-			s.evicting[d] = struct{}{}
-			doomed = append(doomed, d)
-		}
-		s.mu.Unlock()
-		done.Blobs, done.Bytes, err = s.removeBlobsTx(tx, doomed)
+		doomed = e.uses.claim(plan.Blobs, candidates, planned, e.ingests.isWriting)
+		done.Blobs, done.Bytes, err = e.remove.inTx(tx, doomed)
 		return err
 	})
 	if err != nil {
 		return plan, fmt.Errorf("evict: %w", err)
 	}
-	s.forgetRemoved(ctx, done.Blobs, done.Bytes)
-	s.mu.Lock()
-	s.evictions += int64(len(done.Blobs))
-	s.mu.Unlock()
+	e.remove.forget(ctx, done.Blobs, done.Bytes)
+	e.evictions.Add(int64(len(done.Blobs)))
 	return done, nil
 }
 
@@ -313,7 +305,7 @@ func inMap(blobs map[digest.Digest]blobRecord) func(digest.Digest) (blobRecord, 
 // reachable lists the cached blobs reachable from desc: desc itself, and for an index or a
 // manifest its children, recursively. lookup says which blobs are cached; children that are
 // not are skipped.
-func (s *Store) reachable(ctx context.Context, desc ocispec.Descriptor, lookup func(digest.Digest) (blobRecord, bool)) []digest.Digest {
+func (e *evictor) reachable(ctx context.Context, desc ocispec.Descriptor, lookup func(digest.Digest) (blobRecord, bool)) []digest.Digest {
 	seen := map[digest.Digest]bool{}
 	var out []digest.Digest
 	var walk func(desc ocispec.Descriptor, depth int)
@@ -331,7 +323,7 @@ func (s *Store) reachable(ctx context.Context, desc ocispec.Descriptor, lookup f
 		if mt == "" {
 			mt = rec.MediaType
 		}
-		children, err := s.children(desc.Digest, mt, rec.Size)
+		children, err := e.children(desc.Digest, mt, rec.Size)
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("digest", desc.Digest).Debug("cannot read image children")
 		}
@@ -345,13 +337,13 @@ func (s *Store) reachable(ctx context.Context, desc ocispec.Descriptor, lookup f
 
 // children parses a manifest or index blob for its children. Other blobs have none. It reads the
 // file directly so that eviction does not count as a use.
-func (s *Store) children(dgst digest.Digest, mediaType string, size int64) ([]ocispec.Descriptor, error) {
+func (e *evictor) children(dgst digest.Digest, mediaType string, size int64) ([]ocispec.Descriptor, error) {
 	isIndex, isManifest := images.IsIndexType(mediaType), images.IsManifestType(mediaType)
 	unknown := mediaType == "" || mediaType == "application/json"
 	if !isIndex && !isManifest && !unknown || size > maxManifestSize {
 		return nil, nil
 	}
-	p, err := s.blobPath(dgst)
+	p, err := e.files.blobPath(dgst)
 	if err != nil {
 		return nil, err
 	}
@@ -387,10 +379,10 @@ func parseChildren(b []byte) ([]ocispec.Descriptor, error) {
 }
 
 // snapshotIndex reads every blob record and every ref in one read transaction.
-func (s *Store) snapshotIndex() (map[digest.Digest]blobRecord, []Ref, error) {
+func (e *evictor) snapshotIndex() (map[digest.Digest]blobRecord, []Ref, error) {
 	blobs := map[digest.Digest]blobRecord{}
 	var refs []Ref
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := e.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			var rec blobRecord
 			if err := json.Unmarshal(v, &rec); err != nil {

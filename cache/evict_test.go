@@ -285,7 +285,7 @@ func TestEvictionRechecksItsPlan(t *testing.T) {
 			img := putImage(t, s, "registry.test/app:1", randomBytes(60, 16<<10), randomBytes(61, 16<<10))
 			lone := writeBlob(t, s, "", randomBytes(62, 1000))
 			var planned EvictionPlan
-			s.afterPlan = func(p EvictionPlan) {
+			s.evict.afterPlan = func(p EvictionPlan) {
 				planned = p
 				if err := tc.meanwhile(t, s, img, lone); err != nil {
 					t.Error(err)
@@ -316,15 +316,15 @@ func TestEvictionRechecksItsPlan(t *testing.T) {
 			if got := cached(t, s, lone.Digest); got != tc.keepLone {
 				t.Errorf("the unreferenced blob cached=%v, want %v", got, tc.keepLone)
 			}
-			if used, _ := s.Usage(); used != s.sumIndexed(t) {
-				t.Errorf("usage %d, the index holds %d bytes", used, s.sumIndexed(t))
+			if used, _ := s.Usage(); used != sumIndexed(t, s) {
+				t.Errorf("usage %d, the index holds %d bytes", used, sumIndexed(t, s))
 			}
 		})
 	}
 }
 
 // sumIndexed adds up the sizes of the indexed blobs.
-func (s *Store) sumIndexed(t *testing.T) int64 {
+func sumIndexed(t *testing.T, s *Store) int64 {
 	t.Helper()
 	var n int64
 	if err := s.Walk(t.Context(), func(info content.Info) error { n += info.Size; return nil }); err != nil {

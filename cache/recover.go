@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -26,9 +26,15 @@ type RecoveryReport struct {
 }
 
 // LastRecovery is what the last Open repaired.
-func (s *Store) LastRecovery() RecoveryReport { return s.recovery }
+func (s *Store) LastRecovery() RecoveryReport { return s.recovered }
 
-// recover makes the index and the files agree after a crash. Blob files only ever appear by an
+// recovery makes the index and the files agree after a crash, at Open (see run).
+type recovery struct {
+	db    *bolt.DB
+	files layout
+}
+
+// run makes the index and the files agree after a crash. Blob files only ever appear by an
 // atomic rename of verified bytes, so a blob file is complete; what a crash can leave is:
 //   - an index entry without its file (crash while removing): the entry is dropped;
 //   - a blob file without an index entry (crash between rename and index commit): it is
@@ -38,22 +44,22 @@ func (s *Store) LastRecovery() RecoveryReport { return s.recovery }
 //   - an ingest file without an index entry, or the reverse: removed, or dropped.
 //
 // Ingests that have both are kept for their writers to resume.
-func (s *Store) recover(ctx context.Context) error {
+func (r recovery) run(ctx context.Context) (RecoveryReport, error) {
 	var rep RecoveryReport
-	files, bad, err := s.blobFiles()
+	files, bad, err := r.files.blobFiles()
 	if err != nil {
-		return err
+		return rep, err
 	}
 	for _, p := range bad {
-		if err := s.quarantine(p); err != nil {
-			return err
+		if err := r.files.quarantine(p); err != nil {
+			return rep, err
 		}
 		rep.Quarantined = append(rep.Quarantined, p)
 	}
 	ingestFiles := map[string]bool{}
-	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	entries, err := os.ReadDir(r.files.ingestDir())
 	if err != nil {
-		return err
+		return rep, err
 	}
 	for _, e := range entries {
 		ingestFiles[e.Name()] = true
@@ -61,7 +67,7 @@ func (s *Store) recover(ctx context.Context) error {
 
 	var unindexed []digest.Digest
 	committing := map[digest.Digest][]ingestRecord{} // entries of ingests whose file is gone, by digest
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = r.db.Update(func(tx *bolt.Tx) error {
 		var missing [][]byte
 		blobs := tx.Bucket(bucketBlobs)
 		if err := blobs.ForEach(func(k, _ []byte) error {
@@ -111,11 +117,11 @@ func (s *Store) recover(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return rep, err
 	}
 	for name := range ingestFiles {
-		if err := os.Remove(filepath.Join(s.root, "ingest", name)); err != nil && !os.IsNotExist(err) {
-			return err
+		if err := os.Remove(filepath.Join(r.files.ingestDir(), name)); err != nil && !os.IsNotExist(err) {
+			return rep, err
 		}
 		rep.OrphanIngests++
 	}
@@ -124,9 +130,9 @@ func (s *Store) recover(ctx context.Context) error {
 		unindexed = append(unindexed, dgst)
 	}
 	for _, dgst := range unindexed {
-		ok, linked, err := s.reindex(dgst, committing[dgst])
+		ok, linked, err := r.reindex(dgst, committing[dgst])
 		if err != nil {
-			return err
+			return rep, err
 		}
 		if ok {
 			rep.Reindexed = append(rep.Reindexed, dgst)
@@ -135,66 +141,33 @@ func (s *Store) recover(ctx context.Context) error {
 			rep.Quarantined = append(rep.Quarantined, files[dgst])
 		}
 	}
-	s.recovery = rep
 	if len(rep.DroppedEntries)+len(rep.Reindexed)+len(rep.Quarantined)+rep.OrphanIngests+rep.DroppedIngests > 0 {
 		log.G(ctx).WithField("dropped_entries", len(rep.DroppedEntries)).WithField("reindexed", len(rep.Reindexed)).
 			WithField("relinked", rep.Relinked).
 			WithField("quarantined", len(rep.Quarantined)).WithField("orphan_ingests", rep.OrphanIngests).
 			WithField("dropped_ingests", rep.DroppedIngests).Warn("cache repaired after an unclean stop")
 	}
-	return nil
-}
-
-// blobFiles maps every blob file under blobs/ to its path, and lists separately the paths that
-// are not named <alg>/<hex> with a valid digest.
-func (s *Store) blobFiles() (files map[digest.Digest]string, bad []string, err error) {
-	files = map[digest.Digest]string{}
-	root := filepath.Join(s.root, "blobs")
-	algs, err := os.ReadDir(root)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, alg := range algs {
-		dir := filepath.Join(root, alg.Name())
-		if !alg.IsDir() {
-			bad = append(bad, dir)
-			continue
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, e := range entries {
-			p := filepath.Join(dir, e.Name())
-			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), e.Name())
-			if e.IsDir() || d.Validate() != nil {
-				bad = append(bad, p)
-				continue
-			}
-			files[d] = p
-		}
-	}
-	return files, bad, nil
+	return rep, nil
 }
 
 // reindex verifies an unindexed blob file and indexes it, or quarantines it if its bytes do not
 // match its name. The entries of the ingests it was being committed from, if any, give its
 // media type and the repositories its commit was to link it to, which are linked in the same
 // transaction. It reports whether the blob was kept, and how many links it restored.
-func (s *Store) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, linked int, err error) {
-	p, _ := s.blobPath(dgst)
+func (r recovery) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, linked int, err error) {
+	p, _ := r.files.blobPath(dgst)
 	got, err := digestFile(p, dgst.Algorithm())
 	if err != nil {
 		return false, 0, err
 	}
 	if got != dgst {
-		return false, 0, s.quarantine(p)
+		return false, 0, r.files.quarantine(p)
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
 		return false, 0, err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = r.db.Update(func(tx *bolt.Tx) error {
 		mt := fi.ModTime()
 		rec := blobRecord{Size: fi.Size(), CreatedAt: mt, UpdatedAt: mt, AccessedAt: mt}
 		for _, in := range from {
@@ -214,30 +187,6 @@ func (s *Store) reindex(dgst digest.Digest, from []ingestRecord) (kept bool, lin
 	return err == nil, linked, err
 }
 
-// quarantine moves a file out of blobs/ so it is never served, keeping it for inspection.
-func (s *Store) quarantine(path string) error {
-	rel, err := filepath.Rel(filepath.Join(s.root, "blobs"), path)
-	if err != nil {
-		return err
-	}
-	name := fmt.Sprintf("%s-%d", filepath.ToSlash(rel), time.Now().UnixNano())
-	dst := filepath.Join(s.root, "quarantine", filepathSafe(name))
-	if err := os.Rename(path, dst); err != nil {
-		return fmt.Errorf("quarantine %s: %w", path, err)
-	}
-	return nil
-}
-
-func filepathSafe(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c == '/' {
-			b[i] = '-'
-		}
-	}
-	return string(b)
-}
-
 // VerifyReport says what Verify found.
 type VerifyReport struct {
 	Checked int             `json:"checked"`
@@ -253,11 +202,25 @@ type VerifyReport struct {
 // missing ones are dropped from the index. Blobs being read are verified like the others: their
 // readers keep the bytes they opened.
 func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
-	s.verifyLock.Lock()
-	defer s.verifyLock.Unlock()
+	return s.verify.verify(ctx, repair)
+}
+
+// verifier rehashes the cached blobs when asked (see Store.Verify), one pass at a time.
+type verifier struct {
+	db     *bolt.DB
+	files  layout
+	remove remover
+
+	mu sync.Mutex // held by a pass
+}
+
+// verify is Store.Verify.
+func (vr *verifier) verify(ctx context.Context, repair bool) (VerifyReport, error) {
+	vr.mu.Lock()
+	defer vr.mu.Unlock()
 	rep := VerifyReport{Repaired: repair}
 	var dgsts []digest.Digest
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := vr.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			var rec blobRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -274,7 +237,7 @@ func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		p, err := s.blobPath(d)
+		p, err := vr.files.blobPath(d)
 		if err != nil {
 			return rep, err
 		}
@@ -301,12 +264,12 @@ func (s *Store) Verify(ctx context.Context, repair bool) (VerifyReport, error) {
 		return rep, nil
 	}
 	for _, d := range rep.Corrupt {
-		p, _ := s.blobPath(d)
-		if err := s.quarantine(p); err != nil && !os.IsNotExist(err) {
+		p, _ := vr.files.blobPath(d)
+		if err := vr.files.quarantine(p); err != nil && !os.IsNotExist(err) {
 			return rep, err
 		}
 	}
-	if _, err := s.removeBlobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
+	if _, err := vr.remove.blobs(ctx, bad); err != nil && !errdefs.IsNotFound(err) {
 		return rep, err
 	}
 	return rep, nil

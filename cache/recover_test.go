@@ -49,7 +49,7 @@ func TestRecoveryRepairsIndexAndFiles(t *testing.T) {
 
 	// What a crash can leave behind:
 	// 1. an index entry whose file is gone,
-	lostPath, _ := s.blobPath(lost.Digest)
+	lostPath, _ := s.files.blobPath(lost.Digest)
 	if err := os.Remove(lostPath); err != nil {
 		t.Fatal(err)
 	}
@@ -127,9 +127,9 @@ func TestRecoveryFinishesALinkingCommit(t *testing.T) {
 	}
 	w.Close()
 	// The commit's rename, and nothing after it.
-	target, _ := s.blobPath(desc.Digest)
+	target, _ := s.files.blobPath(desc.Digest)
 	os.MkdirAll(filepath.Dir(target), 0o700)
-	if err := os.Rename(s.ingestPath("m"), target); err != nil {
+	if err := os.Rename(s.files.ingestPath("m"), target); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -177,7 +177,7 @@ func TestVerifyFindsAndQuarantinesCorruption(t *testing.T) {
 	ctx := t.Context()
 	good := writeBlob(t, s, "", randomBytes(60, 5000))
 	bad := writeBlob(t, s, "", randomBytes(61, 5000))
-	p, _ := s.blobPath(bad.Digest)
+	p, _ := s.files.blobPath(bad.Digest)
 	if err := os.Chmod(p, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestAccessTimesAreBatched(t *testing.T) {
 	if got := stats.TxStats.GetWrite(); got != writes {
 		t.Fatalf("100 reads made %d index page writes, want none before the flush", got-writes)
 	}
-	if err := s.flushAccess(); err != nil {
+	if err := s.uses.flush(); err != nil {
 		t.Fatal(err)
 	}
 	var rec blobRecord

@@ -19,9 +19,9 @@ package cache
 //	 └─ <ingest ref>   → ingestRecord (JSON): total, expected digest, media type, repository to
 //	                     link at commit, started, updated
 //
-// Blob bytes live beside the index, never in it: <root>/blobs/<alg>/<hex> (complete, verified
-// content only), <root>/ingest/<sha256 of ingest ref> (writes in progress) and
-// <root>/quarantine/<alg>-<hex> (blobs that failed verification).
+// Blob bytes live beside the index, never in it (see layout): <root>/blobs/<alg>/<hex>
+// (complete, verified content only), <root>/ingest/<sha256 of ingest ref> (writes in progress)
+// and <root>/quarantine/<alg>-<hex> (blobs that failed verification).
 
 import (
 	"encoding/binary"

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -21,12 +20,10 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/filters"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
-	"golang.org/x/sys/unix"
 )
 
 var _ content.Store = (*Store)(nil)
@@ -73,31 +70,27 @@ func (o *Options) setDefaults() {
 }
 
 // Store is the cache. All methods are safe for concurrent use.
+//
+// Store itself answers for cached blobs (reads, labels, removal) and for refs, links and pins,
+// from the index. The rest it hands to parts that keep their own state: ingests (writes in
+// progress), space (the budget), uses (open readers, access times, blobs being evicted), the
+// evictor, the verifier and, at Open, recovery.
 type Store struct {
-	root string
-	db   *bolt.DB
-	opts Options
+	files     layout
+	db        *bolt.DB
+	recovered RecoveryReport // what Open repaired
 
-	mu         sync.Mutex
-	budget     int64
-	used       int64                       // bytes of indexed blobs
-	activeRefs map[string]*writer          // ingest refs with an open Writer
-	writing    map[digest.Digest]int       // expected digests of open Writers
-	readers    map[digest.Digest]int       // open readers per blob
-	evicting   map[digest.Digest]struct{}  // blobs being removed by the evictor
-	accessed   map[digest.Digest]time.Time // last access times not yet flushed
-	evictions  int64                       // blobs removed by the evictor since Open
-	evictKick  chan struct{}               // wakes the evictor
-	stop       chan struct{}               // closed by Close
-	wg         sync.WaitGroup              // background goroutines
-	closeOnce  sync.Once
-	closeErr   error
-	verifyLock sync.Mutex // one Verify at a time
-	recovery   RecoveryReport
+	space   *space
+	uses    *uses
+	ingests *ingests
+	remove  remover
+	evict   *evictor
+	verify  *verifier
 
-	// afterPlan, when set (by tests, before the Store is used), runs in each eviction pass
-	// between making its plan and applying it.
-	afterPlan func(EvictionPlan)
+	stop      chan struct{}  // closed by Close
+	wg        sync.WaitGroup // background goroutines
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // blobRecord is the index entry of one blob.
@@ -111,17 +104,16 @@ type blobRecord struct {
 }
 
 // Open opens (creating if needed) the cache rooted at root, repairs what a crash may have left
-// (see recover), and starts the background evictor and access-time flusher. The root is locked
-// for the lifetime of the Store: a second Open of the same root, from this or another process,
-// fails with ErrUnavailable after Options.OpenTimeout.
+// (see recovery.run), and starts the background evictor and access-time flusher. The root is
+// locked for the lifetime of the Store: a second Open of the same root, from this or another
+// process, fails with ErrUnavailable after Options.OpenTimeout.
 func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	opts.setDefaults()
-	for _, dir := range []string{root, filepath.Join(root, "blobs"), filepath.Join(root, "ingest"), filepath.Join(root, "quarantine")} {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("cache root: %w", err)
-		}
+	files := layout{root: root}
+	if err := files.create(); err != nil {
+		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(root, "index.db"), 0o600, &bolt.Options{
+	db, err := bolt.Open(files.indexPath(), 0o600, &bolt.Options{
 		Timeout:        opts.OpenTimeout,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
@@ -132,74 +124,52 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open cache index: %w", err)
 	}
-	s := &Store{
-		root:       root,
-		db:         db,
-		opts:       opts,
-		activeRefs: map[string]*writer{},
-		writing:    map[digest.Digest]int{},
-		readers:    map[digest.Digest]int{},
-		evicting:   map[digest.Digest]struct{}{},
-		accessed:   map[digest.Digest]time.Time{},
-		evictKick:  make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-	}
-	if err := s.init(ctx); err != nil {
+	s, err := open(ctx, db, files, opts)
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	s.wg.Add(2)
-	go s.evictLoop(ctx)
-	go s.flushLoop(ctx)
-	s.kickEvictor()
+	go func() {
+		defer s.wg.Done()
+		s.evict.loop(ctx, s.stop)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.uses.flushLoop(ctx, opts.AccessFlushInterval, s.stop)
+	}()
 	return s, nil
 }
 
-func (s *Store) init(ctx context.Context) error {
-	if err := migrate(s.db); err != nil {
-		return err
+// open brings the index to the current schema, repairs what a crash left, and builds the
+// Store's parts on it.
+func open(ctx context.Context, db *bolt.DB, files layout, opts Options) (*Store, error) {
+	if err := migrate(db); err != nil {
+		return nil, err
 	}
-	if err := s.recover(ctx); err != nil {
-		return fmt.Errorf("cache recovery: %w", err)
-	}
-	budget, err := s.loadBudget()
+	recovered, err := recovery{db: db, files: files}.run(ctx)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("cache recovery: %w", err)
 	}
-	s.budget = budget
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(_, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			s.used += rec.Size
-			return nil
-		})
-	})
-}
-
-// loadBudget returns the configured budget, or the one fixed at first start, fixing it now if
-// this is the first start.
-func (s *Store) loadBudget() (int64, error) {
-	if s.opts.MaxSize > 0 {
-		return s.opts.MaxSize, nil
+	sp, err := loadSpace(db, files.root, opts)
+	if err != nil {
+		return nil, err
 	}
-	var budget int64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if b := meta.Get(keyBudget); len(b) == 8 {
-			budget = int64(decodeUint(b))
-			return nil
-		}
-		var st unix.Statfs_t
-		if err := unix.Statfs(s.root, &st); err != nil {
-			return fmt.Errorf("measure free space of %s: %w", s.root, err)
-		}
-		budget = int64(float64(st.Bavail) * float64(st.Bsize) * DefaultBudgetShare)
-		return meta.Put(keyBudget, encodeUint(uint64(budget)))
-	})
-	return budget, err
+	uses := newUses(db)
+	ingests := newIngests(db, files, sp)
+	remove := remover{db: db, files: files, space: sp, uses: uses}
+	return &Store{
+		files:     files,
+		db:        db,
+		recovered: recovered,
+		space:     sp,
+		uses:      uses,
+		ingests:   ingests,
+		remove:    remove,
+		evict:     &evictor{db: db, files: files, space: sp, uses: uses, ingests: ingests, remove: remove},
+		verify:    &verifier{db: db, files: files, remove: remove},
+		stop:      make(chan struct{}),
+	}, nil
 }
 
 // Close stops the background work, writes pending access times and closes the index.
@@ -208,20 +178,13 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.wg.Wait()
-		s.closeErr = errors.Join(s.flushAccess(), s.db.Close())
+		s.closeErr = errors.Join(s.uses.flush(), s.db.Close())
 	})
 	return s.closeErr
 }
 
 // Root is the directory the cache lives in.
-func (s *Store) Root() string { return s.root }
-
-func (s *Store) blobPath(dgst digest.Digest) (string, error) {
-	if err := dgst.Validate(); err != nil {
-		return "", fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
-	}
-	return filepath.Join(s.root, "blobs", dgst.Algorithm().String(), dgst.Encoded()), nil
-}
+func (s *Store) Root() string { return s.files.root }
 
 func getBlob(tx *bolt.Tx, dgst digest.Digest) (blobRecord, bool, error) {
 	var rec blobRecord
@@ -310,12 +273,9 @@ func (s *Store) Describe(ctx context.Context, dgst digest.Digest) (ocispec.Descr
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.evicting[dgst]; ok {
+	if !s.uses.touch(dgst) {
 		return ocispec.Descriptor{}, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
-	s.accessed[dgst] = time.Now()
 	return ocispec.Descriptor{MediaType: rec.MediaType, Digest: dgst, Size: rec.Size}, nil
 }
 
@@ -412,7 +372,7 @@ func (s *Store) Walk(ctx context.Context, fn content.WalkFunc, fs ...string) err
 // Delete removes the blob. If it is not cached, ErrNotFound is returned. Readers already open
 // keep reading the removed bytes until they close.
 func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
-	removed, err := s.removeBlobs(ctx, []digest.Digest{dgst})
+	removed, err := s.remove.blobs(ctx, []digest.Digest{dgst})
 	if err != nil {
 		return err
 	}
@@ -422,101 +382,30 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
-// removeBlobs removes those of dgsts that are cached (see removeBlobsTx) and returns how many.
-func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest) (int, error) {
-	var removed []digest.Digest
-	var freed int64
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		removed, freed, err = s.removeBlobsTx(tx, dgsts)
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	s.forgetRemoved(ctx, removed, freed)
-	return len(removed), nil
-}
-
-// removeBlobsTx deletes the files of those of dgsts that are indexed in tx, then their index
-// entries and repository links, and returns them with their total size. The files go first so
-// that a crash before tx commits leaves index entries without files, which recovery drops,
-// rather than unindexed files it would index again. Once tx commits, call forgetRemoved.
-func (s *Store) removeBlobsTx(tx *bolt.Tx, dgsts []digest.Digest) (removed []digest.Digest, freed int64, err error) {
-	blobs := tx.Bucket(bucketBlobs)
-	for _, dgst := range dgsts {
-		rec, ok, err := getBlob(tx, dgst)
-		if err != nil {
-			return nil, 0, err
-		}
-		if !ok {
-			continue
-		}
-		p, err := s.blobPath(dgst)
-		if err != nil {
-			return nil, 0, err
-		}
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-			return nil, 0, fmt.Errorf("remove blob %s: %w", dgst, err)
-		}
-		if err := blobs.Delete([]byte(dgst)); err != nil {
-			return nil, 0, fmt.Errorf("remove blob %s from index: %w", dgst, err)
-		}
-		removed = append(removed, dgst)
-		freed += rec.Size
-	}
-	return removed, freed, unlinkAll(tx, removed)
-}
-
-// forgetRemoved updates the in-memory accounting for blobs removeBlobsTx removed.
-func (s *Store) forgetRemoved(ctx context.Context, removed []digest.Digest, freed int64) {
-	s.mu.Lock()
-	s.used -= freed
-	for _, dgst := range removed {
-		delete(s.accessed, dgst)
-	}
-	s.mu.Unlock()
-	if len(removed) > 0 {
-		log.G(ctx).WithField("blobs", len(removed)).WithField("bytes", freed).Debug("removed blobs")
-	}
-}
-
 // ReaderAt opens the blob for reading. If it is not cached, ErrNotFound is returned. The blob
 // cannot be evicted while the reader is open.
 func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	p, err := s.blobPath(desc.Digest)
+	p, err := s.files.blobPath(desc.Digest)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	if _, ok := s.evicting[desc.Digest]; ok {
-		s.mu.Unlock()
+	if !s.uses.open(desc.Digest) {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
 	}
-	s.readers[desc.Digest]++
-	s.accessed[desc.Digest] = time.Now()
-	s.mu.Unlock()
 
 	f, err := os.Open(p)
 	if err == nil {
 		var fi os.FileInfo
 		if fi, err = f.Stat(); err == nil {
-			return &reader{f: f, size: fi.Size(), release: func() { s.releaseReader(desc.Digest) }}, nil
+			return &reader{f: f, size: fi.Size(), release: func() { s.uses.close(desc.Digest) }}, nil
 		}
 		f.Close()
 	}
-	s.releaseReader(desc.Digest)
+	s.uses.close(desc.Digest)
 	if os.IsNotExist(err) {
 		return nil, fmt.Errorf("blob %s: %w", desc.Digest, errdefs.ErrNotFound)
 	}
 	return nil, fmt.Errorf("open blob %s: %w", desc.Digest, err)
-}
-
-func (s *Store) releaseReader(dgst digest.Digest) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.readers[dgst]--; s.readers[dgst] <= 0 {
-		delete(s.readers, dgst)
-	}
 }
 
 // FileBacked is a blob reader whose bytes are an open file's, so that they can be sent with
@@ -559,85 +448,4 @@ func (r *reader) Close() error {
 	err := r.f.Close()
 	r.once.Do(r.release)
 	return err
-}
-
-// Usage reports the bytes of cached blobs and the size budget.
-func (s *Store) Usage() (used, budget int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.used, s.budget
-}
-
-// flushLoop writes batched access times to the index every AccessFlushInterval.
-func (s *Store) flushLoop(ctx context.Context) {
-	defer s.wg.Done()
-	t := time.NewTicker(s.opts.AccessFlushInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			if err := s.flushAccess(); err != nil {
-				log.G(ctx).WithError(err).Warn("cannot record blob access times")
-			}
-		}
-	}
-}
-
-// flushAccess writes the access times gathered since the last flush in one transaction.
-func (s *Store) flushAccess() error {
-	s.mu.Lock()
-	pending := s.accessed
-	s.accessed = map[digest.Digest]time.Time{}
-	s.mu.Unlock()
-	if len(pending) == 0 {
-		return nil
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for dgst, at := range pending {
-			rec, ok, err := getBlob(tx, dgst)
-			if err != nil || !ok {
-				continue // removed since: nothing to record
-			}
-			if at.After(rec.AccessedAt) {
-				rec.AccessedAt = at
-				if err := putBlob(tx, dgst, rec); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-}
-
-// lastAccess is the blob's latest access, counting reads not yet flushed. Callers hold s.mu.
-func (s *Store) lastAccessLocked(dgst digest.Digest, rec blobRecord) time.Time {
-	at := rec.AccessedAt
-	if rec.CreatedAt.After(at) {
-		at = rec.CreatedAt
-	}
-	if m, ok := s.accessed[dgst]; ok && m.After(at) {
-		at = m
-	}
-	return at
-}
-
-// CheckRoom reports whether a blob of size bytes can be cached: it must fit within the budget
-// and in the free space of the root's filesystem. If not, ErrResourceExhausted is returned with
-// a sentence saying which.
-func (s *Store) CheckRoom(size int64) error {
-	s.mu.Lock()
-	budget := s.budget
-	s.mu.Unlock()
-	if budget > 0 && size > budget {
-		return fmt.Errorf("a blob of %d bytes is larger than the cache budget of %d bytes: %w", size, budget, errdefs.ErrResourceExhausted)
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(s.root, &st); err == nil {
-		if free := int64(st.Bavail) * int64(st.Bsize); size > free {
-			return fmt.Errorf("a blob of %d bytes does not fit in the %d bytes free on the cache's filesystem: %w", size, free, errdefs.ErrResourceExhausted)
-		}
-	}
-	return nil
 }

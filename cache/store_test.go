@@ -49,7 +49,7 @@ func checkConsistent(t *testing.T, s *Store) {
 	}); err != nil {
 		t.Errorf("bbolt check: %v", err)
 	}
-	files, bad, err := s.blobFiles()
+	files, bad, err := s.files.blobFiles()
 	if err != nil {
 		t.Fatal(err)
 	}

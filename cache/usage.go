@@ -25,8 +25,11 @@ type RefUsage struct {
 
 // RefUsages lists every cached ref with what it holds, in name order. Listing is not a use: no
 // access time changes, so it does not change what eviction removes first.
-func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
-	blobs, refs, err := s.snapshotIndex()
+func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) { return s.evict.refUsages(ctx) }
+
+// refUsages is Store.RefUsages.
+func (e *evictor) refUsages(ctx context.Context) ([]RefUsage, error) {
+	blobs, refs, err := e.snapshotIndex()
 	if err != nil {
 		return nil, err
 	}
@@ -36,19 +39,16 @@ func (s *Store) RefUsages(ctx context.Context) ([]RefUsage, error) {
 			return nil, err
 		}
 		u := RefUsage{Ref: ref, LastUsed: ref.VerifiedAt}
-		for _, d := range s.reachable(ctx, ref.Target, inMap(blobs)) {
+		for _, d := range e.reachable(ctx, ref.Target, inMap(blobs)) {
 			u.Size += blobs[d].Size
 			u.Blobs++
 		}
 		out = append(out, u)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	lastAccess := e.uses.lastAccess(blobs)
 	for i, u := range out {
-		if rec, ok := blobs[u.Target.Digest]; ok {
-			if at := s.lastAccessLocked(u.Target.Digest, rec); at.After(u.LastUsed) {
-				out[i].LastUsed = at
-			}
+		if at, ok := lastAccess[u.Target.Digest]; ok && at.After(u.LastUsed) {
+			out[i].LastUsed = at
 		}
 	}
 	return out, nil
@@ -65,13 +65,10 @@ func (s *Store) Peek(ctx context.Context, dgst digest.Digest, limit int64) ([]by
 	if info.Size > limit {
 		return nil, fmt.Errorf("blob %s is %d bytes, more than %d: %w", dgst, info.Size, limit, errdefs.ErrFailedPrecondition)
 	}
-	s.mu.Lock()
-	_, evicting := s.evicting[dgst]
-	s.mu.Unlock()
-	if evicting {
+	if s.uses.isEvicting(dgst) {
 		return nil, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
-	p, err := s.blobPath(dgst)
+	p, err := s.files.blobPath(dgst)
 	if err != nil {
 		return nil, err
 	}

@@ -103,9 +103,9 @@ func TestGCEvictsDownToTheLowWatermark(t *testing.T) {
 
 	// A budget the cache fills to 90%: below the high watermark, so only GC evicts.
 	used, _ := s.Usage()
-	s.mu.Lock()
-	s.budget = used * 100 / 90
-	s.mu.Unlock()
+	s.space.mu.Lock()
+	s.space.budget = used * 100 / 90
+	s.space.mu.Unlock()
 	plan, err := s.GC(ctx, true)
 	if err != nil || len(plan.Refs) != 1 || plan.Refs[0] != old.ref {
 		t.Fatalf("GC dry run = %+v, %v; want %s, the least recently used", plan, err, old.ref)
@@ -139,11 +139,11 @@ func TestDefaultWatermarks(t *testing.T) {
 		{"at 94.9%", 949, false},
 		{"at 95.1%", 951, true},
 	} {
-		s.mu.Lock()
-		s.budget = used * 1000 / tc.percent
-		over := s.overHighLocked()
-		budget := s.budget
-		s.mu.Unlock()
+		s.space.mu.Lock()
+		s.space.budget = used * 1000 / tc.percent
+		over := s.space.overHighLocked()
+		budget := s.space.budget
+		s.space.mu.Unlock()
 		if over != tc.over {
 			t.Errorf("usage %s of the budget: over the high watermark = %v, want %v", tc.name, over, tc.over)
 		}

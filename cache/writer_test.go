@@ -31,7 +31,7 @@ func TestWriteToFullDiskIsResourceExhausted(t *testing.T) {
 			s := newStore(t, Options{MaxSize: 1 << 30})
 			data := bytes.Repeat([]byte{'x'}, tc.size)
 			ref := "full-" + tc.name
-			if err := os.Symlink("/dev/full", s.ingestPath(ref)); err != nil {
+			if err := os.Symlink("/dev/full", s.files.ingestPath(ref)); err != nil {
 				t.Fatal(err)
 			}
 			w, err := s.Writer(t.Context(), content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: digest.FromBytes(data), Size: int64(len(data))}))
@@ -47,7 +47,7 @@ func TestWriteToFullDiskIsResourceExhausted(t *testing.T) {
 			if err := s.Abort(t.Context(), ref); err != nil {
 				t.Fatalf("abort: %v", err)
 			}
-			if _, err := os.Lstat(s.ingestPath(ref)); !os.IsNotExist(err) {
+			if _, err := os.Lstat(s.files.ingestPath(ref)); !os.IsNotExist(err) {
 				t.Errorf("the ingest file is still there after Abort (%v)", err)
 			}
 			if sts, err := s.ListStatuses(t.Context()); err != nil || len(sts) != 0 {

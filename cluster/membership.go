@@ -56,6 +56,10 @@ type membership struct {
 	gossipAddr string
 	meta       meta // this node's metadata, as startMembership made it
 	delegate   metaDelegate
+	// transport is memberlist's, with its inbound streams bounded; gossip its logger, which
+	// counts the gossip dropped as not from a member.
+	transport *guardedTransport
+	gossip    *gossipLog
 	// joinAttempts counts the joins asked of memberlist.
 	joinAttempts atomic.Int64
 }
@@ -74,10 +78,18 @@ func startMembership(cfg Config, log *log.Entry, view *view) (*membership, error
 	if err := m.setMeta(m.meta); err != nil {
 		return nil, err
 	}
+	m.gossip = newGossipLog(log)
+	logger := stdlog.New(m.gossip, "", 0)
+	m.transport, err = newGuardedTransport(host, port, logger, m.gossip)
+	if err != nil {
+		return nil, err
+	}
+	port = m.transport.GetAutoBindPort() // port 0 took a free one
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddress, port
+	mc.Transport = m.transport
 	mc.SecretKey = gossipKey(cfg.Secret)
 	mc.Label = cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
@@ -86,17 +98,39 @@ func startMembership(cfg Config, log *log.Entry, view *view) (*membership, error
 	mc.DeadNodeReclaimTime = deadNodeReclaim
 	mc.Delegate = &m.delegate
 	mc.Events = view
-	mc.Logger = stdlog.New(&logWriter{log: log}, "", 0)
+	mc.Logger = logger
 	if cfg.tuneMemberlist != nil {
 		cfg.tuneMemberlist(mc)
 	}
 	m.ml, err = memberlist.Create(mc)
 	if err != nil {
+		_ = m.transport.Shutdown() // Create shuts down only the transports it made
 		return nil, fmt.Errorf("cluster: gossip on %s: %w", cfg.GossipAddress, err)
 	}
-	// With port 0, Create chose one and wrote it into mc.
 	m.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
 	return m, nil
+}
+
+// flushLoop writes the line about the gossip dropped since the last one, every dropLogEvery.
+func (m *membership) flushLoop(ctx context.Context) {
+	every(ctx, m.gossip.every, m.gossip.flush)
+}
+
+// GossipStats is what a node counts of its gossip port, for metrics.
+type GossipStats struct {
+	// Dropped counts the packets and streams dropped as not from a member, by reason (every
+	// one of GossipDropReasons, 0 included).
+	Dropped map[string]int64
+	// Streams is how many inbound gossip streams are open.
+	Streams int
+}
+
+// GossipStats reports what the node counts of its gossip port.
+func (n *Node) GossipStats() GossipStats {
+	return GossipStats{
+		Dropped: n.membership.gossip.counts(),
+		Streams: n.membership.transport.openStreams(),
+	}
 }
 
 // peerAddr is this node's peer listener as the others reach it.
@@ -397,29 +431,4 @@ func (m *membership) join(ctx context.Context) {
 		return
 	}
 	l.WithField("contacted", contacted).Info("cluster: joined")
-}
-
-// logWriter sends memberlist's log lines ("[WARN] memberlist: ...") to containerd's log at
-// their level.
-type logWriter struct{ log *log.Entry }
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	level, msg := "", line
-	if strings.HasPrefix(line, "[") {
-		if i := strings.IndexByte(line, ']'); i > 0 {
-			level, msg = line[1:i], strings.TrimSpace(line[i+1:])
-		}
-	}
-	switch level {
-	case "ERR", "ERROR":
-		w.log.Error(msg)
-	case "WARN":
-		w.log.Warn(msg)
-	case "INFO":
-		w.log.Info(msg)
-	default:
-		w.log.Debug(msg)
-	}
-	return len(p), nil
 }

@@ -1,11 +1,16 @@
 package cluster
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	stdlog "log"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,7 +22,8 @@ import (
 )
 
 // The gossip port's defences: memberlist's complaints about foreign packets counted and
-// logged once a minute, and inbound streams bounded.
+// logged once a minute, inbound streams bounded, members whose peer address is elsewhere
+// ignored.
 
 // clock is a settable time for gossipLog.
 type clock struct{ t atomic.Pointer[time.Time] }
@@ -265,5 +271,115 @@ func TestSilentGossipStreamTimesOut(t *testing.T) {
 	case <-done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("Close waits for a silent stream")
+	}
+}
+
+func TestPeerAddrOK(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		peer string
+		ip   string
+		ok   bool
+	}{
+		{"10.0.0.5:5102", "10.0.0.5", true},
+		{"10.0.0.6:5102", "10.0.0.5", false},
+		{"[fd00::1]:5102", "fd00::1", true},
+		{"[fd00::2]:5102", "fd00::1", false},
+		{"[::ffff:10.0.0.5]:5102", "10.0.0.5", true},
+		{"peer.example:5102", "10.0.0.5", false},
+		{"10.0.0.5", "10.0.0.5", false},
+	} {
+		t.Run(tc.peer+" on "+tc.ip, func(t *testing.T) {
+			if got := peerAddrOK(tc.peer, net.ParseIP(tc.ip)); got != tc.ok {
+				t.Errorf("peerAddrOK(%q, %s) = %v, want %v", tc.peer, tc.ip, got, tc.ok)
+			}
+		})
+	}
+}
+
+// A member (with the key) that advertises a peer address not on its own address is not used
+// for peer traffic: it is no home, nobody sends it announces or lookups, and its own
+// announces are refused. Each node counts it once.
+func TestMemberWithForeignPeerAddressIgnored(t *testing.T) {
+	t.Parallel()
+	var sent atomic.Int64
+	elsewhere := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		sent.Add(1)
+		http.Error(w, "not a lifeboat", http.StatusTeapot)
+	}))
+	ln, err := net.Listen("tcp", "127.0.123.99:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere.Listener.Close()
+	elsewhere.Listener = ln
+	elsewhere.Start()
+	t.Cleanup(elsewhere.Close)
+
+	a := startNode(t, "127.0.123.1", "a", nil)
+	b := startNode(t, "127.0.123.2", "b", []string{a.gossipAddr})
+	x := startNode(t, "127.0.123.3", "x", []string{a.gossipAddr})
+	md := x.membership.meta
+	md.Peer = ln.Addr().String()
+	if err := x.membership.setMeta(md); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.membership.ml.UpdateNode(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{a, b} {
+		eventually(t, 10*time.Second, n.Name()+" ignores x", func() bool { return n.GossipStats().IgnoredMembers == 1 })
+		if _, ok := n.Member("x"); ok {
+			t.Errorf("%s returns x as a member", n.Name())
+		}
+		if got := states(n); got != "a=alive b=alive x=alive" {
+			t.Errorf("%s lists %s; want x alive in gossip", n.Name(), got)
+		}
+	}
+
+	const count = 200
+	recs := make([]Record, count)
+	for i := range recs {
+		recs[i] = Record{Key: key(i)}
+		if hs := a.Homes(recs[i].Key); slices.ContainsFunc(hs, func(m Member) bool { return m.Name == "x" }) {
+			t.Fatalf("x is a home of %s", recs[i].Key)
+		}
+	}
+	a.Announce(recs...)
+	// Replicas 2 among a and b: b is a home of every key.
+	eventually(t, 20*time.Second, "b indexes every record of a", func() bool { return b.Stats().ReceivedRecords == count })
+	for i := range 20 {
+		if _, err := b.Lookup(t.Context(), key(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// x announces a key it claims to hold: the homes refuse it.
+	kx := key(count + 1)
+	body, err := json.Marshal(announceRequest{Records: []Record{{Key: kx}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{a, b} {
+		resp, err := x.Client().Post(n.srv.URL+PathAnnounce, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s answered x's announce %s, want 403", n.Name(), resp.Status)
+		}
+		if hs := n.index.Get(kx, time.Now()); len(hs) != 0 {
+			t.Errorf("%s indexes x's record: %v", n.Name(), hs)
+		}
+	}
+	if n := sent.Load(); n != 0 {
+		t.Errorf("%d requests went to the address x advertised", n)
+	}
+	// An update with the same metadata is not counted again.
+	if err := x.membership.ml.UpdateNode(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.GossipStats().IgnoredMembers; got != 1 {
+		t.Errorf("a counted x %d times", got)
 	}
 }

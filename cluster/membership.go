@@ -123,13 +123,17 @@ type GossipStats struct {
 	Dropped map[string]int64
 	// Streams is how many inbound gossip streams are open.
 	Streams int
+	// IgnoredMembers counts the members not used for peer traffic because the peer address
+	// they advertise is not on their gossip address: once per member and metadata.
+	IgnoredMembers int64
 }
 
 // GossipStats reports what the node counts of its gossip port.
 func (n *Node) GossipStats() GossipStats {
 	return GossipStats{
-		Dropped: n.membership.gossip.counts(),
-		Streams: n.membership.transport.openStreams(),
+		Dropped:        n.membership.gossip.counts(),
+		Streams:        n.membership.transport.openStreams(),
+		IgnoredMembers: n.view.ignored.Load(),
 	}
 }
 
@@ -205,6 +209,10 @@ type view struct {
 	// changed signals, coalesced, that the members changed; one reader takes the signals.
 	changed chan struct{}
 
+	// ignored counts the members found advertising a peer address that is not on their own
+	// gossip address, once per member and metadata.
+	ignored atomic.Int64
+
 	mu      sync.Mutex
 	members map[string]viewMember
 }
@@ -215,6 +223,11 @@ type viewMember struct {
 	leaving bool      // from its metadata
 	meta    []byte    // the metadata PeerAddr and boot were parsed from
 	since   time.Time // of the last change of state
+	// gossip is its gossip address (host:port), as memberlist knows it.
+	gossip string
+	// ignored is set while the peer address it advertises is not on its gossip address: it is
+	// not used for peer traffic, as home or holder (see peerAddrOK).
+	ignored bool
 }
 
 func newView(self string, log *log.Entry, gone func(name string)) *view {
@@ -268,12 +281,19 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	m, ok := v.members[node.Name]
-	if !ok || !bytes.Equal(m.meta, node.Meta) {
+	gossip := node.Address()
+	if !ok || !bytes.Equal(m.meta, node.Meta) || m.gossip != gossip {
 		var md meta
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
 			v.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
-		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
+		m.PeerAddr, m.boot, m.leaving, m.meta, m.gossip = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta), gossip
+		m.ignored = md.Peer != "" && !peerAddrOK(md.Peer, node.Addr)
+		if m.ignored {
+			v.ignored.Add(1)
+			v.log.WithFields(log.Fields{"member": node.Name, "gossip": gossip, "peer": md.Peer}).
+				Warn("cluster: member advertises a peer address that is not on its own address; no peer traffic goes to it")
+		}
 	}
 	m.Name, m.Self = node.Name, node.Name == v.self
 	if m.State != state {
@@ -298,6 +318,21 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	}
 }
 
+// peerAddrOK reports whether peer, a member's advertised peer address (host:port), is on ip,
+// the address memberlist reaches the member at. A member may not send the others' signed
+// announces and lookups to somebody else's address.
+func peerAddrOK(peer string, ip net.IP) bool {
+	host, _, err := net.SplitHostPort(peer)
+	if err != nil {
+		return false
+	}
+	pip := net.ParseIP(host)
+	return pip != nil && pip.Equal(ip)
+}
+
+// usable reports whether m is alive and may carry peer traffic.
+func (m viewMember) usable() bool { return m.State == Alive && !m.ignored }
+
 // list lists the members, this node included, sorted by name.
 func (v *view) list() []Member {
 	v.mu.Lock()
@@ -310,15 +345,16 @@ func (v *view) list() []Member {
 	return ms
 }
 
-// member returns the alive member called name.
+// member returns the alive member called name, unless it is ignored for peer traffic.
 func (v *view) member(name string) (Member, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	m, ok := v.members[name]
-	return m.Member, ok && m.State == Alive
+	return m.Member, ok && m.usable()
 }
 
-// alive returns the alive members, this node included, by name.
+// alive returns the alive members, this node included, by name; members ignored for peer
+// traffic are left out.
 func (v *view) alive() map[string]Member {
 	alive, _ := v.generation()
 	return alive
@@ -334,7 +370,7 @@ func (v *view) generation() (map[string]Member, generation) {
 	alive := make(map[string]Member, len(v.members))
 	gen := make(generation, len(v.members))
 	for name, m := range v.members {
-		if m.State == Alive {
+		if m.usable() {
 			alive[name], gen[name] = m.Member, m.boot
 		}
 	}
@@ -344,11 +380,12 @@ func (v *view) generation() (map[string]Member, generation) {
 // Members lists the members memberlist knows, this node included, sorted by name.
 func (n *Node) Members() []Member { return n.view.list() }
 
-// Member returns the alive member called name.
+// Member returns the alive member called name, unless it is not used for peer traffic (its
+// advertised peer address is not on its own address).
 func (n *Node) Member(name string) (Member, bool) { return n.view.member(name) }
 
-// Homes returns key's home nodes: the Replicas alive members (this one included) with the
-// highest rendezvous weight for key, highest first.
+// Homes returns key's home nodes: the Replicas alive members (this one included, those not
+// used for peer traffic left out) with the highest rendezvous weight for key, highest first.
 func (n *Node) Homes(key string) []Member {
 	return homesAmong(key, n.view.alive(), n.cfg.Replicas)
 }

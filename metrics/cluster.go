@@ -109,12 +109,13 @@ type GossipStats interface {
 
 // gossipCollector reads the node's gossip counters at scrape time.
 type gossipCollector struct {
-	node             GossipStats
-	dropped, streams *prometheus.Desc
+	node                     GossipStats
+	dropped, streams, ignore *prometheus.Desc
 }
 
 // NewGossipCollector returns a collector of what the gossip port drops: packets and streams
-// that are not a member's, by reason, and the inbound streams open.
+// that are not a member's, by reason, the inbound streams open, and the members ignored for
+// peer traffic.
 func NewGossipCollector(node GossipStats) prometheus.Collector {
 	return &gossipCollector{
 		node: node,
@@ -123,11 +124,13 @@ func NewGossipCollector(node GossipStats) prometheus.Collector {
 			[]string{"reason"}, nil),
 		streams: prometheus.NewDesc("lifeboat_cluster_gossip_streams",
 			"Inbound gossip streams (TCP) open.", nil, nil),
+		ignore: prometheus.NewDesc("lifeboat_cluster_members_ignored_total",
+			"Members not used for peer traffic because the peer address they advertise is not on their own address, counted once per member and metadata.", nil, nil),
 	}
 }
 
 func (c *gossipCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.dropped, c.streams} {
+	for _, d := range []*prometheus.Desc{c.dropped, c.streams, c.ignore} {
 		ch <- d
 	}
 }
@@ -138,4 +141,5 @@ func (c *gossipCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped[r]), r)
 	}
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(st.Streams))
+	ch <- prometheus.MustNewConstMetric(c.ignore, prometheus.CounterValue, float64(st.IgnoredMembers))
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,7 +24,7 @@ import (
 
 // The gossip port's defences: memberlist's complaints about foreign packets counted and
 // logged once a minute, inbound streams bounded, members whose peer address is elsewhere
-// ignored.
+// ignored, and seeds that come back joined again.
 
 // clock is a settable time for gossipLog.
 type clock struct{ t atomic.Pointer[time.Time] }
@@ -382,4 +383,26 @@ func TestMemberWithForeignPeerAddressIgnored(t *testing.T) {
 	if got := a.GossipStats().IgnoredMembers; got != 1 {
 		t.Errorf("a counted x %d times", got)
 	}
+}
+
+// The by-hand recipe: b and c join a; a restarts under its name and address and joins nobody
+// (its join list is itself). b and c join it again, and every node lists every other alive.
+func TestRestartedSeedIsJoinedAgain(t *testing.T) {
+	t.Parallel()
+	port := freePort(t, "127.0.124.1")
+	seed := net.JoinHostPort("127.0.124.1", strconv.Itoa(port))
+	a := startNodeAt(t, seed, "127.0.124.1:0", "a", []string{seed})
+	b := startNode(t, "127.0.124.2", "b", []string{seed})
+	c := startNode(t, "127.0.124.3", "c", []string{seed})
+	eventually(t, 10*time.Second, "three alive on each node", allAlive(a, b, c))
+
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.srv.Close()
+	eventually(t, 10*time.Second, "b and c see a left", func() bool {
+		return strings.Contains(states(b), "a=left") && strings.Contains(states(c), "a=left")
+	})
+	a = startNodeAt(t, seed, "127.0.124.1:0", "a", []string{seed})
+	eventually(t, 20*time.Second, "a, b and c alive on each node again", allAlive(a, b, c))
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	stdlog "log"
+	mrand "math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -31,6 +32,9 @@ const (
 	deadNodeReclaim = 30 * time.Second
 	// resolveTimeout bounds resolving one join address.
 	resolveTimeout = 5 * time.Second
+	// maxJoinAddrs bounds the addresses one join tries: each that does not answer costs a
+	// dial timeout, and one that answers is enough to merge with its side.
+	maxJoinAddrs = 16
 )
 
 // meta is a member's memberlist metadata.
@@ -360,6 +364,20 @@ func (v *view) alive() map[string]Member {
 	return alive
 }
 
+// gossipAddrs returns the gossip addresses (host:port) of the alive members, this node and
+// those ignored for peer traffic included.
+func (v *view) gossipAddrs() map[string]bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	addrs := make(map[string]bool, len(v.members))
+	for _, m := range v.members {
+		if m.State == Alive {
+			addrs[m.gossip] = true
+		}
+	}
+	return addrs
+}
+
 // generation names the alive members' boots: a member that restarted is another generation.
 type generation map[string]string
 
@@ -409,28 +427,28 @@ func names(ms map[string]Member) []string {
 	return ns
 }
 
-// joinLoop joins Config.Join at once, and again every RejoinInterval while this node knows
-// no other member alive.
+// joinLoop joins Config.Join at once, and again every RejoinInterval while any address it
+// resolves to is not an alive member's. memberlist never contacts a member again once it
+// declared it dead or left, so without this a seed that restarted, or the other side of a
+// healed partition, would stay apart for good: the first node of a cluster finds the others,
+// and a node that lost some finds them again.
 func (m *membership) joinLoop(ctx context.Context) {
 	if len(m.cfg.Join) == 0 {
 		return
 	}
-	t := time.NewTicker(m.cfg.RejoinInterval)
-	defer t.Stop()
-	for {
-		if len(m.view.alive()) <= 1 {
-			m.join(ctx)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	m.join(ctx)
+	every(ctx, m.cfg.RejoinInterval, func() { m.join(ctx) })
 }
 
-// join resolves Config.Join (names again every time) and asks memberlist to join them.
+// join resolves Config.Join (names again every time) and asks memberlist to join the
+// addresses that are not alive members (maxJoinAddrs of them at most, picked at random).
 func (m *membership) join(ctx context.Context) {
+	// Alone, a failure is worth a warning; among others, a seed that is down is not news.
+	level := log.DebugLevel
+	if len(m.view.alive()) <= 1 {
+		level = log.WarnLevel
+	}
+	members := m.view.gossipAddrs()
 	var addrs []string
 	for _, j := range m.cfg.Join {
 		host, port, _ := splitHostPort(j) // checked by withDefaults
@@ -438,33 +456,35 @@ func (m *membership) join(ctx context.Context) {
 		ips, err := net.DefaultResolver.LookupIPAddr(rctx, host)
 		cancel()
 		if err != nil {
-			m.log.WithError(err).WithField("join", j).Warn("cluster: cannot resolve a join address")
+			m.log.WithError(err).WithField("join", j).Log(level, "cluster: cannot resolve a join address")
 			continue
 		}
 		for _, ip := range ips {
 			a := net.JoinHostPort(ip.IP.String(), strconv.Itoa(port))
-			if a != m.gossipAddr && !slices.Contains(addrs, a) {
+			if a != m.gossipAddr && !members[a] && !slices.Contains(addrs, a) {
 				addrs = append(addrs, a)
 			}
 		}
 	}
-	if len(addrs) == 0 {
-		m.log.WithField("join", m.cfg.Join).Debug("cluster: no other node to join yet")
+	if len(addrs) == 0 || ctx.Err() != nil {
 		return
 	}
-	if ctx.Err() != nil {
-		return
+	if len(addrs) > maxJoinAddrs {
+		mrand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+		addrs = addrs[:maxJoinAddrs]
 	}
 	l := m.log.WithField("addresses", addrs)
 	m.joinAttempts.Add(1)
+	before := len(m.view.alive())
 	contacted, err := m.ml.Join(addrs)
 	if err != nil {
-		l.WithError(err).WithField("retry", m.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
+		l.WithError(err).WithField("retry", m.cfg.RejoinInterval).Log(level, "cluster: no node answered the join")
 		return
 	}
-	if len(m.view.alive()) <= 1 {
-		// Only this node answered (its own address under another name, say).
-		l.Debug("cluster: no other node to join yet")
+	if len(m.view.alive()) <= before {
+		// The addresses answered but added no member: this node's own under another name, or a
+		// member reached at another address than it advertises.
+		l.Debug("cluster: the join found no member this node did not know")
 		return
 	}
 	l.WithField("contacted", contacted).Info("cluster: joined")

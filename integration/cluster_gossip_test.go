@@ -14,7 +14,8 @@ import (
 )
 
 // The gossip port as a non-member reaches it: junk datagrams and idle connections cost a
-// member a line a minute and a bounded number of descriptors.
+// member a line a minute and a bounded number of descriptors; and membership heals when a
+// seed restarts.
 
 // Bounds the flood test holds a node to.
 const (
@@ -147,5 +148,32 @@ func TestClusterGossipFlood(t *testing.T) {
 	if lines := floodLines(n.Log()[logBefore:]); len(lines) > floodLogLines {
 		t.Errorf("%d lines about the flood, want at most %d; the first:\n%s", len(lines), floodLogLines,
 			strings.Join(lines[:min(len(lines), 10)], "\n"))
+	}
+}
+
+// TestClusterSeedRestart (issue row 6): the by-hand recipe (every node joins n1), then n1
+// restarts under the same name and address, its join list naming only itself. Within a bounded
+// time every node lists n1 alive again and n1 lists them: the others join n1 again because
+// its address is not an alive member's.
+func TestClusterSeedRestart(t *testing.T) {
+	harness.RequireRoot(t)
+	t.Parallel()
+
+	c := harness.StartCluster(t, 3, harness.LifeboatOptions{})
+	n1 := c.Nodes[0]
+	n1.Restart(t)
+	restarted := time.Now()
+	harness.WaitAlive(t, c.Nodes...)
+	t.Logf("every node lists the others alive %v after %s restarted", time.Since(restarted).Round(100*time.Millisecond), n1.Name)
+	for _, lb := range c.Nodes {
+		out, err := lb.CLI(t, "status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, other := range c.Nodes {
+			if !strings.Contains(out, other.Name) {
+				t.Errorf("%s's status does not list %s:\n%s", lb.Name, other.Name, out)
+			}
+		}
 	}
 }

@@ -78,8 +78,9 @@ type Config struct {
 	// from its metadata.
 	PeerPort int
 	// Join lists host:port or DNS-name:port of nodes to join; names are resolved again every
-	// RejoinInterval (30 s) while this node knows no other member alive, so the first node of
-	// a cluster, or one cut off, finds the others.
+	// RejoinInterval (30 s), and the addresses that are not an alive member's are joined again,
+	// so the first node of a cluster finds the others, and so does a seed that restarted or
+	// the other side of a healed partition.
 	Join           []string
 	RejoinInterval time.Duration
 	// Secret is the cluster key (32 bytes): gossip is encrypted with a key derived from it, and

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	stdlog "log"
+	mrand "math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -31,6 +32,9 @@ const (
 	deadNodeReclaim = 30 * time.Second
 	// resolveTimeout bounds resolving one join address.
 	resolveTimeout = 5 * time.Second
+	// maxJoinAddrs bounds the addresses one join tries: each that does not answer costs a
+	// dial timeout, and one that answers is enough to merge with its side.
+	maxJoinAddrs = 16
 )
 
 // meta is a member's memberlist metadata.
@@ -56,6 +60,10 @@ type membership struct {
 	gossipAddr string
 	meta       meta // this node's metadata, as startMembership made it
 	delegate   metaDelegate
+	// transport is memberlist's, with its inbound streams bounded; gossip its logger, which
+	// counts the gossip dropped as not from a member.
+	transport *guardedTransport
+	gossip    *gossipLog
 	// joinAttempts counts the joins asked of memberlist.
 	joinAttempts atomic.Int64
 }
@@ -74,10 +82,18 @@ func startMembership(cfg Config, log *log.Entry, view *view) (*membership, error
 	if err := m.setMeta(m.meta); err != nil {
 		return nil, err
 	}
+	m.gossip = newGossipLog(log)
+	logger := stdlog.New(m.gossip, "", 0)
+	m.transport, err = newGuardedTransport(host, port, logger, m.gossip)
+	if err != nil {
+		return nil, err
+	}
+	port = m.transport.GetAutoBindPort() // port 0 took a free one
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddress, port
+	mc.Transport = m.transport
 	mc.SecretKey = gossipKey(cfg.Secret)
 	mc.Label = cfg.Label
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
@@ -86,17 +102,43 @@ func startMembership(cfg Config, log *log.Entry, view *view) (*membership, error
 	mc.DeadNodeReclaimTime = deadNodeReclaim
 	mc.Delegate = &m.delegate
 	mc.Events = view
-	mc.Logger = stdlog.New(&logWriter{log: log}, "", 0)
+	mc.Logger = logger
 	if cfg.tuneMemberlist != nil {
 		cfg.tuneMemberlist(mc)
 	}
 	m.ml, err = memberlist.Create(mc)
 	if err != nil {
+		_ = m.transport.Shutdown() // Create shuts down only the transports it made
 		return nil, fmt.Errorf("cluster: gossip on %s: %w", cfg.GossipAddress, err)
 	}
-	// With port 0, Create chose one and wrote it into mc.
 	m.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
 	return m, nil
+}
+
+// flushLoop writes the line about the gossip dropped since the last one, every dropLogEvery.
+func (m *membership) flushLoop(ctx context.Context) {
+	every(ctx, m.gossip.every, m.gossip.flush)
+}
+
+// GossipStats is what a node counts of its gossip port, for metrics.
+type GossipStats struct {
+	// Dropped counts the packets and streams dropped as not from a member, by reason (every
+	// one of GossipDropReasons, 0 included).
+	Dropped map[string]int64
+	// Streams is how many inbound gossip streams are open.
+	Streams int
+	// IgnoredMembers counts the members not used for peer traffic because the peer address
+	// they advertise is not on their gossip address: once per member and metadata.
+	IgnoredMembers int64
+}
+
+// GossipStats reports what the node counts of its gossip port.
+func (n *Node) GossipStats() GossipStats {
+	return GossipStats{
+		Dropped:        n.membership.gossip.counts(),
+		Streams:        n.membership.transport.openStreams(),
+		IgnoredMembers: n.view.ignored.Load(),
+	}
 }
 
 // peerAddr is this node's peer listener as the others reach it.
@@ -171,6 +213,10 @@ type view struct {
 	// changed signals, coalesced, that the members changed; one reader takes the signals.
 	changed chan struct{}
 
+	// ignored counts the members found advertising a peer address that is not on their own
+	// gossip address, once per member and metadata.
+	ignored atomic.Int64
+
 	mu      sync.Mutex
 	members map[string]viewMember
 }
@@ -181,6 +227,11 @@ type viewMember struct {
 	leaving bool      // from its metadata
 	meta    []byte    // the metadata PeerAddr and boot were parsed from
 	since   time.Time // of the last change of state
+	// gossip is its gossip address (host:port), as memberlist knows it.
+	gossip string
+	// ignored is set while the peer address it advertises is not on its gossip address: it is
+	// not used for peer traffic, as home or holder (see peerAddrOK).
+	ignored bool
 }
 
 func newView(self string, log *log.Entry, gone func(name string)) *view {
@@ -234,12 +285,19 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	m, ok := v.members[node.Name]
-	if !ok || !bytes.Equal(m.meta, node.Meta) {
+	gossip := node.Address()
+	if !ok || !bytes.Equal(m.meta, node.Meta) || m.gossip != gossip {
 		var md meta
 		if err := json.Unmarshal(node.Meta, &md); err != nil || md.Peer == "" {
 			v.log.WithField("member", node.Name).Warn("cluster: member without a peer address in its metadata")
 		}
-		m.PeerAddr, m.boot, m.leaving, m.meta = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta)
+		m.PeerAddr, m.boot, m.leaving, m.meta, m.gossip = md.Peer, md.Boot, md.Leaving, bytes.Clone(node.Meta), gossip
+		m.ignored = md.Peer != "" && !peerAddrOK(md.Peer, node.Addr)
+		if m.ignored {
+			v.ignored.Add(1)
+			v.log.WithFields(log.Fields{"member": node.Name, "gossip": gossip, "peer": md.Peer}).
+				Warn("cluster: member advertises a peer address that is not on its own address; no peer traffic goes to it")
+		}
 	}
 	m.Name, m.Self = node.Name, node.Name == v.self
 	if m.State != state {
@@ -264,6 +322,21 @@ func (v *view) set(node *memberlist.Node, state MemberState) {
 	}
 }
 
+// peerAddrOK reports whether peer, a member's advertised peer address (host:port), is on ip,
+// the address memberlist reaches the member at. A member may not send the others' signed
+// announces and lookups to somebody else's address.
+func peerAddrOK(peer string, ip net.IP) bool {
+	host, _, err := net.SplitHostPort(peer)
+	if err != nil {
+		return false
+	}
+	pip := net.ParseIP(host)
+	return pip != nil && pip.Equal(ip)
+}
+
+// usable reports whether m is alive and may carry peer traffic.
+func (m viewMember) usable() bool { return m.State == Alive && !m.ignored }
+
 // list lists the members, this node included, sorted by name.
 func (v *view) list() []Member {
 	v.mu.Lock()
@@ -276,18 +349,33 @@ func (v *view) list() []Member {
 	return ms
 }
 
-// member returns the alive member called name.
+// member returns the alive member called name, unless it is ignored for peer traffic.
 func (v *view) member(name string) (Member, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	m, ok := v.members[name]
-	return m.Member, ok && m.State == Alive
+	return m.Member, ok && m.usable()
 }
 
-// alive returns the alive members, this node included, by name.
+// alive returns the alive members, this node included, by name; members ignored for peer
+// traffic are left out.
 func (v *view) alive() map[string]Member {
 	alive, _ := v.generation()
 	return alive
+}
+
+// gossipAddrs returns the gossip addresses (host:port) of the alive members, this node and
+// those ignored for peer traffic included.
+func (v *view) gossipAddrs() map[string]bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	addrs := make(map[string]bool, len(v.members))
+	for _, m := range v.members {
+		if m.State == Alive {
+			addrs[m.gossip] = true
+		}
+	}
+	return addrs
 }
 
 // generation names the alive members' boots: a member that restarted is another generation.
@@ -300,7 +388,7 @@ func (v *view) generation() (map[string]Member, generation) {
 	alive := make(map[string]Member, len(v.members))
 	gen := make(generation, len(v.members))
 	for name, m := range v.members {
-		if m.State == Alive {
+		if m.usable() {
 			alive[name], gen[name] = m.Member, m.boot
 		}
 	}
@@ -310,11 +398,12 @@ func (v *view) generation() (map[string]Member, generation) {
 // Members lists the members memberlist knows, this node included, sorted by name.
 func (n *Node) Members() []Member { return n.view.list() }
 
-// Member returns the alive member called name.
+// Member returns the alive member called name, unless it is not used for peer traffic (its
+// advertised peer address is not on its own address).
 func (n *Node) Member(name string) (Member, bool) { return n.view.member(name) }
 
-// Homes returns key's home nodes: the Replicas alive members (this one included) with the
-// highest rendezvous weight for key, highest first.
+// Homes returns key's home nodes: the Replicas alive members (this one included, those not
+// used for peer traffic left out) with the highest rendezvous weight for key, highest first.
 func (n *Node) Homes(key string) []Member {
 	return homesAmong(key, n.view.alive(), n.cfg.Replicas)
 }
@@ -338,28 +427,28 @@ func names(ms map[string]Member) []string {
 	return ns
 }
 
-// joinLoop joins Config.Join at once, and again every RejoinInterval while this node knows
-// no other member alive.
+// joinLoop joins Config.Join at once, and again every RejoinInterval while any address it
+// resolves to is not an alive member's. memberlist never contacts a member again once it
+// declared it dead or left, so without this a seed that restarted, or the other side of a
+// healed partition, would stay apart for good: the first node of a cluster finds the others,
+// and a node that lost some finds them again.
 func (m *membership) joinLoop(ctx context.Context) {
 	if len(m.cfg.Join) == 0 {
 		return
 	}
-	t := time.NewTicker(m.cfg.RejoinInterval)
-	defer t.Stop()
-	for {
-		if len(m.view.alive()) <= 1 {
-			m.join(ctx)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	m.join(ctx)
+	every(ctx, m.cfg.RejoinInterval, func() { m.join(ctx) })
 }
 
-// join resolves Config.Join (names again every time) and asks memberlist to join them.
+// join resolves Config.Join (names again every time) and asks memberlist to join the
+// addresses that are not alive members (maxJoinAddrs of them at most, picked at random).
 func (m *membership) join(ctx context.Context) {
+	// Alone, a failure is worth a warning; among others, a seed that is down is not news.
+	level := log.DebugLevel
+	if len(m.view.alive()) <= 1 {
+		level = log.WarnLevel
+	}
+	members := m.view.gossipAddrs()
 	var addrs []string
 	for _, j := range m.cfg.Join {
 		host, port, _ := splitHostPort(j) // checked by withDefaults
@@ -367,59 +456,36 @@ func (m *membership) join(ctx context.Context) {
 		ips, err := net.DefaultResolver.LookupIPAddr(rctx, host)
 		cancel()
 		if err != nil {
-			m.log.WithError(err).WithField("join", j).Warn("cluster: cannot resolve a join address")
+			m.log.WithError(err).WithField("join", j).Log(level, "cluster: cannot resolve a join address")
 			continue
 		}
 		for _, ip := range ips {
 			a := net.JoinHostPort(ip.IP.String(), strconv.Itoa(port))
-			if a != m.gossipAddr && !slices.Contains(addrs, a) {
+			if a != m.gossipAddr && !members[a] && !slices.Contains(addrs, a) {
 				addrs = append(addrs, a)
 			}
 		}
 	}
-	if len(addrs) == 0 {
-		m.log.WithField("join", m.cfg.Join).Debug("cluster: no other node to join yet")
+	if len(addrs) == 0 || ctx.Err() != nil {
 		return
 	}
-	if ctx.Err() != nil {
-		return
+	if len(addrs) > maxJoinAddrs {
+		mrand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+		addrs = addrs[:maxJoinAddrs]
 	}
 	l := m.log.WithField("addresses", addrs)
 	m.joinAttempts.Add(1)
+	before := len(m.view.alive())
 	contacted, err := m.ml.Join(addrs)
 	if err != nil {
-		l.WithError(err).WithField("retry", m.cfg.RejoinInterval).Warn("cluster: no node answered the join; this node is alone for now")
+		l.WithError(err).WithField("retry", m.cfg.RejoinInterval).Log(level, "cluster: no node answered the join")
 		return
 	}
-	if len(m.view.alive()) <= 1 {
-		// Only this node answered (its own address under another name, say).
-		l.Debug("cluster: no other node to join yet")
+	if len(m.view.alive()) <= before {
+		// The addresses answered but added no member: this node's own under another name, or a
+		// member reached at another address than it advertises.
+		l.Debug("cluster: the join found no member this node did not know")
 		return
 	}
 	l.WithField("contacted", contacted).Info("cluster: joined")
-}
-
-// logWriter sends memberlist's log lines ("[WARN] memberlist: ...") to containerd's log at
-// their level.
-type logWriter struct{ log *log.Entry }
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	line := strings.TrimSpace(string(p))
-	level, msg := "", line
-	if strings.HasPrefix(line, "[") {
-		if i := strings.IndexByte(line, ']'); i > 0 {
-			level, msg = line[1:i], strings.TrimSpace(line[i+1:])
-		}
-	}
-	switch level {
-	case "ERR", "ERROR":
-		w.log.Error(msg)
-	case "WARN":
-		w.log.Warn(msg)
-	case "INFO":
-		w.log.Info(msg)
-	default:
-		w.log.Debug(msg)
-	}
-	return len(p), nil
 }

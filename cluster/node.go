@@ -151,6 +151,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.goBackground(n.membership.joinLoop)
+	n.goBackground(n.membership.flushLoop)
 	n.goBackground(n.announcer.announceLoop)
 	n.goBackground(n.announcer.refreshLoop)
 	n.goBackground(n.home.expireLoop)

@@ -196,8 +196,9 @@ type Outage struct {
 // each blob from the registry once. Off unless Join is set.
 type Cluster struct {
 	// Join lists host:port of nodes to join (static addresses, or DNS names such as a
-	// Kubernetes headless Service, resolved again while this node is alone). The tier is on
-	// when it is set; a first node may list its own gossip address.
+	// Kubernetes headless Service), resolved again every 30 s: the addresses that are not an
+	// alive member's are joined again. The tier is on when it is set; a first node may list its
+	// own gossip address.
 	Join []string `toml:"join"`
 	// GossipAddress is the host:port memberlist binds, TCP and UDP; the host is an IP.
 	GossipAddress string `toml:"gossip_address"`

@@ -100,3 +100,46 @@ func NewLookups(reg prometheus.Registerer) *Lookups {
 func (l *Lookups) Observe(d time.Duration, _ bool, _ error) {
 	l.duration.Observe(d.Seconds())
 }
+
+// GossipStats is what the gossip collector reads of the gossip port; *cluster.Node provides
+// it.
+type GossipStats interface {
+	GossipStats() cluster.GossipStats
+}
+
+// gossipCollector reads the node's gossip counters at scrape time.
+type gossipCollector struct {
+	node                     GossipStats
+	dropped, streams, ignore *prometheus.Desc
+}
+
+// NewGossipCollector returns a collector of what the gossip port drops: packets and streams
+// that are not a member's, by reason, the inbound streams open, and the members ignored for
+// peer traffic.
+func NewGossipCollector(node GossipStats) prometheus.Collector {
+	return &gossipCollector{
+		node: node,
+		dropped: prometheus.NewDesc("lifeboat_cluster_gossip_dropped_total",
+			"Gossip packets and streams dropped as not from a member, by reason: label (not this cluster's label), decrypt (not this cluster's key), malformed, stream_limit (too many streams open), stream_idle (a stream that sent nothing).",
+			[]string{"reason"}, nil),
+		streams: prometheus.NewDesc("lifeboat_cluster_gossip_streams",
+			"Inbound gossip streams (TCP) open.", nil, nil),
+		ignore: prometheus.NewDesc("lifeboat_cluster_members_ignored_total",
+			"Members not used for peer traffic because the peer address they advertise is not on their own address, counted once per member and metadata.", nil, nil),
+	}
+}
+
+func (c *gossipCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.dropped, c.streams, c.ignore} {
+		ch <- d
+	}
+}
+
+func (c *gossipCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.node.GossipStats()
+	for _, r := range cluster.GossipDropReasons {
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped[r]), r)
+	}
+	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(st.Streams))
+	ch <- prometheus.MustNewConstMetric(c.ignore, prometheus.CounterValue, float64(st.IgnoredMembers))
+}

@@ -88,3 +88,30 @@ func TestLookups(t *testing.T) {
 		}
 	}
 }
+
+type fakeGossip cluster.GossipStats
+
+func (f fakeGossip) GossipStats() cluster.GossipStats { return cluster.GossipStats(f) }
+
+// Every drop reason is reported, 0 included, so that a rule on one has a series to compare.
+func TestGossipCollector(t *testing.T) {
+	node := fakeGossip{Dropped: map[string]int64{"label": 5000, "stream_limit": 20}, Streams: 7, IgnoredMembers: 1}
+	want := `
+# HELP lifeboat_cluster_gossip_dropped_total Gossip packets and streams dropped as not from a member, by reason: label (not this cluster's label), decrypt (not this cluster's key), malformed, stream_limit (too many streams open), stream_idle (a stream that sent nothing).
+# TYPE lifeboat_cluster_gossip_dropped_total counter
+lifeboat_cluster_gossip_dropped_total{reason="decrypt"} 0
+lifeboat_cluster_gossip_dropped_total{reason="label"} 5000
+lifeboat_cluster_gossip_dropped_total{reason="malformed"} 0
+lifeboat_cluster_gossip_dropped_total{reason="stream_idle"} 0
+lifeboat_cluster_gossip_dropped_total{reason="stream_limit"} 20
+# HELP lifeboat_cluster_gossip_streams Inbound gossip streams (TCP) open.
+# TYPE lifeboat_cluster_gossip_streams gauge
+lifeboat_cluster_gossip_streams 7
+# HELP lifeboat_cluster_members_ignored_total Members not used for peer traffic because the peer address they advertise is not on their own address, counted once per member and metadata.
+# TYPE lifeboat_cluster_members_ignored_total counter
+lifeboat_cluster_members_ignored_total 1
+`
+	if err := testutil.CollectAndCompare(NewGossipCollector(node), strings.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -687,10 +688,17 @@ func firstHome(t *testing.T, nodes []*harness.Lifeboat, dgst string, not *harnes
 }
 
 // checkCachedFile checks that the cache under root holds dgst's blob with the right bytes.
+//
+// A blob's readers finish once its bytes verified, a moment before the fill has committed it:
+// the file is waited for (10 s at most).
 func checkCachedFile(t *testing.T, root, dgst string) {
 	t.Helper()
 	path := filepath.Join(root, "blobs", "sha256", strings.TrimPrefix(dgst, "sha256:"))
 	f, err := os.Open(path)
+	for deadline := time.Now().Add(10 * time.Second); errors.Is(err, fs.ErrNotExist) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		f, err = os.Open(path)
+	}
 	if err != nil {
 		t.Errorf("blob %s is not in the cache: %v", dgst, err)
 		return

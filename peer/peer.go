@@ -37,7 +37,7 @@ type Authenticator interface {
 // Cluster is what a Source needs of the cluster (cluster.Node is one).
 type Cluster interface {
 	Name() string
-	Lookup(ctx context.Context, key string) ([]cluster.Holder, error)
+	Lookup(ctx context.Context, key string, opts ...cluster.LookupOption) ([]cluster.Holder, error)
 	Homes(key string) []cluster.Member
 	Member(name string) (cluster.Member, bool)
 	Announce(recs ...cluster.Record)

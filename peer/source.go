@@ -71,14 +71,10 @@ func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
 	cands := s.candidates(holders, skip)
-	winner, b, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay,
-		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
-			return s.openBlob(ctx, m, registry, path, false)
-		},
-		func(b resolver.PeerBlob) { b.Body.Close() })
-	if winner >= 0 {
-		s.peerAnswers.Add(1)
-		b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+	b, errs, ok := s.fromHolders(ctx, cands, func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
+		return s.openBlob(ctx, m, registry, path, false)
+	})
+	if ok {
 		return b, nil
 	}
 	if ctx.Err() != nil {
@@ -142,20 +138,30 @@ func (s *Source) OpenBlobAt(ctx context.Context, registry, repository string, dg
 		return resolver.PeerBlob{}, fmt.Errorf("blob %s: look up its holders: %w", dgst, err)
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
-	winner, b, done, errs := hedge.First(ctx, s.candidates(holders, skip), s.opts.Budget.HedgeDelay,
-		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
-			return s.openBlobRange(ctx, m, registry, path, dgst, off, size)
-		},
-		func(b resolver.PeerBlob) { b.Body.Close() })
-	if winner >= 0 {
-		s.peerAnswers.Add(1)
-		b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+	b, errs, ok := s.fromHolders(ctx, s.candidates(holders, skip), func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
+		return s.openBlobRange(ctx, m, registry, path, dgst, off, size)
+	})
+	if ok {
 		return b, nil
 	}
 	if ctx.Err() != nil {
 		return resolver.PeerBlob{}, ctx.Err()
 	}
 	return resolver.PeerBlob{}, noPeer("blob", dgst, errs)
+}
+
+// fromHolders asks cands for a blob with open, hedged: the first that answers sends it (ok),
+// and its body's Close ends the request. errs are each candidate's failure (nil for those not
+// asked).
+func (s *Source) fromHolders(ctx context.Context, cands []cluster.Member, open func(context.Context, cluster.Member) (resolver.PeerBlob, error)) (_ resolver.PeerBlob, errs []error, ok bool) {
+	winner, b, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay, open,
+		func(b resolver.PeerBlob) { b.Body.Close() })
+	if winner < 0 {
+		return resolver.PeerBlob{}, errs, false
+	}
+	s.peerAnswers.Add(1)
+	b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+	return b, errs, true
 }
 
 // lookupHealth is the breaker as one lookup uses it, remembering the homes that did not answer

@@ -61,6 +61,21 @@ func newEngine(t *testing.T) (*Engine, *cache.Store) {
 	return e, store
 }
 
+// joinStarted joins key's fill over sources, released at the end of the test, once its size
+// is known.
+func joinStarted(t *testing.T, e *Engine, key Key, sources ...Source) *Fill {
+	t.Helper()
+	f, err := e.Join(t.Context(), key, sources)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Release)
+	if err := f.Started(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 func randomBytes(t *testing.T, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -83,14 +98,7 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	src := gatedSource{body: corrupt, gate: make(chan struct{}), from: "upstream test"}
 	key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(want)}
 
-	f, err := e.Join(t.Context(), key, []Source{missingSource{}, src})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Release()
-	if err := f.Started(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	f := joinStarted(t, e, key, missingSource{}, src)
 	rc := f.Reader(t.Context(), 0, int64(len(want)), false)
 	rc2 := f.Reader(t.Context(), 0, int64(len(want)), false)
 	var buf2 bytes.Buffer
@@ -294,14 +302,7 @@ func TestResumeAfterBytesReachedReaders(t *testing.T) {
 			var brokeWith error
 			first := breakingSource{body: want, at: at, gate: make(chan struct{}), done: func(_ int64, err error) { brokeWith = err }}
 			var offs []int64
-			f, err := e.Join(t.Context(), key, append([]Source{first}, tt.next(&offs)...))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Release()
-			if err := f.Started(t.Context()); err != nil {
-				t.Fatal(err)
-			}
+			f := joinStarted(t, e, key, append([]Source{first}, tt.next(&offs)...)...)
 			rc := f.Reader(t.Context(), 0, int64(len(want)), false)
 			head := make([]byte, 1)
 			if _, err := io.ReadFull(rc, head); err != nil { // a byte reached the reader

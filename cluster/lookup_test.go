@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -37,4 +39,81 @@ func TestMergeHolders(t *testing.T) {
 	if !isTagKey(TagKey("docker.io", "library/alpine", "3.20")) || isTagKey(BlobKey("sha256:0000000000000000000000000000000000000000000000000000000000000000")) {
 		t.Error("isTagKey mixes up tag and blob keys")
 	}
+}
+
+// healthLog is a PeerHealth that holds down the members named in down and records what the
+// lookups tell it.
+type healthLog struct {
+	down     map[string]bool
+	mu       sync.Mutex
+	observed map[string][]error
+}
+
+func (h *healthLog) Down(m Member) bool { return h.down[m.Name] }
+
+func (h *healthLog) Observe(m Member, _ time.Time, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.observed == nil {
+		h.observed = map[string][]error{}
+	}
+	h.observed[m.Name] = append(h.observed[m.Name], err)
+}
+
+// A stopped home does not hold up a lookup once every other home answered without a holder:
+// the lookup ends with their answer instead of waiting out LookupTimeout, for a blob's key and
+// for a tag's alike, and tells the caller's breaker which home straggled. A home the breaker
+// holds down is not asked at all.
+func TestLookupDoesNotWaitOnAStraggler(t *testing.T) {
+	t.Parallel()
+	const timeout = 10 * time.Second
+	opt := func(c *Config) { c.Replicas = 3; c.LookupTimeout = timeout }
+	r := startNode(t, "127.0.21.1", "r", nil, opt)
+	a := startNode(t, "127.0.21.2", "a", []string{r.gossipAddr}, opt)
+	s := startNode(t, "127.0.21.3", "s", []string{r.gossipAddr}, opt)
+	eventually(t, 10*time.Second, "three members alive on each node", allAlive(r, a, s))
+	s.hangLookups.Store(true)
+
+	for _, k := range []string{key(1), key(2), TagKey("registry.test", "app", "v1")} {
+		health := &healthLog{}
+		start := time.Now()
+		hs, err := r.Lookup(t.Context(), k, WithPeerHealth(health))
+		took := time.Since(start)
+		if err != nil || len(hs) != 0 {
+			t.Fatalf("lookup of %s, a home stopped, the others without a holder: %v, %v; want nothing", k, hs, err)
+		}
+		if took > timeout/4 {
+			t.Errorf("lookup of %s took %v: it waited on the stopped home (LookupTimeout %v)", k, took, timeout)
+		}
+		health.mu.Lock()
+		if got := health.observed["s"]; len(got) != 1 || !errors.Is(got[0], ErrStraggler) {
+			t.Errorf("the breaker was told %v of the stopped home, want ErrStraggler", got)
+		}
+		if got := health.observed["a"]; len(got) != 1 || got[0] != nil {
+			t.Errorf("the breaker was told %v of the home that answered, want one nil", got)
+		}
+		if _, ok := health.observed["r"]; ok {
+			t.Error("the breaker was told of this node")
+		}
+		health.mu.Unlock()
+	}
+
+	// Held down, the stopped home is not asked.
+	asked := s.hung.Load()
+	health := &healthLog{down: map[string]bool{"s": true}}
+	for i := range 3 {
+		if hs, err := r.Lookup(t.Context(), key(10+i), WithPeerHealth(health)); err != nil || len(hs) != 0 {
+			t.Fatalf("lookup with the stopped home down: %v, %v", hs, err)
+		}
+	}
+	if s.hung.Load() != asked {
+		t.Errorf("the home held down was asked %d times", s.hung.Load()-asked)
+	}
+
+	// A holder that the answering home knows still wins.
+	a.Announce(Record{Key: key(1)})
+	eventually(t, 10*time.Second, "r finds a as the holder of the key", func() bool {
+		hs, err := r.Lookup(t.Context(), key(1))
+		return err == nil && slices.Equal(holderNames(hs), []string{"a"})
+	})
 }

@@ -31,6 +31,13 @@ type Client interface {
 	Referrers(ctx context.Context, repo string, dgst digest.Digest, artifactType string) ([]byte, string, error)
 }
 
+// RangeClient is a Client that can also send part of a blob (*upstream.Client can): a fill whose
+// download broke after bytes reached clients resumes with it. GetBlobRange returns the bytes
+// [off, off+length) and the whole blob's size; errors are GetBlob's.
+type RangeClient interface {
+	GetBlobRange(ctx context.Context, repo string, dgst digest.Digest, off, length int64) (io.ReadCloser, int64, error)
+}
+
 // Request is one request to an upstream endpoint, for metrics.
 type Request struct {
 	Registry, Endpoint string

@@ -31,6 +31,7 @@ type clusterCollector struct {
 
 	members, homedKeys, lookups   *prometheus.Desc
 	peerBytes, coalesced, rejects *prometheus.Desc
+	breaker                       breakerDescs
 }
 
 // NewClusterCollector returns a collector of the cluster tier's figures: members by state,
@@ -52,6 +53,7 @@ func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collecto
 			"Blobs this node fetched through their home's fill from the registry, rather than from the registry itself.", nil, nil),
 		rejects: prometheus.NewDesc("lifeboat_peer_rejected_total",
 			"Blobs a peer sent with bytes that failed verification (rejected, not cached).", nil, nil),
+		breaker: newBreakerDescs(),
 	}
 }
 
@@ -59,6 +61,7 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.peerBytes, c.coalesced, c.rejects} {
 		ch <- d
 	}
+	c.breaker.describe(ch)
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
@@ -76,6 +79,38 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.BytesOut), "out")
 	ch <- prometheus.MustNewConstMetric(c.coalesced, prometheus.CounterValue, float64(ps.CoalescedFills))
 	ch <- prometheus.MustNewConstMetric(c.rejects, prometheus.CounterValue, float64(ps.Rejected))
+	c.breaker.collect(ch, ps)
+}
+
+// breakerDescs are the series of the per-peer circuit breaker (peer.Source's).
+type breakerDescs struct {
+	down, trips, skips, probes *prometheus.Desc
+}
+
+func newBreakerDescs() breakerDescs {
+	return breakerDescs{
+		down: prometheus.NewDesc("lifeboat_peer_down",
+			"Peers the circuit breaker holds down now: their HTTP failed or timed out, so no lookup or transfer is sent to them until a probe gets an answer.", nil, nil),
+		trips: prometheus.NewDesc("lifeboat_peer_breaker_trips_total",
+			"Times a peer was marked down by the circuit breaker.", nil, nil),
+		skips: prometheus.NewDesc("lifeboat_peer_breaker_skips_total",
+			"Requests to peers (lookups of a home, transfers) not sent because the peer was down.", nil, nil),
+		probes: prometheus.NewDesc("lifeboat_peer_probes_total",
+			"Probes of peers that are down (GET /v2/ on their peer listener).", nil, nil),
+	}
+}
+
+func (d breakerDescs) describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{d.down, d.trips, d.skips, d.probes} {
+		ch <- desc
+	}
+}
+
+func (d breakerDescs) collect(ch chan<- prometheus.Metric, ps peer.Stats) {
+	ch <- prometheus.MustNewConstMetric(d.down, prometheus.GaugeValue, float64(ps.PeersDown))
+	ch <- prometheus.MustNewConstMetric(d.trips, prometheus.CounterValue, float64(ps.BreakerTrips))
+	ch <- prometheus.MustNewConstMetric(d.skips, prometheus.CounterValue, float64(ps.BreakerSkips))
+	ch <- prometheus.MustNewConstMetric(d.probes, prometheus.CounterValue, float64(ps.Probes))
 }
 
 // Lookups is the histogram of the cluster's lookup latency. Pass its Observe as

@@ -53,7 +53,31 @@ lifeboat_peer_coalesced_fills_total 3
 # TYPE lifeboat_peer_rejected_total counter
 lifeboat_peer_rejected_total 4
 `
-	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers), strings.NewReader(want)); err != nil {
+	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers), strings.NewReader(want),
+		"lifeboat_cluster_homed_keys", "lifeboat_cluster_lookups_total", "lifeboat_cluster_members",
+		"lifeboat_peer_bytes_total", "lifeboat_peer_coalesced_fills_total", "lifeboat_peer_rejected_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBreakerSeries(t *testing.T) {
+	peers := fakePeers{PeersDown: 2, BreakerTrips: 5, BreakerSkips: 40, Probes: 9}
+	want := `
+# HELP lifeboat_peer_breaker_skips_total Requests to peers (lookups of a home, transfers) not sent because the peer was down.
+# TYPE lifeboat_peer_breaker_skips_total counter
+lifeboat_peer_breaker_skips_total 40
+# HELP lifeboat_peer_breaker_trips_total Times a peer was marked down by the circuit breaker.
+# TYPE lifeboat_peer_breaker_trips_total counter
+lifeboat_peer_breaker_trips_total 5
+# HELP lifeboat_peer_down Peers the circuit breaker holds down now: their HTTP failed or timed out, so no lookup or transfer is sent to them until a probe gets an answer.
+# TYPE lifeboat_peer_down gauge
+lifeboat_peer_down 2
+# HELP lifeboat_peer_probes_total Probes of peers that are down (GET /v2/ on their peer listener).
+# TYPE lifeboat_peer_probes_total counter
+lifeboat_peer_probes_total 9
+`
+	if err := testutil.CollectAndCompare(NewClusterCollector(fakeNode{}, peers), strings.NewReader(want),
+		"lifeboat_peer_down", "lifeboat_peer_breaker_trips_total", "lifeboat_peer_breaker_skips_total", "lifeboat_peer_probes_total"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -289,7 +289,7 @@ func (c *testCluster) setHomes(key string, homes ...cluster.Member) {
 
 func (c *testCluster) Name() string { return c.name }
 
-func (c *testCluster) Lookup(ctx context.Context, key string) ([]cluster.Holder, error) {
+func (c *testCluster) Lookup(ctx context.Context, key string, _ ...cluster.LookupOption) ([]cluster.Holder, error) {
 	c.lookups.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -37,7 +37,7 @@ type Authenticator interface {
 // Cluster is what a Source needs of the cluster (cluster.Node is one).
 type Cluster interface {
 	Name() string
-	Lookup(ctx context.Context, key string) ([]cluster.Holder, error)
+	Lookup(ctx context.Context, key string, opts ...cluster.LookupOption) ([]cluster.Holder, error)
 	Homes(key string) []cluster.Member
 	Member(name string) (cluster.Member, bool)
 	Announce(recs ...cluster.Record)
@@ -62,6 +62,8 @@ type SourceOptions struct {
 	// RejectFor is how long a peer that sent bad bytes is not asked again for any blob
 	// (default 10 min).
 	RejectFor time.Duration
+	// Breaker tunes the circuit breaker kept per peer (see BreakerOptions).
+	Breaker BreakerOptions
 }
 
 // DefaultRejectFor is SourceOptions.RejectFor's default.
@@ -77,12 +79,19 @@ type Stats struct {
 	Rejected int64
 	// PeerAnswers counts blobs, manifests and tags served from peers to this node.
 	PeerAnswers int64
+	// PeersDown is how many peers the breaker holds down now; BreakerTrips counts the times
+	// one was marked down, BreakerSkips the requests (lookups of a home, transfers) not sent
+	// to a peer because it was down, Probes the probes of down peers.
+	PeersDown                          int
+	BreakerTrips, BreakerSkips, Probes int64
 }
 
-// Source is resolver.Peers over a cluster node. Safe for concurrent use.
+// Source is resolver.Peers over a cluster node, with a circuit breaker per peer. Safe for
+// concurrent use; Close it to stop the probes of the peers that are down.
 type Source struct {
-	node Cluster
-	opts SourceOptions
+	node    Cluster
+	opts    SourceOptions
+	breaker *breaker
 
 	bytesIn, bytesOut, coalescedFills, rejected, peerAnswers atomic.Int64
 
@@ -92,7 +101,10 @@ type Source struct {
 	bad map[string]time.Time
 }
 
-var _ resolver.Peers = (*Source)(nil)
+var (
+	_ resolver.Peers      = (*Source)(nil)
+	_ resolver.RangePeers = (*Source)(nil)
+)
 
 // NewSource returns the resolver's view of the cluster through node.
 func NewSource(node Cluster, opts SourceOptions) *Source {
@@ -100,5 +112,10 @@ func NewSource(node Cluster, opts SourceOptions) *Source {
 	if opts.RejectFor <= 0 {
 		opts.RejectFor = DefaultRejectFor
 	}
-	return &Source{node: node, opts: opts, bad: make(map[string]time.Time)}
+	s := &Source{node: node, opts: opts, bad: make(map[string]time.Time)}
+	s.breaker = newBreaker(opts.Breaker, s.ping, node.Member)
+	return s
 }
+
+// Close stops the probes of the peers that are down.
+func (s *Source) Close() { s.breaker.close() }

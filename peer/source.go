@@ -48,61 +48,134 @@ func (s *Source) Stats() Stats {
 		CoalescedFills: s.coalescedFills.Load(),
 		Rejected:       s.rejected.Load(),
 		PeerAnswers:    s.peerAnswers.Load(),
+		PeersDown:      s.breaker.down(),
+		BreakerTrips:   s.breaker.trips.Load(),
+		BreakerSkips:   s.breaker.skips.Load(),
+		Probes:         s.breaker.probes.Load(),
 	}
 }
 
 // OpenBlob asks dgst's holders, hedged (hedge.First): the first the lookup names at once, the
 // next after Budget.HedgeDelay or as soon as one failed, at most maxAttempts of them, leaving out
-// those in skip and those rejected lately. The first that answers 200 with a Content-Length
-// sends the blob. When none does and Coalesce is on, the digest's first home is asked to fill
-// it from the registry (cluster.HeaderFill), unless it is this node, in skip, or failed
-// otherwise than by not holding it. Every peer must send its headers within Budget.HeaderTimeout
+// those in skip, those rejected lately and those the breaker holds down. The first that answers
+// 200 with a Content-Length sends the blob. When none does and Coalesce is on, the blob is
+// filled from the registry through the first of its homes that may be asked (coalescingHome),
+// unless this node comes first. Every peer must send its headers within Budget.HeaderTimeout
 // and, after them, a byte at least every Budget.IdleTimeout.
 func (s *Source) OpenBlob(ctx context.Context, registry, repository string, dgst digest.Digest, skip []string) (resolver.PeerBlob, error) {
 	key := cluster.BlobKey(dgst)
-	holders, err := s.node.Lookup(ctx, key)
+	health := &lookupHealth{breaker: s.breaker}
+	holders, err := s.node.Lookup(ctx, key, cluster.WithPeerHealth(health))
 	if err != nil {
 		return resolver.PeerBlob{}, fmt.Errorf("blob %s: look up its holders: %w", dgst, err)
 	}
 	path := "/v2/" + repository + "/blobs/" + dgst.String()
 	cands := s.candidates(holders, skip)
-	winner, b, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay,
-		func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
-			return s.openBlob(ctx, m, registry, path, false)
-		},
-		func(b resolver.PeerBlob) { b.Body.Close() })
-	if winner >= 0 {
-		s.peerAnswers.Add(1)
-		b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+	b, errs, ok := s.fromHolders(ctx, cands, func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
+		return s.openBlob(ctx, m, registry, path, false)
+	})
+	if ok {
 		return b, nil
 	}
 	if ctx.Err() != nil {
 		return resolver.PeerBlob{}, ctx.Err()
 	}
 	if s.opts.Coalesce {
-		if homes := s.node.Homes(key); len(homes) > 0 {
-			home := homes[0]
-			// A home that failed as a holder otherwise than by not holding the blob is not
-			// asked again.
-			broken := false
-			for i, m := range cands {
-				broken = broken || m.Name == home.Name && errs[i] != nil && !errdefs.IsNotFound(errs[i])
+		// A home that failed as a holder otherwise than by not holding the blob, or did not
+		// answer the lookup, is not asked to fill it.
+		failed := health.failed
+		for i, m := range cands {
+			if errs[i] != nil && !errdefs.IsNotFound(errs[i]) {
+				failed = append(failed, m.Name)
 			}
-			if !home.Self && home.Name != s.node.Name() && !broken && !slices.Contains(skip, home.Name) && !s.isRejected(home.Name) {
-				b, err := s.openBlob(ctx, home, registry, path, true)
-				if err == nil {
-					s.coalescedFills.Add(1)
-					s.peerAnswers.Add(1)
-					return b, nil
-				}
-				if ctx.Err() != nil {
-					return resolver.PeerBlob{}, ctx.Err()
-				}
-				errs = append(errs, err)
+		}
+		if home, ok := s.coalescingHome(key, append(failed, skip...)); ok {
+			b, err := s.openBlob(ctx, home, registry, path, true)
+			if err == nil {
+				s.coalescedFills.Add(1)
+				s.peerAnswers.Add(1)
+				return b, nil
 			}
+			if ctx.Err() != nil {
+				return resolver.PeerBlob{}, ctx.Err()
+			}
+			errs = append(errs, err)
 		}
 	}
 	return resolver.PeerBlob{}, noPeer("blob", dgst, errs)
+}
+
+// coalescingHome is the home to fill key through: the first of key's homes that may be asked
+// (not in passOver, not rejected, not down), the next one when the first may not; none when
+// this node comes first, as it then fills the blob from the registry itself (and the others
+// through it). Homes agree on their order, and a home that is down is down for most of its
+// peers, who all pass it over for the same next one: the blob is still filled once.
+func (s *Source) coalescingHome(key string, passOver []string) (cluster.Member, bool) {
+	for _, h := range s.node.Homes(key) {
+		if h.Self || h.Name == s.node.Name() {
+			return cluster.Member{}, false
+		}
+		if slices.Contains(passOver, h.Name) || s.isRejected(h.Name) || s.breaker.Down(h) {
+			continue
+		}
+		return h, true
+	}
+	return cluster.Member{}, false
+}
+
+// OpenBlobAt asks dgst's holders for its bytes from off to the end of the blob of size bytes,
+// hedged as OpenBlob asks them for all of it, leaving out the same peers, never through a
+// home's fill: a fill that broke after bytes reached clients resumes with it. The answer must
+// be a 206 of exactly that range of that size, for dgst: the holder serves the blob by its
+// digest from its cache, and the fill verifies the whole. The PeerBlob's Size is the whole
+// blob's.
+func (s *Source) OpenBlobAt(ctx context.Context, registry, repository string, dgst digest.Digest, off, size int64, skip []string) (resolver.PeerBlob, error) {
+	if off <= 0 || off >= size {
+		return resolver.PeerBlob{}, fmt.Errorf("blob %s: no range from %d in %d bytes: %w", dgst, off, size, errdefs.ErrInvalidArgument)
+	}
+	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst), cluster.WithPeerHealth(s.breaker))
+	if err != nil {
+		return resolver.PeerBlob{}, fmt.Errorf("blob %s: look up its holders: %w", dgst, err)
+	}
+	path := "/v2/" + repository + "/blobs/" + dgst.String()
+	b, errs, ok := s.fromHolders(ctx, s.candidates(holders, skip), func(ctx context.Context, m cluster.Member) (resolver.PeerBlob, error) {
+		return s.openBlobRange(ctx, m, registry, path, dgst, off, size)
+	})
+	if ok {
+		return b, nil
+	}
+	if ctx.Err() != nil {
+		return resolver.PeerBlob{}, ctx.Err()
+	}
+	return resolver.PeerBlob{}, noPeer("blob", dgst, errs)
+}
+
+// fromHolders asks cands for a blob with open, hedged: the first that answers sends it (ok),
+// and its body's Close ends the request. errs are each candidate's failure (nil for those not
+// asked).
+func (s *Source) fromHolders(ctx context.Context, cands []cluster.Member, open func(context.Context, cluster.Member) (resolver.PeerBlob, error)) (_ resolver.PeerBlob, errs []error, ok bool) {
+	winner, b, done, errs := hedge.First(ctx, cands, s.opts.Budget.HedgeDelay, open,
+		func(b resolver.PeerBlob) { b.Body.Close() })
+	if winner < 0 {
+		return resolver.PeerBlob{}, errs, false
+	}
+	s.peerAnswers.Add(1)
+	b.Body = &endsRequest{ReadCloser: b.Body, done: done}
+	return b, errs, true
+}
+
+// lookupHealth is the breaker as one lookup uses it, remembering the homes that did not answer
+// it. A lookup tells it from one goroutine, before it returns.
+type lookupHealth struct {
+	*breaker
+	failed []string
+}
+
+func (h *lookupHealth) Observe(m cluster.Member, asked time.Time, err error) {
+	h.breaker.Observe(m, asked, err)
+	if err != nil {
+		h.failed = append(h.failed, m.Name)
+	}
 }
 
 // candidates are the members holders names that may be asked, maxAttempts at most.
@@ -133,7 +206,7 @@ func (b *endsRequest) Close() error {
 
 // openBlob GETs the blob at path from m, through its fill when fill is set.
 func (s *Source) openBlob(ctx context.Context, m cluster.Member, registry, path string, fill bool) (resolver.PeerBlob, error) {
-	resp, body, err := s.get(ctx, m, registry, path, fill, "")
+	resp, body, err := s.get(ctx, m, registry, path, fill, "", "")
 	if err != nil {
 		return resolver.PeerBlob{}, err
 	}
@@ -146,6 +219,30 @@ func (s *Source) openBlob(ctx context.Context, m cluster.Member, registry, path 
 		return resolver.PeerBlob{}, fmt.Errorf("peer %s sent a blob without its length: %w", m.Name, errdefs.ErrUnavailable)
 	}
 	return resolver.PeerBlob{Body: body, Size: resp.ContentLength, Peer: m.Name, ViaHome: fill}, nil
+}
+
+// openBlobRange GETs the bytes from off of the blob dgst of size bytes at path from m: a 206 of
+// exactly that range, for that digest, or an error before any byte is read.
+func (s *Source) openBlobRange(ctx context.Context, m cluster.Member, registry, path string, dgst digest.Digest, off, size int64) (resolver.PeerBlob, error) {
+	resp, body, err := s.get(ctx, m, registry, path, false, "", oci.RangeFrom(off, size))
+	if err != nil {
+		return resolver.PeerBlob{}, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return resolver.PeerBlob{}, fmt.Errorf("peer %s ignored a range of blob %s: %w", m.Name, dgst, errdefs.ErrUnavailable)
+		}
+		return resolver.PeerBlob{}, statusError(m.Name, resp.StatusCode)
+	}
+	first, last, total, ok := oci.ParseContentRange(resp.Header.Get("Content-Range"))
+	if h := resp.Header.Get(oci.HeaderContentDigest); !ok || first != off || last != size-1 || total != size ||
+		resp.ContentLength != size-off || (h != "" && h != dgst.String()) {
+		body.Close()
+		return resolver.PeerBlob{}, fmt.Errorf("peer %s answered a range %d-%d of blob %s of %d bytes with another (%q, %d bytes): %w",
+			m.Name, off, size-1, dgst, size, resp.Header.Get("Content-Range"), resp.ContentLength, errdefs.ErrFailedPrecondition)
+	}
+	return resolver.PeerBlob{Body: body, Size: size, Peer: m.Name}, nil
 }
 
 // Reject counts bad bytes from peer and keeps it from being asked for RejectFor.
@@ -185,13 +282,13 @@ func (s *Source) isRejected(peer string) bool {
 }
 
 // askable returns the member a holder names when it may be asked: alive, not this node, not in
-// skip, not rejected.
+// skip, not rejected, not down.
 func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
 	if name == s.node.Name() || slices.Contains(skip, name) || s.isRejected(name) {
 		return cluster.Member{}, false
 	}
 	m, ok := s.node.Member(name)
-	if !ok || m.Self || m.PeerAddr == "" {
+	if !ok || m.Self || m.PeerAddr == "" || s.breaker.Down(m) {
 		return cluster.Member{}, false
 	}
 	return m, true
@@ -201,7 +298,7 @@ func (s *Source) askable(name string, skip []string) (cluster.Member, bool) {
 // winning. The body is bounded by oci.MaxManifestSize and not verified: the resolver
 // checks it.
 func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst digest.Digest) (string, []byte, string, error) {
-	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
+	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst), cluster.WithPeerHealth(s.breaker))
 	if err != nil {
 		return "", nil, "", fmt.Errorf("manifest %s: look up its holders: %w", dgst, err)
 	}
@@ -229,7 +326,7 @@ func (s *Source) Manifest(ctx context.Context, registry, repository string, dgst
 
 // manifestFrom GETs the manifest at path from m.
 func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, path string) (string, []byte, error) {
-	resp, body, err := s.get(ctx, m, registry, path, false, manifestAccept)
+	resp, body, err := s.get(ctx, m, registry, path, false, manifestAccept, "")
 	if err != nil {
 		return "", nil, err
 	}
@@ -259,7 +356,7 @@ func (s *Source) manifestFrom(ctx context.Context, m cluster.Member, registry, p
 // lately; date is the newest registry Date among the records of the digest chosen.
 func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (digest.Digest, time.Time, error) {
 	key := cluster.TagKey(registry, repository, tag)
-	holders, err := s.node.Lookup(ctx, key)
+	holders, err := s.node.Lookup(ctx, key, cluster.WithPeerHealth(s.breaker))
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("tag %s: look up its holders: %w", key, err)
 	}
@@ -280,7 +377,7 @@ func (s *Source) Tag(ctx context.Context, registry, repository, tag string) (dig
 
 // Holders names the nodes the index knows to hold dgst.
 func (s *Source) Holders(ctx context.Context, dgst digest.Digest) ([]string, error) {
-	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst))
+	holders, err := s.node.Lookup(ctx, cluster.BlobKey(dgst), cluster.WithPeerHealth(s.breaker))
 	if err != nil {
 		return nil, fmt.Errorf("%s: look up its holders: %w", dgst, err)
 	}
@@ -301,10 +398,11 @@ func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Diges
 	s.node.Announce(cluster.Record{Key: cluster.TagKey(registry, repository, tag), Digest: dgst, Date: date})
 }
 
-// get sends GET path?ns=registry to m with the cluster's signing client. The response's
-// headers must arrive within Budget.HeaderTimeout; its body (which the caller closes) fails a
-// read that waits Budget.IdleTimeout for a byte, and counts the bytes in.
-func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept string) (*http.Response, io.ReadCloser, error) {
+// get sends GET path?ns=registry to m with the cluster's signing client, with a Range header
+// when rng is set. The response's headers must arrive within Budget.HeaderTimeout; its body
+// (which the caller closes) fails a read that waits Budget.IdleTimeout for a byte, and counts
+// the bytes in. The breaker is told whether m answered.
+func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept, rng string) (*http.Response, io.ReadCloser, error) {
 	u := url.URL{Scheme: "http", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
 	rctx, stop := context.WithCancelCause(ctx)
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
@@ -318,10 +416,14 @@ func (s *Source) get(ctx context.Context, m cluster.Member, registry, path strin
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
 	timeout := s.opts.Budget.HeaderTimeout
 	slow := time.AfterFunc(timeout, func() {
-		stop(fmt.Errorf("peer %s sent no answer within %s: %w", m.Name, timeout, errdefs.ErrUnavailable))
+		stop(fmt.Errorf("peer %s sent no answer within %s: %w: %w", m.Name, timeout, errdefs.ErrUnavailable, context.DeadlineExceeded))
 	})
+	asked := time.Now()
 	resp, err := s.node.Client().Do(req)
 	slow.Stop()
 	if err == nil && rctx.Err() != nil { // the answer came as the time ran out
@@ -332,11 +434,40 @@ func (s *Source) get(ctx context.Context, m cluster.Member, registry, path strin
 		cause := context.Cause(rctx)
 		stop(nil)
 		if ctx.Err() == nil && cause != nil {
-			return nil, nil, cause
+			err = cause
+		} else {
+			err = fmt.Errorf("peer %s: %w", m.Name, err)
 		}
-		return nil, nil, fmt.Errorf("peer %s: %w", m.Name, err)
+		s.observe(ctx, m, asked, err)
+		return nil, nil, err
 	}
+	s.observe(ctx, m, asked, nil)
 	return resp, newPeerBody(rctx, stop, resp.Body, m.Name, s.opts.Budget.IdleTimeout, &s.bytesIn), nil
+}
+
+// observe tells the breaker how a request to m, sent at asked under ctx, did. A request ended
+// by its caller (another peer won the race, the client left) says nothing of m; one whose
+// caller's deadline passed (the resolver's wait for the peers) is a timeout of m's.
+func (s *Source) observe(ctx context.Context, m cluster.Member, asked time.Time, err error) {
+	if err != nil && ctx.Err() != nil {
+		cause := context.Cause(ctx)
+		if !errors.Is(cause, context.DeadlineExceeded) {
+			return
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", err, cause)
+		}
+	}
+	s.breaker.Observe(m, asked, err)
+}
+
+// ping asks m's peer listener for GET /v2/ (the breaker's probe): any answer will do.
+func (s *Source) ping(ctx context.Context, m cluster.Member) error {
+	_, body, err := s.get(ctx, m, "", "/v2/", false, "", "")
+	if err != nil {
+		return err
+	}
+	return body.Close()
 }
 
 // peerBody is a peer's response body: a read that waits idle for a byte fails (ending the

@@ -168,7 +168,8 @@ func keyOf(repoKey string, dgst digest.Digest) fill.Key {
 }
 
 // registrySource is a blob from a registry: the first of its endpoints that answers, within
-// the upstream timeout.
+// the upstream timeout. It resumes (fill.Resumer) with a Range request to an endpoint whose
+// client can send one (endpoints.RangeClient).
 type registrySource struct {
 	eps        []*endpoints.Endpoint
 	key        fill.Key
@@ -176,7 +177,30 @@ type registrySource struct {
 	mismatches *atomic.Int64
 }
 
+var _ fill.Resumer = registrySource{}
+
 func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
+	return s.open(ctx, func(ctx context.Context, c endpoints.Client) (io.ReadCloser, int64, error) {
+		return c.GetBlob(ctx, s.key.Repository, s.key.Digest)
+	})
+}
+
+// OpenAt asks for the bytes from off of the blob of size bytes with a Range request; an
+// endpoint that cannot send one is errdefs.ErrNotImplemented, which Try does not count against
+// it.
+func (s registrySource) OpenAt(ctx context.Context, off, size int64) (fill.Body, error) {
+	return s.open(ctx, func(ctx context.Context, c endpoints.Client) (io.ReadCloser, int64, error) {
+		rc, ok := c.(endpoints.RangeClient)
+		if !ok {
+			return nil, 0, fmt.Errorf("upstream %s cannot send part of a blob: %w", c.Endpoint(), errdefs.ErrNotImplemented)
+		}
+		return rc.GetBlobRange(ctx, s.key.Repository, s.key.Digest, off, size-off)
+	})
+}
+
+// open gets the blob's body with get, from the first endpoint that answers within the upstream
+// timeout.
+func (s registrySource) open(ctx context.Context, get func(context.Context, endpoints.Client) (io.ReadCloser, int64, error)) (fill.Body, error) {
 	hctx, stop := context.WithCancelCause(ctx)
 	headers := time.AfterFunc(s.wait, func() { stop(context.DeadlineExceeded) })
 	defer headers.Stop()
@@ -185,7 +209,7 @@ func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
 		size int64
 	}
 	g, ep, err := endpoints.Try(hctx, s.eps, "get-blob", func(ctx context.Context, c endpoints.Client) (got, error) {
-		body, size, err := c.GetBlob(ctx, s.key.Repository, s.key.Digest)
+		body, size, err := get(ctx, c)
 		return got{body, size}, err
 	})
 	if err != nil {
@@ -197,16 +221,28 @@ func (s registrySource) Open(ctx context.Context) (fill.Body, error) {
 		ReadCloser: g.body, Size: g.size, From: "upstream " + ep.Name(),
 		Done: func(n int64, err error) {
 			ep.Report(endpoints.Request{Op: "blob-body", Duration: time.Since(start), Bytes: n})
-			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) {
+			// The bytes of a resumed fill came from more than one source: which sent the
+			// wrong ones is not known.
+			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) && !mm.Resumed {
 				s.mismatches.Add(1)
 			}
 		},
 	}, nil
 }
 
+// RangePeers is Peers that can also send part of a blob (package peer's Source can): a fill
+// that broke after bytes reached clients resumes from another holder with it. OpenBlobAt
+// returns the bytes from off (positive) to the end of the blob of size bytes, from a peer that
+// holds it, never through a home's fill; the PeerBlob's Size is the whole blob's. Errors are
+// OpenBlob's.
+type RangePeers interface {
+	OpenBlobAt(ctx context.Context, registry, repository string, dgst digest.Digest, off, size int64, skip []string) (PeerBlob, error)
+}
+
 // peerAttempts is a blob from the cluster (Peers.OpenBlob), asked again after a peer's bytes
 // failed, without that peer, and not again once the peers had nothing. A fill opens its
-// sources one at a time, so it needs no lock.
+// sources one at a time, so it needs no lock. It resumes (fill.Resumer) from a holder when
+// the peers are RangePeers.
 type peerAttempts struct {
 	peers  Peers
 	key    fill.Key
@@ -215,14 +251,34 @@ type peerAttempts struct {
 	gaveUp bool     // the peers had nothing to give
 }
 
+var _ fill.Resumer = (*peerAttempts)(nil)
+
 func (a *peerAttempts) Open(ctx context.Context) (fill.Body, error) {
+	return a.open(ctx, func(ctx context.Context) (PeerBlob, error) {
+		return a.peers.OpenBlob(ctx, a.key.Registry, a.key.Repository, a.key.Digest, a.skip)
+	})
+}
+
+func (a *peerAttempts) OpenAt(ctx context.Context, off, size int64) (fill.Body, error) {
+	rp, ok := a.peers.(RangePeers)
+	if !ok {
+		return fill.Body{}, fmt.Errorf("the peers cannot send part of blob %s: %w", a.key.Digest, errdefs.ErrNotFound)
+	}
+	return a.open(ctx, func(ctx context.Context) (PeerBlob, error) {
+		return rp.OpenBlobAt(ctx, a.key.Registry, a.key.Repository, a.key.Digest, off, size, a.skip)
+	})
+}
+
+// open gets a body from the peers with get, whose response headers must come within the
+// peers' wait.
+func (a *peerAttempts) open(ctx context.Context, get func(context.Context) (PeerBlob, error)) (fill.Body, error) {
 	if a.gaveUp {
 		return fill.Body{}, fmt.Errorf("no other peer can provide blob %s: %w", a.key.Digest, errdefs.ErrNotFound)
 	}
 	// The timer stops this attempt's context, in which the body is read.
 	pctx, stop := context.WithCancelCause(ctx)
 	headers := time.AfterFunc(a.wait, func() { stop(context.DeadlineExceeded) })
-	pb, err := a.peers.OpenBlob(pctx, a.key.Registry, a.key.Repository, a.key.Digest, a.skip)
+	pb, err := get(pctx)
 	headers.Stop()
 	if err == nil && pb.Body == nil {
 		err = fmt.Errorf("peer %s answered without a body", pb.Peer)
@@ -242,7 +298,9 @@ func (a *peerAttempts) Open(ctx context.Context) (fill.Body, error) {
 				return
 			}
 			a.skip = append(a.skip, pb.Peer)
-			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) {
+			// The bytes of a resumed fill came from more than one source: which sent the
+			// wrong ones is not known, and no peer is blamed.
+			if mm := (*fill.MismatchError)(nil); errors.As(err, &mm) && !mm.Resumed {
 				a.peers.Reject(pb.Peer, a.key.Digest)
 			}
 		},

@@ -24,11 +24,67 @@ import (
 // Read errors from the body are classified like every other error (a broken or short body is
 // errdefs.ErrUnavailable). The bytes are not verified against dgst: that is the caller's job.
 func (c *Client) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (io.ReadCloser, int64, error) {
-	if err := validateRepo(repo); err != nil {
+	resp, body, what, err := c.getBlob(ctx, repo, dgst, nil)
+	if err != nil {
 		return nil, 0, err
 	}
-	if _, err := oci.ParseDigest(dgst.String()); err != nil {
+	if resp.StatusCode != http.StatusOK {
+		body.Close()
+		return nil, 0, fmt.Errorf("%s: unexpected status %d: %w", what, resp.StatusCode, errdefs.ErrFailedPrecondition)
+	}
+	return body, resp.ContentLength, nil
+}
+
+// GetBlobRange opens the bytes [off, off+length) of repo's blob dgst, as GetBlob opens all of
+// them, with a Range request: to resume a download that broke after off bytes. It returns the
+// body, which starts at the blob's byte off, and the whole blob's size, from the answer's
+// Content-Range (or Content-Length, from a registry that ignores the Range and sends the whole
+// blob: the body then skips the first off bytes as it is read). off must be positive and length
+// too.
+//
+// An answer that does not send exactly the range asked for, or whose Docker-Content-Digest
+// names another blob, is errdefs.ErrFailedPrecondition; a 416 (the blob is shorter) is too.
+func (c *Client) GetBlobRange(ctx context.Context, repo string, dgst digest.Digest, off, length int64) (io.ReadCloser, int64, error) {
+	if off <= 0 || length <= 0 {
+		return nil, 0, fmt.Errorf("blob range of %d bytes at %d: %w", length, off, errdefs.ErrInvalidArgument)
+	}
+	end := off + length - 1
+	resp, body, what, err := c.getBlob(ctx, repo, dgst, http.Header{"Range": {oci.RangeFrom(off, off+length)}})
+	if err != nil {
 		return nil, 0, err
+	}
+	refuse := func(format string, args ...any) (io.ReadCloser, int64, error) {
+		body.Close()
+		return nil, 0, fmt.Errorf("%s: range %d-%d: %s: %w", what, off, end, fmt.Sprintf(format, args...), errdefs.ErrFailedPrecondition)
+	}
+	if h := resp.Header.Get(oci.HeaderContentDigest); h != "" && h != dgst.String() {
+		return refuse("answered for digest %s", printable(h, 100))
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		first, last, size, ok := oci.ParseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || first != off || last != end || (resp.ContentLength >= 0 && resp.ContentLength != length) {
+			return refuse("sent bytes %s (Content-Length %d)", printable(resp.Header.Get("Content-Range"), 100), resp.ContentLength)
+		}
+		return body, size, nil
+	case http.StatusOK:
+		if resp.ContentLength < off+length {
+			return refuse("ignored the range and sent %d bytes", resp.ContentLength)
+		}
+		return &skipBody{ReadCloser: body, skip: off, what: what}, resp.ContentLength, nil
+	}
+	return refuse("unexpected status %d", resp.StatusCode)
+}
+
+// getBlob sends GET /v2/<repo>/blobs/<dgst> with header, for GetBlob and GetBlobRange. It
+// returns the response, whose body is the returned one (a *blobBody, which the caller closes),
+// and the request as errors name it.
+func (c *Client) getBlob(ctx context.Context, repo string, dgst digest.Digest, header http.Header) (*http.Response, io.ReadCloser, string, error) {
+	if err := validateRepo(repo); err != nil {
+		return nil, nil, "", err
+	}
+	if _, err := oci.ParseDigest(dgst.String()); err != nil {
+		return nil, nil, "", err
 	}
 	path := "/v2/" + repo + "/blobs/" + dgst.String()
 	what := "upstream " + c.base.Host + ": GET " + path
@@ -36,26 +92,43 @@ func (c *Client) GetBlob(ctx context.Context, repo string, dgst digest.Digest) (
 	// The request runs on its own ctx, canceled by ctx only until the headers are in.
 	rctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
-	resp, err := c.send(rctx, http.MethodGet, c.url(path, nil), repo)
+	resp, err := c.sendWith(rctx, http.MethodGet, c.url(path, nil), repo, header)
 	if !stop() {
 		// ctx ended while the request was under way: whatever came back is being canceled.
 		cancel(nil)
 		if err != nil {
-			return nil, 0, err // classified on rctx, which carries ctx's cause
+			return nil, nil, what, err // classified on rctx, which carries ctx's cause
 		}
 		drainClose(resp.Body)
-		return nil, 0, ctxErr(ctx, what)
+		return nil, nil, what, ctxErr(ctx, what)
 	}
 	if err != nil {
 		cancel(nil)
-		return nil, 0, err
+		return nil, nil, what, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		drainClose(resp.Body)
-		cancel(nil)
-		return nil, 0, fmt.Errorf("%s: unexpected status %d: %w", what, resp.StatusCode, errdefs.ErrFailedPrecondition)
+	return resp, &blobBody{body: resp.Body, cancel: cancel, what: what}, what, nil
+}
+
+// skipBody is a whole blob's body read from byte skip on: the answer of a registry that ignored
+// a Range.
+type skipBody struct {
+	io.ReadCloser
+	skip int64
+	what string
+}
+
+func (b *skipBody) Read(p []byte) (int, error) {
+	if b.skip > 0 {
+		n, err := io.CopyN(io.Discard, b.ReadCloser, b.skip)
+		b.skip -= n
+		if err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("%s: body ended before the range: %w: %w", b.what, io.ErrUnexpectedEOF, errdefs.ErrUnavailable)
+			}
+			return 0, err
+		}
 	}
-	return &blobBody{body: resp.Body, cancel: cancel, what: what}, resp.ContentLength, nil
+	return b.ReadCloser.Read(p)
 }
 
 // blobBody is a blob's response body whose read errors are classified, and whose Close ends the

@@ -13,6 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/lifeboat-dev/lifeboat/endpoints"
 )
 
 // storage is an object store a registry redirects blob GETs to. It serves blobs from the
@@ -254,5 +256,66 @@ func TestHeadBlob(t *testing.T) {
 				t.Errorf("size = %d, want %d", size, f.layerLen)
 			}
 		})
+	}
+}
+
+// The resolver resumes fills through endpoints.RangeClient, found by type assertion.
+var _ endpoints.RangeClient = (*Client)(nil)
+
+func TestGetBlobRange(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	off := f.layerLen / 3
+	length := f.layerLen - off
+	// ignoreRange serves the whole blob to a Range request, as a registry without range
+	// support does.
+	ignoreRange := only(http.MethodGet, "blobs", func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Header.Del("Range")
+			next.ServeHTTP(w, r)
+		})
+	})
+	// otherRange answers with bytes the request did not ask for.
+	otherRange := only(http.MethodGet, "blobs", func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Header.Set("Range", "bytes=0-9")
+			next.ServeHTTP(w, r)
+		})
+	})
+	otherDigest := editHeaders(func(r *http.Request, h http.Header) {
+		if kind(r.URL.Path) == "blobs" {
+			h.Set("Docker-Content-Digest", "sha256:0000000000000000000000000000000000000000000000000000000000000000")
+		}
+	})
+	tests := []struct {
+		name  string
+		wraps []func(http.Handler) http.Handler
+		want  error
+	}{
+		{name: "206"},
+		{name: "a registry that ignores the range", wraps: []func(http.Handler) http.Handler{ignoreRange}},
+		{name: "another range", wraps: []func(http.Handler) http.Handler{otherRange}, want: errdefs.ErrFailedPrecondition},
+		{name: "another digest", wraps: []func(http.Handler) http.Handler{otherDigest}, want: errdefs.ErrFailedPrecondition},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, f.serve(t, tt.wraps...).URL, Options{})
+			rc, size, err := c.GetBlobRange(t.Context(), f.repo, f.layer, off, length)
+			checkErr(t, err, tt.want, false)
+			if err != nil {
+				return
+			}
+			defer rc.Close()
+			got, err := io.ReadAll(rc)
+			must(t, err)
+			if size != f.layerLen || !bytes.Equal(got, f.layerRaw[off:]) {
+				t.Errorf("range: %d bytes, size %d; want the %d bytes from %d of a %d-byte blob", len(got), size, length, off, f.layerLen)
+			}
+		})
+	}
+	c := newClient(t, f.serve(t).URL, Options{})
+	if _, _, err := c.GetBlobRange(t.Context(), f.repo, f.layer, 0, f.layerLen); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a range at 0: %v, want invalid argument (GetBlob reads from the start)", err)
 	}
 }

@@ -36,6 +36,15 @@ func (c *Client) url(path string, query url.Values) *url.URL {
 // other answer becomes a classified error and its body is drained and closed. On a 401 from the
 // endpoint it gives the challenge to the Authorizer and tries once more.
 func (c *Client) send(ctx context.Context, method string, u *url.URL, repo string, accept ...string) (*http.Response, error) {
+	var header http.Header
+	if len(accept) > 0 {
+		header = http.Header{"Accept": {strings.Join(accept, ", ")}}
+	}
+	return c.sendWith(ctx, method, u, repo, header)
+}
+
+// sendWith is send with header's fields added to the request (an Accept, a Range).
+func (c *Client) sendWith(ctx context.Context, method string, u *url.URL, repo string, header http.Header) (*http.Response, error) {
 	op := method + " " + u.Path
 	what := "upstream " + c.base.Host + ": " + op
 	var scope string
@@ -49,10 +58,10 @@ func (c *Client) send(ctx context.Context, method string, u *url.URL, repo strin
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v: %w", what, err, errdefs.ErrInvalidArgument)
 		}
-		req.Header.Set("User-Agent", c.ua)
-		if len(accept) > 0 {
-			req.Header.Set("Accept", strings.Join(accept, ", "))
+		for k, v := range header {
+			req.Header[k] = v
 		}
+		req.Header.Set("User-Agent", c.ua)
 		if err := c.authorize(ctx, a, req, scope); err != nil {
 			return nil, authError(ctx, what, err)
 		}

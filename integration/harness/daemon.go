@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/lifeboat-dev/lifeboat/internal/launch"
 )
 
@@ -287,20 +284,7 @@ func (lb *Lifeboat) MetricOrZero(t testing.TB, name string, match map[string]str
 // sample matched.
 func (lb *Lifeboat) metric(t testing.TB, name string, match map[string]string) (sum float64, found bool) {
 	t.Helper()
-	if lb.MetricsAddr == "" {
-		t.Fatal("harness: start lifeboat with LifeboatOptions.Metrics to read its metrics")
-	}
-	resp, err := http.Get("http://" + lb.MetricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("harness: parse /metrics: %v", err)
-	}
-	fam, ok := families[name]
+	fam, ok := lb.families(t)[name]
 	if !ok {
 		return 0, false
 	}

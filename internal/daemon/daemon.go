@@ -261,6 +261,7 @@ func (d *Daemon) leaveCluster(ctx context.Context) {
 		return
 	}
 	d.left = true
+	d.Peers.Close() // the probes of peers that are down
 	if err := d.Cluster.Close(); err != nil {
 		log.G(ctx).WithError(err).Warn("leaving the cluster")
 	}

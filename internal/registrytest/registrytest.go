@@ -58,6 +58,9 @@ func NewUpstream(t testing.TB, opts ...registry.Option) *Upstream {
 			}
 		}
 		u.counter(r.Method + " " + kind).Add(1)
+		if r.Header.Get("Range") != "" {
+			u.counter(r.Method + " " + kind + " ranged").Add(1)
+		}
 		if d, ok := u.date.Load().(time.Time); ok {
 			if d.IsZero() {
 				w.Header()["Date"] = nil // net/http then sends none
@@ -129,14 +132,16 @@ func (u *Upstream) counter(key string) *atomic.Int64 {
 
 // Count is how many requests of a kind the upstream received, the kind named by method and
 // route: "GET blobs", "HEAD manifests", "GET tags", "GET referrers", "GET ping" (anything
-// else, /v2/ included).
+// else, /v2/ included); with " ranged" after it, those of them that had a Range header.
 func (u *Upstream) Count(key string) int64 { return u.counter(key).Load() }
 
 // Total counts every request the upstream received, of any kind.
 func (u *Upstream) Total() int64 {
 	var n int64
-	u.counts.Range(func(_, v any) bool {
-		n += v.(*atomic.Int64).Load()
+	u.counts.Range(func(k, v any) bool {
+		if !strings.HasSuffix(k.(string), " ranged") { // counted under their kind too
+			n += v.(*atomic.Int64).Load()
+		}
 		return true
 	})
 	return n

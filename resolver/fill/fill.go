@@ -41,7 +41,7 @@ type Fill struct {
 	fromStore bool   // the blob was already cached: read it from the store
 	verified  bool   // all bytes arrived and match the digest
 	peer      string // the peer whose bytes the ingest holds; "" for a registry's
-	handedOut bool   // a reader got bytes: the fill cannot start over from another source
+	handedOut bool   // a reader got bytes: the fill cannot start over, only resume (see download)
 	readers   int
 	// abandonedAt is when the last reader left a fill still running (valid while readers is 0
 	// and done is false).
@@ -199,9 +199,12 @@ func (f *Fill) finish(err error) {
 
 // download fetches the blob from its sources in order and commits it to the cache. A source
 // that cannot open the blob is passed over for the next; one whose bytes fail verification, or
-// stop short, is too, as long as no byte of them reached a reader; otherwise the fill fails
-// with its error. After the headers the body may take up to the fill timeout, as long as every
-// idle timeout brings at least MinProgress bytes (or the rest of the blob).
+// stop short, is too, from the blob's first byte as long as no byte of them reached a reader.
+// Once bytes reached readers, a source that broke mid-transfer (a read error, a stall, a body
+// short or long of its length) is followed by the next that can send the blob from an offset
+// (a Resumer), from the bytes already written: the readers never see the break. Otherwise the
+// fill fails with its error. After the headers the body may take up to the fill timeout, as
+// long as every idle timeout brings at least MinProgress bytes (or the rest of the blob).
 func (f *Fill) download(ctx context.Context) error {
 	ref := RefPrefix + f.key.String()
 	var w content.Writer // opened once, for the first source that answered
@@ -211,13 +214,20 @@ func (f *Fill) download(ctx context.Context) error {
 			f.discard(ctx, w, ref)
 		}
 	}()
+	var (
+		off   int64 // the bytes the ingest keeps for the next source: it resumes from there
+		broke error // why the fill resumes, while off is positive
+	)
 	for i, src := range f.sources {
 		last := i == len(f.sources)-1
 		rctx, stopRead := context.WithCancelCause(ctx)
-		body, err := src.Open(rctx)
+		body, err := f.openAt(rctx, src, off)
 		if err != nil {
 			stopRead(nil)
 			if ctx.Err() != nil || last {
+				if broke != nil {
+					return fmt.Errorf("%w; and no source could resume it: %w", broke, err)
+				}
 				return fmt.Errorf("fetch blob: %w", err)
 			}
 			// Handled here, by going on to the next source.
@@ -243,10 +253,10 @@ func (f *Fill) download(ctx context.Context) error {
 				return fmt.Errorf("open cache ingest: %w", err)
 			}
 		}
-		n, err := f.transfer(ctx, rctx, stopRead, body, w, ref)
+		n, err := f.transfer(ctx, rctx, stopRead, body, w, ref, off)
 		stopRead(nil)
 		if body.Done != nil {
-			body.Done(n, err)
+			body.Done(n-off, err)
 		}
 		if err == nil {
 			if committed, err = f.commit(ctx, w, n); err == nil && f.e.opts.Committed != nil {
@@ -254,38 +264,96 @@ func (f *Fill) download(ctx context.Context) error {
 			}
 			return err
 		}
-		if last || ctx.Err() != nil || !f.startOver() {
+		if last || ctx.Err() != nil {
 			return err
 		}
-		log.G(ctx).WithError(err).WithField("source", body.From).Warn("blob from a source failed: trying the next")
+		if f.startOver() {
+			off, broke = 0, nil
+			log.G(ctx).WithError(err).WithField("source", body.From).Warn("blob from a source failed: trying the next")
+			continue
+		}
+		if bs := (*brokenSource)(nil); !errors.As(err, &bs) {
+			return err
+		}
+		off, broke = n, err
+		log.G(ctx).WithError(err).WithFields(log.Fields{"source": body.From, "offset": n}).
+			Warn("blob source broke after bytes reached clients: resuming from the next source that can send from that offset")
 	}
 	return fmt.Errorf("fetch blob: no source: %w", errdefs.ErrNotFound)
 }
 
-// transfer receives body into the ingest w of ref and verifies it; it returns the number of
-// bytes, verified.
-func (f *Fill) transfer(ctx, rctx context.Context, stopRead context.CancelCauseFunc, body Body, w content.Writer, ref string) (int64, error) {
+// openAt opens src from off: the whole blob at 0, else the rest of the blob of the size the
+// readers were given, if src is a Resumer.
+func (f *Fill) openAt(ctx context.Context, src Source, off int64) (Body, error) {
+	if off == 0 {
+		return src.Open(ctx)
+	}
+	r, ok := src.(Resumer)
+	if !ok {
+		return Body{}, fmt.Errorf("the source cannot send the blob from byte %d: %w", off, errdefs.ErrNotFound)
+	}
+	return r.OpenAt(ctx, off, f.State().Size)
+}
+
+// brokenSource marks a transfer that failed on its source's side (a read error, a stall, a
+// body short or long of its length, a body to resume of another size): the bytes written
+// before it stay good for another source to go on from.
+type brokenSource struct{ err error }
+
+func (e *brokenSource) Error() string { return e.err.Error() }
+func (e *brokenSource) Unwrap() error { return e.err }
+
+// transfer receives body into the ingest w of ref, which holds the first off bytes of the blob
+// already (a resume) or none, and verifies it; it returns the number of bytes the ingest holds,
+// verified.
+func (f *Fill) transfer(ctx, rctx context.Context, stopRead context.CancelCauseFunc, body Body, w content.Writer, ref string, off int64) (int64, error) {
 	defer body.Close()
 	// Bodies end only on Close: close it when the read's context ends (the fill timeout, a
 	// stall past the idle timeout, or the engine closing).
 	stopClose := context.AfterFunc(rctx, func() { body.Close() })
 	defer stopClose()
-	if body.Size > f.e.opts.MaxBlobSize {
-		return 0, f.tooLarge(body.Size)
-	}
-	if body.Size > 0 {
-		if err := f.e.store.CheckRoom(body.Size); err != nil {
+	if off > 0 {
+		if err := f.resume(w, body, off); err != nil {
+			return off, err
+		}
+	} else {
+		if body.Size > f.e.opts.MaxBlobSize {
+			return 0, f.tooLarge(body.Size)
+		}
+		if body.Size > 0 {
+			if err := f.e.store.CheckRoom(body.Size); err != nil {
+				return 0, err
+			}
+		}
+		if err := f.open(w, ref, body); err != nil {
 			return 0, err
 		}
 	}
-	if err := f.open(w, ref, body); err != nil {
-		return 0, err
-	}
-	n, err := f.receive(ctx, rctx, stopRead, body, w)
+	n, err := f.receive(ctx, rctx, stopRead, body, w, off)
 	if err != nil {
 		return n, err
 	}
-	return n, f.verify(w, body, n)
+	return n, f.verify(w, body, n, off > 0)
+}
+
+// resume readies the fill to go on from off with body: the ingest w must hold off bytes, and
+// body be of the size the readers were given (which the first source said, and the room was
+// checked for).
+func (f *Fill) resume(w content.Writer, body Body, off int64) error {
+	st, err := w.Status()
+	if err != nil {
+		return err
+	}
+	if st.Offset != off {
+		return fmt.Errorf("cache ingest holds %d bytes of the blob, not the %d written: %w", st.Offset, off, errdefs.ErrFailedPrecondition)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.size < 0 || body.Size != f.size {
+		return &brokenSource{fmt.Errorf("%s has %d bytes of blob %s, not the %d bytes announced: %w", body.From, body.Size, f.key.Digest, f.size, errdefs.ErrFailedPrecondition)}
+	}
+	f.peer = body.Peer
+	return nil
 }
 
 // tooLarge is the error of a blob of more than the maximum blob size.
@@ -358,11 +426,12 @@ func (f *Fill) startOver() bool {
 	return true
 }
 
-// receive copies the body into the ingest w, waking the readers after every stretch, and
-// returns how many bytes it wrote. It stops reading (through stopRead, which closes the body)
-// when the source breaks the progress rule: each window of the idle timeout must bring need
-// bytes; the window starts again once they are in.
-func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFunc, body Body, w content.Writer) (int64, error) {
+// receive copies the body into the ingest w, which holds off bytes already, waking the readers
+// after every stretch, and returns how many bytes the ingest holds. It stops reading (through
+// stopRead, which closes the body) when the source breaks the progress rule: each window of the
+// idle timeout must bring need bytes; the window starts again once they are in. A failure of
+// the source's own is a *brokenSource.
+func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFunc, body Body, w content.Writer, off int64) (int64, error) {
 	window := f.e.opts.IdleTimeout
 	needFrom := func(n int64) int64 {
 		if body.Size < 0 {
@@ -371,19 +440,19 @@ func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 		return max(min(body.Size-n, MinProgress), 1)
 	}
 	var windowGot, windowNeed atomic.Int64 // written here, read by the timer
-	windowNeed.Store(needFrom(0))
+	windowNeed.Store(needFrom(off))
 	progress := time.AfterFunc(window, func() {
 		stopRead(&StallError{Got: windowGot.Load(), Need: windowNeed.Load(), Window: window})
 	})
 	defer progress.Stop()
 	buf := make([]byte, receiveBufferSize)
-	var n int64
+	n := off
 	nextRoomCheck := int64(roomCheckStep) // for a body of unknown size
 	for {
 		m, rerr := body.Read(buf)
 		if m > 0 {
 			if body.Size >= 0 && n+int64(m) > body.Size {
-				return n, fmt.Errorf("%s sent more than its Content-Length of %d: %w", body.From, body.Size, errdefs.ErrFailedPrecondition)
+				return n, &brokenSource{fmt.Errorf("%s sent more than its Content-Length of %d: %w", body.From, body.Size, errdefs.ErrFailedPrecondition)}
 			}
 			if body.Size < 0 {
 				if n+int64(m) > f.e.opts.MaxBlobSize {
@@ -422,11 +491,15 @@ func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 				}
 				rerr = cause
 			}
-			return n, fmt.Errorf("read blob from %s after %d bytes: %w", body.From, n, rerr)
+			err := fmt.Errorf("read blob from %s after %d bytes: %w", body.From, n, rerr)
+			if ctx.Err() != nil { // the fill's own end, not the source's
+				return n, err
+			}
+			return n, &brokenSource{err}
 		}
 	}
 	if body.Size >= 0 && n != body.Size {
-		return n, fmt.Errorf("%s body ended after %d of %d bytes: %w", body.From, n, body.Size, errdefs.ErrUnavailable)
+		return n, &brokenSource{fmt.Errorf("%s body ended after %d of %d bytes: %w", body.From, n, body.Size, errdefs.ErrUnavailable)}
 	}
 	return n, nil
 }
@@ -441,11 +514,12 @@ const receiveBufferSize = 1 << 20
 // against free space it is conservative (it wants them twice), never lenient.
 const roomCheckStep = 4 << 20
 
-// verify checks the n bytes written to w against the digest, and lets the readers finish: they
-// need not wait for the fsync of the commit. (Commit verifies again, and makes them durable.)
-func (f *Fill) verify(w content.Writer, body Body, n int64) error {
+// verify checks the n bytes written to w (from more than one source when resumed) against the
+// digest, and lets the readers finish: they need not wait for the fsync of the commit. (Commit
+// verifies again, and makes them durable.)
+func (f *Fill) verify(w content.Writer, body Body, n int64, resumed bool) error {
 	if actual := w.Digest(); actual != f.key.Digest {
-		return &MismatchError{From: body.From, N: n, Actual: actual, Want: f.key.Digest}
+		return &MismatchError{From: body.From, N: n, Actual: actual, Want: f.key.Digest, Resumed: resumed}
 	}
 	f.mu.Lock()
 	f.size, f.verified = n, true

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -60,6 +61,21 @@ func newEngine(t *testing.T) (*Engine, *cache.Store) {
 	return e, store
 }
 
+// joinStarted joins key's fill over sources, released at the end of the test, once its size
+// is known.
+func joinStarted(t *testing.T, e *Engine, key Key, sources ...Source) *Fill {
+	t.Helper()
+	f, err := e.Join(t.Context(), key, sources)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Release)
+	if err := f.Started(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 func randomBytes(t *testing.T, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -82,14 +98,7 @@ func TestWriteToEndsWithSourceFailure(t *testing.T) {
 	src := gatedSource{body: corrupt, gate: make(chan struct{}), from: "upstream test"}
 	key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(want)}
 
-	f, err := e.Join(t.Context(), key, []Source{missingSource{}, src})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Release()
-	if err := f.Started(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	f := joinStarted(t, e, key, missingSource{}, src)
 	rc := f.Reader(t.Context(), 0, int64(len(want)), false)
 	rc2 := f.Reader(t.Context(), 0, int64(len(want)), false)
 	var buf2 bytes.Buffer
@@ -178,4 +187,157 @@ func mustReaderAt(t *testing.T, store *cache.Store, dgst digest.Digest) io.Reade
 	}
 	t.Cleanup(func() { ra.Close() })
 	return ra
+}
+
+// breakingSource sends the first at bytes of body, then, once gate is closed, breaks (a peer
+// killed mid-transfer).
+type breakingSource struct {
+	body []byte
+	at   int
+	gate chan struct{}
+	done func(int64, error)
+}
+
+var errBroke = errors.New("connection reset by peer")
+
+func (s breakingSource) Open(ctx context.Context) (Body, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(s.body[:s.at])
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+		}
+		pw.CloseWithError(errBroke)
+	}()
+	return Body{ReadCloser: pr, Size: int64(len(s.body)), From: "peer h", Peer: "h", Done: s.done}, nil
+}
+
+// rangeSource serves body from any offset (a Resumer); size, when not zero, is the size it
+// claims instead of body's.
+type rangeSource struct {
+	body   []byte
+	size   int64
+	from   string
+	offs   *[]int64 // the offsets it was opened at
+	done   func(int64, error)
+	failAt error // OpenAt's error, when set
+}
+
+func (s rangeSource) Open(ctx context.Context) (Body, error) { return s.OpenAt(ctx, 0, 0) }
+
+func (s rangeSource) OpenAt(_ context.Context, off, _ int64) (Body, error) {
+	*s.offs = append(*s.offs, off)
+	if s.failAt != nil {
+		return Body{}, s.failAt
+	}
+	size := s.size
+	if size == 0 {
+		size = int64(len(s.body))
+	}
+	return Body{ReadCloser: io.NopCloser(bytes.NewReader(s.body[off:])), Size: size, From: s.from, Done: s.done}, nil
+}
+
+// TestResumeAfterBytesReachedReaders: the fill's first source breaks after a reader got bytes
+// of it (no start over is possible then); the fill goes on from the offset written with the
+// next source that can send from an offset, passing over one that cannot and one that has
+// another size, and the reader gets the whole blob, verified and cached. When what the next
+// source sends does not make the blob, or no source can resume, the reader gets an error and
+// never a complete body.
+func TestResumeAfterBytesReachedReaders(t *testing.T) {
+	t.Parallel()
+	want := randomBytes(t, 4*SmallBlob)
+	tail := bytes.Clone(want)
+	tail[len(tail)-1] ^= 1
+	const at = SmallBlob + 12345
+	tests := []struct {
+		name string
+		// next are the sources after the one that breaks, given the offsets they were
+		// opened at.
+		next       func(offs *[]int64) []Source
+		wantOffs   []int64
+		wantErr    bool
+		wantResume bool // the fill's error is a MismatchError of resumed bytes
+	}{
+		{
+			name: "from the next source that can",
+			next: func(offs *[]int64) []Source {
+				return []Source{
+					bodySource{body: want},
+					rangeSource{body: want, size: int64(len(want)) + 1, from: "upstream bigger", offs: offs},
+					rangeSource{body: want, from: "upstream good", offs: offs},
+				}
+			},
+			wantOffs: []int64{at, at},
+		},
+		{
+			name:     "no source can",
+			next:     func(offs *[]int64) []Source { return []Source{bodySource{body: want}, missingSource{}} },
+			wantErr:  true,
+			wantOffs: nil,
+		},
+		{
+			name: "the source that can fails",
+			next: func(offs *[]int64) []Source {
+				return []Source{rangeSource{body: want, from: "upstream down", offs: offs, failAt: errdefs.ErrUnavailable}}
+			},
+			wantErr:  true,
+			wantOffs: []int64{at},
+		},
+		{
+			name: "the bytes do not make the blob",
+			next: func(offs *[]int64) []Source {
+				return []Source{rangeSource{body: tail, from: "upstream bad", offs: offs}}
+			},
+			wantErr:    true,
+			wantOffs:   []int64{at},
+			wantResume: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e, store := newEngine(t)
+			key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(want)}
+			var brokeWith error
+			first := breakingSource{body: want, at: at, gate: make(chan struct{}), done: func(_ int64, err error) { brokeWith = err }}
+			var offs []int64
+			f := joinStarted(t, e, key, append([]Source{first}, tt.next(&offs)...)...)
+			rc := f.Reader(t.Context(), 0, int64(len(want)), false)
+			head := make([]byte, 1)
+			if _, err := io.ReadFull(rc, head); err != nil { // a byte reached the reader
+				t.Fatal(err)
+			}
+			close(first.gate)
+			rest, err := io.ReadAll(rc)
+			got := append(head, rest...)
+			_, ferr := f.Wait(t.Context())
+			if !errors.Is(brokeWith, errBroke) {
+				t.Errorf("the first source was told %v, want its break", brokeWith)
+			}
+			if !slices.Equal(offs, tt.wantOffs) {
+				t.Errorf("sources opened at %v, want %v", offs, tt.wantOffs)
+			}
+			if tt.wantErr {
+				if err == nil || ferr == nil || len(got) >= len(want) {
+					t.Errorf("reader: %d of %d bytes, %v; fill: %v; want both to fail, the body incomplete", len(got), len(want), err, ferr)
+				}
+				var mm *MismatchError
+				if errors.As(ferr, &mm) != tt.wantResume || (mm != nil && !mm.Resumed) {
+					t.Errorf("fill: %v; want a MismatchError of resumed bytes: %v", ferr, tt.wantResume)
+				}
+				if _, err := store.Info(t.Context(), key.Digest); !errdefs.IsNotFound(err) {
+					t.Errorf("the failed blob was cached: %v", err)
+				}
+				return
+			}
+			if err != nil || ferr != nil || !bytes.Equal(got, want) {
+				t.Fatalf("reader: %d of %d bytes (equal %v), %v; fill: %v", len(got), len(want), bytes.Equal(got, want), err, ferr)
+			}
+			got, err = io.ReadAll(io.NewSectionReader(mustReaderAt(t, store, key.Digest), 0, int64(len(want))))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("cached bytes: %v, equal %v", err, bytes.Equal(got, want))
+			}
+		})
+	}
 }

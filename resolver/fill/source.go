@@ -22,6 +22,21 @@ type Source interface {
 	Open(ctx context.Context) (Body, error)
 }
 
+// Resumer is a Source that can also send the blob from an offset: a fill whose source broke
+// after bytes reached readers, which can no longer start over, resumes with the next source
+// that is one, from the offset already written. The bytes are the same blob's only if the
+// source serves it by its digest: the engine verifies the whole blob, the first source's bytes
+// and the next one's together, before any reader completes.
+//
+// OpenAt asks for the bytes from off (positive) to the end of the blob of size bytes (the size
+// the fill's readers were given). The body's first byte is the blob's byte off; its Size is the
+// whole blob's size (not what is left), which the engine requires to be size. Errors are
+// Open's.
+type Resumer interface {
+	Source
+	OpenAt(ctx context.Context, off, size int64) (Body, error)
+}
+
 // Body is a source's answer: the blob's bytes, unverified.
 type Body struct {
 	io.ReadCloser
@@ -44,9 +59,15 @@ type MismatchError struct {
 	N      int64
 	Actual digest.Digest
 	Want   digest.Digest
+	// Resumed is true when the bytes came from more than one source (a resumed fill): which
+	// one sent the wrong ones is not known.
+	Resumed bool
 }
 
 func (e *MismatchError) Error() string {
+	if e.Resumed {
+		return fmt.Sprintf("the %d bytes of a resumed download, the last from %s, have digest %s, not the requested one", e.N, e.From, e.Actual)
+	}
 	return fmt.Sprintf("%s sent %d bytes with digest %s, not the requested one", e.From, e.N, e.Actual)
 }
 

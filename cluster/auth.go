@@ -12,8 +12,10 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -45,8 +47,9 @@ const TokenSkew = 5 * time.Minute
 const maxNodeName = 128
 
 // LoadSecret reads a cluster key file: 32 random bytes, base64 (as `openssl rand -base64 32`
-// prints), surrounding white space ignored. A file that is not that, or that others can read
-// (mode & 0o077), is refused with a clear error.
+// prints), surrounding white space ignored. A file that is not that, that others can read
+// (mode & 0o077), or that is owned by a user other than the one this process runs as or root,
+// is refused with a clear error.
 func LoadSecret(path string) ([]byte, error) {
 	howToMake := fmt.Sprintf("(umask 077; openssl rand -base64 32 > %s)", path)
 	f, err := os.Open(path)
@@ -65,6 +68,9 @@ func LoadSecret(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("cluster key %s is not a regular file: %w", path, errdefs.ErrInvalidArgument)
 	}
+	if err := checkOwner(path, fi); err != nil {
+		return nil, err
+	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("cluster key %s can be read by other users (mode %04o); run: chmod 600 %s: %w",
 			path, perm, path, errdefs.ErrFailedPrecondition)
@@ -80,6 +86,30 @@ func LoadSecret(path string) ([]byte, error) {
 			path, SecretSize, howToMake, errdefs.ErrInvalidArgument)
 	}
 	return secret, nil
+}
+
+// checkOwner refuses a key file owned by a user other than the one this process runs as, or
+// root: that user can read the key, which makes it a member, and replace it.
+func checkOwner(path string, fi fs.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	uid := os.Geteuid()
+	if int(st.Uid) == uid || st.Uid == 0 {
+		return nil
+	}
+	return fmt.Errorf("cluster key %s is owned by %s, not by the user lifeboat runs as (%s) or root, and that user can read and replace it; run: chown %d %s: %w",
+		path, userName(int(st.Uid)), userName(uid), uid, path, errdefs.ErrFailedPrecondition)
+}
+
+// userName is "uid 1000 (alice)", or "uid 1000" for a user without a name.
+func userName(uid int) string {
+	s := "uid " + strconv.Itoa(uid)
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil && u.Username != "" {
+		s += " (" + u.Username + ")"
+	}
+	return s
 }
 
 // gossipKey is memberlist's encryption key (AES-256), derived from the cluster key.

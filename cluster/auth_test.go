@@ -79,6 +79,32 @@ func TestLoadSecret(t *testing.T) {
 			t.Fatalf("err = %v; want not found, naming the path and how to make a key", err)
 		}
 	})
+	t.Run("owned by another user", func(t *testing.T) {
+		t.Parallel()
+		if os.Geteuid() != 0 {
+			t.Skip("giving a file to another user needs root")
+		}
+		path := writeKey(t, b64, 0o600)
+		if err := os.Chown(path, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadSecret(path)
+		if !errdefs.IsFailedPrecondition(err) {
+			t.Fatalf("err = %v; want failed precondition", err)
+		}
+		for _, s := range []string{path, "uid 4242", "chown 0 " + path} {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("error %q does not say %q", err, s)
+			}
+		}
+		// Given back to root (the user this test runs as), it is the key again.
+		if err := os.Chown(path, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := LoadSecret(path); err != nil || !bytes.Equal(got, key) {
+			t.Fatalf("LoadSecret = %x, %v; want the key", got, err)
+		}
+	})
 	t.Run("directory", func(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()

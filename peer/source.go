@@ -305,7 +305,7 @@ func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Diges
 // headers must arrive within Budget.HeaderTimeout; its body (which the caller closes) fails a
 // read that waits Budget.IdleTimeout for a byte, and counts the bytes in.
 func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept string) (*http.Response, io.ReadCloser, error) {
-	u := url.URL{Scheme: "http", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
+	u := url.URL{Scheme: "https", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
 	rctx, stop := context.WithCancelCause(ctx)
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {

@@ -13,12 +13,12 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 )
 
 var otherSecret = []byte("fedcba9876543210fedcba9876543210")
@@ -149,30 +149,12 @@ func TestIdentityRenews(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // tlsPeer is one node's side of the peer transport, without memberlist: its client, and its
 // Listener on a loopback port serving a handler that answers with the node Authenticate names.
 type tlsPeer struct {
 	*Node
 	addr string
-	logs *syncBuffer
+	logs *logtest.Hook
 	// requests counts the requests that reached the handler.
 	requests atomic.Int64
 }
@@ -181,9 +163,7 @@ type tlsPeer struct {
 // of the cluster (nil: none).
 func newTLSPeer(t *testing.T, name string, secret []byte, clock func() time.Time, members func() []Member) *tlsPeer {
 	t.Helper()
-	logs := &syncBuffer{}
-	logger := logrus.New()
-	logger.SetOutput(logs)
+	logger, logs := logtest.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
 	p := &tlsPeer{logs: logs}
 	p.Node = &Node{cfg: Config{NodeName: name, Secret: secret, clock: clock}, log: logrus.NewEntry(logger)}
@@ -211,6 +191,15 @@ func newTLSPeer(t *testing.T, name string, secret []byte, clock func() time.Time
 	go srv.Serve(p.Listener(ln))
 	t.Cleanup(func() { srv.Close() })
 	return p
+}
+
+// logged is the messages of the entries h saw, a line each.
+func logged(h *logtest.Hook) string {
+	var b strings.Builder
+	for _, e := range h.AllEntries() {
+		b.WriteString(e.Message + "\n")
+	}
+	return b.String()
 }
 
 // member is p as a member of the cluster.
@@ -288,7 +277,7 @@ func TestPeerListener(t *testing.T) {
 	}{
 		{name: "a's certificate claiming a", client: rawClient(t, validA), claim: "a", status: http.StatusOK},
 		{name: "a's certificate claiming b", client: rawClient(t, validA), claim: "b", status: http.StatusUnauthorized,
-			reason: ReasonWrongName, says: `node a's certificate on a request whose X-Lifeboat-Peer names [\"b\"]`},
+			reason: ReasonWrongName, says: `node a's certificate on a request whose X-Lifeboat-Peer names ["b"]`},
 		{name: "a's certificate claiming nobody", client: rawClient(t, validA), status: http.StatusUnauthorized, reason: ReasonWrongName},
 		{name: "no certificate", client: rawClient(t), claim: "a", reason: ReasonNoCertificate, says: "no certificate"},
 		{name: "another key's", client: rawClient(t, issue(t, other, "a", now.Add(-time.Hour), now.Add(time.Hour))), claim: "a",
@@ -317,8 +306,8 @@ func TestPeerListener(t *testing.T) {
 				return
 			}
 			waitCount(t, func() int64 { return b.failures(DirectionIn, tc.reason) }, before+1)
-			if !strings.Contains(b.logs.String(), tc.says) {
-				t.Errorf("b's log does not say %q:\n%s", tc.says, b.logs)
+			if !strings.Contains(logged(b.logs), tc.says) {
+				t.Errorf("b's log does not say %q:\n%s", tc.says, logged(b.logs))
 			}
 		})
 	}
@@ -346,7 +335,7 @@ func TestPeerListener(t *testing.T) {
 			}
 		}
 		waitCount(t, func() int64 { return b.failures(DirectionIn, ReasonNotYetValid) }, 4)
-		if n := strings.Count(b.logs.String(), "node ahead's certificate is not valid yet"); n != 1 {
+		if n := strings.Count(logged(b.logs), "node ahead's certificate is not valid yet"); n != 1 {
 			t.Errorf("b logged %d lines about it, want 1 (once a minute)", n)
 		}
 	})
@@ -391,13 +380,13 @@ func TestPeerClient(t *testing.T) {
 				t.Fatalf("answered %d; want the handshake refused", code)
 			}
 			a.only(t, map[string]int64{DirectionOut + "/" + tc.reason: 1})
-			if !strings.Contains(a.logs.String(), tc.says) {
-				t.Errorf("a's log does not say %q:\n%s", tc.says, a.logs)
+			if !strings.Contains(logged(a.logs), tc.says) {
+				t.Errorf("a's log does not say %q:\n%s", tc.says, logged(a.logs))
 			}
 			// The server hears that its certificate was refused.
 			waitCount(t, func() int64 { return tc.server.failures(DirectionIn, ReasonRefused) }, refusedBefore+1)
-			if !strings.Contains(tc.server.logs.String(), "refused this node's certificate") {
-				t.Errorf("%s's log does not say its certificate was refused:\n%s", tc.server.Name(), tc.server.logs)
+			if !strings.Contains(logged(tc.server.logs), "refused this node's certificate") {
+				t.Errorf("%s's log does not say its certificate was refused:\n%s", tc.server.Name(), logged(tc.server.logs))
 			}
 		})
 	}

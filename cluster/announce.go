@@ -237,7 +237,7 @@ func (a *announcer) postAnnounce(ctx context.Context, home Member, recs []Record
 	}
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+home.PeerAddr+PathAnnounce, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+home.PeerAddr+PathAnnounce, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

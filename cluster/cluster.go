@@ -2,8 +2,8 @@
 // detection (hashicorp/memberlist), rendezvous hashing of keys to their home nodes, the homes'
 // in-memory index of which node holds what, the batched announcements that feed it, and hedged
 // lookups that ask it. Blob and manifest bytes never pass through this package: peers fetch
-// them from each other with the OCI pull API (package peer), over the same authenticated peer
-// listener that carries this package's index requests.
+// them from each other with the OCI pull API (package peer), over the same peer listener (mutual
+// TLS, Node.Listener) that carries this package's index requests.
 //
 // It imports nothing of lifeboat's but internal/hedge.
 package cluster
@@ -84,7 +84,7 @@ type Config struct {
 	Join           []string
 	RejoinInterval time.Duration
 	// Secret is the cluster key (32 bytes): gossip is encrypted with a key derived from it, and
-	// peer requests carry tokens derived from it (see Signer).
+	// peers speak mutual TLS with certificates of a CA derived from it (see Authority).
 	Secret []byte
 	// Label is memberlist's cluster label: packets with another label are dropped.
 	// Default "lifeboat".
@@ -103,9 +103,10 @@ type Config struct {
 	MaxIndexKeys int
 	// Local calls yield for every record this node holds and may share, for the full refresh.
 	Local func(ctx context.Context, yield func(Record) bool) error
-	// Transport carries this node's requests to peers (the outage simulator's peer wrapper in
-	// the daemon). Nil: http.DefaultTransport's settings.
-	Transport http.RoundTripper
+	// WrapTransport, when set, wraps the transport of this node's requests to peers (the
+	// daemon passes the outage simulator's peer wrapper); the transport it wraps dials peers
+	// with mutual TLS.
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 	// ObserveLookup, when set, is called after every lookup (for metrics).
 	ObserveLookup func(d time.Duration, found bool, err error)
 
@@ -115,6 +116,9 @@ type Config struct {
 	// tuneMemberlist, when set, adjusts memberlist's configuration last (tests shorten its
 	// timings with it).
 	tuneMemberlist func(*memberlist.Config)
+	// clock is the time of this node's certificates and of its checks of its peers' (time.Now;
+	// tests set a clock that is off).
+	clock func() time.Time
 }
 
 // Stats is what a node counts, for status and metrics.
@@ -133,16 +137,21 @@ type Stats struct {
 	// AnnounceDropped counts records Announce could not queue (the next full refresh sends
 	// them).
 	AnnounceDropped int64
+	// HandshakeFailures counts the failed TLS handshakes with peers, and the requests refused
+	// for the node they claim, by direction and reason: every direction and reason, zeros
+	// included.
+	HandshakeFailures []HandshakeFailures
 }
 
 // Node is this lifeboat's membership of the cluster. Its methods are safe for concurrent use.
 type Node struct {
-	cfg    Config
-	log    *log.Entry
-	signer *Signer
-	client *http.Client
-	// ownTransport is the transport Start made when Config.Transport was nil, closed by Close.
-	ownTransport *http.Transport
+	cfg Config
+	log *log.Entry
+	// tls is the node's side of the peer transport: its certificate, its CA, the failures.
+	tls *peerTLS
+	// client is the peer client (Client) over transport, which Close closes.
+	client    *http.Client
+	transport *http.Transport
 
 	// The parts the node wires together: membership runs memberlist, which tells view its
 	// events; home is this node as a home of keys; announcer sends this node's records to

@@ -361,7 +361,7 @@ func TestMemberWithForeignPeerAddressIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*testNode{a, b} {
-		resp, err := x.Client().Post(n.srv.URL+PathAnnounce, "application/json", bytes.NewReader(body))
+		resp, err := x.Client().Post("https://"+n.srv.Listener.Addr().String()+PathAnnounce, "application/json", bytes.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}

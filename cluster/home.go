@@ -57,10 +57,10 @@ func (h *home) expireLoop(ctx context.Context) {
 }
 
 // Handler serves the index requests of other nodes under /lifeboat/v1/ (announce, lookup).
-// The caller authenticates requests first (Signer.Verify). The sender of an announce is the
-// node WithPeer put in the request's context, else the one its HeaderPeer names (Verify refuses
-// a request whose HeaderPeer is not the node its token signs); only alive members other than
-// this node may announce.
+// The caller authenticates requests first (Node.Authenticate). The sender of an announce is the
+// node WithPeer put in the request's context, else the one its HeaderPeer names (Authenticate
+// refuses a request whose HeaderPeer is not the node of its certificate); only alive members
+// other than this node may announce.
 func (n *Node) Handler() http.Handler { return n.home.handler() }
 
 func (h *home) handler() http.Handler {

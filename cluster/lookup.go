@@ -255,7 +255,7 @@ func (n *Node) holders(hs []Holder, alive map[string]Member) []Holder {
 
 // ask asks home which nodes hold key.
 func (n *Node) ask(ctx context.Context, home Member, key string) ([]Holder, error) {
-	u := "http://" + home.PeerAddr + PathLookup + "?key=" + url.QueryEscape(key)
+	u := "https://" + home.PeerAddr + PathLookup + "?key=" + url.QueryEscape(key)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err

@@ -36,7 +36,7 @@ const (
 	leaveTimeout = 2 * time.Second
 	// rpcTimeout bounds one announce request to a home.
 	rpcTimeout = 5 * time.Second
-	// dialTimeout bounds connecting to a peer with the default transport.
+	// dialTimeout bounds connecting to a peer.
 	dialTimeout = time.Second
 )
 
@@ -125,19 +125,15 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:    cfg,
-		log:    log.G(ctx).WithField("node", cfg.NodeName),
-		signer: NewSigner(cfg.NodeName, cfg.Secret),
+		cfg: cfg,
+		log: log.G(ctx).WithField("node", cfg.NodeName),
 	}
 	index := NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL)
 	n.view = newView(cfg.NodeName, n.log, index.DropNode)
 	n.home = newHome(index, cfg.HolderTTL, n.view)
-	base := cfg.Transport
-	if base == nil {
-		n.ownTransport = defaultTransport()
-		base = n.ownTransport
+	if err := n.startTLS(n.view.list); err != nil {
+		return nil, err
 	}
-	n.client = &http.Client{Transport: &signingTransport{signer: n.signer, base: base}}
 	n.announcer = newAnnouncer(cfg, n.log, n.view, n.home, n.client)
 
 	// The node's background work ends with Close, not with the context Start was given.
@@ -145,9 +141,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.membership, err = startMembership(cfg, n.log, n.view)
 	if err != nil {
 		n.cancel()
-		if n.ownTransport != nil {
-			n.ownTransport.CloseIdleConnections()
-		}
+		n.transport.CloseIdleConnections()
 		return nil, err
 	}
 	n.goBackground(n.membership.joinLoop)
@@ -156,6 +150,21 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n.goBackground(n.announcer.refreshLoop)
 	n.goBackground(n.home.expireLoop)
 	return n, nil
+}
+
+// startTLS issues this node's certificate and makes its peer client, which checks that a
+// server's certificate names a member that advertises its address among members.
+func (n *Node) startTLS(members func() []Member) (err error) {
+	if n.tls, err = newPeerTLS(n.cfg, n.log, members); err != nil {
+		return err
+	}
+	n.transport = n.tls.transport()
+	var rt http.RoundTripper = n.transport
+	if n.cfg.WrapTransport != nil {
+		rt = n.cfg.WrapTransport(rt)
+	}
+	n.client = &http.Client{Transport: &peerTransport{name: n.cfg.NodeName, base: rt, failures: n.tls.failures}}
+	return nil
 }
 
 func (n *Node) goBackground(f func(context.Context)) {
@@ -180,27 +189,6 @@ func every(ctx context.Context, d time.Duration, f func()) {
 	}
 }
 
-// defaultTransport is http.DefaultTransport's settings with a short dial timeout: a peer on
-// the same network answers a dial within a second or is as good as down.
-func defaultTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	t.MaxIdleConnsPerHost = 16
-	return t
-}
-
-// signingTransport adds this node's token to every request.
-type signingTransport struct {
-	signer *Signer
-	base   http.RoundTripper
-}
-
-func (t *signingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	t.signer.Sign(req)
-	return t.base.RoundTrip(req)
-}
-
 // Close leaves the cluster (telling the others, within a few seconds) and stops the node's
 // background work.
 func (n *Node) Close() error {
@@ -208,9 +196,7 @@ func (n *Node) Close() error {
 		n.cancel()
 		n.closeErr = n.membership.leave()
 		n.wg.Wait() // after the leave, which ends a join under way
-		if n.ownTransport != nil {
-			n.ownTransport.CloseIdleConnections()
-		}
+		n.transport.CloseIdleConnections()
 	})
 	return n.closeErr
 }
@@ -218,12 +204,11 @@ func (n *Node) Close() error {
 // Name is this node's member name.
 func (n *Node) Name() string { return n.cfg.NodeName }
 
-// Client is the HTTP client for requests to peers: it signs every request with this node's
-// token, and uses Config.Transport.
+// Client is the HTTP client for requests to peers, at https://<peer address>/: it dials with
+// mutual TLS (this node's certificate; the peer's must be from the cluster's CA and name the
+// member that advertises the address), names this node in HeaderPeer, and goes through
+// Config.WrapTransport.
 func (n *Node) Client() *http.Client { return n.client }
-
-// Signer is this node's token signer, for the peer listener to verify requests with.
-func (n *Node) Signer() *Signer { return n.signer }
 
 // Stats reports what the node counts.
 func (n *Node) Stats() Stats {
@@ -238,5 +223,6 @@ func (n *Node) Stats() Stats {
 	}
 	n.home.report(&s)
 	n.announcer.report(&s)
+	s.HandshakeFailures = n.tls.failures.stats()
 	return s
 }

@@ -33,7 +33,8 @@ func fastMemberlist(mc *memberlist.Config) {
 }
 
 // testNode is a Node on its own loopback address with its peer listener: an httptest server
-// that serves Node.Handler behind Signer.Verify, as the daemon's peer listener does.
+// that serves Node.Handler on Node.Listener, behind Node.Authenticate, as the daemon's peer
+// listener does.
 type testNode struct {
 	*Node
 	// gossipAddr is the address the others gossip with this node at.
@@ -72,7 +73,7 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 			return
 		}
-		from, err := n.Signer().Verify(req)
+		from, err := n.Authenticate(req)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
@@ -85,9 +86,6 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 		n.Handler().ServeHTTP(w, req.WithContext(WithPeer(req.Context(), from)))
 	}))
 	tn.srv.Listener.Close()
-	tn.srv.Listener = ln
-	tn.srv.Start()
-	t.Cleanup(tn.srv.Close)
 
 	cfg := Config{
 		NodeName:         name,
@@ -122,6 +120,9 @@ func startNodeAt(t *testing.T, gossip, peer, name string, join []string, opts ..
 	tn.Node = n
 	tn.gossipAddr = n.membership.gossipAddr
 	tn.index = n.home.index
+	tn.srv.Listener = n.Listener(ln)
+	tn.srv.Start()
+	t.Cleanup(tn.srv.Close)
 	ready.Store(n)
 	return tn
 }

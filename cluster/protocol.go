@@ -64,7 +64,7 @@ func recordSize(r Record) int { return len(r.Key) + len(r.Digest) + 64 }
 type peerKey struct{}
 
 // WithPeer returns ctx marked as carrying a request from the authenticated node node; the
-// peer listener's handler sets it after Signer.Verify, and Handler takes the sender from it.
+// peer listener's handler sets it after Node.Authenticate, and Handler takes the sender from it.
 func WithPeer(ctx context.Context, node string) context.Context {
 	return context.WithValue(ctx, peerKey{}, node)
 }
@@ -76,7 +76,7 @@ func PeerFrom(ctx context.Context) (node string, ok bool) {
 }
 
 // sender is the node req came from: the one the peer listener put in its context, else the
-// one its HeaderPeer names (the token the listener verified signs the same name).
+// one its HeaderPeer names (Node.Authenticate checked it is the name in the certificate).
 func sender(req *http.Request) string {
 	if node, ok := PeerFrom(req.Context()); ok {
 		return node

@@ -337,7 +337,8 @@ func TestClusterPeerDeath(t *testing.T) {
 }
 
 // TestClusterSecurity: a node with another key never becomes a member; the peer listener refuses
-// requests without a valid token; a registry with share_with_peers = false is neither fetched
+// every client without a certificate of the cluster's CA (plain HTTP, no certificate, another
+// key's) before any handler runs; a registry with share_with_peers = false is neither fetched
 // from peers nor served to them.
 func TestClusterSecurity(t *testing.T) {
 	t.Parallel()
@@ -377,35 +378,37 @@ func TestClusterSecurity(t *testing.T) {
 	secretLayer := harness.LayerDigests(t, secret)[0]
 	waitHomed(t, []*harness.Lifeboat{a, b}, len(blobDigests(t, shared))+2)
 
-	t.Run("token", func(t *testing.T) {
-		key, err := cluster.LoadSecret(c.KeyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wrongKey, err := cluster.LoadSecret(harness.WriteClusterKey(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		blob := "http://" + a.Peer + "/v2/" + repo + "/blobs/" + sharedLayer + "?ns=" + reg.Host()
+	t.Run("peer TLS", func(t *testing.T) {
+		now := time.Now()
+		otherKey := harness.PeerCertificate(t, harness.WriteClusterKey(t), b.Name, now.Add(-time.Hour), now.Add(time.Hour))
+		stranger, otherCluster := harness.TLSClient(t), harness.TLSClient(t, otherKey)
+		member := harness.PeerClient(t, c.KeyFile, b.Name)
+		blob := a.PeerURL("/v2/" + repo + "/blobs/" + sharedLayer + "?ns=" + reg.Host())
+		outBefore := a.MetricOrZero(t, "lifeboat_peer_bytes_total", map[string]string{"direction": "out"})
 		for _, tc := range []struct {
 			name   string
 			method string
 			url    string
-			signer *cluster.Signer
-			want   int
+			client *http.Client
+			want   int // 0: the handshake is refused
 		}{
-			{"ping without a token", http.MethodGet, "http://" + a.Peer + "/v2/", nil, http.StatusUnauthorized},
-			{"blob without a token", http.MethodGet, blob, nil, http.StatusUnauthorized},
-			{"lookup without a token", http.MethodPost, "http://" + a.Peer + "/lifeboat/v1/lookup", nil, http.StatusUnauthorized},
-			{"announce without a token", http.MethodPost, "http://" + a.Peer + "/lifeboat/v1/announce", nil, http.StatusUnauthorized},
-			{"blob with another key's token", http.MethodGet, blob, cluster.NewSigner(b.Name, wrongKey), http.StatusUnauthorized},
-			{"blob with a valid token", http.MethodGet, blob, cluster.NewSigner(b.Name, key), http.StatusOK},
+			{"ping without a certificate", http.MethodGet, a.PeerURL("/v2/"), stranger, 0},
+			{"blob without a certificate", http.MethodGet, blob, stranger, 0},
+			{"lookup without a certificate", http.MethodPost, a.PeerURL("/lifeboat/v1/lookup"), stranger, 0},
+			{"announce without a certificate", http.MethodPost, a.PeerURL("/lifeboat/v1/announce"), stranger, 0},
+			{"blob with another key's certificate", http.MethodGet, blob, otherCluster, 0},
+			{"blob in plain HTTP", http.MethodGet, "http://" + a.Peer + "/v2/" + repo + "/blobs/" + sharedLayer + "?ns=" + reg.Host(), http.DefaultClient, http.StatusBadRequest},
 		} {
 			req, _ := http.NewRequestWithContext(t.Context(), tc.method, tc.url, strings.NewReader("{}"))
-			if tc.signer != nil {
-				tc.signer.Sign(req)
+			req.Header.Set(cluster.HeaderPeer, b.Name)
+			resp, err := tc.client.Do(req)
+			if tc.want == 0 {
+				if err == nil {
+					resp.Body.Close()
+					t.Errorf("%s: answered %s, want the TLS handshake refused", tc.name, resp.Status)
+				}
+				continue
 			}
-			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatalf("%s: %v", tc.name, err)
 			}
@@ -415,18 +418,27 @@ func TestClusterSecurity(t *testing.T) {
 				t.Errorf("%s: %s, want %d: %.200s", tc.name, resp.Status, tc.want, body)
 			}
 		}
+		if out := a.MetricOrZero(t, "lifeboat_peer_bytes_total", map[string]string{"direction": "out"}); out != outBefore {
+			t.Errorf("A sent %v bytes to clients it refused", out-outBefore)
+		}
+		resp, err := member.Get(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("blob with a certificate of the cluster: %s, want 200", resp.Status)
+		}
 
-		// Not served to peers, even with a valid token: the blob A holds only from the
-		// private registry.
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+a.Peer+"/v2/"+repo+"/blobs/"+secretLayer+"?ns="+private, nil)
-		cluster.NewSigner(b.Name, key).Sign(req)
-		resp, err := http.DefaultClient.Do(req)
+		// Not served to peers, even to a member: the blob A holds only from the private
+		// registry.
+		resp, err = member.Get(a.PeerURL("/v2/" + repo + "/blobs/" + secretLayer + "?ns=" + private))
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
-			t.Errorf("A served a blob of the registry not shared with peers to a signed peer request")
+			t.Errorf("A served a blob of the registry not shared with peers to a member")
 		}
 	})
 
@@ -628,20 +640,15 @@ func waitHomed(t *testing.T, nodes []*harness.Lifeboat, keys int) {
 	})
 }
 
-// waitHolders waits until each of homes knows holders records of key (a signed lookup at its
-// peer listener): the announcements, and the re-homing after a join, reached it.
+// waitHolders waits until each of homes knows holders records of key (a lookup at its peer
+// listener, as a member): the announcements, and the re-homing after a join, reached it.
 func waitHolders(t *testing.T, c *harness.Cluster, homes []*harness.Lifeboat, key string, holders int) {
 	t.Helper()
-	secret, err := cluster.LoadSecret(c.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer := cluster.NewSigner("test", secret)
+	client := harness.PeerClient(t, c.KeyFile, "test")
 	harness.WaitFor(t, fmt.Sprintf("the homes to know %d holders of %s", holders, key), 30*time.Second, nil, func() error {
 		for _, h := range homes {
-			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+h.Peer+cluster.PathLookup+"?key="+url.QueryEscape(key), nil)
-			signer.Sign(req)
-			resp, err := http.DefaultClient.Do(req)
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, h.PeerURL(cluster.PathLookup+"?key="+url.QueryEscape(key)), nil)
+			resp, err := client.Do(req)
 			if err != nil {
 				return err
 			}

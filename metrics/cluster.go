@@ -32,11 +32,12 @@ type clusterCollector struct {
 	members, homedKeys, lookups   *prometheus.Desc
 	peerBytes, coalesced, rejects *prometheus.Desc
 	breaker                       breakerDescs
+	handshakeFailures             *prometheus.Desc
 }
 
 // NewClusterCollector returns a collector of the cluster tier's figures: members by state,
-// the keys this node is home to, lookups by result, and the peer transfers' bytes, coalesced
-// fills and rejected bytes.
+// the keys this node is home to, lookups by result, the peer transfers' bytes, coalesced fills
+// and rejected bytes, and the failed TLS handshakes with peers by direction and reason.
 func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collector {
 	return &clusterCollector{
 		node:  node,
@@ -54,11 +55,15 @@ func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collecto
 		rejects: prometheus.NewDesc("lifeboat_peer_rejected_total",
 			"Blobs a peer sent with bytes that failed verification (rejected, not cached).", nil, nil),
 		breaker: newBreakerDescs(),
+		handshakeFailures: prometheus.NewDesc("lifeboat_cluster_handshake_failures_total",
+			"Failed TLS handshakes with peers, and peer requests refused for the node they claim, by direction (in: to this node's peer listener, out: to a peer) "+
+				"and reason (not_tls, no_certificate, unknown_authority, not_yet_valid, expired, bad_certificate, wrong_name, refused, other).",
+			[]string{"direction", "reason"}, nil),
 	}
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.peerBytes, c.coalesced, c.rejects} {
+	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.peerBytes, c.coalesced, c.rejects, c.handshakeFailures} {
 		ch <- d
 	}
 	c.breaker.describe(ch)
@@ -73,6 +78,9 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFound), "found")
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsNotFound), "not_found")
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFailed), "failed")
+	for _, f := range st.HandshakeFailures {
+		ch <- prometheus.MustNewConstMetric(c.handshakeFailures, prometheus.CounterValue, float64(f.Count), f.Direction, f.Reason)
+	}
 
 	ps := c.peers.Stats()
 	ch <- prometheus.MustNewConstMetric(c.peerBytes, prometheus.CounterValue, float64(ps.BytesIn), "in")

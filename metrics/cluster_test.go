@@ -82,6 +82,24 @@ lifeboat_peer_probes_total 9
 	}
 }
 
+func TestClusterHandshakeFailures(t *testing.T) {
+	node := fakeNode{HandshakeFailures: []cluster.HandshakeFailures{
+		{Direction: cluster.DirectionIn, Reason: cluster.ReasonNotYetValid, Count: 3},
+		{Direction: cluster.DirectionIn, Reason: cluster.ReasonUnknownAuthority},
+		{Direction: cluster.DirectionOut, Reason: cluster.ReasonRefused, Count: 1},
+	}}
+	want := `
+# HELP lifeboat_cluster_handshake_failures_total Failed TLS handshakes with peers, and peer requests refused for the node they claim, by direction (in: to this node's peer listener, out: to a peer) and reason (not_tls, no_certificate, unknown_authority, not_yet_valid, expired, bad_certificate, wrong_name, refused, other).
+# TYPE lifeboat_cluster_handshake_failures_total counter
+lifeboat_cluster_handshake_failures_total{direction="in",reason="not_yet_valid"} 3
+lifeboat_cluster_handshake_failures_total{direction="in",reason="unknown_authority"} 0
+lifeboat_cluster_handshake_failures_total{direction="out",reason="refused"} 1
+`
+	if err := testutil.CollectAndCompare(NewClusterCollector(node, fakePeers{}), strings.NewReader(want), "lifeboat_cluster_handshake_failures_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestLookups(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	l := NewLookups(reg)

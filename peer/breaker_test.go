@@ -36,8 +36,9 @@ func newFlakyFront(t *testing.T, n *testNode) *flakyFront {
 		t.Fatal(err)
 	}
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = testTLS // the node's test listener is TLS, as peer listeners are
 	f := &flakyFront{}
-	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v2/" {
 			f.probes.Add(1)
 		} else {
@@ -60,7 +61,7 @@ func newFlakyFront(t *testing.T, n *testNode) *flakyFront {
 }
 
 func (f *flakyFront) member(name string) cluster.Member {
-	return cluster.Member{Name: name, PeerAddr: strings.TrimPrefix(f.URL, "http://"), State: cluster.Alive}
+	return cluster.Member{Name: name, PeerAddr: strings.TrimPrefix(f.URL, "https://"), State: cluster.Alive}
 }
 
 // TestBreakerSkipsAFailedPeer: a holder that does not answer within the header timeout is down

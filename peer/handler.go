@@ -23,9 +23,10 @@ const (
 // own, tighter limits: a guard, so that no request can make this node read without end.
 const maxIndexBody = 32 << 20
 
-// NewHandler returns the peer listener's handler. Every request must carry a valid token
-// (auth), else it gets 401 and nothing else happens. /lifeboat/v1/ goes to index (the
-// cluster node's handler), with cluster.HeaderPeer set to the node name the token proved;
+// NewHandler returns the peer listener's handler. Every request must come from the node its
+// cluster.HeaderPeer names (auth: the name in its connection's certificate), else it gets 401
+// and nothing else happens. /lifeboat/v1/ goes to index (the cluster node's handler), with
+// cluster.HeaderPeer set to the node name auth proved;
 // /v2/ is the OCI pull API over local, this node's cache as it serves its peers
 // (resolver.PeerView), or, for a request with cluster.HeaderFill, over coalescing, which fills
 // a blob this node does not hold from the registry (PeerView.Coalescing). Neither forwards a
@@ -63,15 +64,15 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	node, err := h.auth.Verify(r)
+	node, err := h.auth.Authenticate(r)
 	if err != nil {
 		log.G(r.Context()).WithError(err).WithField("remote", r.RemoteAddr).Debug("peer request refused")
 		// Close the connection: its sender has nothing to say to this node.
 		w.Header().Set("Connection", "close")
-		oci.WriteError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request needs a valid cluster token"))
+		oci.WriteError(w, r, oci.NewError(http.StatusUnauthorized, oci.CodeUnauthorized, "a peer request must come from the node its certificate names"))
 		return
 	}
-	// What the index reads is the name the token proved, whatever the sender wrote.
+	// What the index reads is the name the certificate proved.
 	r.Header.Set(cluster.HeaderPeer, node)
 	path := r.URL.Path
 	switch {

@@ -83,7 +83,7 @@ func TestUnauthenticatedRequestsDoNothing(t *testing.T) {
 			body := &countingReader{r: strings.NewReader(`{"k":"sha256:x"}`)}
 			req := httptest.NewRequest(tt.method, tt.target, body)
 			if tt.token != "" {
-				req.Header.Set(cluster.HeaderAuthorization, tt.token)
+				req.Header.Set(headerAuthorization, tt.token)
 			}
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
@@ -109,7 +109,7 @@ func TestIndexGetsTheVerifiedNodeAndABoundedBody(t *testing.T) {
 	t.Parallel()
 	h, backend, index, _ := newDirectHandler(t, HandlerOptions{})
 	req := httptest.NewRequest(http.MethodPost, "/lifeboat/v1/announce", io.LimitReader(zeros{}, maxIndexBody+1))
-	req.Header.Set(cluster.HeaderAuthorization, authScheme+"b")
+	req.Header.Set(headerAuthorization, authScheme+"b")
 	req.Header.Set(cluster.HeaderPeer, "someone-else")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
@@ -148,7 +148,7 @@ func TestPeersOnlyPull(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			req := httptest.NewRequest(tt.method, tt.target, nil)
-			req.Header.Set(cluster.HeaderAuthorization, authScheme+"b")
+			req.Header.Set(headerAuthorization, authScheme+"b")
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 			code, _, _ := oci.DecodeError(rec.Body.Bytes())
@@ -186,7 +186,7 @@ func TestMalformedRequestsAnsweredAsTheMirror(t *testing.T) {
 			serve := func(h http.Handler) (*http.Response, []byte, mirror.Answer) {
 				t.Helper()
 				req := httptest.NewRequest(tc.method, tc.target, nil)
-				req.Header.Set(cluster.HeaderAuthorization, authScheme+"b")
+				req.Header.Set(headerAuthorization, authScheme+"b")
 				w := httptest.NewRecorder()
 				observed = nil
 				h.ServeHTTP(w, req)

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,8 +30,9 @@ import (
 const (
 	testRegistry = "registry.test"
 	testRepo     = "team/app"
-	// authScheme is the test authenticator's token: "Test <node>".
-	authScheme = "Test "
+	// authScheme is the test authenticator's token: "Test <node>", in headerAuthorization.
+	authScheme          = "Test "
+	headerAuthorization = "Authorization"
 )
 
 // testImage is an image pushed to a test upstream.
@@ -88,11 +90,12 @@ func newClusterResolver(t *testing.T, up *registrytest.Upstream, peers resolver.
 	return r
 }
 
-// testAuth accepts the token "Test <node>" of the nodes it knows.
+// testAuth accepts the token "Test <node>" of the nodes it knows (in place of the TLS client
+// certificate cluster.Node checks, which TestWithTheClusterTLS uses).
 type testAuth struct{ nodes []string }
 
-func (a testAuth) Verify(req *http.Request) (string, error) {
-	node, ok := strings.CutPrefix(req.Header.Get(cluster.HeaderAuthorization), authScheme)
+func (a testAuth) Authenticate(req *http.Request) (string, error) {
+	node, ok := strings.CutPrefix(req.Header.Get(headerAuthorization), authScheme)
 	for _, n := range a.nodes {
 		if ok && node == n {
 			return node, nil
@@ -187,7 +190,7 @@ func newTestNode(t *testing.T, nodeName string, up *registrytest.Upstream, opts 
 		http.Error(w, "no index here", http.StatusNotFound)
 	})
 	h := newHandler(t, testAuth{nodes: []string{"a", "b", "c", "h"}}, index, n.backend, opts)
-	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	n.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v2/") {
 			n.requests.Add(1)
 			if r.Header.Get(cluster.HeaderFill) == "1" {
@@ -201,7 +204,7 @@ func newTestNode(t *testing.T, nodeName string, up *registrytest.Upstream, opts 
 }
 
 func (n *testNode) member() cluster.Member {
-	return cluster.Member{Name: n.name, PeerAddr: strings.TrimPrefix(n.srv.URL, "http://"), State: cluster.Alive}
+	return cluster.Member{Name: n.name, PeerAddr: strings.TrimPrefix(n.srv.URL, "https://"), State: cluster.Alive}
 }
 
 // warm caches the blob dgst in the node, through its own resolver.
@@ -246,8 +249,8 @@ func newHolder(t *testing.T, size int64) (*registrytest.Upstream, testImage, *te
 	return up, img, b
 }
 
-// testCluster is a Cluster whose index and homes the test sets, and whose client signs with the
-// test authenticator's token.
+// testCluster is a Cluster whose index and homes the test sets, and whose client sends the
+// test authenticator's token over TLS (trusting httptest's certificate).
 type testCluster struct {
 	name string
 
@@ -258,8 +261,8 @@ type testCluster struct {
 	announced []cluster.Record
 	lookupErr error
 	lookups   atomic.Int64
-	// signer, when set, signs the client's requests instead of the test authenticator's token.
-	signer *cluster.Signer
+	// client, when set, is Client (a cluster.Node's) instead of the test authenticator's.
+	client *http.Client
 }
 
 var _ Cluster = (*testCluster)(nil)
@@ -319,24 +322,25 @@ func (c *testCluster) Announce(recs ...cluster.Record) {
 }
 
 func (c *testCluster) Client() *http.Client {
-	return &http.Client{Transport: signing{name: c.name, signer: c.signer, base: http.DefaultTransport}}
+	if c.client != nil {
+		return c.client
+	}
+	return &http.Client{Transport: signing{name: c.name, base: testTLS}}
 }
 
-// signing adds the test authenticator's token, or signer's, to every request.
+// testTLS is a transport to the test peers, httptest TLS servers.
+var testTLS = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+
+// signing adds the test authenticator's token to every request.
 type signing struct {
-	name   string
-	signer *cluster.Signer
-	base   http.RoundTripper
+	name string
+	base http.RoundTripper
 }
 
 func (s signing) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	if s.signer != nil {
-		s.signer.Sign(req)
-	} else {
-		req.Header.Set(cluster.HeaderAuthorization, authScheme+s.name)
-		req.Header.Set(cluster.HeaderPeer, s.name)
-	}
+	req.Header.Set(headerAuthorization, authScheme+s.name)
+	req.Header.Set(cluster.HeaderPeer, s.name)
 	return s.base.RoundTrip(req)
 }
 
@@ -352,7 +356,7 @@ func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
 	t.Helper()
 	release := make(chan struct{})
 	p := &stuckPeer{}
-	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
 		if half {
 			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
@@ -374,7 +378,7 @@ func newStuckPeer(t *testing.T, body []byte, half bool) *stuckPeer {
 }
 
 func (p *stuckPeer) member(name string) cluster.Member {
-	return cluster.Member{Name: name, PeerAddr: strings.TrimPrefix(p.URL, "http://"), State: cluster.Alive}
+	return cluster.Member{Name: name, PeerAddr: strings.TrimPrefix(p.URL, "https://"), State: cluster.Alive}
 }
 
 // readBlob reads a peer blob whole and closes it.

@@ -1,5 +1,5 @@
 // Package peer is the cluster tier's transfers: the peer listener's handler (the OCI pull API
-// for other lifeboats, authenticated, over this node's resolver, plus package cluster's index
+// for other lifeboats, over mutual TLS, over this node's resolver, plus package cluster's index
 // requests) and Source, which fetches blobs, manifests and tags from other nodes for this
 // node's resolver (resolver.Peers).
 package peer
@@ -29,9 +29,11 @@ type HandlerOptions struct {
 	Source *Source
 }
 
-// Authenticator checks a peer request's token (cluster.Signer is one).
+// Authenticator names the node a peer request comes from, from the TLS client certificate of
+// its connection, and refuses it (an error) when cluster.HeaderPeer names another node
+// (cluster.Node is one, with the handler served on its Listener).
 type Authenticator interface {
-	Verify(req *http.Request) (node string, err error)
+	Authenticate(req *http.Request) (node string, err error)
 }
 
 // Cluster is what a Source needs of the cluster (cluster.Node is one).
@@ -41,7 +43,8 @@ type Cluster interface {
 	Homes(key string) []cluster.Member
 	Member(name string) (cluster.Member, bool)
 	Announce(recs ...cluster.Record)
-	// Client signs its requests to peers.
+	// Client makes requests to peers, at https://<peer address>/, with this node's
+	// certificate.
 	Client() *http.Client
 }
 

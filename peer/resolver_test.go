@@ -62,7 +62,7 @@ func newCorruptPeer(t *testing.T, want []byte) *corruptPeer {
 	p := &corruptPeer{}
 	bad := bytes.Clone(want)
 	bad[len(bad)/2] ^= 0xff
-	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
 		w.Header().Set("Content-Length", strconv.Itoa(len(bad)))
 		w.Write(bad)
@@ -75,7 +75,7 @@ func TestResolverRejectsAPeersBadBytes(t *testing.T) {
 	t.Parallel()
 	up, img, b := newHolder(t, 256<<10)
 	bad := newCorruptPeer(t, img.data)
-	m := cluster.Member{Name: "bad", PeerAddr: strings.TrimPrefix(bad.URL, "http://"), State: cluster.Alive}
+	m := cluster.Member{Name: "bad", PeerAddr: strings.TrimPrefix(bad.URL, "https://"), State: cluster.Alive}
 
 	c := newTestCluster("a", m, b.member())
 	c.setHolders(cluster.BlobKey(img.layer), "bad", "b")

@@ -24,7 +24,7 @@ type dyingHome struct {
 func newDyingHome(t *testing.T, data []byte) *dyingHome {
 	t.Helper()
 	h := &dyingHome{kill: make(chan struct{})}
-	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 		w.WriteHeader(http.StatusOK)
 		w.Write(data[:len(data)/2])
@@ -40,7 +40,7 @@ func newDyingHome(t *testing.T, data []byte) *dyingHome {
 }
 
 func (h *dyingHome) member() cluster.Member {
-	return cluster.Member{Name: "h", PeerAddr: strings.TrimPrefix(h.URL, "http://"), State: cluster.Alive}
+	return cluster.Member{Name: "h", PeerAddr: strings.TrimPrefix(h.URL, "https://"), State: cluster.Alive}
 }
 
 // TestFillSurvivesItsHome: the home of a coalesced fill dies after half the blob reached the

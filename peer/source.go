@@ -398,12 +398,12 @@ func (s *Source) Revalidated(registry, repository, tag string, dgst digest.Diges
 	s.node.Announce(cluster.Record{Key: cluster.TagKey(registry, repository, tag), Digest: dgst, Date: date})
 }
 
-// get sends GET path?ns=registry to m with the cluster's signing client, with a Range header
+// get sends GET path?ns=registry to m with the cluster's mutual-TLS client, with a Range header
 // when rng is set. The response's headers must arrive within Budget.HeaderTimeout; its body
 // (which the caller closes) fails a read that waits Budget.IdleTimeout for a byte, and counts
 // the bytes in. The breaker is told whether m answered.
 func (s *Source) get(ctx context.Context, m cluster.Member, registry, path string, fill bool, accept, rng string) (*http.Response, io.ReadCloser, error) {
-	u := url.URL{Scheme: "http", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
+	u := url.URL{Scheme: "https", Host: m.PeerAddr, Path: path, RawQuery: url.Values{"ns": {registry}}.Encode()}
 	rctx, stop := context.WithCancelCause(ctx)
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -364,7 +365,7 @@ func TestHoldersAndAnnouncements(t *testing.T) {
 func TestHolderAttemptsAreBounded(t *testing.T) {
 	t.Parallel()
 	var asked atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		asked.Add(1)
 		http.NotFound(w, r)
 	}))
@@ -373,7 +374,7 @@ func TestHolderAttemptsAreBounded(t *testing.T) {
 	c := newTestCluster("a")
 	var names []string
 	for i := range maxAttempts + 3 {
-		m := cluster.Member{Name: fmt.Sprint("n", i), PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
+		m := cluster.Member{Name: fmt.Sprint("n", i), PeerAddr: strings.TrimPrefix(srv.URL, "https://"), State: cluster.Alive}
 		c.members[m.Name] = m
 		names = append(names, m.Name)
 	}
@@ -420,22 +421,26 @@ func TestTagFromRecords(t *testing.T) {
 	}
 }
 
-// TestWithTheClusterSigner runs a transfer with cluster.Signer's tokens on both sides: the
-// cluster key's holders get the blob, a node with another key gets 401 and reaches nothing.
-func TestWithTheClusterSigner(t *testing.T) {
+// TestWithTheClusterTLS runs a transfer between two cluster.Nodes (real gossip on loopback) over
+// their TLS: the handler on b's Listener, authenticating with b; a's Source through a's client.
+// A node with another cluster key reaches nothing.
+func TestWithTheClusterTLS(t *testing.T) {
 	t.Parallel()
 	up := registrytest.NewUpstream(t)
 	img := push(t, up, "v1", 64<<10)
-	secret := bytes.Repeat([]byte{7}, 32)
 	r := newTestResolver(t, up)
 	warm(t, r, img.layer)
 	backend := newCountingBackend(r)
-	srv := httptest.NewServer(newHandler(t, cluster.NewSigner("b", secret), http.NotFoundHandler(), backend, HandlerOptions{}))
-	t.Cleanup(srv.Close)
-	b := cluster.Member{Name: "b", PeerAddr: strings.TrimPrefix(srv.URL, "http://"), State: cluster.Alive}
+	secret := bytes.Repeat([]byte{7}, 32)
+	_, bGossip := startClusterNode(t, "127.0.60.2", "b", secret, nil, func(n *cluster.Node) http.Handler {
+		return newHandler(t, n, n.Handler(), backend, HandlerOptions{})
+	})
+	a, _ := startClusterNode(t, "127.0.60.1", "a", secret, []string{bGossip}, nil)
+	registrytest.Wait(t, "a to see b alive", func() bool { _, ok := a.Member("b"); return ok })
+	bm, _ := a.Member("b")
 
-	c := newTestCluster("a", b)
-	c.signer = cluster.NewSigner("a", secret)
+	c := newTestCluster("a", bm)
+	c.client = a.Client()
 	c.setHolders(cluster.BlobKey(img.layer), "b")
 	blob, err := NewSource(c, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
 	if err != nil {
@@ -446,14 +451,64 @@ func TestWithTheClusterSigner(t *testing.T) {
 	}
 	calls := backend.calls.Load()
 
-	other := newTestCluster("a", b)
-	other.signer = cluster.NewSigner("a", bytes.Repeat([]byte{8}, 32))
+	x, _ := startClusterNode(t, "127.0.60.3", "a", bytes.Repeat([]byte{8}, 32), nil, nil)
+	other := newTestCluster("a", bm)
+	other.client = x.Client()
 	other.setHolders(cluster.BlobKey(img.layer), "b")
 	_, err = NewSource(other, SourceOptions{}).OpenBlob(t.Context(), testRegistry, testRepo, img.layer, nil)
-	if err == nil || errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "401") {
-		t.Errorf("OpenBlob with another cluster key: %v, want the peer's 401", err)
+	if err == nil || errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "not from this cluster's CA") {
+		t.Errorf("OpenBlob with another cluster key: %v, want the handshake refused", err)
 	}
 	if backend.calls.Load() != calls {
 		t.Error("a request with another cluster key reached the backend")
 	}
+}
+
+// startClusterNode starts cluster node name on ip with secret, joining join; with serve, its
+// peer listener serves serve(node) on the node's Listener. It returns the node and its gossip
+// address.
+func startClusterNode(t *testing.T, ip, name string, secret []byte, join []string, serve func(*cluster.Node) http.Handler) (*cluster.Node, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	gossip := freeGossip(t, ip)
+	n, err := cluster.Start(t.Context(), cluster.Config{
+		NodeName:      name,
+		GossipAddress: gossip,
+		PeerPort:      ln.Addr().(*net.TCPAddr).Port,
+		Join:          join,
+		Secret:        secret,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if serve != nil {
+		srv := &http.Server{Handler: serve(n), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(n.Listener(ln))
+		t.Cleanup(func() { srv.Close() })
+	}
+	return n, gossip
+}
+
+// freeGossip is a port of ip free for both TCP and UDP a moment ago, as "ip:port".
+func freeGossip(t *testing.T, ip string) string {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if u, err := net.ListenPacket("udp", addr); err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	t.Fatalf("no free TCP and UDP port on %s", ip)
+	return ""
 }

@@ -20,8 +20,9 @@ import (
 	"github.com/lifeboat-dev/lifeboat/peer"
 )
 
-// startCluster joins the cluster [cluster] names, with this node's peer listener at peerLn,
-// its traffic to peers through the outage simulator, and its records read from store. It
+// startCluster joins the cluster [cluster] names, with this node's peer listener at peerLn
+// (served with the cluster's TLS, Node.Listener), its traffic to peers through the outage
+// simulator, and its records read from store. It
 // returns the membership and the resolver's view of it, which times its requests to peers by
 // budget.
 func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Listener, budget peer.Budget) (*cluster.Node, *peer.Source, error) {
@@ -40,8 +41,6 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 	}
 	_, portStr, _ := net.SplitHostPort(peerLn.Addr().String())
 	port, _ := strconv.Atoi(portStr)
-	base := http.DefaultTransport.(*http.Transport).Clone()
-	base.MaxIdleConnsPerHost = 16
 	// "[10.0.0.5]:7946", as a template that cannot tell IPv4 from IPv6 writes it, is
 	// "10.0.0.5:7946" to memberlist.
 	gossipHost, gossipPort, _ := net.SplitHostPort(cc.GossipAddress)
@@ -55,7 +54,7 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 		Secret:           secret,
 		Replicas:         cc.Replicas,
 		Local:            localRecords(d.Store, d.cfg.Registry),
-		Transport:        d.Outage.WrapPeers(base),
+		WrapTransport:    d.Outage.WrapPeers,
 		ObserveLookup:    lookups.Observe,
 	})
 	if err != nil {
@@ -68,10 +67,11 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 
 // peerHandler is the peer listener's handler: the cluster's index requests, and the OCI pull
 // API over what the resolver serves its peers (the registries that are shared, from the cache,
-// and the coalesced fills of the blobs this node is the home of).
+// and the coalesced fills of the blobs this node is the home of). It is served on the
+// cluster's Listener, whose TLS handshakes authenticate the peers.
 func (d *Daemon) peerHandler() (http.Handler, error) {
 	view := d.Resolver.ForPeers()
-	return peer.NewHandler(d.Cluster.Signer(), d.Cluster.Handler(), view, view.Coalescing(), peer.HandlerOptions{
+	return peer.NewHandler(d.Cluster, d.Cluster.Handler(), view, view.Coalescing(), peer.HandlerOptions{
 		Source: d.Peers, // counts the bytes served to peers
 		Budget: d.budget,
 	})

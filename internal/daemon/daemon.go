@@ -227,7 +227,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		g.Go(func() error { return d.plugins.run(gctx, d.lns.plugin, grace) })
 	}
 	if d.Cluster != nil {
-		g.Go(func() error { return serveHTTP(gctx, "cluster peer listener", d.lns.peer, d.peerAPI, grace) })
+		g.Go(func() error {
+			return serveHTTP(gctx, "cluster peer listener", d.Cluster.Listener(d.lns.peer), d.peerAPI, grace)
+		})
 	}
 	log.G(ctx).Info("lifeboat is running")
 	if !d.opts.MirrorOnly {

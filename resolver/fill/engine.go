@@ -16,13 +16,16 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/opencontainers/go-digest"
 )
 
-// Store is what the engine needs of the cache: a room check, an ingest to write and read
+// Store is what the engine needs of the cache: room in its budget, an ingest to write and read
 // back, and the link of the blob to its repository. Its errors are those of cache.Store.
 type Store interface {
-	CheckRoom(size int64) error
+	// Reserve holds room in the budget for a blob being written, so that the fills in flight
+	// together stay within it (cache.Store.Reserve).
+	Reserve(size int64) (*cache.Room, error)
 	// LinkingTo's writers link the blob to the repository in the commit that caches it.
 	LinkingTo(repository string) content.Ingester
 	OpenIngest(ref string) (*os.File, error)

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/lifeboat-dev/lifeboat/cache"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -30,6 +31,7 @@ type Fill struct {
 
 	ready  chan struct{}           // closed when size is known, or the fill failed before that
 	cancel context.CancelCauseFunc // ends the fill before its time (abandoned past the limit)
+	room   *cache.Room             // its share of the cache budget; the fill's goroutine's alone
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -213,6 +215,9 @@ func (f *Fill) download(ctx context.Context) error {
 		if w != nil && !committed {
 			f.discard(ctx, w, ref)
 		}
+		if f.room != nil {
+			f.room.Release() // committed, and counted as cached, or given up
+		}
 	}()
 	var (
 		off   int64 // the bytes the ingest keeps for the next source: it resumes from there
@@ -320,10 +325,8 @@ func (f *Fill) transfer(ctx, rctx context.Context, stopRead context.CancelCauseF
 		if body.Size > f.e.opts.MaxBlobSize {
 			return 0, f.tooLarge(body.Size)
 		}
-		if body.Size > 0 {
-			if err := f.e.store.CheckRoom(body.Size); err != nil {
-				return 0, err
-			}
+		if err := f.reserve(max(body.Size, 0)); err != nil {
+			return 0, err
 		}
 		if err := f.open(w, ref, body); err != nil {
 			return 0, err
@@ -459,7 +462,7 @@ func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 					return n, f.tooLarge(n + int64(m))
 				}
 				if n+int64(m) >= nextRoomCheck {
-					if err := f.e.store.CheckRoom(n + int64(m)); err != nil {
+					if err := f.reserve(n + int64(m)); err != nil {
 						return n, fmt.Errorf("%s sent a body of unknown size: after %d bytes: %w", body.From, n+int64(m), err)
 					}
 					nextRoomCheck = n + int64(m) + roomCheckStep
@@ -507,6 +510,20 @@ func (f *Fill) receive(ctx, rctx context.Context, stopRead context.CancelCauseFu
 // receiveBufferSize is the most a fill reads from a source at once, and so hands at once to
 // the ingest writer (which hashes it beside the file write) and the readers.
 const receiveBufferSize = 1 << 20
+
+// reserve makes the room the fill holds in the cache's budget size bytes (cache.Store.Reserve):
+// the fills in flight together never hold more than the budget.
+func (f *Fill) reserve(size int64) error {
+	if f.room == nil {
+		r, err := f.e.store.Reserve(size)
+		if err != nil {
+			return err
+		}
+		f.room = r
+		return nil
+	}
+	return f.room.Grow(size)
+}
 
 // roomCheckStep is how often a body of unknown size has the cache's room checked as it arrives:
 // every 4 MiB, so that a body that does not fit is cut off within 4 MiB of the cache's budget.

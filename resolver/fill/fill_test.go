@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,5 +341,90 @@ func TestResumeAfterBytesReachedReaders(t *testing.T) {
 				t.Errorf("cached bytes: %v, equal %v", err, bytes.Equal(got, want))
 			}
 		})
+	}
+}
+
+// chunkedSource serves body without a Content-Length (Size -1), 1 MiB a read, checking on every
+// read that the fills in flight hold no more of the cache's budget than it has.
+type chunkedSource struct {
+	body   []byte
+	store  *cache.Store
+	budget int64
+	over   *atomic.Int64 // reads that saw more reserved than the budget
+}
+
+func (s chunkedSource) Open(context.Context) (Body, error) {
+	return Body{ReadCloser: io.NopCloser(&checkingReader{r: bytes.NewReader(s.body), s: s}), Size: -1, From: "test"}, nil
+}
+
+type checkingReader struct {
+	r *bytes.Reader
+	s chunkedSource
+}
+
+func (c *checkingReader) Read(p []byte) (int, error) {
+	if c.s.store.Reserved() > c.s.budget {
+		c.s.over.Add(1)
+	}
+	return c.r.Read(p[:min(len(p), 1<<20)])
+}
+
+// TestFillsInFlightStayWithinTheBudget: eight concurrent fills of 18 MiB blobs of unknown size
+// into a cache of 20 MiB. Each alone fits; together they do not. The room they hold is reserved
+// against the budget as their bytes arrive, so that at no time do they hold more than the
+// budget, and those that do not fit fail as the cache being full (ResourceExhausted), leaving
+// nothing behind; the cache never holds more than its budget.
+func TestFillsInFlightStayWithinTheBudget(t *testing.T) {
+	t.Parallel()
+	const budget, size, fills = 20 << 20, 18 << 20, 8
+	store, err := cache.Open(t.Context(), t.TempDir(), cache.Options{MaxSize: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := New(store, Options{
+		FillTimeout: time.Minute, IdleTimeout: 10 * time.Second, MaxBlobSize: 1 << 30,
+		HoldWhole: -1, MaxFills: fills, QueueTimeout: time.Second, MaxAbandoned: fills,
+	})
+	t.Cleanup(e.Close)
+	var over atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, fills)
+	for i := range fills {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := randomBytes(t, size)
+			key := Key{Registry: "registry.test", Repository: "app", Digest: digest.FromBytes(body)}
+			f, err := e.Join(t.Context(), key, []Source{chunkedSource{body: body, store: store, budget: budget, over: &over}})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer f.Release()
+			_, errs[i] = f.Wait(t.Context())
+		}()
+	}
+	wg.Wait()
+	var ok int
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errdefs.IsResourceExhausted(err):
+			t.Errorf("a fill that did not fit: %v, want resource exhausted", err)
+		}
+	}
+	if ok == 0 || ok == fills {
+		t.Errorf("%d of %d fills of %d bytes succeeded in a budget of %d: want some, not all", ok, fills, size, budget)
+	}
+	if n := over.Load(); n != 0 {
+		t.Errorf("%d reads saw the fills in flight hold more than the budget", n)
+	}
+	if r := store.Reserved(); r != 0 {
+		t.Errorf("%d bytes still reserved after every fill ended", r)
+	}
+	if sts, _ := store.ListStatuses(t.Context()); len(sts) != 0 {
+		t.Errorf("%d ingests left behind", len(sts))
 	}
 }

@@ -66,8 +66,6 @@ func startSilentPeer(t *testing.T, c *harness.Cluster, name string) *silentPeer 
 		}
 		<-r.Context().Done()
 	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	p.node, err = cluster.Start(t.Context(), cluster.Config{
 		NodeName:         name,
 		GossipAddress:    net.JoinHostPort(ip, "0"),
@@ -80,6 +78,10 @@ func startSilentPeer(t *testing.T, c *harness.Cluster, name string) *silentPeer 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.node.Close() })
+	// Over the cluster's mutual TLS, as every peer listener: the requests reach the handler,
+	// which answers nothing.
+	go srv.Serve(p.node.Listener(ln))
+	t.Cleanup(func() { srv.Close() })
 	return p
 }
 

@@ -48,36 +48,37 @@ func getBlobs(mirror, repo string, blobs map[string]int64, want string) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, len(blobs))
 	for d, size := range blobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			url := "http://" + mirror + "/v2/" + repo + "/blobs/" + d + "?ns=docker.io"
-			resp, err := http.Get(url)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				errs <- fmt.Errorf("GET %s: %s", url, resp.Status)
-				return
-			}
-			if got := resp.Header.Get(oci.HeaderCache); want != "" && got != want {
-				errs <- fmt.Errorf("GET %s: %s %q, want %q", url, oci.HeaderCache, got, want)
-				return
-			}
-			n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, resp.Body, make([]byte, 1<<20))
-			if err == nil && n != size {
-				err = fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
-			}
-			if err != nil {
+		wg.Go(func() {
+			if err := getBlob(mirror, repo, d, size, want); err != nil {
 				errs <- err
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// getBlob GETs blob d of size bytes of repo through the mirror and reads it all; when want is
+// set, the answer must carry X-Lifeboat-Cache: want.
+func getBlob(mirror, repo, d string, size int64, want string) error {
+	url := "http://" + mirror + "/v2/" + repo + "/blobs/" + d + "?ns=docker.io"
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	if got := resp.Header.Get(oci.HeaderCache); want != "" && got != want {
+		return fmt.Errorf("GET %s: %s %q, want %q", url, oci.HeaderCache, got, want)
+	}
+	n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, resp.Body, make([]byte, 1<<20))
+	if err == nil && n != size {
+		err = fmt.Errorf("GET %s: %d bytes, want %d", url, n, size)
+	}
+	return err
 }
 
 // peerVsRegistry: a holder fetches an image of peerSize bytes in four layers; then each round a

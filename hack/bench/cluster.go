@@ -33,6 +33,14 @@ type clusterResults struct {
 	getsCluster, getsAlone       []float64
 	wallCluster, wallAlone       []time.Duration
 
+	// Each round's latencies of failedBlobs cold blobs fetched one after another (failedPaths):
+	// by a lone node (the cluster off: the baseline), by a member whose peers are unreachable
+	// (the first blob trips its breaker), and by a member while each blob's first home is
+	// stopped; stoppedDeclaredDead counts the rounds in which memberlist declared that home dead
+	// before the last blob.
+	coldOff, coldUnreachable, coldStopped [][]time.Duration
+	stoppedDeclaredDead                   int
+
 	simulation string // clustersim.Simulate's table, as it renders it
 }
 
@@ -55,6 +63,9 @@ func clusterBench(ctx context.Context, scratch, tools, lifeboat string, peerSize
 	}
 	if err := coalesceBench(ctx, base, lifeboat, reg, regAddr, key, ips, &res); err != nil {
 		return res, fmt.Errorf("coalesced cold pulls: %w", err)
+	}
+	if err := failedPaths(ctx, base, lifeboat, regAddr, key, ips, &res); err != nil {
+		return res, fmt.Errorf("cold blobs with peers unreachable or a home stopped: %w", err)
 	}
 	if err := lookupBench(ctx, ips, &res); err != nil {
 		return res, fmt.Errorf("lookups: %w", err)

@@ -35,8 +35,8 @@ const maxLookupResponse = 1 << 20
 // a membership change may know only some of them, so the first answer could name an older
 // digest.
 //
-// Neither waits on a straggler: once every home but one has answered (one at least without
-// failing), the last is given stragglerGrace more, then the lookup ends with what the others
+// Neither waits on a straggler: once every home but one has answered (another node at least
+// without failing), the last is given stragglerGrace more, then the lookup ends with what the others
 // said. A stopped home (SIGSTOP, a hung process) thus costs a lookup a few milliseconds, not
 // LookupTimeout, until memberlist declares it dead. With WithPeerHealth, homes the caller's
 // breaker says are down are not asked at all, and the breaker is told how each home asked did.
@@ -91,11 +91,17 @@ func WithPeerHealth(h PeerHealth) LookupOption {
 var ErrStraggler = errors.New("the home did not answer while the other homes did")
 
 // stragglerGrace is how long a lookup waits for its last home once every other home has
-// answered: HedgeDelay, or twice the slowest answer so far if that is longer (a loaded
-// cluster answers slower, every home alike), counted from when the last home was asked.
+// answered: minStragglerGrace, or twice the slowest other home's answer if that is longer (a
+// loaded cluster answers slower, every home alike), counted from when the last home was asked.
 func (n *Node) stragglerGrace(slowest time.Duration) time.Duration {
-	return max(n.cfg.HedgeDelay, 2*slowest)
+	return max(n.cfg.HedgeDelay, minStragglerGrace, 2*slowest)
 }
+
+// minStragglerGrace is the least a lookup's last home is waited for once the others answered:
+// enough for a new connection to it (a TCP and TLS handshake) on a loaded node, which a home
+// asked for the first time in a while needs while the others answer on kept-alive ones, and
+// still a twentieth of the lookup timeout a stopped home used to cost.
+const minStragglerGrace = 25 * time.Millisecond
 
 func (n *Node) lookup(ctx context.Context, key string, o lookupOptions) ([]Holder, error) {
 	if key == "" || len(key) > maxKeyLen {
@@ -128,7 +134,11 @@ func (n *Node) lookup(ctx context.Context, key string, o lookupOptions) ([]Holde
 			o.health.Observe(homes[i], askedAt(i), err)
 		}
 	}
+	// slowest and answeredOthers count the other nodes' answers only: this node's own comes at
+	// once, and says nothing of how long a peer takes (with two homes, the other is never
+	// a straggler).
 	var slowest time.Duration
+	answeredOthers := 0
 	var straggler *time.Timer
 	defer func() {
 		if straggler != nil {
@@ -165,7 +175,10 @@ func (n *Node) lookup(ctx context.Context, key string, o lookupOptions) ([]Holde
 			} else {
 				answered++
 				observe(i, nil)
-				slowest = max(slowest, time.Since(askedAt(i)))
+				if !homes[i].Self {
+					answeredOthers++
+					slowest = max(slowest, time.Since(askedAt(i)))
+				}
 				hs = n.holders(hs, alive)
 				if len(hs) > 0 && !tag {
 					found = hs
@@ -175,7 +188,7 @@ func (n *Node) lookup(ctx context.Context, key string, o lookupOptions) ([]Holde
 			}
 			// Every home but one has answered: the last has stragglerGrace from when it was
 			// asked (it may be asked only now, once this returns).
-			if last := slices.Index(concluded, false); straggler == nil && answered > 0 && last >= 0 &&
+			if last := slices.Index(concluded, false); straggler == nil && answeredOthers > 0 && last >= 0 &&
 				slices.Index(concluded[last+1:], false) < 0 {
 				grace := n.stragglerGrace(slowest)
 				if at := asked[last].Load(); at != 0 {

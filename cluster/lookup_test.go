@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sync"
@@ -116,4 +117,32 @@ func TestLookupDoesNotWaitOnAStraggler(t *testing.T) {
 		hs, err := r.Lookup(t.Context(), key(1))
 		return err == nil && slices.Equal(holderNames(hs), []string{"a"})
 	})
+}
+
+// TestOwnAnswerMakesNoStraggler: with two homes, this node and another, this node's own answer
+// (at once, from its index) does not make the other a straggler: the lookup waits for it, as
+// for a home that needs a new connection, up to LookupTimeout, and tells the breaker it timed
+// out, not that it straggled.
+func TestOwnAnswerMakesNoStraggler(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	opt := func(c *Config) { c.Replicas = 2; c.LookupTimeout = timeout }
+	r := startNode(t, "127.0.22.1", "r", nil, opt)
+	h := startNode(t, "127.0.22.2", "h", []string{r.gossipAddr}, opt)
+	eventually(t, 10*time.Second, "two members alive on each node", allAlive(r, h))
+	h.hangLookups.Store(true)
+
+	health := &healthLog{}
+	start := time.Now()
+	if hs, err := r.Lookup(t.Context(), key(1), WithPeerHealth(health)); err != nil || len(hs) != 0 {
+		t.Fatalf("lookup, the other home hung: %v, %v; want nothing", hs, err)
+	}
+	if took := time.Since(start); took < timeout*9/10 {
+		t.Errorf("the lookup ended after %v, before LookupTimeout (%v): it did not wait for the other home", took, timeout)
+	}
+	health.mu.Lock()
+	defer health.mu.Unlock()
+	if got := health.observed["h"]; len(got) != 1 || errors.Is(got[0], ErrStraggler) || !errors.Is(got[0], context.DeadlineExceeded) {
+		t.Errorf("the breaker was told %v of the other home, want its timeout", got)
+	}
 }

@@ -3,8 +3,11 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -18,8 +21,10 @@ const maxExpireEvery = time.Minute
 type home struct {
 	index *Index
 	view  *view // who may announce: alive members other than this node
-	// slots bounds the announce requests served at once.
-	slots chan struct{}
+	// slots bounds the announce requests decoded and put at once; buffered counts the bytes of
+	// announce bodies read and not yet put (at most maxAnnouncesBuffered).
+	slots    chan struct{}
+	buffered atomic.Int64
 	// expireEvery is how often the index's expired records are swept.
 	expireEvery time.Duration
 	// received counts the records other nodes announced, dropped the records refused (the
@@ -71,12 +76,21 @@ func (h *home) handler() http.Handler {
 	return mux
 }
 
+// serveAnnounce reads an announce's body whole (within rpcTimeout, maxAnnounceBody bytes, and
+// maxAnnouncesBuffered bytes for all announces at once) before it waits for one of the slots
+// that decode and put: a sender that trickles its body holds no slot, and is cut off when an
+// honest sender would have given up.
 func (h *home) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 	from := sender(req)
 	if m, ok := h.view.member(from); !ok || m.Self {
 		http.Error(w, fmt.Sprintf("%q is not an alive member of this node's cluster", from), http.StatusForbidden)
 		return
 	}
+	raw, release, err := h.readAnnounce(w, req)
+	if err != nil {
+		return
+	}
+	defer release()
 	select {
 	case h.slots <- struct{}{}:
 		defer func() { <-h.slots }()
@@ -84,7 +98,8 @@ func (h *home) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	var body announceRequest
-	if err := decode(w, req, maxAnnounceBody, &body); err != nil {
+	if err := json.Unmarshal(raw, &body); err != nil {
+		http.Error(w, "cannot read the request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if len(body.Records) > maxAnnounceRecords {
@@ -104,6 +119,52 @@ func (h *home) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 	h.received.Add(int64(len(body.Records)))
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// readAnnounce reads req's body: at most maxAnnounceBody bytes, by rpcTimeout from now, while
+// the bodies read and not yet put stay within maxAnnouncesBuffered bytes. release gives the
+// body's bytes back to that bound once the body is done with. On error it has answered.
+func (h *home) readAnnounce(w http.ResponseWriter, req *http.Request) (body []byte, release func(), err error) {
+	// The peer listener's server may not support deadlines (a test's recorder): then the
+	// caller's own bounds are all there is.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(rpcTimeout))
+	var held int64
+	release = func() { h.buffered.Add(-held) }
+	r := http.MaxBytesReader(w, req.Body, maxAnnounceBody)
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, len(buf)) // double, as append would
+		}
+		n, rerr := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		held += int64(n)
+		if h.buffered.Add(int64(n)) > maxAnnouncesBuffered {
+			release()
+			http.Error(w, "this node is reading too many announces at once; the next refresh will repeat it", http.StatusServiceUnavailable)
+			return nil, nil, errBusy
+		}
+		if rerr == io.EOF {
+			_ = rc.SetReadDeadline(time.Time{}) // the body is in: the rest is this node's time
+			return buf, release, nil
+		}
+		if rerr != nil {
+			release()
+			code := http.StatusBadRequest
+			if _, ok := errors.AsType[*http.MaxBytesError](rerr); ok {
+				code = http.StatusRequestEntityTooLarge
+			} else if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				code = http.StatusRequestTimeout
+			}
+			w.Header().Set("Connection", "close")
+			http.Error(w, "cannot read the request: "+rerr.Error(), code)
+			return nil, nil, rerr
+		}
+	}
+}
+
+// errBusy is readAnnounce's error when the announces read at once hold their bound.
+var errBusy = errors.New("too many announces read at once")
 
 func (h *home) serveLookup(w http.ResponseWriter, req *http.Request) {
 	key := req.URL.Query().Get("key")

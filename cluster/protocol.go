@@ -35,9 +35,13 @@ const (
 	// maxKeyLen bounds an index key (a tag key is a registry, a repository of at most 255
 	// characters and a tag of at most 128).
 	maxKeyLen = 1024
-	// maxAnnouncesServed is how many announce requests a node decodes at once; the others
-	// wait for their turn.
+	// maxAnnouncesServed is how many announce requests a node decodes and puts at once; the
+	// others wait for their turn, their bodies read.
 	maxAnnouncesServed = 4
+	// maxAnnouncesBuffered bounds the bytes of the announce bodies a node holds at once, read
+	// or being read and not yet put (8 full bodies); an announce past it gets 503, and its
+	// records go again with its sender's next refresh.
+	maxAnnouncesBuffered = 8 * maxAnnounceBody
 	// maxLookupHolders is the most holders a lookup's answer names (see answerHolders).
 	maxLookupHolders = 32
 	// maxDateAhead is how far past a home's clock a tag record's registry Date may be; a record

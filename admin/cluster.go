@@ -49,8 +49,10 @@ type ClusterStatus struct {
 	HomedKeys    int   `json:"homedKeys"`
 	IndexEntries int   `json:"indexEntries"`
 	IndexBytes   int64 `json:"indexBytes"`
-	// IndexDropped counts records refused because the index was full.
-	IndexDropped int64 `json:"indexDropped"`
+	// IndexRefused counts the records announced to the index that it did not keep, by reason: full (the index held its bound), quota (the sender's records held their share of
+	// it), shape (neither a digest nor a tag), not_home (a key this node is not a home of),
+	// future (a tag record dated past this node's clock by more than the allowed skew).
+	IndexRefused map[string]int64 `json:"indexRefused"`
 	// Lookups of who holds a key, by result.
 	LookupsFound    int64 `json:"lookupsFound"`
 	LookupsNotFound int64 `json:"lookupsNotFound"`
@@ -84,7 +86,7 @@ func (s *Service) clusterStatus() *ClusterStatus {
 		Node:           s.Cluster.Name(),
 		Members:        []ClusterMember{},
 		MembersByState: map[cluster.MemberState]int{},
-		HomedKeys:      st.HomedKeys, IndexEntries: st.IndexEntries, IndexBytes: st.IndexBytes, IndexDropped: st.IndexDropped,
+		HomedKeys:      st.HomedKeys, IndexEntries: st.IndexEntries, IndexBytes: st.IndexBytes, IndexRefused: st.IndexRefused.Reasons(),
 		LookupsFound: st.LookupsFound, LookupsNotFound: st.LookupsNotFound, LookupsFailed: st.LookupsFailed,
 	}
 	for _, m := range s.Cluster.Members() {

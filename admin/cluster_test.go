@@ -29,7 +29,8 @@ func (fakeNode) Members() []cluster.Member {
 	}
 }
 func (fakeNode) Stats() cluster.Stats {
-	return cluster.Stats{HomedKeys: 12, IndexEntries: 30, IndexBytes: 4096, LookupsFound: 5, LookupsNotFound: 2, LookupsFailed: 1}
+	return cluster.Stats{HomedKeys: 12, IndexEntries: 30, IndexBytes: 4096, IndexRefused: cluster.Refused{Quota: 2},
+		LookupsFound: 5, LookupsNotFound: 2, LookupsFailed: 1}
 }
 
 // fakePeers holds digests at named peers, knows tags and serves manifests, and records what it
@@ -98,6 +99,9 @@ func TestStatusCluster(t *testing.T) {
 	if cs.MembersByState[cluster.Alive] != 1 || cs.MembersByState[cluster.Dead] != 1 || cs.HomedKeys != 12 || cs.IndexEntries != 30 ||
 		cs.LookupsFound != 5 || cs.LookupsFailed != 1 || cs.PeerBytesIn != 100 || cs.PeerBytesOut != 200 || cs.CoalescedFills != 3 || cs.Rejected != 1 {
 		t.Errorf("cluster status %+v", cs)
+	}
+	if cs.IndexRefused["quota"] != 2 || cs.IndexRefused["full"] != 0 || len(cs.IndexRefused) != 5 {
+		t.Errorf("index refusals %v, want 2 past the quota, and every reason", cs.IndexRefused)
 	}
 
 	// With the tier off, no section.

@@ -98,9 +98,10 @@ type Config struct {
 	// HedgeDelay (5 ms) is how long a lookup waits for a home before it asks the next one too;
 	// LookupTimeout (500 ms) bounds a whole lookup.
 	HedgeDelay, LookupTimeout time.Duration
-	// MaxIndexKeys bounds the keys a home keeps (default 1,000,000); past it new keys are
-	// dropped and counted.
-	MaxIndexKeys int
+	// MaxIndexBytes bounds the memory of the index this node keeps as a home, as Index.Size
+	// estimates it (default DefaultMaxIndexBytes), and each other node's records to a quarter
+	// of it; past them new records are refused and counted, refreshes still land.
+	MaxIndexBytes int64
 	// Local calls yield for every record this node holds and may share, for the full refresh.
 	Local func(ctx context.Context, yield func(Record) bool) error
 	// WrapTransport, when set, wraps the transport of this node's requests to peers (the
@@ -128,8 +129,9 @@ type Stats struct {
 	// records, IndexBytes about how much memory they take.
 	HomedKeys, IndexEntries int
 	IndexBytes              int64
-	// IndexDropped counts records refused because the index was full.
-	IndexDropped int64
+	// IndexRefused counts the records announced to the index (by other nodes, or this one:
+	// full and quota only) that it did not keep, by reason.
+	IndexRefused Refused
 	// Lookups by outcome: found, not found, failed (no home answered).
 	LookupsFound, LookupsNotFound, LookupsFailed int64
 	// AnnouncedRecords went out to homes; ReceivedRecords came in from other nodes.

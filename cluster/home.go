@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -27,9 +28,13 @@ type home struct {
 	buffered atomic.Int64
 	// expireEvery is how often the index's expired records are swept.
 	expireEvery time.Duration
-	// received counts the records other nodes announced, dropped the records refused (the
-	// index full, or a tag's Date too far ahead).
-	received, dropped atomic.Int64
+	// received counts the records other nodes announced; refused those the index did not keep
+	// (this node's own included), by reason.
+	received atomic.Int64
+	refused  struct {
+		sync.Mutex
+		Refused
+	}
 }
 
 // newHome returns the home of index, whose records live ttl.
@@ -40,7 +45,17 @@ func newHome(index *Index, ttl time.Duration, view *view) *home {
 
 // put records that node from holds recs, counting the records the index refuses.
 func (h *home) put(from string, recs []Record, now time.Time) {
-	h.dropped.Add(int64(h.index.Put(from, recs, now)))
+	h.refuse(h.index.Put(from, recs, now))
+}
+
+// refuse counts r.
+func (h *home) refuse(r Refused) {
+	if r.Total() == 0 {
+		return
+	}
+	h.refused.Lock()
+	h.refused.add(r)
+	h.refused.Unlock()
 }
 
 // answer is what this home answers about key (see answerHolders).
@@ -50,7 +65,9 @@ func (h *home) answer(key string) []Holder {
 
 // report adds what the home counts to s.
 func (h *home) report(s *Stats) {
-	s.IndexDropped = h.dropped.Load()
+	h.refused.Lock()
+	s.IndexRefused = h.refused.Refused
+	h.refused.Unlock()
 	s.ReceivedRecords = h.received.Load()
 	s.HomedKeys, s.IndexEntries, s.IndexBytes = h.index.Size()
 }
@@ -112,11 +129,12 @@ func (h *home) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
+	received := int64(len(body.Records))
 	now := time.Now()
 	recs := slices.DeleteFunc(body.Records, func(r Record) bool { return r.Date.After(now.Add(maxDateAhead)) })
-	h.dropped.Add(int64(len(body.Records) - len(recs)))
+	h.refuse(Refused{Future: received - int64(len(recs))})
 	h.put(from, recs, now)
-	h.received.Add(int64(len(body.Records)))
+	h.received.Add(received)
 	w.WriteHeader(http.StatusNoContent)
 }
 

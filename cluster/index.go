@@ -9,20 +9,30 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// MaxKeyLen bounds an index key, in bytes: a tag key is a registry host (at most 253), a
-// repository and a tag (at most 128); a blob key is a digest. Longer keys are dropped.
+// MaxKeyLen bounds an index key, in bytes: a tag key is a registry host (at most 255), a
+// repository (at most 255) and a tag (at most 128); a blob key is a digest. Longer keys are
+// refused.
 const MaxKeyLen = 1024
+
+// nodeShare is the share of an index's bound one node's records may take (a quarter): no
+// sender, however many records it announces, fills a home's index alone.
+const nodeShare = 4
 
 // Index is a home's in-memory record of which nodes hold which keys. Records expire after
 // their TTL unless refreshed; a node's records go at once when it is declared dead or leaves.
-// It holds at most maxKeys keys. Safe for concurrent use.
+// Safe for concurrent use.
+//
+// It is bounded in bytes of memory (as Size estimates them), and each node's records to a
+// share of that bound (1/nodeShare): past either bound, a new record (a new key, or a new holder
+// of a key) is refused and counted, but a refresh of a record it holds always lands, so that
+// records whose holders keep refreshing them never leave a full index.
 //
 // Each key keeps its holders in a slice sorted by node name (a few for most keys, every member
 // for the most popular ones), and each node the set of keys it holds, so that DropNode touches
 // only that node's records.
 type Index struct {
-	maxKeys int
-	ttl     time.Duration
+	maxBytes, maxNodeBytes int64 // zero: no bound
+	ttl                    time.Duration
 
 	mu       sync.Mutex
 	keys     map[string]keyRecs
@@ -54,38 +64,109 @@ type tagInfo struct {
 type nodeRecs struct {
 	name string
 	keys map[string]struct{}
+	// bytes is what its records would take if each were its key's only one (recordBytes):
+	// what its quota counts.
+	bytes int64
 }
 
-// NewIndex returns an empty index of at most maxKeys keys whose records live for ttl.
-// A ttl of zero or less keeps records until their node is dropped.
-func NewIndex(maxKeys int, ttl time.Duration) *Index {
-	return &Index{
-		maxKeys: maxKeys,
-		ttl:     ttl,
-		keys:    make(map[string]keyRecs),
-		nodes:   make(map[string]*nodeRecs),
+// Refused counts the records a home refused, by reason.
+type Refused struct {
+	// Full: a new record, while the index held its bound of bytes.
+	Full int64
+	// Quota: a new record of a node whose records held their share of the index.
+	Quota int64
+	// Shape: a key that is neither a blob's digest (sha256 or sha512) nor a tag
+	// ("registry/repository:tag"), or a record whose digest does not match its kind.
+	Shape int64
+	// NotHome: a key this node is not a home of, nor was within the grace window of a
+	// membership change.
+	NotHome int64
+	// Future: a tag record whose registry Date is further past this home's clock than the
+	// allowed clock skew.
+	Future int64
+}
+
+// Total is the sum of the refusals.
+func (r Refused) Total() int64 { return r.Full + r.Quota + r.Shape + r.NotHome + r.Future }
+
+// Reasons names the refusals by reason, as metrics and status name them: full, quota, shape,
+// not_home, future.
+func (r Refused) Reasons() map[string]int64 {
+	return map[string]int64{"full": r.Full, "quota": r.Quota, "shape": r.Shape, "not_home": r.NotHome, "future": r.Future}
+}
+
+// add adds o to r.
+func (r *Refused) add(o Refused) {
+	r.Full += o.Full
+	r.Quota += o.Quota
+	r.Shape += o.Shape
+	r.NotHome += o.NotHome
+	r.Future += o.Future
+}
+
+// NewIndex returns an empty index of about maxBytes bytes of memory at most (zero or less: no
+// bound) whose records live for ttl. A ttl of zero or less keeps records until their node is
+// dropped.
+func NewIndex(maxBytes int64, ttl time.Duration) *Index {
+	x := &Index{
+		ttl:   ttl,
+		keys:  make(map[string]keyRecs),
+		nodes: make(map[string]*nodeRecs),
 	}
+	if maxBytes > 0 {
+		x.maxBytes, x.maxNodeBytes = maxBytes, max(maxBytes/nodeShare, 1)
+	}
+	return x
 }
 
-// Put records (or refreshes) node's records as of now, and returns how many were dropped
-// because the index was full. Records with an empty key or one longer than MaxKeyLen are
-// dropped and counted too.
-func (x *Index) Put(node string, recs []Record, now time.Time) (dropped int) {
+// Put records (or refreshes) node's records as of now, and counts those it refused: a new
+// record past the index's bound (Full) or past node's share of it (Quota); a key that is empty
+// or longer than MaxKeyLen (Shape). A refresh of a record the index holds is never refused.
+func (x *Index) Put(node string, recs []Record, now time.Time) (refused Refused) {
 	seen := now.UnixNano()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	n := x.nodes[node]
 	for _, r := range recs {
 		if r.Key == "" || len(r.Key) > MaxKeyLen {
-			dropped++
+			refused.Shape++
 			continue
 		}
+		var tag *tagInfo
+		if r.Digest != "" {
+			tag = &tagInfo{digest: r.Digest, date: r.Date}
+		}
 		kr, ok := x.keys[r.Key]
+		i, found := 0, false
+		if ok {
+			i, found = slices.BinarySearchFunc(kr.holders, node, func(h holder, name string) int {
+				return strings.Compare(h.node.name, name)
+			})
+		}
+		if found {
+			// A refresh: it lands whatever the bounds.
+			h := &kr.holders[i]
+			h.seen = seen
+			d := countTag(tag) - countTag(h.tag)
+			x.tags += d
+			h.node.bytes += int64(d) * indexBytesPerTag
+			h.tag = tag
+			continue
+		}
+		cost := recordBytes(r.Key, tag)
+		if x.maxNodeBytes > 0 && n != nil && n.bytes+cost > x.maxNodeBytes {
+			refused.Quota++
+			continue
+		}
+		grow := cost
+		if ok {
+			grow -= int64(len(r.Key)) + indexBytesPerKey // the key is there already
+		}
+		if x.maxBytes > 0 && x.bytes()+grow > x.maxBytes {
+			refused.Full++
+			continue
+		}
 		if !ok {
-			if len(x.keys) >= x.maxKeys {
-				dropped++
-				continue
-			}
 			kr = keyRecs{key: strings.Clone(r.Key)} // not a slice of a request's buffer
 			x.keyBytes += int64(len(kr.key))
 		}
@@ -93,27 +174,20 @@ func (x *Index) Put(node string, recs []Record, now time.Time) (dropped int) {
 			n = &nodeRecs{name: strings.Clone(node), keys: make(map[string]struct{})}
 			x.nodes[n.name] = n
 		}
-		var tag *tagInfo
-		if r.Digest != "" {
-			tag = &tagInfo{digest: r.Digest, date: r.Date}
-		}
-		i, found := slices.BinarySearchFunc(kr.holders, node, func(h holder, name string) int {
-			return strings.Compare(h.node.name, name)
-		})
-		if found {
-			h := &kr.holders[i]
-			h.seen = seen
-			x.tags += countTag(tag) - countTag(h.tag)
-			h.tag = tag
-		} else {
-			kr.holders = slices.Insert(kr.holders, i, holder{node: n, seen: seen, tag: tag})
-			n.keys[kr.key] = struct{}{}
-			x.entries++
-			x.tags += countTag(tag)
-		}
+		kr.holders = slices.Insert(kr.holders, i, holder{node: n, seen: seen, tag: tag})
+		n.keys[kr.key] = struct{}{}
+		n.bytes += cost
+		x.entries++
+		x.tags += countTag(tag)
 		x.keys[kr.key] = kr
 	}
-	return dropped
+	return refused
+}
+
+// recordBytes is what a record of key costs its node's quota: the memory of the record, and of
+// its key as if no other node held it.
+func recordBytes(key string, tag *tagInfo) int64 {
+	return int64(len(key)) + indexBytesPerKey + indexBytesPerRecord + int64(countTag(tag))*indexBytesPerTag
 }
 
 func countTag(t *tagInfo) int {
@@ -169,6 +243,7 @@ func (x *Index) expireKey(kr *keyRecs, now int64) (gone bool) {
 func (x *Index) forget(key string, h holder) {
 	x.entries--
 	x.tags -= countTag(h.tag)
+	h.node.bytes -= recordBytes(key, h.tag)
 	delete(h.node.keys, key)
 	if len(h.node.keys) == 0 {
 		delete(x.nodes, h.node.name)
@@ -193,6 +268,7 @@ func (x *Index) DropNode(node string) {
 		}
 		x.entries--
 		x.tags -= countTag(kr.holders[i].tag)
+		n.bytes -= recordBytes(key, kr.holders[i].tag)
 		kr.holders = slices.Delete(kr.holders, i, i+1)
 		if len(kr.holders) == 0 {
 			delete(x.keys, key)
@@ -231,8 +307,12 @@ const (
 func (x *Index) Size() (keys, entries int, bytes int64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	bytes = x.keyBytes + int64(len(x.keys))*indexBytesPerKey + int64(x.entries)*indexBytesPerRecord + int64(x.tags)*indexBytesPerTag
-	return len(x.keys), x.entries, bytes
+	return len(x.keys), x.entries, x.bytes()
+}
+
+// bytes is about how many bytes of memory the index takes. x.mu is held.
+func (x *Index) bytes() int64 {
+	return x.keyBytes + int64(len(x.keys))*indexBytesPerKey + int64(x.entries)*indexBytesPerRecord + int64(x.tags)*indexBytesPerTag
 }
 
 // NewestTag picks a tag's answer from its holders' records: the digest with the newest registry

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,6 +62,15 @@ func checkIndex(t *testing.T, x *Index) {
 			t.Fatalf("node %q: bad entry", name)
 		}
 		inSets += len(n.keys)
+		var nodeBytes int64
+		for key := range n.keys {
+			kr := x.keys[key]
+			i, _ := slices.BinarySearchFunc(kr.holders, name, func(h holder, name string) int { return strings.Compare(h.node.name, name) })
+			nodeBytes += recordBytes(key, kr.holders[i].tag)
+		}
+		if nodeBytes != n.bytes {
+			t.Fatalf("node %q counts %d bytes, its records %d", name, n.bytes, nodeBytes)
+		}
 	}
 	if entries != x.entries || inSets != x.entries || tags != x.tags || keyBytes != x.keyBytes {
 		t.Fatalf("counters: entries %d (sets %d) vs %d, tags %d vs %d, key bytes %d vs %d",
@@ -70,11 +80,11 @@ func checkIndex(t *testing.T, x *Index) {
 
 func TestIndexPutGet(t *testing.T) {
 	t.Parallel()
-	x := NewIndex(100, time.Minute)
+	x := NewIndex(0, time.Minute)
 	d1 := digest.FromString("1")
 	tag := TagKey("docker.io", "library/alpine", "3.20")
-	if dropped := x.Put("node-b", append(blobRecs("k1", "k2"), Record{Key: tag, Digest: d1, Date: t0}), t0); dropped != 0 {
-		t.Fatalf("dropped %d", dropped)
+	if refused := x.Put("node-b", append(blobRecs("k1", "k2"), Record{Key: tag, Digest: d1, Date: t0}), t0); refused.Total() != 0 {
+		t.Fatalf("refused %+v", refused)
 	}
 	x.Put("node-a", blobRecs("k1"), t0)
 	x.Put("node-c", blobRecs("k1"), t0)
@@ -103,7 +113,7 @@ func TestIndexPutGet(t *testing.T) {
 func TestIndexExpiry(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Minute
-	x := NewIndex(100, ttl)
+	x := NewIndex(0, ttl)
 	x.Put("node-a", blobRecs("k1", "k2"), t0)
 	x.Put("node-b", blobRecs("k1"), t0.Add(30*time.Second))
 
@@ -136,7 +146,7 @@ func TestIndexExpiry(t *testing.T) {
 	}
 
 	// No TTL: records stay until dropped.
-	forever := NewIndex(10, 0)
+	forever := NewIndex(0, 0)
 	forever.Put("node-a", blobRecs("k"), t0)
 	forever.Expire(t0.Add(1000 * time.Hour))
 	if len(forever.Get("k", t0.Add(1000*time.Hour))) != 1 {
@@ -146,7 +156,7 @@ func TestIndexExpiry(t *testing.T) {
 
 func TestIndexDropNode(t *testing.T) {
 	t.Parallel()
-	x := NewIndex(1000, time.Hour)
+	x := NewIndex(0, time.Hour)
 	var keys []string
 	for i := range 100 {
 		keys = append(keys, fmt.Sprint("k", i))
@@ -177,41 +187,106 @@ func TestIndexDropNode(t *testing.T) {
 	}
 }
 
+// digestKeys returns n blob keys (sha256 digests, 71 bytes each).
+func digestKeys(prefix string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = BlobKey(digest.FromString(fmt.Sprint(prefix, i)))
+	}
+	return keys
+}
+
+// The index is bounded in bytes, and each node to a quarter of them; past either, new records
+// are refused and counted, refreshes are not.
 func TestIndexBound(t *testing.T) {
 	t.Parallel()
-	x := NewIndex(3, time.Minute)
-	if dropped := x.Put("node-a", blobRecs("k1", "k2", "k3", "k4", "k5"), t0); dropped != 2 {
-		t.Fatalf("dropped %d, want 2", dropped)
+	const ttl = time.Minute
+	newKey := recordBytes(BlobKey(digest.FromString("x")), nil) // a record of a key of its own
+	x := NewIndex(40*newKey, ttl)                               // each node: 10 such records
+	a := digestKeys("a", 15)
+	if got := x.Put("node-a", blobRecs(a...), t0); got != (Refused{Quota: 5}) {
+		t.Fatalf("node-a's 15 records: refused %+v, want 5 past its quota", got)
 	}
-	// Existing keys still take new holders and refreshes; new keys are dropped.
-	if dropped := x.Put("node-b", blobRecs("k1", "k4", "k2"), t0.Add(50*time.Second)); dropped != 1 {
-		t.Fatalf("dropped %d, want 1", dropped)
+	for _, node := range []string{"node-b", "node-c", "node-d"} {
+		if got := x.Put(node, blobRecs(digestKeys(node, 10)...), t0); got.Total() != 0 {
+			t.Fatalf("%s: refused %+v", node, got)
+		}
 	}
-	if dropped := x.Put("node-a", blobRecs("k1"), t0.Add(50*time.Second)); dropped != 0 {
-		t.Fatalf("a refresh was dropped")
+	if _, _, bytes := x.Size(); bytes != 40*newKey {
+		t.Fatalf("the index takes %d bytes, want its bound %d", bytes, 40*newKey)
 	}
-	if got := holderNames(x.Get("k1", t0.Add(100*time.Second))); !slices.Equal(got, []string{"node-a", "node-b"}) {
-		t.Fatalf("k1: %q", got)
+	// Full: neither a new key nor a new holder of a key it holds.
+	if got := x.Put("node-e", blobRecs(digestKeys("e", 1)[0], a[0]), t0); got != (Refused{Full: 2}) {
+		t.Fatalf("node-e's records in a full index: refused %+v, want 2 for a full index", got)
 	}
-	if x.Get("k4", t0) != nil {
-		t.Fatal("k4 was kept past the bound")
+	// A refresh always lands, even one that takes more room (a blob's record becoming a tag's).
+	d := digest.FromString("d")
+	refresh := make([]Record, 10)
+	for i, k := range a[:10] {
+		refresh[i] = Record{Key: k, Digest: d, Date: t0}
 	}
-	// Once keys expire, new ones fit again.
-	x.Expire(t0.Add(time.Hour))
-	if dropped := x.Put("node-a", blobRecs("k4"), t0.Add(time.Hour)); dropped != 0 {
-		t.Fatal("no room after expiry")
+	if got := x.Put("node-a", refresh, t0.Add(ttl/2)); got.Total() != 0 {
+		t.Fatalf("node-a's refreshes were refused: %+v", got)
 	}
-	// Keys that are empty or too long are dropped whatever the room.
+	if _, _, bytes := x.Size(); bytes <= 40*newKey {
+		t.Fatalf("the refreshes took no room: %d bytes", bytes)
+	}
+	checkIndex(t, x)
+	// The others' records expire; node-a's, refreshed, stay; and new records fit again.
+	x.Expire(t0.Add(ttl + ttl/4))
+	if keys, entries, _ := x.Size(); keys != 10 || entries != 10 {
+		t.Fatalf("after the others expired: %d keys, %d records, want node-a's 10", keys, entries)
+	}
+	if got := x.Put("node-e", blobRecs(digestKeys("e", 1)...), t0.Add(ttl+ttl/4)); got.Total() != 0 {
+		t.Fatalf("no room after expiry: refused %+v", got)
+	}
+	// Keys that are empty or too long are refused whatever the room.
 	long := string(make([]byte, MaxKeyLen+1))
-	if dropped := x.Put("node-a", blobRecs("", long, string(make([]byte, MaxKeyLen))), t0.Add(time.Hour)); dropped != 2 {
-		t.Fatalf("dropped %d invalid keys, want 2", dropped)
+	if got := x.Put("node-e", blobRecs("", long), t0.Add(ttl+ttl/4)); got != (Refused{Shape: 2}) {
+		t.Fatalf("invalid keys: refused %+v, want 2 for their shape", got)
+	}
+	checkIndex(t, x)
+}
+
+// One node's flood cannot take the index from the others: it fills its quota and no more, so
+// the honest node's records land, are refreshed through the flood, and, once they expired (their
+// holder silent for longer than the TTL), land again (the issue's suspicion: "a full index
+// drops legitimate keys at their first expiry": one sender's junk held every place).
+func TestIndexFloodLeavesRoomForOthers(t *testing.T) {
+	t.Parallel()
+	const ttl, refreshEvery = 15 * time.Minute, 5 * time.Minute
+	legit := digestKeys("legit", 100)
+	x := NewIndex(int64(len(legit))*recordBytes(legit[0], nil)*nodeShare, ttl)
+	now := t0
+	var refused Refused
+	flood := func(round int) {
+		refused.add(x.Put("flooder", blobRecs(digestKeys(fmt.Sprint("junk", round), 1000)...), now))
+	}
+	for round := range 12 { // an hour: four TTLs
+		flood(round)
+		if round < 3 || round >= 8 { // silent from 15 to 40 minutes: its records expire
+			if got := x.Put("honest", blobRecs(legit...), now); got.Total() != 0 {
+				t.Fatalf("round %d: the honest node's records were refused: %+v", round, got)
+			}
+			for _, k := range legit {
+				if hs := x.Get(k, now); !slices.Equal(holderNames(hs), []string{"honest"}) {
+					t.Fatalf("round %d: %s has holders %v", round, k, hs)
+				}
+			}
+		}
+		now = now.Add(refreshEvery)
+		x.Expire(now)
+	}
+	if refused.Quota == 0 || refused.Full != 0 {
+		t.Errorf("the flood was refused %+v: want refusals past its quota only", refused)
 	}
 	checkIndex(t, x)
 }
 
 func TestIndexConcurrent(t *testing.T) {
 	t.Parallel()
-	x := NewIndex(500, time.Minute)
+	const bound = 500 * 300
+	x := NewIndex(bound, time.Minute)
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Go(func() {
@@ -236,8 +311,8 @@ func TestIndexConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	checkIndex(t, x)
-	if keys, _, _ := x.Size(); keys > 500 {
-		t.Fatalf("%d keys past the bound of 500", keys)
+	if _, _, bytes := x.Size(); bytes > bound+bound/10 {
+		t.Fatalf("%d bytes past the bound of %d and its refreshes", bytes, bound)
 	}
 }
 
@@ -321,7 +396,7 @@ func TestIndexSizeEstimate(t *testing.T) {
 				return m.HeapAlloc
 			}
 			before := heap()
-			x := NewIndex(2*tc.keys, time.Hour)
+			x := NewIndex(0, time.Hour)
 			for n, recs := range batches {
 				x.Put(fmt.Sprint("node-", n), recs, t0)
 			}

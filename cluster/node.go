@@ -23,7 +23,11 @@ const (
 	DefaultRefreshInterval  = 5 * time.Minute
 	DefaultHedgeDelay       = 5 * time.Millisecond
 	DefaultLookupTimeout    = 500 * time.Millisecond
-	DefaultMaxIndexKeys     = 1_000_000
+	// DefaultMaxIndexBytes bounds a home's index: 64 MiB, thirty times the largest index of the
+	// simulated 10,000-member cluster (docs/cluster.md, "Scale"). A home whose index a flood
+	// holds at that bound stays about 300 MiB resident (TestClusterIndexFlood), far below the
+	// 1 GiB memory limit of the Helm chart, which also bounds the page cache of the blobs.
+	DefaultMaxIndexBytes = 64 << 20
 
 	defaultRehomeDelay = time.Second
 )
@@ -77,8 +81,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("cluster: join address: %w", err)
 		}
 	}
-	if cfg.Replicas < 0 || cfg.MaxIndexKeys < 0 {
-		return cfg, fmt.Errorf("cluster: replicas and max index keys cannot be negative: %w", errdefs.ErrInvalidArgument)
+	if cfg.Replicas < 0 || cfg.MaxIndexBytes < 0 {
+		return cfg, fmt.Errorf("cluster: replicas and max index bytes cannot be negative: %w", errdefs.ErrInvalidArgument)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -98,8 +102,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = DefaultReplicas
 	}
-	if cfg.MaxIndexKeys == 0 {
-		cfg.MaxIndexKeys = DefaultMaxIndexKeys
+	if cfg.MaxIndexBytes == 0 {
+		cfg.MaxIndexBytes = DefaultMaxIndexBytes
 	}
 	return cfg, nil
 }
@@ -128,7 +132,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg: cfg,
 		log: log.G(ctx).WithField("node", cfg.NodeName),
 	}
-	index := NewIndex(cfg.MaxIndexKeys, cfg.HolderTTL)
+	index := NewIndex(cfg.MaxIndexBytes, cfg.HolderTTL)
 	n.view = newView(cfg.NodeName, n.log, index.DropNode)
 	n.home = newHome(index, cfg.HolderTTL, n.view)
 	if err := n.startTLS(n.view.list); err != nil {

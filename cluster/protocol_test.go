@@ -33,8 +33,8 @@ func TestAnnounceDropsFarFutureDates(t *testing.T) {
 	if hs := a.index.Get("r.io/app:far", time.Now()); len(hs) != 0 {
 		t.Errorf("a record dated a month ahead was kept: %v", hs)
 	}
-	if got := a.Stats().IndexDropped; got != 1 {
-		t.Errorf("IndexDropped = %d, want 1", got)
+	if got := a.Stats().IndexRefused; got != (Refused{Future: 1}) {
+		t.Errorf("IndexRefused = %+v, want 1 for its date", got)
 	}
 }
 

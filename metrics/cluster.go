@@ -30,18 +30,25 @@ type clusterCollector struct {
 	peers PeerStats
 
 	members, homedKeys, lookups   *prometheus.Desc
+	indexBytes, refused           *prometheus.Desc
 	peerBytes, coalesced, rejects *prometheus.Desc
 	breaker                       breakerDescs
 	handshakeFailures             *prometheus.Desc
 }
 
 // NewClusterCollector returns a collector of the cluster tier's figures: members by state,
-// the keys this node is home to, lookups by result, the peer transfers' bytes, coalesced fills
-// and rejected bytes, and the failed TLS handshakes with peers by direction and reason.
+// the keys this node is home to, the memory of their index and the records it refused, lookups
+// by result, the peer transfers' bytes, coalesced fills and rejected bytes, and the failed TLS
+// handshakes with peers by direction and reason.
 func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collector {
 	return &clusterCollector{
 		node:  node,
 		peers: peers,
+		indexBytes: prometheus.NewDesc("lifeboat_cluster_index_bytes",
+			"About how many bytes of memory this node's index of the keys it is a home of takes ([cluster] max_index_size bounds it).", nil, nil),
+		refused: prometheus.NewDesc("lifeboat_cluster_index_refused_total",
+			"Records announced to this node's index that it did not keep, by reason: full (the index at max_index_size), quota (the sender's records at their share of it), shape (neither a digest nor a tag), not_home (a key this node is not a home of), future (a tag record dated past this node's clock by more than max_clock_skew).",
+			[]string{"reason"}, nil),
 		members: prometheus.NewDesc("lifeboat_cluster_members",
 			"Members of the cluster as this node sees them, by state (alive, suspect, dead, left).", []string{"state"}, nil),
 		homedKeys: prometheus.NewDesc("lifeboat_cluster_homed_keys",
@@ -63,7 +70,7 @@ func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collecto
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.peerBytes, c.coalesced, c.rejects, c.handshakeFailures} {
+	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.indexBytes, c.refused, c.peerBytes, c.coalesced, c.rejects, c.handshakeFailures} {
 		ch <- d
 	}
 	c.breaker.describe(ch)
@@ -78,6 +85,10 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFound), "found")
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsNotFound), "not_found")
 	ch <- prometheus.MustNewConstMetric(c.lookups, prometheus.CounterValue, float64(st.LookupsFailed), "failed")
+	ch <- prometheus.MustNewConstMetric(c.indexBytes, prometheus.GaugeValue, float64(st.IndexBytes))
+	for reason, n := range st.IndexRefused.Reasons() {
+		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(n), reason)
+	}
 	for _, f := range st.HandshakeFailures {
 		ch <- prometheus.MustNewConstMetric(c.handshakeFailures, prometheus.CounterValue, float64(f.Count), f.Direction, f.Reason)
 	}

@@ -23,7 +23,8 @@ func (f fakePeers) Stats() peer.Stats { return peer.Stats(f) }
 func TestClusterCollector(t *testing.T) {
 	node := fakeNode{
 		Members:   map[cluster.MemberState]int{cluster.Alive: 3, cluster.Dead: 1},
-		HomedKeys: 42, IndexEntries: 99,
+		HomedKeys: 42, IndexEntries: 99, IndexBytes: 4096,
+		IndexRefused: cluster.Refused{Full: 1, Quota: 2, Shape: 3, NotHome: 4, Future: 5},
 		LookupsFound: 7, LookupsNotFound: 2, LookupsFailed: 1,
 	}
 	peers := fakePeers{BytesIn: 1000, BytesOut: 2000, CoalescedFills: 3, Rejected: 4, PeerAnswers: 5}
@@ -31,6 +32,16 @@ func TestClusterCollector(t *testing.T) {
 # HELP lifeboat_cluster_homed_keys Keys (blob digests, tags) this node's index holds records of, as one of their homes.
 # TYPE lifeboat_cluster_homed_keys gauge
 lifeboat_cluster_homed_keys 42
+# HELP lifeboat_cluster_index_bytes About how many bytes of memory this node's index of the keys it is a home of takes ([cluster] max_index_size bounds it).
+# TYPE lifeboat_cluster_index_bytes gauge
+lifeboat_cluster_index_bytes 4096
+# HELP lifeboat_cluster_index_refused_total Records announced to this node's index that it did not keep, by reason: full (the index at max_index_size), quota (the sender's records at their share of it), shape (neither a digest nor a tag), not_home (a key this node is not a home of), future (a tag record dated past this node's clock by more than max_clock_skew).
+# TYPE lifeboat_cluster_index_refused_total counter
+lifeboat_cluster_index_refused_total{reason="full"} 1
+lifeboat_cluster_index_refused_total{reason="future"} 5
+lifeboat_cluster_index_refused_total{reason="not_home"} 4
+lifeboat_cluster_index_refused_total{reason="quota"} 2
+lifeboat_cluster_index_refused_total{reason="shape"} 3
 # HELP lifeboat_cluster_lookups_total Lookups of who holds a key, by result: found, not_found, failed (no home answered).
 # TYPE lifeboat_cluster_lookups_total counter
 lifeboat_cluster_lookups_total{result="failed"} 1
@@ -54,7 +65,8 @@ lifeboat_peer_coalesced_fills_total 3
 lifeboat_peer_rejected_total 4
 `
 	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers), strings.NewReader(want),
-		"lifeboat_cluster_homed_keys", "lifeboat_cluster_lookups_total", "lifeboat_cluster_members",
+		"lifeboat_cluster_homed_keys", "lifeboat_cluster_index_bytes", "lifeboat_cluster_index_refused_total", "lifeboat_cluster_lookups_total",
+		"lifeboat_cluster_members",
 		"lifeboat_peer_bytes_total", "lifeboat_peer_coalesced_fills_total", "lifeboat_peer_rejected_total"); err != nil {
 		t.Fatal(err)
 	}

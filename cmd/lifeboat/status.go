@@ -151,8 +151,8 @@ func printCluster(out io.Writer, c *admin.ClusterStatus) {
 	}
 	fmt.Fprintf(tw, "members\t%s\n", strings.Join(states, ", "))
 	fmt.Fprintf(tw, "homed keys\t%d (%d records, %s)", c.HomedKeys, c.IndexEntries, humanBytes(c.IndexBytes))
-	if c.IndexDropped > 0 {
-		fmt.Fprintf(tw, ", %d records dropped: the index is full", c.IndexDropped)
+	if refused := describeRefused(c.IndexRefused); refused != "" {
+		fmt.Fprintf(tw, "; records refused: %s", refused)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "lookups\t%d found, %d not found, %d failed\n", c.LookupsFound, c.LookupsNotFound, c.LookupsFailed)
@@ -182,4 +182,22 @@ func printCluster(out io.Writer, c *admin.ClusterStatus) {
 	if n := len(members) - statusMaxMembers; n > 0 {
 		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
 	}
+}
+
+// describeRefused sums up the records a home refused, by reason: "12 past the sender's quota,
+// 3 dated ahead"; "" when none was.
+func describeRefused(refused map[string]int64) string {
+	var parts []string
+	for _, r := range []struct{ reason, what string }{
+		{"full", "the index full"},
+		{"quota", "past the sender's quota"},
+		{"shape", "neither digest nor tag"},
+		{"not_home", "not this node's keys"},
+		{"future", "dated ahead"},
+	} {
+		if n := refused[r.reason]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, r.what))
+		}
+	}
+	return strings.Join(parts, ", ")
 }

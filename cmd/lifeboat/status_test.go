@@ -95,6 +95,21 @@ func TestPrintCluster(t *testing.T) {
 	}
 }
 
+// TestPrintClusterRefusals: status says why the index refused records.
+func TestPrintClusterRefusals(t *testing.T) {
+	c := &admin.ClusterStatus{
+		Node: "node-a", MembersByState: map[cluster.MemberState]int{cluster.Alive: 1},
+		HomedKeys: 10, IndexEntries: 20, IndexBytes: 64 << 20,
+		IndexRefused: map[string]int64{"full": 3, "quota": 120, "shape": 0, "not_home": 0, "future": 1},
+	}
+	var b strings.Builder
+	printCluster(&b, c)
+	want := "homed keys    10 (20 records, 64.0 MiB); records refused: 3 the index full, 120 past the sender's quota, 1 dated ahead\n"
+	if out := b.String(); !strings.Contains(out, want) {
+		t.Errorf("cluster section has no %q:\n%s", want, out)
+	}
+}
+
 func TestDescribeOutageTarget(t *testing.T) {
 	for target, want := range map[string]string{
 		outage.TargetUpstream: "blackhole on every registry, 0 requests affected",

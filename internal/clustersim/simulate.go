@@ -237,7 +237,7 @@ func Simulate(opts Options) Report {
 	}
 	indexes := make([]*cluster.Index, len(sample))
 	for i := range indexes {
-		indexes[i] = cluster.NewIndex(len(keys), 3*opts.RefreshInterval)
+		indexes[i] = cluster.NewIndex(0, 3*opts.RefreshInterval)
 	}
 	pending := make([][]cluster.Record, len(sample))
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)

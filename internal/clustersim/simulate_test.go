@@ -79,7 +79,7 @@ func TestSimulateSmall(t *testing.T) {
 
 // indexBytesPerRecord is what Index.Size counts for one more record of a key it holds.
 func indexBytesPerRecord() float64 {
-	x := cluster.NewIndex(1, 0)
+	x := cluster.NewIndex(0, 0)
 	recs := []cluster.Record{{Key: cluster.BlobKey(digest.FromString("a layer"))}}
 	now := time.Now()
 	x.Put("node-a", recs, now)

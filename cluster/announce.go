@@ -173,6 +173,9 @@ func (b *batcher) add(r Record) {
 	if validRecord(r) != nil {
 		return // homes would refuse the whole batch for it
 	}
+	if !keyShapeOK(r) {
+		return // homes would refuse it
+	}
 	kh := xxhash.Sum64String(r.Key)
 	var old []weighted
 	if b.prev != nil {

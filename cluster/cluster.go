@@ -5,7 +5,7 @@
 // them from each other with the OCI pull API (package peer), over the same peer listener (mutual
 // TLS, Node.Listener) that carries this package's index requests.
 //
-// It imports nothing of lifeboat's but internal/hedge.
+// It imports nothing of lifeboat's but internal/hedge and internal/oci.
 package cluster
 
 import (
@@ -102,6 +102,10 @@ type Config struct {
 	// estimates it (default DefaultMaxIndexBytes), and each other node's records to a quarter
 	// of it; past them new records are refused and counted, refreshes still land.
 	MaxIndexBytes int64
+	// MaxClockSkew (DefaultMaxClockSkew) is how far past this node's clock the registry Date of
+	// a tag record another node announces may be; a record dated later is refused, so that a
+	// forged date wins an outage's resolution of the tag by that much at most.
+	MaxClockSkew time.Duration
 	// Local calls yield for every record this node holds and may share, for the full refresh.
 	Local func(ctx context.Context, yield func(Record) bool) error
 	// WrapTransport, when set, wraps the transport of this node's requests to peers (the
@@ -114,6 +118,10 @@ type Config struct {
 	// rehomeDelay (1 s) is how long after a membership change this node announces to its
 	// records' new homes, so that a burst of changes makes one pass.
 	rehomeDelay time.Duration
+	// homeGrace (defaultHomeGrace) is how long a member that joined does not count against
+	// this node being a key's home, when it decides whether to keep another node's record
+	// (see homeCheck).
+	homeGrace time.Duration
 	// tuneMemberlist, when set, adjusts memberlist's configuration last (tests shorten its
 	// timings with it).
 	tuneMemberlist func(*memberlist.Config)

@@ -22,6 +22,13 @@ const maxExpireEvery = time.Minute
 type home struct {
 	index *Index
 	view  *view // who may announce: alive members other than this node
+	// self is this node's name; replicas the homes each key has; grace how long a member that
+	// joined does not count yet against this node being a key's home (see homeCheck).
+	self     string
+	replicas int
+	grace    time.Duration
+	// maxSkew is how far past this node's clock a tag record's registry Date may be.
+	maxSkew time.Duration
 	// slots bounds the announce requests decoded and put at once; buffered counts the bytes of
 	// announce bodies read and not yet put (at most maxAnnouncesBuffered).
 	slots    chan struct{}
@@ -37,10 +44,11 @@ type home struct {
 	}
 }
 
-// newHome returns the home of index, whose records live ttl.
-func newHome(index *Index, ttl time.Duration, view *view) *home {
-	return &home{index: index, view: view, slots: make(chan struct{}, maxAnnouncesServed),
-		expireEvery: min(ttl/2, maxExpireEvery)}
+// newHome returns the home of index for this node (cfg.NodeName).
+func newHome(index *Index, cfg Config, view *view) *home {
+	return &home{index: index, view: view, self: cfg.NodeName, replicas: cfg.Replicas, grace: cfg.homeGrace,
+		maxSkew: cfg.MaxClockSkew, slots: make(chan struct{}, maxAnnouncesServed),
+		expireEvery: min(cfg.HolderTTL/2, maxExpireEvery)}
 }
 
 // put records that node from holds recs, counting the records the index refuses.
@@ -131,8 +139,8 @@ func (h *home) serveAnnounce(w http.ResponseWriter, req *http.Request) {
 	}
 	received := int64(len(body.Records))
 	now := time.Now()
-	recs := slices.DeleteFunc(body.Records, func(r Record) bool { return r.Date.After(now.Add(maxDateAhead)) })
-	h.refuse(Refused{Future: received - int64(len(recs))})
+	recs, refused := h.admit(body.Records, now)
+	h.refuse(refused)
 	h.put(from, recs, now)
 	h.received.Add(received)
 	w.WriteHeader(http.StatusNoContent)

@@ -28,8 +28,12 @@ const (
 	// holds at that bound stays about 300 MiB resident (TestClusterIndexFlood), far below the
 	// 1 GiB memory limit of the Helm chart, which also bounds the page cache of the blobs.
 	DefaultMaxIndexBytes = 64 << 20
+	// DefaultMaxClockSkew is how far past a home's clock a tag record's registry Date may be.
+	DefaultMaxClockSkew = 2 * time.Minute
 
 	defaultRehomeDelay = time.Second
+	// defaultHomeGrace is a minute: gossip tells every member of a join within seconds.
+	defaultHomeGrace = time.Minute
 )
 
 // Bounds of this node's own work.
@@ -81,8 +85,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("cluster: join address: %w", err)
 		}
 	}
-	if cfg.Replicas < 0 || cfg.MaxIndexBytes < 0 {
-		return cfg, fmt.Errorf("cluster: replicas and max index bytes cannot be negative: %w", errdefs.ErrInvalidArgument)
+	if cfg.Replicas < 0 || cfg.MaxIndexBytes < 0 || cfg.MaxClockSkew < 0 {
+		return cfg, fmt.Errorf("cluster: replicas, max index bytes and max clock skew cannot be negative: %w", errdefs.ErrInvalidArgument)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -96,6 +100,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	def(&cfg.HedgeDelay, DefaultHedgeDelay)
 	def(&cfg.LookupTimeout, DefaultLookupTimeout)
 	def(&cfg.rehomeDelay, defaultRehomeDelay)
+	def(&cfg.homeGrace, defaultHomeGrace)
+	def(&cfg.MaxClockSkew, DefaultMaxClockSkew)
 	if cfg.Label == "" {
 		cfg.Label = DefaultLabel
 	}
@@ -134,7 +140,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	index := NewIndex(cfg.MaxIndexBytes, cfg.HolderTTL)
 	n.view = newView(cfg.NodeName, n.log, index.DropNode)
-	n.home = newHome(index, cfg.HolderTTL, n.view)
+	n.home = newHome(index, cfg, n.view)
 	if err := n.startTLS(n.view.list); err != nil {
 		return nil, err
 	}

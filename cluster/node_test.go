@@ -423,15 +423,17 @@ func TestHandlerBounds(t *testing.T) {
 
 	many := make([]string, maxAnnounceRecords+1)
 	for i := range many {
-		many[i] = `{"k":"k` + strconv.Itoa(i) + `"}`
+		many[i] = `{"k":"` + key(i) + `"}`
 	}
+	x := key(-1)
+	one := `{"records":[{"k":"` + x + `"}]}`
 	for _, tc := range []struct {
 		name, from, body string
 		want             int
 	}{
-		{name: "member", from: "b", body: `{"records":[{"k":"x"}]}`, want: http.StatusNoContent},
-		{name: "stranger", from: "z", body: `{"records":[{"k":"x"}]}`, want: http.StatusForbidden},
-		{name: "itself", from: "a", body: `{"records":[{"k":"x"}]}`, want: http.StatusForbidden},
+		{name: "member", from: "b", body: one, want: http.StatusNoContent},
+		{name: "stranger", from: "z", body: one, want: http.StatusForbidden},
+		{name: "itself", from: "a", body: one, want: http.StatusForbidden},
 		{name: "too many records", from: "b", body: `{"records":[` + strings.Join(many, ",") + `]}`, want: http.StatusRequestEntityTooLarge},
 		{name: "too big", from: "b", body: `{"records":[{"k":"` + strings.Repeat("x", maxAnnounceBody) + `"}]}`, want: http.StatusRequestEntityTooLarge},
 		{name: "long key", from: "b", body: `{"records":[{"k":"` + strings.Repeat("x", maxKeyLen+1) + `"}]}`, want: http.StatusBadRequest},
@@ -447,10 +449,10 @@ func TestHandlerBounds(t *testing.T) {
 			}
 		})
 	}
-	if hs := a.index.Get("x", time.Now()); !slices.Equal(holderNames(hs), []string{"b"}) {
+	if hs := a.index.Get(x, time.Now()); !slices.Equal(holderNames(hs), []string{"b"}) {
 		t.Errorf("index holds %v for x; want b only", hs)
 	}
-	for _, target := range []string{PathLookup + "?key=x", PathLookup} {
+	for _, target := range []string{PathLookup + "?key=" + x, PathLookup} {
 		req := httptest.NewRequest(http.MethodGet, target, nil)
 		rec := httptest.NewRecorder()
 		a.Handler().ServeHTTP(rec, req)
@@ -462,7 +464,7 @@ func TestHandlerBounds(t *testing.T) {
 			t.Errorf("GET %s: %d %s", target, rec.Code, rec.Body)
 		}
 	}
-	req := httptest.NewRequest(http.MethodPost, PathLookup, strings.NewReader(fmt.Sprintf(`{"key":%q}`, "x")))
+	req := httptest.NewRequest(http.MethodPost, PathLookup, strings.NewReader(fmt.Sprintf(`{"key":%q}`, x)))
 	rec := httptest.NewRecorder()
 	a.Handler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"n":"b"`) {

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
-	"time"
 )
 
 // The index requests between nodes, under the peer listener, JSON both ways:
@@ -44,10 +43,6 @@ const (
 	maxAnnouncesBuffered = 8 * maxAnnounceBody
 	// maxLookupHolders is the most holders a lookup's answer names (see answerHolders).
 	maxLookupHolders = 32
-	// maxDateAhead is how far past a home's clock a tag record's registry Date may be; a record
-	// further ahead is dropped, so that a peer cannot make its tag record win every outage
-	// resolution for good by dating it in the far future.
-	maxDateAhead = time.Hour
 )
 
 type announceRequest struct {

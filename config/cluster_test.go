@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -12,7 +13,8 @@ import (
 func TestClusterDefaults(t *testing.T) {
 	t.Parallel()
 	c := Default()
-	want := Cluster{GossipAddress: "0.0.0.0:7946", PeerAddress: "0.0.0.0:5102", SecretFile: "/etc/lifeboat/cluster.key", Replicas: 3, Coalesce: true}
+	want := Cluster{GossipAddress: "0.0.0.0:7946", PeerAddress: "0.0.0.0:5102", SecretFile: "/etc/lifeboat/cluster.key", Replicas: 3, Coalesce: true,
+		MaxIndexSize: 64 << 20, MaxClockSkew: Duration(2 * time.Minute)}
 	if !clusterEqual(c.Cluster, want) {
 		t.Errorf("[cluster] defaults = %+v, want %+v", c.Cluster, want)
 	}
@@ -27,7 +29,7 @@ func TestClusterDefaults(t *testing.T) {
 func clusterEqual(a, b Cluster) bool {
 	return slices.Equal(a.Join, b.Join) && a.GossipAddress == b.GossipAddress && a.PeerAddress == b.PeerAddress &&
 		a.AdvertiseAddress == b.AdvertiseAddress && a.NodeName == b.NodeName && a.SecretFile == b.SecretFile &&
-		a.Replicas == b.Replicas && a.Coalesce == b.Coalesce
+		a.Replicas == b.Replicas && a.Coalesce == b.Coalesce && a.MaxIndexSize == b.MaxIndexSize && a.MaxClockSkew == b.MaxClockSkew
 }
 
 func TestParseCluster(t *testing.T) {
@@ -43,6 +45,8 @@ node_name = "node-4.example_a"
 secret_file = "/run/secrets/key"
 replicas = 16
 coalesce = false
+max_index_size = "256MiB"
+max_clock_skew = "30s"
 [registry."registry.example.com"]
 share_with_peers = false
 [registry."ghcr.io"]
@@ -59,7 +63,7 @@ target = "peers"
 	want := Cluster{
 		Join:          []string{"lifeboat-peers.kube-system.svc.cluster.local:7946", "10.0.0.5:7946", "[fd00::1]:7946"},
 		GossipAddress: "10.0.0.4:7000", PeerAddress: ":5200", AdvertiseAddress: "10.0.0.4", NodeName: "node-4.example_a",
-		SecretFile: "/run/secrets/key", Replicas: 16, Coalesce: false,
+		SecretFile: "/run/secrets/key", Replicas: 16, Coalesce: false, MaxIndexSize: 256 << 20, MaxClockSkew: Duration(30 * time.Second),
 	}
 	if !clusterEqual(c.Cluster, want) || !c.Cluster.Enabled() {
 		t.Errorf("[cluster] = %+v, want %+v", c.Cluster, want)
@@ -108,6 +112,11 @@ func TestValidateCluster(t *testing.T) {
 		{name: "replicas a string", toml: "[cluster]\nreplicas = \"3\"", want: `cluster.replicas: expected an integer, not a TOML string`},
 		{name: "share_with_peers a string", toml: "[registry.\"ghcr.io\"]\nshare_with_peers = \"no\"", want: `expected true or false, not a TOML string`},
 		{name: "unknown cluster key", toml: "[cluster]\nreplica = 3", want: `unknown key "cluster.replica"`},
+		{name: "index size too small", toml: "[cluster]\nmax_index_size = \"512KiB\"", want: `line 2, column 18: cluster.max_index_size: must be at least 1MiB`},
+		{name: "index size of 1MiB", toml: "[cluster]\nmax_index_size = \"1MiB\""},
+		{name: "clock skew 0", toml: "[cluster]\nmax_clock_skew = \"0s\"", want: `cluster.max_clock_skew: 0s is not from 1s to 1h0m0s`},
+		{name: "clock skew of a day", toml: "[cluster]\nmax_clock_skew = \"24h\"", want: `cluster.max_clock_skew: 24h0m0s is not from 1s to 1h0m0s`},
+		{name: "clock skew of an hour", toml: "[cluster]\nmax_clock_skew = \"1h\""},
 		{name: "outage target", toml: "[outage]\ntarget = \"registries\"", want: `outage.target: target "registries" is not "upstream", "peers" or "all"`},
 		{name: "outage target all", toml: "[outage]\nmode = \"dns\"\ntarget = \"all\""},
 	}

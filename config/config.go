@@ -218,7 +218,20 @@ type Cluster struct {
 	// Coalesce sends a blob that no node holds through its first home, which fetches it from
 	// the registry once for the whole cluster.
 	Coalesce bool `toml:"coalesce"`
+	// MaxIndexSize bounds the memory of the index this node keeps as a home of keys (who holds
+	// what), at least MinIndexSize; each other node's records may take a quarter of it. Past
+	// it, new records are refused and counted; records their holders refresh stay.
+	MaxIndexSize Size `toml:"max_index_size"`
+	// MaxClockSkew is how far past this node's clock the registry Date of a tag record another
+	// node announces may be, from 1s to MaxClockSkewLimit; a record dated later is refused.
+	MaxClockSkew Duration `toml:"max_clock_skew"`
 }
+
+// Bounds of Cluster.MaxIndexSize and Cluster.MaxClockSkew.
+const (
+	MinIndexSize      = 1 << 20
+	MaxClockSkewLimit = time.Hour
+)
 
 // MaxReplicas bounds Cluster.Replicas.
 const MaxReplicas = 16
@@ -278,6 +291,9 @@ func Default() Config {
 			SecretFile:    "/etc/lifeboat/cluster.key",
 			Replicas:      3,
 			Coalesce:      true,
+			// 64 MiB: see cluster.DefaultMaxIndexBytes.
+			MaxIndexSize: 64 << 20,
+			MaxClockSkew: Duration(2 * time.Minute),
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}

@@ -219,6 +219,14 @@ func (c Config) validateCluster() error {
 		return c.invalid("cluster.replicas", -1, func(c Config) any { return c.Cluster.Replicas },
 			fmt.Errorf("%d is not from 1 to %d", cl.Replicas, MaxReplicas))
 	}
+	if cl.MaxIndexSize < MinIndexSize {
+		return c.invalid("cluster.max_index_size", -1, func(c Config) any { return c.Cluster.MaxIndexSize },
+			errors.New("must be at least 1MiB: a home's index smaller than that would refuse an ordinary cluster's records"))
+	}
+	if d := time.Duration(cl.MaxClockSkew); d < time.Second || d > MaxClockSkewLimit {
+		return c.invalid("cluster.max_clock_skew", -1, func(c Config) any { return c.Cluster.MaxClockSkew },
+			fmt.Errorf("%s is not from 1s to %s: past that, a forged tag record dated ahead would win outages for as long", d, MaxClockSkewLimit))
+	}
 	if cl.Enabled() && cl.SecretFile == "" {
 		return c.invalid("cluster.secret_file", -1, func(c Config) any { return c.Cluster.SecretFile },
 			errors.New("must be set when cluster.join is: the cluster key authenticates and encrypts everything between nodes"))

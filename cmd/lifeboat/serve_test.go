@@ -226,7 +226,8 @@ func TestServeClusterSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config.Cluster{Join: []string{"a:7946", "b:7946"}, GossipAddress: "127.0.0.2:7946", PeerAddress: "127.0.0.2:5102",
-		AdvertiseAddress: "127.0.0.2", NodeName: "from-env", SecretFile: "/env/key", Replicas: 5, Coalesce: false}
+		AdvertiseAddress: "127.0.0.2", NodeName: "from-env", SecretFile: "/env/key", Replicas: 5, Coalesce: false,
+		MaxIndexSize: config.Default().Cluster.MaxIndexSize, MaxClockSkew: config.Default().Cluster.MaxClockSkew}
 	if !reflect.DeepEqual(cfg.Cluster, want) {
 		t.Errorf("from the variables: %+v, want %+v", cfg.Cluster, want)
 	}
@@ -238,7 +239,8 @@ func TestServeClusterSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = config.Cluster{Join: []string{"127.0.0.1:7946", "127.0.0.3:7946"}, GossipAddress: "127.0.0.3:7946", PeerAddress: "127.0.0.3:5102",
-		AdvertiseAddress: "127.0.0.3", NodeName: "from-flag", SecretFile: "/flag/key", Replicas: 1, Coalesce: true}
+		AdvertiseAddress: "127.0.0.3", NodeName: "from-flag", SecretFile: "/flag/key", Replicas: 1, Coalesce: true,
+		MaxIndexSize: config.Default().Cluster.MaxIndexSize, MaxClockSkew: config.Default().Cluster.MaxClockSkew}
 	if !reflect.DeepEqual(cfg.Cluster, want) {
 		t.Errorf("from the flags: %+v, want %+v", cfg.Cluster, want)
 	}

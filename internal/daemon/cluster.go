@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -53,6 +54,8 @@ func (d *Daemon) startCluster(ctx context.Context, secret []byte, peerLn net.Lis
 		Join:             cc.Join,
 		Secret:           secret,
 		Replicas:         cc.Replicas,
+		MaxIndexBytes:    int64(cc.MaxIndexSize),
+		MaxClockSkew:     time.Duration(cc.MaxClockSkew),
 		Local:            localRecords(d.Store, d.cfg.Registry),
 		WrapTransport:    d.Outage.WrapPeers,
 		ObserveLookup:    lookups.Observe,

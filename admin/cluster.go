@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
@@ -53,6 +54,10 @@ type ClusterStatus struct {
 	// it), shape (neither a digest nor a tag), not_home (a key this node is not a home of),
 	// future (a tag record dated past this node's clock by more than the allowed skew).
 	IndexRefused map[string]int64 `json:"indexRefused"`
+	// PeerTags are the cached tags answered from the peers' records, resolved from them while
+	// the registry could not answer, and not confirmed by it since; this node does not
+	// announce them as its own.
+	PeerTags []PeerTag `json:"peerTags"`
 	// Lookups of who holds a key, by result.
 	LookupsFound    int64 `json:"lookupsFound"`
 	LookupsNotFound int64 `json:"lookupsNotFound"`
@@ -68,6 +73,14 @@ type ClusterStatus struct {
 	PeerAnswers int64 `json:"peerAnswers"`
 }
 
+// PeerTag is a cached tag resolved from the peers' records.
+type PeerTag struct {
+	Ref    string        `json:"ref"`
+	Digest digest.Digest `json:"digest"`
+	// Date is the registry Date of the peers' record it was resolved from.
+	Date time.Time `json:"date"`
+}
+
 // ClusterMember is one member of the cluster.
 type ClusterMember struct {
 	Name  string              `json:"name"`
@@ -77,7 +90,7 @@ type ClusterMember struct {
 }
 
 // clusterStatus reports the cluster tier, or nil when it is off.
-func (s *Service) clusterStatus() *ClusterStatus {
+func (s *Service) clusterStatus(ctx context.Context) *ClusterStatus {
 	if s.Cluster == nil {
 		return nil
 	}
@@ -88,6 +101,7 @@ func (s *Service) clusterStatus() *ClusterStatus {
 		MembersByState: map[cluster.MemberState]int{},
 		HomedKeys:      st.HomedKeys, IndexEntries: st.IndexEntries, IndexBytes: st.IndexBytes, IndexRefused: st.IndexRefused.Reasons(),
 		LookupsFound: st.LookupsFound, LookupsNotFound: st.LookupsNotFound, LookupsFailed: st.LookupsFailed,
+		PeerTags: s.peerTags(ctx),
 	}
 	for _, m := range s.Cluster.Members() {
 		cs.Members = append(cs.Members, ClusterMember{Name: m.Name, Peer: m.PeerAddr, Self: m.Self, State: m.State})
@@ -99,6 +113,21 @@ func (s *Service) clusterStatus() *ClusterStatus {
 		cs.PeerBytesIn, cs.PeerBytesOut, cs.CoalescedFills, cs.Rejected, cs.PeerAnswers = ps.BytesIn, ps.BytesOut, ps.CoalescedFills, ps.Rejected, ps.PeerAnswers
 	}
 	return cs
+}
+
+// peerTags lists the cached tags resolved from the peers' records (empty when the cache
+// cannot tell: status reports what it can).
+func (s *Service) peerTags(ctx context.Context) []PeerTag {
+	out := []PeerTag{}
+	refs, err := s.Resolver.PeerTags(ctx)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("cannot list the tags resolved from the peers' records")
+		return out
+	}
+	for _, ref := range refs {
+		out = append(out, PeerTag{Ref: ref.Name, Digest: ref.Target.Digest, Date: ref.UpstreamDate})
+	}
+	return out
 }
 
 // Bounds on asking the cluster who holds the listed images: a listing asks about this many

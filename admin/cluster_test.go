@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/internal/registrytest"
@@ -80,7 +81,18 @@ var _ resolver.Peers = (*fakePeers)(nil)
 func TestStatusCluster(t *testing.T) {
 	t.Parallel()
 	up := registrytest.NewUpstream(t)
-	c := newDrillService(t, up, func(s *Service) { s.Cluster, s.Peers = fakeNode{}, &fakePeers{} })
+	peerDate := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	fromPeers := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("peers' manifest"), Size: 15}
+	c := newDrillService(t, up, func(s *Service) {
+		s.Cluster, s.Peers = fakeNode{}, &fakePeers{}
+		// Two tags: one the peers' records resolved, one the registry confirmed.
+		if err := s.Store.SetRefAt(t.Context(), "r.io/app:peers", fromPeers, resolver.PeersEndpoint, peerDate); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Store.SetRefAt(t.Context(), "r.io/app:registry", fromPeers, "https://r.io", peerDate); err != nil {
+			t.Fatal(err)
+		}
+	})
 	st, err := c.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +111,10 @@ func TestStatusCluster(t *testing.T) {
 	if cs.MembersByState[cluster.Alive] != 1 || cs.MembersByState[cluster.Dead] != 1 || cs.HomedKeys != 12 || cs.IndexEntries != 30 ||
 		cs.LookupsFound != 5 || cs.LookupsFailed != 1 || cs.PeerBytesIn != 100 || cs.PeerBytesOut != 200 || cs.CoalescedFills != 3 || cs.Rejected != 1 {
 		t.Errorf("cluster status %+v", cs)
+	}
+	samePeerTag := func(a, b PeerTag) bool { return a.Ref == b.Ref && a.Digest == b.Digest && a.Date.Equal(b.Date) }
+	if want := []PeerTag{{Ref: "r.io/app:peers", Digest: fromPeers.Digest, Date: peerDate}}; !slices.EqualFunc(cs.PeerTags, want, samePeerTag) {
+		t.Errorf("peer tags %+v, want %+v", cs.PeerTags, want)
 	}
 	if cs.IndexRefused["quota"] != 2 || cs.IndexRefused["full"] != 0 || len(cs.IndexRefused) != 5 {
 		t.Errorf("index refusals %v, want 2 past the quota, and every reason", cs.IndexRefused)

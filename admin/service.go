@@ -179,7 +179,7 @@ func (s *Service) Status(ctx context.Context) Status {
 
 		FailedRevalidations: s.Resolver.FailedRevalidations(),
 		Listeners:           s.Listeners,
-		Cluster:             s.clusterStatus(),
+		Cluster:             s.clusterStatus(ctx),
 	}
 }
 

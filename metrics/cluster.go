@@ -1,10 +1,12 @@
 package metrics
 
 import (
+	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/peer"
 )
@@ -20,6 +22,13 @@ type PeerStats interface {
 	Stats() peer.Stats
 }
 
+// PeerTagLister lists the cached tags answered from the peers' records (resolved from them
+// while the registry could not answer, not confirmed by it since); *resolver.Resolver provides
+// it.
+type PeerTagLister interface {
+	PeerTags(ctx context.Context) ([]cache.Ref, error)
+}
+
 // memberStates are the states lifeboat_cluster_members always reports, 0 included, so that a
 // rule on "dead > 0" has a series to compare.
 var memberStates = []cluster.MemberState{cluster.Alive, cluster.Suspect, cluster.Dead, cluster.Left}
@@ -28,9 +37,10 @@ var memberStates = []cluster.MemberState{cluster.Alive, cluster.Suspect, cluster
 type clusterCollector struct {
 	node  ClusterStats
 	peers PeerStats
+	tags  PeerTagLister
 
 	members, homedKeys, lookups   *prometheus.Desc
-	indexBytes, refused           *prometheus.Desc
+	indexBytes, refused, peerTags *prometheus.Desc
 	peerBytes, coalesced, rejects *prometheus.Desc
 	breaker                       breakerDescs
 	handshakeFailures             *prometheus.Desc
@@ -38,17 +48,20 @@ type clusterCollector struct {
 
 // NewClusterCollector returns a collector of the cluster tier's figures: members by state,
 // the keys this node is home to, the memory of their index and the records it refused, lookups
-// by result, the peer transfers' bytes, coalesced fills and rejected bytes, and the failed TLS
-// handshakes with peers by direction and reason.
-func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collector {
+// by result, the tags answered from the peers' records, the peer transfers' bytes, coalesced
+// fills and rejected bytes, and the failed TLS handshakes with peers by direction and reason.
+func NewClusterCollector(node ClusterStats, peers PeerStats, tags PeerTagLister) prometheus.Collector {
 	return &clusterCollector{
 		node:  node,
 		peers: peers,
+		tags:  tags,
 		indexBytes: prometheus.NewDesc("lifeboat_cluster_index_bytes",
 			"About how many bytes of memory this node's index of the keys it is a home of takes ([cluster] max_index_size bounds it).", nil, nil),
 		refused: prometheus.NewDesc("lifeboat_cluster_index_refused_total",
 			"Records announced to this node's index that it did not keep, by reason: full (the index at max_index_size), quota (the sender's records at their share of it), shape (neither a digest nor a tag), not_home (a key this node is not a home of), future (a tag record dated past this node's clock by more than max_clock_skew).",
 			[]string{"reason"}, nil),
+		peerTags: prometheus.NewDesc("lifeboat_cluster_peer_tags",
+			"Cached tags answered from the peers' records: resolved from them while the registry could not answer, and not confirmed by it since (lifeboat status lists them).", nil, nil),
 		members: prometheus.NewDesc("lifeboat_cluster_members",
 			"Members of the cluster as this node sees them, by state (alive, suspect, dead, left).", []string{"state"}, nil),
 		homedKeys: prometheus.NewDesc("lifeboat_cluster_homed_keys",
@@ -70,7 +83,7 @@ func NewClusterCollector(node ClusterStats, peers PeerStats) prometheus.Collecto
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.indexBytes, c.refused, c.peerBytes, c.coalesced, c.rejects, c.handshakeFailures} {
+	for _, d := range []*prometheus.Desc{c.members, c.homedKeys, c.lookups, c.indexBytes, c.refused, c.peerTags, c.peerBytes, c.coalesced, c.rejects, c.handshakeFailures} {
 		ch <- d
 	}
 	c.breaker.describe(ch)
@@ -88,6 +101,9 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.indexBytes, prometheus.GaugeValue, float64(st.IndexBytes))
 	for reason, n := range st.IndexRefused.Reasons() {
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(n), reason)
+	}
+	if tags, err := c.tags.PeerTags(context.Background()); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.peerTags, prometheus.GaugeValue, float64(len(tags)))
 	}
 	for _, f := range st.HandshakeFailures {
 		ch <- prometheus.MustNewConstMetric(c.handshakeFailures, prometheus.CounterValue, float64(f.Count), f.Direction, f.Reason)

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/peer"
 )
@@ -15,6 +17,10 @@ import (
 type fakeNode cluster.Stats
 
 func (f fakeNode) Stats() cluster.Stats { return cluster.Stats(f) }
+
+type fakeTags []cache.Ref
+
+func (f fakeTags) PeerTags(context.Context) ([]cache.Ref, error) { return f, nil }
 
 type fakePeers peer.Stats
 
@@ -27,6 +33,7 @@ func TestClusterCollector(t *testing.T) {
 		IndexRefused: cluster.Refused{Full: 1, Quota: 2, Shape: 3, NotHome: 4, Future: 5},
 		LookupsFound: 7, LookupsNotFound: 2, LookupsFailed: 1,
 	}
+	tags := fakeTags{{Name: "r.io/app:v"}, {Name: "r.io/app:w"}}
 	peers := fakePeers{BytesIn: 1000, BytesOut: 2000, CoalescedFills: 3, Rejected: 4, PeerAnswers: 5}
 	want := `
 # HELP lifeboat_cluster_homed_keys Keys (blob digests, tags) this node's index holds records of, as one of their homes.
@@ -53,6 +60,9 @@ lifeboat_cluster_members{state="alive"} 3
 lifeboat_cluster_members{state="dead"} 1
 lifeboat_cluster_members{state="left"} 0
 lifeboat_cluster_members{state="suspect"} 0
+# HELP lifeboat_cluster_peer_tags Cached tags answered from the peers' records: resolved from them while the registry could not answer, and not confirmed by it since (lifeboat status lists them).
+# TYPE lifeboat_cluster_peer_tags gauge
+lifeboat_cluster_peer_tags 2
 # HELP lifeboat_peer_bytes_total Bytes of blobs and manifests transferred between this node and its peers, by direction (in: from peers, out: to peers).
 # TYPE lifeboat_peer_bytes_total counter
 lifeboat_peer_bytes_total{direction="in"} 1000
@@ -64,9 +74,9 @@ lifeboat_peer_coalesced_fills_total 3
 # TYPE lifeboat_peer_rejected_total counter
 lifeboat_peer_rejected_total 4
 `
-	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers), strings.NewReader(want),
+	if err := testutil.CollectAndCompare(NewClusterCollector(node, peers, tags), strings.NewReader(want),
 		"lifeboat_cluster_homed_keys", "lifeboat_cluster_index_bytes", "lifeboat_cluster_index_refused_total", "lifeboat_cluster_lookups_total",
-		"lifeboat_cluster_members",
+		"lifeboat_cluster_members", "lifeboat_cluster_peer_tags",
 		"lifeboat_peer_bytes_total", "lifeboat_peer_coalesced_fills_total", "lifeboat_peer_rejected_total"); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +98,7 @@ lifeboat_peer_down 2
 # TYPE lifeboat_peer_probes_total counter
 lifeboat_peer_probes_total 9
 `
-	if err := testutil.CollectAndCompare(NewClusterCollector(fakeNode{}, peers), strings.NewReader(want),
+	if err := testutil.CollectAndCompare(NewClusterCollector(fakeNode{}, peers, fakeTags{}), strings.NewReader(want),
 		"lifeboat_peer_down", "lifeboat_peer_breaker_trips_total", "lifeboat_peer_breaker_skips_total", "lifeboat_peer_probes_total"); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +117,7 @@ lifeboat_cluster_handshake_failures_total{direction="in",reason="not_yet_valid"}
 lifeboat_cluster_handshake_failures_total{direction="in",reason="unknown_authority"} 0
 lifeboat_cluster_handshake_failures_total{direction="out",reason="refused"} 1
 `
-	if err := testutil.CollectAndCompare(NewClusterCollector(node, fakePeers{}), strings.NewReader(want), "lifeboat_cluster_handshake_failures_total"); err != nil {
+	if err := testutil.CollectAndCompare(NewClusterCollector(node, fakePeers{}, fakeTags{}), strings.NewReader(want), "lifeboat_cluster_handshake_failures_total"); err != nil {
 		t.Fatal(err)
 	}
 }

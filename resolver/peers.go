@@ -131,8 +131,9 @@ func logPeerMiss(ctx context.Context, err error, what string) {
 // the peers' newest record: when this node has no record of its own, or when the peers' names
 // another digest that the registry confirmed after this node's record was (by the registry's
 // Date headers, so node clocks do not matter). The manifest comes from the cache or a peer,
-// verified, and the tag is recorded with the peers' date. ok is false when this node's own
-// record stands, or the peers cannot answer.
+// verified, and the tag is recorded with the peers' date and PeersEndpoint: it is not this
+// node's revalidation, so this node does not announce it (see FromPeers) until the registry
+// confirms it. ok is false when this node's own record stands, or the peers cannot answer.
 func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo, tag string, own cache.Ref, cached, withBody bool) (_ Manifest, ok bool) {
 	repoKey := registry + "/" + repo
 	name := repoKey + ":" + tag
@@ -172,7 +173,7 @@ func (r *Resolver) tagFromPeers(ctx context.Context, peers Peers, registry, repo
 			return Manifest{}, false
 		}
 	}
-	if err := r.store.SetRefAt(ctx, name, m.Descriptor, "", rec.date); err != nil {
+	if err := r.store.SetRefAt(ctx, name, m.Descriptor, PeersEndpoint, rec.date); err != nil {
 		log.G(ctx).WithError(err).Warn("cannot record the tag as the peers resolved it")
 	}
 	log.G(ctx).WithField("ref", name).WithField("digest", rec.dgst).WithField("date", rec.date).Info("the registry cannot answer: tag resolved from the peers' newest record")

@@ -609,6 +609,11 @@ func TestTagFromPeersInAnOutage(t *testing.T) {
 			if m, err := f.Manifest(ctx, testRegistry, "app", registrytest.Digest(t, newer).String()); err != nil || m.Status != Hit {
 				t.Fatalf("the manifest the peers resolved, by digest: %s %v, want a hit", m.Status, err)
 			}
+			// The tag is marked as the peers' (PeerTags lists it, with the peers' date).
+			if tags, err := f.PeerTags(ctx); err != nil || len(tags) != 1 || tags[0].Name != testRegistry+"/app:v1" ||
+				tags[0].Target.Digest != registrytest.Digest(t, newer) || !tags[0].UpstreamDate.Equal(tc.bDate) {
+				t.Fatalf("tags from peers: %+v %v, want app:v1 at %s", tags, err, tc.bDate)
+			}
 
 			// The registry answers 404: its word, the peers are not asked.
 			up.SetFault(registrytest.Healthy)
@@ -626,6 +631,13 @@ func TestTagFromPeersInAnOutage(t *testing.T) {
 			}
 			if _, tags, _, _, _ := peers.calls(); tags != tagsBefore {
 				t.Error("the peers were asked for a tag the registry says does not exist")
+			}
+			// Once the registry confirms the tag, it is this node's own again.
+			if m, err := f.Manifest(ctx, testRegistry, "app", "v1"); err != nil || m.Status != Revalidated {
+				t.Fatalf("the tag once the registry answers: %s %v, want revalidated", m.Status, err)
+			}
+			if tags, err := f.PeerTags(ctx); err != nil || len(tags) != 0 {
+				t.Errorf("tags from peers once the registry confirmed them: %+v %v, want none", tags, err)
 			}
 		})
 	}

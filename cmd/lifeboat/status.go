@@ -114,19 +114,29 @@ func printFailedRevalidations(out io.Writer, fs []resolver.FailedRevalidation) {
 	if len(fs) == 0 {
 		return
 	}
-	fmt.Fprintln(out)
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TAG (LAST REVALIDATION FAILED)\tCAUSE\tANSWERED\tAT")
-	for _, f := range fs[:min(len(fs), statusMaxFailures)] {
+	printTable(out, "TAG (LAST REVALIDATION FAILED)\tCAUSE\tANSWERED\tAT", len(fs), statusMaxFailures, func(i int) string {
+		f := fs[i]
 		answered := "refused"
 		if f.ServedStale {
 			answered = "stale"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Ref, f.Cause, answered, f.At.Format(time.RFC3339))
+		return fmt.Sprintf("%s\t%s\t%s\t%s", f.Ref, f.Cause, answered, f.At.Format(time.RFC3339))
+	})
+}
+
+// printTable prints, after a blank line, a table of header and the rows row(i) for i below n
+// (their cells separated by tabs), most of them at most, and says how many more `status --json`
+// lists.
+func printTable(out io.Writer, header string, n, most int, row func(i int) string) {
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for i := range min(n, most) {
+		fmt.Fprintln(tw, row(i))
 	}
 	tw.Flush()
-	if n := len(fs) - statusMaxFailures; n > 0 {
-		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
+	if more := n - most; more > 0 {
+		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", more)
 	}
 }
 
@@ -155,9 +165,16 @@ func printCluster(out io.Writer, c *admin.ClusterStatus) {
 		fmt.Fprintf(tw, "; records refused: %s", refused)
 	}
 	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "peer tags\t%d", len(c.PeerTags))
+	if len(c.PeerTags) > 0 {
+		fmt.Fprint(tw, " (resolved from the peers' records, not confirmed by the registry since)")
+	}
+	fmt.Fprintln(tw)
 	fmt.Fprintf(tw, "lookups\t%d found, %d not found, %d failed\n", c.LookupsFound, c.LookupsNotFound, c.LookupsFailed)
 	fmt.Fprintf(tw, "peer traffic\t%s in, %s out, %d coalesced fills, %d rejected\n", humanBytes(c.PeerBytesIn), humanBytes(c.PeerBytesOut), c.CoalescedFills, c.Rejected)
 	tw.Flush()
+
+	printPeerTags(out, c.PeerTags)
 
 	members := slices.Clone(c.Members)
 	// Trouble first: dead, suspect, left, then alive; by name within a state.
@@ -168,20 +185,14 @@ func printCluster(out io.Writer, c *admin.ClusterStatus) {
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	fmt.Fprintln(out)
-	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tPEER ADDRESS")
-	for _, m := range members[:min(len(members), statusMaxMembers)] {
+	printTable(out, "MEMBER\tSTATE\tPEER ADDRESS", len(members), statusMaxMembers, func(i int) string {
+		m := members[i]
 		name := m.Name
 		if m.Self {
 			name += " (this node)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", name, m.State, m.Peer)
-	}
-	tw.Flush()
-	if n := len(members) - statusMaxMembers; n > 0 {
-		fmt.Fprintf(out, "... and %d more (status --json lists them all)\n", n)
-	}
+		return fmt.Sprintf("%s\t%s\t%s", name, m.State, m.Peer)
+	})
 }
 
 // describeRefused sums up the records a home refused, by reason: "12 past the sender's quota,
@@ -200,4 +211,14 @@ func describeRefused(refused map[string]int64) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// printPeerTags lists the tags answered from the peers' records (statusMaxFailures of them).
+func printPeerTags(out io.Writer, tags []admin.PeerTag) {
+	if len(tags) == 0 {
+		return
+	}
+	printTable(out, "TAG (FROM PEER RECORDS)\tDIGEST\tREGISTRY DATE", len(tags), statusMaxFailures, func(i int) string {
+		return fmt.Sprintf("%s\t%s\t%s", tags[i].Ref, tags[i].Digest, tags[i].Date.Format(time.RFC3339))
+	})
 }

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lifeboat-dev/lifeboat/admin"
 	"github.com/lifeboat-dev/lifeboat/cluster"
@@ -107,6 +110,34 @@ func TestPrintClusterRefusals(t *testing.T) {
 	want := "homed keys    10 (20 records, 64.0 MiB); records refused: 3 the index full, 120 past the sender's quota, 1 dated ahead\n"
 	if out := b.String(); !strings.Contains(out, want) {
 		t.Errorf("cluster section has no %q:\n%s", want, out)
+	}
+}
+
+// TestPrintClusterPeerTags: status counts the tags answered from the peers' records and lists
+// them, statusMaxFailures at most.
+func TestPrintClusterPeerTags(t *testing.T) {
+	date := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	c := &admin.ClusterStatus{Node: "node-a", MembersByState: map[cluster.MemberState]int{cluster.Alive: 1}}
+	for i := range statusMaxFailures + 2 {
+		c.PeerTags = append(c.PeerTags, admin.PeerTag{Ref: fmt.Sprintf("r.io/app:%02d", i), Digest: digest.Digest("sha256:" + strings.Repeat("a", 64)), Date: date})
+	}
+	var b strings.Builder
+	printCluster(&b, c)
+	out := b.String()
+	for _, want := range []string{
+		fmt.Sprintf("peer tags     %d (resolved from the peers' records, not confirmed by the registry since)\n", statusMaxFailures+2),
+		"TAG (FROM PEER RECORDS)",
+		"... and 2 more (status --json lists them all)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cluster section has no %q:\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`\nr\.io/app:00 +sha256:a{64} +2026-12-01T10:00:00Z\n`).MatchString(out) {
+		t.Errorf("no row for r.io/app:00 with its digest and date:\n%s", out)
+	}
+	if strings.Contains(out, "r.io/app:20") {
+		t.Errorf("more than %d peer tags listed:\n%s", statusMaxFailures, out)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/config"
 	"github.com/lifeboat-dev/lifeboat/metrics"
 	"github.com/lifeboat-dev/lifeboat/peer"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 // startCluster joins the cluster [cluster] names, with this node's peer listener at peerLn
@@ -117,8 +118,11 @@ func advertiseAddress(cc config.Cluster, addrs func() ([]net.Addr, error)) (stri
 
 // localRecords returns cluster.Config.Local over store: a blob record for every digest linked
 // to a repository of a shared registry (once, whatever the number of repositories), and a tag
-// record for every cached tag of a shared registry, with its digest and the registry's Date of
-// the answer that last confirmed it. registries are the [registry] tables (share_with_peers).
+// record for every cached tag of a shared registry that the registry confirmed, with its digest
+// and the registry's Date of that answer. A tag resolved from the peers' records
+// (resolver.FromPeers) is not announced: it is theirs, not this node's revalidation, and
+// announcing it would spread a forged record as this node's own. registries are the [registry]
+// tables (share_with_peers).
 func localRecords(store *cache.Store, registries map[string]config.Registry) func(context.Context, func(cluster.Record) bool) error {
 	shared := func(registry string) bool { return registries[registry].Shared() }
 	return func(ctx context.Context, yield func(cluster.Record) bool) error {
@@ -147,7 +151,7 @@ func localRecords(store *cache.Store, registries map[string]config.Registry) fun
 		}
 		for _, ref := range refs {
 			registry, repository, tag, ok := splitTagRef(ref.Name)
-			if !ok || !shared(registry) {
+			if !ok || !shared(registry) || resolver.FromPeers(ref) {
 				continue
 			}
 			// The registry's Date of the answer that last confirmed the tag, so that node clocks

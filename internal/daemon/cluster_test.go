@@ -15,6 +15,7 @@ import (
 	"github.com/lifeboat-dev/lifeboat/cache"
 	"github.com/lifeboat-dev/lifeboat/cluster"
 	"github.com/lifeboat-dev/lifeboat/config"
+	"github.com/lifeboat-dev/lifeboat/resolver"
 )
 
 func TestAdvertiseAddress(t *testing.T) {
@@ -82,7 +83,8 @@ var hex64 = strings.Repeat("a", 64)
 
 // TestLocalRecords: the records a node announces are the blobs linked to shared registries'
 // repositories, each once, and the tags of shared registries with their digest and the time
-// the registry last confirmed them; nothing of a registry with share_with_peers = false.
+// the registry last confirmed them; nothing of a registry with share_with_peers = false, nor
+// tags resolved from the peers' records.
 func TestLocalRecords(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -115,6 +117,11 @@ func TestLocalRecords(t *testing.T) {
 		if err := store.SetRefAt(ctx, name, desc(d), "https://x", registryDate); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A tag resolved from the peers' records during an outage is theirs, not this node's
+	// revalidation: it is not announced (a forged record would spread as this node's own).
+	if err := store.SetRefAt(ctx, "docker.io/library/alpine:edge", desc(both), resolver.PeersEndpoint, registryDate.Add(time.Hour)); err != nil {
+		t.Fatal(err)
 	}
 	no := false
 	local := localRecords(store, map[string]config.Registry{"private.example.com": {ShareWithPeers: &no}})

@@ -148,7 +148,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (d *Daemon, err e
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewCacheCollector(d.Store), metrics.NewUpstreamCollector(d.Resolver), metrics.NewOutageCollector(d.Outage))
 	if d.Cluster != nil {
-		d.reg.MustRegister(metrics.NewClusterCollector(d.Cluster, d.Peers), metrics.NewGossipCollector(d.Cluster))
+		d.reg.MustRegister(metrics.NewClusterCollector(d.Cluster, d.Peers, d.Resolver), metrics.NewGossipCollector(d.Cluster))
 	}
 	d.answers = metrics.NewMirror(d.reg)
 	d.Admin.Answers = d.answers.Answers

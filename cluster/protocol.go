@@ -17,7 +17,7 @@ import (
 //	GET  /lifeboat/v1/lookup?key=...                     → the same
 //
 // The sender is the node the peer listener authenticated (PeerFrom, else HeaderPeer once the
-// listener verified the token that names it).
+// listener checked it is the node of the connection's client certificate).
 const (
 	PathAnnounce = "/lifeboat/v1/announce"
 	PathLookup   = "/lifeboat/v1/lookup"

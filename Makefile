@@ -42,10 +42,11 @@ run: build ## build and run `lifeboat serve` with data under ./.lifeboat
 unit: ## unit tests with the race detector (everything but the integration suite)
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-# TestAdversarialFills runs in `make soak` only: it takes over 30 s, however small, because the
-# abandoned fills lifeboat lets run (max_abandoned_fills) end only at the stall cut-off.
+# TestAdversarialFills and TestAdversarialCluster run in `make soak` only: the first takes over
+# 30 s, however small, because the abandoned fills lifeboat lets run (max_abandoned_fills) end
+# only at the stall cut-off; the second attacks a cluster for 30 s (LIFEBOAT_ADVERSARY_DURATION).
 integration: tools ## end-to-end tests against real containerd, ctr, runc and a registry (needs root)
-	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m -v -skip '^TestAdversarialFills$$' ./integration/...
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 15m -v -skip '^(TestAdversarialFills|TestAdversarialCluster)$$' ./integration/...
 
 lint: tools ## gofmt check, go vet, staticcheck; the Helm chart, manifests, dashboard and alerts (deploy/)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
@@ -75,9 +76,10 @@ tools: ## install pinned containerd, ctr, shim, crane, registry, staticcheck and
 bench: tools ## benchmarks into docs/benchmarks.md and .json, as ratios to baselines measured in the same run
 	$(GO) run ./hack/bench -tools $(TOOLS) -out docs/benchmarks.md -json docs/benchmarks.json
 
-soak: tools ## the long reliability drills: 60 s of 200-client load, an adversarial run, crash and full-disk drills 5 times (needs root)
+soak: tools ## the long reliability drills: 60 s of 200-client load, adversarial runs on one node and on a cluster, crash and full-disk drills 5 times (needs root)
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) LIFEBOAT_LOAD_DURATION=60s $(GO) test -count=1 -timeout 20m -v -run '^TestLoad$$' ./integration/
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 20m -v -run '^TestAdversarialFills$$' ./integration/
+	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=1 -timeout 20m -v -run '^TestAdversarialCluster$$' ./integration/
 	LIFEBOAT_TOOLS_DIR=$(TOOLS) $(GO) test -count=5 -timeout 20m -v -run '^(TestCrashDuringColdPulls|TestFullDisk)$$' ./integration/
 
 FUZZTIME ?= 30s
